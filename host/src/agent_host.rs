@@ -1,0 +1,287 @@
+//! The one interface the rest of baton uses to call an agent, whatever its kind.
+//!
+//! Every backend (built-in, native, WebAssembly, OCF) implements [`Backend`]; the
+//! failover engine and the CLI only ever hold an [`AgentHandle`], which checks
+//! parameters, refuses actions the agent does not implement, owns the deadline, and
+//! maps the result to a [`Recovery`] in one place.
+
+use baton_plugin_api::{
+    Action, AgentError, ErrorClass, Metadata, Outcome, Recovery, Request, check_params, recovery_for,
+    recovery_for_state,
+};
+use serde::Serialize;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// How an agent is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentKind {
+    /// Compiled into baton.
+    Builtin,
+    /// A native library run in a separate runner process.
+    Native,
+    /// A native library the administrator trusts, run inside the host process.
+    NativeTrusted,
+    /// A WebAssembly component run in wasmtime's sandbox.
+    Wasm,
+    /// An OCF shell agent run through the bridge.
+    Ocf,
+}
+
+impl AgentKind {
+    /// The kebab-case name shown in `baton agent list`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AgentKind::Builtin => "builtin",
+            AgentKind::Native => "native",
+            AgentKind::NativeTrusted => "native-trusted",
+            AgentKind::Wasm => "wasm",
+            AgentKind::Ocf => "ocf",
+        }
+    }
+}
+
+impl fmt::Display for AgentKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a call failed, beyond the agent's own class: whether the agent said so or the
+/// host had to step in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureCause {
+    /// The agent returned an error.
+    Agent,
+    /// The call ran past its deadline; the agent's code was stopped.
+    Timeout,
+    /// The agent's process died (signal, abort, exit) during the call.
+    Crash,
+    /// The WebAssembly instance trapped (panic, out of memory, stack overflow).
+    Trap,
+    /// The agent tried something its capabilities do not allow.
+    CapabilityDenied,
+    /// The agent answered something that is not a valid reply.
+    BadReply,
+    /// The native runner crashed too often and is quarantined for a while.
+    Quarantined,
+    /// The host refused the call before running it (bad parameters, action not implemented).
+    Refused,
+}
+
+impl FailureCause {
+    /// The kebab-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureCause::Agent => "agent",
+            FailureCause::Timeout => "timeout",
+            FailureCause::Crash => "crash",
+            FailureCause::Trap => "trap",
+            FailureCause::CapabilityDenied => "capability-denied",
+            FailureCause::BadReply => "bad-reply",
+            FailureCause::Quarantined => "quarantined",
+            FailureCause::Refused => "refused",
+        }
+    }
+}
+
+/// A failed call: the error class (which drives recovery), the reason, and the cause.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    /// The error class recovery is based on.
+    pub class: ErrorClass,
+    /// What happened, for people.
+    pub reason: String,
+    /// Whether the agent reported it or the host detected it.
+    pub cause: FailureCause,
+}
+
+impl Failure {
+    /// A failure the host detected.
+    pub fn host(cause: FailureCause, class: ErrorClass, reason: impl Into<String>) -> Failure {
+        Failure {
+            class,
+            reason: reason.into(),
+            cause,
+        }
+    }
+
+    /// The contract-level error this failure amounts to.
+    pub fn as_agent_error(&self) -> AgentError {
+        AgentError::new(self.class, self.reason.clone())
+    }
+}
+
+impl From<AgentError> for Failure {
+    fn from(e: AgentError) -> Failure {
+        Failure {
+            class: e.class,
+            reason: e.reason,
+            cause: FailureCause::Agent,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.class, self.cause.name(), self.reason)
+    }
+}
+
+/// What every kind of agent implements. `call` must return by the request's
+/// deadline (`req.context.timeout_ms`) and must stop the agent's code when it
+/// runs over, where the kind allows it.
+pub trait Backend: Send + Sync {
+    /// How the agent is loaded.
+    fn kind(&self) -> AgentKind;
+    /// The agent's meta-data (read once, at load).
+    fn metadata(&self) -> &Metadata;
+    /// Run one request.
+    fn call(&self, req: &Request) -> Result<Outcome, Failure>;
+    /// Free-form facts for `baton agent info` (runner PID, crashes, instances).
+    fn health(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// The result of one call, as status and logs show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CallReport {
+    /// The agent type.
+    pub agent: String,
+    /// The resource instance.
+    pub resource: String,
+    /// The action.
+    pub action: Action,
+    /// The outcome or the failure.
+    pub result: Result<Outcome, Failure>,
+    /// What the host should do about it.
+    pub recovery: Recovery,
+    /// How long the call took.
+    #[serde(serialize_with = "as_micros")]
+    pub elapsed: Duration,
+}
+
+fn as_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_micros() as u64)
+}
+
+/// An agent ready to be called: any kind behind one handle.
+pub struct AgentHandle {
+    backend: Box<dyn Backend>,
+    source: String,
+}
+
+impl AgentHandle {
+    /// Wrap a loaded backend; `source` says where it came from (path, store entry).
+    pub fn new(backend: Box<dyn Backend>, source: impl Into<String>) -> AgentHandle {
+        AgentHandle {
+            backend,
+            source: source.into(),
+        }
+    }
+
+    /// The agent's meta-data.
+    pub fn metadata(&self) -> &Metadata {
+        self.backend.metadata()
+    }
+
+    /// How the agent is loaded.
+    pub fn kind(&self) -> AgentKind {
+        self.backend.kind()
+    }
+
+    /// Where the agent came from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Backend facts for `baton agent info`.
+    pub fn health(&self) -> Vec<(String, String)> {
+        self.backend.health()
+    }
+
+    /// Run `req`: check the parameters and the action, call the backend under the
+    /// request's deadline, and map the result to a recovery.
+    pub fn call(&self, req: &Request) -> CallReport {
+        let started = Instant::now();
+        let span = tracing::debug_span!(
+            "agent_call",
+            agent = %self.metadata().name,
+            resource = %req.context.resource,
+            action = %req.action,
+            timeout_ms = req.context.timeout_ms,
+            kind = %self.kind(),
+        );
+        let _enter = span.enter();
+        let result = self.precheck(req).and_then(|()| self.backend.call(req));
+        let recovery = match &result {
+            Ok(Outcome::State(s)) => recovery_for_state(*s),
+            Ok(_) => Recovery::None,
+            Err(f) => recovery_for(req.action, &f.as_agent_error()),
+        };
+        if let Err(f) = &result {
+            tracing::info!(failure = %f, recovery = %recovery, "agent call failed");
+        }
+        CallReport {
+            agent: self.metadata().name.clone(),
+            resource: req.context.resource.clone(),
+            action: req.action,
+            result,
+            recovery,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    fn precheck(&self, req: &Request) -> Result<(), Failure> {
+        let meta = self.metadata();
+        if req.action == Action::MetaData {
+            return Ok(());
+        }
+        if !req.action.is_required() && !meta.implements(req.action) {
+            return Err(Failure::host(
+                FailureCause::Refused,
+                ErrorClass::Unimplemented,
+                format!("agent {} does not implement {}", meta.name, req.action),
+            ));
+        }
+        if let Err(problems) = check_params(meta, &req.params) {
+            let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            return Err(Failure::host(FailureCause::Refused, ErrorClass::Misconfigured, text.join("; ")));
+        }
+        if req.context.timeout_ms == 0 {
+            return Err(Failure::host(
+                FailureCause::Refused,
+                ErrorClass::Misconfigured,
+                "the call's timeout is 0 ms; give a timeout of at least 1 ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Run `f` on its own thread and wait at most `timeout` for it.
+///
+/// Used for code the host cannot stop from outside (built-in agents, trusted
+/// native libraries): the caller gets a timely failure, and the thread is left to
+/// finish on its own. Rationale: a thread cannot be killed safely; only agents that
+/// the administrator trusts run this way, and they are expected to honour
+/// `context.timeout_ms` themselves.
+pub fn on_thread_with_deadline<T: Send + 'static>(
+    name: &str,
+    timeout: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name(format!("agent-{name}"))
+        .spawn(move || {
+            let _ = tx.send(f());
+        });
+    match spawned {
+        Ok(_) => rx.recv_timeout(timeout).ok(),
+        Err(_) => None,
+    }
+}

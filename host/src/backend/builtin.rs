@@ -1,0 +1,48 @@
+//! Agents compiled into baton (crate `baton-agents`, registered with `inventory`).
+
+use crate::agent_host::{AgentKind, Backend, Failure, FailureCause, on_thread_with_deadline};
+use baton_agents::BuiltinAgent;
+use baton_plugin_api::{ErrorClass, Metadata, Outcome, Request, ResourceAgent, dispatch};
+use std::sync::Arc;
+
+/// A compiled-in agent.
+pub struct BuiltinBackend {
+    agent: Arc<dyn ResourceAgent>,
+    metadata: Metadata,
+}
+
+impl BuiltinBackend {
+    /// Build the registered agent.
+    pub fn new(registered: &BuiltinAgent) -> BuiltinBackend {
+        let agent: Arc<dyn ResourceAgent> = Arc::from((registered.build)());
+        let metadata = agent.metadata();
+        BuiltinBackend { agent, metadata }
+    }
+}
+
+impl Backend for BuiltinBackend {
+    fn kind(&self) -> AgentKind {
+        AgentKind::Builtin
+    }
+
+    fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    fn call(&self, req: &Request) -> Result<Outcome, Failure> {
+        let agent = Arc::clone(&self.agent);
+        let owned = req.clone();
+        on_thread_with_deadline(&self.metadata.name, req.context.timeout(), move || dispatch(agent.as_ref(), &owned))
+            .ok_or_else(|| {
+                Failure::host(
+                    FailureCause::Timeout,
+                    ErrorClass::Generic,
+                    format!(
+                        "{} of built-in agent {} ran past its {} ms deadline",
+                        req.action, self.metadata.name, req.context.timeout_ms
+                    ),
+                )
+            })?
+            .map_err(Failure::from)
+    }
+}

@@ -1,0 +1,421 @@
+//! Native agent libraries: out of process in a supervised runner (the default), or
+//! in-process when the administrator marks the library trusted.
+
+use crate::agent_host::{AgentKind, Backend, Failure, FailureCause, on_thread_with_deadline};
+use crate::process_group::{describe_status, signal_group};
+use crate::runner::{PROTOCOL, RunnerMessage, read_frame, write_frame};
+use baton_agent_abi::NativeLibrary;
+use baton_plugin_api::{ErrorClass, Metadata, Outcome, Request};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Limits and restart policy of a runner.
+#[derive(Clone, Debug)]
+pub struct RunnerPolicy {
+    /// The `baton` executable that provides `agent-runner`.
+    pub runner_exe: PathBuf,
+    /// Address-space limit of the runner process (RLIMIT_AS), in MiB; 0 for none.
+    pub memory_limit_mib: u64,
+    /// How long the runner may take to load the library and say hello.
+    pub load_timeout: Duration,
+    /// First restart delay after a crash; doubles per consecutive crash.
+    pub backoff_initial: Duration,
+    /// Longest restart delay.
+    pub backoff_max: Duration,
+    /// Crashes within `crash_window` that quarantine the library.
+    pub quarantine_after: usize,
+    /// The window crashes are counted in.
+    pub crash_window: Duration,
+    /// How long a quarantined library stays refused.
+    pub quarantine_for: Duration,
+}
+
+impl RunnerPolicy {
+    /// The defaults, running `runner_exe agent-runner`.
+    pub fn new(runner_exe: PathBuf) -> RunnerPolicy {
+        RunnerPolicy {
+            runner_exe,
+            memory_limit_mib: 1024,
+            load_timeout: Duration::from_secs(10),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            quarantine_after: 5,
+            crash_window: Duration::from_secs(60),
+            quarantine_for: Duration::from_secs(600),
+        }
+    }
+}
+
+struct RunnerProcess {
+    child: Child,
+    stdin: ChildStdin,
+    frames: Receiver<std::io::Result<Option<Vec<u8>>>>,
+}
+
+impl RunnerProcess {
+    fn spawn(policy: &RunnerPolicy, library: &Path, agent: &str) -> Result<(RunnerProcess, Box<Metadata>), String> {
+        let mut cmd = Command::new(&policy.runner_exe);
+        cmd.arg("agent-runner")
+            .arg(library)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let limit = policy.memory_limit_mib;
+        if limit > 0 {
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let bytes = limit.saturating_mul(1 << 20) as libc::rlim_t;
+                    let rl = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+                    if libc::setrlimit(libc::RLIMIT_AS, &rl) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start the agent runner {}: {e}", policy.runner_exe.display()))?;
+        let stdin = child.stdin.take().ok_or("runner has no stdin")?;
+        let mut stdout = child.stdout.take().ok_or("runner has no stdout")?;
+        if let Some(stderr) = child.stderr.take() {
+            let agent = agent.to_owned();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    tracing::info!(target: "baton::agent", agent = %agent, "{line}");
+                }
+            });
+        }
+        let (tx, frames) = mpsc::channel();
+        std::thread::spawn(move || {
+            loop {
+                let frame = read_frame(&mut stdout);
+                let end = !matches!(frame, Ok(Some(_)));
+                if tx.send(frame).is_err() || end {
+                    break;
+                }
+            }
+        });
+        let mut proc = RunnerProcess { child, stdin, frames };
+        let hello = proc.receive(policy.load_timeout);
+        match hello {
+            Ok(RunnerMessage::Hello { protocol, metadata, .. }) if protocol == PROTOCOL => Ok((proc, metadata)),
+            Ok(RunnerMessage::Hello { protocol, .. }) => {
+                proc.kill();
+                Err(format!("the agent runner speaks protocol {protocol}, this host {PROTOCOL}; install matching baton binaries"))
+            }
+            Ok(RunnerMessage::LoadFailed { message }) => {
+                proc.kill();
+                Err(message)
+            }
+            Ok(RunnerMessage::Reply(_)) => {
+                proc.kill();
+                Err("the agent runner answered before it was asked".into())
+            }
+            Err(e) => {
+                let why = proc.kill();
+                Err(format!("the agent runner failed while loading {}: {e}{why}", library.display()))
+            }
+        }
+    }
+
+    fn receive(&mut self, timeout: Duration) -> Result<RunnerMessage, String> {
+        match self.frames.recv_timeout(timeout) {
+            Ok(Ok(Some(frame))) => serde_json::from_slice(&frame).map_err(|e| format!("garbled frame from the runner: {e}")),
+            Ok(Ok(None)) | Err(RecvTimeoutError::Disconnected) => Err("the runner closed its channel".into()),
+            Ok(Err(e)) => Err(format!("reading from the runner failed: {e}")),
+            Err(RecvTimeoutError::Timeout) => Err(format!("no answer within {} ms", timeout.as_millis())),
+        }
+    }
+
+    /// Kill the runner's process group and reap it; returns how it ended, in words.
+    fn kill(&mut self) -> String {
+        let status = match self.child.try_wait() {
+            Ok(Some(s)) => Some(s),
+            _ => {
+                signal_group(self.child.id(), libc::SIGKILL);
+                self.child.wait().ok()
+            }
+        };
+        // Anything the agent left in its group goes too.
+        signal_group(self.child.id(), libc::SIGKILL);
+        status.map(|s| format!(" (runner {})", describe_status(s))).unwrap_or_default()
+    }
+
+    /// The runner's exit, if it already ended.
+    fn ended(&mut self) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                signal_group(self.child.id(), libc::SIGKILL);
+                return Some(describe_status(s));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+struct Supervision {
+    process: Option<RunnerProcess>,
+    crashes: VecDeque<Instant>,
+    consecutive: u32,
+    restart_at: Option<Instant>,
+    quarantined_until: Option<Instant>,
+    last_crash: Option<String>,
+    starts: u64,
+}
+
+/// A native agent in a supervised runner process.
+pub struct RunnerBackend {
+    library: PathBuf,
+    metadata: Metadata,
+    policy: RunnerPolicy,
+    state: Mutex<Supervision>,
+}
+
+impl RunnerBackend {
+    /// Start a runner for `library`, read its meta-data, and keep the runner for calls.
+    pub fn load(library: &Path, policy: RunnerPolicy) -> Result<RunnerBackend, String> {
+        let name = library.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let (process, metadata) = RunnerProcess::spawn(&policy, library, &name)?;
+        Ok(RunnerBackend {
+            library: library.to_owned(),
+            metadata: *metadata,
+            policy,
+            state: Mutex::new(Supervision {
+                process: Some(process),
+                crashes: VecDeque::new(),
+                consecutive: 0,
+                restart_at: None,
+                quarantined_until: None,
+                last_crash: None,
+                starts: 1,
+            }),
+        })
+    }
+
+    fn record_crash(&self, st: &mut Supervision, what: String) {
+        let now = Instant::now();
+        st.crashes.push_back(now);
+        while st.crashes.front().is_some_and(|t| now.duration_since(*t) > self.policy.crash_window) {
+            st.crashes.pop_front();
+        }
+        st.consecutive += 1;
+        let backoff = self
+            .policy
+            .backoff_initial
+            .saturating_mul(1u32 << st.consecutive.saturating_sub(1).min(16))
+            .min(self.policy.backoff_max);
+        st.restart_at = Some(now + backoff);
+        if st.crashes.len() >= self.policy.quarantine_after {
+            st.quarantined_until = Some(now + self.policy.quarantine_for);
+            tracing::error!(agent = %self.metadata.name, crashes = st.crashes.len(), "native agent quarantined");
+        }
+        tracing::warn!(agent = %self.metadata.name, "native agent runner failed: {what}");
+        st.last_crash = Some(what);
+    }
+
+    fn ensure_running(&self, st: &mut Supervision, deadline: Instant) -> Result<(), Failure> {
+        if let Some(until) = st.quarantined_until {
+            if Instant::now() < until {
+                return Err(Failure::host(
+                    FailureCause::Quarantined,
+                    ErrorClass::Generic,
+                    format!(
+                        "native agent {} is quarantined for {} s more after {} crashes in {} s (last: {}); \
+                         fix the library and restart baton, or wait",
+                        self.metadata.name,
+                        (until - Instant::now()).as_secs(),
+                        st.crashes.len(),
+                        self.policy.crash_window.as_secs(),
+                        st.last_crash.as_deref().unwrap_or("unknown")
+                    ),
+                ));
+            }
+            st.quarantined_until = None;
+            st.crashes.clear();
+        }
+        if st.process.is_some() {
+            return Ok(());
+        }
+        if let Some(at) = st.restart_at {
+            if at > deadline {
+                return Err(Failure::host(
+                    FailureCause::Crash,
+                    ErrorClass::Generic,
+                    format!(
+                        "native agent {} is restarting after a crash ({}); next start in {} ms",
+                        self.metadata.name,
+                        st.last_crash.as_deref().unwrap_or("unknown"),
+                        at.saturating_duration_since(Instant::now()).as_millis()
+                    ),
+                ));
+            }
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        }
+        let mut policy = self.policy.clone();
+        policy.load_timeout = policy.load_timeout.min(deadline.saturating_duration_since(Instant::now()));
+        match RunnerProcess::spawn(&policy, &self.library, &self.metadata.name) {
+            Ok((process, _)) => {
+                st.process = Some(process);
+                st.starts += 1;
+                Ok(())
+            }
+            Err(e) => {
+                self.record_crash(st, format!("restart failed: {e}"));
+                Err(Failure::host(FailureCause::Crash, ErrorClass::Generic, e))
+            }
+        }
+    }
+}
+
+impl Backend for RunnerBackend {
+    fn kind(&self) -> AgentKind {
+        AgentKind::Native
+    }
+
+    fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    fn call(&self, req: &Request) -> Result<Outcome, Failure> {
+        let timeout = req.context.timeout();
+        let deadline = Instant::now() + timeout;
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.ensure_running(&mut st, deadline)?;
+        let Some(process) = st.process.as_mut() else {
+            return Err(Failure::host(FailureCause::Crash, ErrorClass::Generic, "runner not available"));
+        };
+        let json = serde_json::to_vec(req).map_err(|e| {
+            Failure::host(FailureCause::Refused, ErrorClass::Generic, format!("cannot encode the request: {e}"))
+        })?;
+        let sent = write_frame(&mut process.stdin, &json);
+        let answer = match sent {
+            Ok(()) => process.receive(deadline.saturating_duration_since(Instant::now())),
+            Err(e) => Err(format!("cannot write to the runner: {e}")),
+        };
+        match answer {
+            Ok(RunnerMessage::Reply(reply)) => {
+                st.consecutive = 0;
+                reply.map_err(Failure::from)
+            }
+            Ok(_) => {
+                let why = process.kill();
+                st.process = None;
+                let what = format!("the runner sent an unexpected message{why}");
+                self.record_crash(&mut st, what.clone());
+                Err(Failure::host(FailureCause::BadReply, ErrorClass::Generic, what))
+            }
+            Err(e) if Instant::now() >= deadline && e.starts_with("no answer") => {
+                let why = process.kill();
+                st.process = None;
+                let what = format!(
+                    "{} of native agent {} ran past its {} ms deadline; its runner's process group was killed{why}",
+                    req.action,
+                    self.metadata.name,
+                    timeout.as_millis()
+                );
+                self.record_crash(&mut st, what.clone());
+                Err(Failure::host(FailureCause::Timeout, ErrorClass::Generic, what))
+            }
+            Err(e) => {
+                let how = process.ended().unwrap_or_else(|| {
+                    process.kill();
+                    e.clone()
+                });
+                st.process = None;
+                let what = format!(
+                    "native agent {} crashed during {}: runner {how}",
+                    self.metadata.name, req.action
+                );
+                self.record_crash(&mut st, what.clone());
+                Err(Failure::host(FailureCause::Crash, ErrorClass::Generic, what))
+            }
+        }
+    }
+
+    fn health(&self) -> Vec<(String, String)> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut facts = vec![
+            ("library".into(), self.library.display().to_string()),
+            (
+                "runner".into(),
+                st.process.as_ref().map(|p| format!("pid {}", p.child.id())).unwrap_or_else(|| "not running".into()),
+            ),
+            ("runner starts".into(), st.starts.to_string()),
+            ("crashes in window".into(), st.crashes.len().to_string()),
+        ];
+        if let Some(c) = &st.last_crash {
+            facts.push(("last crash".into(), c.clone()));
+        }
+        if st.quarantined_until.is_some_and(|u| u > Instant::now()) {
+            facts.push(("quarantined".into(), "yes".into()));
+        }
+        facts
+    }
+}
+
+impl Drop for RunnerBackend {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = st.process.as_mut() {
+            p.kill();
+        }
+    }
+}
+
+/// A trusted native library loaded into the host process. A crash here takes the
+/// host down; only for libraries the administrator vouches for.
+pub struct TrustedBackend {
+    library: Arc<NativeLibrary>,
+}
+
+impl TrustedBackend {
+    /// Load `path` into this process.
+    pub fn load(path: &Path) -> Result<TrustedBackend, String> {
+        NativeLibrary::load(path)
+            .map(|l| TrustedBackend { library: Arc::new(l) })
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Backend for TrustedBackend {
+    fn kind(&self) -> AgentKind {
+        AgentKind::NativeTrusted
+    }
+
+    fn metadata(&self) -> &Metadata {
+        self.library.metadata()
+    }
+
+    fn call(&self, req: &Request) -> Result<Outcome, Failure> {
+        let lib = Arc::clone(&self.library);
+        let owned = req.clone();
+        on_thread_with_deadline(&self.metadata().name, req.context.timeout(), move || lib.call(&owned))
+            .ok_or_else(|| {
+                Failure::host(
+                    FailureCause::Timeout,
+                    ErrorClass::Generic,
+                    format!(
+                        "{} of trusted native agent {} ran past its {} ms deadline (trusted code runs in \
+                         the host and cannot be stopped; it keeps running in the background)",
+                        req.action,
+                        self.metadata().name,
+                        req.context.timeout_ms
+                    ),
+                )
+            })?
+            .map_err(Failure::from)
+    }
+}

@@ -1,0 +1,272 @@
+//! Resolving an agent type name to a loaded agent, whatever its kind.
+//!
+//! Order: built-in agents, `ocf:PROVIDER:TYPE` through the bridge, a file path
+//! (`./x.so`, `x.wasm`: loaded directly, for vendors testing before install), then
+//! the agent store.
+
+use crate::agent_host::{AgentHandle, AgentKind};
+use crate::backend::builtin::BuiltinBackend;
+use crate::backend::native::{RunnerBackend, RunnerPolicy, TrustedBackend};
+use crate::backend::ocf::OcfBackend;
+use crate::backend::wasm::{WasmBackend, WasmLimits, WasmRuntime};
+use crate::config::Config;
+use crate::store::{AgentStore, StoredKind, sniff};
+use anyhow::{Context, anyhow, bail};
+use baton_plugin_api::{Capability, CapabilitySet, ContractVersion};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Every way this node can get an agent.
+pub struct AgentCatalog {
+    config: Config,
+    policy: RunnerPolicy,
+    store: AgentStore,
+    wasm: OnceLock<Arc<WasmRuntime>>,
+    node: String,
+}
+
+/// One line of `baton agent list`.
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentSummary {
+    /// Type name.
+    pub name: String,
+    /// How it loads.
+    pub kind: AgentKind,
+    /// The agent's version ("" when unknown without loading it).
+    pub version: String,
+    /// Contract version.
+    pub contract: Option<ContractVersion>,
+    /// Where it comes from.
+    pub source: String,
+    /// Capabilities the agent requests.
+    pub requested: Vec<String>,
+    /// Of those, the ones the administrator granted.
+    pub granted: Vec<String>,
+    /// `ok`, or why the agent cannot be loaded.
+    pub state: String,
+}
+
+impl AgentCatalog {
+    /// A catalog for `config`; native runners are started as `runner_exe agent-runner`.
+    pub fn new(config: Config, runner_exe: PathBuf) -> AgentCatalog {
+        let native = &config.agents.native;
+        let mut policy = RunnerPolicy::new(runner_exe);
+        policy.memory_limit_mib = native.memory_limit_mib;
+        policy.quarantine_after = native.quarantine_after.max(1);
+        policy.crash_window = Duration::from_secs(native.crash_window_s);
+        policy.quarantine_for = Duration::from_secs(native.quarantine_s);
+        let store = AgentStore::new(&config.agents.store);
+        let node = config.node_name();
+        AgentCatalog {
+            config,
+            policy,
+            store,
+            wasm: OnceLock::new(),
+            node,
+        }
+    }
+
+    /// The runner policy native agents get.
+    pub fn runner_policy(&self) -> &RunnerPolicy {
+        &self.policy
+    }
+
+    /// Replace the runner policy (tests shorten backoff and quarantine).
+    pub fn set_runner_policy(&mut self, policy: RunnerPolicy) {
+        self.policy = policy;
+    }
+
+    /// The node name agents are told.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The agent store.
+    pub fn store(&self) -> &AgentStore {
+        &self.store
+    }
+
+    /// The shared WebAssembly runtime (built on first use).
+    pub fn wasm_runtime(&self) -> anyhow::Result<Arc<WasmRuntime>> {
+        if let Some(rt) = self.wasm.get() {
+            return Ok(Arc::clone(rt));
+        }
+        let w = &self.config.agents.wasm;
+        let rt = WasmRuntime::new(WasmLimits {
+            memory_bytes: w.memory_mib << 20,
+            stack_bytes: w.stack_kib << 10,
+        })?;
+        Ok(Arc::clone(self.wasm.get_or_init(|| rt)))
+    }
+
+    fn grants(&self, name: &str) -> &[Capability] {
+        self.config.agents.grants.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    fn is_trusted(&self, name: &str) -> bool {
+        self.config.agents.trusted.iter().any(|t| t == name)
+    }
+
+    /// Load the agent called `name` (a type name, `ocf:P:T`, or a file path).
+    pub fn load(&self, name: &str) -> anyhow::Result<AgentHandle> {
+        if let Some(registered) = baton_agents::builtin_agent(name) {
+            return Ok(AgentHandle::new(Box::new(BuiltinBackend::new(registered)), "built-in"));
+        }
+        if name.starts_with("ocf:") {
+            let backend = OcfBackend::load(name, &self.config.agents.ocf_root).map_err(anyhow::Error::msg)?;
+            return Ok(AgentHandle::new(Box::new(backend), "ocf bridge"));
+        }
+        let as_path = Path::new(name);
+        if name.contains('/') || name.ends_with(".so") || name.ends_with(".wasm") {
+            if !as_path.is_file() {
+                bail!("agent file {name} does not exist");
+            }
+            return self.load_file(as_path);
+        }
+        if !self.store.contains(name) {
+            bail!(
+                "unknown agent type {name:?}. Built-in: {}; installed: {}; OCF agents are named ocf:PROVIDER:TYPE. \
+                 Install a .so or .wasm with `baton agent install PATH`",
+                baton_agents::builtin_agents().iter().map(|a| a.name).collect::<Vec<_>>().join(", "),
+                {
+                    let names: Vec<String> = self.store.manifests().into_iter().flatten().map(|m| m.name).collect();
+                    if names.is_empty() { format!("none (store {})", self.store.root().display()) } else { names.join(", ") }
+                }
+            );
+        }
+        let manifest = self.store.manifest(name)?;
+        let (file, precompiled) = self.store.verify(&manifest)?;
+        let source = format!("store {}", file.display());
+        match manifest.kind {
+            StoredKind::Native if self.is_trusted(name) => {
+                let b = TrustedBackend::load(&file).map_err(anyhow::Error::msg)?;
+                Ok(AgentHandle::new(Box::new(b), source))
+            }
+            StoredKind::Native => {
+                let b = RunnerBackend::load(&file, self.policy.clone()).map_err(anyhow::Error::msg)?;
+                Ok(AgentHandle::new(Box::new(b), source))
+            }
+            StoredKind::Wasm => {
+                let rt = self.wasm_runtime()?;
+                let pre = precompiled.ok_or_else(|| anyhow!("agent {name}: the store entry lacks its precompiled component; reinstall it"))?;
+                // SAFETY: `verify` just checked the precompiled file's SHA-256 against the
+                // manifest that `baton agent install` wrote with this file.
+                let component = unsafe { rt.deserialize(&pre) }.map_err(anyhow::Error::msg)?;
+                let b = WasmBackend::load(rt, &component, &file, self.grants(name), &self.node).map_err(anyhow::Error::msg)?;
+                Ok(AgentHandle::new(Box::new(b), source))
+            }
+        }
+    }
+
+    fn load_file(&self, path: &Path) -> anyhow::Result<AgentHandle> {
+        let source = format!("file {}", path.display());
+        match sniff(path)? {
+            StoredKind::Native => {
+                let b = RunnerBackend::load(path, self.policy.clone()).map_err(anyhow::Error::msg)?;
+                Ok(AgentHandle::new(Box::new(b), source))
+            }
+            StoredKind::Wasm => {
+                let rt = self.wasm_runtime()?;
+                let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+                let component = rt.compile(&bytes, path).map_err(anyhow::Error::msg)?;
+                // Grants are by type name, which is only known after loading: read the
+                // meta-data first, then load again with the grants for that name.
+                let probe = WasmBackend::load(Arc::clone(&rt), &component, path, &[], &self.node).map_err(anyhow::Error::msg)?;
+                let name = crate::agent_host::Backend::metadata(&probe).name.clone();
+                drop(probe);
+                let b = WasmBackend::load(rt, &component, path, self.grants(&name), &self.node).map_err(anyhow::Error::msg)?;
+                Ok(AgentHandle::new(Box::new(b), source))
+            }
+        }
+    }
+
+    /// Install a `.so` or `.wasm` into the store.
+    pub fn install(&self, path: &Path) -> anyhow::Result<crate::store::Installed> {
+        let rt = self.wasm_runtime()?;
+        self.store.install(path, &self.policy, &rt, &|name| baton_agents::builtin_agent(name).is_some())
+    }
+
+    /// Every available agent, without starting any (installed entries are
+    /// hash-checked; OCF agents are listed by name).
+    pub fn list(&self) -> Vec<AgentSummary> {
+        let mut out = Vec::new();
+        for registered in baton_agents::builtin_agents() {
+            let meta = (registered.build)().metadata();
+            out.push(self.summary(&meta.name, AgentKind::Builtin, &meta, "built-in".into(), "ok".into()));
+        }
+        for entry in self.store.manifests() {
+            match entry {
+                Ok(m) => {
+                    let state = match self.store.verify(&m) {
+                        Ok(_) => "ok".to_string(),
+                        Err(e) => format!("{e:#}"),
+                    };
+                    let kind = match m.kind {
+                        StoredKind::Native if self.is_trusted(&m.name) => AgentKind::NativeTrusted,
+                        StoredKind::Native => AgentKind::Native,
+                        StoredKind::Wasm => AgentKind::Wasm,
+                    };
+                    out.push(self.summary(&m.name, kind, &m.metadata, format!("store ({})", m.source.display()), state));
+                }
+                Err(e) => out.push(AgentSummary {
+                    name: "?".into(),
+                    kind: AgentKind::Native,
+                    version: String::new(),
+                    contract: None,
+                    source: self.store.root().display().to_string(),
+                    requested: vec![],
+                    granted: vec![],
+                    state: e,
+                }),
+            }
+        }
+        let root = self.config.agents.ocf_root.join("resource.d");
+        if let Ok(providers) = std::fs::read_dir(&root) {
+            let mut names = Vec::new();
+            for p in providers.flatten() {
+                let provider = p.file_name().to_string_lossy().into_owned();
+                if provider.starts_with('.') {
+                    continue;
+                }
+                if let Ok(agents) = std::fs::read_dir(p.path()) {
+                    for a in agents.flatten() {
+                        let kind = a.file_name().to_string_lossy().into_owned();
+                        if !kind.starts_with('.') && a.path().is_file() {
+                            names.push(format!("ocf:{provider}:{kind}"));
+                        }
+                    }
+                }
+            }
+            names.sort();
+            for name in names {
+                out.push(AgentSummary {
+                    name,
+                    kind: AgentKind::Ocf,
+                    version: String::new(),
+                    contract: Some(ContractVersion::new(1, 0)),
+                    source: root.display().to_string(),
+                    requested: vec![],
+                    granted: vec![],
+                    state: "ok".into(),
+                });
+            }
+        }
+        out
+    }
+
+    fn summary(&self, name: &str, kind: AgentKind, meta: &baton_plugin_api::Metadata, source: String, state: String) -> AgentSummary {
+        let caps = CapabilitySet::new(&meta.capabilities, self.grants(name));
+        AgentSummary {
+            name: name.into(),
+            kind,
+            version: meta.version.clone(),
+            contract: Some(meta.contract),
+            source,
+            requested: meta.capabilities.iter().map(|c| c.to_string()).collect(),
+            granted: caps.effective().iter().map(|c| c.to_string()).collect(),
+            state,
+        }
+    }
+}

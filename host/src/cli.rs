@@ -1,0 +1,306 @@
+//! The `baton` command line.
+
+use crate::agent_host::CallReport;
+use crate::catalog::AgentCatalog;
+use crate::config::Config;
+use crate::conformance;
+use anyhow::{Context, bail};
+use baton_plugin_api::{Action, Outcome, Params};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// baton: a high-availability cluster host.
+#[derive(Parser, Debug)]
+#[command(name = "baton", version, about)]
+pub struct Cli {
+    /// Config file (default /etc/baton/baton.toml when it exists).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Work with resource agents: list, inspect, run, test, install.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// A first look on this machine: runs every kind of agent and shows what baton does with them.
+    Demo(crate::demo::DemoArgs),
+    /// (internal) Run a native agent library for the host, speaking framed JSON on stdin/stdout.
+    #[command(hide = true)]
+    AgentRunner {
+        /// The library to load.
+        library: PathBuf,
+    },
+}
+
+/// `baton agent ...`.
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// List every available agent: built-in, installed, OCF.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an agent's meta-data.
+    Info {
+        /// Agent type (`process`, an installed name, `ocf:heartbeat:Dummy`, or a file).
+        agent: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: InfoFormat,
+    },
+    /// Run one action and print the typed result.
+    Run {
+        /// Agent type.
+        agent: String,
+        /// Action: validate, start, stop, monitor, promote, demote, notify, reload, recover, meta-data.
+        action: String,
+        /// A resource parameter, KEY=VALUE (repeatable).
+        #[arg(short = 'p', long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// Deadline for the call in milliseconds (default: the agent's advertised timeout).
+        #[arg(long, value_name = "MS")]
+        timeout: Option<u64>,
+        /// The resource instance name the agent sees.
+        #[arg(long, default_value = "cli")]
+        resource: String,
+        /// Monitor/validate depth (0, 10, 20).
+        #[arg(long, default_value_t = 0)]
+        depth: u32,
+        /// Run monitor as a probe.
+        #[arg(long)]
+        probe: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the conformance sequence (ocf-tester style) and report pass/fail.
+    Test {
+        /// Agent type.
+        agent: String,
+        /// A resource parameter, KEY=VALUE (repeatable).
+        #[arg(short = 'p', long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// The resource instance name the agent sees.
+        #[arg(long, default_value = "conformance")]
+        resource: String,
+        /// Deadline per call in milliseconds (default: each action's advertised timeout).
+        #[arg(long, value_name = "MS")]
+        timeout: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a .so or .wasm and put it in the agent store.
+    Install {
+        /// The agent file.
+        path: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `baton agent info --format`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum InfoFormat {
+    /// For people.
+    Text,
+    /// The meta-data as JSON.
+    Json,
+    /// OCF 1.1 resource-agent XML.
+    OcfXml,
+}
+
+/// Parse `KEY=VALUE` flags; the error names the flag.
+pub fn parse_params(list: &[String]) -> anyhow::Result<Params> {
+    let mut params = Params::new();
+    for item in list {
+        let Some((k, v)) = item.split_once('=') else {
+            bail!("-p {item:?}: write KEY=VALUE");
+        };
+        if k.is_empty() {
+            bail!("-p {item:?}: the key is empty; write KEY=VALUE");
+        }
+        if params.insert(k.to_string(), v.to_string()).is_some() {
+            bail!("-p {k}: given twice");
+        }
+    }
+    Ok(params)
+}
+
+fn runner_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("cannot find the baton executable for the native agent runner")
+}
+
+/// Run the CLI; returns the process exit code.
+pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::AgentRunner { library } = &cli.command {
+        crate::runner::run(library)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::AgentRunner { .. } => unreachable!("handled above"),
+        Command::Demo(args) => crate::demo::run(args, config, runner_exe()?),
+        Command::Agent(cmd) => agent(cmd, AgentCatalog::new(config, runner_exe()?)),
+    }
+}
+
+fn agent(cmd: AgentCommand, catalog: AgentCatalog) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AgentCommand::List { json } => {
+            let list = catalog.list();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<28} {:<15} {:<10} {:<9} CAPABILITIES (requested / granted)", "TYPE", "KIND", "VERSION", "CONTRACT");
+                for a in &list {
+                    let caps = if a.requested.is_empty() {
+                        "-".to_string()
+                    } else {
+                        format!("{} / {}", a.requested.join(","), if a.granted.is_empty() { "none".into() } else { a.granted.join(",") })
+                    };
+                    println!(
+                        "{:<28} {:<15} {:<10} {:<9} {caps}{}",
+                        a.name,
+                        a.kind.name(),
+                        if a.version.is_empty() { "-" } else { &a.version },
+                        a.contract.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                        if a.state == "ok" { String::new() } else { format!("  [{}]", a.state) }
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AgentCommand::Info { agent, format } => {
+            let handle = catalog.load(&agent)?;
+            let meta = handle.metadata();
+            match format {
+                InfoFormat::Json => println!("{}", serde_json::to_string_pretty(meta)?),
+                InfoFormat::OcfXml => print!("{}", meta.to_ocf_xml()),
+                InfoFormat::Text => {
+                    println!("{} {} — {}", meta.name, meta.version, meta.shortdesc);
+                    println!("kind: {}   contract: {}   source: {}", handle.kind(), meta.contract, handle.source());
+                    if !meta.longdesc.is_empty() {
+                        println!("\n{}", meta.longdesc);
+                    }
+                    println!("\nparameters:");
+                    for p in &meta.parameters {
+                        println!(
+                            "  {:<16} {:<8} {}{}{} {}",
+                            p.name,
+                            p.kind.ocf_name(),
+                            if p.required { "required " } else { "" },
+                            if p.unique { "unique " } else { "" },
+                            p.default.as_ref().map(|d| format!("default={d}")).unwrap_or_default(),
+                            p.description
+                        );
+                    }
+                    println!("\nactions:");
+                    for a in &meta.actions {
+                        let interval = if a.interval_ms > 0 { format!(" every {} ms", a.interval_ms) } else { String::new() };
+                        println!("  {:<10} timeout {} ms{interval}", a.action, a.timeout_ms);
+                    }
+                    if !meta.capabilities.is_empty() {
+                        println!("\ncapabilities requested: {}", meta.capabilities.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "));
+                    }
+                    for (k, v) in handle.health() {
+                        println!("{k}: {v}");
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AgentCommand::Run { agent, action, params, timeout, resource, depth, probe, json } => {
+            let action = Action::parse(&action).with_context(|| {
+                format!(
+                    "unknown action {action:?}; use one of {}",
+                    Action::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+                )
+            })?;
+            let params = parse_params(&params)?;
+            let handle = catalog.load(&agent)?;
+            let mut req = baton_plugin_api::Request::new(action, params);
+            req.depth = depth;
+            req.probe = probe;
+            req.context.resource = resource;
+            req.context.node = catalog.node().to_string();
+            req.context.timeout_ms = timeout
+                .or_else(|| handle.metadata().action(action).map(|a| a.timeout_ms))
+                .unwrap_or(20_000);
+            let report = handle.call(&req);
+            print_report(&report, json)?;
+            Ok(if report.result.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        AgentCommand::Test { agent, params, resource, timeout, json } => {
+            let params = parse_params(&params)?;
+            let handle = catalog.load(&agent)?;
+            let report = conformance::run(&handle, params, &resource, catalog.node(), timeout);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("conformance test of {} ({})", report.agent, report.kind);
+                for s in &report.steps {
+                    println!("  {} {:<45} {} ({} µs)", if s.passed { "PASS" } else { "FAIL" }, s.name, s.got, s.micros);
+                }
+                let failed = report.steps.iter().filter(|s| !s.passed).count();
+                println!("{}: {} passed, {} failed", if report.passed { "PASS" } else { "FAIL" }, report.steps.len() - failed, failed);
+            }
+            Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        AgentCommand::Install { path, json } => {
+            let installed = catalog.install(&path)?;
+            let m = &installed.manifest;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&installed)?);
+            } else {
+                println!(
+                    "installed {} {} ({:?}, contract {}) into {}",
+                    m.name,
+                    m.metadata.version,
+                    m.kind,
+                    m.contract,
+                    catalog.store().root().join(&m.name).display()
+                );
+                if let Some(old) = &installed.replaced {
+                    println!("replaced version {old}");
+                }
+                println!("sha256 {}", m.sha256);
+                if !m.metadata.capabilities.is_empty() {
+                    println!(
+                        "requests capabilities: {} — grant them under [agents.grants] {} = [...] in the config",
+                        m.metadata.capabilities.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "),
+                        m.name
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Print one call's result for people or as JSON.
+pub fn print_report(report: &CallReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    match &report.result {
+        Ok(Outcome::Metadata(m)) => println!("{}", serde_json::to_string_pretty(m)?),
+        Ok(outcome) => println!("{} {}: {outcome} ({} µs)", report.agent, report.action, report.elapsed.as_micros()),
+        Err(f) => println!(
+            "{} {}: FAILED {f}\nrecovery: {} ({} µs)",
+            report.agent,
+            report.action,
+            report.recovery,
+            report.elapsed.as_micros()
+        ),
+    }
+    Ok(())
+}

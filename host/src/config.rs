@@ -1,0 +1,175 @@
+//! The administrator's config file (TOML). This module holds the `[agents]`
+//! section: where installed agents live, the OCF root, sandbox limits, capability
+//! grants and trusted native libraries.
+
+use anyhow::Context;
+use baton_plugin_api::Capability;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Where `baton` looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/baton/baton.toml";
+
+/// The whole config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Agent settings.
+    #[serde(default)]
+    pub agents: AgentsConfig,
+}
+
+/// `[agents]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsConfig {
+    /// The agent store that `baton agent install` writes and the daemon reads.
+    pub store: PathBuf,
+    /// The OCF root (`OCF_ROOT`); agents are `OCF_ROOT/resource.d/PROVIDER/TYPE`.
+    pub ocf_root: PathBuf,
+    /// This node's name as agents see it (default: the host name).
+    pub node: Option<String>,
+    /// Limits of the native runner.
+    pub native: NativeConfig,
+    /// Limits of the WebAssembly sandbox.
+    pub wasm: WasmConfig,
+    /// Capabilities granted per agent type: `name = ["exec:/usr/bin/pg_ctl", ...]`.
+    pub grants: BTreeMap<String, Vec<Capability>>,
+    /// Native agent types that run inside the host process (a crash there takes the
+    /// node down; only for libraries you vouch for).
+    pub trusted: Vec<String>,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        AgentsConfig {
+            store: PathBuf::from("/var/lib/baton/agents"),
+            ocf_root: PathBuf::from("/usr/lib/ocf"),
+            node: None,
+            native: NativeConfig::default(),
+            wasm: WasmConfig::default(),
+            grants: BTreeMap::new(),
+            trusted: Vec::new(),
+        }
+    }
+}
+
+/// `[agents.native]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NativeConfig {
+    /// Address-space limit of each runner process, MiB (0: none).
+    pub memory_limit_mib: u64,
+    /// Crashes within `crash_window_s` that quarantine a library.
+    pub quarantine_after: usize,
+    /// The window crashes are counted in, seconds.
+    pub crash_window_s: u64,
+    /// How long a quarantined library stays refused, seconds.
+    pub quarantine_s: u64,
+}
+
+impl Default for NativeConfig {
+    fn default() -> Self {
+        NativeConfig {
+            memory_limit_mib: 1024,
+            quarantine_after: 5,
+            crash_window_s: 60,
+            quarantine_s: 600,
+        }
+    }
+}
+
+/// `[agents.wasm]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WasmConfig {
+    /// Linear memory per instance, MiB.
+    pub memory_mib: usize,
+    /// Wasm stack per call, KiB.
+    pub stack_kib: usize,
+}
+
+impl Default for WasmConfig {
+    fn default() -> Self {
+        WasmConfig {
+            memory_mib: 64,
+            stack_kib: 512,
+        }
+    }
+}
+
+impl Config {
+    /// Read `path`; without a path, read [`DEFAULT_CONFIG`] if it exists, else use defaults.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let (path, must_exist) = match path {
+            Some(p) => (p.to_owned(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !must_exist && e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read config file {}", path.display())),
+        };
+        Config::parse(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// Parse config text; errors name the line, the key and what is expected.
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        for name in &config.agents.trusted {
+            if name.starts_with("ocf:") {
+                anyhow::bail!("agents.trusted: {name:?} is an OCF agent; only native libraries can be trusted");
+            }
+        }
+        if config.agents.wasm.memory_mib == 0 {
+            anyhow::bail!("agents.wasm.memory_mib: must be at least 1");
+        }
+        Ok(config)
+    }
+
+    /// This node's name for agents.
+    pub fn node_name(&self) -> String {
+        self.agents.node.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_agents_section_parses() {
+        let c = Config::parse(
+            r#"
+            [agents]
+            store = "/tmp/store"
+            trusted = ["fastlib"]
+            [agents.grants]
+            pg = ["exec:/usr/bin/pg_ctl", "read:/etc/postgresql"]
+            [agents.wasm]
+            memory_mib = 32
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.agents.store, PathBuf::from("/tmp/store"));
+        assert_eq!(c.agents.grants["pg"].len(), 2);
+        assert_eq!(c.agents.wasm.memory_mib, 32);
+        assert_eq!(c.agents.native.memory_limit_mib, 1024);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_fix() {
+        let e = format!("{:#}", Config::parse("[agents]\nstroe = \"/x\"\n").unwrap_err());
+        assert!(e.contains("stroe"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+        let e = format!("{:#}", Config::parse("[agents.grants]\npg = [\"exec:pg_ctl\"]\n").unwrap_err());
+        assert!(e.contains("the path must be absolute"), "{e}");
+        let e = format!("{:#}", Config::parse("[agents]\ntrusted = [\"ocf:heartbeat:IPaddr2\"]\n").unwrap_err());
+        assert!(e.contains("only native libraries can be trusted"), "{e}");
+    }
+}

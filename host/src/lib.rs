@@ -1,0 +1,20 @@
+//! baton's host: the daemon and CLI.
+//!
+//! The agent side reads as one line: [`catalog`] finds an agent by name and loads
+//! it through one of the [`backend`]s; [`agent_host::AgentHandle`] checks each
+//! call, owns its deadline and maps its result to a recovery; [`conformance`] runs
+//! the ocf-tester sequence over the same handle.
+
+pub mod agent_host;
+pub mod backend;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod conformance;
+pub mod demo;
+pub mod process_group;
+pub mod runner;
+pub mod store;
+
+// Link the built-in agents so their inventory registrations are kept.
+use baton_agents as _;

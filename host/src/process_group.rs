@@ -1,0 +1,220 @@
+//! Running an external program the way an HA host must: in its own process group,
+//! stdin closed, output captured up to a bound, and SIGKILL to the whole group when
+//! the deadline passes (after Pacemaker's `child_timeout_callback`).
+
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How a finished (or killed) program ended.
+#[derive(Debug)]
+pub struct Finished {
+    /// The exit status, when the program was not killed by the deadline.
+    pub status: Option<ExitStatus>,
+    /// Whether the deadline passed and the group was killed.
+    pub timed_out: bool,
+    /// Captured standard output (at most the bound).
+    pub stdout: Vec<u8>,
+    /// Captured standard error (at most the bound).
+    pub stderr: Vec<u8>,
+    /// Whether output beyond the bound was dropped.
+    pub truncated: bool,
+    /// Wall time from spawn to end.
+    pub elapsed: Duration,
+    /// The process group the program ran in (what it left behind is still in it).
+    pub pgid: u32,
+}
+
+/// Send `signal` to every process in group `pgid`.
+pub fn signal_group(pgid: u32, signal: i32) {
+    // SAFETY: plain kill(2) on a process group this host created; ESRCH is harmless.
+    unsafe {
+        libc::kill(-(pgid as i32), signal);
+    }
+}
+
+/// Say how a process ended, in words (`exit code 3`, `killed by SIGSEGV (11)`).
+pub fn describe_status(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exit code {code}");
+    }
+    match status.signal() {
+        Some(sig) => format!("killed by {} ({sig})", signal_name(sig)),
+        None => "ended in an unknown way".into(),
+    }
+}
+
+/// The usual name of a signal number.
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGINT => "SIGINT",
+        libc::SIGPIPE => "SIGPIPE",
+        _ => "signal",
+    }
+}
+
+/// Run `cmd` in a new process group with stdin closed, capture at most `limit`
+/// bytes of each output stream, and kill the group with SIGKILL if it has not exited
+/// within `timeout`.
+///
+/// A program that leaves a daemon behind (which keeps the output pipes open) is
+/// fine: after the program itself exits, output is collected for a short grace and
+/// the daemon is left alone.
+pub fn run(mut cmd: Command, timeout: Duration, limit: usize) -> std::io::Result<Finished> {
+    let started = Instant::now();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn()?;
+    let pgid = child.id();
+    let (chunks_tx, chunks_rx) = mpsc::channel::<(usize, Option<Vec<u8>>)>();
+    let streams: [Option<Box<dyn Read + Send>>; 2] = [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ];
+    for (index, stream) in streams.into_iter().enumerate() {
+        let Some(mut stream) = stream else { continue };
+        let tx = chunks_tx.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send((index, Some(buf[..n].to_vec()))).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = tx.send((index, None));
+        });
+    }
+    drop(chunks_tx);
+    let (exit_tx, exit_rx) = mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let _ = exit_tx.send(child.wait());
+    });
+    let mut out = [Vec::new(), Vec::new()];
+    let mut truncated = false;
+    let mut open = 2;
+    let mut keep = |index: usize, data: Vec<u8>, out: &mut [Vec<u8>; 2]| {
+        let room = limit.saturating_sub(out[index].len());
+        if data.len() > room {
+            truncated = true;
+        }
+        out[index].extend_from_slice(&data[..data.len().min(room)]);
+    };
+    let deadline = started + timeout;
+    let mut status: Option<ExitStatus> = None;
+    let mut timed_out = false;
+    // Wait for the exit while collecting output.
+    loop {
+        if let Ok(s) = exit_rx.try_recv() {
+            status = Some(s?);
+            break;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            signal_group(pgid, libc::SIGKILL);
+            timed_out = true;
+            // SIGKILL is certain to end the leader; collect its status.
+            let _ = exit_rx.recv_timeout(Duration::from_secs(5));
+            break;
+        }
+        let left = deadline - now;
+        if open > 0 {
+            match chunks_rx.recv_timeout(left.min(Duration::from_millis(50))) {
+                Ok((i, Some(data))) => keep(i, data, &mut out),
+                Ok((_, None)) => open -= 1,
+                Err(_) => {}
+            }
+        } else if let Ok(s) = exit_rx.recv_timeout(left) {
+            status = Some(s?);
+            break;
+        }
+    }
+    // Collect what is left; a daemon holding the pipes gets only a short grace.
+    let grace = Instant::now() + Duration::from_millis(100);
+    while open > 0 {
+        match chunks_rx.recv_timeout(grace.saturating_duration_since(Instant::now())) {
+            Ok((i, Some(data))) => keep(i, data, &mut out),
+            Ok((_, None)) => open -= 1,
+            Err(_) => break,
+        }
+    }
+    let [stdout, stderr] = out;
+    Ok(Finished {
+        status: if timed_out { None } else { status },
+        timed_out,
+        stdout,
+        stderr,
+        truncated,
+        elapsed: started.elapsed(),
+        pgid,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c").arg(script);
+        c
+    }
+
+    #[test]
+    fn captures_output_and_exit_code() {
+        let f = run(sh("echo out; echo err >&2; exit 3"), Duration::from_secs(10), 1024).unwrap();
+        assert_eq!(f.status.unwrap().code(), Some(3));
+        assert_eq!(f.stdout, b"out\n");
+        assert_eq!(f.stderr, b"err\n");
+        assert!(!f.timed_out);
+    }
+
+    #[test]
+    fn kills_the_whole_group_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child.pid");
+        let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let f = run(sh(&script), Duration::from_millis(300), 1024).unwrap();
+        assert!(f.timed_out);
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        // The grandchild got SIGKILL with its group; once reaped by init it is gone.
+        // SAFETY: signal 0 only probes.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "the grandchild survived the group kill");
+    }
+
+    #[test]
+    fn bounds_captured_output() {
+        let f = run(sh("head -c 100000 /dev/zero"), Duration::from_secs(10), 1000).unwrap();
+        assert_eq!(f.stdout.len(), 1000);
+        assert!(f.truncated);
+    }
+
+    #[test]
+    fn a_daemon_left_behind_does_not_hold_the_caller() {
+        // The daemon keeps stdout open; the call still ends right after the shell exits.
+        let f = run(sh("echo started; sleep 30 & exit 0"), Duration::from_secs(20), 1024).unwrap();
+        signal_group(f.pgid, libc::SIGKILL);
+        assert!(!f.timed_out, "the caller waited for the daemon");
+        assert_eq!(f.status.unwrap().code(), Some(0));
+        assert_eq!(f.stdout, b"started\n");
+    }
+}
