@@ -32,7 +32,9 @@ pub fn builtin_agents() -> Vec<&'static BuiltinAgent> {
 
 /// The compiled-in agent named `name`.
 pub fn builtin_agent(name: &str) -> Option<&'static BuiltinAgent> {
-    inventory::iter::<BuiltinAgent>.into_iter().find(|a| a.name == name)
+    inventory::iter::<BuiltinAgent>
+        .into_iter()
+        .find(|a| a.name == name)
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@
 
 use crate::reading::{ensure_dir, millis, required, state_file, text};
 use baton_plugin_api::{
-    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamSpec, ParamType, Request,
-    ResourceAgent,
+    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamSpec, ParamType,
+    Request, ResourceAgent,
 };
 use std::collections::HashMap;
 use std::fs;
@@ -34,7 +34,13 @@ pub struct ProcessAgent {
     children: Mutex<HashMap<u32, Child>>,
 }
 
-fn param(name: &str, kind: ParamType, required: bool, default: Option<&str>, description: &str) -> ParamSpec {
+fn param(
+    name: &str,
+    kind: ParamType,
+    required: bool,
+    default: Option<&str>,
+    description: &str,
+) -> ParamSpec {
     ParamSpec {
         name: name.into(),
         kind,
@@ -140,12 +146,48 @@ impl ResourceAgent for ProcessAgent {
                        then SIGKILL after stop_grace_ms."
                 .into(),
             parameters: vec![
-                param("command", ParamType::String, true, None, "Shell command to run (exec'd by /bin/sh -c)"),
-                param("cwd", ParamType::String, false, Some("/"), "Working directory of the command"),
-                param("log_file", ParamType::String, false, Some("/dev/null"), "File that receives the command's stdout and stderr (appended)"),
-                param("ready_tcp", ParamType::String, false, None, "HOST:PORT that must accept connections before start returns; monitor checks it too"),
-                param("stop_grace_ms", ParamType::Integer, false, Some("5000"), "Time between SIGTERM and SIGKILL to the process group on stop"),
-                param("state_dir", ParamType::String, false, Some("/run/baton/process"), "Directory for the PID file (<resource>.pid)"),
+                param(
+                    "command",
+                    ParamType::String,
+                    true,
+                    None,
+                    "Shell command to run (exec'd by /bin/sh -c)",
+                ),
+                param(
+                    "cwd",
+                    ParamType::String,
+                    false,
+                    Some("/"),
+                    "Working directory of the command",
+                ),
+                param(
+                    "log_file",
+                    ParamType::String,
+                    false,
+                    Some("/dev/null"),
+                    "File that receives the command's stdout and stderr (appended)",
+                ),
+                param(
+                    "ready_tcp",
+                    ParamType::String,
+                    false,
+                    None,
+                    "HOST:PORT that must accept connections before start returns; monitor checks it too",
+                ),
+                param(
+                    "stop_grace_ms",
+                    ParamType::Integer,
+                    false,
+                    Some("5000"),
+                    "Time between SIGTERM and SIGKILL to the process group on stop",
+                ),
+                param(
+                    "state_dir",
+                    ParamType::String,
+                    false,
+                    Some("/run/baton/process"),
+                    "Directory for the PID file (<resource>.pid)",
+                ),
             ],
             actions: vec![
                 ActionSpec::new(Action::Validate, 5_000),
@@ -165,7 +207,11 @@ impl ResourceAgent for ProcessAgent {
         }
         millis(&meta, req, "stop_grace_ms")?;
         if let Some(addr) = text(&meta, req, "ready_tcp") {
-            if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            if addr
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
                 return Err(AgentError::misconfigured(format!(
                     "parameter ready_tcp: {addr:?} is not HOST:PORT"
                 )));
@@ -174,7 +220,9 @@ impl ResourceAgent for ProcessAgent {
         if req.depth > 0 {
             let cwd = required(&meta, req, "cwd")?;
             if !Path::new(cwd).is_dir() {
-                return Err(AgentError::invalid_args(format!("cwd {cwd} is not a directory on this node")));
+                return Err(AgentError::invalid_args(format!(
+                    "cwd {cwd} is not a directory on this node"
+                )));
             }
         }
         Ok(())
@@ -210,12 +258,17 @@ impl ResourceAgent for ProcessAgent {
             .spawn()
             .map_err(|e| AgentError::not_installed(format!("cannot run /bin/sh: {e}")))?;
         let pid = child.id();
-        self.children.lock().unwrap_or_else(|e| e.into_inner()).insert(pid, child);
-        let (start_time, _) = proc_stat(pid)
-            .ok_or_else(|| AgentError::generic(format!("process {pid} exited at once: {command}")))?;
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid, child);
+        let (start_time, _) = proc_stat(pid).ok_or_else(|| {
+            AgentError::generic(format!("process {pid} exited at once: {command}"))
+        })?;
         let rec = Recorded { pid, start_time };
-        fs::write(&pidfile, format!("{pid} {start_time}\n"))
-            .map_err(|e| AgentError::permission(format!("cannot write {}: {e}", pidfile.display())))?;
+        fs::write(&pidfile, format!("{pid} {start_time}\n")).map_err(|e| {
+            AgentError::permission(format!("cannot write {}: {e}", pidfile.display()))
+        })?;
 
         // Leave a tenth of the host's deadline for the host's own bookkeeping.
         let budget = req.context.timeout().mul_f64(0.9);
@@ -249,7 +302,8 @@ impl ResourceAgent for ProcessAgent {
             return Ok(());
         };
         if self.alive(rec) || group_alive(rec.pid) {
-            let grace = millis(&meta, req, "stop_grace_ms")?.min(req.context.timeout().mul_f64(0.5));
+            let grace =
+                millis(&meta, req, "stop_grace_ms")?.min(req.context.timeout().mul_f64(0.5));
             signal_group(rec.pid, libc::SIGTERM);
             let deadline = Instant::now() + grace;
             while group_alive(rec.pid) && Instant::now() < deadline {
@@ -273,8 +327,16 @@ impl ResourceAgent for ProcessAgent {
             }
         }
         fs::remove_file(&pidfile)
-            .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
-            .map_err(|e| AgentError::permission(format!("cannot remove {}: {e}", pidfile.display())))
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| {
+                AgentError::permission(format!("cannot remove {}: {e}", pidfile.display()))
+            })
     }
 
     fn monitor(&self, req: &Request) -> Result<MonitorState, AgentError> {
@@ -283,9 +345,16 @@ impl ResourceAgent for ProcessAgent {
             return Ok(MonitorState::NotRunning);
         };
         if let Some(addr) = text(&meta, req, "ready_tcp") {
-            let timeout = req.context.timeout().mul_f64(0.5).min(Duration::from_secs(2));
+            let timeout = req
+                .context
+                .timeout()
+                .mul_f64(0.5)
+                .min(Duration::from_secs(2));
             accepts(addr, timeout).map_err(|why| {
-                AgentError::generic(format!("process {} runs but does not serve {addr}: {why}", rec.pid))
+                AgentError::generic(format!(
+                    "process {} runs but does not serve {addr}: {why}",
+                    rec.pid
+                ))
             })?;
         }
         Ok(MonitorState::Running)
@@ -313,15 +382,34 @@ mod tests {
         let agent = ProcessAgent::default();
         // The command forks a grandchild in the same group: stop must kill both.
         let cmd = "sh -c 'sleep 300 & sleep 300'";
-        assert_eq!(agent.monitor(&req(Action::Monitor, dir.path(), cmd)).unwrap(), MonitorState::NotRunning);
+        assert_eq!(
+            agent
+                .monitor(&req(Action::Monitor, dir.path(), cmd))
+                .unwrap(),
+            MonitorState::NotRunning
+        );
         agent.start(&req(Action::Start, dir.path(), cmd)).unwrap();
         let rec = ProcessAgent::read_record(&dir.path().join("p1.pid")).unwrap();
-        assert_eq!(agent.monitor(&req(Action::Monitor, dir.path(), cmd)).unwrap(), MonitorState::Running);
+        assert_eq!(
+            agent
+                .monitor(&req(Action::Monitor, dir.path(), cmd))
+                .unwrap(),
+            MonitorState::Running
+        );
         agent.start(&req(Action::Start, dir.path(), cmd)).unwrap();
-        assert_eq!(ProcessAgent::read_record(&dir.path().join("p1.pid")).unwrap(), rec, "double start must not start twice");
+        assert_eq!(
+            ProcessAgent::read_record(&dir.path().join("p1.pid")).unwrap(),
+            rec,
+            "double start must not start twice"
+        );
         agent.stop(&req(Action::Stop, dir.path(), cmd)).unwrap();
         assert!(!group_alive(rec.pid), "the process group survived stop");
-        assert_eq!(agent.monitor(&req(Action::Monitor, dir.path(), cmd)).unwrap(), MonitorState::NotRunning);
+        assert_eq!(
+            agent
+                .monitor(&req(Action::Monitor, dir.path(), cmd))
+                .unwrap(),
+            MonitorState::NotRunning
+        );
         agent.stop(&req(Action::Stop, dir.path(), cmd)).unwrap();
     }
 
@@ -348,15 +436,29 @@ mod tests {
         r.params.insert("ready_tcp".into(), "127.0.0.1:9".into());
         let err = agent.start(&r).unwrap_err();
         assert!(err.reason.contains("exited during start"), "{err}");
-        assert_eq!(agent.monitor(&req(Action::Monitor, dir.path(), "x")).unwrap(), MonitorState::NotRunning);
+        assert_eq!(
+            agent
+                .monitor(&req(Action::Monitor, dir.path(), "x"))
+                .unwrap(),
+            MonitorState::NotRunning
+        );
     }
 
     #[test]
     fn a_recycled_pid_is_not_taken_for_the_resource() {
         let dir = tempfile::tempdir().unwrap();
         // Our own PID exists, but with another start time than the one recorded.
-        fs::write(dir.path().join("p1.pid"), format!("{} 1\n", std::process::id())).unwrap();
+        fs::write(
+            dir.path().join("p1.pid"),
+            format!("{} 1\n", std::process::id()),
+        )
+        .unwrap();
         let agent = ProcessAgent::default();
-        assert_eq!(agent.monitor(&req(Action::Monitor, dir.path(), "x")).unwrap(), MonitorState::NotRunning);
+        assert_eq!(
+            agent
+                .monitor(&req(Action::Monitor, dir.path(), "x"))
+                .unwrap(),
+            MonitorState::NotRunning
+        );
     }
 }

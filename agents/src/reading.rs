@@ -13,9 +13,16 @@ pub(crate) fn text<'a>(meta: &'a Metadata, req: &'a Request, name: &str) -> Opti
         .filter(|v| !v.is_empty())
 }
 
-pub(crate) fn required<'a>(meta: &'a Metadata, req: &'a Request, name: &str) -> Result<&'a str, AgentError> {
+pub(crate) fn required<'a>(
+    meta: &'a Metadata,
+    req: &'a Request,
+    name: &str,
+) -> Result<&'a str, AgentError> {
     text(meta, req, name).ok_or_else(|| {
-        AgentError::misconfigured(format!("parameter {name} is required by agent {}", meta.name))
+        AgentError::misconfigured(format!(
+            "parameter {name} is required by agent {}",
+            meta.name
+        ))
     })
 }
 
@@ -24,7 +31,11 @@ pub(crate) fn millis(meta: &Metadata, req: &Request, name: &str) -> Result<Durat
     raw.trim()
         .parse::<u64>()
         .map(Duration::from_millis)
-        .map_err(|_| AgentError::misconfigured(format!("parameter {name}: {raw:?} is not a number of milliseconds")))
+        .map_err(|_| {
+            AgentError::misconfigured(format!(
+                "parameter {name}: {raw:?} is not a number of milliseconds"
+            ))
+        })
 }
 
 /// Where an agent keeps its per-resource state file (`<state_dir>/<resource>.<ext>`).
@@ -34,7 +45,13 @@ pub(crate) fn state_file(meta: &Metadata, req: &Request, ext: &str) -> Result<Pa
         .context
         .resource
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     Ok(dir.join(format!("{safe}.{ext}")))
 }
@@ -42,7 +59,10 @@ pub(crate) fn state_file(meta: &Metadata, req: &Request, ext: &str) -> Result<Pa
 pub(crate) fn ensure_dir(path: &std::path::Path) -> Result<(), AgentError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| {
-            AgentError::permission(format!("cannot create state directory {}: {e}", dir.display()))
+            AgentError::permission(format!(
+                "cannot create state directory {}: {e}",
+                dir.display()
+            ))
         })?;
     }
     Ok(())

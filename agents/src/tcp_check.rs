@@ -7,8 +7,8 @@
 
 use crate::reading::{ensure_dir, millis, required, state_file, text};
 use baton_plugin_api::{
-    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamSpec, ParamType, Request,
-    ResourceAgent,
+    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamSpec, ParamType,
+    Request, ResourceAgent,
 };
 use std::fs;
 use std::io::{Read, Write};
@@ -30,9 +30,12 @@ impl TcpCheckAgent {
             .to_socket_addrs()
             .map_err(|e| AgentError::misconfigured(format!("address {address:?}: {e}")))?
             .next()
-            .ok_or_else(|| AgentError::misconfigured(format!("address {address:?} resolves to nothing")))?;
-        let mut stream = TcpStream::connect_timeout(&addr, timeout)
-            .map_err(|e| AgentError::generic(format!("{address} does not accept connections: {e}")))?;
+            .ok_or_else(|| {
+                AgentError::misconfigured(format!("address {address:?} resolves to nothing"))
+            })?;
+        let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| {
+            AgentError::generic(format!("{address} does not accept connections: {e}"))
+        })?;
         let Some(expect) = text(&meta, req, "expect") else {
             return Ok(());
         };
@@ -40,7 +43,9 @@ impl TcpCheckAgent {
         stream.set_read_timeout(Some(timeout)).map_err(io)?;
         stream.set_write_timeout(Some(timeout)).map_err(io)?;
         if let Some(send) = text(&meta, req, "send") {
-            stream.write_all(send.replace("\\n", "\n").as_bytes()).map_err(io)?;
+            stream
+                .write_all(send.replace("\\n", "\n").as_bytes())
+                .map_err(io)?;
         }
         let mut reply = Vec::new();
         let mut buf = [0u8; 1024];
@@ -80,11 +85,41 @@ impl ResourceAgent for TcpCheckAgent {
                        that the reply starts with expect."
                 .into(),
             parameters: vec![
-                p("address", ParamType::String, true, None, "HOST:PORT to connect to"),
-                p("timeout_ms", ParamType::Integer, false, Some("1000"), "Connect and read timeout"),
-                p("send", ParamType::String, false, None, "Text to send after connecting"),
-                p("expect", ParamType::String, false, None, "Text the reply must start with"),
-                p("state_dir", ParamType::String, false, Some("/run/baton/tcp-check"), "Directory for the active mark"),
+                p(
+                    "address",
+                    ParamType::String,
+                    true,
+                    None,
+                    "HOST:PORT to connect to",
+                ),
+                p(
+                    "timeout_ms",
+                    ParamType::Integer,
+                    false,
+                    Some("1000"),
+                    "Connect and read timeout",
+                ),
+                p(
+                    "send",
+                    ParamType::String,
+                    false,
+                    None,
+                    "Text to send after connecting",
+                ),
+                p(
+                    "expect",
+                    ParamType::String,
+                    false,
+                    None,
+                    "Text the reply must start with",
+                ),
+                p(
+                    "state_dir",
+                    ParamType::String,
+                    false,
+                    Some("/run/baton/tcp-check"),
+                    "Directory for the active mark",
+                ),
             ],
             actions: vec![
                 ActionSpec::new(Action::Validate, 5_000),
@@ -99,8 +134,14 @@ impl ResourceAgent for TcpCheckAgent {
     fn validate(&self, req: &Request) -> Result<(), AgentError> {
         let meta = self.metadata();
         let address = required(&meta, req, "address")?;
-        if address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-            return Err(AgentError::misconfigured(format!("address {address:?} is not HOST:PORT")));
+        if address
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(AgentError::misconfigured(format!(
+                "address {address:?} is not HOST:PORT"
+            )));
         }
         millis(&meta, req, "timeout_ms").map(|_| ())
     }
@@ -117,9 +158,9 @@ impl ResourceAgent for TcpCheckAgent {
     fn stop(&self, req: &Request) -> Result<(), AgentError> {
         let mark = state_file(&self.metadata(), req, "active")?;
         match fs::remove_file(&mark) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(AgentError::permission(format!("cannot remove {}: {e}", mark.display())))
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AgentError::permission(
+                format!("cannot remove {}: {e}", mark.display()),
+            )),
             _ => Ok(()),
         }
     }

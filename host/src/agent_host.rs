@@ -6,8 +6,8 @@
 //! maps the result to a [`Recovery`] in one place.
 
 use baton_plugin_api::{
-    Action, AgentError, ErrorClass, Metadata, Outcome, Recovery, Request, check_params, recovery_for,
-    recovery_for_state,
+    Action, AgentError, ErrorClass, Metadata, Outcome, Recovery, Request, check_params,
+    recovery_for, recovery_for_state,
 };
 use serde::Serialize;
 use std::fmt;
@@ -249,7 +249,11 @@ impl AgentHandle {
         }
         if let Err(problems) = check_params(meta, &req.params) {
             let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-            return Err(Failure::host(FailureCause::Refused, ErrorClass::Misconfigured, text.join("; ")));
+            return Err(Failure::host(
+                FailureCause::Refused,
+                ErrorClass::Misconfigured,
+                text.join("; "),
+            ));
         }
         if req.context.timeout_ms == 0 {
             return Err(Failure::host(

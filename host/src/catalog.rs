@@ -102,7 +102,12 @@ impl AgentCatalog {
     }
 
     fn grants(&self, name: &str) -> &[Capability] {
-        self.config.agents.grants.get(name).map(Vec::as_slice).unwrap_or(&[])
+        self.config
+            .agents
+            .grants
+            .get(name)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     fn is_trusted(&self, name: &str) -> bool {
@@ -112,10 +117,14 @@ impl AgentCatalog {
     /// Load the agent called `name` (a type name, `ocf:P:T`, or a file path).
     pub fn load(&self, name: &str) -> anyhow::Result<AgentHandle> {
         if let Some(registered) = baton_agents::builtin_agent(name) {
-            return Ok(AgentHandle::new(Box::new(BuiltinBackend::new(registered)), "built-in"));
+            return Ok(AgentHandle::new(
+                Box::new(BuiltinBackend::new(registered)),
+                "built-in",
+            ));
         }
         if name.starts_with("ocf:") {
-            let backend = OcfBackend::load(name, &self.config.agents.ocf_root).map_err(anyhow::Error::msg)?;
+            let backend =
+                OcfBackend::load(name, &self.config.agents.ocf_root).map_err(anyhow::Error::msg)?;
             return Ok(AgentHandle::new(Box::new(backend), "ocf bridge"));
         }
         let as_path = Path::new(name);
@@ -129,10 +138,24 @@ impl AgentCatalog {
             bail!(
                 "unknown agent type {name:?}. Built-in: {}; installed: {}; OCF agents are named ocf:PROVIDER:TYPE. \
                  Install a .so or .wasm with `baton agent install PATH`",
-                baton_agents::builtin_agents().iter().map(|a| a.name).collect::<Vec<_>>().join(", "),
+                baton_agents::builtin_agents()
+                    .iter()
+                    .map(|a| a.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 {
-                    let names: Vec<String> = self.store.manifests().into_iter().flatten().map(|m| m.name).collect();
-                    if names.is_empty() { format!("none (store {})", self.store.root().display()) } else { names.join(", ") }
+                    let names: Vec<String> = self
+                        .store
+                        .manifests()
+                        .into_iter()
+                        .flatten()
+                        .map(|m| m.name)
+                        .collect();
+                    if names.is_empty() {
+                        format!("none (store {})", self.store.root().display())
+                    } else {
+                        names.join(", ")
+                    }
                 }
             );
         }
@@ -145,7 +168,8 @@ impl AgentCatalog {
                 Ok(AgentHandle::new(Box::new(b), source))
             }
             StoredKind::Native => {
-                let b = RunnerBackend::load(&file, self.policy.clone()).map_err(anyhow::Error::msg)?;
+                let b =
+                    RunnerBackend::load(&file, self.policy.clone()).map_err(anyhow::Error::msg)?;
                 Ok(AgentHandle::new(Box::new(b), source))
             }
             StoredKind::Wasm => {
@@ -154,7 +178,8 @@ impl AgentCatalog {
                 // SAFETY: `verify` just checked the precompiled file's SHA-256 against the
                 // manifest that `baton agent install` wrote with this file.
                 let component = unsafe { rt.deserialize(&pre) }.map_err(anyhow::Error::msg)?;
-                let b = WasmBackend::load(rt, &component, &file, self.grants(name), &self.node).map_err(anyhow::Error::msg)?;
+                let b = WasmBackend::load(rt, &component, &file, self.grants(name), &self.node)
+                    .map_err(anyhow::Error::msg)?;
                 Ok(AgentHandle::new(Box::new(b), source))
             }
         }
@@ -164,19 +189,23 @@ impl AgentCatalog {
         let source = format!("file {}", path.display());
         match sniff(path)? {
             StoredKind::Native => {
-                let b = RunnerBackend::load(path, self.policy.clone()).map_err(anyhow::Error::msg)?;
+                let b =
+                    RunnerBackend::load(path, self.policy.clone()).map_err(anyhow::Error::msg)?;
                 Ok(AgentHandle::new(Box::new(b), source))
             }
             StoredKind::Wasm => {
                 let rt = self.wasm_runtime()?;
-                let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
                 let component = rt.compile(&bytes, path).map_err(anyhow::Error::msg)?;
                 // Grants are by type name, which is only known after loading: read the
                 // meta-data first, then load again with the grants for that name.
-                let probe = WasmBackend::load(Arc::clone(&rt), &component, path, &[], &self.node).map_err(anyhow::Error::msg)?;
+                let probe = WasmBackend::load(Arc::clone(&rt), &component, path, &[], &self.node)
+                    .map_err(anyhow::Error::msg)?;
                 let name = crate::agent_host::Backend::metadata(&probe).name.clone();
                 drop(probe);
-                let b = WasmBackend::load(rt, &component, path, self.grants(&name), &self.node).map_err(anyhow::Error::msg)?;
+                let b = WasmBackend::load(rt, &component, path, self.grants(&name), &self.node)
+                    .map_err(anyhow::Error::msg)?;
                 Ok(AgentHandle::new(Box::new(b), source))
             }
         }
@@ -185,7 +214,9 @@ impl AgentCatalog {
     /// Install a `.so` or `.wasm` into the store.
     pub fn install(&self, path: &Path) -> anyhow::Result<crate::store::Installed> {
         let rt = self.wasm_runtime()?;
-        self.store.install(path, &self.policy, &rt, &|name| baton_agents::builtin_agent(name).is_some())
+        self.store.install(path, &self.policy, &rt, &|name| {
+            baton_agents::builtin_agent(name).is_some()
+        })
     }
 
     /// Every available agent, without starting any (installed entries are
@@ -194,7 +225,13 @@ impl AgentCatalog {
         let mut out = Vec::new();
         for registered in baton_agents::builtin_agents() {
             let meta = (registered.build)().metadata();
-            out.push(self.summary(&meta.name, AgentKind::Builtin, &meta, "built-in".into(), "ok".into()));
+            out.push(self.summary(
+                &meta.name,
+                AgentKind::Builtin,
+                &meta,
+                "built-in".into(),
+                "ok".into(),
+            ));
         }
         for entry in self.store.manifests() {
             match entry {
@@ -208,7 +245,13 @@ impl AgentCatalog {
                         StoredKind::Native => AgentKind::Native,
                         StoredKind::Wasm => AgentKind::Wasm,
                     };
-                    out.push(self.summary(&m.name, kind, &m.metadata, format!("store ({})", m.source.display()), state));
+                    out.push(self.summary(
+                        &m.name,
+                        kind,
+                        &m.metadata,
+                        format!("store ({})", m.source.display()),
+                        state,
+                    ));
                 }
                 Err(e) => out.push(AgentSummary {
                     name: "?".into(),
@@ -256,7 +299,14 @@ impl AgentCatalog {
         out
     }
 
-    fn summary(&self, name: &str, kind: AgentKind, meta: &baton_plugin_api::Metadata, source: String, state: String) -> AgentSummary {
+    fn summary(
+        &self,
+        name: &str,
+        kind: AgentKind,
+        meta: &baton_plugin_api::Metadata,
+        source: String,
+        state: String,
+    ) -> AgentSummary {
         let caps = CapabilitySet::new(&meta.capabilities, self.grants(name));
         AgentSummary {
             name: name.into(),

@@ -159,20 +159,41 @@ fn agent(cmd: AgentCommand, catalog: AgentCatalog) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("{:<28} {:<15} {:<10} {:<9} CAPABILITIES (requested / granted)", "TYPE", "KIND", "VERSION", "CONTRACT");
+                println!(
+                    "{:<28} {:<15} {:<10} {:<9} CAPABILITIES (requested / granted)",
+                    "TYPE", "KIND", "VERSION", "CONTRACT"
+                );
                 for a in &list {
                     let caps = if a.requested.is_empty() {
                         "-".to_string()
                     } else {
-                        format!("{} / {}", a.requested.join(","), if a.granted.is_empty() { "none".into() } else { a.granted.join(",") })
+                        format!(
+                            "{} / {}",
+                            a.requested.join(","),
+                            if a.granted.is_empty() {
+                                "none".into()
+                            } else {
+                                a.granted.join(",")
+                            }
+                        )
                     };
                     println!(
                         "{:<28} {:<15} {:<10} {:<9} {caps}{}",
                         a.name,
                         a.kind.name(),
-                        if a.version.is_empty() { "-" } else { &a.version },
-                        a.contract.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
-                        if a.state == "ok" { String::new() } else { format!("  [{}]", a.state) }
+                        if a.version.is_empty() {
+                            "-"
+                        } else {
+                            &a.version
+                        },
+                        a.contract
+                            .map(|c| c.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        if a.state == "ok" {
+                            String::new()
+                        } else {
+                            format!("  [{}]", a.state)
+                        }
                     );
                 }
             }
@@ -186,7 +207,12 @@ fn agent(cmd: AgentCommand, catalog: AgentCatalog) -> anyhow::Result<ExitCode> {
                 InfoFormat::OcfXml => print!("{}", meta.to_ocf_xml()),
                 InfoFormat::Text => {
                     println!("{} {} — {}", meta.name, meta.version, meta.shortdesc);
-                    println!("kind: {}   contract: {}   source: {}", handle.kind(), meta.contract, handle.source());
+                    println!(
+                        "kind: {}   contract: {}   source: {}",
+                        handle.kind(),
+                        meta.contract,
+                        handle.source()
+                    );
                     if !meta.longdesc.is_empty() {
                         println!("\n{}", meta.longdesc);
                     }
@@ -198,17 +224,31 @@ fn agent(cmd: AgentCommand, catalog: AgentCatalog) -> anyhow::Result<ExitCode> {
                             p.kind.ocf_name(),
                             if p.required { "required " } else { "" },
                             if p.unique { "unique " } else { "" },
-                            p.default.as_ref().map(|d| format!("default={d}")).unwrap_or_default(),
+                            p.default
+                                .as_ref()
+                                .map(|d| format!("default={d}"))
+                                .unwrap_or_default(),
                             p.description
                         );
                     }
                     println!("\nactions:");
                     for a in &meta.actions {
-                        let interval = if a.interval_ms > 0 { format!(" every {} ms", a.interval_ms) } else { String::new() };
+                        let interval = if a.interval_ms > 0 {
+                            format!(" every {} ms", a.interval_ms)
+                        } else {
+                            String::new()
+                        };
                         println!("  {:<10} timeout {} ms{interval}", a.action, a.timeout_ms);
                     }
                     if !meta.capabilities.is_empty() {
-                        println!("\ncapabilities requested: {}", meta.capabilities.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "));
+                        println!(
+                            "\ncapabilities requested: {}",
+                            meta.capabilities
+                                .iter()
+                                .map(|c| c.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
                     }
                     for (k, v) in handle.health() {
                         println!("{k}: {v}");
@@ -217,11 +257,24 @@ fn agent(cmd: AgentCommand, catalog: AgentCatalog) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        AgentCommand::Run { agent, action, params, timeout, resource, depth, probe, json } => {
+        AgentCommand::Run {
+            agent,
+            action,
+            params,
+            timeout,
+            resource,
+            depth,
+            probe,
+            json,
+        } => {
             let action = Action::parse(&action).with_context(|| {
                 format!(
                     "unknown action {action:?}; use one of {}",
-                    Action::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+                    Action::ALL
+                        .iter()
+                        .map(|a| a.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             })?;
             let params = parse_params(&params)?;
@@ -236,9 +289,19 @@ fn agent(cmd: AgentCommand, catalog: AgentCatalog) -> anyhow::Result<ExitCode> {
                 .unwrap_or(20_000);
             let report = handle.call(&req);
             print_report(&report, json)?;
-            Ok(if report.result.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if report.result.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
-        AgentCommand::Test { agent, params, resource, timeout, json } => {
+        AgentCommand::Test {
+            agent,
+            params,
+            resource,
+            timeout,
+            json,
+        } => {
             let params = parse_params(&params)?;
             let handle = catalog.load(&agent)?;
             let report = conformance::run(&handle, params, &resource, catalog.node(), timeout);
@@ -247,12 +310,27 @@ fn agent(cmd: AgentCommand, catalog: AgentCatalog) -> anyhow::Result<ExitCode> {
             } else {
                 println!("conformance test of {} ({})", report.agent, report.kind);
                 for s in &report.steps {
-                    println!("  {} {:<45} {} ({} µs)", if s.passed { "PASS" } else { "FAIL" }, s.name, s.got, s.micros);
+                    println!(
+                        "  {} {:<45} {} ({} µs)",
+                        if s.passed { "PASS" } else { "FAIL" },
+                        s.name,
+                        s.got,
+                        s.micros
+                    );
                 }
                 let failed = report.steps.iter().filter(|s| !s.passed).count();
-                println!("{}: {} passed, {} failed", if report.passed { "PASS" } else { "FAIL" }, report.steps.len() - failed, failed);
+                println!(
+                    "{}: {} passed, {} failed",
+                    if report.passed { "PASS" } else { "FAIL" },
+                    report.steps.len() - failed,
+                    failed
+                );
             }
-            Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         AgentCommand::Install { path, json } => {
             let installed = catalog.install(&path)?;
@@ -275,7 +353,12 @@ fn agent(cmd: AgentCommand, catalog: AgentCatalog) -> anyhow::Result<ExitCode> {
                 if !m.metadata.capabilities.is_empty() {
                     println!(
                         "requests capabilities: {} — grant them under [agents.grants] {} = [...] in the config",
-                        m.metadata.capabilities.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "),
+                        m.metadata
+                            .capabilities
+                            .iter()
+                            .map(|c| c.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         m.name
                     );
                 }
@@ -293,7 +376,12 @@ pub fn print_report(report: &CallReport, json: bool) -> anyhow::Result<()> {
     }
     match &report.result {
         Ok(Outcome::Metadata(m)) => println!("{}", serde_json::to_string_pretty(m)?),
-        Ok(outcome) => println!("{} {}: {outcome} ({} µs)", report.agent, report.action, report.elapsed.as_micros()),
+        Ok(outcome) => println!(
+            "{} {}: {outcome} ({} µs)",
+            report.agent,
+            report.action,
+            report.elapsed.as_micros()
+        ),
         Err(f) => println!(
             "{} {}: FAILED {f}\nrecovery: {} ({} µs)",
             report.agent,

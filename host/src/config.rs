@@ -108,18 +108,26 @@ impl Config {
         };
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if !must_exist && e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
-            Err(e) => return Err(e).with_context(|| format!("cannot read config file {}", path.display())),
+            Err(e) if !must_exist && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Config::default());
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot read config file {}", path.display()));
+            }
         };
         Config::parse(&text).with_context(|| format!("config file {}", path.display()))
     }
 
     /// Parse config text; errors name the line, the key and what is expected.
     pub fn parse(text: &str) -> anyhow::Result<Config> {
-        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
         for name in &config.agents.trusted {
             if name.starts_with("ocf:") {
-                anyhow::bail!("agents.trusted: {name:?} is an OCF agent; only native libraries can be trusted");
+                anyhow::bail!(
+                    "agents.trusted: {name:?} is an OCF agent; only native libraries can be trusted"
+                );
             }
         }
         if config.agents.wasm.memory_mib == 0 {
@@ -164,12 +172,21 @@ mod tests {
 
     #[test]
     fn errors_name_the_key_and_the_fix() {
-        let e = format!("{:#}", Config::parse("[agents]\nstroe = \"/x\"\n").unwrap_err());
+        let e = format!(
+            "{:#}",
+            Config::parse("[agents]\nstroe = \"/x\"\n").unwrap_err()
+        );
         assert!(e.contains("stroe"), "{e}");
         assert!(e.contains("line 2"), "{e}");
-        let e = format!("{:#}", Config::parse("[agents.grants]\npg = [\"exec:pg_ctl\"]\n").unwrap_err());
+        let e = format!(
+            "{:#}",
+            Config::parse("[agents.grants]\npg = [\"exec:pg_ctl\"]\n").unwrap_err()
+        );
         assert!(e.contains("the path must be absolute"), "{e}");
-        let e = format!("{:#}", Config::parse("[agents]\ntrusted = [\"ocf:heartbeat:IPaddr2\"]\n").unwrap_err());
+        let e = format!(
+            "{:#}",
+            Config::parse("[agents]\ntrusted = [\"ocf:heartbeat:IPaddr2\"]\n").unwrap_err()
+        );
         assert!(e.contains("only native libraries can be trusted"), "{e}");
     }
 }

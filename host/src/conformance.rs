@@ -73,15 +73,23 @@ impl Tester<'_> {
     fn run(&mut self, name: &str, req: Request, expect: Expect) -> bool {
         let report: CallReport = self.agent.call(&req);
         let (passed, got) = match (&report.result, expect) {
-            (Ok(Outcome::Done), Expect::Done | Expect::DoneOrUnimplemented) => (true, "ok".to_string()),
-            (Ok(Outcome::State(s)), Expect::Running) => {
-                (matches!(s, MonitorState::Running | MonitorState::Degraded), s.to_string())
+            (Ok(Outcome::Done), Expect::Done | Expect::DoneOrUnimplemented) => {
+                (true, "ok".to_string())
             }
-            (Ok(Outcome::State(s)), Expect::Promoted) => {
-                (matches!(s, MonitorState::Promoted | MonitorState::DegradedPromoted), s.to_string())
+            (Ok(Outcome::State(s)), Expect::Running) => (
+                matches!(s, MonitorState::Running | MonitorState::Degraded),
+                s.to_string(),
+            ),
+            (Ok(Outcome::State(s)), Expect::Promoted) => (
+                matches!(s, MonitorState::Promoted | MonitorState::DegradedPromoted),
+                s.to_string(),
+            ),
+            (Ok(Outcome::State(s)), Expect::NotRunning) => {
+                (*s == MonitorState::NotRunning, s.to_string())
             }
-            (Ok(Outcome::State(s)), Expect::NotRunning) => (*s == MonitorState::NotRunning, s.to_string()),
-            (Err(f), Expect::DoneOrUnimplemented) if f.class == baton_plugin_api::ErrorClass::Unimplemented => {
+            (Err(f), Expect::DoneOrUnimplemented)
+                if f.class == baton_plugin_api::ErrorClass::Unimplemented =>
+            {
                 (true, "unimplemented".to_string())
             }
             (Ok(other), _) => (false, other.to_string()),
@@ -110,7 +118,13 @@ impl Tester<'_> {
 }
 
 /// Run the sequence. `params` are the resource parameters to test with.
-pub fn run(agent: &AgentHandle, params: Params, resource: &str, node: &str, timeout_ms: Option<u64>) -> Report {
+pub fn run(
+    agent: &AgentHandle,
+    params: Params,
+    resource: &str,
+    node: &str,
+    timeout_ms: Option<u64>,
+) -> Report {
     let mut t = Tester {
         agent,
         params,
@@ -125,18 +139,30 @@ pub fn run(agent: &AgentHandle, params: Params, resource: &str, node: &str, time
         name: "meta-data is complete and valid".into(),
         expect: Expect::Done,
         got: match &meta_ok {
-            Ok(()) => format!("{} {} (contract {})", meta.name, meta.version, meta.contract),
-            Err(p) => p.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("; "),
+            Ok(()) => format!(
+                "{} {} (contract {})",
+                meta.name, meta.version, meta.contract
+            ),
+            Err(p) => p
+                .iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
         },
         passed: meta_ok.is_ok(),
         micros: 0,
     });
     let xml = meta.to_ocf_xml();
-    let xml_ok = roxmltree::Document::parse(&xml).is_ok();
+    let xml_ok =
+        roxmltree::Document::parse_with_options(&xml, crate::backend::ocf::XML_OPTIONS).is_ok();
     t.steps.push(Step {
         name: "meta-data renders as OCF XML".into(),
         expect: Expect::Done,
-        got: if xml_ok { format!("{} bytes", xml.len()) } else { "not well-formed".into() },
+        got: if xml_ok {
+            format!("{} bytes", xml.len())
+        } else {
+            "not well-formed".into()
+        },
         passed: xml_ok,
         micros: 0,
     });
@@ -147,10 +173,18 @@ pub fn run(agent: &AgentHandle, params: Params, resource: &str, node: &str, time
     let mut probe = t.request(Action::Monitor);
     probe.probe = true;
     if matches!(agent.call(&probe).result, Ok(Outcome::State(s)) if s.is_active()) {
-        t.action("stop a resource found running before the test", Action::Stop, Expect::Done);
+        t.action(
+            "stop a resource found running before the test",
+            Action::Stop,
+            Expect::Done,
+        );
     }
     t.monitor("probe before start: not running", true, Expect::NotRunning);
-    t.monitor("monitor before start: not running", false, Expect::NotRunning);
+    t.monitor(
+        "monitor before start: not running",
+        false,
+        Expect::NotRunning,
+    );
     let started = t.action("start", Action::Start, Expect::Done);
     if started {
         t.monitor("monitor after start: running", false, Expect::Running);
@@ -177,10 +211,18 @@ pub fn run(agent: &AgentHandle, params: Params, resource: &str, node: &str, time
     t.monitor("monitor after stop: not running", false, Expect::NotRunning);
     t.action("start", Action::Start, Expect::Done);
     t.action("start again (idempotent)", Action::Start, Expect::Done);
-    t.monitor("monitor after double start: running", false, Expect::Running);
+    t.monitor(
+        "monitor after double start: running",
+        false,
+        Expect::Running,
+    );
     t.action("stop after double start", Action::Stop, Expect::Done);
     t.action("stop again (idempotent)", Action::Stop, Expect::Done);
-    t.monitor("monitor after double stop: not running", false, Expect::NotRunning);
+    t.monitor(
+        "monitor after double stop: not running",
+        false,
+        Expect::NotRunning,
+    );
     finish(t, &meta.name)
 }
 

@@ -1,12 +1,299 @@
-//! `baton demo`.
-use std::path::PathBuf;
+//! `baton demo`: a first look on this machine.
+//!
+//! Until the cluster core lands, the demo shows the agent side end to end: every
+//! kind of agent behind one contract, a managed process that is killed behind
+//! baton's back and recovered, the sandbox stopping misbehaving agents, and the
+//! conformance run a vendor uses before shipping.
+
+use crate::agent_host::AgentHandle;
+use crate::catalog::AgentCatalog;
+use crate::config::Config;
+use crate::conformance;
+use anyhow::{Context, bail};
+use baton_plugin_api::{Action, MonitorState, Outcome, Params, Request};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 /// `baton demo` flags.
 #[derive(clap::Args, Debug)]
-pub struct DemoArgs {}
+pub struct DemoArgs {
+    /// The repository checkout holding the built sample agents (default: found from the binary).
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+}
+
+fn find_repo(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let mut candidates = Vec::new();
+    candidates.extend(given);
+    if let Ok(exe) = std::env::current_exe() {
+        // target/debug/baton -> the checkout
+        candidates.extend(exe.ancestors().nth(3).map(Path::to_path_buf));
+    }
+    candidates.extend(std::env::current_dir().ok());
+    candidates
+        .into_iter()
+        .find(|c| c.join("samples/wasm-agent").is_dir())
+        .context("cannot find the baton checkout with the sample agents; run scripts/demo from the repository, or pass --repo")
+}
+
+fn request(action: Action, resource: &str, params: &Params, timeout_ms: u64) -> Request {
+    let mut req = Request::new(action, params.clone());
+    req.context.resource = resource.into();
+    req.context.node = "demo".into();
+    req.context.timeout_ms = timeout_ms;
+    req
+}
+
+fn say(step: &str) {
+    println!("\n== {step}");
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Median cost of `n` monitor calls, in microseconds.
+fn monitor_cost(agent: &AgentHandle, resource: &str, params: &Params, n: usize) -> f64 {
+    let req = request(Action::Monitor, resource, params, 5_000);
+    let mut times: Vec<f64> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = agent.call(&req);
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[n / 2]
+}
 
 /// Run the demo.
-pub fn run(_args: DemoArgs, _config: crate::config::Config, _runner: PathBuf) -> anyhow::Result<ExitCode> {
-    Ok(ExitCode::SUCCESS)
+pub fn run(args: DemoArgs, config: Config, runner: PathBuf) -> anyhow::Result<ExitCode> {
+    let repo = find_repo(args.repo)?;
+    let work = std::env::temp_dir().join(format!("baton-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let mut config = config;
+    config.agents.store = work.join("store");
+    config.agents.node = Some("demo".into());
+    let catalog = AgentCatalog::new(config, runner);
+    let result = tour(&repo, &work, &catalog);
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn tour(repo: &Path, work: &Path, catalog: &AgentCatalog) -> anyhow::Result<ExitCode> {
+    println!(
+        "baton demo: resource agents of four kinds behind one contract (work dir {})",
+        work.display()
+    );
+
+    say("1. install the sample agents a vendor copies (validated, hashed, precompiled)");
+    let samples = [
+        repo.join("samples/wasm-agent/target/wasm32-wasip2/release/sample_wasm_agent.wasm"),
+        repo.join("target/debug/libsample_native_agent.so"),
+    ];
+    for s in &samples {
+        if !s.is_file() {
+            bail!(
+                "{} is missing; run scripts/demo, which builds it",
+                s.display()
+            );
+        }
+        let installed = catalog.install(s)?;
+        println!(
+            "   installed {:<14} {:?} contract {}",
+            installed.manifest.name, installed.manifest.kind, installed.manifest.contract
+        );
+    }
+    let list = catalog.list();
+    let ocf = list
+        .iter()
+        .filter(|a| a.kind == crate::agent_host::AgentKind::Ocf)
+        .count();
+    println!(
+        "   available: {} agents ({} OCF agents through the bridge)",
+        list.len(),
+        ocf
+    );
+
+    say("2. a managed process: start, kill it behind baton's back, detect, recover");
+    let port = free_port()?;
+    let process = catalog.load("process")?;
+    let mut params = Params::new();
+    let responder = work.join("responder.py");
+    std::fs::write(
+        &responder,
+        "import socket, sys\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', int(sys.argv[1])))\ns.listen()\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'up\\n')\n    c.close()\n",
+    )?;
+    params.insert(
+        "command".into(),
+        format!("python3 {} {port}", responder.display()),
+    );
+    params.insert("ready_tcp".into(), format!("127.0.0.1:{port}"));
+    params.insert("state_dir".into(), work.join("run").display().to_string());
+    params.insert("stop_grace_ms".into(), "1000".into());
+    let t = Instant::now();
+    let r = process.call(&request(Action::Start, "web", &params, 10_000));
+    r.result
+        .as_ref()
+        .map_err(|f| anyhow::anyhow!("start failed: {f}"))?;
+    println!(
+        "   start: serving on 127.0.0.1:{port} after {} ms",
+        t.elapsed().as_millis()
+    );
+    let pid: i32 = std::fs::read_to_string(work.join("run/web.pid"))?
+        .split_whitespace()
+        .next()
+        .unwrap_or("0")
+        .parse()?;
+    crate::process_group::signal_group(pid as u32, libc::SIGKILL);
+    let killed = Instant::now();
+    let detect = loop {
+        let r = process.call(&request(Action::Monitor, "web", &params, 2_000));
+        match r.result {
+            Ok(Outcome::State(MonitorState::Running))
+                if killed.elapsed() < Duration::from_secs(5) =>
+            {
+                continue;
+            }
+            _ => break r,
+        }
+    };
+    println!(
+        "   kill -9 {pid}: monitor says {} -> recovery {} ({} ms after the kill)",
+        match &detect.result {
+            Ok(o) => o.to_string(),
+            Err(f) => f.to_string(),
+        },
+        detect.recovery,
+        killed.elapsed().as_millis()
+    );
+    let _ = process.call(&request(Action::Stop, "web", &params, 10_000));
+    process
+        .call(&request(Action::Start, "web", &params, 10_000))
+        .result
+        .map_err(|f| anyhow::anyhow!("restart failed: {f}"))?;
+    println!(
+        "   restarted in place: serving again {} ms after the kill",
+        killed.elapsed().as_millis()
+    );
+    process
+        .call(&request(Action::Stop, "web", &params, 10_000))
+        .result
+        .map_err(|f| anyhow::anyhow!("stop failed: {f}"))?;
+    println!("   stop: process group gone");
+
+    say("3. one monitor call on each kind (median of 50, this debug build)");
+    let dummy_state = work.join("dummy.state").display().to_string();
+    let marker = work.join("marker").display().to_string();
+    let kinds: Vec<(&str, Params)> = vec![
+        (
+            "sample-native",
+            [("path".to_string(), marker.clone())].into(),
+        ),
+        ("sample-wasm", Params::new()),
+        (
+            "tcp-check",
+            [
+                ("address".to_string(), format!("127.0.0.1:{port}")),
+                (
+                    "state_dir".to_string(),
+                    work.join("tc").display().to_string(),
+                ),
+            ]
+            .into(),
+        ),
+        (
+            "ocf:heartbeat:Dummy",
+            [("state".to_string(), dummy_state.clone())].into(),
+        ),
+    ];
+    for (name, params) in &kinds {
+        match catalog.load(name) {
+            Ok(agent) => {
+                let us = monitor_cost(&agent, "cost", params, 50);
+                println!(
+                    "   {:<22} {:<15} {:>9.1} µs",
+                    name,
+                    agent.kind().to_string(),
+                    us
+                );
+            }
+            Err(e) => println!("   {name:<22} unavailable: {e:#}"),
+        }
+    }
+
+    say("4. the sandbox: misbehaving agents fail within their deadline, the host carries on");
+    let hostile_wasm = repo.join("wasm-agents/target/wasm32-wasip2/release/hostile.wasm");
+    if hostile_wasm.is_file() {
+        let agent = catalog.load(&hostile_wasm.display().to_string())?;
+        for mode in ["loop", "membomb", "exec-forbidden"] {
+            let p: Params = [("mode".to_string(), mode.to_string())].into();
+            let t = Instant::now();
+            let r = agent.call(&request(Action::Monitor, mode, &p, 300));
+            if let Err(f) = &r.result {
+                println!(
+                    "   wasm {mode:<15} -> {} after {} ms: {}",
+                    f.cause.name(),
+                    t.elapsed().as_millis(),
+                    f.reason.chars().take(90).collect::<String>()
+                );
+            }
+        }
+    }
+    let hostile_native = repo.join("target/debug/libnative_hostile.so");
+    if hostile_native.is_file() {
+        let agent = catalog.load(&hostile_native.display().to_string())?;
+        for mode in ["segfault", "loop"] {
+            let p: Params = [("mode".to_string(), mode.to_string())].into();
+            let t = Instant::now();
+            let r = agent.call(&request(Action::Monitor, mode, &p, 300));
+            if let Err(f) = &r.result {
+                println!(
+                    "   native {mode:<13} -> {} after {} ms: {}",
+                    f.cause.name(),
+                    t.elapsed().as_millis(),
+                    f.reason.chars().take(90).collect::<String>()
+                );
+            }
+        }
+        let ok = agent.call(&request(Action::Monitor, "after", &Params::new(), 2000));
+        println!(
+            "   native agent after the crashes: {}",
+            ok.result
+                .map(|o| o.to_string())
+                .unwrap_or_else(|f| f.to_string())
+        );
+    }
+
+    say("5. conformance runs (what `baton agent test` prints for vendors)");
+    let mut all_passed = true;
+    for (name, params) in &kinds {
+        if name.starts_with("tcp") {
+            continue;
+        }
+        let Ok(agent) = catalog.load(name) else {
+            continue;
+        };
+        let report = conformance::run(&agent, params.clone(), "conformance", "demo", None);
+        let failed = report.steps.iter().filter(|s| !s.passed).count();
+        println!(
+            "   {:<22} {} ({} steps, {} failed)",
+            name,
+            if report.passed { "PASS" } else { "FAIL" },
+            report.steps.len(),
+            failed
+        );
+        all_passed &= report.passed;
+    }
+    println!(
+        "\nNext: `baton agent list`, `baton agent info process`, `baton agent test ocf:heartbeat:Dummy -p state=/tmp/x`."
+    );
+    Ok(if all_passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -79,8 +79,14 @@ pub fn run(mut cmd: Command, timeout: Duration, limit: usize) -> std::io::Result
     let pgid = child.id();
     let (chunks_tx, chunks_rx) = mpsc::channel::<(usize, Option<Vec<u8>>)>();
     let streams: [Option<Box<dyn Read + Send>>; 2] = [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
     ];
     for (index, stream) in streams.into_iter().enumerate() {
         let Some(mut stream) = stream else { continue };
@@ -177,7 +183,12 @@ mod tests {
 
     #[test]
     fn captures_output_and_exit_code() {
-        let f = run(sh("echo out; echo err >&2; exit 3"), Duration::from_secs(10), 1024).unwrap();
+        let f = run(
+            sh("echo out; echo err >&2; exit 3"),
+            Duration::from_secs(10),
+            1024,
+        )
+        .unwrap();
         assert_eq!(f.status.unwrap().code(), Some(3));
         assert_eq!(f.stdout, b"out\n");
         assert_eq!(f.stderr, b"err\n");
@@ -191,19 +202,32 @@ mod tests {
         let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
         let f = run(sh(&script), Duration::from_millis(300), 1024).unwrap();
         assert!(f.timed_out);
-        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         // The grandchild got SIGKILL with its group; once reaped by init it is gone.
         // SAFETY: signal 0 only probes.
         let deadline = Instant::now() + Duration::from_secs(5);
         while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
             std::thread::yield_now();
         }
-        assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "the grandchild survived the group kill");
+        assert_ne!(
+            unsafe { libc::kill(pid, 0) },
+            0,
+            "the grandchild survived the group kill"
+        );
     }
 
     #[test]
     fn bounds_captured_output() {
-        let f = run(sh("head -c 100000 /dev/zero"), Duration::from_secs(10), 1000).unwrap();
+        let f = run(
+            sh("head -c 100000 /dev/zero"),
+            Duration::from_secs(10),
+            1000,
+        )
+        .unwrap();
         assert_eq!(f.stdout.len(), 1000);
         assert!(f.truncated);
     }
@@ -211,7 +235,12 @@ mod tests {
     #[test]
     fn a_daemon_left_behind_does_not_hold_the_caller() {
         // The daemon keeps stdout open; the call still ends right after the shell exits.
-        let f = run(sh("echo started; sleep 30 & exit 0"), Duration::from_secs(20), 1024).unwrap();
+        let f = run(
+            sh("echo started; sleep 30 & exit 0"),
+            Duration::from_secs(20),
+            1024,
+        )
+        .unwrap();
         signal_group(f.pgid, libc::SIGKILL);
         assert!(!f.timed_out, "the caller waited for the daemon");
         assert_eq!(f.status.unwrap().code(), Some(0));

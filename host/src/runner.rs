@@ -91,13 +91,20 @@ pub fn run(library: &Path) -> anyhow::Result<()> {
         fd
     };
     // SAFETY: protocol_fd is a fresh descriptor we own from here on.
-    let mut out = io::BufWriter::new(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(protocol_fd) });
+    let mut out = io::BufWriter::new(unsafe {
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(protocol_fd)
+    });
     let mut input = io::stdin().lock();
 
     let lib = match NativeLibrary::load(library) {
         Ok(lib) => lib,
         Err(e) => {
-            send(&mut out, &RunnerMessage::LoadFailed { message: e.to_string() })?;
+            send(
+                &mut out,
+                &RunnerMessage::LoadFailed {
+                    message: e.to_string(),
+                },
+            )?;
             return Ok(());
         }
     };
@@ -112,7 +119,9 @@ pub fn run(library: &Path) -> anyhow::Result<()> {
     while let Some(frame) = read_frame(&mut input)? {
         let reply = match serde_json::from_slice::<Request>(&frame) {
             Ok(req) => lib.call(&req),
-            Err(e) => Err(AgentError::generic(format!("agent-runner could not decode a request: {e}"))),
+            Err(e) => Err(AgentError::generic(format!(
+                "agent-runner could not decode a request: {e}"
+            ))),
         };
         send(&mut out, &RunnerMessage::Reply(reply))?;
     }

@@ -57,7 +57,8 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
 pub fn sniff(path: &Path) -> anyhow::Result<StoredKind> {
     let mut head = [0u8; 4];
     let n = std::io::Read::read(
-        &mut std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        &mut std::fs::File::open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?,
         &mut head,
     )?;
     match &head[..n] {
@@ -88,7 +89,9 @@ pub struct Installed {
 impl AgentStore {
     /// The store at `root` (created on first install).
     pub fn new(root: &Path) -> AgentStore {
-        AgentStore { root: root.to_owned() }
+        AgentStore {
+            root: root.to_owned(),
+        }
     }
 
     /// The store's directory.
@@ -102,22 +105,31 @@ impl AgentStore {
 
     /// Every installed manifest (entries whose manifest cannot be read are reported as errors).
     pub fn manifests(&self) -> Vec<Result<Manifest, String>> {
-        let Ok(dir) = std::fs::read_dir(&self.root) else { return Vec::new() };
+        let Ok(dir) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
         let mut names: Vec<String> = dir
             .filter_map(|e| e.ok())
             .filter(|e| e.path().join("manifest.json").is_file())
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        names.into_iter().map(|n| self.manifest(&n).map_err(|e| format!("{e:#}"))).collect()
+        names
+            .into_iter()
+            .map(|n| self.manifest(&n).map_err(|e| format!("{e:#}")))
+            .collect()
     }
 
     /// The manifest of `name`, if installed.
     pub fn manifest(&self, name: &str) -> anyhow::Result<Manifest> {
         let path = self.entry(name).join("manifest.json");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| {
-            format!("{} is damaged; reinstall the agent with `baton agent install`", path.display())
+            format!(
+                "{} is damaged; reinstall the agent with `baton agent install`",
+                path.display()
+            )
         })
     }
 
@@ -160,18 +172,26 @@ impl AgentStore {
         reserved: &dyn Fn(&str) -> bool,
     ) -> anyhow::Result<Installed> {
         let kind = sniff(path)?;
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let (metadata, precompiled) = match kind {
             StoredKind::Native => {
-                let backend = RunnerBackend::load(path, policy.clone()).map_err(anyhow::Error::msg)?;
+                let backend =
+                    RunnerBackend::load(path, policy.clone()).map_err(anyhow::Error::msg)?;
                 (crate::agent_host::Backend::metadata(&backend).clone(), None)
             }
             StoredKind::Wasm => {
                 let component = runtime.compile(&bytes, path).map_err(anyhow::Error::msg)?;
                 let backend =
-                    WasmBackend::load(Arc::clone(runtime), &component, path, &[], "install").map_err(anyhow::Error::msg)?;
-                let pre = runtime.precompile(&bytes, path).map_err(anyhow::Error::msg)?;
-                (crate::agent_host::Backend::metadata(&backend).clone(), Some(pre))
+                    WasmBackend::load(Arc::clone(runtime), &component, path, &[], "install")
+                        .map_err(anyhow::Error::msg)?;
+                let pre = runtime
+                    .precompile(&bytes, path)
+                    .map_err(anyhow::Error::msg)?;
+                (
+                    crate::agent_host::Backend::metadata(&backend).clone(),
+                    Some(pre),
+                )
             }
         };
         let name = metadata.name.clone();
@@ -182,14 +202,19 @@ impl AgentStore {
             );
         }
         if name.contains('/') || name.contains(':') || name.starts_with('.') {
-            bail!("{}: agent type {name:?} cannot be a store entry name (no '/', ':' or leading '.')", path.display());
+            bail!(
+                "{}: agent type {name:?} cannot be a store entry name (no '/', ':' or leading '.')",
+                path.display()
+            );
         }
         let replaced = self.manifest(&name).ok().map(|m| m.metadata.version);
         // Build the entry beside the old one, then swap: a failed install leaves the old one intact.
-        std::fs::create_dir_all(&self.root).with_context(|| format!("cannot create agent store {}", self.root.display()))?;
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("cannot create agent store {}", self.root.display()))?;
         let staging = self.root.join(format!(".{name}.installing"));
         let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir_all(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
+        std::fs::create_dir_all(&staging)
+            .with_context(|| format!("cannot create {}", staging.display()))?;
         let file = match kind {
             StoredKind::Native => "agent.so",
             StoredKind::Wasm => "agent.wasm",
@@ -213,7 +238,10 @@ impl AgentStore {
             source: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned()),
             installed_by: env!("CARGO_PKG_VERSION").into(),
         };
-        std::fs::write(staging.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
+        std::fs::write(
+            staging.join("manifest.json"),
+            serde_json::to_vec_pretty(&manifest)?,
+        )?;
         let target = self.entry(&name);
         let old = self.root.join(format!(".{name}.old"));
         let _ = std::fs::remove_dir_all(&old);

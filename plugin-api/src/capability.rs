@@ -48,7 +48,9 @@ impl FromStr for Capability {
             text: text.into(),
             problem: problem.into(),
         };
-        let (kind, value) = text.split_once(':').ok_or_else(|| err("no kind before ':'"))?;
+        let (kind, value) = text
+            .split_once(':')
+            .ok_or_else(|| err("no kind before ':'"))?;
         let absolute = |v: &str| {
             let p = Path::new(v);
             p.is_absolute() && !p.components().any(|c| matches!(c, Component::ParentDir))
@@ -57,11 +59,17 @@ impl FromStr for Capability {
             "exec" if absolute(value) => Ok(Capability::Exec(value.into())),
             "read" if absolute(value) => {
                 let trimmed = value.trim_end_matches('/');
-                Ok(Capability::Read(if trimmed.is_empty() { "/".into() } else { trimmed.into() }))
+                Ok(Capability::Read(if trimmed.is_empty() {
+                    "/".into()
+                } else {
+                    trimmed.into()
+                }))
             }
             "exec" | "read" => Err(err("the path must be absolute and must not contain '..'")),
             "net" => {
-                let (host, port) = value.rsplit_once(':').ok_or_else(|| err("give ADDRESS:PORT"))?;
+                let (host, port) = value
+                    .rsplit_once(':')
+                    .ok_or_else(|| err("give ADDRESS:PORT"))?;
                 if host.is_empty() || port.parse::<u16>().is_err() {
                     return Err(err("give ADDRESS:PORT with a numeric port"));
                 }
@@ -126,7 +134,11 @@ impl CapabilitySet {
 
     /// May the agent run `program` (an absolute path)?
     pub fn check_exec(&self, program: &str) -> Result<(), String> {
-        if self.effective.iter().any(|c| matches!(c, Capability::Exec(p) if p == program)) {
+        if self
+            .effective
+            .iter()
+            .any(|c| matches!(c, Capability::Exec(p) if p == program))
+        {
             Ok(())
         } else {
             Err(self.denied(&format!("exec:{program}")))
@@ -135,7 +147,11 @@ impl CapabilitySet {
 
     /// May the agent connect to `address` (`host:port`)?
     pub fn check_connect(&self, address: &str) -> Result<(), String> {
-        if self.effective.iter().any(|c| matches!(c, Capability::Connect(a) if a == address)) {
+        if self
+            .effective
+            .iter()
+            .any(|c| matches!(c, Capability::Connect(a) if a == address))
+        {
             Ok(())
         } else {
             Err(self.denied(&format!("net:{address}")))
@@ -147,20 +163,30 @@ impl CapabilitySet {
     pub fn check_read(&self, path: &str) -> Result<(), String> {
         let p = Path::new(path);
         if !p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
-            return Err(format!("capability denied: {path:?} must be an absolute path without '..'"));
+            return Err(format!(
+                "capability denied: {path:?} must be an absolute path without '..'"
+            ));
         }
         let allowed = self.effective.iter().any(|c| match c {
             Capability::Read(dir) => p.starts_with(Path::new(dir)),
             _ => false,
         });
-        if allowed { Ok(()) } else { Err(self.denied(&format!("read:{path}"))) }
+        if allowed {
+            Ok(())
+        } else {
+            Err(self.denied(&format!("read:{path}")))
+        }
     }
 
     fn denied(&self, wanted: &str) -> String {
         format!(
             "capability denied: {wanted} is not both requested in the agent's meta-data and \
              granted in the administrator's config (usable: [{}])",
-            self.effective.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
+            self.effective
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     }
 }
@@ -175,11 +201,26 @@ mod tests {
 
     #[test]
     fn parses_and_prints_each_kind() {
-        for s in ["exec:/bin/true", "net:198.18.2.1:80", "read:/etc/app", "read:/"] {
+        for s in [
+            "exec:/bin/true",
+            "net:198.18.2.1:80",
+            "read:/etc/app",
+            "read:/",
+        ] {
             assert_eq!(s.parse::<Capability>().unwrap().to_string(), s);
         }
-        assert_eq!("read:/etc/app/".parse::<Capability>().unwrap().to_string(), "read:/etc/app");
-        for bad in ["exec:true", "read:/etc/../root", "net:host", "net:h:x", "disk:/dev/sda", "nothing"] {
+        assert_eq!(
+            "read:/etc/app/".parse::<Capability>().unwrap().to_string(),
+            "read:/etc/app"
+        );
+        for bad in [
+            "exec:true",
+            "read:/etc/../root",
+            "net:host",
+            "net:h:x",
+            "disk:/dev/sda",
+            "nothing",
+        ] {
             let e = bad.parse::<Capability>().unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
@@ -193,7 +234,11 @@ mod tests {
         );
         assert!(set.check_exec("/bin/true").is_ok());
         // requested, not granted
-        assert!(set.check_exec("/bin/sh").unwrap_err().contains("capability denied: exec:/bin/sh"));
+        assert!(
+            set.check_exec("/bin/sh")
+                .unwrap_err()
+                .contains("capability denied: exec:/bin/sh")
+        );
         // granted, not requested
         assert!(set.check_connect("198.18.2.1:80").is_err());
         assert!(set.check_read("/etc/app/conf").is_ok());

@@ -180,18 +180,28 @@ impl Metadata {
     /// than the declared contract. Returns every problem, not only the first.
     pub fn check(&self) -> Result<(), Vec<MetadataError>> {
         let mut problems = Vec::new();
-        let mut bad = |field: String, problem: String| problems.push(MetadataError { field, problem });
+        let mut bad =
+            |field: String, problem: String| problems.push(MetadataError { field, problem });
         if !is_word(&self.name, &['-', '.', ':']) {
             bad(
                 "name".into(),
-                format!("{:?} must be letters, digits, '_', '-', '.' or ':'", self.name),
+                format!(
+                    "{:?} must be letters, digits, '_', '-', '.' or ':'",
+                    self.name
+                ),
             );
         }
         if self.version.trim().is_empty() {
-            bad("version".into(), "is empty; give the agent's release".into());
+            bad(
+                "version".into(),
+                "is empty; give the agent's release".into(),
+            );
         }
         if self.shortdesc.trim().is_empty() {
-            bad("shortdesc".into(), "is empty; say in one line what the agent manages".into());
+            bad(
+                "shortdesc".into(),
+                "is empty; say in one line what the agent manages".into(),
+            );
         }
         for (i, p) in self.parameters.iter().enumerate() {
             if !is_word(&p.name, &[]) {
@@ -201,7 +211,10 @@ impl Metadata {
                 );
             }
             if self.parameters[..i].iter().any(|q| q.name == p.name) {
-                bad(format!("parameters[{i}].name"), format!("{:?} is listed twice", p.name));
+                bad(
+                    format!("parameters[{i}].name"),
+                    format!("{:?} is listed twice", p.name),
+                );
             }
             if let Some(d) = &p.default {
                 if let Err(e) = p.kind.check(d) {
@@ -210,14 +223,23 @@ impl Metadata {
             }
             if let ParamType::Select(options) = &p.kind {
                 if options.is_empty() {
-                    bad(format!("parameters[{i}].kind"), "select with no options".into());
+                    bad(
+                        format!("parameters[{i}].kind"),
+                        "select with no options".into(),
+                    );
                 }
             }
         }
         // meta-data itself is answered by every agent, so it need not be listed.
-        for required in Action::ALL.into_iter().filter(|a| a.is_required() && *a != Action::MetaData) {
+        for required in Action::ALL
+            .into_iter()
+            .filter(|a| a.is_required() && *a != Action::MetaData)
+        {
             if !self.implements(required) {
-                bad("actions".into(), format!("the required action {required} is missing"));
+                bad(
+                    "actions".into(),
+                    format!("the required action {required} is missing"),
+                );
             }
         }
         for (i, a) in self.actions.iter().enumerate() {
@@ -233,10 +255,17 @@ impl Metadata {
                 );
             }
             if a.timeout_ms == 0 {
-                bad(format!("actions[{i}].timeout_ms"), "must be more than 0".into());
+                bad(
+                    format!("actions[{i}].timeout_ms"),
+                    "must be more than 0".into(),
+                );
             }
         }
-        if problems.is_empty() { Ok(()) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 
     /// Render as OCF 1.1 resource-agent meta-data XML (what `meta-data` prints for
@@ -253,9 +282,17 @@ impl Metadata {
             e(&self.version)
         );
         let _ = writeln!(x, "  <version>1.1</version>");
-        let long = if self.longdesc.is_empty() { &self.shortdesc } else { &self.longdesc };
+        let long = if self.longdesc.is_empty() {
+            &self.shortdesc
+        } else {
+            &self.longdesc
+        };
         let _ = writeln!(x, "  <longdesc lang=\"en\">{}</longdesc>", e(long));
-        let _ = writeln!(x, "  <shortdesc lang=\"en\">{}</shortdesc>", e(&self.shortdesc));
+        let _ = writeln!(
+            x,
+            "  <shortdesc lang=\"en\">{}</shortdesc>",
+            e(&self.shortdesc)
+        );
         let _ = writeln!(x, "  <parameters>");
         for p in &self.parameters {
             let _ = write!(
@@ -268,7 +305,11 @@ impl Metadata {
                 let _ = write!(x, " unique-group=\"{}\"", e(&p.name));
             }
             let _ = writeln!(x, ">");
-            let _ = writeln!(x, "      <longdesc lang=\"en\">{}</longdesc>", e(&p.description));
+            let _ = writeln!(
+                x,
+                "      <longdesc lang=\"en\">{}</longdesc>",
+                e(&p.description)
+            );
             let first = p.description.lines().next().unwrap_or("");
             let _ = writeln!(x, "      <shortdesc lang=\"en\">{}</shortdesc>", e(first));
             let _ = write!(x, "      <content type=\"{}\"", p.kind.ocf_name());
@@ -324,7 +365,11 @@ impl Metadata {
 }
 
 fn ocf_duration(ms: u64) -> String {
-    if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 fn xml_escape(s: &str) -> String {
@@ -400,10 +445,19 @@ pub(crate) mod tests {
         let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         let all = text.join("\n");
         assert!(all.contains("meta-data field name:"), "{all}");
-        assert!(all.contains("parameters[1].default: \"turbo\" is not one of fast, safe"), "{all}");
-        assert!(all.contains("parameters[2].name: \"port\" is listed twice"), "{all}");
+        assert!(
+            all.contains("parameters[1].default: \"turbo\" is not one of fast, safe"),
+            "{all}"
+        );
+        assert!(
+            all.contains("parameters[2].name: \"port\" is listed twice"),
+            "{all}"
+        );
         assert!(all.contains("required action stop is missing"), "{all}");
-        assert!(all.contains("recover exists since contract 1.1 but the agent declares 1.0"), "{all}");
+        assert!(
+            all.contains("recover exists since contract 1.1 but the agent declares 1.0"),
+            "{all}"
+        );
     }
 
     #[test]

@@ -39,7 +39,11 @@ pub fn check_params(meta: &Metadata, params: &Params) -> Result<(), Vec<ParamPro
                     problem: format!(
                         "unknown to agent {}; {hint}known parameters: {}",
                         meta.name,
-                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                 });
             }
@@ -67,7 +71,11 @@ pub fn check_params(meta: &Metadata, params: &Params) -> Result<(), Vec<ParamPro
             });
         }
     }
-    if problems.is_empty() { Ok(()) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
 }
 
 /// The known name closest to `name` by edit distance, if it is close enough to be a typo.
@@ -101,7 +109,9 @@ mod tests {
     use crate::metadata::tests::sample;
 
     fn params(list: &[(&str, &str)]) -> Params {
-        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -111,17 +121,31 @@ mod tests {
 
     #[test]
     fn reports_unknown_missing_and_mistyped_parameters() {
-        let problems = check_params(&sample(), &params(&[("prot", "80"), ("mode", "turbo")])).unwrap_err();
+        let problems =
+            check_params(&sample(), &params(&[("prot", "80"), ("mode", "turbo")])).unwrap_err();
         let all: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         assert_eq!(all.len(), 3, "{all:?}");
-        assert!(all[0].starts_with("parameter mode: \"turbo\" is not one of"), "{all:?}");
-        assert!(all[1].contains("parameter prot: unknown to agent web; did you mean \"port\"?"), "{all:?}");
-        assert!(all[2].contains("parameter port: required by agent web but not set; add port=<integer>"), "{all:?}");
+        assert!(
+            all[0].starts_with("parameter mode: \"turbo\" is not one of"),
+            "{all:?}"
+        );
+        assert!(
+            all[1].contains("parameter prot: unknown to agent web; did you mean \"port\"?"),
+            "{all:?}"
+        );
+        assert!(
+            all[2]
+                .contains("parameter port: required by agent web but not set; add port=<integer>"),
+            "{all:?}"
+        );
     }
 
     #[test]
     fn integer_parameters_reject_words() {
         let problems = check_params(&sample(), &params(&[("port", "eighty")])).unwrap_err();
-        assert_eq!(problems[0].to_string(), "parameter port: not an integer: \"eighty\"");
+        assert_eq!(
+            problems[0].to_string(),
+            "parameter port: not an integer: \"eighty\""
+        );
     }
 }

@@ -93,20 +93,38 @@ mod tests {
 
     #[test]
     fn the_documented_table_holds() {
-        assert_eq!(r(Action::Monitor, ErrorClass::Generic), Recovery::RestartHere);
+        assert_eq!(
+            r(Action::Monitor, ErrorClass::Generic),
+            Recovery::RestartHere
+        );
         assert_eq!(r(Action::Start, ErrorClass::Generic), Recovery::RestartHere);
         assert_eq!(r(Action::Start, ErrorClass::NotInstalled), Recovery::Move);
         assert_eq!(r(Action::Monitor, ErrorClass::Permission), Recovery::Move);
         assert_eq!(r(Action::Start, ErrorClass::InvalidArgs), Recovery::Move);
-        assert_eq!(r(Action::Monitor, ErrorClass::Misconfigured), Recovery::StopEverywhere);
-        assert_eq!(r(Action::Validate, ErrorClass::Misconfigured), Recovery::StopEverywhere);
+        assert_eq!(
+            r(Action::Monitor, ErrorClass::Misconfigured),
+            Recovery::StopEverywhere
+        );
+        assert_eq!(
+            r(Action::Validate, ErrorClass::Misconfigured),
+            Recovery::StopEverywhere
+        );
         assert_eq!(r(Action::Stop, ErrorClass::Generic), Recovery::Fence);
         assert_eq!(r(Action::Stop, ErrorClass::Misconfigured), Recovery::Fence);
-        assert_eq!(r(Action::Promote, ErrorClass::Unimplemented), Recovery::None);
+        assert_eq!(
+            r(Action::Promote, ErrorClass::Unimplemented),
+            Recovery::None
+        );
         assert_eq!(r(Action::Notify, ErrorClass::Generic), Recovery::None);
         assert_eq!(r(Action::Start, ErrorClass::Unimplemented), Recovery::Move);
-        assert_eq!(recovery_for_state(MonitorState::NotRunning), Recovery::RestartHere);
+        assert_eq!(
+            recovery_for_state(MonitorState::NotRunning),
+            Recovery::RestartHere
+        );
         assert_eq!(recovery_for_state(MonitorState::Degraded), Recovery::None);
-        assert_eq!(recovery_for_state(MonitorState::FailedPromoted), Recovery::RestartHere);
+        assert_eq!(
+            recovery_for_state(MonitorState::FailedPromoted),
+            Recovery::RestartHere
+        );
     }
 }

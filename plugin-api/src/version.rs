@@ -85,7 +85,11 @@ impl fmt::Display for VersionError {
             self.agent, oldest, self.host
         )?;
         if self.agent > self.host {
-            write!(f, "upgrade baton, or rebuild the agent against contract {}", self.host)
+            write!(
+                f,
+                "upgrade baton, or rebuild the agent against contract {}",
+                self.host
+            )
         } else {
             write!(f, "rebuild the agent against contract {}", self.host)
         }
@@ -100,9 +104,18 @@ mod tests {
 
     #[test]
     fn parses_the_spellings_agents_use() {
-        assert_eq!(ContractVersion::parse("1.0"), Some(ContractVersion::new(1, 0)));
-        assert_eq!(ContractVersion::parse("1.1.0"), Some(ContractVersion::new(1, 1)));
-        assert_eq!(ContractVersion::parse("2"), Some(ContractVersion::new(2, 0)));
+        assert_eq!(
+            ContractVersion::parse("1.0"),
+            Some(ContractVersion::new(1, 0))
+        );
+        assert_eq!(
+            ContractVersion::parse("1.1.0"),
+            Some(ContractVersion::new(1, 1))
+        );
+        assert_eq!(
+            ContractVersion::parse("2"),
+            Some(ContractVersion::new(2, 0))
+        );
         assert_eq!(ContractVersion::parse("x.1"), None);
         assert_eq!(ContractVersion::parse("1.2.3.4"), None);
     }

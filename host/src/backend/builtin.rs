@@ -32,17 +32,19 @@ impl Backend for BuiltinBackend {
     fn call(&self, req: &Request) -> Result<Outcome, Failure> {
         let agent = Arc::clone(&self.agent);
         let owned = req.clone();
-        on_thread_with_deadline(&self.metadata.name, req.context.timeout(), move || dispatch(agent.as_ref(), &owned))
-            .ok_or_else(|| {
-                Failure::host(
-                    FailureCause::Timeout,
-                    ErrorClass::Generic,
-                    format!(
-                        "{} of built-in agent {} ran past its {} ms deadline",
-                        req.action, self.metadata.name, req.context.timeout_ms
-                    ),
-                )
-            })?
-            .map_err(Failure::from)
+        on_thread_with_deadline(&self.metadata.name, req.context.timeout(), move || {
+            dispatch(agent.as_ref(), &owned)
+        })
+        .ok_or_else(|| {
+            Failure::host(
+                FailureCause::Timeout,
+                ErrorClass::Generic,
+                format!(
+                    "{} of built-in agent {} ran past its {} ms deadline",
+                    req.action, self.metadata.name, req.context.timeout_ms
+                ),
+            )
+        })?
+        .map_err(Failure::from)
     }
 }

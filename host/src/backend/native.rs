@@ -59,7 +59,11 @@ struct RunnerProcess {
 }
 
 impl RunnerProcess {
-    fn spawn(policy: &RunnerPolicy, library: &Path, agent: &str) -> Result<(RunnerProcess, Box<Metadata>), String> {
+    fn spawn(
+        policy: &RunnerPolicy,
+        library: &Path,
+        agent: &str,
+    ) -> Result<(RunnerProcess, Box<Metadata>), String> {
         let mut cmd = Command::new(&policy.runner_exe);
         cmd.arg("agent-runner")
             .arg(library)
@@ -73,7 +77,10 @@ impl RunnerProcess {
             unsafe {
                 cmd.pre_exec(move || {
                     let bytes = limit.saturating_mul(1 << 20) as libc::rlim_t;
-                    let rl = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+                    let rl = libc::rlimit {
+                        rlim_cur: bytes,
+                        rlim_max: bytes,
+                    };
                     if libc::setrlimit(libc::RLIMIT_AS, &rl) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -81,9 +88,12 @@ impl RunnerProcess {
                 });
             }
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start the agent runner {}: {e}", policy.runner_exe.display()))?;
+        let mut child = cmd.spawn().map_err(|e| {
+            format!(
+                "cannot start the agent runner {}: {e}",
+                policy.runner_exe.display()
+            )
+        })?;
         let stdin = child.stdin.take().ok_or("runner has no stdin")?;
         let mut stdout = child.stdout.take().ok_or("runner has no stdout")?;
         if let Some(stderr) = child.stderr.take() {
@@ -104,13 +114,21 @@ impl RunnerProcess {
                 }
             }
         });
-        let mut proc = RunnerProcess { child, stdin, frames };
+        let mut proc = RunnerProcess {
+            child,
+            stdin,
+            frames,
+        };
         let hello = proc.receive(policy.load_timeout);
         match hello {
-            Ok(RunnerMessage::Hello { protocol, metadata, .. }) if protocol == PROTOCOL => Ok((proc, metadata)),
+            Ok(RunnerMessage::Hello {
+                protocol, metadata, ..
+            }) if protocol == PROTOCOL => Ok((proc, metadata)),
             Ok(RunnerMessage::Hello { protocol, .. }) => {
                 proc.kill();
-                Err(format!("the agent runner speaks protocol {protocol}, this host {PROTOCOL}; install matching baton binaries"))
+                Err(format!(
+                    "the agent runner speaks protocol {protocol}, this host {PROTOCOL}; install matching baton binaries"
+                ))
             }
             Ok(RunnerMessage::LoadFailed { message }) => {
                 proc.kill();
@@ -122,17 +140,25 @@ impl RunnerProcess {
             }
             Err(e) => {
                 let why = proc.kill();
-                Err(format!("the agent runner failed while loading {}: {e}{why}", library.display()))
+                Err(format!(
+                    "the agent runner failed while loading {}: {e}{why}",
+                    library.display()
+                ))
             }
         }
     }
 
     fn receive(&mut self, timeout: Duration) -> Result<RunnerMessage, String> {
         match self.frames.recv_timeout(timeout) {
-            Ok(Ok(Some(frame))) => serde_json::from_slice(&frame).map_err(|e| format!("garbled frame from the runner: {e}")),
-            Ok(Ok(None)) | Err(RecvTimeoutError::Disconnected) => Err("the runner closed its channel".into()),
+            Ok(Ok(Some(frame))) => serde_json::from_slice(&frame)
+                .map_err(|e| format!("garbled frame from the runner: {e}")),
+            Ok(Ok(None)) | Err(RecvTimeoutError::Disconnected) => {
+                Err("the runner closed its channel".into())
+            }
             Ok(Err(e)) => Err(format!("reading from the runner failed: {e}")),
-            Err(RecvTimeoutError::Timeout) => Err(format!("no answer within {} ms", timeout.as_millis())),
+            Err(RecvTimeoutError::Timeout) => {
+                Err(format!("no answer within {} ms", timeout.as_millis()))
+            }
         }
     }
 
@@ -147,7 +173,9 @@ impl RunnerProcess {
         };
         // Anything the agent left in its group goes too.
         signal_group(self.child.id(), libc::SIGKILL);
-        status.map(|s| format!(" (runner {})", describe_status(s))).unwrap_or_default()
+        status
+            .map(|s| format!(" (runner {})", describe_status(s)))
+            .unwrap_or_default()
     }
 
     /// The runner's exit, if it already ended.
@@ -187,7 +215,10 @@ pub struct RunnerBackend {
 impl RunnerBackend {
     /// Start a runner for `library`, read its meta-data, and keep the runner for calls.
     pub fn load(library: &Path, policy: RunnerPolicy) -> Result<RunnerBackend, String> {
-        let name = library.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = library
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let (process, metadata) = RunnerProcess::spawn(&policy, library, &name)?;
         Ok(RunnerBackend {
             library: library.to_owned(),
@@ -208,7 +239,11 @@ impl RunnerBackend {
     fn record_crash(&self, st: &mut Supervision, what: String) {
         let now = Instant::now();
         st.crashes.push_back(now);
-        while st.crashes.front().is_some_and(|t| now.duration_since(*t) > self.policy.crash_window) {
+        while st
+            .crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.policy.crash_window)
+        {
             st.crashes.pop_front();
         }
         st.consecutive += 1;
@@ -265,7 +300,9 @@ impl RunnerBackend {
             std::thread::sleep(at.saturating_duration_since(Instant::now()));
         }
         let mut policy = self.policy.clone();
-        policy.load_timeout = policy.load_timeout.min(deadline.saturating_duration_since(Instant::now()));
+        policy.load_timeout = policy
+            .load_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
         match RunnerProcess::spawn(&policy, &self.library, &self.metadata.name) {
             Ok((process, _)) => {
                 st.process = Some(process);
@@ -295,10 +332,18 @@ impl Backend for RunnerBackend {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         self.ensure_running(&mut st, deadline)?;
         let Some(process) = st.process.as_mut() else {
-            return Err(Failure::host(FailureCause::Crash, ErrorClass::Generic, "runner not available"));
+            return Err(Failure::host(
+                FailureCause::Crash,
+                ErrorClass::Generic,
+                "runner not available",
+            ));
         };
         let json = serde_json::to_vec(req).map_err(|e| {
-            Failure::host(FailureCause::Refused, ErrorClass::Generic, format!("cannot encode the request: {e}"))
+            Failure::host(
+                FailureCause::Refused,
+                ErrorClass::Generic,
+                format!("cannot encode the request: {e}"),
+            )
         })?;
         let sent = write_frame(&mut process.stdin, &json);
         let answer = match sent {
@@ -315,7 +360,11 @@ impl Backend for RunnerBackend {
                 st.process = None;
                 let what = format!("the runner sent an unexpected message{why}");
                 self.record_crash(&mut st, what.clone());
-                Err(Failure::host(FailureCause::BadReply, ErrorClass::Generic, what))
+                Err(Failure::host(
+                    FailureCause::BadReply,
+                    ErrorClass::Generic,
+                    what,
+                ))
             }
             Err(e) if Instant::now() >= deadline && e.starts_with("no answer") => {
                 let why = process.kill();
@@ -327,7 +376,11 @@ impl Backend for RunnerBackend {
                     timeout.as_millis()
                 );
                 self.record_crash(&mut st, what.clone());
-                Err(Failure::host(FailureCause::Timeout, ErrorClass::Generic, what))
+                Err(Failure::host(
+                    FailureCause::Timeout,
+                    ErrorClass::Generic,
+                    what,
+                ))
             }
             Err(e) => {
                 let how = process.ended().unwrap_or_else(|| {
@@ -340,7 +393,11 @@ impl Backend for RunnerBackend {
                     self.metadata.name, req.action
                 );
                 self.record_crash(&mut st, what.clone());
-                Err(Failure::host(FailureCause::Crash, ErrorClass::Generic, what))
+                Err(Failure::host(
+                    FailureCause::Crash,
+                    ErrorClass::Generic,
+                    what,
+                ))
             }
         }
     }
@@ -351,7 +408,10 @@ impl Backend for RunnerBackend {
             ("library".into(), self.library.display().to_string()),
             (
                 "runner".into(),
-                st.process.as_ref().map(|p| format!("pid {}", p.child.id())).unwrap_or_else(|| "not running".into()),
+                st.process
+                    .as_ref()
+                    .map(|p| format!("pid {}", p.child.id()))
+                    .unwrap_or_else(|| "not running".into()),
             ),
             ("runner starts".into(), st.starts.to_string()),
             ("crashes in window".into(), st.crashes.len().to_string()),
@@ -385,7 +445,9 @@ impl TrustedBackend {
     /// Load `path` into this process.
     pub fn load(path: &Path) -> Result<TrustedBackend, String> {
         NativeLibrary::load(path)
-            .map(|l| TrustedBackend { library: Arc::new(l) })
+            .map(|l| TrustedBackend {
+                library: Arc::new(l),
+            })
             .map_err(|e| e.to_string())
     }
 }

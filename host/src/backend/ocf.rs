@@ -9,7 +9,8 @@
 use crate::agent_host::{AgentKind, Backend, Failure, FailureCause};
 use crate::process_group::{self, describe_status};
 use baton_plugin_api::{
-    Action, ActionSpec, ContractVersion, ErrorClass, Metadata, MonitorState, Outcome, ParamSpec, ParamType, Request,
+    Action, ActionSpec, ContractVersion, ErrorClass, Metadata, MonitorState, Outcome, ParamSpec,
+    ParamType, Request,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,7 +57,10 @@ impl OcfBackend {
     pub fn load(full_name: &str, ocf_root: &Path) -> Result<OcfBackend, String> {
         let name = OcfName::parse(full_name)
             .ok_or_else(|| format!("{full_name:?} is not an OCF agent name; write ocf:PROVIDER:TYPE, e.g. ocf:heartbeat:Dummy"))?;
-        let path = ocf_root.join("resource.d").join(&name.provider).join(&name.kind);
+        let path = ocf_root
+            .join("resource.d")
+            .join(&name.provider)
+            .join(&name.kind);
         if !path.is_file() {
             return Err(format!(
                 "OCF agent {full_name} not found: no file {} (is the package that ships it, e.g. \
@@ -81,10 +85,17 @@ impl OcfBackend {
             monitor_interval_ms: 10_000,
         };
         let finished = backend
-            .exec("meta-data", &Request::new(Action::MetaData, Default::default()), METADATA_TIMEOUT)
+            .exec(
+                "meta-data",
+                &Request::new(Action::MetaData, Default::default()),
+                METADATA_TIMEOUT,
+            )
             .map_err(|e| format!("{full_name}: cannot run {}: {e}", backend.path.display()))?;
         if finished.timed_out {
-            return Err(format!("{full_name}: meta-data did not finish within {} s", METADATA_TIMEOUT.as_secs()));
+            return Err(format!(
+                "{full_name}: meta-data did not finish within {} s",
+                METADATA_TIMEOUT.as_secs()
+            ));
         }
         if finished.status.and_then(|s| s.code()) != Some(0) {
             return Err(format!(
@@ -93,20 +104,34 @@ impl OcfBackend {
             ));
         }
         let xml = String::from_utf8_lossy(&finished.stdout);
-        let mut meta = parse_metadata(&xml).map_err(|e| format!("{full_name}: meta-data is not valid OCF XML: {e}"))?;
+        let mut meta = parse_metadata(&xml)
+            .map_err(|e| format!("{full_name}: meta-data is not valid OCF XML: {e}"))?;
         meta.name = full_name.into();
         if let Err(problems) = meta.check() {
             return Err(format!(
                 "{full_name}: unusable meta-data: {}",
-                problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")
+                problems
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ));
         }
-        backend.monitor_interval_ms = meta.action(Action::Monitor).map(|a| a.interval_ms).filter(|i| *i > 0).unwrap_or(10_000);
+        backend.monitor_interval_ms = meta
+            .action(Action::Monitor)
+            .map(|a| a.interval_ms)
+            .filter(|i| *i > 0)
+            .unwrap_or(10_000);
         backend.metadata = meta;
         Ok(backend)
     }
 
-    fn exec(&self, action: &str, req: &Request, timeout: Duration) -> std::io::Result<process_group::Finished> {
+    fn exec(
+        &self,
+        action: &str,
+        req: &Request,
+        timeout: Duration,
+    ) -> std::io::Result<process_group::Finished> {
         let mut cmd = Command::new(&self.path);
         cmd.arg(action).env_clear();
         for (k, v) in self.environment(action, req, timeout) {
@@ -118,13 +143,20 @@ impl OcfBackend {
     /// The environment Pacemaker's executor gives an OCF agent (`reference/ocf.md`, c.2).
     fn environment(&self, action: &str, req: &Request, timeout: Duration) -> Vec<(String, String)> {
         let meta = |k: &str, v: String| (format!("OCF_RESKEY_CRM_meta_{}", k.replace('-', "_")), v);
-        let interval = if req.action == Action::Monitor && !req.probe { self.monitor_interval_ms } else { 0 };
+        let interval = if req.action == Action::Monitor && !req.probe {
+            self.monitor_interval_ms
+        } else {
+            0
+        };
         let mut env = vec![
             ("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into()),
             ("OCF_RA_VERSION_MAJOR".into(), "1".into()),
             ("OCF_RA_VERSION_MINOR".into(), "1".into()),
             ("OCF_ROOT".into(), self.ocf_root.display().to_string()),
-            ("OCF_FUNCTIONS_DIR".into(), self.ocf_root.join("lib/heartbeat").display().to_string()),
+            (
+                "OCF_FUNCTIONS_DIR".into(),
+                self.ocf_root.join("lib/heartbeat").display().to_string(),
+            ),
             ("OCF_RESOURCE_INSTANCE".into(), req.context.resource.clone()),
             ("OCF_RESOURCE_TYPE".into(), self.name.kind.clone()),
             ("OCF_RESOURCE_PROVIDER".into(), self.name.provider.clone()),
@@ -140,12 +172,25 @@ impl OcfBackend {
             env.push((format!("OCF_RESKEY_{k}"), v.clone()));
         }
         if let Some(n) = &req.notification {
-            let op = n.operation.map(|a| a.name().to_string()).unwrap_or_default();
-            env.push(meta("notify_type", if n.pre { "pre" } else { "post" }.into()));
+            let op = n
+                .operation
+                .map(|a| a.name().to_string())
+                .unwrap_or_default();
+            env.push(meta(
+                "notify_type",
+                if n.pre { "pre" } else { "post" }.into(),
+            ));
             env.push(meta("notify_operation", op.clone()));
             let names = n.nodes.join(" ");
             env.push(meta(&format!("notify_{op}_uname"), names.clone()));
-            env.push(meta(&format!("notify_{op}_resource"), n.nodes.iter().map(|_| req.context.resource.clone()).collect::<Vec<_>>().join(" ")));
+            env.push(meta(
+                &format!("notify_{op}_resource"),
+                n.nodes
+                    .iter()
+                    .map(|_| req.context.resource.clone())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ));
             env.push(meta("notify_active_uname", n.active.join(" ")));
         }
         env
@@ -156,27 +201,43 @@ impl OcfBackend {
 fn exit_reason(stderr: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(stderr);
     text.lines()
-        .filter_map(|l| l.split_once("ocf-exit-reason:").map(|(_, r)| r.trim().to_string()))
+        .filter_map(|l| {
+            l.split_once("ocf-exit-reason:")
+                .map(|(_, r)| r.trim().to_string())
+        })
         .last()
         .filter(|r| !r.is_empty())
 }
 
 /// Map an OCF exit code to a typed result (`reference/ocf.md`, c.4).
-pub fn map_exit(action: Action, probe: bool, code: i32, reason: Option<String>) -> Result<Outcome, Failure> {
+pub fn map_exit(
+    action: Action,
+    probe: bool,
+    code: i32,
+    reason: Option<String>,
+) -> Result<Outcome, Failure> {
     let class = match code {
         0 => {
-            return Ok(if action == Action::Monitor { Outcome::State(MonitorState::Running) } else { Outcome::Done });
+            return Ok(if action == Action::Monitor {
+                Outcome::State(MonitorState::Running)
+            } else {
+                Outcome::Done
+            });
         }
         7 if action == Action::Monitor => return Ok(Outcome::State(MonitorState::NotRunning)),
         // A stop that finds nothing running has succeeded.
         7 if action == Action::Stop => return Ok(Outcome::Done),
         // A probe on a node without the software: it certainly does not run here.
-        5 if action == Action::Monitor && probe => return Ok(Outcome::State(MonitorState::NotRunning)),
+        5 if action == Action::Monitor && probe => {
+            return Ok(Outcome::State(MonitorState::NotRunning));
+        }
         8 if action == Action::Monitor => return Ok(Outcome::State(MonitorState::Promoted)),
         8 if action == Action::Promote => return Ok(Outcome::Done),
         9 if action == Action::Monitor => return Ok(Outcome::State(MonitorState::FailedPromoted)),
         190 if action == Action::Monitor => return Ok(Outcome::State(MonitorState::Degraded)),
-        191 if action == Action::Monitor => return Ok(Outcome::State(MonitorState::DegradedPromoted)),
+        191 if action == Action::Monitor => {
+            return Ok(Outcome::State(MonitorState::DegradedPromoted));
+        }
         190 | 191 => return Ok(Outcome::Done),
         1 | 7 | 8 | 9 => ErrorClass::Generic,
         2 => ErrorClass::InvalidArgs,
@@ -227,11 +288,20 @@ impl Backend for OcfBackend {
         };
         let timeout = req.context.timeout();
         let finished = self.exec(action, req, timeout).map_err(|e| {
-            Failure::host(FailureCause::Crash, ErrorClass::NotInstalled, format!("cannot run {}: {e}", self.path.display()))
+            Failure::host(
+                FailureCause::Crash,
+                ErrorClass::NotInstalled,
+                format!("cannot run {}: {e}", self.path.display()),
+            )
         })?;
         let reason = exit_reason(&finished.stderr).or_else(|| {
             let text = String::from_utf8_lossy(&finished.stderr);
-            let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).rev().take(2).collect();
+            let tail: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .rev()
+                .take(2)
+                .collect();
             (!tail.is_empty()).then(|| tail.into_iter().rev().collect::<Vec<_>>().join(" | "))
         });
         if finished.timed_out {
@@ -246,14 +316,22 @@ impl Backend for OcfBackend {
             ));
         }
         let status = finished.status.ok_or_else(|| {
-            Failure::host(FailureCause::Crash, ErrorClass::Generic, format!("{action} of {} vanished", self.metadata.name))
+            Failure::host(
+                FailureCause::Crash,
+                ErrorClass::Generic,
+                format!("{action} of {} vanished", self.metadata.name),
+            )
         })?;
         match status.code() {
             Some(code) => map_exit(req.action, req.probe, code, reason),
             None => Err(Failure::host(
                 FailureCause::Crash,
                 ErrorClass::Generic,
-                format!("{action} of {} was {}", self.metadata.name, describe_status(status)),
+                format!(
+                    "{action} of {} was {}",
+                    self.metadata.name,
+                    describe_status(status)
+                ),
             )),
         }
     }
@@ -266,7 +344,10 @@ impl Backend for OcfBackend {
 /// An OCF duration (`20s`, `20`, `1m`, `500ms`, `2h`) in milliseconds.
 fn parse_duration_ms(text: &str) -> Option<u64> {
     let t = text.trim();
-    let (num, unit) = t.find(|c: char| !c.is_ascii_digit()).map(|i| t.split_at(i)).unwrap_or((t, ""));
+    let (num, unit) = t
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| t.split_at(i))
+        .unwrap_or((t, ""));
     let n: u64 = num.parse().ok()?;
     let factor = match unit.trim() {
         "" | "s" | "sec" | "secs" => 1000,
@@ -279,37 +360,64 @@ fn parse_duration_ms(text: &str) -> Option<u64> {
     Some(n * factor)
 }
 
+/// OCF meta-data starts with a DOCTYPE naming ra-api-1.dtd; allow it (never fetched).
+pub const XML_OPTIONS: roxmltree::ParsingOptions = roxmltree::ParsingOptions {
+    allow_dtd: true,
+    nodes_limit: 1_000_000,
+};
+
 /// Parse OCF resource-agent meta-data XML (`reference/ocf.md`, c.6).
 pub fn parse_metadata(xml: &str) -> Result<Metadata, String> {
-    let doc = roxmltree::Document::parse(xml).map_err(|e| e.to_string())?;
+    let doc = roxmltree::Document::parse_with_options(xml, crate::backend::ocf::XML_OPTIONS)
+        .map_err(|e| e.to_string())?;
     let root = doc.root_element();
     if root.tag_name().name() != "resource-agent" {
-        return Err(format!("the root element is <{}>, expected <resource-agent>", root.tag_name().name()));
+        return Err(format!(
+            "the root element is <{}>, expected <resource-agent>",
+            root.tag_name().name()
+        ));
     }
     fn child<'a, 'i>(node: roxmltree::Node<'a, 'i>, tag: &str) -> Option<roxmltree::Node<'a, 'i>> {
         node.children().find(|c| c.has_tag_name(tag))
     }
     let text = |node: Option<roxmltree::Node<'_, '_>>| {
-        node.and_then(|n| n.text()).map(|t| t.split_whitespace().collect::<Vec<_>>().join(" ")).unwrap_or_default()
+        node.and_then(|n| n.text())
+            .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
     };
     let mut parameters = Vec::new();
     if let Some(params) = child(root, "parameters") {
         for p in params.children().filter(|c| c.has_tag_name("parameter")) {
-            let name = p.attribute("name").ok_or("a <parameter> has no name")?.to_string();
+            let name = p
+                .attribute("name")
+                .ok_or("a <parameter> has no name")?
+                .to_string();
             let content = child(p, "content");
-            let kind = match content.and_then(|c| c.attribute("type")).unwrap_or("string") {
+            let kind = match content
+                .and_then(|c| c.attribute("type"))
+                .unwrap_or("string")
+            {
                 "integer" => ParamType::Integer,
                 "boolean" => ParamType::Boolean,
                 "select" => ParamType::Select(
                     content
-                        .map(|c| c.children().filter(|o| o.has_tag_name("option")).filter_map(|o| o.attribute("value")).map(String::from).collect())
+                        .map(|c| {
+                            c.children()
+                                .filter(|o| o.has_tag_name("option"))
+                                .filter_map(|o| o.attribute("value"))
+                                .map(String::from)
+                                .collect()
+                        })
                         .unwrap_or_default(),
                 ),
                 _ => ParamType::String,
             };
             // Agents' defaults are often not of their declared type (e.g. "" for an
             // integer); keep them as documentation only when they check.
-            let default = content.and_then(|c| c.attribute("default")).map(String::from).filter(|d| kind.check(d).is_ok());
+            let default = content
+                .and_then(|c| c.attribute("default"))
+                .map(String::from)
+                .filter(|d| kind.check(d).is_ok());
             let kind = match kind {
                 ParamType::Select(o) if o.is_empty() => ParamType::String,
                 k => k,
@@ -337,32 +445,57 @@ pub fn parse_metadata(xml: &str) -> Result<Metadata, String> {
     let mut actions: Vec<ActionSpec> = Vec::new();
     if let Some(list) = child(root, "actions") {
         for a in list.children().filter(|c| c.has_tag_name("action")) {
-            let Some(action) = a.attribute("name").and_then(Action::parse) else { continue };
-            if action == Action::Recover || action == Action::MetaData || actions.iter().any(|x| x.action == action) {
+            let Some(action) = a.attribute("name").and_then(Action::parse) else {
+                continue;
+            };
+            if action == Action::Recover
+                || action == Action::MetaData
+                || actions.iter().any(|x| x.action == action)
+            {
                 continue;
             }
             actions.push(ActionSpec {
                 action,
-                timeout_ms: a.attribute("timeout").and_then(parse_duration_ms).filter(|t| *t > 0).unwrap_or(20_000),
-                interval_ms: a.attribute("interval").and_then(parse_duration_ms).unwrap_or(0),
-                depth: a.attribute("depth").and_then(|d| d.parse().ok()).unwrap_or(0),
+                timeout_ms: a
+                    .attribute("timeout")
+                    .and_then(parse_duration_ms)
+                    .filter(|t| *t > 0)
+                    .unwrap_or(20_000),
+                interval_ms: a
+                    .attribute("interval")
+                    .and_then(parse_duration_ms)
+                    .unwrap_or(0),
+                depth: a
+                    .attribute("depth")
+                    .and_then(|d| d.parse().ok())
+                    .unwrap_or(0),
             });
         }
     }
     // Old agents omit validate-all from their meta-data; calling it then answers
     // "unimplemented", which is what the contract expects.
-    for required in [Action::Validate, Action::Start, Action::Stop, Action::Monitor] {
+    for required in [
+        Action::Validate,
+        Action::Start,
+        Action::Stop,
+        Action::Monitor,
+    ] {
         if !actions.iter().any(|a| a.action == required) {
             if required == Action::Validate {
                 actions.push(ActionSpec::new(Action::Validate, 20_000));
             } else {
-                return Err(format!("the required action {required} is not listed in <actions>"));
+                return Err(format!(
+                    "the required action {required} is not listed in <actions>"
+                ));
             }
         }
     }
     Ok(Metadata {
         name: root.attribute("name").unwrap_or_default().to_string(),
-        version: root.attribute("version").map(String::from).unwrap_or_else(|| text(child(root, "version"))),
+        version: root
+            .attribute("version")
+            .map(String::from)
+            .unwrap_or_else(|| text(child(root, "version"))),
         contract: ContractVersion::new(1, 0),
         shortdesc: text(child(root, "shortdesc")),
         longdesc: text(child(root, "longdesc")),
@@ -379,13 +512,31 @@ mod tests {
     #[test]
     fn exit_codes_map_to_typed_results() {
         let ok = |a, code| map_exit(a, false, code, None).unwrap();
-        assert_eq!(ok(Action::Monitor, 0), Outcome::State(MonitorState::Running));
-        assert_eq!(ok(Action::Monitor, 7), Outcome::State(MonitorState::NotRunning));
-        assert_eq!(ok(Action::Monitor, 8), Outcome::State(MonitorState::Promoted));
-        assert_eq!(ok(Action::Monitor, 9), Outcome::State(MonitorState::FailedPromoted));
-        assert_eq!(ok(Action::Monitor, 190), Outcome::State(MonitorState::Degraded));
+        assert_eq!(
+            ok(Action::Monitor, 0),
+            Outcome::State(MonitorState::Running)
+        );
+        assert_eq!(
+            ok(Action::Monitor, 7),
+            Outcome::State(MonitorState::NotRunning)
+        );
+        assert_eq!(
+            ok(Action::Monitor, 8),
+            Outcome::State(MonitorState::Promoted)
+        );
+        assert_eq!(
+            ok(Action::Monitor, 9),
+            Outcome::State(MonitorState::FailedPromoted)
+        );
+        assert_eq!(
+            ok(Action::Monitor, 190),
+            Outcome::State(MonitorState::Degraded)
+        );
         assert_eq!(ok(Action::Stop, 7), Outcome::Done);
-        assert_eq!(map_exit(Action::Monitor, true, 5, None).unwrap(), Outcome::State(MonitorState::NotRunning));
+        assert_eq!(
+            map_exit(Action::Monitor, true, 5, None).unwrap(),
+            Outcome::State(MonitorState::NotRunning)
+        );
         let err = |a, code| map_exit(a, false, code, Some("why".into())).unwrap_err();
         assert_eq!(err(Action::Start, 7).class, ErrorClass::Generic);
         assert_eq!(err(Action::Monitor, 5).class, ErrorClass::NotInstalled);
@@ -393,12 +544,19 @@ mod tests {
         assert_eq!(err(Action::Start, 2).reason, "why");
         let unknown = err(Action::Monitor, 42);
         assert_eq!(unknown.cause, FailureCause::BadReply);
-        assert!(unknown.reason.contains("42, which is not an OCF exit code"), "{}", unknown.reason);
+        assert!(
+            unknown.reason.contains("42, which is not an OCF exit code"),
+            "{}",
+            unknown.reason
+        );
     }
 
     #[test]
     fn the_last_exit_reason_wins() {
-        assert_eq!(exit_reason(b"noise\nocf-exit-reason:first\nocf-exit-reason: second \n"), Some("second".into()));
+        assert_eq!(
+            exit_reason(b"noise\nocf-exit-reason:first\nocf-exit-reason: second \n"),
+            Some("second".into())
+        );
         assert_eq!(exit_reason(b"nothing here"), None);
     }
 
@@ -452,6 +610,10 @@ mod tests {
     #[test]
     fn garbage_is_not_meta_data() {
         assert!(parse_metadata("hello, I am not XML").is_err());
-        assert!(parse_metadata("<other/>").unwrap_err().contains("expected <resource-agent>"));
+        assert!(
+            parse_metadata("<other/>")
+                .unwrap_err()
+                .contains("expected <resource-agent>")
+        );
     }
 }

@@ -10,8 +10,8 @@
 use crate::agent_host::{AgentKind, Backend, Failure, FailureCause};
 use crate::process_group;
 use baton_plugin_api::{
-    Action, ActionSpec, AgentError, Capability, CapabilitySet, ContractVersion, ErrorClass, Metadata, MonitorState,
-    Outcome, ParamSpec, ParamType, Request, SUPPORTED_CONTRACTS,
+    Action, ActionSpec, AgentError, Capability, CapabilitySet, ContractVersion, ErrorClass,
+    Metadata, MonitorState, Outcome, ParamSpec, ParamType, Request, SUPPORTED_CONTRACTS,
 };
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -132,10 +132,17 @@ impl HostState {
         let remaining = self.remaining();
         let limit = Duration::from_millis(u64::from(timeout_ms)).min(remaining);
         let mut cmd = Command::new(program);
-        cmd.args(args).env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").envs(env.iter().cloned());
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .envs(env.iter().cloned());
         match process_group::run(cmd, limit, 1 << 20) {
-            Ok(f) if f.timed_out && limit == remaining => Err(self.out_of_time(&format!("run({program})"))),
-            Ok(f) if f.timed_out => Ok(Err(format!("{program} ran past its {timeout_ms} ms timeout and was killed"))),
+            Ok(f) if f.timed_out && limit == remaining => {
+                Err(self.out_of_time(&format!("run({program})")))
+            }
+            Ok(f) if f.timed_out => Ok(Err(format!(
+                "{program} ran past its {timeout_ms} ms timeout and was killed"
+            ))),
             Ok(f) => Ok(Ok((f.status.and_then(|s| s.code()), f.stdout, f.stderr))),
             Err(e) => Ok(Err(format!("cannot run {program}: {e}"))),
         }
@@ -152,7 +159,9 @@ impl HostState {
             return Ok(Err(self.deny(why)));
         }
         let remaining = self.remaining();
-        let limit = Duration::from_millis(u64::from(timeout_ms)).min(remaining).max(Duration::from_millis(1));
+        let limit = Duration::from_millis(u64::from(timeout_ms))
+            .min(remaining)
+            .max(Duration::from_millis(1));
         let result = (|| -> std::io::Result<Vec<u8>> {
             let addr = address
                 .to_socket_addrs()?
@@ -168,7 +177,9 @@ impl HostState {
             Ok(reply)
         })();
         match result {
-            Err(_) if self.remaining().is_zero() => Err(self.out_of_time(&format!("tcp-request({address})"))),
+            Err(_) if self.remaining().is_zero() => {
+                Err(self.out_of_time(&format!("tcp-request({address})")))
+            }
             Err(e) => Ok(Err(format!("{address}: {e}"))),
             Ok(reply) => Ok(Ok(reply)),
         }
@@ -195,8 +206,13 @@ trait IntoContract {
     fn into_contract(self) -> AgentError;
 }
 
-fn done<E: IntoContract>(r: wasmtime::Result<Result<(), E>>) -> wasmtime::Result<Result<Outcome, AgentError>> {
-    r.map(|r| r.map(|()| Outcome::Done).map_err(IntoContract::into_contract))
+fn done<E: IntoContract>(
+    r: wasmtime::Result<Result<(), E>>,
+) -> wasmtime::Result<Result<Outcome, AgentError>> {
+    r.map(|r| {
+        r.map(|()| Outcome::Done)
+            .map_err(IntoContract::into_contract)
+    })
 }
 
 fn werr(e: wasmtime::Error) -> anyhow::Error {
@@ -211,7 +227,11 @@ macro_rules! contract_version {
         impl $v::baton::agent::types::Host for HostState {}
 
         impl $v::baton::agent::host::Host for HostState {
-            fn log(&mut self, level: $v::baton::agent::host::LogLevel, message: String) -> wasmtime::Result<()> {
+            fn log(
+                &mut self,
+                level: $v::baton::agent::host::LogLevel,
+                message: String,
+            ) -> wasmtime::Result<()> {
                 use $v::baton::agent::host::LogLevel as L;
                 let n = match level {
                     L::Error => 0,
@@ -233,10 +253,17 @@ macro_rules! contract_version {
             fn run(
                 &mut self,
                 cmd: $v::baton::agent::capabilities::Command,
-            ) -> wasmtime::Result<Result<$v::baton::agent::capabilities::CommandOutput, String>> {
-                Ok(HostState::run(self, &cmd.program, &cmd.args, &cmd.env, cmd.timeout_ms)?.map(
-                    |(status, stdout, stderr)| $v::baton::agent::capabilities::CommandOutput { status, stdout, stderr },
-                ))
+            ) -> wasmtime::Result<Result<$v::baton::agent::capabilities::CommandOutput, String>>
+            {
+                Ok(
+                    HostState::run(self, &cmd.program, &cmd.args, &cmd.env, cmd.timeout_ms)?.map(
+                        |(status, stdout, stderr)| $v::baton::agent::capabilities::CommandOutput {
+                            status,
+                            stdout,
+                            stderr,
+                        },
+                    ),
+                )
             }
 
             fn tcp_request(
@@ -290,11 +317,19 @@ macro_rules! contract_version {
                 for a in self.actions {
                     let action = Action::parse(&a.action)
                         .ok_or_else(|| format!("actions: unknown action {:?}", a.action))?;
-                    actions.push(ActionSpec { action, timeout_ms: a.timeout_ms, interval_ms: a.interval_ms, depth: a.depth });
+                    actions.push(ActionSpec {
+                        action,
+                        timeout_ms: a.timeout_ms,
+                        interval_ms: a.interval_ms,
+                        depth: a.depth,
+                    });
                 }
                 let mut capabilities = Vec::new();
                 for c in self.capabilities {
-                    capabilities.push(c.parse::<Capability>().map_err(|e| format!("capabilities: {e}"))?);
+                    capabilities.push(
+                        c.parse::<Capability>()
+                            .map_err(|e| format!("capabilities: {e}"))?,
+                    );
                 }
                 Ok(Metadata {
                     name: self.name,
@@ -328,17 +363,23 @@ macro_rules! contract_version {
         impl From<&Request> for $v::baton::agent::types::Request {
             fn from(r: &Request) -> Self {
                 $v::baton::agent::types::Request {
-                    params: r.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    params: r
+                        .params
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
                     node: r.context.node.clone(),
                     resource: r.context.resource.clone(),
                     timeout_ms: r.context.timeout_ms,
                     depth: r.depth,
                     probe: r.probe,
-                    notification: r.notification.as_ref().map(|n| $v::baton::agent::types::Notification {
-                        pre: n.pre,
-                        operation: n.operation.map(|a| a.name().to_string()),
-                        nodes: n.nodes.clone(),
-                        active: n.active.clone(),
+                    notification: r.notification.as_ref().map(|n| {
+                        $v::baton::agent::types::Notification {
+                            pre: n.pre,
+                            operation: n.operation.map(|a| a.name().to_string()),
+                            nodes: n.nodes.clone(),
+                            active: n.active.clone(),
+                        }
                     }),
                 }
             }
@@ -380,18 +421,22 @@ impl WasmRuntime {
         let engine = Engine::new(&config).map_err(werr)?;
         let mut linker_1_0 = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker_1_0).map_err(werr)?;
-        v1_0::ResourceAgent::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker_1_0, |s| s).map_err(werr)?;
+        v1_0::ResourceAgent::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker_1_0, |s| s)
+            .map_err(werr)?;
         let mut linker_1_1 = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker_1_1).map_err(werr)?;
-        v1_1::ResourceAgent::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker_1_1, |s| s).map_err(werr)?;
+        v1_1::ResourceAgent::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker_1_1, |s| s)
+            .map_err(werr)?;
         let weak = engine.weak();
-        std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
         Ok(Arc::new(WasmRuntime {
             engine,
             linker_1_0,
@@ -437,26 +482,49 @@ impl WasmRuntime {
 
     /// Which contract a component targets: read from the version of the
     /// `baton:agent/agent` interface it exports.
-    pub fn contract_of(&self, component: &Component, origin: &Path) -> Result<ContractVersion, String> {
+    pub fn contract_of(
+        &self,
+        component: &Component,
+        origin: &Path,
+    ) -> Result<ContractVersion, String> {
         let ty = component.component_type();
-        let exported: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
-        let Some(version) = exported.iter().find_map(|n| n.strip_prefix("baton:agent/agent@")) else {
+        let exported: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let Some(version) = exported
+            .iter()
+            .find_map(|n| n.strip_prefix("baton:agent/agent@"))
+        else {
             return Err(format!(
                 "{} does not export baton:agent/agent (it exports: {}); build it for the WIT world \
                  baton:agent/resource-agent in plugin-api/wit",
                 origin.display(),
-                if exported.is_empty() { "nothing".into() } else { exported.join(", ") }
+                if exported.is_empty() {
+                    "nothing".into()
+                } else {
+                    exported.join(", ")
+                }
             ));
         };
-        let contract = ContractVersion::parse(version)
-            .ok_or_else(|| format!("{}: unreadable contract version {version:?}", origin.display()))?;
+        let contract = ContractVersion::parse(version).ok_or_else(|| {
+            format!(
+                "{}: unreadable contract version {version:?}",
+                origin.display()
+            )
+        })?;
         contract
             .check_supported()
             .map_err(|e| format!("{}: {e}", origin.display()))?;
         Ok(contract)
     }
 
-    fn prepare(&self, component: &Component, contract: ContractVersion, origin: &Path) -> Result<Prepared, String> {
+    fn prepare(
+        &self,
+        component: &Component,
+        contract: ContractVersion,
+        origin: &Path,
+    ) -> Result<Prepared, String> {
         let missing = |e: wasmtime::Error| {
             format!(
                 "{}: the component needs imports baton does not provide ({}); agents may import only \
@@ -466,16 +534,35 @@ impl WasmRuntime {
             )
         };
         if contract == ContractVersion::new(1, 0) {
-            let pre = self.linker_1_0.instantiate_pre(component).map_err(missing)?;
-            Ok(Prepared::V1_0(v1_0::ResourceAgentPre::new(pre).map_err(missing)?))
+            let pre = self
+                .linker_1_0
+                .instantiate_pre(component)
+                .map_err(missing)?;
+            Ok(Prepared::V1_0(
+                v1_0::ResourceAgentPre::new(pre).map_err(missing)?,
+            ))
         } else {
-            let pre = self.linker_1_1.instantiate_pre(component).map_err(missing)?;
-            Ok(Prepared::V1_1(v1_1::ResourceAgentPre::new(pre).map_err(missing)?))
+            let pre = self
+                .linker_1_1
+                .instantiate_pre(component)
+                .map_err(missing)?;
+            Ok(Prepared::V1_1(
+                v1_1::ResourceAgentPre::new(pre).map_err(missing)?,
+            ))
         }
     }
 
-    fn new_store(&self, caps: Arc<CapabilitySet>, node: &str, agent: &str, output: &MemoryOutputPipe) -> Store<HostState> {
-        let wasi = WasiCtxBuilder::new().stdout(output.clone()).stderr(output.clone()).build();
+    fn new_store(
+        &self,
+        caps: Arc<CapabilitySet>,
+        node: &str,
+        agent: &str,
+        output: &MemoryOutputPipe,
+    ) -> Store<HostState> {
+        let wasi = WasiCtxBuilder::new()
+            .stdout(output.clone())
+            .stderr(output.clone())
+            .build();
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
             .instances(32)
@@ -558,10 +645,17 @@ impl WasmBackend {
         let mut live = backend
             .instantiate(Duration::from_secs(10))
             .map_err(|e| format!("{}: {}", origin.display(), e.reason))?;
-        live.store.set_epoch_deadline(ticks(Duration::from_secs(10)));
+        live.store
+            .set_epoch_deadline(ticks(Duration::from_secs(10)));
         let raw = match &live.instance {
-            Instance::V1_0(b) => b.baton_agent_agent().call_metadata(&mut live.store).map(|m| m.into_contract(contract)),
-            Instance::V1_1(b) => b.baton_agent_agent().call_metadata(&mut live.store).map(|m| m.into_contract(contract)),
+            Instance::V1_0(b) => b
+                .baton_agent_agent()
+                .call_metadata(&mut live.store)
+                .map(|m| m.into_contract(contract)),
+            Instance::V1_1(b) => b
+                .baton_agent_agent()
+                .call_metadata(&mut live.store)
+                .map(|m| m.into_contract(contract)),
         };
         let metadata = raw
             .map_err(|e| format!("{}: meta-data trapped: {}", origin.display(), e))?
@@ -570,7 +664,11 @@ impl WasmBackend {
             return Err(format!(
                 "{} has unusable meta-data: {}",
                 origin.display(),
-                problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")
+                problems
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ));
         }
         backend.caps = Arc::new(CapabilitySet::new(&metadata.capabilities, granted));
@@ -585,14 +683,25 @@ impl WasmBackend {
 
     fn instantiate(&self, timeout: Duration) -> Result<Live, Failure> {
         let output = MemoryOutputPipe::new(OUTPUT_LIMIT);
-        let mut store = self.runtime.new_store(Arc::clone(&self.caps), &self.node, &self.metadata.name, &output);
+        let mut store = self.runtime.new_store(
+            Arc::clone(&self.caps),
+            &self.node,
+            &self.metadata.name,
+            &output,
+        );
         store.set_epoch_deadline(ticks(timeout));
         store.data_mut().deadline = Instant::now() + timeout;
         let instance = match &self.prepared {
             Prepared::V1_0(pre) => pre.instantiate(&mut store).map(Instance::V1_0),
             Prepared::V1_1(pre) => pre.instantiate(&mut store).map(Instance::V1_1),
         }
-        .map_err(|e| Failure::host(FailureCause::Trap, ErrorClass::Generic, format!("cannot instantiate: {e}")))?;
+        .map_err(|e| {
+            Failure::host(
+                FailureCause::Trap,
+                ErrorClass::Generic,
+                format!("cannot instantiate: {e}"),
+            )
+        })?;
         Ok(Live {
             store,
             instance,
@@ -604,26 +713,71 @@ impl WasmBackend {
     fn classify_trap(&self, live: &Live, error: &wasmtime::Error, req: &Request) -> Failure {
         let name = &self.metadata.name;
         if let Some(why) = &live.store.data().host_timeout {
-            return Failure::host(FailureCause::Timeout, ErrorClass::Generic, format!("{} of wasm agent {name}: {why}", req.action));
+            return Failure::host(
+                FailureCause::Timeout,
+                ErrorClass::Generic,
+                format!("{} of wasm agent {name}: {why}", req.action),
+            );
         }
-        let tail = String::from_utf8_lossy(&live.output.contents()).lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
-        let text = error.to_string();
+        let tail = String::from_utf8_lossy(&live.output.contents())
+            .lines()
+            .rev()
+            .take(3)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join(" | ");
+        let text = error
+            .chain()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(": ");
         let (cause, what) = match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => (
                 FailureCause::Timeout,
-                format!("ran past its {} ms deadline and was interrupted", req.context.timeout_ms),
+                format!(
+                    "ran past its {} ms deadline and was interrupted",
+                    req.context.timeout_ms
+                ),
             ),
-            Some(Trap::StackOverflow) => (FailureCause::Trap, format!("overflowed its {} KiB stack", self.runtime.limits.stack_bytes >> 10)),
-            Some(Trap::UnreachableCodeReached) => (FailureCause::Trap, "panicked (unreachable instruction)".to_string()),
-            Some(trap) => (FailureCause::Trap, format!("trapped: {trap}")),
-            None if text.contains("memory") || text.contains("grow") => (
+            Some(Trap::StackOverflow) => (
                 FailureCause::Trap,
-                format!("exceeded its memory limit of {} MiB", self.runtime.limits.memory_bytes >> 20),
+                format!(
+                    "overflowed its {} KiB stack",
+                    self.runtime.limits.stack_bytes >> 10
+                ),
             ),
-            None => (FailureCause::Trap, format!("trapped: {}", text.lines().next().unwrap_or(""))),
+            Some(Trap::UnreachableCodeReached) => (
+                FailureCause::Trap,
+                "panicked (unreachable instruction)".to_string(),
+            ),
+            Some(trap) => (FailureCause::Trap, format!("trapped: {trap}")),
+            None if text.contains("growing memory") || text.contains("growing table") => (
+                FailureCause::Trap,
+                format!(
+                    "exceeded its memory limit of {} MiB",
+                    self.runtime.limits.memory_bytes >> 20
+                ),
+            ),
+            None => (
+                FailureCause::Trap,
+                format!("trapped: {}", error.root_cause()),
+            ),
         };
-        let tail = if tail.is_empty() { String::new() } else { format!("; agent output: {tail}") };
-        Failure::host(cause, ErrorClass::Generic, format!("{} of wasm agent {name} {what}; the instance was dropped and will be rebuilt{tail}", req.action))
+        let tail = if tail.is_empty() {
+            String::new()
+        } else {
+            format!("; agent output: {tail}")
+        };
+        Failure::host(
+            cause,
+            ErrorClass::Generic,
+            format!(
+                "{} of wasm agent {name} {what}; the instance was dropped and will be rebuilt{tail}",
+                req.action
+            ),
+        )
     }
 
     fn log_output(&self, live: &mut Live) {
@@ -645,9 +799,10 @@ macro_rules! call_export {
             Action::Validate => done(a.call_validate(&mut $store, &$wreq)),
             Action::Start => done(a.call_start(&mut $store, &$wreq)),
             Action::Stop => done(a.call_stop(&mut $store, &$wreq)),
-            Action::Monitor => a
-                .call_monitor(&mut $store, &$wreq)
-                .map(|r| r.map(|s| Outcome::State(s.into_contract())).map_err(IntoContract::into_contract)),
+            Action::Monitor => a.call_monitor(&mut $store, &$wreq).map(|r| {
+                r.map(|s| Outcome::State(s.into_contract()))
+                    .map_err(IntoContract::into_contract)
+            }),
             Action::Promote => done(a.call_promote(&mut $store, &$wreq)),
             Action::Demote => done(a.call_demote(&mut $store, &$wreq)),
             Action::Notify => done(a.call_notify(&mut $store, &$wreq)),
@@ -680,7 +835,11 @@ impl Backend for WasmBackend {
             *slot = Some(self.instantiate(timeout)?);
         }
         let Some(live) = slot.as_mut() else {
-            return Err(Failure::host(FailureCause::Trap, ErrorClass::Generic, "no instance"));
+            return Err(Failure::host(
+                FailureCause::Trap,
+                ErrorClass::Generic,
+                "no instance",
+            ));
         };
         {
             let state = live.store.data_mut();
@@ -743,17 +902,37 @@ impl Backend for WasmBackend {
     }
 
     fn health(&self) -> Vec<(String, String)> {
-        let live = self.instances.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let live = self
+            .instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
         vec![
             ("instances".into(), live.to_string()),
-            ("traps".into(), self.traps.lock().unwrap_or_else(|e| e.into_inner()).to_string()),
+            (
+                "traps".into(),
+                self.traps
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .to_string(),
+            ),
             (
                 "capabilities usable".into(),
-                self.caps.effective().iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "),
+                self.caps
+                    .effective()
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             ),
             (
                 "capabilities not granted".into(),
-                self.caps.not_granted().iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "),
+                self.caps
+                    .not_granted()
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             ),
         ]
     }
@@ -761,5 +940,9 @@ impl Backend for WasmBackend {
 
 /// The contract versions this host loads, as WIT package names (for messages).
 pub fn supported_packages() -> String {
-    SUPPORTED_CONTRACTS.iter().map(|c| format!("baton:agent@{}.{}.0", c.major, c.minor)).collect::<Vec<_>>().join(", ")
+    SUPPORTED_CONTRACTS
+        .iter()
+        .map(|c| format!("baton:agent@{}.{}.0", c.major, c.minor))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

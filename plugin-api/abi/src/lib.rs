@@ -143,7 +143,9 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, AgentError>) -> Result<T
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a non-string panic payload".into());
-        Err(AgentError::generic(format!("the agent panicked in {what}: {msg}")))
+        Err(AgentError::generic(format!(
+            "the agent panicked in {what}: {msg}"
+        )))
     })
 }
 
@@ -155,7 +157,8 @@ pub fn encode_metadata(agent: fn() -> &'static dyn ResourceAgent) -> RString {
 
 #[doc(hidden)]
 pub fn handle_call(agent: fn() -> &'static dyn ResourceAgent, request: RStr<'_>) -> RString {
-    let reply: Result<Outcome, AgentError> = match serde_json::from_str::<Request>(request.as_str()) {
+    let reply: Result<Outcome, AgentError> = match serde_json::from_str::<Request>(request.as_str())
+    {
         Ok(req) => guarded(req.action.name(), || dispatch(agent(), &req)),
         // A host newer than the library may send an action this library's contract
         // does not know: that is "unimplemented", not garbage.
@@ -163,7 +166,9 @@ pub fn handle_call(agent: fn() -> &'static dyn ResourceAgent, request: RStr<'_>)
             baton_plugin_api::ErrorClass::Unimplemented,
             format!("this agent's contract does not know the request: {e}"),
         )),
-        Err(e) => Err(AgentError::generic(format!("the agent could not decode the request: {e}"))),
+        Err(e) => Err(AgentError::generic(format!(
+            "the agent could not decode the request: {e}"
+        ))),
     };
     RString::from(serde_json::to_string(&reply).unwrap_or_default())
 }
@@ -215,9 +220,15 @@ impl std::error::Error for LoadError {}
 
 fn describe_library_error(e: &LibraryError) -> String {
     let text = e.to_string();
-    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
     match e {
-        LibraryError::OpenError { .. } => format!("it could not be opened as a shared library ({first})"),
+        LibraryError::OpenError { .. } => {
+            format!("it could not be opened as a shared library ({first})")
+        }
         LibraryError::GetSymbolError { .. } => {
             "it does not export baton's agent root module".to_string()
         }
@@ -299,7 +310,11 @@ impl NativeLibrary {
         if let Err(problems) = metadata.check() {
             return Err(LoadError::BadMetadata {
                 path: path.to_owned(),
-                detail: problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "),
+                detail: problems
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
             });
         }
         if metadata.contract != contract {
@@ -335,7 +350,11 @@ impl NativeLibrary {
         }
         let json = match serde_json::to_string(request) {
             Ok(j) => j,
-            Err(e) => return Err(AgentError::generic(format!("could not encode the request: {e}"))),
+            Err(e) => {
+                return Err(AgentError::generic(format!(
+                    "could not encode the request: {e}"
+                )));
+            }
         };
         let reply = (self.module.call())(RStr::from_str(&json));
         serde_json::from_str::<Result<Outcome, AgentError>>(&reply).unwrap_or_else(|e| {
@@ -351,6 +370,9 @@ impl NativeLibrary {
 mod tests {
     #[test]
     fn the_exported_symbol_is_the_one_abi_stable_looks_for() {
-        assert_eq!(abi_stable::library::ROOT_MODULE_LOADER_NAME, "_1as_0lib_1header_0root_bmodule_bloader");
+        assert_eq!(
+            abi_stable::library::ROOT_MODULE_LOADER_NAME,
+            "_1as_0lib_1header_0root_bmodule_bloader"
+        );
     }
 }

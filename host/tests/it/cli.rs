@@ -1,0 +1,161 @@
+//! The `baton agent` commands as a user runs them.
+
+use crate::support::{baton_exe, native_lib, wasm};
+use std::process::{Command, Output};
+
+fn baton(config: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(baton_exe())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn config(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("baton.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[agents]\nstore = {:?}\nnode = \"n1\"\n",
+            dir.join("store").display().to_string()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn install_list_run_and_test_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let o = baton(
+        &cfg,
+        &[
+            "agent",
+            "install",
+            wasm("sample_wasm_agent").to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("installed sample-wasm 0.1.0"),
+        "{}",
+        text(&o)
+    );
+
+    let o = baton(&cfg, &["agent", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"process") && names.contains(&"sample-wasm"),
+        "{names:?}"
+    );
+
+    let o = baton(&cfg, &["agent", "run", "sample-wasm", "start", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["action"], "start");
+    assert_eq!(report["result"]["Ok"]["kind"], "done");
+    assert_eq!(report["recovery"], "none");
+
+    let o = baton(&cfg, &["agent", "test", "sample-wasm"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("PASS: 16 passed, 0 failed"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn info_renders_ocf_xml() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = baton(
+        &config(dir.path()),
+        &["agent", "info", "process", "--format", "ocf-xml"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let xml = String::from_utf8(o.stdout).unwrap();
+    assert!(xml.contains("<resource-agent name=\"process\""), "{xml}");
+    assert!(
+        xml.contains("<parameter name=\"command\" required=\"1\">"),
+        "{xml}"
+    );
+}
+
+#[test]
+fn a_failed_call_exits_1_and_names_the_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = baton(
+        &config(dir.path()),
+        &[
+            "agent",
+            "run",
+            native_lib("native-hostile").to_str().unwrap(),
+            "monitor",
+            "-p",
+            "mode=abort",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("FAILED generic (crash)") && text(&o).contains("recovery: restart-here"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn bad_flags_and_names_get_errors_that_say_what_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    for (args, wanted) in [
+        (
+            &["agent", "run", "process", "monitor", "-p", "command"][..],
+            "-p \"command\": write KEY=VALUE",
+        ),
+        (
+            &["agent", "run", "process", "jump"][..],
+            "unknown action \"jump\"; use one of meta-data, validate",
+        ),
+        (
+            &["agent", "run", "process", "monitor", "-p", "comand=x"][..],
+            "did you mean \"command\"?",
+        ),
+        (
+            &["agent", "info", "nosuch"][..],
+            "unknown agent type \"nosuch\"",
+        ),
+        (
+            &["agent", "info", "ocf:heartbeat"][..],
+            "write ocf:PROVIDER:TYPE",
+        ),
+    ] {
+        let o = baton(&cfg, args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(text(&o).contains(wanted), "{args:?}: {}", text(&o));
+    }
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[agents]\nstore = 5\n").unwrap();
+    let o = baton(&bad, &["agent", "list"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("bad.toml") && text(&o).contains("store"),
+        "{}",
+        text(&o)
+    );
+}

@@ -1,0 +1,232 @@
+//! Native agents: the runner contains crashes, hangs and runaway memory; versions
+//! are checked; trusted libraries run in-process.
+
+use crate::support::{call, catalog, native_lib};
+use baton::agent_host::{AgentKind, FailureCause};
+use baton::backend::native::RunnerPolicy;
+use baton::conformance;
+use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome, Recovery};
+use std::time::Duration;
+
+fn fast_policy() -> RunnerPolicy {
+    let mut p = RunnerPolicy::new(crate::support::baton_exe());
+    p.backoff_initial = Duration::from_millis(1);
+    p.backoff_max = Duration::from_millis(5);
+    p.memory_limit_mib = 512;
+    p
+}
+
+fn hostile() -> (tempfile::TempDir, baton::agent_host::AgentHandle) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cat = catalog(dir.path(), "");
+    cat.set_runner_policy(fast_policy());
+    let agent = cat
+        .load(native_lib("native-hostile").to_str().unwrap())
+        .unwrap();
+    (dir, agent)
+}
+
+#[test]
+fn the_sample_passes_conformance_through_the_runner() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(dir.path(), "");
+    let agent = cat
+        .load(native_lib("sample-native-agent").to_str().unwrap())
+        .unwrap();
+    assert_eq!(agent.kind(), AgentKind::Native);
+    let marker = dir.path().join("marker");
+    let params = [("path".to_string(), marker.display().to_string())]
+        .into_iter()
+        .collect();
+    let report = conformance::run(&agent, params, "r1", "testnode", None);
+    assert!(report.passed, "{report:#?}");
+}
+
+#[test]
+fn a_panic_is_a_generic_failure_and_the_runner_survives() {
+    let (_d, agent) = hostile();
+    call(&agent, Action::Start, "r", &[], 2000).result.unwrap();
+    let r = call(&agent, Action::Monitor, "r", &[("mode", "panic")], 2000);
+    let f = r.result.unwrap_err();
+    assert_eq!(
+        (f.cause, f.class),
+        (FailureCause::Agent, ErrorClass::Generic)
+    );
+    assert!(
+        f.reason
+            .contains("panicked in monitor: native-hostile panics on purpose"),
+        "{f}"
+    );
+    assert_eq!(r.recovery, Recovery::RestartHere);
+    // Same runner, same state: the start before the panic is still remembered.
+    let r = call(&agent, Action::Monitor, "r", &[], 2000);
+    assert_eq!(r.result.unwrap(), Outcome::State(MonitorState::Running));
+    let health = agent.health();
+    assert!(
+        health.contains(&("runner starts".into(), "1".into())),
+        "{health:?}"
+    );
+}
+
+#[test]
+fn segfault_and_abort_are_classified_crashes_and_the_runner_restarts() {
+    let (_d, agent) = hostile();
+    for (mode, signal) in [("segfault", "SIGSEGV"), ("abort", "SIGABRT")] {
+        let f = call(&agent, Action::Monitor, "r", &[("mode", mode)], 3000)
+            .result
+            .unwrap_err();
+        assert_eq!(f.cause, FailureCause::Crash, "{f}");
+        assert!(f.reason.contains(signal), "{mode}: {f}");
+        // The next call gets a fresh runner.
+        let ok = call(&agent, Action::Monitor, "r", &[], 3000);
+        assert_eq!(ok.result.unwrap(), Outcome::State(MonitorState::NotRunning));
+    }
+}
+
+#[test]
+fn an_infinite_loop_is_stopped_at_the_deadline() {
+    let (_d, agent) = hostile();
+    let pid_before = runner_pid(&agent);
+    let r = call(&agent, Action::Monitor, "r", &[("mode", "loop")], 300);
+    let f = r.result.unwrap_err();
+    assert_eq!(f.cause, FailureCause::Timeout, "{f}");
+    assert!(
+        f.reason.contains("300 ms deadline") && f.reason.contains("process group was killed"),
+        "{f}"
+    );
+    assert!(
+        crate::support::gone_within(pid_before, Duration::from_secs(5)),
+        "the looping runner survived"
+    );
+    let ok = call(&agent, Action::Monitor, "r", &[], 3000);
+    assert_eq!(ok.result.unwrap(), Outcome::State(MonitorState::NotRunning));
+}
+
+#[test]
+fn a_memory_bomb_hits_the_runner_limit_not_the_host() {
+    let (_d, agent) = hostile();
+    let f = call(&agent, Action::Monitor, "r", &[("mode", "membomb")], 10_000)
+        .result
+        .unwrap_err();
+    assert_eq!(f.cause, FailureCause::Crash, "{f}");
+    assert!(f.reason.contains("SIGABRT"), "{f}");
+    assert!(call(&agent, Action::Monitor, "r", &[], 3000).result.is_ok());
+}
+
+#[test]
+fn agent_output_on_stdout_does_not_corrupt_the_protocol() {
+    let (_d, agent) = hostile();
+    for _ in 0..3 {
+        let r = call(&agent, Action::Monitor, "r", &[("mode", "stdout")], 2000);
+        assert_eq!(r.result.unwrap(), Outcome::State(MonitorState::NotRunning));
+    }
+}
+
+#[test]
+fn repeated_crashes_quarantine_the_library_while_other_agents_keep_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cat = catalog(dir.path(), "");
+    let mut policy = fast_policy();
+    policy.quarantine_after = 3;
+    cat.set_runner_policy(policy);
+    let bad = cat
+        .load(native_lib("native-hostile").to_str().unwrap())
+        .unwrap();
+    let good = cat
+        .load(native_lib("sample-native-agent").to_str().unwrap())
+        .unwrap();
+    let marker = dir.path().join("m").display().to_string();
+    for _ in 0..3 {
+        let f = call(&bad, Action::Monitor, "r", &[("mode", "abort")], 3000)
+            .result
+            .unwrap_err();
+        assert_eq!(f.cause, FailureCause::Crash);
+        let ok = call(
+            &good,
+            Action::Monitor,
+            "g",
+            &[("path", marker.as_str())],
+            3000,
+        );
+        assert_eq!(ok.result.unwrap(), Outcome::State(MonitorState::NotRunning));
+    }
+    let f = call(&bad, Action::Monitor, "r", &[], 3000)
+        .result
+        .unwrap_err();
+    assert_eq!(f.cause, FailureCause::Quarantined, "{f}");
+    assert!(
+        f.reason.contains("quarantined") && f.reason.contains("3 crashes"),
+        "{f}"
+    );
+}
+
+#[test]
+fn a_library_built_for_contract_2_is_refused_naming_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(dir.path(), "");
+    let e = format!(
+        "{:#}",
+        cat.load(native_lib("native-future").to_str().unwrap())
+            .err()
+            .unwrap()
+    );
+    assert!(e.contains("libnative_future.so"), "{e}");
+    assert!(
+        e.contains("built for contract 2.0") && e.contains("supports contracts 1.0..=1.1"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_random_file_named_so_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(dir.path(), "");
+    let fake = dir.path().join("libfake.so");
+    std::fs::write(&fake, b"\x7fELF but not really a library").unwrap();
+    let e = format!("{:#}", cat.load(fake.to_str().unwrap()).err().unwrap());
+    assert!(
+        e.contains("libfake.so") && e.contains("is not a baton native agent"),
+        "{e}"
+    );
+    // A real shared library that is not an agent: missing export.
+    let libc_so = [
+        "/lib/x86_64-linux-gnu/libz.so.1",
+        "/usr/lib/x86_64-linux-gnu/libz.so.1",
+        "/lib/x86_64-linux-gnu/libm.so.6",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .unwrap();
+    let copy = dir.path().join("libnotagent.so");
+    std::fs::copy(libc_so, &copy).unwrap();
+    let e = format!("{:#}", cat.load(copy.to_str().unwrap()).err().unwrap());
+    assert!(
+        e.contains("does not export baton's agent root module"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_trusted_library_runs_in_process_and_its_panics_are_still_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(dir.path(), "trusted = [\"native-hostile\"]\n");
+    let installed = cat.install(&native_lib("native-hostile")).unwrap();
+    assert_eq!(installed.manifest.name, "native-hostile");
+    let agent = cat.load("native-hostile").unwrap();
+    assert_eq!(agent.kind(), AgentKind::NativeTrusted);
+    let f = call(&agent, Action::Monitor, "r", &[("mode", "panic")], 2000)
+        .result
+        .unwrap_err();
+    assert!(f.reason.contains("panicked"), "{f}");
+    assert!(call(&agent, Action::Start, "r", &[], 2000).result.is_ok());
+}
+
+fn runner_pid(agent: &baton::agent_host::AgentHandle) -> i32 {
+    let runner = agent
+        .health()
+        .into_iter()
+        .find(|(k, _)| k == "runner")
+        .unwrap()
+        .1;
+    runner.strip_prefix("pid ").unwrap().parse().unwrap()
+}

@@ -1,0 +1,190 @@
+//! The OCF bridge on real ClusterLabs agents (Debian's resource-agents) and on
+//! fixtures that misbehave.
+
+use crate::support::{call, catalog, gone_within, repo};
+use baton::agent_host::FailureCause;
+use baton::catalog::AgentCatalog;
+use baton::conformance;
+use baton_plugin_api::{Action, ErrorClass, Recovery};
+use std::time::Duration;
+
+fn fixtures(store: &std::path::Path) -> AgentCatalog {
+    let root = repo().join("host/tests/fixtures/ocf");
+    catalog(
+        store,
+        &format!("ocf_root = {:?}\n", root.display().to_string()),
+    )
+}
+
+#[test]
+fn real_clusterlabs_agents_pass_the_conformance_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(dir.path(), "");
+    let state = |n: &str| dir.path().join(n).display().to_string();
+    let pidfile = state("anything.pid");
+    let cases: Vec<(&str, Vec<(String, String)>)> = vec![
+        (
+            "ocf:heartbeat:Dummy",
+            vec![("state".into(), state("dummy.state"))],
+        ),
+        (
+            "ocf:heartbeat:Stateful",
+            vec![("state".into(), state("stateful.state"))],
+        ),
+        (
+            "ocf:heartbeat:anything",
+            vec![
+                ("binfile".into(), "/bin/sleep".into()),
+                ("cmdline_options".into(), "600".into()),
+                ("pidfile".into(), pidfile.clone()),
+                ("stop_timeout".into(), "1".into()),
+            ],
+        ),
+    ];
+    for (name, params) in cases {
+        let agent = cat.load(name).unwrap_or_else(|e| {
+            panic!("{name}: {e:#} (is resource-agents installed? scripts/test installs it)")
+        });
+        let report = conformance::run(&agent, params.into_iter().collect(), "ct", "testnode", None);
+        assert!(report.passed, "{name}: {report:#?}");
+    }
+    assert!(
+        !std::path::Path::new(&pidfile).exists(),
+        "anything left its pidfile behind"
+    );
+}
+
+#[test]
+fn a_promotable_agent_reports_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(dir.path(), "");
+    let agent = cat.load("ocf:heartbeat:Stateful").unwrap();
+    let state = dir.path().join("s").display().to_string();
+    let p = [("state", state.as_str())];
+    call(&agent, Action::Start, "roles", &p, 20_000)
+        .result
+        .unwrap();
+    call(&agent, Action::Promote, "roles", &p, 20_000)
+        .result
+        .unwrap();
+    let r = call(&agent, Action::Monitor, "roles", &p, 20_000);
+    assert_eq!(
+        r.result.unwrap(),
+        baton_plugin_api::Outcome::State(baton_plugin_api::MonitorState::Promoted)
+    );
+    call(&agent, Action::Demote, "roles", &p, 20_000)
+        .result
+        .unwrap();
+    call(&agent, Action::Stop, "roles", &p, 20_000)
+        .result
+        .unwrap();
+}
+
+#[test]
+fn garbage_meta_data_is_refused_with_the_agent_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = format!(
+        "{:#}",
+        fixtures(dir.path()).load("ocf:test:Garbage").err().unwrap()
+    );
+    assert!(
+        e.contains("ocf:test:Garbage: meta-data is not valid OCF XML"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_missing_agent_names_the_path_and_the_package() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = format!(
+        "{:#}",
+        fixtures(dir.path()).load("ocf:test:Nope").err().unwrap()
+    );
+    assert!(
+        e.contains("resource.d/test/Nope") && e.contains("resource-agents"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_unknown_exit_code_is_a_bad_reply_not_a_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = fixtures(dir.path()).load("ocf:test:Weird").unwrap();
+    let r = call(&agent, Action::Monitor, "w", &[], 5000);
+    let f = r.result.unwrap_err();
+    assert_eq!(f.cause, FailureCause::BadReply);
+    assert!(
+        f.reason
+            .contains("exited with 42, which is not an OCF exit code"),
+        "{f}"
+    );
+    assert_eq!(r.recovery, Recovery::RestartHere);
+}
+
+#[test]
+fn the_exit_reason_is_reported_and_a_failed_stop_means_fencing() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = fixtures(dir.path()).load("ocf:test:Weird").unwrap();
+    let r = call(&agent, Action::Stop, "w", &[], 5000);
+    let f = r.result.unwrap_err();
+    assert_eq!(f.class, ErrorClass::Generic);
+    assert_eq!(f.reason, "the widget is jammed; unjam it by hand");
+    assert_eq!(r.recovery, Recovery::Fence);
+}
+
+#[test]
+fn a_hung_action_is_killed_with_its_whole_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = fixtures(dir.path()).load("ocf:test:Weird").unwrap();
+    let pidfile = dir.path().join("grandchild.pid");
+    let p = pidfile.display().to_string();
+    let r = call(&agent, Action::Start, "w", &[("pidfile", p.as_str())], 500);
+    let f = r.result.unwrap_err();
+    assert_eq!(f.cause, FailureCause::Timeout, "{f}");
+    assert!(
+        f.reason.contains("500 ms deadline") && f.reason.contains("process group was killed"),
+        "{f}"
+    );
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        gone_within(pid, Duration::from_secs(5)),
+        "the agent's grandchild survived the timeout"
+    );
+}
+
+#[test]
+fn the_agent_gets_pacemakers_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = fixtures(dir.path()).load("ocf:test:Weird").unwrap();
+    let dump = dir.path().join("env");
+    let d = dump.display().to_string();
+    let mut req =
+        crate::support::request(Action::Validate, "web-ip", &[("dump", d.as_str())], 4000);
+    req.depth = 10;
+    agent.call(&req).result.unwrap();
+    let env = std::fs::read_to_string(&dump).unwrap();
+    let root = repo().join("host/tests/fixtures/ocf");
+    for expected in [
+        format!("OCF_ROOT={}", root.display()),
+        "OCF_RA_VERSION_MAJOR=1".into(),
+        "OCF_RA_VERSION_MINOR=1".into(),
+        "OCF_RESOURCE_INSTANCE=web-ip".into(),
+        "OCF_RESOURCE_TYPE=Weird".into(),
+        "OCF_RESOURCE_PROVIDER=test".into(),
+        format!("OCF_RESKEY_dump={d}"),
+        "OCF_RESKEY_CRM_meta_timeout=4000".into(),
+        "OCF_RESKEY_CRM_meta_interval=0".into(),
+        "OCF_RESKEY_CRM_meta_on_node=testnode".into(),
+        "OCF_CHECK_LEVEL=10".into(),
+        "OCF_EXIT_REASON_PREFIX=ocf-exit-reason:".into(),
+    ] {
+        assert!(
+            env.lines().any(|l| l == expected),
+            "missing {expected} in\n{env}"
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! Finding the artifacts the tests load, and building catalogs and requests.
+
+use baton::agent_host::{AgentHandle, CallReport};
+use baton::catalog::AgentCatalog;
+use baton::config::Config;
+use baton_plugin_api::{Action, Params, Request};
+use std::path::{Path, PathBuf};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// The cargo profile directory the test binary lives in (target/debug).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_owned()
+}
+
+/// A native fixture or sample library built by `cargo build --workspace`.
+pub fn native_lib(crate_name: &str) -> PathBuf {
+    let path = profile_dir().join(format!("lib{}.so", crate_name.replace('-', "_")));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A component built by scripts/build-wasm-agents.
+pub fn wasm(name: &str) -> PathBuf {
+    let candidates = [
+        repo()
+            .join("wasm-agents/target/wasm32-wasip2/release")
+            .join(format!("{name}.wasm")),
+        repo()
+            .join("samples/wasm-agent/target/wasm32-wasip2/release")
+            .join(format!("{name}.wasm")),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{name}.wasm is missing: run scripts/build-wasm-agents first (scripts/test does)"
+            )
+        })
+}
+
+/// The `baton` binary.
+pub fn baton_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_baton"))
+}
+
+/// A catalog with its own store, the test fixtures' OCF root if asked, and `config` TOML.
+pub fn catalog(store: &Path, extra_config: &str) -> AgentCatalog {
+    let text = format!(
+        "[agents]\nstore = {:?}\nnode = \"testnode\"\n{extra_config}",
+        store.display().to_string()
+    );
+    let config = Config::parse(&text).unwrap();
+    AgentCatalog::new(config, baton_exe())
+}
+
+/// A request for `action` on resource `resource` with `params` and a deadline.
+pub fn request(
+    action: Action,
+    resource: &str,
+    params: &[(&str, &str)],
+    timeout_ms: u64,
+) -> Request {
+    let params: Params = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut req = Request::new(action, params);
+    req.context.resource = resource.into();
+    req.context.node = "testnode".into();
+    req.context.timeout_ms = timeout_ms;
+    req
+}
+
+/// Call and return the report.
+pub fn call(
+    agent: &AgentHandle,
+    action: Action,
+    resource: &str,
+    params: &[(&str, &str)],
+    timeout_ms: u64,
+) -> CallReport {
+    agent.call(&request(action, resource, params, timeout_ms))
+}
+
+/// Whether a process exists (signal 0).
+pub fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// Wait (bounded) until `pid` is gone; true if it went.
+pub fn gone_within(pid: i32, limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while alive(pid) {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    true
+}

@@ -1,0 +1,230 @@
+//! WebAssembly agents: deadlines, memory and stack limits, capability checks,
+//! rebuilt instances, and contract versions 1.0 and 1.1 side by side.
+
+use crate::support::{call, catalog, wasm};
+use baton::agent_host::{AgentHandle, AgentKind, FailureCause};
+use baton::conformance;
+use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome, Recovery};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Compiling a component is the slow part: share one hostile agent per test binary.
+/// Each test uses its own resource name, so each gets its own instance.
+fn hostile() -> &'static AgentHandle {
+    static AGENT: OnceLock<(tempfile::TempDir, AgentHandle)> = OnceLock::new();
+    &AGENT
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let cat = catalog(
+                dir.path(),
+                "[agents.grants]\nhostile = [\"exec:/bin/sleep\"]\n",
+            );
+            let agent = cat.load(wasm("hostile").to_str().unwrap()).unwrap();
+            (dir, agent)
+        })
+        .1
+}
+
+fn fails_then_recovers(resource: &str, mode: &str, timeout_ms: u64) -> baton::agent_host::Failure {
+    let agent = hostile();
+    call(agent, Action::Start, resource, &[], 2000)
+        .result
+        .unwrap();
+    let r = call(
+        agent,
+        Action::Monitor,
+        resource,
+        &[("mode", mode)],
+        timeout_ms,
+    );
+    let f = r.result.unwrap_err();
+    // The next call on the same resource works (a trapped instance is rebuilt).
+    let next = call(agent, Action::Validate, resource, &[], 2000);
+    assert!(
+        next.result.is_ok(),
+        "{mode}: the agent did not recover: {:?}",
+        next.result
+    );
+    f
+}
+
+#[test]
+fn a_panic_traps_and_is_reported_with_the_agents_message() {
+    let f = fails_then_recovers("trap", "trap", 2000);
+    assert_eq!(
+        (f.cause, f.class),
+        (FailureCause::Trap, ErrorClass::Generic),
+        "{f}"
+    );
+    assert!(
+        f.reason.contains("panicked") && f.reason.contains("hostile agent panics on purpose"),
+        "{f}"
+    );
+    // The rebuilt instance lost the in-memory start: agents must check real state.
+    let r = call(hostile(), Action::Monitor, "trap", &[], 2000);
+    assert_eq!(r.result.unwrap(), Outcome::State(MonitorState::NotRunning));
+}
+
+#[test]
+fn an_infinite_loop_is_interrupted_at_the_deadline() {
+    let f = fails_then_recovers("loop", "loop", 200);
+    assert_eq!(f.cause, FailureCause::Timeout, "{f}");
+    assert!(f.reason.contains("200 ms deadline"), "{f}");
+}
+
+#[test]
+fn a_memory_bomb_hits_the_memory_limit() {
+    let f = fails_then_recovers("membomb", "membomb", 10_000);
+    assert_eq!(f.cause, FailureCause::Trap, "{f}");
+    assert!(f.reason.contains("memory limit of 64 MiB"), "{f}");
+}
+
+#[test]
+fn unbounded_recursion_overflows_the_stack_limit() {
+    let f = fails_then_recovers("stack", "stack", 10_000);
+    assert_eq!(f.cause, FailureCause::Trap, "{f}");
+    assert!(f.reason.contains("stack"), "{f}");
+}
+
+#[test]
+fn a_hang_inside_a_host_call_is_cut_at_the_deadline_and_the_command_killed() {
+    let started = std::time::Instant::now();
+    let f = fails_then_recovers("hang", "hang-host", 300);
+    assert_eq!(f.cause, FailureCause::Timeout, "{f}");
+    assert!(f.reason.contains("inside host call run(/bin/sleep)"), "{f}");
+    // The 3600 s sleep did not hold the call (it would have, had it not been killed).
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn forbidden_command_file_and_network_attempts_are_denied_and_classified() {
+    for (resource, mode, wanted) in [
+        ("exec", "exec-forbidden", "exec:/bin/sh"),
+        ("read", "read-forbidden", "read:/etc/shadow"),
+        ("net", "net-forbidden", "net:198.18.0.1:9"),
+    ] {
+        let r = call(
+            hostile(),
+            Action::Monitor,
+            resource,
+            &[("mode", mode)],
+            2000,
+        );
+        let f = r.result.unwrap_err();
+        assert_eq!(
+            (f.cause, f.class),
+            (FailureCause::CapabilityDenied, ErrorClass::Misconfigured),
+            "{f}"
+        );
+        assert!(
+            f.reason.contains(&format!("capability denied: {wanted}")),
+            "{f}"
+        );
+        assert_eq!(r.recovery, Recovery::StopEverywhere);
+    }
+}
+
+#[test]
+fn the_agent_keeps_serving_other_resources_while_one_misbehaves() {
+    let agent = hostile();
+    call(agent, Action::Start, "steady", &[], 2000)
+        .result
+        .unwrap();
+    let _ = call(agent, Action::Monitor, "noisy", &[("mode", "trap")], 2000);
+    let r = call(agent, Action::Monitor, "steady", &[], 2000);
+    assert_eq!(r.result.unwrap(), Outcome::State(MonitorState::Running));
+}
+
+#[test]
+fn agents_built_for_1_0_and_1_1_load_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(dir.path(), "");
+    let legacy = cat.load(wasm("legacy_1_0").to_str().unwrap()).unwrap();
+    let current = cat
+        .load(wasm("sample_wasm_agent").to_str().unwrap())
+        .unwrap();
+    assert_eq!(legacy.metadata().contract.to_string(), "1.0");
+    assert_eq!(current.metadata().contract.to_string(), "1.1");
+    for agent in [&legacy, &current] {
+        assert_eq!(agent.kind(), AgentKind::Wasm);
+        let report = conformance::run(agent, Default::default(), "r1", "testnode", None);
+        assert!(report.passed, "{report:#?}");
+    }
+    // recover exists since 1.1: a 1.0 agent is never asked, the host answers for it.
+    let f = call(&legacy, Action::Recover, "r1", &[], 1000)
+        .result
+        .unwrap_err();
+    assert_eq!(f.class, ErrorClass::Unimplemented);
+    assert_eq!(
+        call(&legacy, Action::Recover, "r1", &[], 1000).recovery,
+        Recovery::None
+    );
+}
+
+#[test]
+fn a_component_for_contract_2_is_refused_naming_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(dir.path(), "");
+    let e = format!(
+        "{:#}",
+        cat.load(wasm("future_2_0").to_str().unwrap())
+            .err()
+            .unwrap()
+    );
+    assert!(e.contains("future_2_0.wasm"), "{e}");
+    assert!(
+        e.contains("built for contract 2.0") && e.contains("1.0..=1.1"),
+        "{e}"
+    );
+}
+
+#[test]
+fn random_bytes_named_wasm_are_refused_with_the_file_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(dir.path(), "");
+    let fake = dir.path().join("fake.wasm");
+    std::fs::write(&fake, b"\0asm\x0d\0\x01\0garbage").unwrap();
+    let e = format!("{:#}", cat.load(fake.to_str().unwrap()).err().unwrap());
+    assert!(
+        e.contains("fake.wasm is not a valid WebAssembly component"),
+        "{e}"
+    );
+    let text = dir.path().join("text.wasm");
+    std::fs::write(&text, b"hello").unwrap();
+    let e = format!("{:#}", cat.load(text.to_str().unwrap()).err().unwrap());
+    assert!(e.contains("text.wasm is neither a native library"), "{e}");
+}
+
+#[test]
+fn unknown_and_missing_parameters_are_refused_before_the_agent_runs() {
+    let r = call(
+        hostile(),
+        Action::Monitor,
+        "params",
+        &[("mdoe", "ok")],
+        1000,
+    );
+    let f = r.result.unwrap_err();
+    assert_eq!(
+        (f.cause, f.class),
+        (FailureCause::Refused, ErrorClass::Misconfigured)
+    );
+    assert!(
+        f.reason
+            .contains("parameter mdoe: unknown to agent hostile; did you mean \"mode\"?"),
+        "{f}"
+    );
+    let r = call(
+        hostile(),
+        Action::Monitor,
+        "params",
+        &[("mode", "sideways")],
+        1000,
+    );
+    assert!(
+        r.result
+            .unwrap_err()
+            .reason
+            .contains("\"sideways\" is not one of")
+    );
+}
