@@ -110,11 +110,11 @@ impl ProcessAgent {
     /// Reap our own child if it exited; true when `pid` is one of ours that is gone.
     fn reap(&self, pid: u32) -> bool {
         let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(child) = children.get_mut(&pid) {
-            if let Ok(Some(_)) = child.try_wait() {
-                children.remove(&pid);
-                return true;
-            }
+        if let Some(child) = children.get_mut(&pid)
+            && let Ok(Some(_)) = child.try_wait()
+        {
+            children.remove(&pid);
+            return true;
         }
         false
     }
@@ -206,16 +206,15 @@ impl ResourceAgent for ProcessAgent {
             return Err(AgentError::misconfigured("parameter command is empty"));
         }
         millis(&meta, req, "stop_grace_ms")?;
-        if let Some(addr) = text(&meta, req, "ready_tcp") {
-            if addr
+        if let Some(addr) = text(&meta, req, "ready_tcp")
+            && addr
                 .rsplit_once(':')
                 .and_then(|(_, p)| p.parse::<u16>().ok())
                 .is_none()
-            {
-                return Err(AgentError::misconfigured(format!(
-                    "parameter ready_tcp: {addr:?} is not HOST:PORT"
-                )));
-            }
+        {
+            return Err(AgentError::misconfigured(format!(
+                "parameter ready_tcp: {addr:?} is not HOST:PORT"
+            )));
         }
         if req.depth > 0 {
             let cwd = required(&meta, req, "cwd")?;

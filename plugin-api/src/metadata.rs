@@ -216,18 +216,18 @@ impl Metadata {
                     format!("{:?} is listed twice", p.name),
                 );
             }
-            if let Some(d) = &p.default {
-                if let Err(e) = p.kind.check(d) {
-                    bad(format!("parameters[{i}].default"), e);
-                }
+            if let Some(d) = &p.default
+                && let Err(e) = p.kind.check(d)
+            {
+                bad(format!("parameters[{i}].default"), e);
             }
-            if let ParamType::Select(options) = &p.kind {
-                if options.is_empty() {
-                    bad(
-                        format!("parameters[{i}].kind"),
-                        "select with no options".into(),
-                    );
-                }
+            if let ParamType::Select(options) = &p.kind
+                && options.is_empty()
+            {
+                bad(
+                    format!("parameters[{i}].kind"),
+                    "select with no options".into(),
+                );
             }
         }
         // meta-data itself is answered by every agent, so it need not be listed.
@@ -365,7 +365,7 @@ impl Metadata {
 }
 
 fn ocf_duration(ms: u64) -> String {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

@@ -205,7 +205,7 @@ fn exit_reason(stderr: &[u8]) -> Option<String> {
             l.split_once("ocf-exit-reason:")
                 .map(|(_, r)| r.trim().to_string())
         })
-        .last()
+        .next_back()
         .filter(|r| !r.is_empty())
 }
 

@@ -7,7 +7,9 @@
 wit_bindgen::generate!({ path: "../../plugin-api/wit/v1.1", world: "resource-agent" });
 
 use baton::agent::host::{self, LogLevel};
-use baton::agent::types::{ActionSpec, AgentError, AgentMetadata, ErrorClass, MonitorState, ParamSpec, ParamType, Request};
+use baton::agent::types::{
+    ActionSpec, AgentError, AgentMetadata, ErrorClass, MonitorState, ParamSpec, ParamType, Request,
+};
 use exports::baton::agent::agent::Guest;
 use std::cell::Cell;
 
@@ -16,12 +18,20 @@ thread_local! { static STARTED: Cell<bool> = const { Cell::new(false) }; }
 struct Sample;
 
 fn unimplemented() -> Result<(), AgentError> {
-    Err(AgentError { class: ErrorClass::Unimplemented, reason: "not supported by this agent".into() })
+    Err(AgentError {
+        class: ErrorClass::Unimplemented,
+        reason: "not supported by this agent".into(),
+    })
 }
 
 impl Guest for Sample {
     fn metadata() -> AgentMetadata {
-        let action = |name: &str, interval_ms| ActionSpec { action: name.into(), timeout_ms: 5_000, interval_ms, depth: 0 };
+        let action = |name: &str, interval_ms| ActionSpec {
+            action: name.into(),
+            timeout_ms: 5_000,
+            interval_ms,
+            depth: 0,
+        };
         AgentMetadata {
             name: "sample-wasm".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -36,7 +46,12 @@ impl Guest for Sample {
                 default: Some("hello".into()),
                 description: "Logged at start".into(),
             }],
-            actions: vec![action("validate", 0), action("start", 0), action("stop", 0), action("monitor", 10_000)],
+            actions: vec![
+                action("validate", 0),
+                action("start", 0),
+                action("stop", 0),
+                action("monitor", 10_000),
+            ],
             capabilities: vec![],
         }
     }
@@ -46,8 +61,16 @@ impl Guest for Sample {
     }
 
     fn start(req: Request) -> Result<(), AgentError> {
-        let greeting = req.params.iter().find(|(k, _)| k == "greeting").map(|(_, v)| v.as_str()).unwrap_or("hello");
-        host::log(LogLevel::Info, &format!("{greeting} from {} on {}", req.resource, host::node_name()));
+        let greeting = req
+            .params
+            .iter()
+            .find(|(k, _)| k == "greeting")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("hello");
+        host::log(
+            LogLevel::Info,
+            &format!("{greeting} from {} on {}", req.resource, host::node_name()),
+        );
         STARTED.set(true);
         Ok(())
     }
@@ -58,14 +81,28 @@ impl Guest for Sample {
     }
 
     fn monitor(_: Request) -> Result<MonitorState, AgentError> {
-        Ok(if STARTED.get() { MonitorState::Running } else { MonitorState::NotRunning })
+        Ok(if STARTED.get() {
+            MonitorState::Running
+        } else {
+            MonitorState::NotRunning
+        })
     }
 
-    fn promote(_: Request) -> Result<(), AgentError> { unimplemented() }
-    fn demote(_: Request) -> Result<(), AgentError> { unimplemented() }
-    fn notify(_: Request) -> Result<(), AgentError> { unimplemented() }
-    fn reload(_: Request) -> Result<(), AgentError> { unimplemented() }
-    fn recover(_: Request) -> Result<(), AgentError> { unimplemented() }
+    fn promote(_: Request) -> Result<(), AgentError> {
+        unimplemented()
+    }
+    fn demote(_: Request) -> Result<(), AgentError> {
+        unimplemented()
+    }
+    fn notify(_: Request) -> Result<(), AgentError> {
+        unimplemented()
+    }
+    fn reload(_: Request) -> Result<(), AgentError> {
+        unimplemented()
+    }
+    fn recover(_: Request) -> Result<(), AgentError> {
+        unimplemented()
+    }
 }
 
 export!(Sample);

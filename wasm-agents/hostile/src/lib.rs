@@ -5,7 +5,9 @@ wit_bindgen::generate!({ path: "../../plugin-api/wit/v1.1", world: "resource-age
 
 use baton::agent::capabilities::{self, Command};
 use baton::agent::host;
-use baton::agent::types::{ActionSpec, AgentError, ErrorClass, AgentMetadata, MonitorState, ParamSpec, ParamType, Request};
+use baton::agent::types::{
+    ActionSpec, AgentError, AgentMetadata, ErrorClass, MonitorState, ParamSpec, ParamType, Request,
+};
 use exports::baton::agent::agent::Guest;
 use std::cell::Cell;
 
@@ -14,16 +16,28 @@ thread_local! { static STARTED: Cell<bool> = const { Cell::new(false) }; }
 struct Hostile;
 
 fn mode(req: &Request) -> &str {
-    req.params.iter().find(|(k, _)| k == "mode").map(|(_, v)| v.as_str()).unwrap_or("ok")
+    req.params
+        .iter()
+        .find(|(k, _)| k == "mode")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("ok")
 }
 
 fn err(reason: String) -> AgentError {
-    AgentError { class: ErrorClass::Generic, reason }
+    AgentError {
+        class: ErrorClass::Generic,
+        reason,
+    }
 }
 
 impl Guest for Hostile {
     fn metadata() -> AgentMetadata {
-        let action = |a: &str, t| ActionSpec { action: a.into(), timeout_ms: t, interval_ms: 0, depth: 0 };
+        let action = |a: &str, t| ActionSpec {
+            action: a.into(),
+            timeout_ms: t,
+            interval_ms: 0,
+            depth: 0,
+        };
         AgentMetadata {
             name: "hostile".into(),
             version: "0.1.0".into(),
@@ -32,23 +46,53 @@ impl Guest for Hostile {
             parameters: vec![ParamSpec {
                 name: "mode".into(),
                 kind: ParamType::Select,
-                options: ["ok", "trap", "loop", "membomb", "hang-host", "exec-forbidden", "read-forbidden", "net-forbidden", "stack"]
-                    .map(String::from)
-                    .to_vec(),
+                options: [
+                    "ok",
+                    "trap",
+                    "loop",
+                    "membomb",
+                    "hang-host",
+                    "exec-forbidden",
+                    "read-forbidden",
+                    "net-forbidden",
+                    "stack",
+                ]
+                .map(String::from)
+                .to_vec(),
                 required: false,
                 unique: false,
                 default: Some("ok".into()),
                 description: "What monitor does".into(),
             }],
-            actions: vec![action("validate", 1000), action("start", 1000), action("stop", 1000), action("monitor", 1000)],
-            capabilities: vec!["exec:/bin/sleep".into(), "exec:/bin/sh".into(), "read:/etc".into()],
+            actions: vec![
+                action("validate", 1000),
+                action("start", 1000),
+                action("stop", 1000),
+                action("monitor", 1000),
+            ],
+            capabilities: vec![
+                "exec:/bin/sleep".into(),
+                "exec:/bin/sh".into(),
+                "read:/etc".into(),
+            ],
         }
     }
-    fn validate(_: Request) -> Result<(), AgentError> { Ok(()) }
-    fn start(_: Request) -> Result<(), AgentError> { STARTED.set(true); Ok(()) }
-    fn stop(_: Request) -> Result<(), AgentError> { STARTED.set(false); Ok(()) }
+    fn validate(_: Request) -> Result<(), AgentError> {
+        Ok(())
+    }
+    fn start(_: Request) -> Result<(), AgentError> {
+        STARTED.set(true);
+        Ok(())
+    }
+    fn stop(_: Request) -> Result<(), AgentError> {
+        STARTED.set(false);
+        Ok(())
+    }
     fn monitor(req: Request) -> Result<MonitorState, AgentError> {
-        host::log(host::LogLevel::Debug, &format!("monitor in mode {}", mode(&req)));
+        host::log(
+            host::LogLevel::Debug,
+            &format!("monitor in mode {}", mode(&req)),
+        );
         match mode(&req) {
             "trap" => panic!("hostile agent panics on purpose"),
             "loop" => {
@@ -65,16 +109,36 @@ impl Guest for Hostile {
                 }
             }
             "stack" => {
-                fn deep(n: u64) -> u64 { if n == 0 { 0 } else { std::hint::black_box(deep(n - 1)) + 1 } }
-                Ok(if deep(u64::MAX) > 0 { MonitorState::Running } else { MonitorState::NotRunning })
+                fn deep(n: u64) -> u64 {
+                    if n == 0 {
+                        0
+                    } else {
+                        std::hint::black_box(deep(n - 1)) + 1
+                    }
+                }
+                Ok(if deep(u64::MAX) > 0 {
+                    MonitorState::Running
+                } else {
+                    MonitorState::NotRunning
+                })
             }
             "hang-host" => {
-                let cmd = Command { program: "/bin/sleep".into(), args: vec!["3600".into()], env: vec![], timeout_ms: 3_600_000 };
+                let cmd = Command {
+                    program: "/bin/sleep".into(),
+                    args: vec!["3600".into()],
+                    env: vec![],
+                    timeout_ms: 3_600_000,
+                };
                 capabilities::run(&cmd).map_err(err)?;
                 Ok(MonitorState::Running)
             }
             "exec-forbidden" => {
-                let cmd = Command { program: "/bin/sh".into(), args: vec!["-c".into(), "id".into()], env: vec![], timeout_ms: 1000 };
+                let cmd = Command {
+                    program: "/bin/sh".into(),
+                    args: vec!["-c".into(), "id".into()],
+                    env: vec![],
+                    timeout_ms: 1000,
+                };
                 capabilities::run(&cmd).map_err(err)?;
                 Ok(MonitorState::Running)
             }
@@ -86,14 +150,43 @@ impl Guest for Hostile {
                 capabilities::tcp_request("198.18.0.1:9", b"x", 100, 10).map_err(err)?;
                 Ok(MonitorState::Running)
             }
-            _ => Ok(if STARTED.get() { MonitorState::Running } else { MonitorState::NotRunning }),
+            _ => Ok(if STARTED.get() {
+                MonitorState::Running
+            } else {
+                MonitorState::NotRunning
+            }),
         }
     }
-    fn promote(_: Request) -> Result<(), AgentError> { Err(AgentError { class: ErrorClass::Unimplemented, reason: "no roles".into() }) }
-    fn demote(_: Request) -> Result<(), AgentError> { Err(AgentError { class: ErrorClass::Unimplemented, reason: "no roles".into() }) }
-    fn notify(_: Request) -> Result<(), AgentError> { Err(AgentError { class: ErrorClass::Unimplemented, reason: "no clones".into() }) }
-    fn reload(_: Request) -> Result<(), AgentError> { Err(AgentError { class: ErrorClass::Unimplemented, reason: "nothing to reload".into() }) }
-    fn recover(_: Request) -> Result<(), AgentError> { Err(AgentError { class: ErrorClass::Unimplemented, reason: "no recover".into() }) }
+    fn promote(_: Request) -> Result<(), AgentError> {
+        Err(AgentError {
+            class: ErrorClass::Unimplemented,
+            reason: "no roles".into(),
+        })
+    }
+    fn demote(_: Request) -> Result<(), AgentError> {
+        Err(AgentError {
+            class: ErrorClass::Unimplemented,
+            reason: "no roles".into(),
+        })
+    }
+    fn notify(_: Request) -> Result<(), AgentError> {
+        Err(AgentError {
+            class: ErrorClass::Unimplemented,
+            reason: "no clones".into(),
+        })
+    }
+    fn reload(_: Request) -> Result<(), AgentError> {
+        Err(AgentError {
+            class: ErrorClass::Unimplemented,
+            reason: "nothing to reload".into(),
+        })
+    }
+    fn recover(_: Request) -> Result<(), AgentError> {
+        Err(AgentError {
+            class: ErrorClass::Unimplemented,
+            reason: "no recover".into(),
+        })
+    }
 }
 
 export!(Hostile);
