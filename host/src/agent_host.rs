@@ -266,26 +266,77 @@ impl AgentHandle {
     }
 }
 
-/// Run `f` on its own thread and wait at most `timeout` for it.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Worker threads for code the host cannot stop from outside (built-in agents,
+/// trusted native libraries): each call runs on an idle worker and the caller
+/// waits at most the deadline.
 ///
-/// Used for code the host cannot stop from outside (built-in agents, trusted
-/// native libraries): the caller gets a timely failure, and the thread is left to
-/// finish on its own. Rationale: a thread cannot be killed safely; only agents that
-/// the administrator trusts run this way, and they are expected to honour
-/// `context.timeout_ms` themselves.
-pub fn on_thread_with_deadline<T: Send + 'static>(
-    name: &str,
-    timeout: Duration,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let spawned = std::thread::Builder::new()
-        .name(format!("agent-{name}"))
-        .spawn(move || {
+/// Rationale: a thread cannot be killed safely, so a call that overruns leaves
+/// its worker behind (it finishes the call in the background and then exits) and
+/// the caller gets its timeout failure on time. Only agents the administrator
+/// trusts run this way, and they are expected to honour `context.timeout_ms`.
+/// Reusing idle workers keeps a call to a few microseconds instead of a thread
+/// spawn each.
+pub struct WorkerPool {
+    name: String,
+    idle: std::sync::Mutex<Vec<std::sync::mpsc::SyncSender<Job>>>,
+}
+
+impl WorkerPool {
+    /// Idle workers kept for reuse.
+    const MAX_IDLE: usize = 16;
+
+    /// A pool whose threads are named `agent-NAME`.
+    pub fn new(name: &str) -> WorkerPool {
+        WorkerPool {
+            name: name.to_owned(),
+            idle: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn spawn(&self) -> Option<std::sync::mpsc::SyncSender<Job>> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1);
+        std::thread::Builder::new()
+            .name(format!("agent-{}", self.name))
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            })
+            .ok()?;
+        Some(tx)
+    }
+
+    /// Run `f` on a worker; `None` when it did not finish within `timeout`.
+    pub fn run<T: Send + 'static>(
+        &self,
+        timeout: Duration,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let mut job: Job = Box::new(move || {
             let _ = tx.send(f());
         });
-    match spawned {
-        Ok(_) => rx.recv_timeout(timeout).ok(),
-        Err(_) => None,
+        let worker = loop {
+            let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let worker = match idle {
+                Some(w) => w,
+                None => self.spawn()?,
+            };
+            match worker.send(job) {
+                Ok(()) => break worker,
+                // That worker is gone; take the job back and try another.
+                Err(std::sync::mpsc::SendError(back)) => job = back,
+            }
+        };
+        let result = rx.recv_timeout(timeout).ok();
+        if result.is_some() {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < Self::MAX_IDLE {
+                idle.push(worker);
+            }
+        }
+        result
     }
 }

@@ -1,6 +1,6 @@
 //! Agents compiled into baton (crate `baton-agents`, registered with `inventory`).
 
-use crate::agent_host::{AgentKind, Backend, Failure, FailureCause, on_thread_with_deadline};
+use crate::agent_host::{AgentKind, Backend, Failure, FailureCause, WorkerPool};
 use baton_agents::BuiltinAgent;
 use baton_plugin_api::{ErrorClass, Metadata, Outcome, Request, ResourceAgent, dispatch};
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use std::sync::Arc;
 pub struct BuiltinBackend {
     agent: Arc<dyn ResourceAgent>,
     metadata: Metadata,
+    workers: WorkerPool,
 }
 
 impl BuiltinBackend {
@@ -16,7 +17,12 @@ impl BuiltinBackend {
     pub fn new(registered: &BuiltinAgent) -> BuiltinBackend {
         let agent: Arc<dyn ResourceAgent> = Arc::from((registered.build)());
         let metadata = agent.metadata();
-        BuiltinBackend { agent, metadata }
+        let workers = WorkerPool::new(&metadata.name);
+        BuiltinBackend {
+            agent,
+            metadata,
+            workers,
+        }
     }
 }
 
@@ -32,19 +38,20 @@ impl Backend for BuiltinBackend {
     fn call(&self, req: &Request) -> Result<Outcome, Failure> {
         let agent = Arc::clone(&self.agent);
         let owned = req.clone();
-        on_thread_with_deadline(&self.metadata.name, req.context.timeout(), move || {
-            dispatch(agent.as_ref(), &owned)
-        })
-        .ok_or_else(|| {
-            Failure::host(
-                FailureCause::Timeout,
-                ErrorClass::Generic,
-                format!(
-                    "{} of built-in agent {} ran past its {} ms deadline",
-                    req.action, self.metadata.name, req.context.timeout_ms
-                ),
-            )
-        })?
-        .map_err(Failure::from)
+        self.workers
+            .run(req.context.timeout(), move || {
+                dispatch(agent.as_ref(), &owned)
+            })
+            .ok_or_else(|| {
+                Failure::host(
+                    FailureCause::Timeout,
+                    ErrorClass::Generic,
+                    format!(
+                        "{} of built-in agent {} ran past its {} ms deadline",
+                        req.action, self.metadata.name, req.context.timeout_ms
+                    ),
+                )
+            })?
+            .map_err(Failure::from)
     }
 }

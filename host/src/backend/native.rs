@@ -1,17 +1,17 @@
 //! Native agent libraries: out of process in a supervised runner (the default), or
 //! in-process when the administrator marks the library trusted.
 
-use crate::agent_host::{AgentKind, Backend, Failure, FailureCause, on_thread_with_deadline};
+use crate::agent_host::{AgentKind, Backend, Failure, FailureCause, WorkerPool};
 use crate::process_group::{describe_status, signal_group};
-use crate::runner::{PROTOCOL, RunnerMessage, read_frame, write_frame};
+use crate::runner::{MAX_FRAME, PROTOCOL, RunnerMessage, write_frame};
 use baton_agent_abi::NativeLibrary;
 use baton_plugin_api::{ErrorClass, Metadata, Outcome, Request};
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,7 +55,9 @@ impl RunnerPolicy {
 struct RunnerProcess {
     child: Child,
     stdin: ChildStdin,
-    frames: Receiver<std::io::Result<Option<Vec<u8>>>>,
+    stdout: ChildStdout,
+    /// Bytes read from the runner that do not make a whole frame yet.
+    pending: Vec<u8>,
 }
 
 impl RunnerProcess {
@@ -95,7 +97,7 @@ impl RunnerProcess {
             )
         })?;
         let stdin = child.stdin.take().ok_or("runner has no stdin")?;
-        let mut stdout = child.stdout.take().ok_or("runner has no stdout")?;
+        let stdout = child.stdout.take().ok_or("runner has no stdout")?;
         if let Some(stderr) = child.stderr.take() {
             let agent = agent.to_owned();
             std::thread::spawn(move || {
@@ -104,20 +106,11 @@ impl RunnerProcess {
                 }
             });
         }
-        let (tx, frames) = mpsc::channel();
-        std::thread::spawn(move || {
-            loop {
-                let frame = read_frame(&mut stdout);
-                let end = !matches!(frame, Ok(Some(_)));
-                if tx.send(frame).is_err() || end {
-                    break;
-                }
-            }
-        });
         let mut proc = RunnerProcess {
             child,
             stdin,
-            frames,
+            stdout,
+            pending: Vec::new(),
         };
         let hello = proc.receive(policy.load_timeout);
         match hello {
@@ -148,18 +141,66 @@ impl RunnerProcess {
         }
     }
 
+    /// Read one frame on the calling thread, waiting at most `timeout`.
+    ///
+    /// Rationale: reading here (poll, then read) instead of in a reader thread saves a
+    /// thread hand-off on every call, which was most of a native call's cost.
     fn receive(&mut self, timeout: Duration) -> Result<RunnerMessage, String> {
-        match self.frames.recv_timeout(timeout) {
-            Ok(Ok(Some(frame))) => serde_json::from_slice(&frame)
-                .map_err(|e| format!("garbled frame from the runner: {e}")),
-            Ok(Ok(None)) | Err(RecvTimeoutError::Disconnected) => {
-                Err("the runner closed its channel".into())
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(frame) = self.take_frame()? {
+                return serde_json::from_slice(&frame)
+                    .map_err(|e| format!("garbled frame from the runner: {e}"));
             }
-            Ok(Err(e)) => Err(format!("reading from the runner failed: {e}")),
-            Err(RecvTimeoutError::Timeout) => {
-                Err(format!("no answer within {} ms", timeout.as_millis()))
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("no answer within {} ms", timeout.as_millis()));
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.stdout.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd for a descriptor this struct owns.
+            let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if ready < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(format!("waiting for the runner failed: {e}"));
+            }
+            if ready == 0 {
+                continue;
+            }
+            let mut buf = [0u8; 16 << 10];
+            match self.stdout.read(&mut buf) {
+                Ok(0) => return Err("the runner closed its channel".into()),
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("reading from the runner failed: {e}")),
             }
         }
+    }
+
+    /// A whole frame from the bytes read so far, if there is one.
+    fn take_frame(&mut self) -> Result<Option<Vec<u8>>, String> {
+        let Some(header) = self.pending.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(*header) as usize;
+        if len > MAX_FRAME {
+            return Err(format!(
+                "the runner sent a frame of {len} bytes, over the {MAX_FRAME}-byte limit"
+            ));
+        }
+        if self.pending.len() < 4 + len {
+            return Ok(None);
+        }
+        let frame = self.pending[4..4 + len].to_vec();
+        self.pending.drain(..4 + len);
+        Ok(Some(frame))
     }
 
     /// Kill the runner's process group and reap it; returns how it ended, in words.
@@ -439,6 +480,7 @@ impl Drop for RunnerBackend {
 /// host down; only for libraries the administrator vouches for.
 pub struct TrustedBackend {
     library: Arc<NativeLibrary>,
+    workers: WorkerPool,
 }
 
 impl TrustedBackend {
@@ -446,6 +488,7 @@ impl TrustedBackend {
     pub fn load(path: &Path) -> Result<TrustedBackend, String> {
         NativeLibrary::load(path)
             .map(|l| TrustedBackend {
+                workers: WorkerPool::new(&l.metadata().name),
                 library: Arc::new(l),
             })
             .map_err(|e| e.to_string())
@@ -464,7 +507,8 @@ impl Backend for TrustedBackend {
     fn call(&self, req: &Request) -> Result<Outcome, Failure> {
         let lib = Arc::clone(&self.library);
         let owned = req.clone();
-        on_thread_with_deadline(&self.metadata().name, req.context.timeout(), move || lib.call(&owned))
+        self.workers
+            .run(req.context.timeout(), move || lib.call(&owned))
             .ok_or_else(|| {
                 Failure::host(
                     FailureCause::Timeout,
