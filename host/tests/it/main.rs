@@ -1,5 +1,6 @@
 //! baton host integration tests: one binary, a module per feature.
 
+mod builtin;
 mod cli;
 mod native;
 mod ocf;
