@@ -9,6 +9,7 @@ pub mod agent_host;
 pub mod backend;
 pub mod catalog;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod conformance;
 pub mod demo;
