@@ -347,6 +347,21 @@ mod tests {
     }
 
     #[test]
+    fn reports_are_forwarded_along_a_chain() {
+        // 1 - 2 - 3 - 4: node 1 learns about 4 only through 3's report, forwarded by 2.
+        let mut net = Net::new(4, Timing::FAST);
+        for (a, b) in [(1, 3), (1, 4), (2, 4)] {
+            for link in 0..2 {
+                net.cut_both_ways(a, b, link);
+            }
+        }
+        net.run(1000, 20);
+        for n in 1..=4 {
+            assert_eq!(net.view(n), [1, 2, 3, 4], "node {n}");
+        }
+    }
+
+    #[test]
     fn a_dead_node_leaves_every_view() {
         let mut net = Net::new(3, Timing::FAST);
         net.run(500, 20);
