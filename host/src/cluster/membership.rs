@@ -96,7 +96,7 @@ impl Membership {
         links: usize,
         timing: Timing,
     ) -> Membership {
-        assert!(me >= 1 && me <= MAX_NODES, "node ids are 1..=64");
+        assert!((1..=MAX_NODES).contains(&me), "node ids are 1..=64");
         let view: BTreeSet<NodeId> = [me].into();
         Membership {
             me,

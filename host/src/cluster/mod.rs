@@ -1,6 +1,8 @@
-//! The cluster core (in progress, issue 4): the heartbeat wire format and the
-//! membership state machine. Pure code driven by packets and clock ticks, so the
+//! The cluster core (in progress, issue 4): the heartbeat wire format, the
+//! membership state machine, quorum and the witness lease. Pure code driven by packets and clock ticks, so the
 //! daemon and the deterministic simulation run the same logic.
 
 pub mod membership;
+pub mod quorum;
 pub mod wire;
+pub mod witness;

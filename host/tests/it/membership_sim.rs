@@ -121,7 +121,7 @@ impl Sim {
                 continue;
             }
             let node = &self.nodes[id];
-            if (self.now + node.phase) % interval != 0 {
+            if !(self.now + node.phase).is_multiple_of(interval) {
                 continue;
             }
             let now = self.now;
@@ -164,10 +164,10 @@ impl Sim {
                 continue;
             }
             let node = self.nodes.get_mut(&p.to).unwrap();
-            if let Ok(hb) = decode(&self.key, &p.bytes) {
-                if node.guard.admit(&hb).is_ok() {
-                    node.state.on_heartbeat(self.now, &hb);
-                }
+            if let Ok(hb) = decode(&self.key, &p.bytes)
+                && node.guard.admit(&hb).is_ok()
+            {
+                node.state.on_heartbeat(self.now, &hb);
             }
         }
     }
