@@ -4,10 +4,12 @@
 //!
 //! Each node hears its peers directly on every link. Every tick it publishes a
 //! [`Report`] — the set of peers it heard directly, on any link, within
-//! `link_timeout` — and forwards the newest report it knows of every other node. A
-//! node is a **member** when a path of fresh "heard" edges leads to it from this
-//! node: so when A and B cannot hear each other on any link but both hear C, C's
-//! report keeps B in A's view and A in B's (the 1997 paper's relayed heartbeat).
+//! `link_timeout` — and forwards the newest report it knows of every other node. Two
+//! nodes are *connected* when both fresh reports say they hear each other; a node is
+//! a **member** when a path of connected pairs leads to it from this node. So when A
+//! and B cannot hear each other on any link but both are connected to C, C keeps B in
+//! A's view and A in B's (the 1997 paper's relayed heartbeat), while a node that can
+//! send but not receive is not a member anywhere (and, alone, loses quorum).
 //!
 //! The view is a function of the reports only, and reports are gossiped, so nodes
 //! that can reach each other converge on the same view; the epoch is raised on every
@@ -216,12 +218,22 @@ impl Membership {
                 .filter(|(_, seen)| now.saturating_sub(*seen) <= report_timeout)
                 .map(|(r, _)| r.heard)
         };
+        // An edge needs both ends to report hearing each other: a node that can send
+        // but not receive (or the reverse) is not connected, so views are the
+        // components of one symmetric graph and two views never overlap once stable.
+        let all: Vec<NodeId> = std::iter::once(self.me)
+            .chain(self.peers.iter().copied())
+            .collect();
         let mut view: BTreeSet<NodeId> = [self.me].into();
         let mut queue = vec![self.me];
         while let Some(u) = queue.pop() {
-            let Some(heard) = fresh(u) else { continue };
-            for &v in &self.peers {
-                if heard & bit(v) != 0 && view.insert(v) {
+            let Some(heard_by_u) = fresh(u) else { continue };
+            for &v in &all {
+                if v == u || heard_by_u & bit(v) == 0 {
+                    continue;
+                }
+                let mutual = fresh(v).is_some_and(|heard_by_v| heard_by_v & bit(u) != 0);
+                if mutual && view.insert(v) {
                     queue.push(v);
                 }
             }
@@ -359,6 +371,21 @@ mod tests {
         for n in 1..=4 {
             assert_eq!(net.view(n), [1, 2, 3, 4], "node {n}");
         }
+    }
+
+    #[test]
+    fn a_node_that_can_send_but_not_receive_is_alone() {
+        let mut net = Net::new(3, Timing::FAST);
+        net.run(500, 20);
+        for from in [2, 3] {
+            for link in 0..2 {
+                net.cut.insert((from, 1, link));
+            }
+        }
+        net.run(1000, 20);
+        assert_eq!(net.view(1), [1]);
+        assert_eq!(net.view(2), [2, 3]);
+        assert_eq!(net.view(3), [2, 3]);
     }
 
     #[test]
