@@ -132,6 +132,11 @@ impl Membership {
         &self.link_state
     }
 
+    /// The services `node` claims, from its freshest report (`None` if not known).
+    pub fn claims_of(&self, node: NodeId) -> Option<u64> {
+        self.reports.get(&node).map(|(r, _)| r.claims)
+    }
+
     /// Recent view changes, oldest first.
     pub fn history(&self) -> impl Iterator<Item = &(u64, Millis, BTreeSet<NodeId>)> {
         self.history.iter()
@@ -164,6 +169,11 @@ impl Membership {
     /// Advance to `now`: update link states, publish a new report, recompute the view.
     /// Returns the heartbeat to send on each link (index = link).
     pub fn tick(&mut self, now: Millis) -> Vec<Heartbeat> {
+        self.tick_with_claims(now, 0)
+    }
+
+    /// [`Membership::tick`], publishing `claims` (a bit per service this node holds).
+    pub fn tick_with_claims(&mut self, now: Millis, claims: u64) -> Vec<Heartbeat> {
         let link_timeout = Timing::ms(self.timing.link_timeout);
         let mut heard_set = 0u64;
         for &peer in &self.peers {
@@ -190,6 +200,7 @@ impl Membership {
             incarnation: self.incarnation,
             version: self.version,
             heard: heard_set,
+            claims,
         };
         self.recompute_view(now, heard_set);
         let mut reports = vec![mine];

@@ -1,8 +1,11 @@
 //! The cluster core (in progress, issue 4): the heartbeat wire format, the
-//! membership state machine, quorum and the witness lease. Pure code driven by packets and clock ticks, so the
+//! membership state machine, quorum, the witness lease, placement and the
+//! service ownership protocol ([`node::ClusterNode`]). Pure code driven by packets and clock ticks, so the
 //! daemon and the deterministic simulation run the same logic.
 
 pub mod membership;
+pub mod node;
+pub mod placement;
 pub mod quorum;
 pub mod wire;
 pub mod witness;

@@ -13,10 +13,10 @@
 //! ([`ReplayGuard`]): forged, replayed, truncated or garbled packets are dropped and
 //! counted, never acted on.
 //!
-//! The heartbeat body carries the sender's membership epoch and the reachability
-//! reports it knows ([`Report`]): its own, and the latest of every other node's, so a
-//! node that cannot hear a peer directly still learns it is alive through a third
-//! node (relayed heartbeats).
+//! The heartbeat body carries the sender's membership epoch and the reports it knows
+//! ([`Report`]: whom a node hears, and which services it claims): its own, and the
+//! latest of every other node's, so a node that cannot hear a peer directly still
+//! learns it is alive, and what it runs, through a third node (relayed heartbeats).
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -30,7 +30,7 @@ const HEADER: usize = 4 + 1 + 1 + 4 + 2 + 1 + 8 + 8 + 2;
 const TAG: usize = 16;
 /// The largest node id (node ids are 1..=MAX_NODES; reachability is a 64-bit set).
 pub const MAX_NODES: u16 = 64;
-const REPORT: usize = 2 + 8 + 8 + 8;
+const REPORT: usize = 2 + 8 + 8 + 8 + 8;
 
 /// A node's id in the cluster (1..=64).
 pub type NodeId = u16;
@@ -87,6 +87,8 @@ pub struct Report {
     pub version: u64,
     /// Bit `i` set: the node heard node `i + 1` directly, on some link, recently.
     pub heard: u64,
+    /// Bit `i` set: the node claims service `i` (starting, running or stopping it).
+    pub claims: u64,
 }
 
 impl Report {
@@ -174,6 +176,7 @@ pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
         out.extend_from_slice(&r.incarnation.to_be_bytes());
         out.extend_from_slice(&r.version.to_be_bytes());
         out.extend_from_slice(&r.heard.to_be_bytes());
+        out.extend_from_slice(&r.claims.to_be_bytes());
     }
     let tag = key.mac(&out).finalize().into_bytes();
     out.extend_from_slice(&tag[..TAG]);
@@ -252,6 +255,7 @@ pub fn decode(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, Drop> {
             incarnation: r.u64()?,
             version: r.u64()?,
             heard: r.u64()?,
+            claims: r.u64()?,
         };
         if report.node == 0 || report.node > MAX_NODES {
             return Err(Drop::Garbled);
@@ -312,12 +316,14 @@ mod tests {
                     incarnation: 77,
                     version: 40,
                     heard: 0b101,
+                    claims: 1,
                 },
                 Report {
                     node: 3,
                     incarnation: 12,
                     version: 8,
                     heard: 0b011,
+                    claims: 0,
                 },
             ],
         }

@@ -2,7 +2,7 @@
 
 mod builtin;
 mod cli;
-mod membership_sim;
+mod cluster_sim;
 mod native;
 mod ocf;
 mod store;

@@ -1,17 +1,27 @@
-//! Deterministic simulation of the membership state machine: a virtual clock, a
-//! simulated network (per-link, per-direction cuts, loss, duplication, delay and
-//! reordering), crashes with restarts, pauses, and 200 seeded random fault
-//! schedules. Packets go through the real codec and replay guard.
+//! Deterministic simulation of the cluster state machine (`ClusterNode`: membership,
+//! quorum, placement, service ownership): a virtual clock, a simulated network
+//! (per-link, per-direction cuts, loss, duplication, delay and reordering), crashes
+//! with restarts, pauses, agents whose starts and stops take time, and 200 seeded
+//! random fault schedules. Packets go through the real codec and replay guard.
+//!
+//! Checked after **every** millisecond: no service that must run once is held
+//! (starting, running or stopping) by two nodes at the same time.
 //!
 //! After each fault the topology is held still for longer than the timeouts and the
 //! invariant is checked: every live node's view is exactly its component of the
 //! graph of node pairs that hear each other (directly, or relayed through others),
-//! and connected nodes share one view and one epoch. A failing seed is printed; replay
-//! it with `BATON_SIM_SEED=<seed> cargo test -p baton --test it membership_sim`.
+//! and connected nodes share one view and one epoch; a quorate partition runs every
+//! service (once, or on every member for a clone) and nodes without quorum hold
+//! nothing. A failing seed is printed with its schedule; replay it with
+//! `BATON_SIM_SEED=<seed> cargo test -p baton --test it cluster_sim`.
 
-use baton::cluster::membership::{Membership, Millis, Timing};
+use baton::cluster::membership::{Millis, Timing};
+use baton::cluster::node::{Bounds, ClusterNode, ClusterSpec, Command, Phase};
+use baton::cluster::placement::{ServiceSpec, Strategy};
+use baton::cluster::quorum::QuorumPolicy;
 use baton::cluster::wire::{ClusterKey, NodeId, ReplayGuard, decode, encode};
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::time::Duration;
 
 /// SplitMix64: a tiny deterministic generator, so a seed replays exactly.
 struct Rng(u64);
@@ -35,10 +45,40 @@ impl Rng {
 const LINKS: u8 = 2;
 
 struct Node {
-    state: Membership,
+    state: ClusterNode,
     guard: ReplayGuard,
     incarnation: u64,
     phase: Millis,
+    /// Agent work in progress: (service, finishes at, is a start).
+    pending: Vec<(usize, Millis, bool)>,
+    /// Services whose resources exist on this node right now (from the start
+    /// command until the stop completes).
+    holding: BTreeSet<usize>,
+}
+
+const SELF_FENCE_MS: u64 = 200;
+const MAX_DELAY_MS: u64 = 15;
+
+fn bounds() -> Bounds {
+    Bounds {
+        membership: Timing::FAST,
+        self_fence: Duration::from_millis(SELF_FENCE_MS),
+        max_delay: Duration::from_millis(MAX_DELAY_MS),
+    }
+}
+
+fn services() -> Vec<ServiceSpec> {
+    let s = |name: &str, strategy, preferred: &[NodeId]| ServiceSpec {
+        name: name.into(),
+        strategy,
+        preferred: preferred.to_vec(),
+    };
+    vec![
+        s("db", Strategy::Standby, &[1, 2]),
+        s("web", Strategy::Rotating, &[2, 3]),
+        s("mail", Strategy::Mutual, &[3, 1]),
+        s("monitor", Strategy::Clone, &[]),
+    ]
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -66,6 +106,7 @@ struct Sim {
     now: Millis,
     timing: Timing,
     log: Vec<String>,
+    violation: Option<String>,
 }
 
 impl Sim {
@@ -87,6 +128,7 @@ impl Sim {
             now: 0,
             timing: Timing::FAST,
             log: Vec::new(),
+            violation: None,
         };
         for id in ids {
             sim.boot(id, 1);
@@ -96,7 +138,14 @@ impl Sim {
 
     fn boot(&mut self, id: NodeId, incarnation: u64) {
         let phase = self.rng.below(self.timing.interval.as_millis() as u64);
-        let state = Membership::new(id, incarnation, &self.ids, LINKS as usize, self.timing);
+        let spec = ClusterSpec {
+            nodes: self.ids.clone(),
+            links: LINKS as usize,
+            bounds: bounds(),
+            quorum: QuorumPolicy::majority(&self.ids),
+            services: services(),
+        };
+        let state = ClusterNode::new(&spec, id, incarnation, self.now);
         self.nodes.insert(
             id,
             Node {
@@ -104,6 +153,8 @@ impl Sim {
                 guard: ReplayGuard::default(),
                 incarnation,
                 phase,
+                pending: Vec::new(),
+                holding: BTreeSet::new(),
             },
         );
     }
@@ -117,15 +168,53 @@ impl Sim {
         let interval = self.timing.interval.as_millis() as u64;
         let ids = self.ids.clone();
         for id in &ids {
-            if !self.running(*id) {
+            if self.crashed.contains(id) {
                 continue;
             }
-            let node = &self.nodes[id];
-            if !(self.now + node.phase).is_multiple_of(interval) {
-                continue;
-            }
+            // Agents keep working while the daemon is paused; the daemon learns of
+            // completions when it runs again.
             let now = self.now;
-            let packets = self.nodes.get_mut(id).unwrap().state.tick(now);
+            let running = self.running(*id);
+            let node = self.nodes.get_mut(id).unwrap();
+            let mut done = Vec::new();
+            node.pending.retain(|&(svc, at, start)| {
+                if at <= now && running {
+                    done.push((svc, start));
+                    false
+                } else {
+                    true
+                }
+            });
+            for (svc, start) in done {
+                if start {
+                    let more = node.state.start_done(svc, true);
+                    assert!(more.is_empty());
+                } else {
+                    node.holding.remove(&svc);
+                    node.state.stop_done(svc);
+                }
+            }
+            if !running || !(now + node.phase).is_multiple_of(interval) {
+                continue;
+            }
+            let (packets, commands) = node.state.tick(now);
+            for c in commands {
+                let (svc, start) = match c {
+                    Command::Start(s) => (s, true),
+                    Command::Stop(s) => (s, false),
+                };
+                // A stop supersedes a start still in progress.
+                node.pending.retain(|p| p.0 != svc);
+                let took = if start {
+                    5 + self.rng.below(45)
+                } else {
+                    1 + self.rng.below(SELF_FENCE_MS)
+                };
+                node.pending.push((svc, now + took, start));
+                if start {
+                    node.holding.insert(svc);
+                }
+            }
             for hb in packets {
                 let bytes = encode(&self.key, &hb);
                 for &to in &ids {
@@ -168,6 +257,28 @@ impl Sim {
                 && node.guard.admit(&hb).is_ok()
             {
                 node.state.on_heartbeat(self.now, &hb);
+            }
+        }
+        self.check_single_owner();
+    }
+
+    /// Safety, every millisecond: a service that must run once is held by one node at most.
+    fn check_single_owner(&mut self) {
+        for (i, spec) in services().iter().enumerate() {
+            if spec.strategy == Strategy::Clone {
+                continue;
+            }
+            let holders: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.holding.contains(&i))
+                .map(|(id, _)| *id)
+                .collect();
+            if holders.len() > 1 && self.violation.is_none() {
+                self.violation = Some(format!(
+                    "t={} service {} held by nodes {holders:?} at once",
+                    self.now, spec.name
+                ));
             }
         }
     }
@@ -215,7 +326,11 @@ impl Sim {
                 format!("isolate {a}")
             }
             4 if !self.crashed.contains(&a) => {
+                // kill -9 of the node: its agents' processes die with it.
                 self.crashed.insert(a);
+                let node = self.nodes.get_mut(&a).unwrap();
+                node.holding.clear();
+                node.pending.clear();
                 format!("crash {a}")
             }
             5 if self.crashed.contains(&a) => {
@@ -225,14 +340,15 @@ impl Sim {
                 format!("restart {a} as incarnation {inc}")
             }
             6 => {
-                let ms = 20 + self.rng.below(300);
+                // Bounded: a longer stall needs the watchdog (opt-in) to stay safe.
+                let ms = 20 + self.rng.below(280);
                 self.paused_until.insert(a, self.now + ms);
                 format!("pause {a} for {ms} ms")
             }
             7 => {
                 self.loss = self.rng.below(25);
                 self.dup = self.rng.below(20);
-                self.max_delay = 1 + self.rng.below(15);
+                self.max_delay = 1 + self.rng.below(MAX_DELAY_MS);
                 format!(
                     "loss {}% dup {}% delay up to {} ms",
                     self.loss, self.dup, self.max_delay
@@ -286,7 +402,7 @@ impl Sim {
             .filter(|id| !self.crashed.contains(id))
             .collect();
         for &a in &live {
-            let (_, view) = self.nodes[&a].state.view();
+            let (_, view) = self.nodes[&a].state.membership().view();
             let expected = self.expected_view(a);
             if *view != expected {
                 return Err(format!("node {a} sees {view:?}, expected {expected:?}"));
@@ -294,16 +410,44 @@ impl Sim {
         }
         for &a in &live {
             for &b in &live {
-                let (ea, va) = self.nodes[&a].state.view();
-                let (eb, vb) = self.nodes[&b].state.view();
-                if a < b
-                    && va.contains(&b)
-                    && vb.contains(&a)
-                    && self.expected_view(a) == self.expected_view(b)
-                    && (va != vb || ea != eb)
-                {
+                let (ea, va) = self.nodes[&a].state.membership().view();
+                let (eb, vb) = self.nodes[&b].state.membership().view();
+                if a < b && va.contains(&b) && (va != vb || ea != eb) {
                     return Err(format!(
-                        "nodes {a} and {b} reach each other but disagree: {ea}:{va:?} vs {eb}:{vb:?}"
+                        "nodes {a} and {b} are connected but disagree: {ea}:{va:?} vs {eb}:{vb:?}"
+                    ));
+                }
+            }
+        }
+        // Liveness: a quorate partition runs every service; other nodes hold nothing.
+        let majority = self.ids.len() / 2 + 1;
+        for &a in &live {
+            let component = self.expected_view(a);
+            let node = &self.nodes[&a];
+            if component.len() < majority {
+                if !node.holding.is_empty() {
+                    return Err(format!(
+                        "node {a} has no quorum but holds services {:?}",
+                        node.holding
+                    ));
+                }
+                continue;
+            }
+            for (i, spec) in services().iter().enumerate() {
+                let running: Vec<NodeId> = component
+                    .iter()
+                    .copied()
+                    .filter(|n| self.nodes[n].state.phases()[i] == Phase::Running)
+                    .collect();
+                let ok = if spec.strategy == Strategy::Clone {
+                    running.len() == component.len()
+                } else {
+                    running.len() == 1
+                };
+                if !ok {
+                    return Err(format!(
+                        "service {} runs on {running:?} in the quorate partition {component:?}",
+                        spec.name
                     ));
                 }
             }
@@ -315,7 +459,7 @@ impl Sim {
 fn run_schedule(seed: u64) -> Result<(), String> {
     let n = 3 + (seed % 3) as u16;
     let mut sim = Sim::new(seed, n);
-    sim.run(1000);
+    sim.run(2000);
     sim.check().map_err(|e| format!("at start: {e}"))?;
     for _ in 0..12 {
         sim.fault();
@@ -326,7 +470,10 @@ fn run_schedule(seed: u64) -> Result<(), String> {
         }
         // Loss and duplication stay on while we check, but delays are bounded and the
         // quiet period is far beyond link and report timeouts.
-        sim.run(1500);
+        sim.run(2000);
+        if let Some(v) = &sim.violation {
+            return Err(format!("{v}\nschedule:\n  {}", sim.log.join("\n  ")));
+        }
         if sim.loss > 0 {
             // With loss, links may flap; only check once loss is off again.
             continue;
@@ -338,7 +485,7 @@ fn run_schedule(seed: u64) -> Result<(), String> {
 }
 
 #[test]
-fn membership_converges_on_the_reachable_set_under_200_random_fault_schedules() {
+fn never_two_owners_and_quorate_partitions_run_everything_under_200_random_fault_schedules() {
     let seeds: Vec<u64> = match std::env::var("BATON_SIM_SEED") {
         Ok(s) => vec![s.parse().expect("BATON_SIM_SEED must be a number")],
         Err(_) => (1..=200).collect(),
@@ -346,7 +493,7 @@ fn membership_converges_on_the_reachable_set_under_200_random_fault_schedules() 
     for seed in seeds {
         if let Err(e) = run_schedule(seed) {
             panic!(
-                "membership simulation failed for seed {seed} (replay: BATON_SIM_SEED={seed}):\n{e}"
+                "cluster simulation failed for seed {seed} (replay: BATON_SIM_SEED={seed}):\n{e}"
             );
         }
     }

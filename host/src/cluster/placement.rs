@@ -1,0 +1,147 @@
+//! Where each service should run: a pure function of the agreed view, who currently
+//! holds what, and the services' strategies. Every member computes it from the same
+//! inputs, so every member reaches the same answer.
+
+use super::wire::NodeId;
+use std::collections::BTreeSet;
+
+/// How a service maps to nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// One active node, the others back it up; the service returns to its first
+    /// preferred node when that node is back (failback).
+    Standby,
+    /// Each node runs its own services and backs up the others' (preferences differ
+    /// per service; otherwise as standby).
+    Mutual,
+    /// Several active nodes share one backup (preferences: own node, then the backup).
+    NToOne,
+    /// No failback: the service stays where it runs; a repaired node becomes the backup.
+    Rotating,
+    /// Runs on every member (a parallel database, a monitoring agent).
+    Clone,
+}
+
+/// One service as placement sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Its name.
+    pub name: String,
+    /// Its strategy.
+    pub strategy: Strategy,
+    /// Nodes in order of preference; nodes not listed may still run it, after these.
+    pub preferred: Vec<NodeId>,
+}
+
+/// The owner a non-clone service should have, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The chosen node, if any member may run it.
+    pub owner: Option<NodeId>,
+    /// Why, in words (status shows it).
+    pub why: String,
+}
+
+/// Place one non-clone service. `holders` are the members that currently claim it;
+/// `excluded` are nodes it must avoid (failed there, or moved away from).
+pub fn place(
+    spec: &ServiceSpec,
+    view: &BTreeSet<NodeId>,
+    holders: &BTreeSet<NodeId>,
+    excluded: &BTreeSet<NodeId>,
+) -> Placement {
+    let eligible = |n: &NodeId| view.contains(n) && !excluded.contains(n);
+    if spec.strategy == Strategy::Rotating
+        && let Some(h) = holders.iter().find(|h| eligible(h))
+    {
+        return Placement {
+            owner: Some(*h),
+            why: format!("stays on node {h} where it runs (rotating: no failback)"),
+        };
+    }
+    let order = spec
+        .preferred
+        .iter()
+        .copied()
+        .chain(view.iter().copied().filter(|n| !spec.preferred.contains(n)));
+    for (rank, n) in order.enumerate() {
+        if eligible(&n) {
+            let why = if rank == 0 {
+                format!("node {n} is its first preferred node and a member")
+            } else {
+                let skipped: Vec<String> = spec
+                    .preferred
+                    .iter()
+                    .take(rank)
+                    .map(|p| {
+                        if excluded.contains(p) {
+                            format!("node {p} is excluded after failures")
+                        } else {
+                            format!("node {p} is not a member")
+                        }
+                    })
+                    .collect();
+                format!("on node {n} because {}", skipped.join(", "))
+            };
+            return Placement {
+                owner: Some(n),
+                why,
+            };
+        }
+    }
+    Placement {
+        owner: None,
+        why: "no member may run it".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(n: &[NodeId]) -> BTreeSet<NodeId> {
+        n.iter().copied().collect()
+    }
+
+    fn spec(strategy: Strategy, preferred: &[NodeId]) -> ServiceSpec {
+        ServiceSpec {
+            name: "db".into(),
+            strategy,
+            preferred: preferred.to_vec(),
+        }
+    }
+
+    #[test]
+    fn standby_prefers_the_first_member_and_fails_back() {
+        let s = spec(Strategy::Standby, &[1, 2]);
+        assert_eq!(
+            place(&s, &set(&[1, 2, 3]), &set(&[]), &set(&[])).owner,
+            Some(1)
+        );
+        let p = place(&s, &set(&[2, 3]), &set(&[]), &set(&[]));
+        assert_eq!(p.owner, Some(2));
+        assert_eq!(p.why, "on node 2 because node 1 is not a member");
+        // Node 1 is back: standby fails back even though 2 holds it.
+        assert_eq!(
+            place(&s, &set(&[1, 2, 3]), &set(&[2]), &set(&[])).owner,
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn rotating_never_fails_back() {
+        let s = spec(Strategy::Rotating, &[1, 2]);
+        let p = place(&s, &set(&[1, 2, 3]), &set(&[2]), &set(&[]));
+        assert_eq!(p.owner, Some(2));
+        assert!(p.why.contains("no failback"), "{}", p.why);
+    }
+
+    #[test]
+    fn exclusions_and_unlisted_members() {
+        let s = spec(Strategy::Standby, &[1]);
+        let p = place(&s, &set(&[1, 3]), &set(&[]), &set(&[1]));
+        assert_eq!(p.owner, Some(3));
+        assert!(p.why.contains("excluded after failures"), "{}", p.why);
+        assert_eq!(place(&s, &set(&[1]), &set(&[]), &set(&[1])).owner, None);
+    }
+}
