@@ -27,6 +27,9 @@ pub enum Command {
     /// Work with resource agents: list, inspect, run, test, install.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Check a config file and explain every problem by its path.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// A first look on this machine: runs every kind of agent and shows what baton does with them.
     Demo(crate::demo::DemoArgs),
     /// (internal) Run a native agent library for the host, speaking framed JSON on stdin/stdout.
@@ -34,6 +37,16 @@ pub enum Command {
     AgentRunner {
         /// The library to load.
         library: PathBuf,
+    },
+}
+
+/// `baton config ...`.
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate FILE: syntax, every key, nodes, links, services, strategies.
+    Check {
+        /// The config file.
+        file: PathBuf,
     },
 }
 
@@ -144,11 +157,43 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         crate::runner::run(library)?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Config(ConfigCommand::Check { file }) = &cli.command {
+        return config_check(file);
+    }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::AgentRunner { .. } => unreachable!("handled above"),
+        Command::AgentRunner { .. } | Command::Config(_) => unreachable!("handled above"),
         Command::Demo(args) => crate::demo::run(args, config, runner_exe()?),
         Command::Agent(cmd) => agent(cmd, AgentCatalog::new(config, runner_exe()?)),
+    }
+}
+
+fn config_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    match Config::load(Some(file)) {
+        Err(e) => {
+            println!("{e:#}");
+            Ok(ExitCode::from(1))
+        }
+        Ok(config) => {
+            match &config.cluster {
+                None => println!("{}: ok (agents only; no [cluster] section)", file.display()),
+                Some(c) => {
+                    let b = c.spec().bounds;
+                    println!(
+                        "{}: ok — cluster {}, {} nodes, {} links, {} services; timing {}: a link is down after {} ms, survivors take over a lost node's services after {} ms without a fence confirmation",
+                        file.display(),
+                        c.cluster.name,
+                        c.nodes.len(),
+                        c.spec().links,
+                        c.services.len(),
+                        c.cluster.timing,
+                        b.membership.link_timeout.as_millis(),
+                        b.fence_wait().as_millis()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -13,11 +13,13 @@ pub const DEFAULT_CONFIG: &str = "/etc/baton/baton.toml";
 
 /// The whole config file.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Config {
     /// Agent settings.
     #[serde(default)]
     pub agents: AgentsConfig,
+    /// The cluster (nodes, services), when the file has a `[cluster]` section.
+    #[serde(skip)]
+    pub cluster: Option<crate::cluster::config::ClusterConfig>,
 }
 
 /// `[agents]`.
@@ -121,8 +123,19 @@ impl Config {
 
     /// Parse config text; errors name the line, the key and what is expected.
     pub fn parse(text: &str) -> anyhow::Result<Config> {
-        let config: Config =
+        let table: toml::Table =
             toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        for key in table.keys() {
+            if !["agents", "cluster", "node", "service"].contains(&key.as_str()) {
+                anyhow::bail!(
+                    "unknown section {key:?}; the config has [agents], [cluster], [[node]] and [[service]]"
+                );
+            }
+        }
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        config.cluster = crate::cluster::config::ClusterConfig::parse(text)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         for name in &config.agents.trusted {
             if name.starts_with("ocf:") {
                 anyhow::bail!(

@@ -3,6 +3,7 @@
 //! service ownership protocol ([`node::ClusterNode`]). Pure code driven by packets and clock ticks, so the
 //! daemon and the deterministic simulation run the same logic.
 
+pub mod config;
 pub mod membership;
 pub mod node;
 pub mod placement;

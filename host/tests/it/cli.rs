@@ -159,3 +159,48 @@ fn bad_flags_and_names_get_errors_that_say_what_to_write() {
         text(&o)
     );
 }
+
+#[test]
+fn config_check_names_every_problem_by_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.toml");
+    std::fs::write(
+        &file,
+        r#"
+[cluster]
+name = "lab"
+key_file = "/etc/baton/key"
+timing = "fast"
+[[node]]
+name = "n1"
+id = 1
+links = ["198.18.1.11:5405", "198.18.2.11:5405"]
+[[node]]
+name = "n2"
+id = 2
+links = ["198.18.1.12:5405"]
+[[service]]
+name = "web"
+strategy = "standby"
+preferred = ["n3"]
+[[service.resource]]
+agent = "process"
+params = { command = "sleep 1", port = { a = 1 } }
+"#,
+    )
+    .unwrap();
+    let o = Command::new(baton_exe())
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let out = text(&o);
+    for wanted in [
+        "node[1].links: 1 links, but node[0] has 2",
+        "service[0].preferred[0]: no node is named \"n3\"",
+        "service[0].resource[0].params.port: arrays and tables are not parameter values",
+    ] {
+        assert!(out.contains(wanted), "missing {wanted:?} in {out}");
+    }
+}

@@ -1,0 +1,441 @@
+//! The cluster part of the config file: nodes and their links, the key, timing,
+//! quorum and witness, fencing bound, and services with their resources. Every
+//! problem is reported with its path (`service[0].resource[1].params.port`).
+
+use super::membership::Timing;
+use super::node::{Bounds, ClusterSpec};
+use super::placement::{ServiceSpec, Strategy};
+use super::quorum::QuorumPolicy;
+use super::wire::NodeId;
+use baton_plugin_api::Params;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `[cluster]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// The cluster's name (packets of other clusters are dropped).
+    pub name: String,
+    /// File with the shared key (at least 16 bytes; `head -c 32 /dev/urandom`).
+    pub key_file: PathBuf,
+    /// `fast` or `default`.
+    #[serde(default = "default_timing")]
+    pub timing: String,
+    /// The longest a node that lost quorum may take to stop its services, ms.
+    #[serde(default = "default_self_fence")]
+    pub self_fence_ms: u64,
+    /// Refuse quorum after a cold start until every node was seen once.
+    #[serde(default)]
+    pub wait_for_all: bool,
+    /// A witness lease file and its votes.
+    #[serde(default)]
+    pub witness: Option<WitnessSection>,
+}
+
+fn default_timing() -> String {
+    "default".into()
+}
+
+fn default_self_fence() -> u64 {
+    2000
+}
+
+/// `[cluster.witness]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessSection {
+    /// The lease file on storage every node reaches.
+    pub file: PathBuf,
+    /// Its votes (N−1 lets the last survivor of N run).
+    pub votes: u32,
+}
+
+/// `[[node]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// The node's name.
+    pub name: String,
+    /// Its id, 1..=64, unique.
+    pub id: NodeId,
+    /// Its address on each link (`ADDRESS:PORT`), in link order.
+    pub links: Vec<String>,
+    /// Its votes.
+    #[serde(default = "one")]
+    pub votes: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `[[service]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    /// Its name.
+    pub name: String,
+    /// `standby`, `mutual`, `n-to-1`, `rotating` or `clone`.
+    pub strategy: String,
+    /// Node names in order of preference.
+    #[serde(default)]
+    pub preferred: Vec<String>,
+    /// Resources, started in order and stopped in reverse.
+    #[serde(default, rename = "resource")]
+    pub resources: Vec<ResourceSection>,
+}
+
+/// `[[service.resource]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceSection {
+    /// The agent type (`process`, an installed name, `ocf:heartbeat:IPaddr2`).
+    pub agent: String,
+    /// Its parameters.
+    #[serde(default)]
+    pub params: BTreeMap<String, toml::Value>,
+    /// Monitor interval, ms (0: no recurring monitor).
+    #[serde(default = "default_monitor")]
+    pub monitor_ms: u64,
+    /// Deadline of each call, ms (default: the agent's advertised timeout).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+fn default_monitor() -> u64 {
+    5000
+}
+
+/// The cluster config, checked.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// `[cluster]`.
+    pub cluster: ClusterSection,
+    /// `[[node]]`, in file order.
+    pub nodes: Vec<NodeSection>,
+    /// `[[service]]`, in file order.
+    pub services: Vec<ServiceSection>,
+    /// Parsed link addresses per node id.
+    pub addresses: BTreeMap<NodeId, Vec<SocketAddr>>,
+    /// The timing profile.
+    pub timing: Timing,
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    cluster: Option<ClusterSection>,
+    #[serde(default)]
+    node: Vec<NodeSection>,
+    #[serde(default)]
+    service: Vec<ServiceSection>,
+}
+
+/// Every problem found, each with its path.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+fn strategy(name: &str) -> Option<Strategy> {
+    Some(match name {
+        "standby" => Strategy::Standby,
+        "mutual" => Strategy::Mutual,
+        "n-to-1" => Strategy::NToOne,
+        "rotating" => Strategy::Rotating,
+        "clone" => Strategy::Clone,
+        _ => return None,
+    })
+}
+
+/// A parameter value as the agent sees it: strings as they are, numbers and
+/// booleans in their TOML spelling.
+pub fn param_text(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+impl ClusterConfig {
+    /// Parse the cluster sections of a config file's text. `Ok(None)` when the file
+    /// has no `[cluster]` (an agents-only config).
+    pub fn parse(text: &str) -> Result<Option<ClusterConfig>, ConfigErrors> {
+        let raw: Raw = toml::from_str::<toml::Table>(text)
+            .map_err(|e| ConfigErrors(vec![e.to_string().trim_end().to_string()]))
+            .and_then(|mut table| {
+                table.remove("agents");
+                toml::Value::Table(table)
+                    .try_into()
+                    .map_err(|e: toml::de::Error| {
+                        ConfigErrors(vec![e.to_string().trim_end().to_string()])
+                    })
+            })?;
+        let Some(cluster) = raw.cluster else {
+            if raw.node.is_empty() && raw.service.is_empty() {
+                return Ok(None);
+            }
+            return Err(ConfigErrors(vec![
+                "cluster: missing; add a [cluster] section with name and key_file".into(),
+            ]));
+        };
+        let mut errors = Vec::new();
+        let timing = match cluster.timing.as_str() {
+            "fast" => Timing::FAST,
+            "default" => Timing::DEFAULT,
+            other => {
+                errors.push(format!(
+                    "cluster.timing: {other:?} is not a profile; use \"fast\" or \"default\""
+                ));
+                Timing::DEFAULT
+            }
+        };
+        if raw.node.is_empty() {
+            errors
+                .push("node: no [[node]] sections; list every node with name, id and links".into());
+        }
+        let link_count = raw.node.first().map(|n| n.links.len()).unwrap_or(0);
+        let mut addresses = BTreeMap::new();
+        for (i, n) in raw.node.iter().enumerate() {
+            if n.id == 0 || n.id > super::wire::MAX_NODES {
+                errors.push(format!(
+                    "node[{i}].id: {} is out of range; use 1..=64",
+                    n.id
+                ));
+            }
+            if raw.node[..i].iter().any(|m| m.id == n.id) {
+                errors.push(format!("node[{i}].id: {} is used by another node", n.id));
+            }
+            if raw.node[..i].iter().any(|m| m.name == n.name) {
+                errors.push(format!(
+                    "node[{i}].name: {:?} is used by another node",
+                    n.name
+                ));
+            }
+            if n.links.is_empty() {
+                errors.push(format!(
+                    "node[{i}].links: empty; give ADDRESS:PORT for each link"
+                ));
+            }
+            if n.links.len() != link_count {
+                errors.push(format!(
+                    "node[{i}].links: {} links, but node[0] has {link_count}; every node needs the same links",
+                    n.links.len()
+                ));
+            }
+            let mut parsed = Vec::new();
+            for (j, l) in n.links.iter().enumerate() {
+                match l.parse::<SocketAddr>() {
+                    Ok(a) => parsed.push(a),
+                    Err(_) => {
+                        errors.push(format!("node[{i}].links[{j}]: {l:?} is not ADDRESS:PORT"))
+                    }
+                }
+            }
+            addresses.insert(n.id, parsed);
+        }
+        let names: Vec<&str> = raw.node.iter().map(|n| n.name.as_str()).collect();
+        for (i, s) in raw.service.iter().enumerate() {
+            if strategy(&s.strategy).is_none() {
+                errors.push(format!(
+                    "service[{i}].strategy: {:?} is not a strategy; use standby, mutual, n-to-1, rotating or clone",
+                    s.strategy
+                ));
+            }
+            for (j, p) in s.preferred.iter().enumerate() {
+                if !names.contains(&p.as_str()) {
+                    errors.push(format!(
+                        "service[{i}].preferred[{j}]: no node is named {p:?} (nodes: {})",
+                        names.join(", ")
+                    ));
+                }
+            }
+            if raw.service[..i].iter().any(|o| o.name == s.name) {
+                errors.push(format!(
+                    "service[{i}].name: {:?} is used by another service",
+                    s.name
+                ));
+            }
+            if s.resources.is_empty() {
+                errors.push(format!(
+                    "service[{i}].resource: none; add [[service.resource]] with agent and params"
+                ));
+            }
+            for (j, r) in s.resources.iter().enumerate() {
+                for (k, v) in &r.params {
+                    if param_text(v).is_none() {
+                        errors.push(format!(
+                            "service[{i}].resource[{j}].params.{k}: arrays and tables are not parameter values; write a string"
+                        ));
+                    }
+                }
+            }
+        }
+        if raw.service.len() > 64 {
+            errors.push("service: at most 64 services".into());
+        }
+        if let Some(w) = &cluster.witness
+            && w.votes == 0
+        {
+            errors.push("cluster.witness.votes: 0; give the witness at least one vote (N-1 lets the last survivor run)".into());
+        }
+        if errors.is_empty() {
+            Ok(Some(ClusterConfig {
+                cluster,
+                nodes: raw.node,
+                services: raw.service,
+                addresses,
+                timing,
+            }))
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// The node named `name`.
+    pub fn node(&self, name: &str) -> Option<&NodeSection> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The pure cluster description every node's state machine gets.
+    pub fn spec(&self) -> ClusterSpec {
+        let id_of = |name: &str| self.node(name).map(|n| n.id);
+        ClusterSpec {
+            nodes: self.nodes.iter().map(|n| n.id).collect(),
+            links: self.nodes.first().map(|n| n.links.len()).unwrap_or(0),
+            bounds: Bounds {
+                membership: self.timing,
+                self_fence: Duration::from_millis(self.cluster.self_fence_ms),
+                max_delay: Duration::from_millis(5),
+            },
+            quorum: QuorumPolicy {
+                votes: self.nodes.iter().map(|n| (n.id, n.votes)).collect(),
+                witness_votes: self.cluster.witness.as_ref().map(|w| w.votes).unwrap_or(0),
+                wait_for_all: self.cluster.wait_for_all,
+            },
+            services: self
+                .services
+                .iter()
+                .map(|s| ServiceSpec {
+                    name: s.name.clone(),
+                    strategy: strategy(&s.strategy).unwrap_or(Strategy::Standby),
+                    preferred: s.preferred.iter().filter_map(|p| id_of(p)).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// A resource's parameters as text.
+    pub fn params(r: &ResourceSection) -> Params {
+        r.params
+            .iter()
+            .filter_map(|(k, v)| param_text(v).map(|t| (k.clone(), t)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[agents]
+store = "/tmp/x"
+
+[cluster]
+name = "lab"
+key_file = "/etc/baton/key"
+timing = "fast"
+
+[[node]]
+name = "n1"
+id = 1
+links = ["198.18.1.11:5405", "198.18.2.11:5405"]
+
+[[node]]
+name = "n2"
+id = 2
+links = ["198.18.1.12:5405", "198.18.2.12:5405"]
+
+[[service]]
+name = "web"
+strategy = "standby"
+preferred = ["n1", "n2"]
+[[service.resource]]
+agent = "process"
+params = { command = "sleep 100", stop_grace_ms = 500 }
+"#;
+
+    #[test]
+    fn a_good_config_becomes_a_cluster_spec() {
+        let c = ClusterConfig::parse(GOOD).unwrap().unwrap();
+        let spec = c.spec();
+        assert_eq!(spec.nodes, [1, 2]);
+        assert_eq!(spec.links, 2);
+        assert_eq!(spec.services[0].preferred, [1, 2]);
+        assert_eq!(
+            ClusterConfig::params(&c.services[0].resources[0])["stop_grace_ms"],
+            "500"
+        );
+    }
+
+    #[test]
+    fn an_agents_only_config_has_no_cluster() {
+        assert!(
+            ClusterConfig::parse("[agents]\nstore = \"/x\"\n")
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn every_error_names_its_path() {
+        let bad = GOOD
+            .replace("id = 2", "id = 1")
+            .replace("\"198.18.2.12:5405\"", "\"nowhere\"")
+            .replace("strategy = \"standby\"", "strategy = \"active\"")
+            .replace(
+                "preferred = [\"n1\", \"n2\"]",
+                "preferred = [\"n1\", \"n9\"]",
+            )
+            .replace("timing = \"fast\"", "timing = \"warp\"")
+            .replace("stop_grace_ms = 500", "stop_grace_ms = [1]");
+        let e = ClusterConfig::parse(&bad).unwrap_err().to_string();
+        for wanted in [
+            "cluster.timing: \"warp\" is not a profile",
+            "node[1].id: 1 is used by another node",
+            "node[1].links[1]: \"nowhere\" is not ADDRESS:PORT",
+            "service[0].strategy: \"active\" is not a strategy",
+            "service[0].preferred[1]: no node is named \"n9\"",
+            "service[0].resource[0].params.stop_grace_ms: arrays and tables are not parameter values",
+        ] {
+            assert!(e.contains(wanted), "missing {wanted:?} in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = ClusterConfig::parse(&GOOD.replace("timing = \"fast\"", "timming = \"fast\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("timming"), "{e}");
+    }
+}
