@@ -388,7 +388,7 @@ mod tests {
             MonitorState::NotRunning
         );
         agent.start(&req(Action::Start, dir.path(), cmd)).unwrap();
-        let rec = ProcessAgent::read_record(&dir.path().join("p1.pid")).unwrap();
+        let rec = ProcessAgent::read_record(&dir.path().join("localhost.p1.pid")).unwrap();
         assert_eq!(
             agent
                 .monitor(&req(Action::Monitor, dir.path(), cmd))
@@ -397,7 +397,7 @@ mod tests {
         );
         agent.start(&req(Action::Start, dir.path(), cmd)).unwrap();
         assert_eq!(
-            ProcessAgent::read_record(&dir.path().join("p1.pid")).unwrap(),
+            ProcessAgent::read_record(&dir.path().join("localhost.p1.pid")).unwrap(),
             rec,
             "double start must not start twice"
         );
@@ -420,7 +420,7 @@ mod tests {
         let mut start = req(Action::Start, dir.path(), cmd);
         start.params.insert("stop_grace_ms".into(), "100".into());
         agent.start(&start).unwrap();
-        let rec = ProcessAgent::read_record(&dir.path().join("p1.pid")).unwrap();
+        let rec = ProcessAgent::read_record(&dir.path().join("localhost.p1.pid")).unwrap();
         let mut stop = req(Action::Stop, dir.path(), cmd);
         stop.params.insert("stop_grace_ms".into(), "100".into());
         agent.stop(&stop).unwrap();
@@ -448,7 +448,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Our own PID exists, but with another start time than the one recorded.
         fs::write(
-            dir.path().join("p1.pid"),
+            dir.path().join("localhost.p1.pid"),
             format!("{} 1\n", std::process::id()),
         )
         .unwrap();

@@ -38,12 +38,12 @@ pub(crate) fn millis(meta: &Metadata, req: &Request, name: &str) -> Result<Durat
         })
 }
 
-/// Where an agent keeps its per-resource state file (`<state_dir>/<resource>.<ext>`).
+/// Where an agent keeps its per-resource state file (`<state_dir>/<node>.<resource>.<ext>`).
+/// The node is part of the name because several nodes may share a filesystem (a
+/// lab on one machine, containers).
 pub(crate) fn state_file(meta: &Metadata, req: &Request, ext: &str) -> Result<PathBuf, AgentError> {
     let dir = PathBuf::from(required(meta, req, "state_dir")?);
-    let safe: String = req
-        .context
-        .resource
+    let safe: String = format!("{}.{}", req.context.node, req.context.resource)
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {

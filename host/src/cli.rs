@@ -27,6 +27,24 @@ pub enum Command {
     /// Work with resource agents: list, inspect, run, test, install.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Run this node of the cluster (the daemon).
+    Run {
+        /// Which [[node]] of the config this is.
+        #[arg(long)]
+        node: String,
+        /// Write the node's status (JSON) here every heartbeat interval.
+        #[arg(long, value_name = "FILE")]
+        status_file: Option<PathBuf>,
+    },
+    /// Show a node's status: members, links, quorum, services and why they are where they are.
+    Status {
+        /// The status file `baton run --status-file` writes.
+        #[arg(long, value_name = "FILE")]
+        status_file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a config file and explain every problem by its path.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -160,12 +178,83 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Config(ConfigCommand::Check { file }) = &cli.command {
         return config_check(file);
     }
+    if let Command::Status { status_file, json } = &cli.command {
+        return status(status_file, *json);
+    }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::AgentRunner { .. } | Command::Config(_) => unreachable!("handled above"),
         Command::Demo(args) => crate::demo::run(args, config, runner_exe()?),
+        Command::Run { node, status_file } => {
+            crate::daemon::run(config, &node, runner_exe()?, status_file)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { .. } => unreachable!("handled above"),
         Command::Agent(cmd) => agent(cmd, AgentCatalog::new(config, runner_exe()?)),
     }
+}
+
+fn status(file: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(file).with_context(|| {
+        format!(
+            "cannot read status file {} (is `baton run --status-file` running?)",
+            file.display()
+        )
+    })?;
+    if json {
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a status file", file.display()))?;
+    println!(
+        "node {} (id {}), epoch {}, members: {}",
+        s["node"].as_str().unwrap_or("?"),
+        s["id"],
+        s["epoch"],
+        s["members"]
+            .as_array()
+            .map(|m| m
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default()
+    );
+    println!(
+        "quorum: {} — {}{}",
+        if s["quorate"].as_bool() == Some(true) {
+            "yes"
+        } else {
+            "NO"
+        },
+        s["quorum"].as_str().unwrap_or(""),
+        if s["witness_held"].as_bool() == Some(true) {
+            " (witness held)"
+        } else {
+            ""
+        }
+    );
+    for l in s["links"].as_array().into_iter().flatten() {
+        if l["up"].as_bool() != Some(true) {
+            println!(
+                "WARNING: link {} to {} is down since {} ms",
+                l["link"],
+                l["peer"].as_str().unwrap_or("?"),
+                l["since_ms"]
+            );
+        }
+    }
+    for svc in s["services"].as_array().into_iter().flatten() {
+        println!(
+            "service {}: {} here; owner {}: {}",
+            svc["name"].as_str().unwrap_or("?"),
+            svc["here"].as_str().unwrap_or("?"),
+            svc["owner"].as_str().unwrap_or("none"),
+            svc["why"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn config_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {

@@ -143,7 +143,7 @@ fn tour(repo: &Path, work: &Path, catalog: &AgentCatalog) -> anyhow::Result<Exit
         "   start: serving on 127.0.0.1:{port} after {} ms",
         t.elapsed().as_millis()
     );
-    let pid: i32 = std::fs::read_to_string(work.join("run/web.pid"))?
+    let pid: i32 = std::fs::read_to_string(work.join("run/demo.web.pid"))?
         .split_whitespace()
         .next()
         .unwrap_or("0")

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod conformance;
+pub mod daemon;
 pub mod demo;
 pub mod process_group;
 pub mod runner;

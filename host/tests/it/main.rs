@@ -3,6 +3,7 @@
 mod builtin;
 mod cli;
 mod cluster_sim;
+mod daemons;
 mod native;
 mod ocf;
 mod store;

@@ -1,0 +1,210 @@
+//! Real `baton run` daemons on loopback (three nodes, two links each, UDP): the
+//! service fails over when its node is killed with kill -9, and a returning node
+//! does not take a rotating service back. (The namespace lab with cut links and
+//! isolation is the next step of issue 4.)
+
+use crate::support::baton_exe;
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    daemons: Vec<Option<Child>>,
+}
+
+fn free_port(ip: &str) -> u16 {
+    UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    fn new(strategy: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, b"a test key of thirty-two bytes!!").unwrap();
+        let mut nodes = String::new();
+        for n in 1..=3 {
+            let a = format!("127.0.0.{}", 10 + n);
+            let b = format!("127.0.1.{}", 10 + n);
+            nodes += &format!(
+                "[[node]]\nname = \"n{n}\"\nid = {n}\nlinks = [\"{a}:{}\", \"{b}:{}\"]\n",
+                free_port(&a),
+                free_port(&b)
+            );
+        }
+        let run = dir.path().join("run");
+        let config = dir.path().join("cluster.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[agents]\nstore = {store:?}\n\n[cluster]\nname = \"t\"\nkey_file = {key:?}\ntiming = \"fast\"\nself_fence_ms = 300\n\n{nodes}\n\
+                 [[service]]\nname = \"web\"\nstrategy = \"{strategy}\"\npreferred = [\"n1\", \"n2\", \"n3\"]\n\
+                 [[service.resource]]\nagent = \"process\"\nparams = {{ command = \"sleep 600\", state_dir = {run:?}, stop_grace_ms = 200 }}\n",
+                store = dir.path().join("store").display().to_string(),
+                key = key.display().to_string(),
+                run = run.display().to_string(),
+            ),
+        )
+        .unwrap();
+        let mut c = Cluster {
+            dir,
+            config,
+            daemons: vec![None, None, None],
+        };
+        for n in 1..=3 {
+            c.start(n);
+        }
+        c
+    }
+
+    fn status_file(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("n{n}.json"))
+    }
+
+    fn start(&mut self, n: usize) {
+        let child = Command::new(baton_exe())
+            .arg("--config")
+            .arg(&self.config)
+            .args(["run", "--node", &format!("n{n}"), "--status-file"])
+            .arg(self.status_file(n))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.daemons[n - 1] = Some(child);
+    }
+
+    fn status(&self, n: usize) -> Option<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(self.status_file(n)).ok()?).ok()
+    }
+
+    /// The nodes whose status says the service runs there.
+    fn owners(&self) -> Vec<usize> {
+        (1..=3)
+            .filter(|n| self.daemons[n - 1].is_some())
+            .filter(|n| {
+                self.status(*n)
+                    .is_some_and(|s| s["services"][0]["here"] == "running")
+            })
+            .collect()
+    }
+
+    /// PID of the service's process started by node `n` (its process group leader).
+    fn service_pid(&self, n: usize) -> Option<i32> {
+        let text =
+            std::fs::read_to_string(self.dir.path().join(format!("run/n{n}.web-0.pid"))).ok()?;
+        text.split_whitespace().next()?.parse().ok()
+    }
+
+    fn wait_for(&self, what: &str, limit: Duration, cond: impl Fn(&Cluster) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !cond(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// kill -9 the node's daemon and its service's process group.
+    fn kill_node(&mut self, n: usize) {
+        if let Some(mut child) = self.daemons[n - 1].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(pid) = self.service_pid(n) {
+            // SAFETY: signalling the process group this test's daemon created.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in 1..=3 {
+            self.kill_node(n);
+        }
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only probes.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn members(c: &Cluster, n: usize) -> usize {
+    c.status(n)
+        .and_then(|s| s["members"].as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+#[test]
+fn kill_9_of_the_owner_moves_the_service_to_exactly_one_other_node() {
+    let mut c = Cluster::new("standby");
+    c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
+        c.owners() == [1]
+    });
+    let first = c.service_pid(1).unwrap();
+    assert!(alive(first));
+    c.kill_node(1);
+    c.wait_for(
+        "another node to run the service",
+        Duration::from_secs(20),
+        |c| !c.owners().is_empty(),
+    );
+    assert_eq!(
+        c.owners(),
+        [2],
+        "standby: the next preferred node takes over"
+    );
+    let s = c.status(2).unwrap();
+    assert_eq!(
+        s["services"][0]["why"],
+        "on node 2 because node 1 is not a member"
+    );
+    let second = c.service_pid(2).unwrap();
+    assert!(alive(second));
+    assert!(
+        crate::support::gone_within(first, Duration::from_secs(5)),
+        "the killed node's service survived"
+    );
+    // n3 did not start it too.
+    assert!(c.service_pid(3).is_none_or(|p| !alive(p)));
+}
+
+#[test]
+fn a_returning_node_does_not_take_a_rotating_service_back() {
+    let mut c = Cluster::new("rotating");
+    c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
+        c.owners() == [1]
+    });
+    c.kill_node(1);
+    c.wait_for("n2 to take over", Duration::from_secs(20), |c| {
+        c.owners() == [2]
+    });
+    c.start(1);
+    c.wait_for("n1 to rejoin", Duration::from_secs(20), |c| {
+        members(c, 1) == 3 && members(c, 2) == 3
+    });
+    // n1 is a member again; give it the time a takeover would need, then check it did not.
+    let settle = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < settle {
+        assert_eq!(
+            c.owners(),
+            [2],
+            "the service moved back to the returning node"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let why = c.status(1).unwrap()["services"][0]["why"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(why.contains("no failback"), "{why}");
+}
