@@ -14,6 +14,7 @@ pub mod config;
 pub mod conformance;
 pub mod daemon;
 pub mod demo;
+pub mod lab;
 pub mod process_group;
 pub mod runner;
 pub mod store;

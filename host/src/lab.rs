@@ -1,0 +1,277 @@
+//! A cluster lab on one machine: network namespaces, one per node, each with two
+//! links (a private LAN 198.18.1.0/24 and a service LAN 198.18.2.0/24) to two
+//! bridges in a bridge namespace, which also probes the service like a client
+//! (198.18.2.254). Used by `baton demo`, the lab tests and the failover benchmark.
+//!
+//! Rules kept: only addresses in 198.18.0.0/15; every name carries a per-run prefix;
+//! only processes this lab started are stopped, by PID; everything is removed on
+//! drop, also after a failure.
+
+use anyhow::{Context, bail};
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The LANs of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lan {
+    /// The private (heartbeat) LAN, link 0.
+    Private,
+    /// The service LAN, link 1.
+    Service,
+}
+
+/// A running lab.
+pub struct Lab {
+    prefix: String,
+    nodes: usize,
+    children: Vec<Child>,
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("cannot run `ip` (install iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl Lab {
+    /// Whether this process may build a lab (root, `ip` available).
+    pub fn possible() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        root && Command::new("ip")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Build a lab of `nodes` nodes (2..=9) with names starting with `prefix` (≤ 6 chars).
+    pub fn up(prefix: &str, nodes: usize) -> anyhow::Result<Lab> {
+        assert!((2..=9).contains(&nodes) && prefix.len() <= 6);
+        let lab = Lab {
+            prefix: prefix.to_string(),
+            nodes,
+            children: Vec::new(),
+        };
+        let br = lab.bridge_ns();
+        ip(&["netns", "add", &br])?;
+        lab.in_ns(&br, &["ip", "link", "set", "lo", "up"])?;
+        for bridge in ["bpriv", "bsvc"] {
+            lab.in_ns(&br, &["ip", "link", "add", bridge, "type", "bridge"])?;
+            lab.in_ns(&br, &["ip", "link", "set", bridge, "up"])?;
+        }
+        lab.in_ns(
+            &br,
+            &["ip", "addr", "add", "198.18.2.254/24", "dev", "bsvc"],
+        )?;
+        for n in 1..=nodes {
+            let ns = lab.node_ns(n);
+            ip(&["netns", "add", &ns])?;
+            lab.in_ns(&ns, &["ip", "link", "set", "lo", "up"])?;
+            for (lan, subnet, bridge) in [(Lan::Private, 1, "bpriv"), (Lan::Service, 2, "bsvc")] {
+                let inside = lab.ifname(lan);
+                let outside = lab.bridge_port(n, lan);
+                ip(&[
+                    "link",
+                    "add",
+                    &outside,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &format!("{outside}x"),
+                ])?;
+                ip(&["link", "set", &outside, "netns", &br])?;
+                ip(&["link", "set", &format!("{outside}x"), "netns", &ns])?;
+                lab.in_ns(
+                    &ns,
+                    &["ip", "link", "set", &format!("{outside}x"), "name", inside],
+                )?;
+                lab.in_ns(
+                    &ns,
+                    &[
+                        "ip",
+                        "addr",
+                        "add",
+                        &format!("198.18.{subnet}.{}/24", 10 + n),
+                        "dev",
+                        inside,
+                    ],
+                )?;
+                lab.in_ns(&ns, &["ip", "link", "set", inside, "up"])?;
+                lab.in_ns(&br, &["ip", "link", "set", &outside, "master", bridge])?;
+                lab.in_ns(&br, &["ip", "link", "set", &outside, "up"])?;
+            }
+        }
+        Ok(lab)
+    }
+
+    /// The namespace of node `n` (1-based).
+    pub fn node_ns(&self, n: usize) -> String {
+        format!("{}-n{n}", self.prefix)
+    }
+
+    /// The bridge (and client) namespace.
+    pub fn bridge_ns(&self) -> String {
+        format!("{}-br", self.prefix)
+    }
+
+    fn ifname(&self, lan: Lan) -> &'static str {
+        match lan {
+            Lan::Private => "priv",
+            Lan::Service => "svc",
+        }
+    }
+
+    fn bridge_port(&self, n: usize, lan: Lan) -> String {
+        format!(
+            "{}{}{n}",
+            self.prefix,
+            if lan == Lan::Private { "p" } else { "s" }
+        )
+    }
+
+    /// Node `n`'s address on `lan`.
+    pub fn address(n: usize, lan: Lan) -> String {
+        format!(
+            "198.18.{}.{}",
+            if lan == Lan::Private { 1 } else { 2 },
+            10 + n
+        )
+    }
+
+    fn in_ns(&self, ns: &str, cmd: &[&str]) -> anyhow::Result<()> {
+        let mut args = vec!["netns", "exec", ns];
+        args.extend_from_slice(cmd);
+        ip(&args)
+    }
+
+    /// Start `program args` inside node `n`'s namespace; the lab kills it on drop.
+    pub fn spawn(
+        &mut self,
+        n: usize,
+        program: &Path,
+        args: &[&str],
+        log: &Path,
+    ) -> anyhow::Result<u32> {
+        let log = std::fs::File::create(log)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.node_ns(n)])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let pid = child.id();
+        self.children.push(child);
+        Ok(pid)
+    }
+
+    /// kill -9 a process this lab started.
+    pub fn kill(&mut self, pid: u32) {
+        if let Some(i) = self.children.iter().position(|c| c.id() == pid) {
+            let mut c = self.children.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Take `lan` of node `n` down (its own end of the link).
+    pub fn cut(&self, n: usize, lan: Lan) -> anyhow::Result<()> {
+        self.in_ns(
+            &self.node_ns(n),
+            &["ip", "link", "set", self.ifname(lan), "down"],
+        )
+    }
+
+    /// Bring `lan` of node `n` back.
+    pub fn heal(&self, n: usize, lan: Lan) -> anyhow::Result<()> {
+        self.in_ns(
+            &self.node_ns(n),
+            &["ip", "link", "set", self.ifname(lan), "up"],
+        )
+    }
+
+    /// Run `f` on a thread that has entered the bridge (client) namespace, so its
+    /// sockets reach the service LAN like a client's would.
+    pub fn as_client<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let path = format!("/var/run/netns/{}", self.bridge_ns());
+        std::thread::spawn(move || -> anyhow::Result<T> {
+            let ns = std::fs::File::open(&path).with_context(|| format!("cannot open {path}"))?;
+            // SAFETY: setns on this thread only, with a namespace file we opened.
+            if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0
+            {
+                bail!("setns {path}: {}", std::io::Error::last_os_error());
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the client thread panicked"))?
+    }
+}
+
+/// Which of nodes `1..=nodes` answer on the service LAN at `port` (call from a
+/// thread inside the bridge namespace, see [`Lab::as_client`]).
+pub fn answering(nodes: usize, port: u16, timeout: Duration) -> Vec<usize> {
+    (1..=nodes)
+        .filter(|n| {
+            let addr: SocketAddr = format!("{}:{port}", Lab::address(*n, Lan::Service))
+                .parse()
+                .expect("lab address");
+            let Ok(mut s) = TcpStream::connect_timeout(&addr, timeout) else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(timeout));
+            let mut buf = [0u8; 8];
+            matches!(s.read(&mut buf), Ok(n) if n > 0)
+        })
+        .collect()
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for mut c in self.children.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Processes that our daemons started inside the namespaces (agents' process
+        // groups) go with the namespaces' PIDs, which only this lab created.
+        for n in 0..=self.nodes {
+            let ns = if n == 0 {
+                self.bridge_ns()
+            } else {
+                self.node_ns(n)
+            };
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        // SAFETY: killing a process inside a namespace this lab created.
+                        unsafe {
+                            libc::kill(pid, libc::SIGKILL);
+                        }
+                    }
+                }
+            }
+            let _ = ip(&["netns", "del", &ns]);
+        }
+    }
+}
+
+/// A responder for the lab's service: answers every connection with "up".
+pub const RESPONDER: &str = "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+s.bind(('0.0.0.0', 8080))\ns.listen(64)\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'up\\n')\n    c.close()\n";
