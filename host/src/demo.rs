@@ -1,9 +1,12 @@
 //! `baton demo`: a first look on this machine.
 //!
-//! Until the cluster core lands, the demo shows the agent side end to end: every
-//! kind of agent behind one contract, a managed process that is killed behind
-//! baton's back and recovered, the sandbox stopping misbehaving agents, and the
-//! conformance run a vendor uses before shipping.
+//! The default demo starts a three-node cluster in network namespaces (root needed),
+//! runs a TCP service on it, cuts the owner's private link (a warning, not a
+//! failover), then kills the owner with kill -9 and shows how long clients went
+//! without an answer. `--runs N` repeats the fault and prints p50/p90/max (the
+//! failover benchmark). `--agents` shows the agent side instead: every kind of
+//! agent behind one contract, a process killed behind baton's back, the sandbox
+//! stopping misbehaving agents, and the conformance run.
 
 use crate::agent_host::AgentHandle;
 use crate::catalog::AgentCatalog;
@@ -19,7 +22,25 @@ use std::time::{Duration, Instant};
 /// `baton demo` flags.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// The repository checkout holding the built sample agents (default: found from the binary).
+    /// Show the agent side (four kinds of agent, sandbox, conformance) instead of the cluster.
+    #[arg(long)]
+    pub agents: bool,
+    /// Repeat the fault this many times and report p50/p90/max of the client-visible gap.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// The fault: kill (kill -9 of the owner's daemon and service) or isolate (cut both LANs).
+    #[arg(long, default_value = "kill")]
+    pub fault: String,
+    /// Timing profile: fast or default.
+    #[arg(long, default_value = "fast")]
+    pub timing: String,
+    /// Self-fencing bound in ms (how long a node that lost quorum may take to stop).
+    #[arg(long, default_value_t = 300)]
+    pub self_fence_ms: u64,
+    /// Print the measurements as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The repository checkout holding the built sample agents (for --agents).
     #[arg(long)]
     pub repo: Option<PathBuf>,
 }
@@ -70,6 +91,14 @@ fn monitor_cost(agent: &AgentHandle, resource: &str, params: &Params, n: usize) 
 
 /// Run the demo.
 pub fn run(args: DemoArgs, config: Config, runner: PathBuf) -> anyhow::Result<ExitCode> {
+    if !args.agents {
+        if crate::lab::Lab::possible() {
+            return cluster(&args, &runner);
+        }
+        println!(
+            "The cluster demo needs root (network namespaces) and iproute2; showing the agent side instead."
+        );
+    }
     let repo = find_repo(args.repo)?;
     let work = std::env::temp_dir().join(format!("baton-demo-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
@@ -296,4 +325,181 @@ fn tour(repo: &Path, work: &Path, catalog: &AgentCatalog) -> anyhow::Result<Exit
     } else {
         ExitCode::from(1)
     })
+}
+
+fn percentile(sorted: &[u64], p: usize) -> u64 {
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+}
+
+/// The client-visible gap after one fault on the current owner `owner`: from the
+/// fault to the first answer from another node.
+fn one_failover(c: &mut crate::lab::ClusterLab, owner: usize, fault: &str) -> anyhow::Result<u64> {
+    use crate::lab::Lan;
+    let (tx, rx) = std::sync::mpsc::channel::<Instant>();
+    // The prober runs as a client; it learns the fault time from the channel.
+    let prober = {
+        let lab = &c.lab;
+        let probe = move || -> Option<u64> {
+            let start = rx.recv().ok()?;
+            let deadline = start + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                let who = crate::lab::answering(3, 8080, Duration::from_millis(50));
+                if who.len() == 1 && who[0] != owner {
+                    return Some(start.elapsed().as_millis() as u64);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            None
+        };
+        let path = format!("/var/run/netns/{}", lab.bridge_ns());
+        std::thread::spawn(move || -> anyhow::Result<Option<u64>> {
+            let ns = std::fs::File::open(&path)?;
+            // SAFETY: setns on this thread only.
+            if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0
+            {
+                bail!("setns {path}: {}", std::io::Error::last_os_error());
+            }
+            Ok(probe())
+        })
+    };
+    match fault {
+        "kill" => c.kill_node(owner),
+        "isolate" => {
+            c.lab.cut(owner, Lan::Private)?;
+            c.lab.cut(owner, Lan::Service)?;
+        }
+        other => bail!("--fault {other:?}: use kill or isolate"),
+    }
+    let _ = tx.send(Instant::now());
+    let gap = prober
+        .join()
+        .map_err(|_| anyhow::anyhow!("prober panicked"))??;
+    gap.context("no other node answered within 60 s")
+}
+
+fn cluster(args: &DemoArgs, baton: &Path) -> anyhow::Result<ExitCode> {
+    use crate::lab::{ClusterLab, Lan};
+    let prefix = format!("bd{}", std::process::id() % 10_000);
+    if !args.json {
+        println!(
+            "baton demo: three nodes in network namespaces {prefix}-n1..n3, each with a private LAN"
+        );
+        println!(
+            "(198.18.1.0/24) and a service LAN (198.18.2.0/24); service `web` (a TCP responder run by the"
+        );
+        println!("`process` agent) is standby on n1, n2, n3; a client probes it from {prefix}-br.");
+    }
+    let mut c = ClusterLab::start(&prefix, baton, &args.timing, args.self_fence_ms)?;
+    let wait = Duration::from_secs(30);
+    if !c.wait_answering(vec![1], wait)? {
+        bail!(
+            "the service never came up on n1; logs in {}",
+            c.dir.path().display()
+        );
+    }
+    let status_line = |c: &ClusterLab, n: usize| -> String {
+        c.status(n)
+            .map(|s| {
+                format!(
+                    "n{n}: members {} quorum {} web {} ({})",
+                    s["members"],
+                    if s["quorate"] == true { "yes" } else { "no" },
+                    s["services"][0]["here"].as_str().unwrap_or("?"),
+                    s["services"][0]["why"].as_str().unwrap_or("")
+                )
+            })
+            .unwrap_or_default()
+    };
+    if !args.json {
+        say("1. the cluster is up; n1 serves");
+        for n in 1..=3 {
+            println!("   {}", status_line(&c, n));
+        }
+        say("2. cut n1's private LAN: a warning, not a failover");
+        c.lab.cut(1, Lan::Private)?;
+        let stayed = c.lab.as_client(|| {
+            let until = Instant::now() + Duration::from_secs(3);
+            let mut ok = true;
+            while Instant::now() < until {
+                ok &= crate::lab::answering(3, 8080, Duration::from_millis(100)) == [1];
+            }
+            ok
+        })?;
+        if let Some(s) = c.status(2) {
+            for l in s["links"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|l| l["up"] == false)
+            {
+                println!(
+                    "   n2 status: WARNING link {} to {} down",
+                    l["link"],
+                    l["peer"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        println!(
+            "   clients were served by n1 all along: {}",
+            if stayed { "yes" } else { "NO" }
+        );
+        c.lab.heal(1, Lan::Private)?;
+        say(&format!(
+            "3. fault on the owner ({}): how long clients go without an answer",
+            args.fault
+        ));
+    }
+    let mut gaps = Vec::new();
+    for run in 0..args.runs.max(1) {
+        // Let the cluster settle with n1 serving, then fault it.
+        if !c.wait_answering(vec![1], wait)? {
+            bail!(
+                "run {run}: n1 did not serve again; logs in {}",
+                c.dir.path().display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let gap = one_failover(&mut c, 1, &args.fault)?;
+        gaps.push(gap);
+        if !args.json {
+            println!("   run {}: n2 answered {gap} ms after the fault", run + 1);
+        }
+        match args.fault.as_str() {
+            "kill" => c.start_node(1)?,
+            _ => {
+                c.lab.heal(1, Lan::Private)?;
+                c.lab.heal(1, Lan::Service)?;
+            }
+        }
+    }
+    let mut sorted = gaps.clone();
+    sorted.sort();
+    let (p50, p90, max) = (
+        percentile(&sorted, 50),
+        percentile(&sorted, 90),
+        *sorted.last().unwrap_or(&0),
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"fault": args.fault, "timing": args.timing, "self_fence_ms": args.self_fence_ms,
+                               "runs": gaps.len(), "gaps_ms": gaps, "p50_ms": p50, "p90_ms": p90, "max_ms": max})
+        );
+    } else {
+        say("4. after the failover");
+        for n in 2..=3 {
+            println!("   {}", status_line(&c, n));
+        }
+        println!(
+            "\nfailover as the client saw it: p50 {p50} ms, p90 {p90} ms, max {max} ms over {} run(s) ({} timing, {}).",
+            gaps.len(),
+            args.timing,
+            args.fault
+        );
+        println!(
+            "Logs and status files: {} (removed at exit). Try `baton demo --runs 20` or `baton demo --agents`.",
+            c.dir.path().display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

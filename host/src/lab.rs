@@ -275,3 +275,124 @@ impl Drop for Lab {
 /// A responder for the lab's service: answers every connection with "up".
 pub const RESPONDER: &str = "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
 s.bind(('0.0.0.0', 8080))\ns.listen(64)\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'up\\n')\n    c.close()\n";
+
+/// A three-node baton cluster running in a [`Lab`]: the service `web` (the
+/// `process` agent running [`RESPONDER`] on port 8080), standby on n1, n2, n3.
+pub struct ClusterLab {
+    /// The namespaces.
+    pub lab: Lab,
+    /// Config, key, logs, status files, agent state.
+    pub dir: tempfile::TempDir,
+    daemons: Vec<Option<u32>>,
+    baton: std::path::PathBuf,
+}
+
+impl ClusterLab {
+    /// Build the lab, write the config (`timing` = fast|default) and start every node.
+    pub fn start(
+        prefix: &str,
+        baton: &Path,
+        timing: &str,
+        self_fence_ms: u64,
+    ) -> anyhow::Result<ClusterLab> {
+        let dir = tempfile::Builder::new().prefix("baton-lab").tempdir()?;
+        let d = dir.path();
+        std::fs::write(d.join("key"), b"lab key lab key lab key lab key!!")?;
+        std::fs::write(d.join("responder.py"), RESPONDER)?;
+        let mut nodes = String::new();
+        for n in 1..=3 {
+            nodes += &format!(
+                "[[node]]\nname = \"n{n}\"\nid = {n}\nlinks = [\"{}:5405\", \"{}:5405\"]\n",
+                Lab::address(n, Lan::Private),
+                Lab::address(n, Lan::Service)
+            );
+        }
+        std::fs::write(
+            d.join("cluster.toml"),
+            format!(
+                "[agents]\nstore = {store:?}\n[cluster]\nname = \"lab\"\nkey_file = {key:?}\ntiming = \"{timing}\"\n\
+                 self_fence_ms = {self_fence_ms}\n{nodes}\
+                 [[service]]\nname = \"web\"\nstrategy = \"standby\"\npreferred = [\"n1\", \"n2\", \"n3\"]\n\
+                 [[service.resource]]\nagent = \"process\"\nparams = {{ command = \"python3 {resp}\", ready_tcp = \"127.0.0.1:8080\", \
+                 state_dir = {run:?}, stop_grace_ms = 300 }}\n",
+                store = d.join("store").display().to_string(),
+                key = d.join("key").display().to_string(),
+                resp = d.join("responder.py").display(),
+                run = d.join("run").display().to_string(),
+            ),
+        )?;
+        let lab = Lab::up(prefix, 3)?;
+        let mut c = ClusterLab {
+            lab,
+            dir,
+            daemons: vec![None; 3],
+            baton: baton.to_owned(),
+        };
+        for n in 1..=3 {
+            c.start_node(n)?;
+        }
+        Ok(c)
+    }
+
+    /// Start node `n`'s daemon.
+    pub fn start_node(&mut self, n: usize) -> anyhow::Result<()> {
+        let d = self.dir.path();
+        let cfg = d.join("cluster.toml");
+        let status = d.join(format!("n{n}.json"));
+        let node = format!("n{n}");
+        let args = [
+            "--config",
+            cfg.to_str().unwrap_or(""),
+            "run",
+            "--node",
+            &node,
+            "--status-file",
+            status.to_str().unwrap_or(""),
+        ];
+        let pid = self
+            .lab
+            .spawn(n, &self.baton, &args, &d.join(format!("n{n}.log")))?;
+        self.daemons[n - 1] = Some(pid);
+        Ok(())
+    }
+
+    /// The PID of the service process node `n` started (its process group leader).
+    pub fn service_pid(&self, n: usize) -> Option<i32> {
+        let text =
+            std::fs::read_to_string(self.dir.path().join(format!("run/n{n}.web-0.pid"))).ok()?;
+        text.split_whitespace().next()?.parse().ok()
+    }
+
+    /// kill -9 node `n`'s daemon and its service's process group.
+    pub fn kill_node(&mut self, n: usize) {
+        if let Some(pid) = self.daemons[n - 1].take() {
+            self.lab.kill(pid);
+        }
+        if let Some(pid) = self.service_pid(n) {
+            // SAFETY: signalling the process group our daemon created in our namespace.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+    }
+
+    /// Node `n`'s status (what `baton status --json` shows).
+    pub fn status(&self, n: usize) -> Option<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(self.dir.path().join(format!("n{n}.json"))).ok()?)
+            .ok()
+    }
+
+    /// Wait (at most `limit`) until exactly the nodes `want` answer clients.
+    pub fn wait_answering(&self, want: Vec<usize>, limit: Duration) -> anyhow::Result<bool> {
+        self.lab.as_client(move || {
+            let deadline = std::time::Instant::now() + limit;
+            while std::time::Instant::now() < deadline {
+                if answering(3, 8080, Duration::from_millis(100)) == want {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            false
+        })
+    }
+}

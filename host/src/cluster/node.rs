@@ -9,14 +9,13 @@
 //!    quorum it stops them at once (self-fencing); stopping takes at most the
 //!    configured `self_fence` bound (the daemon kills the agents' process groups
 //!    if a stop overruns).
-//! 2. A node *claims* a service (publishes it in its report) before starting it, only
-//!    when placement names it, no member claims the service, and every node outside
-//!    its view has been outside for at least `fence_wait` (the longest a lost node
-//!    can take to notice and finish self-fencing), unless a fence agent confirmed
-//!    it.
+//! 2. A node *claims* a service (publishes it in its report) when placement names
+//!    it and no member claims the service.
 //! 3. It starts only after its claim has been visible for `settle` (longer than a
-//!    report takes to reach every member), and backs off if another member claimed
-//!    the service meanwhile (the lower node id keeps its claim).
+//!    report takes to reach every member) and every node outside its view has been
+//!    outside for at least `fence_wait` (the longest a lost node can take to notice
+//!    and finish self-fencing); it backs off if another member claimed the service
+//!    meanwhile (the lower node id keeps its claim).
 //! 4. It stops when placement moves the service away (switchover, failback), and
 //!    the next owner starts only once no member claims it any more.
 
@@ -291,9 +290,9 @@ impl ClusterNode {
             let exclusive = spec.strategy != Strategy::Clone;
             let phase = self.phases[i];
             match phase {
-                Phase::Stopped
-                    if wanted_here && (!exclusive || (others.is_empty() && lost_nodes_safe)) =>
-                {
+                // Claiming is harmless (nothing starts), so the claim settles while the
+                // fence wait for lost nodes runs down.
+                Phase::Stopped if wanted_here && (!exclusive || others.is_empty()) => {
                     if exclusive {
                         self.phases[i] = Phase::Claiming { since: now };
                     } else {
