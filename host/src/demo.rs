@@ -337,31 +337,18 @@ fn one_failover(c: &mut crate::lab::ClusterLab, owner: usize, fault: &str) -> an
     use crate::lab::Lan;
     let (tx, rx) = std::sync::mpsc::channel::<Instant>();
     // The prober runs as a client; it learns the fault time from the channel.
-    let prober = {
-        let lab = &c.lab;
-        let probe = move || -> Option<u64> {
-            let start = rx.recv().ok()?;
-            let deadline = start + Duration::from_secs(60);
-            while Instant::now() < deadline {
-                let who = crate::lab::answering(3, 8080, Duration::from_millis(50));
-                if who.len() == 1 && who[0] != owner {
-                    return Some(start.elapsed().as_millis() as u64);
-                }
-                std::thread::sleep(Duration::from_millis(10));
+    let prober = c.lab.spawn_client(move || -> Option<u64> {
+        let start = rx.recv().ok()?;
+        let deadline = start + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let who = crate::lab::answering(3, 8080, Duration::from_millis(50));
+            if who.len() == 1 && who[0] != owner {
+                return Some(start.elapsed().as_millis() as u64);
             }
-            None
-        };
-        let path = format!("/var/run/netns/{}", lab.bridge_ns());
-        std::thread::spawn(move || -> anyhow::Result<Option<u64>> {
-            let ns = std::fs::File::open(&path)?;
-            // SAFETY: setns on this thread only.
-            if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0
-            {
-                bail!("setns {path}: {}", std::io::Error::last_os_error());
-            }
-            Ok(probe())
-        })
-    };
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    });
     match fault {
         "kill" => c.kill_node(owner),
         "isolate" => {

@@ -210,6 +210,16 @@ impl Lab {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> anyhow::Result<T> {
+        self.spawn_client(f)
+            .join()
+            .map_err(|_| anyhow::anyhow!("the client thread panicked"))?
+    }
+
+    /// Like [`Lab::as_client`], without waiting for `f` to finish.
+    pub fn spawn_client<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<anyhow::Result<T>> {
         let path = format!("/var/run/netns/{}", self.bridge_ns());
         std::thread::spawn(move || -> anyhow::Result<T> {
             let ns = std::fs::File::open(&path).with_context(|| format!("cannot open {path}"))?;
@@ -220,8 +230,6 @@ impl Lab {
             }
             Ok(f())
         })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the client thread panicked"))?
     }
 }
 
@@ -276,6 +284,44 @@ impl Drop for Lab {
 pub const RESPONDER: &str = "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
 s.bind(('0.0.0.0', 8080))\ns.listen(64)\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'up\\n')\n    c.close()\n";
 
+/// Write `DIR/cluster.toml` (and `DIR/key`) for a cluster of `links.len()` nodes
+/// named n1, n2, ... with one service `web` of `strategy`, preferred in node order,
+/// run by the `process` agent with `process_params` (TOML inline-table entries) plus
+/// its state under `DIR/run`. Shared by the lab, the demo and the daemon tests.
+pub fn write_cluster_config(
+    dir: &Path,
+    links: &[[String; 2]],
+    timing: &str,
+    self_fence_ms: u64,
+    strategy: &str,
+    process_params: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    std::fs::write(dir.join("key"), b"lab key lab key lab key lab key!!")?;
+    let mut nodes = String::new();
+    for (i, [a, b]) in links.iter().enumerate() {
+        nodes += &format!(
+            "[[node]]\nname = \"n{n}\"\nid = {n}\nlinks = [\"{a}\", \"{b}\"]\n",
+            n = i + 1
+        );
+    }
+    let preferred: Vec<String> = (1..=links.len()).map(|n| format!("\"n{n}\"")).collect();
+    let path = dir.join("cluster.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[agents]\nstore = {store:?}\n[cluster]\nname = \"lab\"\nkey_file = {key:?}\ntiming = \"{timing}\"\n\
+             self_fence_ms = {self_fence_ms}\n{nodes}\
+             [[service]]\nname = \"web\"\nstrategy = \"{strategy}\"\npreferred = [{preferred}]\n\
+             [[service.resource]]\nagent = \"process\"\nparams = {{ {process_params}, state_dir = {run:?}, stop_grace_ms = 300 }}\n",
+            store = dir.join("store").display().to_string(),
+            key = dir.join("key").display().to_string(),
+            run = dir.join("run").display().to_string(),
+            preferred = preferred.join(", "),
+        ),
+    )?;
+    Ok(path)
+}
+
 /// A three-node baton cluster running in a [`Lab`]: the service `web` (the
 /// `process` agent running [`RESPONDER`] on port 8080), standby on n1, n2, n3.
 pub struct ClusterLab {
@@ -297,30 +343,20 @@ impl ClusterLab {
     ) -> anyhow::Result<ClusterLab> {
         let dir = tempfile::Builder::new().prefix("baton-lab").tempdir()?;
         let d = dir.path();
-        std::fs::write(d.join("key"), b"lab key lab key lab key lab key!!")?;
         std::fs::write(d.join("responder.py"), RESPONDER)?;
-        let mut nodes = String::new();
-        for n in 1..=3 {
-            nodes += &format!(
-                "[[node]]\nname = \"n{n}\"\nid = {n}\nlinks = [\"{}:5405\", \"{}:5405\"]\n",
-                Lab::address(n, Lan::Private),
-                Lab::address(n, Lan::Service)
-            );
-        }
-        std::fs::write(
-            d.join("cluster.toml"),
-            format!(
-                "[agents]\nstore = {store:?}\n[cluster]\nname = \"lab\"\nkey_file = {key:?}\ntiming = \"{timing}\"\n\
-                 self_fence_ms = {self_fence_ms}\n{nodes}\
-                 [[service]]\nname = \"web\"\nstrategy = \"standby\"\npreferred = [\"n1\", \"n2\", \"n3\"]\n\
-                 [[service.resource]]\nagent = \"process\"\nparams = {{ command = \"python3 {resp}\", ready_tcp = \"127.0.0.1:8080\", \
-                 state_dir = {run:?}, stop_grace_ms = 300 }}\n",
-                store = d.join("store").display().to_string(),
-                key = d.join("key").display().to_string(),
-                resp = d.join("responder.py").display(),
-                run = d.join("run").display().to_string(),
-            ),
-        )?;
+        let links: Vec<[String; 2]> = (1..=3)
+            .map(|n| {
+                [
+                    format!("{}:5405", Lab::address(n, Lan::Private)),
+                    format!("{}:5405", Lab::address(n, Lan::Service)),
+                ]
+            })
+            .collect();
+        let service = format!(
+            "command = \"python3 {}\", ready_tcp = \"127.0.0.1:8080\"",
+            d.join("responder.py").display()
+        );
+        write_cluster_config(d, &links, timing, self_fence_ms, "standby", &service)?;
         let lab = Lab::up(prefix, 3)?;
         let mut c = ClusterLab {
             lab,

@@ -4,6 +4,7 @@
 //! isolation is the next step of issue 4.)
 
 use crate::support::baton_exe;
+use baton::lab::write_cluster_config;
 use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -26,30 +27,22 @@ fn free_port(ip: &str) -> u16 {
 impl Cluster {
     fn new(strategy: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("key");
-        std::fs::write(&key, b"a test key of thirty-two bytes!!").unwrap();
-        let mut nodes = String::new();
-        for n in 1..=3 {
-            let a = format!("127.0.0.{}", 10 + n);
-            let b = format!("127.0.1.{}", 10 + n);
-            nodes += &format!(
-                "[[node]]\nname = \"n{n}\"\nid = {n}\nlinks = [\"{a}:{}\", \"{b}:{}\"]\n",
-                free_port(&a),
-                free_port(&b)
-            );
-        }
-        let run = dir.path().join("run");
-        let config = dir.path().join("cluster.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[agents]\nstore = {store:?}\n\n[cluster]\nname = \"t\"\nkey_file = {key:?}\ntiming = \"fast\"\nself_fence_ms = 300\n\n{nodes}\n\
-                 [[service]]\nname = \"web\"\nstrategy = \"{strategy}\"\npreferred = [\"n1\", \"n2\", \"n3\"]\n\
-                 [[service.resource]]\nagent = \"process\"\nparams = {{ command = \"sleep 600\", state_dir = {run:?}, stop_grace_ms = 200 }}\n",
-                store = dir.path().join("store").display().to_string(),
-                key = key.display().to_string(),
-                run = run.display().to_string(),
-            ),
+        let links: Vec<[String; 2]> = (1..=3)
+            .map(|n| {
+                let (a, b) = (format!("127.0.0.{}", 10 + n), format!("127.0.1.{}", 10 + n));
+                [
+                    format!("{a}:{}", free_port(&a)),
+                    format!("{b}:{}", free_port(&b)),
+                ]
+            })
+            .collect();
+        let config = write_cluster_config(
+            dir.path(),
+            &links,
+            "fast",
+            300,
+            strategy,
+            "command = \"sleep 600\"",
         )
         .unwrap();
         let mut c = Cluster {
