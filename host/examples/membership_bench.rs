@@ -35,7 +35,7 @@ fn run(n: u16, timing: Timing, name: &str) {
             nodes[to].on_heartbeat(now, &hb);
         }
         for (i, m) in nodes.iter_mut().enumerate() {
-            if Some(i) == down || (now + i as Millis) % interval != 0 {
+            if Some(i) == down || !(now + i as Millis).is_multiple_of(interval) {
                 continue;
             }
             for hb in m.tick(now) {
@@ -52,10 +52,10 @@ fn run(n: u16, timing: Timing, name: &str) {
         if converged.is_none() && live().all(|(_, m)| m.view().1.len() == n as usize) {
             converged = Some(now);
             down = Some(n as usize - 1);
-        } else if let (Some(c), Some(d)) = (converged, down) {
-            if live().all(|(_, m)| !m.view().1.contains(&(d as u16 + 1))) {
-                dropped = Some(now - c);
-            }
+        } else if let (Some(c), Some(d)) = (converged, down)
+            && live().all(|(_, m)| !m.view().1.contains(&(d as u16 + 1)))
+        {
+            dropped = Some(now - c);
         }
     }
     let seconds = now as f64 / 1000.0;
