@@ -31,11 +31,15 @@ extern "C" fn on_term(_: libc::c_int) {
 struct LoadedService {
     name: String,
     resources: Vec<(Arc<AgentHandle>, Request)>,
+    /// How often to monitor the running service (the shortest resource interval; 0: never).
+    monitor_every: u64,
 }
 
 enum Done {
     Started(usize, bool),
     Stopped(usize),
+    /// A monitor round of a service: healthy or not.
+    Monitored(usize, bool),
 }
 
 /// What `baton status` reads.
@@ -68,6 +72,8 @@ struct ServiceStatus<'a> {
     here: &'static str,
     owner: Option<&'a str>,
     why: String,
+    /// Unexpired failures on this node.
+    failures: usize,
 }
 
 fn phase_name(p: Phase) -> &'static str {
@@ -126,9 +132,17 @@ fn load_service(
             .unwrap_or(20_000);
         resources.push((Arc::new(handle), req));
     }
+    let monitor_every = s
+        .resources
+        .iter()
+        .map(|r| r.monitor_ms)
+        .filter(|m| *m > 0)
+        .min()
+        .unwrap_or(0);
     Ok(LoadedService {
         name: s.name.clone(),
         resources,
+        monitor_every,
     })
 }
 
@@ -156,6 +170,26 @@ fn start_service(svc: &LoadedService) -> bool {
     }
     tracing::info!(service = %svc.name, "started");
     true
+}
+
+/// Monitor every resource; healthy when each answers running, degraded or promoted.
+fn monitor_service(svc: &LoadedService) -> bool {
+    svc.resources.iter().all(|(h, base)| {
+        let mut req = base.clone();
+        req.action = Action::Monitor;
+        let report = h.call(&req);
+        match &report.result {
+            Ok(baton_plugin_api::Outcome::State(s)) if s.is_active() && *s != baton_plugin_api::MonitorState::FailedPromoted => true,
+            Ok(other) => {
+                tracing::warn!(service = %svc.name, resource = %req.context.resource, "monitor: {other}; recovery {}", report.recovery);
+                false
+            }
+            Err(f) => {
+                tracing::warn!(service = %svc.name, resource = %req.context.resource, "monitor failed: {f}; recovery {}", report.recovery);
+                false
+            }
+        }
+    })
 }
 
 fn stop_service(svc: &LoadedService) {
@@ -255,6 +289,8 @@ pub fn run(
     let (done_tx, done_rx) = mpsc::channel::<Done>();
     let interval = spec.bounds.membership.interval.as_millis() as u64;
     let mut next_tick = 0u64;
+    let mut next_monitor = vec![0u64; services.len()];
+    let mut monitoring = vec![false; services.len()];
     let mut buf = [0u8; 65536];
     tracing::info!(
         node = node_name,
@@ -297,13 +333,42 @@ pub fn run(
         }
         // Agent completions.
         while let Ok(d) = done_rx.try_recv() {
-            match d {
+            let now = now_ms();
+            let commands = match d {
                 Done::Started(i, ok) => {
-                    for c in node.start_done(i, ok) {
-                        run_command(c, &done_tx);
-                    }
+                    next_monitor[i] = now + services[i].monitor_every;
+                    node.start_done(i, ok, now)
                 }
                 Done::Stopped(i) => node.stop_done(i),
+                Done::Monitored(i, ok) => {
+                    monitoring[i] = false;
+                    next_monitor[i] = now + services[i].monitor_every;
+                    if !ok && node.phases()[i] == Phase::Running {
+                        tracing::warn!(service = %services[i].name, "service failed here");
+                        node.service_failed(i, now)
+                    } else {
+                        Vec::new()
+                    }
+                }
+            };
+            for c in commands {
+                run_command(c, &done_tx);
+            }
+        }
+        // Recurring monitors of services running here, one round at a time per service.
+        let now = now_ms();
+        for (i, svc) in services.iter().enumerate() {
+            if svc.monitor_every > 0
+                && node.phases()[i] == Phase::Running
+                && !monitoring[i]
+                && now >= next_monitor[i]
+            {
+                monitoring[i] = true;
+                let services = Arc::clone(&services);
+                let tx = done_tx.clone();
+                std::thread::spawn(move || {
+                    let _ = tx.send(Done::Monitored(i, monitor_service(&services[i])));
+                });
             }
         }
         let now = now_ms();
@@ -405,6 +470,7 @@ fn status<'a>(
                 here: phase_name(node.phases()[i]),
                 owner: node.placements()[i].owner.as_ref().map(n),
                 why: node.placements()[i].why.clone(),
+                failures: node.failure_counts(now)[i],
             })
             .collect(),
         dropped: dropped.clone(),

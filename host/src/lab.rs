@@ -285,7 +285,8 @@ pub const RESPONDER: &str = "import socket\ns = socket.socket()\ns.setsockopt(so
 s.bind(('0.0.0.0', 8080))\ns.listen(64)\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'up\\n')\n    c.close()\n";
 
 /// Write `DIR/cluster.toml` (and `DIR/key`) for a cluster of `links.len()` nodes
-/// named n1, n2, ... with one service `web` of `strategy`, preferred in node order,
+/// named n1, n2, ... with one service `web` of `strategy` (plus `service_extra` TOML
+/// lines), preferred in node order,
 /// run by the `process` agent with `process_params` (TOML inline-table entries) plus
 /// its state under `DIR/run`. Shared by the lab, the demo and the daemon tests.
 pub fn write_cluster_config(
@@ -294,6 +295,7 @@ pub fn write_cluster_config(
     timing: &str,
     self_fence_ms: u64,
     strategy: &str,
+    service_extra: &str,
     process_params: &str,
 ) -> anyhow::Result<std::path::PathBuf> {
     std::fs::write(dir.join("key"), b"lab key lab key lab key lab key!!")?;
@@ -311,8 +313,8 @@ pub fn write_cluster_config(
         format!(
             "[agents]\nstore = {store:?}\n[cluster]\nname = \"lab\"\nkey_file = {key:?}\ntiming = \"{timing}\"\n\
              self_fence_ms = {self_fence_ms}\n{nodes}\
-             [[service]]\nname = \"web\"\nstrategy = \"{strategy}\"\npreferred = [{preferred}]\n\
-             [[service.resource]]\nagent = \"process\"\nparams = {{ {process_params}, state_dir = {run:?}, stop_grace_ms = 300 }}\n",
+             [[service]]\nname = \"web\"\nstrategy = \"{strategy}\"\npreferred = [{preferred}]\n{service_extra}\n\
+             [[service.resource]]\nagent = \"process\"\nmonitor_ms = 500\nparams = {{ {process_params}, state_dir = {run:?}, stop_grace_ms = 300 }}\n",
             store = dir.join("store").display().to_string(),
             key = dir.join("key").display().to_string(),
             run = dir.join("run").display().to_string(),
@@ -356,7 +358,7 @@ impl ClusterLab {
             "command = \"python3 {}\", ready_tcp = \"127.0.0.1:8080\"",
             d.join("responder.py").display()
         );
-        write_cluster_config(d, &links, timing, self_fence_ms, "standby", &service)?;
+        write_cluster_config(d, &links, timing, self_fence_ms, "standby", "", &service)?;
         let lab = Lab::up(prefix, 3)?;
         let mut c = ClusterLab {
             lab,

@@ -4,7 +4,7 @@
 
 use super::membership::Timing;
 use super::node::{Bounds, ClusterSpec};
-use super::placement::{ServiceSpec, Strategy};
+use super::placement::{FailurePolicy, ServiceSpec, Strategy};
 use super::quorum::QuorumPolicy;
 use super::wire::NodeId;
 use baton_plugin_api::Params;
@@ -87,6 +87,20 @@ pub struct ServiceSection {
     /// Resources, started in order and stopped in reverse.
     #[serde(default, rename = "resource")]
     pub resources: Vec<ResourceSection>,
+    /// Failures on one node restarted in place; at this many (unexpired) the service moves.
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+    /// A failure stops counting after this many seconds.
+    #[serde(default = "default_failure_expiry")]
+    pub failure_expiry_s: u64,
+}
+
+fn default_max_restarts() -> u32 {
+    3
+}
+
+fn default_failure_expiry() -> u64 {
+    600
 }
 
 /// `[[service.resource]]`.
@@ -338,6 +352,10 @@ impl ClusterConfig {
                     name: s.name.clone(),
                     strategy: strategy(&s.strategy).unwrap_or(Strategy::Standby),
                     preferred: s.preferred.iter().filter_map(|p| id_of(p)).collect(),
+                    failures: FailurePolicy {
+                        max_restarts: s.max_restarts.max(1),
+                        expiry: Duration::from_secs(s.failure_expiry_s),
+                    },
                 })
                 .collect(),
         }

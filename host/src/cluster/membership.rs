@@ -137,6 +137,11 @@ impl Membership {
         self.reports.get(&node).map(|(r, _)| r.claims)
     }
 
+    /// The services `node` refuses, from its freshest report.
+    pub fn banned_of(&self, node: NodeId) -> Option<u64> {
+        self.reports.get(&node).map(|(r, _)| r.banned)
+    }
+
     /// Recent view changes, oldest first.
     pub fn history(&self) -> impl Iterator<Item = &(u64, Millis, BTreeSet<NodeId>)> {
         self.history.iter()
@@ -169,11 +174,12 @@ impl Membership {
     /// Advance to `now`: update link states, publish a new report, recompute the view.
     /// Returns the heartbeat to send on each link (index = link).
     pub fn tick(&mut self, now: Millis) -> Vec<Heartbeat> {
-        self.tick_with_claims(now, 0)
+        self.tick_with_claims(now, 0, 0)
     }
 
-    /// [`Membership::tick`], publishing `claims` (a bit per service this node holds).
-    pub fn tick_with_claims(&mut self, now: Millis, claims: u64) -> Vec<Heartbeat> {
+    /// [`Membership::tick`], publishing `claims` (a bit per service this node holds)
+    /// and `banned` (a bit per service this node must not be given).
+    pub fn tick_with_claims(&mut self, now: Millis, claims: u64, banned: u64) -> Vec<Heartbeat> {
         let link_timeout = Timing::ms(self.timing.link_timeout);
         let mut heard_set = 0u64;
         for &peer in &self.peers {
@@ -201,6 +207,7 @@ impl Membership {
             version: self.version,
             heard: heard_set,
             claims,
+            banned,
         };
         self.recompute_view(now, heard_set);
         let mut reports = vec![mine];

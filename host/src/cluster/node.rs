@@ -125,6 +125,10 @@ pub struct ClusterNode {
     witness_held: bool,
     quorum_state: Option<QuorumState>,
     placements: Vec<Placement>,
+    /// Failure times per service (for restart limits and bans).
+    failures: Vec<Vec<Millis>>,
+    /// Per service: restart here when the current stop completes.
+    restart: Vec<bool>,
 }
 
 impl ClusterNode {
@@ -159,6 +163,8 @@ impl ClusterNode {
             seen_all: cluster.nodes.len() == 1,
             witness_held: false,
             quorum_state: None,
+            failures: vec![Vec::new(); n],
+            restart: vec![false; n],
         }
     }
 
@@ -192,24 +198,72 @@ impl ClusterNode {
         self.membership.on_heartbeat(now, hb);
     }
 
-    /// A start finished; `ok` false means it failed (the service stops here).
-    pub fn start_done(&mut self, service: usize, ok: bool) -> Vec<Command> {
+    /// A start finished; `ok` false means it failed: the failure is counted and the
+    /// service stops here (and restarts here while under `max_restarts`).
+    pub fn start_done(&mut self, service: usize, ok: bool, now: Millis) -> Vec<Command> {
         if self.phases[service] == Phase::Starting {
             if ok {
                 self.phases[service] = Phase::Running;
             } else {
-                self.phases[service] = Phase::Stopping;
-                return vec![Command::Stop(service)];
+                return self.service_failed(service, now);
             }
         }
         Vec::new()
     }
 
-    /// A stop finished.
-    pub fn stop_done(&mut self, service: usize) {
+    /// A stop finished. After a failure under the restart limit, the service starts
+    /// again here at once: the claim was never released, so no one else may have it.
+    pub fn stop_done(&mut self, service: usize) -> Vec<Command> {
         if self.phases[service] == Phase::Stopping {
+            if std::mem::take(&mut self.restart[service])
+                && self.quorum_state.as_ref().is_some_and(|q| q.quorate)
+            {
+                self.phases[service] = Phase::Starting;
+                return vec![Command::Start(service)];
+            }
             self.phases[service] = Phase::Stopped;
         }
+        Vec::new()
+    }
+
+    /// A monitor (or start) found the service failed here at `now`. Failures expire
+    /// after `failure_expiry`; below `max_restarts` unexpired failures the service is
+    /// restarted in place, at the limit this node bans itself for the service (all
+    /// members see the ban and place it elsewhere) until the failures expire.
+    pub fn service_failed(&mut self, service: usize, now: Millis) -> Vec<Command> {
+        let policy = self.services[service].failures;
+        let list = &mut self.failures[service];
+        list.push(now);
+        list.retain(|t| now.saturating_sub(*t) < ms(policy.expiry));
+        let banned = list.len() as u32 >= policy.max_restarts;
+        if !matches!(self.phases[service], Phase::Starting | Phase::Running) {
+            return Vec::new();
+        }
+        self.phases[service] = Phase::Stopping;
+        self.restart[service] = !banned;
+        vec![Command::Stop(service)]
+    }
+
+    /// Unexpired failures of each service on this node.
+    pub fn failure_counts(&self, now: Millis) -> Vec<usize> {
+        self.failures
+            .iter()
+            .zip(&self.services)
+            .map(|(f, s)| {
+                f.iter()
+                    .filter(|t| now.saturating_sub(**t) < ms(s.failures.expiry))
+                    .count()
+            })
+            .collect()
+    }
+
+    fn banned_bits(&self, now: Millis) -> u64 {
+        self.failure_counts(now)
+            .iter()
+            .zip(&self.services)
+            .enumerate()
+            .filter(|(_, (count, s))| **count as u32 >= s.failures.max_restarts)
+            .fold(0, |acc, (i, _)| acc | (1 << i))
     }
 
     fn claims_bits(&self) -> u64 {
@@ -222,7 +276,10 @@ impl ClusterNode {
 
     /// Advance the clock: returns the heartbeats to send and the commands to carry out.
     pub fn tick(&mut self, now: Millis) -> (Vec<Heartbeat>, Vec<Command>) {
-        let packets = self.membership.tick_with_claims(now, self.claims_bits());
+        let banned_here = self.banned_bits(now);
+        let packets = self
+            .membership
+            .tick_with_claims(now, self.claims_bits(), banned_here);
         let me = self.membership.me();
         let view = self.membership.view().1.clone();
         for n in &self.nodes {
@@ -270,7 +327,19 @@ impl ClusterNode {
                 if self.phases[i].claims() {
                     holders.insert(me);
                 }
-                place(spec, &view, &holders, &BTreeSet::new())
+                let excluded: BTreeSet<NodeId> = view
+                    .iter()
+                    .copied()
+                    .filter(|n| {
+                        let bits = if *n == me {
+                            Some(banned_here)
+                        } else {
+                            self.membership.banned_of(*n)
+                        };
+                        bits.is_some_and(|b| b & (1 << i) != 0)
+                    })
+                    .collect();
+                place(spec, &view, &holders, &excluded)
             };
             let wanted_here = quorate && mine.owner == Some(me);
             self.placements[i] = if quorate {
@@ -321,5 +390,103 @@ impl ClusterNode {
             }
         }
         (packets, commands)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::placement::FailurePolicy;
+
+    fn single(max_restarts: u32) -> ClusterNode {
+        let spec = ClusterSpec {
+            nodes: vec![1],
+            links: 1,
+            bounds: Bounds {
+                membership: Timing::FAST,
+                self_fence: Duration::from_millis(100),
+                max_delay: Duration::from_millis(1),
+            },
+            quorum: QuorumPolicy::majority(&[1]),
+            services: vec![ServiceSpec {
+                name: "db".into(),
+                strategy: Strategy::Standby,
+                preferred: vec![1],
+                failures: FailurePolicy {
+                    max_restarts,
+                    expiry: Duration::from_secs(10),
+                },
+            }],
+        };
+        ClusterNode::new(&spec, 1, 1, 0)
+    }
+
+    /// Tick until the service runs (answering starts at once).
+    fn run_until_running(node: &mut ClusterNode, mut now: Millis) -> Millis {
+        let limit = now + 5_000;
+        while node.phases()[0] != Phase::Running {
+            now += 20;
+            assert!(now < limit, "never started");
+            for c in node.tick(now).1 {
+                assert_eq!(c, Command::Start(0));
+                assert!(node.start_done(0, true, now).is_empty());
+            }
+        }
+        now
+    }
+
+    #[test]
+    fn failures_restart_in_place_then_ban_the_node_until_they_expire() {
+        let mut node = single(3);
+        let mut now = run_until_running(&mut node, 0);
+        for round in 1..=2 {
+            assert_eq!(node.service_failed(0, now), [Command::Stop(0)]);
+            assert_eq!(
+                node.stop_done(0),
+                [Command::Start(0)],
+                "round {round}: restart here"
+            );
+            assert!(node.start_done(0, true, now).is_empty());
+            assert_eq!(node.phases()[0], Phase::Running);
+            now += 100;
+        }
+        assert_eq!(node.failure_counts(now), [2]);
+        // The third failure within the expiry bans this node: stop and stay stopped.
+        assert_eq!(node.service_failed(0, now), [Command::Stop(0)]);
+        assert!(node.stop_done(0).is_empty());
+        for _ in 0..20 {
+            now += 20;
+            assert!(node.tick(now).1.is_empty());
+        }
+        assert_eq!(node.placements()[0].owner, None);
+        assert!(
+            node.placements()[0].why.contains("no member may run it"),
+            "{}",
+            node.placements()[0].why
+        );
+        // Failures expire: the node may run the service again.
+        run_until_running(&mut node, now + 10_000);
+        assert_eq!(node.failure_counts(now + 10_000), [0]);
+    }
+
+    #[test]
+    fn a_failed_start_counts_and_restarts() {
+        let mut node = single(2);
+        let mut now = 0;
+        let mut failed_once = false;
+        while node.phases()[0] != Phase::Running {
+            now += 20;
+            assert!(now < 5_000);
+            for c in node.tick(now).1 {
+                assert_eq!(c, Command::Start(0));
+                if !failed_once {
+                    failed_once = true;
+                    assert_eq!(node.start_done(0, false, now), [Command::Stop(0)]);
+                    assert_eq!(node.stop_done(0), [Command::Start(0)]);
+                }
+                assert!(node.start_done(0, true, now).is_empty());
+            }
+        }
+        assert_eq!(node.failure_counts(now), [1]);
     }
 }

@@ -22,6 +22,25 @@ pub enum Strategy {
     Clone,
 }
 
+/// How failures of a service on a node are handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailurePolicy {
+    /// Failures (within `expiry`) restarted in place; at this many the node is banned
+    /// for the service and it moves.
+    pub max_restarts: u32,
+    /// A failure stops counting after this long (failure counts expire by default).
+    pub expiry: std::time::Duration,
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        FailurePolicy {
+            max_restarts: 3,
+            expiry: std::time::Duration::from_secs(600),
+        }
+    }
+}
+
 /// One service as placement sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
@@ -31,6 +50,8 @@ pub struct ServiceSpec {
     pub strategy: Strategy,
     /// Nodes in order of preference; nodes not listed may still run it, after these.
     pub preferred: Vec<NodeId>,
+    /// Restart limit and failure expiry.
+    pub failures: FailurePolicy,
 }
 
 /// The owner a non-clone service should have, and why.
@@ -108,6 +129,7 @@ mod tests {
             name: "db".into(),
             strategy,
             preferred: preferred.to_vec(),
+            failures: FailurePolicy::default(),
         }
     }
 

@@ -30,7 +30,7 @@ const HEADER: usize = 4 + 1 + 1 + 4 + 2 + 1 + 8 + 8 + 2;
 const TAG: usize = 16;
 /// The largest node id (node ids are 1..=MAX_NODES; reachability is a 64-bit set).
 pub const MAX_NODES: u16 = 64;
-const REPORT: usize = 2 + 8 + 8 + 8 + 8;
+const REPORT: usize = 2 + 8 + 8 + 8 + 8 + 8;
 
 /// A node's id in the cluster (1..=64).
 pub type NodeId = u16;
@@ -89,6 +89,9 @@ pub struct Report {
     pub heard: u64,
     /// Bit `i` set: the node claims service `i` (starting, running or stopping it).
     pub claims: u64,
+    /// Bit `i` set: service `i` failed here too often; placement avoids this node
+    /// until the failures expire.
+    pub banned: u64,
 }
 
 impl Report {
@@ -177,6 +180,7 @@ pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
         out.extend_from_slice(&r.version.to_be_bytes());
         out.extend_from_slice(&r.heard.to_be_bytes());
         out.extend_from_slice(&r.claims.to_be_bytes());
+        out.extend_from_slice(&r.banned.to_be_bytes());
     }
     let tag = key.mac(&out).finalize().into_bytes();
     out.extend_from_slice(&tag[..TAG]);
@@ -256,6 +260,7 @@ pub fn decode(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, Drop> {
             version: r.u64()?,
             heard: r.u64()?,
             claims: r.u64()?,
+            banned: r.u64()?,
         };
         if report.node == 0 || report.node > MAX_NODES {
             return Err(Drop::Garbled);
@@ -317,6 +322,7 @@ mod tests {
                     version: 40,
                     heard: 0b101,
                     claims: 1,
+                    banned: 0,
                 },
                 Report {
                     node: 3,
@@ -324,6 +330,7 @@ mod tests {
                     version: 8,
                     heard: 0b011,
                     claims: 0,
+                    banned: 2,
                 },
             ],
         }

@@ -17,7 +17,7 @@
 
 use baton::cluster::membership::{Millis, Timing};
 use baton::cluster::node::{Bounds, ClusterNode, ClusterSpec, Command, Phase};
-use baton::cluster::placement::{ServiceSpec, Strategy};
+use baton::cluster::placement::{FailurePolicy, ServiceSpec, Strategy};
 use baton::cluster::quorum::QuorumPolicy;
 use baton::cluster::wire::{ClusterKey, NodeId, ReplayGuard, decode, encode};
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -72,6 +72,7 @@ fn services() -> Vec<ServiceSpec> {
         name: name.into(),
         strategy,
         preferred: preferred.to_vec(),
+        failures: FailurePolicy::default(),
     };
     vec![
         s("db", Strategy::Standby, &[1, 2]),
@@ -187,11 +188,15 @@ impl Sim {
             });
             for (svc, start) in done {
                 if start {
-                    let more = node.state.start_done(svc, true);
+                    let more = node.state.start_done(svc, true, now);
                     assert!(more.is_empty());
                 } else {
                     node.holding.remove(&svc);
-                    node.state.stop_done(svc);
+                    let more = node.state.stop_done(svc);
+                    assert!(
+                        more.is_empty(),
+                        "no failures are injected, so nothing restarts"
+                    );
                 }
             }
             if !running || !(now + node.phase).is_multiple_of(interval) {

@@ -26,6 +26,10 @@ fn free_port(ip: &str) -> u16 {
 
 impl Cluster {
     fn new(strategy: &str) -> Cluster {
+        Cluster::with(strategy, "")
+    }
+
+    fn with(strategy: &str, service_extra: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let links: Vec<[String; 2]> = (1..=3)
             .map(|n| {
@@ -42,6 +46,7 @@ impl Cluster {
             "fast",
             300,
             strategy,
+            service_extra,
             "command = \"sleep 600\"",
         )
         .unwrap();
@@ -200,4 +205,46 @@ fn a_returning_node_does_not_take_a_rotating_service_back() {
         .unwrap()
         .to_string();
     assert!(why.contains("no failback"), "{why}");
+}
+
+#[test]
+fn a_failed_service_restarts_in_place_and_the_failure_is_counted() {
+    let c = Cluster::new("standby");
+    c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
+        c.owners() == [1]
+    });
+    let first = c.service_pid(1).unwrap();
+    // The service dies behind baton's back; the daemon stays.
+    // SAFETY: killing the process group our daemon started for this test.
+    unsafe {
+        libc::kill(-first, libc::SIGKILL);
+    }
+    c.wait_for("a restart on n1", Duration::from_secs(20), |c| {
+        c.service_pid(1).is_some_and(|p| p != first && alive(p)) && c.owners() == [1]
+    });
+    let s = c.status(1).unwrap();
+    assert_eq!(s["services"][0]["failures"], 1, "{s}");
+    assert!(c.service_pid(2).is_none_or(|p| !alive(p)));
+}
+
+#[test]
+fn at_the_restart_limit_the_service_moves_and_the_node_is_avoided() {
+    let c = Cluster::with("standby", "max_restarts = 1");
+    c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
+        c.owners() == [1]
+    });
+    let first = c.service_pid(1).unwrap();
+    // SAFETY: killing the process group our daemon started for this test.
+    unsafe {
+        libc::kill(-first, libc::SIGKILL);
+    }
+    c.wait_for("n2 to take over", Duration::from_secs(20), |c| {
+        c.owners() == [2]
+    });
+    let s = c.status(2).unwrap();
+    assert_eq!(
+        s["services"][0]["why"], "on node 2 because node 1 is excluded after failures",
+        "{s}"
+    );
+    assert_eq!(c.status(1).unwrap()["services"][0]["failures"], 1);
 }
