@@ -375,17 +375,21 @@ pub fn run(
         if now >= next_tick {
             next_tick = now + interval;
             if let Some(w) = &witness {
+                // The partition's leader takes or renews the lease; the others read it.
                 let view = node.membership().view().1.clone();
-                let leader = view.iter().next().copied() == Some(me.id);
-                let held = if leader {
-                    matches!(
-                        w.acquire(me.id, &view, unix_ms(), lease_ms),
-                        Ok(Lease::Held(_))
-                    )
+                let lease = if view.iter().next() == Some(&me.id) {
+                    w.acquire(me.id, &view, unix_ms(), lease_ms)
+                        .ok()
+                        .map(|l| match l {
+                            Lease::Held(rec) | Lease::HeldByOther(rec) => rec,
+                        })
                 } else {
-                    matches!(w.read(), Ok(Some(rec)) if view.contains(&rec.holder) && unix_ms() < rec.expires_ms)
+                    w.read()
+                        .ok()
+                        .flatten()
+                        .filter(|rec| unix_ms() < rec.expires_ms)
                 };
-                node.set_witness(held);
+                node.set_witness_holder(lease.map(|rec| rec.holder));
             }
             let (packets, commands) = node.tick(now);
             for hb in packets {

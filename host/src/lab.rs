@@ -285,15 +285,16 @@ pub const RESPONDER: &str = "import socket\ns = socket.socket()\ns.setsockopt(so
 s.bind(('0.0.0.0', 8080))\ns.listen(64)\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'up\\n')\n    c.close()\n";
 
 /// Write `DIR/cluster.toml` (and `DIR/key`) for a cluster of `links.len()` nodes
-/// named n1, n2, ... with one service `web` of `strategy` (plus `service_extra` TOML
-/// lines), preferred in node order,
+/// named n1, n2, ... (plus `cluster_extra` TOML lines in `[cluster]`, e.g.
+/// `self_fence_ms`, `witness`), with one service `web` of `strategy` (plus
+/// `service_extra` TOML lines), preferred in node order,
 /// run by the `process` agent with `process_params` (TOML inline-table entries) plus
 /// its state under `DIR/run`. Shared by the lab, the demo and the daemon tests.
 pub fn write_cluster_config(
     dir: &Path,
     links: &[[String; 2]],
     timing: &str,
-    self_fence_ms: u64,
+    cluster_extra: &str,
     strategy: &str,
     service_extra: &str,
     process_params: &str,
@@ -312,7 +313,7 @@ pub fn write_cluster_config(
         &path,
         format!(
             "[agents]\nstore = {store:?}\n[cluster]\nname = \"lab\"\nkey_file = {key:?}\ntiming = \"{timing}\"\n\
-             self_fence_ms = {self_fence_ms}\n{nodes}\
+             {cluster_extra}\n{nodes}\
              [[service]]\nname = \"web\"\nstrategy = \"{strategy}\"\npreferred = [{preferred}]\n{service_extra}\n\
              [[service.resource]]\nagent = \"process\"\nmonitor_ms = 500\nparams = {{ {process_params}, state_dir = {run:?}, stop_grace_ms = 300 }}\n",
             store = dir.join("store").display().to_string(),
@@ -336,17 +337,35 @@ pub struct ClusterLab {
 }
 
 impl ClusterLab {
-    /// Build the lab, write the config (`timing` = fast|default) and start every node.
+    /// Build a three-node lab, write the config (`timing` = fast|default) and start every node.
     pub fn start(
         prefix: &str,
         baton: &Path,
         timing: &str,
         self_fence_ms: u64,
     ) -> anyhow::Result<ClusterLab> {
+        ClusterLab::start_with(
+            prefix,
+            baton,
+            timing,
+            3,
+            &format!("self_fence_ms = {self_fence_ms}"),
+        )
+    }
+
+    /// Like [`ClusterLab::start`] with `nodes` nodes and extra `[cluster]` lines;
+    /// `WITNESS` in them is replaced by the lab's witness file path.
+    pub fn start_with(
+        prefix: &str,
+        baton: &Path,
+        timing: &str,
+        nodes: usize,
+        cluster_extra: &str,
+    ) -> anyhow::Result<ClusterLab> {
         let dir = tempfile::Builder::new().prefix("baton-lab").tempdir()?;
         let d = dir.path();
         std::fs::write(d.join("responder.py"), RESPONDER)?;
-        let links: Vec<[String; 2]> = (1..=3)
+        let links: Vec<[String; 2]> = (1..=nodes)
             .map(|n| {
                 [
                     format!("{}:5405", Lab::address(n, Lan::Private)),
@@ -358,18 +377,25 @@ impl ClusterLab {
             "command = \"python3 {}\", ready_tcp = \"127.0.0.1:8080\"",
             d.join("responder.py").display()
         );
-        write_cluster_config(d, &links, timing, self_fence_ms, "standby", "", &service)?;
-        let lab = Lab::up(prefix, 3)?;
+        let cluster_extra =
+            cluster_extra.replace("WITNESS", &d.join("witness").display().to_string());
+        write_cluster_config(d, &links, timing, &cluster_extra, "standby", "", &service)?;
+        let lab = Lab::up(prefix, nodes)?;
         let mut c = ClusterLab {
             lab,
             dir,
-            daemons: vec![None; 3],
+            daemons: vec![None; nodes],
             baton: baton.to_owned(),
         };
-        for n in 1..=3 {
+        for n in 1..=nodes {
             c.start_node(n)?;
         }
         Ok(c)
+    }
+
+    /// How many nodes the lab has.
+    pub fn nodes(&self) -> usize {
+        self.daemons.len()
     }
 
     /// Start node `n`'s daemon.
@@ -422,10 +448,11 @@ impl ClusterLab {
 
     /// Wait (at most `limit`) until exactly the nodes `want` answer clients.
     pub fn wait_answering(&self, want: Vec<usize>, limit: Duration) -> anyhow::Result<bool> {
+        let nodes = self.nodes();
         self.lab.as_client(move || {
             let deadline = std::time::Instant::now() + limit;
             while std::time::Instant::now() < deadline {
-                if answering(3, 8080, Duration::from_millis(100)) == want {
+                if answering(nodes, 8080, Duration::from_millis(100)) == want {
                     return true;
                 }
                 std::thread::sleep(Duration::from_millis(10));

@@ -122,7 +122,8 @@ pub struct ClusterNode {
     /// never seen), for the fence wait.
     absent_since: BTreeMap<NodeId, Millis>,
     seen_all: bool,
-    witness_held: bool,
+    /// Who holds a valid witness lease, as last read (the daemon polls the lease).
+    witness_holder: Option<NodeId>,
     quorum_state: Option<QuorumState>,
     placements: Vec<Placement>,
     /// Failure times per service (for restart limits and bans).
@@ -161,7 +162,7 @@ impl ClusterNode {
                 .map(|n| (*n, now))
                 .collect(),
             seen_all: cluster.nodes.len() == 1,
-            witness_held: false,
+            witness_holder: None,
             quorum_state: None,
             failures: vec![Vec::new(); n],
             restart: vec![false; n],
@@ -188,9 +189,11 @@ impl ClusterNode {
         &self.placements
     }
 
-    /// Whether this partition holds the witness (the daemon polls the lease).
-    pub fn set_witness(&mut self, held: bool) {
-        self.witness_held = held;
+    /// Who holds a valid witness lease (`None`: nobody, or no witness). Whether this
+    /// partition holds it is decided in [`ClusterNode::tick`] against the view it
+    /// computes there, never against an older view.
+    pub fn set_witness_holder(&mut self, holder: Option<NodeId>) {
+        self.witness_holder = holder;
     }
 
     /// A heartbeat arrived (already authenticated and replay-checked).
@@ -295,7 +298,8 @@ impl ClusterNode {
         if view.len() == self.nodes.len() {
             self.seen_all = true;
         }
-        let quorum = self.quorum.decide(&view, self.witness_held, self.seen_all);
+        let witness_held = self.witness_holder.is_some_and(|h| view.contains(&h));
+        let quorum = self.quorum.decide(&view, witness_held, self.seen_all);
         let quorate = quorum.quorate;
         self.quorum_state = Some(quorum);
         let fence_wait = ms(self.bounds.fence_wait());

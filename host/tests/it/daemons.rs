@@ -44,7 +44,7 @@ impl Cluster {
             dir.path(),
             &links,
             "fast",
-            300,
+            "self_fence_ms = 300",
             strategy,
             service_extra,
             "command = \"sleep 600\"",

@@ -101,3 +101,96 @@ fn kill_9_of_the_owner_fails_over_and_the_node_rejoins() {
         "n1 did not get the service back"
     );
 }
+
+fn start_with(prefix: &str, nodes: usize, cluster_extra: &str) -> Option<ClusterLab> {
+    if !Lab::possible() {
+        eprintln!("lab tests need root and iproute2; skipped");
+        return None;
+    }
+    let prefix = format!("{prefix}{}", std::process::id() % 1000);
+    let c = ClusterLab::start_with(&prefix, &baton_exe(), "fast", nodes, cluster_extra).unwrap();
+    assert!(
+        c.wait_answering(vec![1], Duration::from_secs(20)).unwrap(),
+        "n1 never served; logs in {}",
+        c.dir.path().display()
+    );
+    Some(c)
+}
+
+fn quorate_and_here(c: &ClusterLab, n: usize) -> (bool, String) {
+    let s = c.status(n).unwrap();
+    (
+        s["quorate"] == true,
+        s["services"][0]["here"].as_str().unwrap_or("?").to_string(),
+    )
+}
+
+#[test]
+fn a_two_node_partition_with_a_witness_leaves_exactly_one_side_running() {
+    let Some(c) = start_with(
+        "bw",
+        2,
+        "self_fence_ms = 300\nwait_for_all = true\nwitness = { file = \"WITNESS\", votes = 1 }",
+    ) else {
+        return;
+    };
+    let pid1 = c.service_pid(1).unwrap();
+    // Cut the two nodes apart on both LANs (n1 is cut off from everything).
+    c.lab.cut(1, Lan::Private).unwrap();
+    c.lab.cut(1, Lan::Service).unwrap();
+    // Both sides notice, well within this bound; then exactly one side may run.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.status(1).unwrap()["members"].as_array().unwrap().len() != 1
+        || c.status(2).unwrap()["members"].as_array().unwrap().len() != 1
+    {
+        assert!(Instant::now() < deadline, "the partition was not noticed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Watch past the takeover time: n1 holds the witness and keeps the service; n2 never starts it.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(
+            quorate_and_here(&c, 1),
+            (true, "running".to_string()),
+            "n1 lost the service"
+        );
+        let (q2, here2) = quorate_and_here(&c, 2);
+        assert!(
+            !q2 && here2 == "stopped",
+            "n2 runs the service too: quorate {q2}, {here2}\nn2: {}\nwitness: {}",
+            c.status(2).unwrap(),
+            std::fs::read_to_string(c.dir.path().join("witness")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(crate::support::alive(pid1));
+    assert!(c.service_pid(2).is_none());
+    assert_eq!(c.status(1).unwrap()["witness_held"], true);
+}
+
+#[test]
+fn the_last_survivor_of_four_runs_the_service_with_a_witness_worth_three_votes() {
+    let Some(mut c) = start_with(
+        "bs",
+        4,
+        "self_fence_ms = 300\nwitness = { file = \"WITNESS\", votes = 3 }",
+    ) else {
+        return;
+    };
+    // Three nodes die at once, the owner among them.
+    for n in 1..=3 {
+        c.kill_node(n);
+    }
+    assert!(
+        c.wait_answering(vec![4], Duration::from_secs(20)).unwrap(),
+        "the survivor did not take over; logs in {}",
+        c.dir.path().display()
+    );
+    let s = c.status(4).unwrap();
+    assert_eq!(s["quorate"], true, "{s}");
+    assert_eq!(s["witness_held"], true, "{s}");
+    assert_eq!(
+        s["quorum"],
+        "4 of 7 votes (with the witness) is a strict majority"
+    );
+}
