@@ -219,11 +219,13 @@ fn a_failed_service_restarts_in_place_and_the_failure_is_counted() {
     unsafe {
         libc::kill(-first, libc::SIGKILL);
     }
+    // The status file is rewritten every heartbeat; wait until it reports the restart.
     c.wait_for("a restart on n1", Duration::from_secs(20), |c| {
-        c.service_pid(1).is_some_and(|p| p != first && alive(p)) && c.owners() == [1]
+        c.service_pid(1).is_some_and(|p| p != first && alive(p))
+            && c.owners() == [1]
+            && c.status(1)
+                .is_some_and(|s| s["services"][0]["failures"] == 1)
     });
-    let s = c.status(1).unwrap();
-    assert_eq!(s["services"][0]["failures"], 1, "{s}");
     assert!(c.service_pid(2).is_none_or(|p| !alive(p)));
 }
 
