@@ -364,6 +364,14 @@ fn one_failover(c: &mut crate::lab::ClusterLab, owner: usize, fault: &str) -> an
     gap.context("no other node answered within 60 s")
 }
 
+/// Wait (at most 2 s) until node `n`'s status file says the service is `here`.
+fn wait_status(c: &crate::lab::ClusterLab, n: usize, here: &str) {
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until && c.status(n).is_none_or(|s| s["services"][0]["here"] != here) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn cluster(args: &DemoArgs, baton: &Path) -> anyhow::Result<ExitCode> {
     use crate::lab::{ClusterLab, Lan};
     let prefix = format!("bd{}", std::process::id() % 10_000);
@@ -384,6 +392,8 @@ fn cluster(args: &DemoArgs, baton: &Path) -> anyhow::Result<ExitCode> {
             c.dir.path().display()
         );
     }
+    // Clients may be served before the next heartbeat rewrites the status file.
+    wait_status(&c, 1, "running");
     let status_line = |c: &ClusterLab, n: usize| -> String {
         c.status(n)
             .map(|s| {
@@ -473,6 +483,7 @@ fn cluster(args: &DemoArgs, baton: &Path) -> anyhow::Result<ExitCode> {
                                "runs": gaps.len(), "gaps_ms": gaps, "p50_ms": p50, "p90_ms": p90, "max_ms": max})
         );
     } else {
+        wait_status(&c, 2, "running");
         say("4. after the failover");
         for n in 2..=3 {
             println!("   {}", status_line(&c, n));
