@@ -32,7 +32,7 @@ pub enum Command {
         /// Which [[node]] of the config this is.
         #[arg(long)]
         node: String,
-        /// Write the node's status (JSON) here every heartbeat interval.
+        /// Write the node's status (JSON) here, every 100 ms at most.
         #[arg(long, value_name = "FILE")]
         status_file: Option<PathBuf>,
     },

@@ -11,7 +11,7 @@ use crate::agent_host::{AgentKind, Backend, Failure, FailureCause};
 use crate::process_group;
 use baton_plugin_api::{
     Action, ActionSpec, AgentError, Capability, CapabilitySet, ContractVersion, ErrorClass,
-    Metadata, MonitorState, Outcome, ParamSpec, ParamType, Request, SUPPORTED_CONTRACTS,
+    Metadata, MonitorState, Outcome, ParamSpec, ParamType, Request,
 };
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -936,13 +936,4 @@ impl Backend for WasmBackend {
             ),
         ]
     }
-}
-
-/// The contract versions this host loads, as WIT package names (for messages).
-pub fn supported_packages() -> String {
-    SUPPORTED_CONTRACTS
-        .iter()
-        .map(|c| format!("baton:agent@{}.{}.0", c.major, c.minor))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
