@@ -59,7 +59,7 @@ struct Recorded {
 }
 
 /// The kernel's start time of `pid` (field 22 of /proc/PID/stat) and whether it is a zombie.
-fn proc_stat(pid: u32) -> Option<(u64, bool)> {
+pub fn proc_stat(pid: u32) -> Option<(u64, bool)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];

@@ -4,6 +4,7 @@ use crate::agent_host::CallReport;
 use crate::catalog::AgentCatalog;
 use crate::config::Config;
 use crate::conformance;
+use crate::control::ControlRequest;
 use anyhow::{Context, bail};
 use baton_plugin_api::{Action, Outcome, Params};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -35,12 +36,50 @@ pub enum Command {
         /// Write the node's status (JSON) here, every 100 ms at most.
         #[arg(long, value_name = "FILE")]
         status_file: Option<PathBuf>,
-    },
-    /// Show a node's status: members, links, quorum, services and why they are where they are.
-    Status {
-        /// The status file `baton run --status-file` writes.
+        /// The control socket (default /run/baton/NODE.sock; root-only).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Write `PID START_TIME` here (what the lab fence agent reads).
         #[arg(long, value_name = "FILE")]
-        status_file: PathBuf,
+        pid_file: Option<PathBuf>,
+    },
+    /// Show a node's status: members, links, quorum, fencing, services and why they are where they are.
+    Status {
+        #[command(flatten)]
+        daemon: DaemonAddress,
+        /// Read a status file `baton run --status-file` writes, instead of the socket.
+        #[arg(long, value_name = "FILE", conflicts_with = "socket")]
+        status_file: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch a service over to another node (stop, then start there), for a while
+    /// (`--for 30m`) or until `--clear`; status shows the move and when it ends.
+    Move {
+        /// The service.
+        service: String,
+        /// The node to move it to.
+        #[arg(long, required_unless_present = "clear", conflicts_with = "clear")]
+        to: Option<String>,
+        /// How long the move holds (90s, 10m, 2h); without it, until --clear or the node leaves.
+        #[arg(long = "for", value_name = "DURATION", conflicts_with = "clear")]
+        for_: Option<String>,
+        /// End a move taken on this node.
+        #[arg(long)]
+        clear: bool,
+        #[command(flatten)]
+        daemon: DaemonAddress,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a service's failures, ban and block on this node; retry a failed stop.
+    Clear {
+        /// The service.
+        service: String,
+        #[command(flatten)]
+        daemon: DaemonAddress,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -56,6 +95,48 @@ pub enum Command {
         /// The library to load.
         library: PathBuf,
     },
+}
+
+/// Which local daemon to talk to.
+#[derive(clap::Args, Debug)]
+pub struct DaemonAddress {
+    /// The daemon's control socket (default /run/baton/NODE.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The node whose default socket to use (needed when --socket is not given).
+    #[arg(long)]
+    pub node: Option<String>,
+}
+
+impl DaemonAddress {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        match (&self.socket, &self.node) {
+            (Some(p), _) => Ok(p.clone()),
+            (None, Some(n)) => Ok(crate::control::default_socket(n)),
+            (None, None) => {
+                let found: Vec<PathBuf> = std::fs::read_dir("/run/baton")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                    .collect();
+                match &found[..] {
+                    [one] => Ok(one.clone()),
+                    [] => bail!(
+                        "no daemon socket under /run/baton; give --socket PATH or --node NAME"
+                    ),
+                    many => bail!(
+                        "several daemons run here ({}); give --node NAME or --socket PATH",
+                        many.iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }
+            }
+        }
+    }
 }
 
 /// `baton config ...`.
@@ -178,35 +259,118 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Config(ConfigCommand::Check { file }) = &cli.command {
         return config_check(file);
     }
-    if let Command::Status { status_file, json } = &cli.command {
-        return status(status_file, *json);
+    match &cli.command {
+        Command::Status {
+            status_file: Some(file),
+            json,
+            ..
+        } => return status_from_file(file, *json),
+        Command::Status { daemon, json, .. } => {
+            let reply = crate::control::ask(&daemon.path()?, &ControlRequest::Status)?;
+            let status = reply.status.unwrap_or_default();
+            return print_status(&status, *json);
+        }
+        Command::Move {
+            service,
+            to,
+            for_,
+            clear,
+            daemon,
+            json,
+        } => {
+            let req = if *clear {
+                ControlRequest::Unmove {
+                    service: service.clone(),
+                }
+            } else {
+                let for_ms = for_
+                    .as_deref()
+                    .map(crate::control::parse_duration)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--for {e}"))?
+                    .map(|d| d.as_millis() as u64);
+                ControlRequest::Move {
+                    service: service.clone(),
+                    to: to.clone().unwrap_or_default(),
+                    for_ms,
+                }
+            };
+            return control_command(&daemon.path()?, &req, *json);
+        }
+        Command::Clear {
+            service,
+            daemon,
+            json,
+        } => {
+            let req = ControlRequest::Clear {
+                service: service.clone(),
+            };
+            return control_command(&daemon.path()?, &req, *json);
+        }
+        _ => {}
     }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::AgentRunner { .. } | Command::Config(_) => unreachable!("handled above"),
         Command::Demo(args) => crate::demo::run(args, config, runner_exe()?),
-        Command::Run { node, status_file } => {
-            crate::daemon::run(config, &node, runner_exe()?, status_file)?;
+        Command::Run {
+            node,
+            status_file,
+            socket,
+            pid_file,
+        } => {
+            let paths = crate::daemon::RunPaths {
+                status_file,
+                socket,
+                pid_file,
+            };
+            crate::daemon::run(config, &node, runner_exe()?, paths)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { .. } => unreachable!("handled above"),
+        Command::Status { .. } | Command::Move { .. } | Command::Clear { .. } => {
+            unreachable!("handled above")
+        }
         Command::Agent(cmd) => agent(cmd, AgentCatalog::new(config, runner_exe()?)),
     }
 }
 
-fn status(file: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+fn control_command(
+    socket: &std::path::Path,
+    req: &ControlRequest,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let reply = crate::control::ask(socket, req)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+    } else if reply.ok {
+        println!("{}", reply.message);
+    } else {
+        eprintln!("refused: {}", reply.message);
+    }
+    Ok(if reply.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn status_from_file(file: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(file).with_context(|| {
         format!(
             "cannot read status file {} (is `baton run --status-file` running?)",
             file.display()
         )
     })?;
-    if json {
-        print!("{text}");
-        return Ok(ExitCode::SUCCESS);
-    }
     let s: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a status file", file.display()))?;
+    print_status(&s, json)
+}
+
+fn print_status(s: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "node {} (id {}), epoch {}, members: {}",
         s["node"].as_str().unwrap_or("?"),
@@ -245,6 +409,43 @@ fn status(file: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    let f = &s["fencing"];
+    let names = |v: &serde_json::Value| {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    println!(
+        "fencing: {}; fence wait {} ms{}{}",
+        f["agent"]
+            .as_str()
+            .map(|a| format!("agent {a}"))
+            .unwrap_or_else(|| "no agent (survivors wait the fence wait)".into()),
+        f["fence_wait_ms"],
+        Some(names(&f["confirmed"]))
+            .filter(|t| !t.is_empty())
+            .map(|t| format!("; fenced: {t}"))
+            .unwrap_or_default(),
+        f["waiting"]
+            .as_object()
+            .filter(|w| !w.is_empty())
+            .map(|w| format!(
+                "; waiting for: {}",
+                w.iter()
+                    .map(|(k, v)| format!("{k} ({v} ms left)"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .unwrap_or_default()
+    );
+    if let Some(w) = s["watchdog"].as_str() {
+        println!("watchdog: {w} armed");
+    }
     for svc in s["services"].as_array().into_iter().flatten() {
         println!(
             "service {}: {} here; owner {}: {}",
@@ -253,6 +454,29 @@ fn status(file: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
             svc["owner"].as_str().unwrap_or("none"),
             svc["why"].as_str().unwrap_or("")
         );
+        let m = &svc["move"];
+        if m.is_object() {
+            println!(
+                "  move to {} (by {}) {}",
+                m["to"].as_str().unwrap_or("?"),
+                m["by"].as_str().unwrap_or("?"),
+                m["ends_in_ms"]
+                    .as_u64()
+                    .map(|ms| format!("ends in {} s", ms.div_ceil(1000)))
+                    .unwrap_or_else(|| "until cleared".into())
+            );
+        }
+        if svc["failures"].as_u64().unwrap_or(0) > 0 {
+            println!("  failures here: {}", svc["failures"]);
+        }
+        for r in svc["resources"].as_array().into_iter().flatten() {
+            println!(
+                "  {} ({}): {}",
+                r["name"].as_str().unwrap_or("?"),
+                r["agent"].as_str().unwrap_or("?"),
+                r["state"].as_str().unwrap_or("?")
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

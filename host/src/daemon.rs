@@ -1,6 +1,7 @@
 //! `baton run`: the node daemon. Thin I/O around [`ClusterNode`]: UDP sockets (one
-//! per link), the clock, agent calls on worker threads, the witness lease, and a
-//! status file. Every decision is made by the pure state machine.
+//! per link), the clock, agent and fence calls on worker threads, the witness lease,
+//! the control socket, the optional watchdog and a status file. Every decision is
+//! made by the pure state machine.
 
 use crate::agent_host::AgentHandle;
 use crate::catalog::AgentCatalog;
@@ -9,8 +10,10 @@ use crate::cluster::node::{ClusterNode, Command, Phase};
 use crate::cluster::wire::{ClusterKey, Drop, NodeId, ReplayGuard, decode, encode};
 use crate::cluster::witness::{FileWitness, Lease};
 use crate::config::Config;
+use crate::control::{ControlReply, ControlRequest};
+use crate::watchdog::Watchdog;
 use anyhow::{Context, bail};
-use baton_plugin_api::{Action, Request};
+use baton_plugin_api::{Action, MonitorState, Outcome, Recovery, Request};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -38,11 +41,19 @@ struct LoadedService {
     monitor_every: u64,
 }
 
+/// A finished piece of agent work, with each resource's state afterwards.
 enum Done {
-    Started(usize, bool),
-    Stopped(usize),
-    /// A monitor round of a service: healthy or not.
-    Monitored(usize, bool),
+    Started(usize, Result<(), Recovery>, Vec<String>),
+    Stopped(usize, bool, Vec<String>),
+    /// A monitor round of a service: healthy, or the recovery its failure asks for.
+    Monitored(usize, Result<(), Recovery>, Vec<String>),
+    Fenced(NodeId, u64, bool),
+}
+
+/// The fence agent, loaded, with its configured parameters.
+struct Fencer {
+    handle: AgentHandle,
+    base: Request,
 }
 
 /// What `baton status` reads.
@@ -56,9 +67,40 @@ struct Status<'a> {
     quorum: String,
     witness_held: bool,
     links: Vec<LinkStatus<'a>>,
+    fencing: FencingStatus<'a>,
+    watchdog: Option<String>,
     services: Vec<ServiceStatus<'a>>,
     dropped: BTreeMap<&'static str, u64>,
     uptime_ms: u64,
+}
+
+#[derive(Serialize)]
+struct FencingStatus<'a> {
+    /// The fence agent (`None`: survivors wait the fence wait).
+    agent: Option<&'a str>,
+    /// The fence wait, ms.
+    fence_wait_ms: u64,
+    /// Lost nodes this node confirmed fenced.
+    confirmed: Vec<&'a str>,
+    /// Fences under way from here.
+    running: Vec<&'a str>,
+    /// Lost nodes not confirmed fenced, and the ms left of their fence wait.
+    waiting: BTreeMap<&'a str, u64>,
+}
+
+#[derive(Serialize)]
+struct ResourceStatus<'a> {
+    name: String,
+    agent: &'a str,
+    state: String,
+}
+
+#[derive(Serialize)]
+struct MoveStatus<'a> {
+    to: &'a str,
+    by: &'a str,
+    /// ms until the move ends; `None`: until cleared or the target leaves.
+    ends_in_ms: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -75,18 +117,14 @@ struct ServiceStatus<'a> {
     here: &'static str,
     owner: Option<&'a str>,
     why: String,
+    /// Members that claim it (hold it, or are about to).
+    holders: Vec<&'a str>,
     /// Unexpired failures on this node.
     failures: usize,
-}
-
-fn phase_name(p: Phase) -> &'static str {
-    match p {
-        Phase::Stopped => "stopped",
-        Phase::Claiming { .. } => "claiming",
-        Phase::Starting => "starting",
-        Phase::Running => "running",
-        Phase::Stopping => "stopping",
-    }
+    /// An operator's move in effect.
+    #[serde(rename = "move")]
+    moving: Option<MoveStatus<'a>>,
+    resources: Vec<ResourceStatus<'a>>,
 }
 
 fn load_services(
@@ -112,7 +150,7 @@ fn load_service(
         let handle = catalog
             .load(&r.agent)
             .with_context(|| format!("service[{i}].resource[{j}].agent ({})", s.name))?;
-        let params = ClusterConfig::params(r);
+        let params = ClusterConfig::params(&r.params);
         if let Err(problems) = baton_plugin_api::check_params(handle.metadata(), &params) {
             let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
             bail!(
@@ -149,57 +187,173 @@ fn load_service(
     })
 }
 
-fn call(handle: &AgentHandle, base: &Request, action: Action) -> bool {
+/// Call `action` on one resource (its deadline capped at `cap_ms`); the recovery
+/// on failure, and the resource's state in words.
+fn call(
+    handle: &AgentHandle,
+    base: &Request,
+    action: Action,
+    cap_ms: Option<u64>,
+) -> (Result<(), Recovery>, String) {
     let mut req = base.clone();
     req.action = action;
+    if let Some(cap) = cap_ms {
+        req.context.timeout_ms = req.context.timeout_ms.min(cap.max(1));
+    }
     let report = handle.call(&req);
     match &report.result {
-        Ok(_) => true,
+        Ok(Outcome::State(s)) if s.is_active() && *s != MonitorState::FailedPromoted => {
+            (Ok(()), s.to_string())
+        }
+        Ok(Outcome::State(s)) => {
+            tracing::warn!(resource = %req.context.resource, "{action}: {s}; recovery {}", report.recovery);
+            (Err(report.recovery), s.to_string())
+        }
+        Ok(_) => (
+            Ok(()),
+            if action == Action::Stop {
+                "stopped"
+            } else {
+                "running"
+            }
+            .into(),
+        ),
         Err(f) => {
-            tracing::error!(resource = %req.context.resource, action = %action, "{f}");
+            tracing::error!(resource = %req.context.resource, %action, "{f}; recovery {}", report.recovery);
+            (Err(report.recovery), format!("{action} failed: {f}"))
+        }
+    }
+}
+
+/// The more drastic of two recoveries (stop-everywhere > move > restart-here).
+fn worst(a: Recovery, b: Recovery) -> Recovery {
+    let rank = |r: Recovery| match r {
+        Recovery::None => 0,
+        Recovery::RestartHere => 1,
+        Recovery::Move => 2,
+        Recovery::StopEverywhere => 3,
+        Recovery::Fence => 4,
+    };
+    if rank(b) > rank(a) { b } else { a }
+}
+
+/// Start the resources in order; on a failure, stop the ones started, in reverse.
+fn start_service(svc: &LoadedService) -> (Result<(), Recovery>, Vec<String>) {
+    let mut states = vec!["stopped".to_string(); svc.resources.len()];
+    for (k, (handle, req)) in svc.resources.iter().enumerate() {
+        let (result, state) = call(handle, req, Action::Start, None);
+        states[k] = state;
+        if let Err(recovery) = result {
+            let (stopped, rolled_back) = stop_resources(&svc.resources[..k], None);
+            states[..k].clone_from_slice(&rolled_back);
+            // A start that failed and a stop that did not: the node must be fenced.
+            let recovery = if stopped { recovery } else { Recovery::Fence };
+            return (Err(recovery), states);
+        }
+    }
+    tracing::info!(service = %svc.name, "started");
+    (Ok(()), states)
+}
+
+/// Monitor every resource; healthy when each answers running, degraded or promoted.
+fn monitor_service(svc: &LoadedService) -> (Result<(), Recovery>, Vec<String>) {
+    let mut failed: Option<Recovery> = None;
+    let mut states = Vec::new();
+    for (h, base) in &svc.resources {
+        let (result, state) = call(h, base, Action::Monitor, None);
+        if let Err(r) = result {
+            failed = Some(failed.map_or(r, |f| worst(f, r)));
+        }
+        states.push(state);
+    }
+    (failed.map_or(Ok(()), Err), states)
+}
+
+/// Stop resources in reverse order; false if any stop failed (it may still run).
+fn stop_resources(
+    resources: &[(Arc<AgentHandle>, Request)],
+    cap_ms: Option<u64>,
+) -> (bool, Vec<String>) {
+    let mut ok = true;
+    let mut states = vec![String::new(); resources.len()];
+    for (k, (h, r)) in resources.iter().enumerate().rev() {
+        let (result, state) = call(h, r, Action::Stop, cap_ms);
+        ok &= result.is_ok();
+        states[k] = state;
+    }
+    (ok, states)
+}
+
+fn stop_service(svc: &LoadedService, cap_ms: Option<u64>) -> (bool, Vec<String>) {
+    let (ok, states) = stop_resources(&svc.resources, cap_ms);
+    if ok {
+        tracing::info!(service = %svc.name, "stopped");
+    } else {
+        tracing::error!(service = %svc.name, "stop failed: the service may still run here; it stays blocked until this node is fenced or `baton clear {}`", svc.name);
+    }
+    (ok, states)
+}
+
+fn load_fencer(
+    cluster: &ClusterConfig,
+    catalog: &AgentCatalog,
+    node: &str,
+) -> anyhow::Result<Option<Fencer>> {
+    let Some(f) = &cluster.cluster.fencing else {
+        return Ok(None);
+    };
+    let handle = catalog
+        .load(&f.agent)
+        .with_context(|| format!("cluster.fencing.agent ({})", f.agent))?;
+    if handle.metadata().parameter("target").is_none() {
+        bail!(
+            "cluster.fencing.agent: {} has no `target` parameter, so it is not a fence agent (see docs/agents.md, fence agents)",
+            f.agent
+        );
+    }
+    let mut params = ClusterConfig::params(&f.params);
+    params.insert("target".into(), "check".into());
+    if let Err(problems) = baton_plugin_api::check_params(handle.metadata(), &params) {
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        bail!("cluster.fencing.params: {}", text.join("; "));
+    }
+    params.remove("target");
+    let mut base = Request::new(Action::Start, params);
+    base.context.node = node.to_string();
+    base.context.resource = "fence".into();
+    base.context.timeout_ms = f.timeout_ms;
+    Ok(Some(Fencer { handle, base }))
+}
+
+/// Fence `target` with the fence agent: its start with `target=NODE`.
+fn fence(fencer: &Fencer, target: &str) -> bool {
+    let mut req = fencer.base.clone();
+    req.params.insert("target".into(), target.to_string());
+    let report = fencer.handle.call(&req);
+    match &report.result {
+        Ok(_) => {
+            tracing::warn!(target, ms = report.elapsed.as_millis() as u64, "fenced");
+            true
+        }
+        Err(f) => {
+            tracing::error!(
+                target,
+                "fence failed: {f}; retrying, and the fence wait still applies"
+            );
             false
         }
     }
 }
 
-fn start_service(svc: &LoadedService) -> bool {
-    for (k, (handle, req)) in svc.resources.iter().enumerate() {
-        if !call(handle, req, Action::Start) {
-            for (h, r) in svc.resources[..k].iter().rev() {
-                call(h, r, Action::Stop);
-            }
-            return false;
-        }
+/// Write `pid start_time` of this process (the format the lab fence agent reads).
+fn write_pid_file(path: &Path) -> anyhow::Result<()> {
+    let pid = std::process::id();
+    let (start, _) = baton_agents::proc_stat(pid).context("reading /proc/self/stat")?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("--pid-file {}", dir.display()))?;
     }
-    tracing::info!(service = %svc.name, "started");
-    true
-}
-
-/// Monitor every resource; healthy when each answers running, degraded or promoted.
-fn monitor_service(svc: &LoadedService) -> bool {
-    svc.resources.iter().all(|(h, base)| {
-        let mut req = base.clone();
-        req.action = Action::Monitor;
-        let report = h.call(&req);
-        match &report.result {
-            Ok(baton_plugin_api::Outcome::State(s)) if s.is_active() && *s != baton_plugin_api::MonitorState::FailedPromoted => true,
-            Ok(other) => {
-                tracing::warn!(service = %svc.name, resource = %req.context.resource, "monitor: {other}; recovery {}", report.recovery);
-                false
-            }
-            Err(f) => {
-                tracing::warn!(service = %svc.name, resource = %req.context.resource, "monitor failed: {f}; recovery {}", report.recovery);
-                false
-            }
-        }
-    })
-}
-
-fn stop_service(svc: &LoadedService) {
-    for (h, r) in svc.resources.iter().rev() {
-        call(h, r, Action::Stop);
-    }
-    tracing::info!(service = %svc.name, "stopped");
+    std::fs::write(path, format!("{pid} {start}\n"))
+        .with_context(|| format!("--pid-file {}", path.display()))
 }
 
 fn unix_ms() -> u64 {
@@ -215,12 +369,24 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Run node `node_name` until SIGTERM/SIGINT; then stop its services and exit.
+/// Where `baton run` puts what it serves and records.
+#[derive(Clone, Debug, Default)]
+pub struct RunPaths {
+    /// Status JSON, rewritten every 100 ms at most.
+    pub status_file: Option<PathBuf>,
+    /// The control socket (default `/run/baton/<node>.sock`).
+    pub socket: Option<PathBuf>,
+    /// `PID START_TIME` of the daemon, for a fence agent that kills it (the lab's).
+    pub pid_file: Option<PathBuf>,
+}
+
+/// Run node `node_name` until SIGTERM/SIGINT; then stop its services, tell the
+/// others it left, and exit.
 pub fn run(
     config: Config,
     node_name: &str,
     runner_exe: PathBuf,
-    status_file: Option<PathBuf>,
+    paths: RunPaths,
 ) -> anyhow::Result<()> {
     let cluster = config
         .cluster
@@ -248,6 +414,11 @@ pub fn run(
             cluster.cluster.key_file.display()
         )
     })?;
+    let mut agent_config = config.clone();
+    agent_config.agents.node = Some(node_name.to_string());
+    let catalog = AgentCatalog::new(agent_config, runner_exe);
+    let services: Arc<Vec<LoadedService>> = Arc::new(load_services(&cluster, &catalog, node_name)?);
+    let fencer: Option<Arc<Fencer>> = load_fencer(&cluster, &catalog, node_name)?.map(Arc::new);
     let mut sockets = Vec::new();
     for (i, addr) in cluster.addresses[&me.id].iter().enumerate() {
         let s = UdpSocket::bind(addr)
@@ -255,10 +426,14 @@ pub fn run(
         s.set_nonblocking(true)?;
         sockets.push(s);
     }
-    let mut agent_config = config.clone();
-    agent_config.agents.node = Some(node_name.to_string());
-    let catalog = AgentCatalog::new(agent_config, runner_exe);
-    let services: Arc<Vec<LoadedService>> = Arc::new(load_services(&cluster, &catalog, node_name)?);
+    let socket_path = paths
+        .socket
+        .clone()
+        .unwrap_or_else(|| crate::control::default_socket(node_name));
+    let control = crate::control::serve(&socket_path)?;
+    if let Some(p) = &paths.pid_file {
+        write_pid_file(p)?;
+    }
     let spec = cluster.spec();
     let names: BTreeMap<NodeId, String> = cluster
         .nodes
@@ -277,6 +452,12 @@ pub fn run(
         .as_ref()
         .map(|w| FileWitness::new(&w.file));
     let lease_ms = (spec.bounds.membership.link_timeout * 2).as_millis() as u64;
+    let self_fence_ms = spec.bounds.self_fence.as_millis() as u64;
+    // Armed last, once nothing else can fail: an armed watchdog resets the machine.
+    let mut watchdog = match &cluster.cluster.watchdog {
+        Some(w) => Some(Watchdog::open(&w.device, w.timeout_s)?),
+        None => None,
+    };
 
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
@@ -295,26 +476,60 @@ pub fn run(
     let mut next_status = 0u64;
     let mut next_monitor = vec![0u64; services.len()];
     let mut monitoring = vec![false; services.len()];
+    let mut resource_states: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| vec!["stopped".to_string(); s.resources.len()])
+        .collect();
+    // When this node last had quorum (for the watchdog's self-fence bound).
+    let mut quorate_at = 0u64;
     let mut buf = [0u8; 65536];
     tracing::info!(
         node = node_name,
         id = me.id,
         incarnation,
+        socket = %socket_path.display(),
         "baton node running"
     );
-    let run_command = |c: Command, tx: &mpsc::Sender<Done>| {
+    let run_command = |c: Command, tx: &mpsc::Sender<Done>, quorate: bool| {
         let services = Arc::clone(&services);
+        let fencer = fencer.clone();
         let tx = tx.clone();
-        std::thread::spawn(move || match c {
-            Command::Start(i) => {
-                let ok = start_service(&services[i]);
-                let _ = tx.send(Done::Started(i, ok));
-            }
-            Command::Stop(i) => {
-                stop_service(&services[i]);
-                let _ = tx.send(Done::Stopped(i));
-            }
+        let target = match &c {
+            Command::Fence { node, .. } => names.get(node).cloned().unwrap_or_default(),
+            _ => String::new(),
+        };
+        std::thread::spawn(move || {
+            let done = match c {
+                Command::Start(i) => {
+                    let (result, states) = start_service(&services[i]);
+                    Done::Started(i, result, states)
+                }
+                Command::Stop(i) => {
+                    // Without quorum, stops are bounded by the self-fence bound: the
+                    // survivors take over once it has passed.
+                    let cap = (!quorate).then_some(self_fence_ms);
+                    let (ok, states) = stop_service(&services[i], cap);
+                    Done::Stopped(i, ok, states)
+                }
+                Command::Fence { node, incarnation } => {
+                    let ok = fencer.as_ref().is_some_and(|f| fence(f, &target));
+                    Done::Fenced(node, incarnation, ok)
+                }
+            };
+            let _ = tx.send(done);
         });
+    };
+    let quorate_now = |node: &ClusterNode| node.quorum().is_some_and(|q| q.quorate);
+    let send = |packets: Vec<crate::cluster::wire::Heartbeat>| {
+        for hb in packets {
+            let bytes = encode(&key, &hb);
+            let link = usize::from(hb.link);
+            for (_, addrs) in &peers {
+                if let (Some(sock), Some(to)) = (sockets.get(link), addrs.get(link)) {
+                    let _ = sock.send_to(&bytes, to);
+                }
+            }
+        }
     };
     loop {
         if STOP.load(Ordering::SeqCst) {
@@ -335,29 +550,75 @@ pub fn run(
                 }
             }
         }
-        // Agent completions.
+        // Agent and fence completions.
         while let Ok(d) = done_rx.try_recv() {
             let now = now_ms();
             let commands = match d {
-                Done::Started(i, ok) => {
+                Done::Started(i, result, states) => {
+                    resource_states[i] = states;
                     next_monitor[i] = now + services[i].monitor_every;
-                    node.start_done(i, ok, now)
+                    node.start_done(i, result, now)
                 }
-                Done::Stopped(i) => node.stop_done(i),
-                Done::Monitored(i, ok) => {
+                Done::Stopped(i, ok, states) => {
+                    resource_states[i] = states;
+                    node.stop_done(i, ok)
+                }
+                Done::Monitored(i, result, states) => {
                     monitoring[i] = false;
                     next_monitor[i] = now + services[i].monitor_every;
-                    if !ok && node.phases()[i] == Phase::Running {
-                        tracing::warn!(service = %services[i].name, "service failed here");
-                        node.service_failed(i, now)
-                    } else {
+                    if node.phases()[i] != Phase::Running {
                         Vec::new()
+                    } else {
+                        resource_states[i] = states;
+                        match result {
+                            Ok(()) => Vec::new(),
+                            Err(recovery) => {
+                                tracing::warn!(service = %services[i].name, %recovery, "service failed here");
+                                node.service_failed(i, now, recovery)
+                            }
+                        }
                     }
+                }
+                Done::Fenced(target, inc, ok) => {
+                    node.fence_done(target, inc, ok, now);
+                    Vec::new()
                 }
             };
             for c in commands {
-                run_command(c, &done_tx);
+                run_command(c, &done_tx, quorate_now(&node));
             }
+        }
+        // Operator requests.
+        while let Ok((req, reply)) = control.try_recv() {
+            let now = now_ms();
+            let answer = match control_request(&mut node, &req, &cluster, &names, now) {
+                Ok((message, commands)) => {
+                    for c in commands {
+                        run_command(c, &done_tx, quorate_now(&node));
+                    }
+                    let status = (req == ControlRequest::Status).then(|| {
+                        let st = status(
+                            &node,
+                            node_name,
+                            &names,
+                            &cluster,
+                            &dropped,
+                            now,
+                            &resource_states,
+                            fencer.is_some(),
+                            watchdog.is_some(),
+                        );
+                        serde_json::to_value(&st).unwrap_or_default()
+                    });
+                    ControlReply {
+                        ok: true,
+                        message,
+                        status,
+                    }
+                }
+                Err(e) => ControlReply::refused(e),
+            };
+            let _ = reply.send(answer);
         }
         // Recurring monitors of services running here, one round at a time per service.
         let now = now_ms();
@@ -371,7 +632,8 @@ pub fn run(
                 let services = Arc::clone(&services);
                 let tx = done_tx.clone();
                 std::thread::spawn(move || {
-                    let _ = tx.send(Done::Monitored(i, monitor_service(&services[i])));
+                    let (result, states) = monitor_service(&services[i]);
+                    let _ = tx.send(Done::Monitored(i, result, states));
                 });
             }
         }
@@ -396,23 +658,39 @@ pub fn run(
                 node.set_witness_holder(lease.map(|rec| rec.holder));
             }
             let (packets, commands) = node.tick(now);
-            for hb in packets {
-                let bytes = encode(&key, &hb);
-                let link = usize::from(hb.link);
-                for (_, addrs) in &peers {
-                    if let (Some(sock), Some(to)) = (sockets.get(link), addrs.get(link)) {
-                        let _ = sock.send_to(&bytes, to);
-                    }
-                }
-            }
+            send(packets);
+            let quorate = quorate_now(&node);
             for c in commands {
-                run_command(c, &done_tx);
+                run_command(c, &done_tx, quorate);
+            }
+            if quorate {
+                quorate_at = now;
+            }
+            if let Some(dog) = watchdog.as_mut() {
+                let holds = node.phases().iter().any(|p| p.holds());
+                if quorate || !holds || now.saturating_sub(quorate_at) < self_fence_ms {
+                    dog.pet();
+                } else {
+                    tracing::error!(
+                        "no quorum and services still held after self_fence_ms: the watchdog will reset this machine"
+                    );
+                }
             }
             // Status is for people and scripts: at most every STATUS_EVERY_MS, not every
             // heartbeat (50 a second on the fast profile).
-            if let Some(path) = status_file.as_ref().filter(|_| now >= next_status) {
+            if let Some(path) = paths.status_file.as_ref().filter(|_| now >= next_status) {
                 next_status = now + STATUS_EVERY_MS;
-                let status = status(&node, node_name, &names, &cluster, &dropped, now);
+                let status = status(
+                    &node,
+                    node_name,
+                    &names,
+                    &cluster,
+                    &dropped,
+                    now,
+                    &resource_states,
+                    fencer.is_some(),
+                    watchdog.is_some(),
+                );
                 if let Ok(json) = serde_json::to_vec_pretty(&status) {
                     let _ = write_atomic(path, &json);
                 }
@@ -434,14 +712,110 @@ pub fn run(
         }
     }
     tracing::info!("stopping: stopping every service held here");
+    let mut all_stopped = true;
     for (i, p) in node.phases().iter().enumerate() {
         if p.holds() {
-            stop_service(&services[i]);
+            all_stopped &= stop_service(&services[i], None).0;
         }
     }
+    if all_stopped {
+        // Tell the others this node left holding nothing: they need not fence it.
+        // Sent a few times: heartbeats are datagrams.
+        for _ in 0..3 {
+            send(node.leave(now_ms()));
+        }
+    }
+    if let Some(dog) = watchdog.as_mut() {
+        dog.disarm();
+    }
+    let _ = std::fs::remove_file(&socket_path);
     Ok(())
 }
 
+fn service_index(cluster: &ClusterConfig, name: &str) -> Result<usize, String> {
+    cluster
+        .services
+        .iter()
+        .position(|s| s.name == name)
+        .ok_or_else(|| {
+            format!(
+                "no service is named {name:?} (services: {})",
+                cluster
+                    .services
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+/// Carry out an operator request: a message and the commands it starts, or why not.
+fn control_request(
+    node: &mut ClusterNode,
+    req: &ControlRequest,
+    cluster: &ClusterConfig,
+    names: &BTreeMap<NodeId, String>,
+    now: u64,
+) -> Result<(String, Vec<Command>), String> {
+    match req {
+        ControlRequest::Status => Ok((String::new(), Vec::new())),
+        ControlRequest::Move {
+            service,
+            to,
+            for_ms,
+        } => {
+            let i = service_index(cluster, service)?;
+            let target = cluster
+                .node(to)
+                .ok_or_else(|| format!("no node is named {to:?}"))?
+                .id;
+            let until = for_ms.map(|d| now + d);
+            node.move_service(i, target, until)?;
+            Ok((
+                match for_ms {
+                    Some(d) => format!(
+                        "moving {service} to {to} for {} s; it returns to normal placement after that",
+                        d / 1000
+                    ),
+                    None => format!(
+                        "moving {service} to {to} until `baton move {service} --clear` or {to} leaves"
+                    ),
+                },
+                Vec::new(),
+            ))
+        }
+        ControlRequest::Unmove { service } => {
+            let i = service_index(cluster, service)?;
+            let issued_here = node
+                .active_moves(now)
+                .iter()
+                .any(|m| m.service == i && m.issuer == node.membership().me());
+            if !issued_here {
+                let other = node.active_moves(now).into_iter().find(|m| m.service == i);
+                return Err(match other {
+                    Some(m) => format!(
+                        "the move of {service} was taken on {}; clear it there",
+                        names.get(&m.issuer).map(String::as_str).unwrap_or("?")
+                    ),
+                    None => format!("{service} has no move in effect"),
+                });
+            }
+            node.clear_move(i);
+            Ok((format!("{service}: move cleared"), Vec::new()))
+        }
+        ControlRequest::Clear { service } => {
+            let i = service_index(cluster, service)?;
+            let commands = node.clear(i);
+            Ok((
+                format!("{service}: failures, ban and block on this node cleared"),
+                commands,
+            ))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn status<'a>(
     node: &ClusterNode,
     name: &'a str,
@@ -449,13 +823,19 @@ fn status<'a>(
     cluster: &'a ClusterConfig,
     dropped: &BTreeMap<&'static str, u64>,
     now: u64,
+    resource_states: &[Vec<String>],
+    fencing: bool,
+    watchdog: bool,
 ) -> Status<'a> {
     let (epoch, view) = node.membership().view();
     let n = |id: &NodeId| names.get(id).map(String::as_str).unwrap_or("?");
     let quorum = node.quorum();
+    let fence = node.fence_state(now);
+    let moves = node.active_moves(now);
+    let me = node.membership().me();
     Status {
         node: name,
-        id: node.membership().me(),
+        id: me,
         epoch,
         members: view.iter().map(n).collect(),
         quorate: quorum.is_some_and(|q| q.quorate),
@@ -472,16 +852,66 @@ fn status<'a>(
                 since_ms: s.since,
             })
             .collect(),
+        fencing: FencingStatus {
+            agent: fencing
+                .then(|| cluster.cluster.fencing.as_ref().map(|f| f.agent.as_str()))
+                .flatten(),
+            fence_wait_ms: cluster.spec().bounds.fence_wait().as_millis() as u64,
+            confirmed: fence.confirmed.iter().map(|f| n(&f.node)).collect(),
+            running: fence.running.iter().map(n).collect(),
+            waiting: fence
+                .waiting
+                .iter()
+                .map(|(id, left)| (n(id), *left))
+                .collect(),
+        },
+        watchdog: watchdog
+            .then(|| {
+                cluster
+                    .cluster
+                    .watchdog
+                    .as_ref()
+                    .map(|w| w.device.display().to_string())
+            })
+            .flatten(),
         services: cluster
             .services
             .iter()
             .enumerate()
             .map(|(i, s)| ServiceStatus {
                 name: &s.name,
-                here: phase_name(node.phases()[i]),
+                here: node.phases()[i].name(),
                 owner: node.placements()[i].owner.as_ref().map(n),
                 why: node.placements()[i].why.clone(),
+                holders: view
+                    .iter()
+                    .filter(|m| {
+                        if **m == me {
+                            node.phases()[i] != Phase::Stopped
+                        } else {
+                            node.membership()
+                                .claims_of(**m)
+                                .is_some_and(|c| c & (1 << i) != 0)
+                        }
+                    })
+                    .map(n)
+                    .collect(),
                 failures: node.failure_counts(now)[i],
+                moving: moves.iter().find(|m| m.service == i).map(|m| MoveStatus {
+                    to: n(&m.to),
+                    by: n(&m.issuer),
+                    ends_in_ms: m.until.map(|u| u.saturating_sub(now)),
+                }),
+                resources: s
+                    .resources
+                    .iter()
+                    .enumerate()
+                    .map(|(j, r)| ResourceStatus {
+                        name: format!("{}-{j}", s.name),
+                        agent: &r.agent,
+                        state: resource_states[i][j].clone(),
+                    })
+                    .collect(),
             })
             .collect(),
         dropped: dropped.clone(),

@@ -12,12 +12,14 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod conformance;
+pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod lab;
 pub mod process_group;
 pub mod runner;
 pub mod store;
+pub mod watchdog;
 
 // Link the built-in agents so their inventory registrations are kept.
 use baton_agents as _;

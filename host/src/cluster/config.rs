@@ -34,6 +34,48 @@ pub struct ClusterSection {
     /// A witness lease file and its votes.
     #[serde(default)]
     pub witness: Option<WitnessSection>,
+    /// The fence agent survivors use on lost nodes (none: survivors wait the fence wait).
+    #[serde(default)]
+    pub fencing: Option<FencingSection>,
+    /// A hardware watchdog the daemon arms and pets (production only; opt-in).
+    #[serde(default)]
+    pub watchdog: Option<WatchdogSection>,
+}
+
+/// `[cluster.fencing]`: a fence agent, loaded like a resource agent. Its `start`
+/// with `target=NODE` must return only once the node is confirmed off.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FencingSection {
+    /// The agent (`lab-fence`, an installed name, `ocf:vendor:fence-ipmi`).
+    pub agent: String,
+    /// Its parameters (besides `target`, which the daemon sets per fence).
+    #[serde(default)]
+    pub params: BTreeMap<String, toml::Value>,
+    /// Deadline of one fence, ms.
+    #[serde(default = "default_fence_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_fence_timeout() -> u64 {
+    20_000
+}
+
+/// `[cluster.watchdog]`: opt-in. The daemon opens the device, sets its timeout and
+/// pets it every tick while it is healthy (quorate, or holding nothing); a node
+/// that lost quorum and cannot stop its services is reset by the hardware.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchdogSection {
+    /// The device, e.g. `/dev/watchdog0`.
+    pub device: PathBuf,
+    /// Seconds without a pet before the hardware resets the machine.
+    #[serde(default = "default_watchdog_timeout")]
+    pub timeout_s: u32,
+}
+
+fn default_watchdog_timeout() -> u32 {
+    10
 }
 
 fn default_timing() -> String {
@@ -306,6 +348,36 @@ impl ClusterConfig {
         if raw.service.len() > 64 {
             errors.push("service: at most 64 services".into());
         }
+        if let Some(f) = &cluster.fencing {
+            for (k, v) in &f.params {
+                if k == "target" {
+                    errors.push("cluster.fencing.params.target: set by the daemon for each fence; remove it".into());
+                } else if param_text(v).is_none() {
+                    errors.push(format!(
+                        "cluster.fencing.params.{k}: arrays and tables are not parameter values; write a string"
+                    ));
+                }
+            }
+        }
+        if let Some(w) = &cluster.watchdog {
+            if !w.device.starts_with("/dev") {
+                errors.push(format!(
+                    "cluster.watchdog.device: {} is not a device; give the watchdog device, e.g. /dev/watchdog0",
+                    w.device.display()
+                ));
+            }
+            if w.timeout_s == 0 || w.timeout_s > 600 {
+                errors.push(format!(
+                    "cluster.watchdog.timeout_s: {} is out of range; use 1..=600 (longer than self_fence_ms)",
+                    w.timeout_s
+                ));
+            } else if u64::from(w.timeout_s) * 1000 <= cluster.self_fence_ms {
+                errors.push(format!(
+                    "cluster.watchdog.timeout_s: {} s is not longer than self_fence_ms ({} ms); a stop that is on time would reset the machine",
+                    w.timeout_s, cluster.self_fence_ms
+                ));
+            }
+        }
         if let Some(w) = &cluster.witness
             && w.votes == 0
         {
@@ -358,12 +430,13 @@ impl ClusterConfig {
                     },
                 })
                 .collect(),
+            fencing: self.cluster.fencing.is_some(),
         }
     }
 
     /// A resource's parameters as text.
-    pub fn params(r: &ResourceSection) -> Params {
-        r.params
+    pub fn params(params: &BTreeMap<String, toml::Value>) -> Params {
+        params
             .iter()
             .filter_map(|(k, v)| param_text(v).map(|t| (k.clone(), t)))
             .collect()
@@ -410,7 +483,7 @@ params = { command = "sleep 100", stop_grace_ms = 500 }
         assert_eq!(spec.links, 2);
         assert_eq!(spec.services[0].preferred, [1, 2]);
         assert_eq!(
-            ClusterConfig::params(&c.services[0].resources[0])["stop_grace_ms"],
+            ClusterConfig::params(&c.services[0].resources[0].params)["stop_grace_ms"],
             "500"
         );
     }

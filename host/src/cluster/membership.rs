@@ -142,6 +142,11 @@ impl Membership {
         self.reports.get(&node).map(|(r, _)| r.banned)
     }
 
+    /// `node`'s freshest report and when that version was first seen here.
+    pub fn report_of(&self, node: NodeId) -> Option<(&Report, Millis)> {
+        self.reports.get(&node).map(|(r, seen)| (r, *seen))
+    }
+
     /// Recent view changes, oldest first.
     pub fn history(&self) -> impl Iterator<Item = &(u64, Millis, BTreeSet<NodeId>)> {
         self.history.iter()
@@ -165,7 +170,7 @@ impl Membership {
                 None => true,
             };
             if newer {
-                self.reports.insert(r.node, (*r, now));
+                self.reports.insert(r.node, (r.clone(), now));
             }
         }
         self.epoch = self.epoch.max(hb.epoch);
@@ -174,12 +179,13 @@ impl Membership {
     /// Advance to `now`: update link states, publish a new report, recompute the view.
     /// Returns the heartbeat to send on each link (index = link).
     pub fn tick(&mut self, now: Millis) -> Vec<Heartbeat> {
-        self.tick_with_claims(now, 0, 0)
+        self.tick_with(now, Report::default())
     }
 
-    /// [`Membership::tick`], publishing `claims` (a bit per service this node holds)
-    /// and `banned` (a bit per service this node must not be given).
-    pub fn tick_with_claims(&mut self, now: Millis, claims: u64, banned: u64) -> Vec<Heartbeat> {
+    /// [`Membership::tick`], publishing what `published` says this node holds:
+    /// claims, bans, blocks, failed stops, fence confirmations and moves (its node,
+    /// incarnation, version and heard fields are filled in here).
+    pub fn tick_with(&mut self, now: Millis, published: Report) -> Vec<Heartbeat> {
         let link_timeout = Timing::ms(self.timing.link_timeout);
         let mut heard_set = 0u64;
         for &peer in &self.peers {
@@ -206,12 +212,11 @@ impl Membership {
             incarnation: self.incarnation,
             version: self.version,
             heard: heard_set,
-            claims,
-            banned,
+            ..published
         };
         self.recompute_view(now, heard_set);
         let mut reports = vec![mine];
-        reports.extend(self.reports.values().map(|(r, _)| *r));
+        reports.extend(self.reports.values().map(|(r, _)| r.clone()));
         self.seq += 1;
         (0..self.links as u8)
             .map(|link| Heartbeat {

@@ -16,13 +16,23 @@
 //!    outside for at least `fence_wait` (the longest a lost node can take to notice
 //!    and finish self-fencing); it backs off if another member claimed the service
 //!    meanwhile (the lower node id keeps its claim).
-//! 4. It stops when placement moves the service away (switchover, failback), and
-//!    the next owner starts only once no member claims it any more.
+//! 4. It stops when placement moves the service away (switchover, failback, an
+//!    operator's move), and the next owner starts only once no member claims it.
+//!
+//! Fencing shortens step 3: when a fence agent is configured, the partition's
+//! fencer (its lowest member; for a member whose stop failed, the lowest other one)
+//! fences every node that left the view while it may have held something, and
+//! every member whose stop failed, and publishes the confirmation
+//! (node and incarnation); a lost node confirmed fenced by any member needs no
+//! fence wait. A node that left cleanly (its last report hears nobody and holds
+//! nothing) needs neither. A failed stop keeps the service claimed (nobody else may
+//! start it) until the node is fenced or an operator clears it.
 
 use super::membership::{Membership, Millis, Timing};
 use super::placement::{Placement, ServiceSpec, Strategy, place};
 use super::quorum::{QuorumPolicy, QuorumState};
-use super::wire::{Heartbeat, NodeId};
+use super::wire::{Fenced, Heartbeat, Move, NodeId, Report};
+use baton_plugin_api::Recovery;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -42,12 +52,30 @@ pub enum Phase {
     Running,
     /// A stop is under way.
     Stopping,
+    /// A stop failed: the resources may still run here. The claim stays until the
+    /// node is fenced or an operator clears it (`baton clear`, which retries the stop).
+    StopFailed,
 }
 
 impl Phase {
     /// Whether this node holds (or may hold) the service's resources.
     pub fn holds(self) -> bool {
-        matches!(self, Phase::Starting | Phase::Running | Phase::Stopping)
+        matches!(
+            self,
+            Phase::Starting | Phase::Running | Phase::Stopping | Phase::StopFailed
+        )
+    }
+
+    /// A short name for status.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Stopped => "stopped",
+            Phase::Claiming { .. } => "claiming",
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Stopping => "stopping",
+            Phase::StopFailed => "stop-failed",
+        }
     }
 
     fn claims(self) -> bool {
@@ -62,6 +90,14 @@ pub enum Command {
     Start(usize),
     /// Stop service `index` (resources in reverse order); report back with [`ClusterNode::stop_done`].
     Stop(usize),
+    /// Fence `node` as it runs in `incarnation` (the fence agent's start with
+    /// `target`); report back with [`ClusterNode::fence_done`].
+    Fence {
+        /// The node to fence.
+        node: NodeId,
+        /// Its incarnation as last known here.
+        incarnation: u64,
+    },
 }
 
 /// Timing of the ownership protocol.
@@ -108,6 +144,35 @@ pub struct ClusterSpec {
     pub quorum: QuorumPolicy,
     /// The services, in index order (a service's index is its bit in claims).
     pub services: Vec<ServiceSpec>,
+    /// Whether a fence agent is configured (the fencer fences lost nodes).
+    pub fencing: bool,
+}
+
+/// How long a failed fence waits before it is tried again.
+const FENCE_RETRY_MS: Millis = 1_000;
+
+/// An operator move in effect, as status shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActiveMove {
+    /// The service's index.
+    pub service: usize,
+    /// Where it goes.
+    pub to: NodeId,
+    /// Which node took the command (the move ends if that node leaves).
+    pub issuer: NodeId,
+    /// When it ends (state machine clock); `None`: when cleared or the target leaves.
+    pub until: Option<Millis>,
+}
+
+/// This node's fencing state, as status shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FenceState {
+    /// Lost nodes confirmed fenced by this node, with their incarnations.
+    pub confirmed: Vec<Fenced>,
+    /// Fences under way from this node.
+    pub running: Vec<NodeId>,
+    /// Lost nodes nobody has confirmed fenced yet, with the ms left of the fence wait.
+    pub waiting: Vec<(NodeId, Millis)>,
 }
 
 /// One node's cluster state machine.
@@ -130,6 +195,19 @@ pub struct ClusterNode {
     failures: Vec<Vec<Millis>>,
     /// Per service: restart here when the current stop completes.
     restart: Vec<bool>,
+    /// Per service: kept off this node until then (an error local to this node).
+    ban_until: Vec<Option<Millis>>,
+    /// Services an agent reported misconfigured here: stopped on every node.
+    blocked: u64,
+    fencing: bool,
+    /// Fences this node confirmed, kept until the node boots again.
+    fenced: BTreeMap<NodeId, u64>,
+    /// Fences under way from here, by node: the incarnation being fenced.
+    fencing_now: BTreeMap<NodeId, u64>,
+    /// After a failed fence: not before this time again.
+    fence_retry: BTreeMap<NodeId, Millis>,
+    /// Operator moves taken here: service → (target, end).
+    moves: BTreeMap<usize, (NodeId, Option<Millis>)>,
 }
 
 impl ClusterNode {
@@ -166,7 +244,19 @@ impl ClusterNode {
             quorum_state: None,
             failures: vec![Vec::new(); n],
             restart: vec![false; n],
+            ban_until: vec![None; n],
+            blocked: 0,
+            fencing: cluster.fencing,
+            fenced: BTreeMap::new(),
+            fencing_now: BTreeMap::new(),
+            fence_retry: BTreeMap::new(),
+            moves: BTreeMap::new(),
         }
+    }
+
+    /// The services' specs, in index order.
+    pub fn services(&self) -> &[ServiceSpec] {
+        &self.services
     }
 
     /// The membership state machine.
@@ -203,20 +293,32 @@ impl ClusterNode {
 
     /// A start finished; `ok` false means it failed: the failure is counted and the
     /// service stops here (and restarts here while under `max_restarts`).
-    pub fn start_done(&mut self, service: usize, ok: bool, now: Millis) -> Vec<Command> {
+    pub fn start_done(
+        &mut self,
+        service: usize,
+        result: Result<(), Recovery>,
+        now: Millis,
+    ) -> Vec<Command> {
         if self.phases[service] == Phase::Starting {
-            if ok {
-                self.phases[service] = Phase::Running;
-            } else {
-                return self.service_failed(service, now);
+            match result {
+                Ok(()) => self.phases[service] = Phase::Running,
+                Err(recovery) => return self.service_failed(service, now, recovery),
             }
         }
         Vec::new()
     }
 
-    /// A stop finished. After a failure under the restart limit, the service starts
-    /// again here at once: the claim was never released, so no one else may have it.
-    pub fn stop_done(&mut self, service: usize) -> Vec<Command> {
+    /// A stop finished; `ok` false means it failed, so the resources may still run:
+    /// the service stays claimed here ([`Phase::StopFailed`]) until this node is
+    /// fenced or an operator clears it. After a failure under the restart limit, the
+    /// service starts again here at once: the claim was never released, so no one
+    /// else may have it.
+    pub fn stop_done(&mut self, service: usize, ok: bool) -> Vec<Command> {
+        if !ok && self.phases[service].holds() {
+            self.phases[service] = Phase::StopFailed;
+            self.restart[service] = false;
+            return Vec::new();
+        }
         if self.phases[service] == Phase::Stopping {
             if std::mem::take(&mut self.restart[service])
                 && self.quorum_state.as_ref().is_some_and(|q| q.quorate)
@@ -229,22 +331,223 @@ impl ClusterNode {
         Vec::new()
     }
 
-    /// A monitor (or start) found the service failed here at `now`. Failures expire
-    /// after `failure_expiry`; below `max_restarts` unexpired failures the service is
-    /// restarted in place, at the limit this node bans itself for the service (all
-    /// members see the ban and place it elsewhere) until the failures expire.
-    pub fn service_failed(&mut self, service: usize, now: Millis) -> Vec<Command> {
+    /// A monitor (or start) found the service failed here at `now`, and the agent's
+    /// error class asks for `recovery` ([`baton_plugin_api::recovery_for`]):
+    ///
+    /// - restart-here: failures expire after `failure_expiry`; below `max_restarts`
+    ///   unexpired failures the service is restarted in place, at the limit this node
+    ///   bans itself for the service (all members see the ban and place it elsewhere)
+    ///   until the failures expire;
+    /// - move: the problem is local to this node (not installed, no permission): the
+    ///   node bans itself at once, for the failure expiry;
+    /// - stop-everywhere: the configuration is wrong, so it is wrong everywhere: the
+    ///   service stops here and every member keeps it stopped until an operator
+    ///   clears it;
+    /// - fence: only a failed stop asks for it; see [`ClusterNode::stop_done`].
+    pub fn service_failed(
+        &mut self,
+        service: usize,
+        now: Millis,
+        recovery: Recovery,
+    ) -> Vec<Command> {
         let policy = self.services[service].failures;
         let list = &mut self.failures[service];
         list.push(now);
         list.retain(|t| now.saturating_sub(*t) < ms(policy.expiry));
-        let banned = list.len() as u32 >= policy.max_restarts;
+        let mut restart = (list.len() as u32) < policy.max_restarts;
+        match recovery {
+            Recovery::None | Recovery::RestartHere => {}
+            Recovery::Move => {
+                self.ban_until[service] = Some(now + ms(policy.expiry));
+                restart = false;
+            }
+            Recovery::StopEverywhere => {
+                self.blocked |= 1 << service;
+                restart = false;
+            }
+            Recovery::Fence => return self.stop_done(service, false),
+        }
         if !matches!(self.phases[service], Phase::Starting | Phase::Running) {
             return Vec::new();
         }
         self.phases[service] = Phase::Stopping;
-        self.restart[service] = !banned;
+        self.restart[service] = restart;
         vec![Command::Stop(service)]
+    }
+
+    /// An operator's `baton clear SERVICE` here: forget the failures, ban and block
+    /// of the service on this node and any move taken here; after a failed stop, try
+    /// the stop again.
+    pub fn clear(&mut self, service: usize) -> Vec<Command> {
+        self.failures[service].clear();
+        self.ban_until[service] = None;
+        self.blocked &= !(1 << service);
+        self.moves.remove(&service);
+        if self.phases[service] == Phase::StopFailed {
+            self.phases[service] = Phase::Stopping;
+            return vec![Command::Stop(service)];
+        }
+        Vec::new()
+    }
+
+    /// An operator's move of `service` to `to`, until `until` (`None`: until cleared
+    /// or `to` leaves the view). Refused with the reason unless this partition is
+    /// quorate, `to` is a member and the service runs on one node.
+    pub fn move_service(
+        &mut self,
+        service: usize,
+        to: NodeId,
+        until: Option<Millis>,
+    ) -> Result<(), String> {
+        let spec = &self.services[service];
+        if spec.strategy == Strategy::Clone {
+            return Err(format!(
+                "{} is a clone: it runs on every member, so it cannot move",
+                spec.name
+            ));
+        }
+        if !self.quorum_state.as_ref().is_some_and(|q| q.quorate) {
+            return Err(
+                "this node's partition has no quorum; run the move on a quorate node".into(),
+            );
+        }
+        if !self.membership.view().1.contains(&to) {
+            return Err(format!("node {to} is not a member of the current view"));
+        }
+        self.moves.insert(service, (to, until));
+        Ok(())
+    }
+
+    /// End the move of `service` taken on this node, if any.
+    pub fn clear_move(&mut self, service: usize) {
+        self.moves.remove(&service);
+    }
+
+    /// A fence finished: `ok` means the agent confirmed `node` (in `incarnation`) off.
+    pub fn fence_done(&mut self, node: NodeId, incarnation: u64, ok: bool, now: Millis) {
+        self.fencing_now.remove(&node);
+        if ok {
+            self.fenced.insert(node, incarnation);
+            self.fence_retry.remove(&node);
+        } else {
+            self.fence_retry.insert(node, now + FENCE_RETRY_MS);
+        }
+    }
+
+    /// The moves in effect here (taken here or carried by a member), at `now`.
+    pub fn active_moves(&self, now: Millis) -> Vec<ActiveMove> {
+        let me = self.membership.me();
+        let mut out: Vec<ActiveMove> = self
+            .moves
+            .iter()
+            .map(|(s, (to, until))| ActiveMove {
+                service: *s,
+                to: *to,
+                issuer: me,
+                until: *until,
+            })
+            .collect();
+        for n in self.membership.view().1.iter().filter(|n| **n != me) {
+            let Some((report, seen)) = self.membership.report_of(*n) else {
+                continue;
+            };
+            for m in &report.moves {
+                let until = (m.remaining_ms != Move::UNTIL_CLEARED)
+                    .then(|| seen + Millis::from(m.remaining_ms));
+                if until.is_none_or(|u| u > now) && usize::from(m.service) < self.services.len() {
+                    out.push(ActiveMove {
+                        service: usize::from(m.service),
+                        to: m.to,
+                        issuer: *n,
+                        until,
+                    });
+                }
+            }
+        }
+        // One move per service: the lowest issuer's (a node id order every member shares).
+        out.sort_by_key(|m| (m.service, m.issuer));
+        out.dedup_by_key(|m| m.service);
+        out
+    }
+
+    /// Services blocked (an agent reported them misconfigured), with the members
+    /// reporting it.
+    pub fn blocked_by(&self) -> Vec<(usize, Vec<NodeId>)> {
+        let me = self.membership.me();
+        (0..self.services.len())
+            .filter_map(|i| {
+                let nodes: Vec<NodeId> = self
+                    .membership
+                    .view()
+                    .1
+                    .iter()
+                    .copied()
+                    .filter(|n| {
+                        let bits = if *n == me {
+                            Some(self.blocked)
+                        } else {
+                            self.membership.report_of(*n).map(|(r, _)| r.blocked)
+                        };
+                        bits.is_some_and(|b| b & (1 << i) != 0)
+                    })
+                    .collect();
+                (!nodes.is_empty()).then_some((i, nodes))
+            })
+            .collect()
+    }
+
+    /// This node's fencing state at `now`.
+    pub fn fence_state(&self, now: Millis) -> FenceState {
+        let fence_wait = ms(self.bounds.fence_wait());
+        FenceState {
+            confirmed: self
+                .fenced
+                .iter()
+                .map(|(n, i)| Fenced {
+                    node: *n,
+                    incarnation: *i,
+                })
+                .collect(),
+            running: self.fencing_now.keys().copied().collect(),
+            waiting: self
+                .absent_since
+                .iter()
+                .filter(|(n, _)| !self.lost_node_safe(**n, now))
+                .map(|(n, since)| (*n, (since + fence_wait).saturating_sub(now)))
+                .collect(),
+        }
+    }
+
+    /// Whether lost node `n` can no longer run anything: it left cleanly, a member
+    /// confirmed it fenced, or the fence wait since it left has passed.
+    fn lost_node_safe(&self, n: NodeId, now: Millis) -> bool {
+        let Some(since) = self.absent_since.get(&n) else {
+            return true;
+        };
+        if now.saturating_sub(*since) >= ms(self.bounds.fence_wait()) {
+            return true;
+        }
+        let Some((last, _)) = self.membership.report_of(n) else {
+            return false;
+        };
+        if last.heard == 0 && last.claims == 0 && last.stop_failed == 0 {
+            return true;
+        }
+        let me = self.membership.me();
+        let confirmed = |fenced: &[Fenced]| {
+            fenced
+                .iter()
+                .any(|f| f.node == n && f.incarnation >= last.incarnation)
+        };
+        self.membership.view().1.iter().any(|m| {
+            if *m == me {
+                self.fenced.get(&n).is_some_and(|i| *i >= last.incarnation)
+            } else {
+                self.membership
+                    .report_of(*m)
+                    .is_some_and(|(r, _)| confirmed(&r.fenced))
+            }
+        })
     }
 
     /// Unexpired failures of each service on this node.
@@ -264,25 +567,73 @@ impl ClusterNode {
         self.failure_counts(now)
             .iter()
             .zip(&self.services)
+            .zip(&self.ban_until)
             .enumerate()
-            .filter(|(_, (count, s))| **count as u32 >= s.failures.max_restarts)
+            .filter(|(_, ((count, s), until))| {
+                **count as u32 >= s.failures.max_restarts || until.is_some_and(|u| u > now)
+            })
             .fold(0, |acc, (i, _)| acc | (1 << i))
     }
 
-    fn claims_bits(&self) -> u64 {
+    fn phase_bits(&self, wanted: impl Fn(Phase) -> bool) -> u64 {
         self.phases
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.claims())
+            .filter(|(_, p)| wanted(**p))
             .fold(0, |acc, (i, _)| acc | (1 << i))
+    }
+
+    /// What this node publishes in its report at `now`.
+    fn published(&self, now: Millis, banned: u64) -> Report {
+        Report {
+            claims: self.phase_bits(Phase::claims),
+            banned,
+            blocked: self.blocked,
+            stop_failed: self.phase_bits(|p| p == Phase::StopFailed),
+            fenced: self
+                .fenced
+                .iter()
+                .map(|(n, i)| Fenced {
+                    node: *n,
+                    incarnation: *i,
+                })
+                .collect(),
+            moves: self
+                .moves
+                .iter()
+                .map(|(s, (to, until))| Move {
+                    service: *s as u8,
+                    to: *to,
+                    remaining_ms: until.map_or(Move::UNTIL_CLEARED, |u| {
+                        u.saturating_sub(now)
+                            .min(Millis::from(Move::UNTIL_CLEARED - 1))
+                            as u32
+                    }),
+                })
+                .collect(),
+            ..Report::default()
+        }
+    }
+
+    /// The heartbeats a node sends as it leaves cleanly (after stopping everything):
+    /// it hears nobody and holds nothing, so the others need neither fence nor wait.
+    pub fn leave(&mut self, now: Millis) -> Vec<Heartbeat> {
+        let mut hbs = self.membership.tick_with(now, Report::default());
+        for hb in &mut hbs {
+            hb.reports.truncate(1);
+            hb.reports[0].heard = 0;
+        }
+        hbs
     }
 
     /// Advance the clock: returns the heartbeats to send and the commands to carry out.
     pub fn tick(&mut self, now: Millis) -> (Vec<Heartbeat>, Vec<Command>) {
         let banned_here = self.banned_bits(now);
+        self.moves
+            .retain(|_, (_, until)| until.is_none_or(|u| u > now));
         let packets = self
             .membership
-            .tick_with_claims(now, self.claims_bits(), banned_here);
+            .tick_with(now, self.published(now, banned_here));
         let me = self.membership.me();
         let view = self.membership.view().1.clone();
         for n in &self.nodes {
@@ -295,6 +646,16 @@ impl ClusterNode {
                 self.absent_since.entry(*n).or_insert(now);
             }
         }
+        // A confirmation stands until the node boots again (a newer incarnation): a
+        // fenced node may still look like a member for a moment after the fence.
+        let membership = &self.membership;
+        self.fenced.retain(|n, inc| {
+            membership
+                .report_of(*n)
+                .is_none_or(|(r, _)| r.incarnation <= *inc)
+        });
+        // A move ends when its target leaves: no constraint outlives its reason.
+        self.moves.retain(|_, (to, _)| view.contains(to));
         if view.len() == self.nodes.len() {
             self.seen_all = true;
         }
@@ -302,12 +663,16 @@ impl ClusterNode {
         let quorum = self.quorum.decide(&view, witness_held, self.seen_all);
         let quorate = quorum.quorate;
         self.quorum_state = Some(quorum);
-        let fence_wait = ms(self.bounds.fence_wait());
+        let mut commands = Vec::new();
+        if quorate && self.fencing {
+            commands.extend(self.fences_to_run(&view, now));
+        }
         let lost_nodes_safe = self
             .absent_since
-            .values()
-            .all(|since| now.saturating_sub(*since) >= fence_wait);
-        let mut commands = Vec::new();
+            .keys()
+            .all(|n| self.lost_node_safe(*n, now));
+        let moves = self.active_moves(now);
+        let blocked = self.blocked_by();
         for i in 0..self.services.len() {
             let spec = &self.services[i];
             let others: BTreeSet<NodeId> = view
@@ -321,7 +686,19 @@ impl ClusterNode {
                             .is_some_and(|c| c & (1 << i) != 0)
                 })
                 .collect();
-            let mine = if spec.strategy == Strategy::Clone {
+            let mine = if let Some((_, by)) = blocked.iter().find(|(s, _)| *s == i) {
+                Placement {
+                    owner: None,
+                    why: format!(
+                        "stopped everywhere: an agent reported its configuration wrong on node {}; fix the config, then `baton clear {}` there",
+                        by.iter()
+                            .map(|n| n.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", node "),
+                        spec.name
+                    ),
+                }
+            } else if spec.strategy == Strategy::Clone {
                 Placement {
                     owner: quorate.then_some(me),
                     why: "clone: runs on every member".into(),
@@ -343,7 +720,20 @@ impl ClusterNode {
                         bits.is_some_and(|b| b & (1 << i) != 0)
                     })
                     .collect();
-                place(spec, &view, &holders, &excluded)
+                match moves.iter().find(|m| m.service == i) {
+                    Some(m) if view.contains(&m.to) && !excluded.contains(&m.to) => Placement {
+                        owner: Some(m.to),
+                        why: format!(
+                            "moved to node {} by an operator on node {} ({})",
+                            m.to,
+                            m.issuer,
+                            m.until.map_or("until cleared or node leaves".into(), |u| {
+                                format!("for {} s more", u.saturating_sub(now).div_ceil(1000))
+                            })
+                        ),
+                    },
+                    _ => place(spec, &view, &holders, &excluded),
+                }
             };
             let wanted_here = quorate && mine.owner == Some(me);
             self.placements[i] = if quorate {
@@ -395,6 +785,46 @@ impl ClusterNode {
         }
         (packets, commands)
     }
+
+    /// The fences this node should start now: a node left the view and is not yet
+    /// safe, or a member's stop failed, no fence of it is confirmed, and this node is
+    /// its fencer (the lowest member other than the target).
+    fn fences_to_run(&mut self, view: &BTreeSet<NodeId>, now: Millis) -> Vec<Command> {
+        let me = self.membership.me();
+        let stop_failed = |n: NodeId| {
+            if n == me {
+                self.phases.contains(&Phase::StopFailed)
+            } else {
+                self.membership
+                    .report_of(n)
+                    .is_some_and(|(r, _)| r.stop_failed != 0)
+            }
+        };
+        // Each target's fencer is the lowest member other than the target itself.
+        let fencer_of = |t: NodeId| view.iter().copied().find(|m| *m != t);
+        let lost = self.absent_since.keys().copied();
+        let failed_members = view.iter().copied().filter(|n| *n != me && stop_failed(*n));
+        let targets: Vec<(NodeId, u64)> = lost
+            .chain(failed_members)
+            .filter(|n| fencer_of(*n) == Some(me))
+            .filter(|n| !self.fencing_now.contains_key(n))
+            .filter(|n| self.fence_retry.get(n).is_none_or(|t| now >= *t))
+            .filter(|n| view.contains(n) || !self.lost_node_safe(*n, now))
+            .filter_map(|n| {
+                self.membership
+                    .report_of(n)
+                    .map(|(r, _)| (n, r.incarnation))
+            })
+            .filter(|(n, inc)| self.fenced.get(n) != Some(inc))
+            .collect();
+        targets
+            .into_iter()
+            .map(|(node, incarnation)| {
+                self.fencing_now.insert(node, incarnation);
+                Command::Fence { node, incarnation }
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -421,6 +851,7 @@ mod tests {
                     expiry: Duration::from_secs(10),
                 },
             }],
+            fencing: false,
         };
         ClusterNode::new(&spec, 1, 1, 0)
     }
@@ -433,7 +864,7 @@ mod tests {
             assert!(now < limit, "never started");
             for c in node.tick(now).1 {
                 assert_eq!(c, Command::Start(0));
-                assert!(node.start_done(0, true, now).is_empty());
+                assert!(node.start_done(0, Ok(()), now).is_empty());
             }
         }
         now
@@ -444,20 +875,26 @@ mod tests {
         let mut node = single(3);
         let mut now = run_until_running(&mut node, 0);
         for round in 1..=2 {
-            assert_eq!(node.service_failed(0, now), [Command::Stop(0)]);
             assert_eq!(
-                node.stop_done(0),
+                node.service_failed(0, now, Recovery::RestartHere),
+                [Command::Stop(0)]
+            );
+            assert_eq!(
+                node.stop_done(0, true),
                 [Command::Start(0)],
                 "round {round}: restart here"
             );
-            assert!(node.start_done(0, true, now).is_empty());
+            assert!(node.start_done(0, Ok(()), now).is_empty());
             assert_eq!(node.phases()[0], Phase::Running);
             now += 100;
         }
         assert_eq!(node.failure_counts(now), [2]);
         // The third failure within the expiry bans this node: stop and stay stopped.
-        assert_eq!(node.service_failed(0, now), [Command::Stop(0)]);
-        assert!(node.stop_done(0).is_empty());
+        assert_eq!(
+            node.service_failed(0, now, Recovery::RestartHere),
+            [Command::Stop(0)]
+        );
+        assert!(node.stop_done(0, true).is_empty());
         for _ in 0..20 {
             now += 20;
             assert!(node.tick(now).1.is_empty());
@@ -485,12 +922,244 @@ mod tests {
                 assert_eq!(c, Command::Start(0));
                 if !failed_once {
                     failed_once = true;
-                    assert_eq!(node.start_done(0, false, now), [Command::Stop(0)]);
-                    assert_eq!(node.stop_done(0), [Command::Start(0)]);
+                    assert_eq!(
+                        node.start_done(0, Err(Recovery::RestartHere), now),
+                        [Command::Stop(0)]
+                    );
+                    assert_eq!(node.stop_done(0, true), [Command::Start(0)]);
                 }
-                assert!(node.start_done(0, true, now).is_empty());
+                assert!(node.start_done(0, Ok(()), now).is_empty());
             }
         }
         assert_eq!(node.failure_counts(now), [1]);
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+    use crate::cluster::placement::FailurePolicy;
+
+    /// Three nodes on a perfect network, ticking together every 20 ms; agents answer
+    /// at once. `down` nodes neither tick nor receive (crashed).
+    struct Trio {
+        nodes: Vec<ClusterNode>,
+        down: BTreeSet<NodeId>,
+        now: Millis,
+        /// Fences asked for: (fencer, target, incarnation).
+        fences: Vec<(NodeId, NodeId, u64)>,
+        /// When each node last started service 0.
+        started: BTreeMap<NodeId, Millis>,
+    }
+
+    impl Trio {
+        fn new(fencing: bool) -> Trio {
+            let spec = ClusterSpec {
+                nodes: vec![1, 2, 3],
+                links: 1,
+                bounds: Bounds {
+                    membership: Timing::FAST,
+                    self_fence: Duration::from_millis(300),
+                    max_delay: Duration::from_millis(1),
+                },
+                quorum: QuorumPolicy::majority(&[1, 2, 3]),
+                services: vec![ServiceSpec {
+                    name: "db".into(),
+                    strategy: Strategy::Standby,
+                    preferred: vec![1, 2, 3],
+                    failures: FailurePolicy::default(),
+                }],
+                fencing,
+            };
+            Trio {
+                nodes: (1..=3)
+                    .map(|id| ClusterNode::new(&spec, id, 1, 0))
+                    .collect(),
+                down: BTreeSet::new(),
+                now: 0,
+                fences: Vec::new(),
+                started: BTreeMap::new(),
+            }
+        }
+
+        fn run(&mut self, ms: Millis) {
+            let end = self.now + ms;
+            while self.now < end {
+                self.now += 20;
+                let mut packets = Vec::new();
+                for k in 0..3 {
+                    let id = k as NodeId + 1;
+                    if self.down.contains(&id) {
+                        continue;
+                    }
+                    let (hbs, commands) = self.nodes[k].tick(self.now);
+                    packets.extend(hbs);
+                    self.carry_out(k, commands);
+                }
+                for hb in packets {
+                    for k in 0..3 {
+                        if !self.down.contains(&(k as NodeId + 1)) {
+                            self.nodes[k].on_heartbeat(self.now, &hb);
+                        }
+                    }
+                }
+            }
+        }
+
+        fn carry_out(&mut self, k: usize, commands: Vec<Command>) {
+            let id = k as NodeId + 1;
+            for c in commands {
+                let more = match c {
+                    Command::Start(s) => {
+                        self.started.insert(id, self.now);
+                        self.nodes[k].start_done(s, Ok(()), self.now)
+                    }
+                    Command::Stop(s) => self.nodes[k].stop_done(s, true),
+                    Command::Fence { node, incarnation } => {
+                        self.fences.push((id, node, incarnation));
+                        Vec::new()
+                    }
+                };
+                self.carry_out(k, more);
+            }
+        }
+
+        fn runs(&self) -> Vec<NodeId> {
+            (1..=3)
+                .filter(|id| {
+                    !self.down.contains(id)
+                        && self.nodes[*id as usize - 1].phases()[0] == Phase::Running
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_confirmed_fence_lets_survivors_take_over_before_the_fence_wait() {
+        let fence_wait = ms(Trio::new(false).nodes[0].bounds.fence_wait());
+        for fencing in [false, true] {
+            let mut t = Trio::new(fencing);
+            t.run(1_000);
+            assert_eq!(t.runs(), [1]);
+            t.down.insert(1);
+            let crashed_at = t.now;
+            // Node 2 (the lowest survivor) fences node 1 once it leaves the view.
+            let mut confirmed = false;
+            while t.runs().is_empty() {
+                assert!(
+                    t.now < crashed_at + 3_000,
+                    "no takeover (fencing {fencing})"
+                );
+                t.run(20);
+                if let Some(&(fencer, target, inc)) = t.fences.first()
+                    && !confirmed
+                {
+                    assert_eq!((fencer, target, inc), (2, 1, 1));
+                    t.nodes[1].fence_done(target, inc, true, t.now);
+                    confirmed = true;
+                }
+            }
+            assert_eq!(t.runs(), [2]);
+            let took = t.started[&2] - crashed_at;
+            if fencing {
+                assert!(took < fence_wait, "took {took} ms with a confirmed fence");
+                assert_eq!(t.nodes[2].fence_state(t.now).waiting, []);
+            } else {
+                assert!(t.fences.is_empty());
+                assert!(took >= fence_wait, "took {took} ms without fencing");
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_stop_blocks_the_service_until_the_node_is_fenced() {
+        let mut t = Trio::new(true);
+        t.run(1_000);
+        assert_eq!(t.runs(), [1]);
+        // A monitor failure on node 1, and the stop fails.
+        assert_eq!(
+            t.nodes[0].service_failed(0, t.now, Recovery::RestartHere),
+            [Command::Stop(0)]
+        );
+        assert!(t.nodes[0].stop_done(0, false).is_empty());
+        assert_eq!(t.nodes[0].phases()[0], Phase::StopFailed);
+        t.run(1_000);
+        // Nobody else starts it while node 1 may still run it; node 2 fences node 1.
+        assert!(t.runs().is_empty());
+        assert!(t.started.get(&2).is_none() && t.started.get(&3).is_none());
+        assert_eq!(t.fences.first(), Some(&(2, 1, 1)));
+        // The fence kills node 1; once confirmed, node 2 takes over without the wait.
+        t.down.insert(1);
+        t.nodes[1].fence_done(1, 1, true, t.now);
+        t.run(1_000);
+        assert_eq!(t.runs(), [2]);
+    }
+
+    #[test]
+    fn misconfigured_stops_everywhere_until_cleared_and_move_bans_only_this_node() {
+        let mut t = Trio::new(false);
+        t.run(1_000);
+        assert_eq!(
+            t.nodes[0].service_failed(0, t.now, Recovery::StopEverywhere),
+            [Command::Stop(0)]
+        );
+        assert!(t.nodes[0].stop_done(0, true).is_empty(), "no restart");
+        t.run(1_000);
+        assert!(t.runs().is_empty(), "stopped on every node");
+        let why = &t.nodes[2].placements()[0].why;
+        assert!(
+            why.contains("stopped everywhere") && why.contains("baton clear db"),
+            "{why}"
+        );
+        t.nodes[0].clear(0);
+        t.run(1_000);
+        assert_eq!(t.runs(), [1]);
+        // Not installed here (move): node 1 is banned at once, node 2 runs it.
+        assert_eq!(
+            t.nodes[0].service_failed(0, t.now, Recovery::Move),
+            [Command::Stop(0)]
+        );
+        assert!(t.nodes[0].stop_done(0, true).is_empty());
+        t.run(1_000);
+        assert_eq!(t.runs(), [2]);
+        assert_eq!(t.nodes[0].failure_counts(t.now), [1]);
+    }
+
+    #[test]
+    fn a_move_switches_over_and_ends_by_itself() {
+        let mut t = Trio::new(false);
+        t.run(1_000);
+        assert_eq!(t.runs(), [1]);
+        let until = t.now + 2_000;
+        // Taken on node 2, to node 3; refused for a non-member.
+        t.nodes[1].move_service(0, 3, Some(until)).unwrap();
+        t.run(1_000);
+        assert_eq!(t.runs(), [3]);
+        let moves = t.nodes[0].active_moves(t.now);
+        assert_eq!(moves.len(), 1, "every member sees it");
+        assert_eq!((moves[0].to, moves[0].issuer), (3, 2));
+        assert!(
+            t.nodes[0].placements()[0]
+                .why
+                .contains("moved to node 3 by an operator")
+        );
+        // It ends on its own: standby fails back to node 1, and nothing is left behind.
+        t.run(2_000);
+        assert_eq!(t.runs(), [1]);
+        assert!(t.nodes[0].active_moves(t.now).is_empty());
+        // A move to a node that is down is refused; a move whose target leaves ends.
+        t.down.insert(3);
+        t.run(500);
+        let e = t.nodes[0].move_service(0, 3, None).unwrap_err();
+        assert!(e.contains("not a member"), "{e}");
+        t.down.remove(&3);
+        t.run(1_000);
+        t.nodes[0].move_service(0, 3, None).unwrap();
+        t.run(1_000);
+        assert_eq!(t.runs(), [3]);
+        t.down.insert(3);
+        t.run(2_000);
+        assert_eq!(t.runs(), [1]);
+        assert!(t.nodes[0].active_moves(t.now).is_empty());
     }
 }

@@ -14,7 +14,8 @@
 //! counted, never acted on.
 //!
 //! The heartbeat body carries the sender's membership epoch and the reports it knows
-//! ([`Report`]: whom a node hears, and which services it claims): its own, and the
+//! ([`Report`]: whom a node hears, which services it claims, refuses or blocks, the
+//! nodes it confirmed fenced, and the operator moves it carries): its own, and the
 //! latest of every other node's, so a node that cannot hear a peer directly still
 //! learns it is alive, and what it runs, through a third node (relayed heartbeats).
 
@@ -24,13 +25,17 @@ use std::collections::HashMap;
 use std::fmt;
 
 const MAGIC: &[u8; 4] = b"BTN1";
-/// The wire version this build speaks.
-pub const VERSION: u8 = 1;
+/// The wire version this build speaks (2: reports carry blocks, failed stops, fence
+/// confirmations and moves).
+pub const VERSION: u8 = 2;
 const HEADER: usize = 4 + 1 + 1 + 4 + 2 + 1 + 8 + 8 + 2;
 const TAG: usize = 16;
 /// The largest node id (node ids are 1..=MAX_NODES; reachability is a 64-bit set).
 pub const MAX_NODES: u16 = 64;
-const REPORT: usize = 2 + 8 + 8 + 8 + 8 + 8;
+/// The fixed part of a report; fence confirmations and moves follow it.
+const REPORT: usize = 2 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 1 + 1;
+const FENCED: usize = 2 + 8;
+const MOVE: usize = 1 + 2 + 4;
 
 /// A node's id in the cluster (1..=64).
 pub type NodeId = u16;
@@ -76,8 +81,34 @@ impl ClusterKey {
     }
 }
 
-/// One node's view of whom it hears directly, versioned by the node itself.
+/// A fence agent confirmed `node`, as it ran in `incarnation`, is off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Fenced {
+    /// The fenced node.
+    pub node: NodeId,
+    /// Its incarnation when it was fenced (any later one is a fresh boot).
+    pub incarnation: u64,
+}
+
+/// An operator's move of a service, carried by the node that took the command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Move {
+    /// The service's index.
+    pub service: u8,
+    /// Where it goes.
+    pub to: NodeId,
+    /// How much longer the move holds, in ms; [`Move::UNTIL_CLEARED`] for no end.
+    pub remaining_ms: u32,
+}
+
+impl Move {
+    /// `remaining_ms` of a move without `--for`: until cleared, or the target leaves.
+    pub const UNTIL_CLEARED: u32 = u32::MAX;
+}
+
+/// One node's view of whom it hears directly, and what it holds, versioned by the
+/// node itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
     /// Whose report.
     pub node: NodeId,
@@ -92,6 +123,16 @@ pub struct Report {
     /// Bit `i` set: service `i` failed here too often; placement avoids this node
     /// until the failures expire.
     pub banned: u64,
+    /// Bit `i` set: an agent reported service `i` misconfigured here; it stays stopped
+    /// on every node until an operator clears it.
+    pub blocked: u64,
+    /// Bit `i` set: stopping service `i` failed here, so it may still run; nobody else
+    /// may start it until this node is fenced or an operator clears it.
+    pub stop_failed: u64,
+    /// Nodes this node's fence agent confirmed off (until they boot again).
+    pub fenced: Vec<Fenced>,
+    /// Operator moves issued on this node.
+    pub moves: Vec<Move>,
 }
 
 impl Report {
@@ -161,7 +202,12 @@ impl Drop {
 /// Encode a heartbeat.
 pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
     let reports = &hb.reports[..hb.reports.len().min(MAX_NODES as usize)];
-    let body_len = 8 + 1 + reports.len() * REPORT;
+    let body_len = 8
+        + 1
+        + reports
+            .iter()
+            .map(|r| REPORT + r.fenced.len().min(255) * FENCED + r.moves.len().min(255) * MOVE)
+            .sum::<usize>();
     let mut out = Vec::with_capacity(HEADER + body_len + TAG);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
@@ -181,6 +227,21 @@ pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
         out.extend_from_slice(&r.heard.to_be_bytes());
         out.extend_from_slice(&r.claims.to_be_bytes());
         out.extend_from_slice(&r.banned.to_be_bytes());
+        out.extend_from_slice(&r.blocked.to_be_bytes());
+        out.extend_from_slice(&r.stop_failed.to_be_bytes());
+        let fenced = &r.fenced[..r.fenced.len().min(255)];
+        let moves = &r.moves[..r.moves.len().min(255)];
+        out.push(fenced.len() as u8);
+        out.push(moves.len() as u8);
+        for f in fenced {
+            out.extend_from_slice(&f.node.to_be_bytes());
+            out.extend_from_slice(&f.incarnation.to_be_bytes());
+        }
+        for m in moves {
+            out.push(m.service);
+            out.extend_from_slice(&m.to.to_be_bytes());
+            out.extend_from_slice(&m.remaining_ms.to_be_bytes());
+        }
     }
     let tag = key.mac(&out).finalize().into_bytes();
     out.extend_from_slice(&tag[..TAG]);
@@ -249,23 +310,45 @@ pub fn decode(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, Drop> {
     }
     let epoch = r.u64()?;
     let count = r.u8()? as usize;
-    if r.bytes.len() != count * REPORT {
-        return Err(Drop::Garbled);
-    }
+    let valid = |n: NodeId| (1..=MAX_NODES).contains(&n);
     let mut reports = Vec::with_capacity(count);
     for _ in 0..count {
-        let report = Report {
+        let mut report = Report {
             node: r.u16()?,
             incarnation: r.u64()?,
             version: r.u64()?,
             heard: r.u64()?,
             claims: r.u64()?,
             banned: r.u64()?,
+            blocked: r.u64()?,
+            stop_failed: r.u64()?,
+            ..Report::default()
         };
-        if report.node == 0 || report.node > MAX_NODES {
+        let fenced = r.u8()?;
+        let moves = r.u8()?;
+        for _ in 0..fenced {
+            report.fenced.push(Fenced {
+                node: r.u16()?,
+                incarnation: r.u64()?,
+            });
+        }
+        for _ in 0..moves {
+            report.moves.push(Move {
+                service: r.u8()?,
+                to: r.u16()?,
+                remaining_ms: r.u32()?,
+            });
+        }
+        if !valid(report.node)
+            || report.fenced.iter().any(|f| !valid(f.node))
+            || report.moves.iter().any(|m| !valid(m.to) || m.service >= 64)
+        {
             return Err(Drop::Garbled);
         }
         reports.push(report);
+    }
+    if !r.bytes.is_empty() {
+        return Err(Drop::Garbled);
     }
     Ok(Heartbeat {
         sender,
@@ -322,15 +405,26 @@ mod tests {
                     version: 40,
                     heard: 0b101,
                     claims: 1,
-                    banned: 0,
+                    fenced: vec![Fenced {
+                        node: 3,
+                        incarnation: 5,
+                    }],
+                    moves: vec![Move {
+                        service: 0,
+                        to: 3,
+                        remaining_ms: 60_000,
+                    }],
+                    ..Report::default()
                 },
                 Report {
                     node: 3,
                     incarnation: 12,
                     version: 8,
                     heard: 0b011,
-                    claims: 0,
                     banned: 2,
+                    blocked: 4,
+                    stop_failed: 1,
+                    ..Report::default()
                 },
             ],
         }
@@ -355,7 +449,7 @@ mod tests {
         flipped[30] ^= 1;
         assert_eq!(decode(&key(), &flipped), Err(Drop::BadTag));
         let mut v2 = bytes.clone();
-        v2[4] = 2;
+        v2[4] = VERSION - 1;
         assert_eq!(decode(&key(), &v2), Err(Drop::UnsupportedVersion));
     }
 
@@ -399,7 +493,7 @@ mod tests {
         }
 
         #[test]
-        fn any_single_bit_flip_is_rejected(bit in 0usize..(8 * 120)) {
+        fn any_single_bit_flip_is_rejected(bit in 0usize..(8 * 400)) {
             let mut bytes = encode(&key(), &sample());
             let bit = bit % (bytes.len() * 8);
             bytes[bit / 8] ^= 1 << (bit % 8);

@@ -1,8 +1,11 @@
 //! Deterministic simulation of the cluster state machine (`ClusterNode`: membership,
 //! quorum, placement, service ownership): a virtual clock, a simulated network
 //! (per-link, per-direction cuts, loss, duplication, delay and reordering), crashes
-//! with restarts, pauses, agents whose starts and stops take time, and 200 seeded
-//! random fault schedules. Packets go through the real codec and replay guard.
+//! with restarts, pauses, agents whose starts and stops take time, injected monitor
+//! failures (restart-here and move recoveries), and 200 seeded random fault
+//! schedules. Even seeds run with a fence agent: the fencer's fences kill their
+//! target after a delay (or fail, and are retried), and stops may fail, which only a
+//! fence resolves. Packets go through the real codec and replay guard.
 //!
 //! Checked after **every** millisecond: no service that must run once is held
 //! (starting, running or stopping) by two nodes at the same time.
@@ -20,6 +23,7 @@ use baton::cluster::node::{Bounds, ClusterNode, ClusterSpec, Command, Phase};
 use baton::cluster::placement::{FailurePolicy, ServiceSpec, Strategy};
 use baton::cluster::quorum::QuorumPolicy;
 use baton::cluster::wire::{ClusterKey, NodeId, ReplayGuard, decode, encode};
+use baton_plugin_api::Recovery;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
@@ -54,6 +58,8 @@ struct Node {
     /// Services whose resources exist on this node right now (from the start
     /// command until the stop completes).
     holding: BTreeSet<usize>,
+    /// Fences in progress from this node: (target, incarnation, finishes at).
+    fences: Vec<(NodeId, u64, Millis)>,
 }
 
 const SELF_FENCE_MS: u64 = 200;
@@ -72,7 +78,11 @@ fn services() -> Vec<ServiceSpec> {
         name: name.into(),
         strategy,
         preferred: preferred.to_vec(),
-        failures: FailurePolicy::default(),
+        // Short expiry: a ban from an injected failure ends within a quiet period.
+        failures: FailurePolicy {
+            max_restarts: 3,
+            expiry: Duration::from_millis(1200),
+        },
     };
     vec![
         s("db", Strategy::Standby, &[1, 2]),
@@ -108,6 +118,10 @@ struct Sim {
     timing: Timing,
     log: Vec<String>,
     violation: Option<String>,
+    /// A fence agent is configured (even seeds).
+    fencing: bool,
+    /// Targets whose last fence failed.
+    fence_failed: BTreeSet<NodeId>,
 }
 
 impl Sim {
@@ -130,6 +144,8 @@ impl Sim {
             timing: Timing::FAST,
             log: Vec::new(),
             violation: None,
+            fencing: seed.is_multiple_of(2),
+            fence_failed: BTreeSet::new(),
         };
         for id in ids {
             sim.boot(id, 1);
@@ -145,6 +161,7 @@ impl Sim {
             bounds: bounds(),
             quorum: QuorumPolicy::majority(&self.ids),
             services: services(),
+            fencing: self.fencing,
         };
         let state = ClusterNode::new(&spec, id, incarnation, self.now);
         self.nodes.insert(
@@ -156,6 +173,7 @@ impl Sim {
                 phase,
                 pending: Vec::new(),
                 holding: BTreeSet::new(),
+                fences: Vec::new(),
             },
         );
     }
@@ -176,6 +194,36 @@ impl Sim {
             // completions when it runs again.
             let now = self.now;
             let running = self.running(*id);
+            let fences_done: Vec<(NodeId, u64)> = {
+                let node = self.nodes.get_mut(id).unwrap();
+                let mut out = Vec::new();
+                node.fences.retain(|&(t, inc, at)| {
+                    if at <= now && running {
+                        out.push((t, inc));
+                        false
+                    } else {
+                        true
+                    }
+                });
+                out
+            };
+            for (target, inc) in fences_done {
+                // A fence fails now and then (never twice in a row for one target, so
+                // a retry lands within a quiet period); the fencer retries.
+                let ok = self.fence_failed.remove(&target) || !self.rng.chance(20);
+                if !ok {
+                    self.fence_failed.insert(target);
+                }
+                if ok && !self.crashed.contains(&target) && self.nodes[&target].incarnation == inc {
+                    self.crash(target);
+                    self.log.push(format!("t={now} node {id} fenced {target}"));
+                }
+                self.nodes
+                    .get_mut(id)
+                    .unwrap()
+                    .state
+                    .fence_done(target, inc, ok, now);
+            }
             let node = self.nodes.get_mut(id).unwrap();
             let mut done = Vec::new();
             node.pending.retain(|&(svc, at, start)| {
@@ -186,27 +234,42 @@ impl Sim {
                     true
                 }
             });
+            let mut commands = Vec::new();
             for (svc, start) in done {
                 if start {
-                    let more = node.state.start_done(svc, true, now);
-                    assert!(more.is_empty());
+                    commands.extend(node.state.start_done(svc, Ok(()), now));
                 } else {
-                    node.holding.remove(&svc);
-                    let more = node.state.stop_done(svc);
-                    assert!(
-                        more.is_empty(),
-                        "no failures are injected, so nothing restarts"
-                    );
+                    // With a fence agent, a stop sometimes fails: the resources stay
+                    // while the node is quorate (a fence resolves it). Without quorum
+                    // the self-fence bound holds anyway: the daemon kills the agents'
+                    // process groups, and the watchdog (opt-in) resets a node that
+                    // still holds services after the bound.
+                    let ok = !(self.fencing && self.rng.chance(5));
+                    let quorate = node.state.quorum().is_some_and(|q| q.quorate);
+                    if ok || !quorate {
+                        node.holding.remove(&svc);
+                    }
+                    commands.extend(node.state.stop_done(svc, ok));
                 }
             }
-            if !running || !(now + node.phase).is_multiple_of(interval) {
-                continue;
+            if running && (now + node.phase).is_multiple_of(interval) {
+                let (packets, more) = node.state.tick(now);
+                commands.extend(more);
+                self.send(*id, packets);
             }
-            let (packets, commands) = node.state.tick(now);
+            let node = self.nodes.get_mut(id).unwrap();
             for c in commands {
                 let (svc, start) = match c {
                     Command::Start(s) => (s, true),
                     Command::Stop(s) => (s, false),
+                    Command::Fence {
+                        node: target,
+                        incarnation,
+                    } => {
+                        let at = now + 5 + self.rng.below(50);
+                        node.fences.push((target, incarnation, at));
+                        continue;
+                    }
                 };
                 // A stop supersedes a start still in progress.
                 node.pending.retain(|p| p.0 != svc);
@@ -220,11 +283,19 @@ impl Sim {
                     node.holding.insert(svc);
                 }
             }
+        }
+        self.deliver();
+        self.check_single_owner();
+    }
+
+    fn send(&mut self, id: NodeId, packets: Vec<baton::cluster::wire::Heartbeat>) {
+        let ids = self.ids.clone();
+        {
             for hb in packets {
                 let bytes = encode(&self.key, &hb);
                 for &to in &ids {
-                    if to == *id
-                        || self.cut.contains(&(*id, to, hb.link))
+                    if to == id
+                        || self.cut.contains(&(id, to, hb.link))
                         || self.rng.chance(self.loss)
                     {
                         continue;
@@ -243,6 +314,18 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// kill -9 of a node (a crash, or a fence): its agents' processes die with it.
+    fn crash(&mut self, id: NodeId) {
+        self.crashed.insert(id);
+        let node = self.nodes.get_mut(&id).unwrap();
+        node.holding.clear();
+        node.pending.clear();
+        node.fences.clear();
+    }
+
+    fn deliver(&mut self) {
         while self.queue.peek().is_some_and(|p| p.at.0 <= self.now) {
             let p = self.queue.pop().unwrap();
             // A paused node's socket buffers packets; a crashed node loses them.
@@ -264,7 +347,6 @@ impl Sim {
                 node.state.on_heartbeat(self.now, &hb);
             }
         }
-        self.check_single_owner();
     }
 
     /// Safety, every millisecond: a service that must run once is held by one node at most.
@@ -301,7 +383,7 @@ impl Sim {
         let a = pick(&mut self.rng);
         let b = pick(&mut self.rng);
         let link = self.rng.below(LINKS as u64) as u8;
-        let what = self.rng.below(10);
+        let what = self.rng.below(11);
         let text = match what {
             0 if a != b => {
                 self.cut.insert((a, b, link));
@@ -331,12 +413,32 @@ impl Sim {
                 format!("isolate {a}")
             }
             4 if !self.crashed.contains(&a) => {
-                // kill -9 of the node: its agents' processes die with it.
-                self.crashed.insert(a);
-                let node = self.nodes.get_mut(&a).unwrap();
-                node.holding.clear();
-                node.pending.clear();
+                self.crash(a);
                 format!("crash {a}")
+            }
+            9 if !self.crashed.contains(&a) && self.running(a) => {
+                // A monitor finds a service failed on its holder.
+                let now = self.now;
+                let svc = self.rng.below(services().len() as u64) as usize;
+                let recovery = if self.rng.chance(50) {
+                    Recovery::RestartHere
+                } else {
+                    Recovery::Move
+                };
+                let node = self.nodes.get_mut(&a).unwrap();
+                if node.state.phases()[svc] != Phase::Running {
+                    return self
+                        .log
+                        .push(format!("t={now} (no failure: {a} does not run {svc})"));
+                }
+                for c in node.state.service_failed(svc, now, recovery) {
+                    let Command::Stop(s) = c else {
+                        panic!("a failure only stops")
+                    };
+                    node.pending.retain(|p| p.0 != s);
+                    node.pending.push((s, now + 1 + self.rng.below(50), false));
+                }
+                format!("service {svc} fails on {a}: {recovery}")
             }
             5 if self.crashed.contains(&a) => {
                 self.crashed.remove(&a);
@@ -430,7 +532,12 @@ impl Sim {
             let component = self.expected_view(a);
             let node = &self.nodes[&a];
             if component.len() < majority {
-                if !node.holding.is_empty() {
+                // A failed stop stays held (blocked) until a fence or an operator's
+                // clear, and a partition without quorum cannot fence.
+                let stuck: BTreeSet<usize> = (0..services().len())
+                    .filter(|i| node.state.phases()[*i] == Phase::StopFailed)
+                    .collect();
+                if !node.holding.is_subset(&stuck) {
                     return Err(format!(
                         "node {a} has no quorum but holds services {:?}",
                         node.holding
@@ -450,9 +557,22 @@ impl Sim {
                     running.len() == 1
                 };
                 if !ok {
+                    let phases: Vec<String> = component
+                        .iter()
+                        .map(|n| {
+                            let st = &self.nodes[n].state;
+                            format!(
+                                "{n}: {} ({}; fencing {:?})",
+                                st.phases()[i].name(),
+                                st.placements()[i].why,
+                                st.fence_state(self.now)
+                            )
+                        })
+                        .collect();
                     return Err(format!(
-                        "service {} runs on {running:?} in the quorate partition {component:?}",
-                        spec.name
+                        "service {} runs on {running:?} in the quorate partition {component:?}; {}",
+                        spec.name,
+                        phases.join("; ")
                     ));
                 }
             }

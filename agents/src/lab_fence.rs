@@ -1,0 +1,163 @@
+//! `lab-fence`: the fence agent of a cluster whose nodes are processes on one
+//! machine (the namespace lab, `baton demo`). Fencing node N kills N's daemon and
+//! every process group its agents recorded, then confirms they are gone.
+//!
+//! start (with `target=N`): reads `<state_dir>/N.*.pid` (each `PID START_TIME`, as
+//! the daemon's `--pid-file` and the `process` agent write them), sends SIGKILL to
+//! each recorded process and its process group when the process is still the one
+//! recorded, and returns only when none of them is left (a zombie counts as gone).
+//! The daemon's own record must exist: without it nothing proves the node is off.
+//! monitor: the state directory exists (the "device" is reachable). stop: nothing to
+//! do (a lab node is restarted by whoever runs the lab).
+//!
+//! A production fence agent does the same with a power switch: start powers the
+//! target off and returns once the switch reports it off (see docs/agents.md).
+
+use crate::reading::{required, text};
+use baton_plugin_api::{
+    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamSpec, ParamType,
+    Request, ResourceAgent,
+};
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+inventory::submit! {
+    crate::BuiltinAgent { name: "lab-fence", build: || Box::new(LabFenceAgent) }
+}
+
+/// The `lab-fence` agent.
+pub struct LabFenceAgent;
+
+/// Whether the recorded process is still that one (same start time) and not a zombie.
+fn alive(pid: u32, start_time: u64) -> bool {
+    crate::process::proc_stat(pid).is_some_and(|(t, zombie)| t == start_time && !zombie)
+}
+
+fn kill(pid: u32) {
+    // SAFETY: signals to a recorded PID (checked by start time just before) and to the
+    // process group it leads, if it leads one.
+    unsafe {
+        libc::kill(-(pid as i32), libc::SIGKILL);
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+}
+
+impl LabFenceAgent {
+    fn fence(&self, req: &Request) -> Result<(), AgentError> {
+        let meta = self.metadata();
+        let target = text(&meta, req, "target").ok_or_else(|| {
+            AgentError::invalid_args("fencing needs target=NODE (the daemon sets it)")
+        })?;
+        let dir = required(&meta, req, "state_dir")?;
+        let entries = fs::read_dir(dir).map_err(|e| {
+            AgentError::misconfigured(format!("state_dir {dir}: {e}; give the directory the daemons' --pid-file and the process agents write to"))
+        })?;
+        let prefix = format!("{target}.");
+        let mut records = Vec::new();
+        let mut daemon_seen = false;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(&prefix) || !name.ends_with(".pid") {
+                continue;
+            }
+            daemon_seen |= name == format!("{target}.daemon.pid");
+            let text = fs::read_to_string(entry.path()).unwrap_or_default();
+            let mut it = text.split_whitespace();
+            if let (Some(Ok(pid)), Some(Ok(start))) = (
+                it.next().map(str::parse::<u32>),
+                it.next().map(str::parse::<u64>),
+            ) {
+                records.push((pid, start));
+            }
+        }
+        if !daemon_seen {
+            return Err(AgentError::generic(format!(
+                "no {dir}/{target}.daemon.pid: nothing proves node {target} is off (start its daemon with --pid-file there)"
+            )));
+        }
+        for (pid, start) in &records {
+            if alive(*pid, *start) {
+                kill(*pid);
+            }
+        }
+        let deadline = Instant::now() + req.context.timeout();
+        while records.iter().any(|(p, s)| alive(*p, *s)) {
+            if Instant::now() >= deadline {
+                return Err(AgentError::generic(format!(
+                    "node {target}: processes still alive after SIGKILL"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+}
+
+impl ResourceAgent for LabFenceAgent {
+    fn metadata(&self) -> Metadata {
+        Metadata {
+            name: "lab-fence".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            contract: CONTRACT_VERSION,
+            shortdesc: "Fences a lab node by killing its daemon and agents' process groups".into(),
+            longdesc: "For clusters whose nodes share one machine (network-namespace labs). start with target=NODE kills the node's daemon and every process group recorded under state_dir, and returns once they are gone.".into(),
+            parameters: vec![
+                ParamSpec {
+                    name: "target".into(),
+                    kind: ParamType::String,
+                    required: false,
+                    unique: false,
+                    default: None,
+                    description: "Node to fence (set by the daemon for each fence)".into(),
+                },
+                ParamSpec {
+                    name: "state_dir".into(),
+                    kind: ParamType::String,
+                    required: false,
+                    unique: false,
+                    default: Some("/run/baton/process".into()),
+                    description: "Directory of the <node>.*.pid records".into(),
+                },
+            ],
+            actions: vec![
+                ActionSpec::new(Action::Validate, 5_000),
+                ActionSpec::new(Action::Start, 20_000),
+                ActionSpec::new(Action::Stop, 5_000),
+                ActionSpec::monitor(5_000, 60_000),
+            ],
+            capabilities: vec![],
+        }
+    }
+
+    fn validate(&self, req: &Request) -> Result<(), AgentError> {
+        let meta = self.metadata();
+        let dir = required(&meta, req, "state_dir")?;
+        if req.depth > 0 && !Path::new(dir).is_dir() {
+            return Err(AgentError::not_installed(format!(
+                "state_dir {dir} is not a directory on this node"
+            )));
+        }
+        Ok(())
+    }
+
+    fn start(&self, req: &Request) -> Result<(), AgentError> {
+        self.fence(req)
+    }
+
+    fn stop(&self, _req: &Request) -> Result<(), AgentError> {
+        Ok(())
+    }
+
+    fn monitor(&self, req: &Request) -> Result<MonitorState, AgentError> {
+        let meta = self.metadata();
+        let dir = required(&meta, req, "state_dir")?;
+        if Path::new(dir).is_dir() {
+            Ok(MonitorState::Running)
+        } else {
+            Err(AgentError::not_installed(format!(
+                "state_dir {dir} does not exist"
+            )))
+        }
+    }
+}

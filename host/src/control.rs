@@ -1,0 +1,250 @@
+//! The daemon's local control socket: a Unix stream socket (mode 0600, peers
+//! checked with `SO_PEERCRED`: root or the daemon's own user only) that serves
+//! `baton status`, `baton move` and `baton clear`. One JSON request line, one JSON
+//! reply line per connection.
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// What a client asks.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ControlRequest {
+    /// The node's status.
+    Status,
+    /// Move a service to a node, for a while (`for_ms`) or until cleared.
+    Move {
+        /// The service's name.
+        service: String,
+        /// The target node's name.
+        to: String,
+        /// How long the move holds; `None`: until cleared or the target leaves.
+        for_ms: Option<u64>,
+    },
+    /// End a move taken on this node.
+    Unmove {
+        /// The service's name.
+        service: String,
+    },
+    /// Forget a service's failures, ban and block here; retry a failed stop.
+    Clear {
+        /// The service's name.
+        service: String,
+    },
+}
+
+/// The daemon's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ControlReply {
+    /// Whether the request was carried out.
+    pub ok: bool,
+    /// What was done, or why not.
+    pub message: String,
+    /// The status, for `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
+}
+
+impl ControlReply {
+    /// A refusal.
+    pub fn refused(message: impl Into<String>) -> ControlReply {
+        ControlReply {
+            ok: false,
+            message: message.into(),
+            status: None,
+        }
+    }
+}
+
+/// A request waiting for the main loop, with where to send the reply.
+pub type Pending = (ControlRequest, mpsc::Sender<ControlReply>);
+
+/// The default socket of node `node`.
+pub fn default_socket(node: &str) -> PathBuf {
+    PathBuf::from(format!("/run/baton/{node}.sock"))
+}
+
+fn peer_uid(stream: &UnixStream) -> Option<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED fills a ucred of the length we pass.
+    let r = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(cred.uid)
+}
+
+/// Bind `path` (refusing if another daemon answers there) and serve it on a thread;
+/// requests arrive on the returned channel for the main loop to answer.
+pub fn serve(path: &Path) -> anyhow::Result<mpsc::Receiver<Pending>> {
+    if UnixStream::connect(path).is_ok() {
+        bail!(
+            "control socket {}: another baton daemon answers there; stop it, or give this one --socket",
+            path.display()
+        );
+    }
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("control socket directory {}", dir.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("control socket {}: cannot bind", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("control socket {}: chmod 0600", path.display()))?;
+    let (tx, rx) = mpsc::channel::<Pending>();
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let tx = tx.clone();
+                // One thread per connection, so a stuck client blocks nobody.
+                std::thread::spawn(move || handle(stream, &tx, me));
+            }
+        })?;
+    Ok(rx)
+}
+
+fn handle(mut stream: UnixStream, tx: &mpsc::Sender<Pending>, me: u32) {
+    let reply = match peer_uid(&stream) {
+        Some(uid) if uid == 0 || uid == me => read_and_ask(&stream, tx),
+        Some(uid) => ControlReply::refused(format!(
+            "uid {uid} may not control this daemon; run as root"
+        )),
+        None => ControlReply::refused("cannot read the peer's credentials"),
+    };
+    if let Ok(mut line) = serde_json::to_vec(&reply) {
+        line.push(b'\n');
+        let _ = stream.write_all(&line);
+    }
+}
+
+fn read_and_ask(stream: &UnixStream, tx: &mpsc::Sender<Pending>) -> ControlReply {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut line = String::new();
+    // Requests are small: read at most 64 KiB.
+    let mut reader = BufReader::new(std::io::Read::take(stream, 64 * 1024));
+    if let Err(e) = reader.read_line(&mut line) {
+        return ControlReply::refused(format!("reading the request: {e}"));
+    }
+    let req: ControlRequest = match serde_json::from_str(line.trim()) {
+        Ok(r) => r,
+        Err(e) => {
+            return ControlReply::refused(format!(
+                "not a control request ({e}); expected one JSON line like {{\"op\":\"status\"}}"
+            ));
+        }
+    };
+    let (reply_tx, reply_rx) = mpsc::channel();
+    if tx.send((req, reply_tx)).is_err() {
+        return ControlReply::refused("the daemon is stopping");
+    }
+    reply_rx
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|_| ControlReply::refused("the daemon did not answer within 5 s"))
+}
+
+/// Send `req` to the daemon at `path` and return its reply.
+pub fn ask(path: &Path, req: &ControlRequest) -> anyhow::Result<ControlReply> {
+    let mut stream = UnixStream::connect(path).with_context(|| {
+        format!(
+            "cannot reach the daemon's control socket {} (is `baton run` running on this node? give --socket when it uses another path)",
+            path.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut reply = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut reply)
+        .with_context(|| format!("reading the reply from {}", path.display()))?;
+    serde_json::from_str(reply.trim())
+        .with_context(|| format!("{}: the reply is not JSON: {reply:?}", path.display()))
+}
+
+/// Parse a duration: `90s`, `10m`, `2h`, `500ms`, `1d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration; write e.g. 90s, 10m, 2h"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" | "" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?}; use ms, s, m, h or d"
+            ));
+        }
+    };
+    if n == 0 {
+        return Err(format!(
+            "{text:?}: a move for no time; leave out --for to move until cleared"
+        ));
+    }
+    n.checked_mul(ms)
+        .filter(|v| *v < u64::from(u32::MAX))
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long; at most 49 days"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_bad_ones_name_the_fix() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("soon").unwrap_err().contains("e.g. 90s"));
+        assert!(parse_duration("3w").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_duration("0s")
+                .unwrap_err()
+                .contains("leave out --for")
+        );
+        assert!(parse_duration("100d").unwrap_err().contains("too long"));
+    }
+
+    #[test]
+    fn requests_round_trip_as_one_json_line() {
+        let r = ControlRequest::Move {
+            service: "db".into(),
+            to: "n2".into(),
+            for_ms: Some(60_000),
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            text,
+            r#"{"op":"move","service":"db","to":"n2","for_ms":60000}"#
+        );
+        assert_eq!(serde_json::from_str::<ControlRequest>(&text).unwrap(), r);
+    }
+}
