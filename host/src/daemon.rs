@@ -41,12 +41,18 @@ struct LoadedService {
     monitor_every: u64,
 }
 
-/// A finished piece of agent work, with each resource's state afterwards.
+/// What a start or monitor round found: healthy, or the recovery the failure asks
+/// for and the failure in words; and each resource's state afterwards.
+struct Round {
+    result: Result<(), (Recovery, String)>,
+    states: Vec<String>,
+}
+
+/// A finished piece of agent work.
 enum Done {
-    Started(usize, Result<(), Recovery>, Vec<String>),
+    Started(usize, Round),
     Stopped(usize, bool, Vec<String>),
-    /// A monitor round of a service: healthy, or the recovery its failure asks for.
-    Monitored(usize, Result<(), Recovery>, Vec<String>),
+    Monitored(usize, Round),
     Fenced(NodeId, u64, bool),
 }
 
@@ -121,6 +127,8 @@ struct ServiceStatus<'a> {
     holders: Vec<&'a str>,
     /// Unexpired failures on this node.
     failures: usize,
+    /// The latest failure here, in words.
+    last_failure: Option<&'a str>,
     /// An operator's move in effect.
     #[serde(rename = "move")]
     moving: Option<MoveStatus<'a>>,
@@ -238,35 +246,46 @@ fn worst(a: Recovery, b: Recovery) -> Recovery {
 }
 
 /// Start the resources in order; on a failure, stop the ones started, in reverse.
-fn start_service(svc: &LoadedService) -> (Result<(), Recovery>, Vec<String>) {
+fn start_service(svc: &LoadedService) -> Round {
     let mut states = vec!["stopped".to_string(); svc.resources.len()];
     for (k, (handle, req)) in svc.resources.iter().enumerate() {
         let (result, state) = call(handle, req, Action::Start, None);
         states[k] = state;
         if let Err(recovery) = result {
+            let failure = format!("{}: {}", req.context.resource, states[k]);
             let (stopped, rolled_back) = stop_resources(&svc.resources[..k], None);
             states[..k].clone_from_slice(&rolled_back);
             // A start that failed and a stop that did not: the node must be fenced.
             let recovery = if stopped { recovery } else { Recovery::Fence };
-            return (Err(recovery), states);
+            return Round {
+                result: Err((recovery, failure)),
+                states,
+            };
         }
     }
     tracing::info!(service = %svc.name, "started");
-    (Ok(()), states)
+    Round {
+        result: Ok(()),
+        states,
+    }
 }
 
 /// Monitor every resource; healthy when each answers running, degraded or promoted.
-fn monitor_service(svc: &LoadedService) -> (Result<(), Recovery>, Vec<String>) {
-    let mut failed: Option<Recovery> = None;
+fn monitor_service(svc: &LoadedService) -> Round {
+    let mut result = Ok(());
     let mut states = Vec::new();
     for (h, base) in &svc.resources {
-        let (result, state) = call(h, base, Action::Monitor, None);
-        if let Err(r) = result {
-            failed = Some(failed.map_or(r, |f| worst(f, r)));
+        let (r, state) = call(h, base, Action::Monitor, None);
+        if let Err(recovery) = r {
+            let failure = format!("{}: {state}", base.context.resource);
+            result = match result {
+                Ok(()) => Err((recovery, failure)),
+                Err((worse, first)) => Err((worst(worse, recovery), first)),
+            };
         }
         states.push(state);
     }
-    (failed.map_or(Ok(()), Err), states)
+    Round { result, states }
 }
 
 /// Stop resources in reverse order; false if any stop failed (it may still run).
@@ -480,6 +499,8 @@ pub fn run(
         .iter()
         .map(|s| vec!["stopped".to_string(); s.resources.len()])
         .collect();
+    // The latest failure of each service here, in words, for status.
+    let mut last_failure: Vec<Option<String>> = vec![None; services.len()];
     // When this node last had quorum (for the watchdog's self-fence bound).
     let mut quorate_at = 0u64;
     let mut buf = [0u8; 65536];
@@ -500,10 +521,7 @@ pub fn run(
         };
         std::thread::spawn(move || {
             let done = match c {
-                Command::Start(i) => {
-                    let (result, states) = start_service(&services[i]);
-                    Done::Started(i, result, states)
-                }
+                Command::Start(i) => Done::Started(i, start_service(&services[i])),
                 Command::Stop(i) => {
                     // Without quorum, stops are bounded by the self-fence bound: the
                     // survivors take over once it has passed.
@@ -554,26 +572,31 @@ pub fn run(
         while let Ok(d) = done_rx.try_recv() {
             let now = now_ms();
             let commands = match d {
-                Done::Started(i, result, states) => {
-                    resource_states[i] = states;
+                Done::Started(i, round) => {
+                    resource_states[i] = round.states;
                     next_monitor[i] = now + services[i].monitor_every;
+                    let result = round.result.map_err(|(recovery, failure)| {
+                        last_failure[i] = Some(failure);
+                        recovery
+                    });
                     node.start_done(i, result, now)
                 }
                 Done::Stopped(i, ok, states) => {
                     resource_states[i] = states;
                     node.stop_done(i, ok)
                 }
-                Done::Monitored(i, result, states) => {
+                Done::Monitored(i, round) => {
                     monitoring[i] = false;
                     next_monitor[i] = now + services[i].monitor_every;
                     if node.phases()[i] != Phase::Running {
                         Vec::new()
                     } else {
-                        resource_states[i] = states;
-                        match result {
+                        resource_states[i] = round.states;
+                        match round.result {
                             Ok(()) => Vec::new(),
-                            Err(recovery) => {
-                                tracing::warn!(service = %services[i].name, %recovery, "service failed here");
+                            Err((recovery, failure)) => {
+                                tracing::warn!(service = %services[i].name, %recovery, "service failed here: {failure}");
+                                last_failure[i] = Some(failure);
                                 node.service_failed(i, now, recovery)
                             }
                         }
@@ -605,6 +628,7 @@ pub fn run(
                             &dropped,
                             now,
                             &resource_states,
+                            &last_failure,
                             fencer.is_some(),
                             watchdog.is_some(),
                         );
@@ -632,8 +656,7 @@ pub fn run(
                 let services = Arc::clone(&services);
                 let tx = done_tx.clone();
                 std::thread::spawn(move || {
-                    let (result, states) = monitor_service(&services[i]);
-                    let _ = tx.send(Done::Monitored(i, result, states));
+                    let _ = tx.send(Done::Monitored(i, monitor_service(&services[i])));
                 });
             }
         }
@@ -688,6 +711,7 @@ pub fn run(
                     &dropped,
                     now,
                     &resource_states,
+                    &last_failure,
                     fencer.is_some(),
                     watchdog.is_some(),
                 );
@@ -824,6 +848,7 @@ fn status<'a>(
     dropped: &BTreeMap<&'static str, u64>,
     now: u64,
     resource_states: &[Vec<String>],
+    last_failure: &'a [Option<String>],
     fencing: bool,
     watchdog: bool,
 ) -> Status<'a> {
@@ -897,6 +922,7 @@ fn status<'a>(
                     .map(n)
                     .collect(),
                 failures: node.failure_counts(now)[i],
+                last_failure: last_failure[i].as_deref(),
                 moving: moves.iter().find(|m| m.service == i).map(|m| MoveStatus {
                     to: n(&m.to),
                     by: n(&m.issuer),

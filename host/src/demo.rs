@@ -37,6 +37,10 @@ pub struct DemoArgs {
     /// Self-fencing bound in ms (how long a node that lost quorum may take to stop).
     #[arg(long, default_value_t = 300)]
     pub self_fence_ms: u64,
+    /// Fencing: `lab` (the lab fence agent kills a lost node's daemon and processes,
+    /// so survivors need not wait) or `none` (survivors wait the fence wait).
+    #[arg(long, default_value = "lab", value_parser = ["lab", "none"])]
+    pub fence: String,
     /// Print the measurements as JSON.
     #[arg(long)]
     pub json: bool,
@@ -384,7 +388,13 @@ fn cluster(args: &DemoArgs, baton: &Path) -> anyhow::Result<ExitCode> {
         );
         println!("`process` agent) is standby on n1, n2, n3; a client probes it from {prefix}-br.");
     }
-    let mut c = ClusterLab::start(&prefix, baton, &args.timing, args.self_fence_ms)?;
+    let mut c = ClusterLab::start(
+        &prefix,
+        baton,
+        &args.timing,
+        args.self_fence_ms,
+        args.fence == "lab",
+    )?;
     let wait = Duration::from_secs(30);
     if !c.wait_answering(vec![1], wait)? {
         bail!(
@@ -466,6 +476,8 @@ fn cluster(args: &DemoArgs, baton: &Path) -> anyhow::Result<ExitCode> {
             _ => {
                 c.lab.heal(1, Lan::Private)?;
                 c.lab.heal(1, Lan::Service)?;
+                // With the lab fence agent, the isolated node was fenced (killed).
+                c.revive(1)?;
             }
         }
     }
@@ -479,7 +491,7 @@ fn cluster(args: &DemoArgs, baton: &Path) -> anyhow::Result<ExitCode> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"fault": args.fault, "timing": args.timing, "self_fence_ms": args.self_fence_ms,
+            serde_json::json!({"fault": args.fault, "timing": args.timing, "self_fence_ms": args.self_fence_ms, "fence": args.fence,
                                "runs": gaps.len(), "gaps_ms": gaps, "p50_ms": p50, "p90_ms": p90, "max_ms": max})
         );
     } else {
@@ -488,11 +500,35 @@ fn cluster(args: &DemoArgs, baton: &Path) -> anyhow::Result<ExitCode> {
         for n in 2..=3 {
             println!("   {}", status_line(&c, n));
         }
+        if let Some(s) = c.status(2) {
+            let f = &s["fencing"];
+            println!(
+                "   n2 fencing: {}; fenced: {}",
+                f["agent"]
+                    .as_str()
+                    .map(|a| format!("agent {a}"))
+                    .unwrap_or_else(|| format!(
+                        "none, waited the fence wait ({} ms)",
+                        f["fence_wait_ms"]
+                    )),
+                f["confirmed"]
+            );
+        }
+        let (overlaps, intervals) = crate::lab::ledger_overlaps(c.dir.path())?;
         println!(
-            "\nfailover as the client saw it: p50 {p50} ms, p90 {p90} ms, max {max} ms over {} run(s) ({} timing, {}).",
+            "   ledger: {intervals} owner intervals recorded, {}",
+            if overlaps.is_empty() {
+                "never two owners at once".to_string()
+            } else {
+                format!("OVERLAPS: {}", overlaps.join("; "))
+            }
+        );
+        println!(
+            "\nfailover as the client saw it: p50 {p50} ms, p90 {p90} ms, max {max} ms over {} run(s) ({} timing, {}, fencing {}).",
             gaps.len(),
             args.timing,
-            args.fault
+            args.fault,
+            args.fence
         );
         println!(
             "Logs and status files: {} (removed at exit). Try `baton demo --runs 20` or `baton demo --agents`.",

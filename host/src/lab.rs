@@ -289,7 +289,10 @@ s.bind(('0.0.0.0', 8080))\ns.listen(64)\nwhile True:\n    c, _ = s.accept()\n   
 /// `self_fence_ms`, `witness`), with one service `web` of `strategy` (plus
 /// `service_extra` TOML lines), preferred in node order,
 /// run by the `process` agent with `process_params` (TOML inline-table entries) plus
-/// its state under `DIR/run`. Shared by the lab, the demo and the daemon tests.
+/// its state under `DIR/run`, followed by a `ledger` resource that records every
+/// owner interval in `DIR/ledger` (see [`ledger_overlaps`]). `RUN_DIR` in
+/// `cluster_extra` becomes `DIR/run` (for `[cluster.fencing]` with `lab-fence`).
+/// Shared by the lab, the demo and the daemon tests.
 pub fn write_cluster_config(
     dir: &Path,
     links: &[[String; 2]],
@@ -309,21 +312,37 @@ pub fn write_cluster_config(
     }
     let preferred: Vec<String> = (1..=links.len()).map(|n| format!("\"n{n}\"")).collect();
     let path = dir.join("cluster.toml");
+    let run = dir.join("run").display().to_string();
+    let cluster_extra = cluster_extra.replace("RUN_DIR", &run);
     std::fs::write(
         &path,
         format!(
             "[agents]\nstore = {store:?}\n[cluster]\nname = \"lab\"\nkey_file = {key:?}\ntiming = \"{timing}\"\n\
              {cluster_extra}\n{nodes}\
              [[service]]\nname = \"web\"\nstrategy = \"{strategy}\"\npreferred = [{preferred}]\n{service_extra}\n\
-             [[service.resource]]\nagent = \"process\"\nmonitor_ms = 500\nparams = {{ {process_params}, state_dir = {run:?}, stop_grace_ms = 300 }}\n",
+             [[service.resource]]\nagent = \"process\"\nmonitor_ms = 500\nparams = {{ {process_params}, state_dir = {run:?}, stop_grace_ms = 300 }}\n\
+             [[service.resource]]\nagent = \"ledger\"\nmonitor_ms = 100\nparams = {{ file = {ledger:?}, state_dir = {run:?} }}\n",
             store = dir.join("store").display().to_string(),
             key = dir.join("key").display().to_string(),
-            run = dir.join("run").display().to_string(),
+            ledger = dir.join("ledger").display().to_string(),
             preferred = preferred.join(", "),
         ),
     )?;
     Ok(path)
 }
+
+/// The overlaps the ledger of a cluster written by [`write_cluster_config`] in
+/// `dir` shows (empty: one owner at a time), and how many owner intervals it holds.
+pub fn ledger_overlaps(dir: &Path) -> anyhow::Result<(Vec<String>, usize)> {
+    let path = dir.join("ledger");
+    let intervals = baton_agents::ledger::intervals(&path)
+        .with_context(|| format!("reading the ledger {}", path.display()))?;
+    Ok((baton_agents::ledger::overlaps(&intervals), intervals.len()))
+}
+
+/// `[cluster]` lines for the `lab-fence` agent (kills a lost node's daemon and its
+/// agents' process groups, recorded under the lab's run directory).
+pub const LAB_FENCING: &str = "[cluster.fencing]\nagent = \"lab-fence\"\nparams = { state_dir = \"RUN_DIR\" }\ntimeout_ms = 5000\n";
 
 /// A three-node baton cluster running in a [`Lab`]: the service `web` (the
 /// `process` agent running [`RESPONDER`] on port 8080), standby on n1, n2, n3.
@@ -337,20 +356,20 @@ pub struct ClusterLab {
 }
 
 impl ClusterLab {
-    /// Build a three-node lab, write the config (`timing` = fast|default) and start every node.
+    /// Build a three-node lab, write the config (`timing` = fast|default; with
+    /// `fencing`, the `lab-fence` agent) and start every node.
     pub fn start(
         prefix: &str,
         baton: &Path,
         timing: &str,
         self_fence_ms: u64,
+        fencing: bool,
     ) -> anyhow::Result<ClusterLab> {
-        ClusterLab::start_with(
-            prefix,
-            baton,
-            timing,
-            3,
-            &format!("self_fence_ms = {self_fence_ms}"),
-        )
+        let mut extra = format!("self_fence_ms = {self_fence_ms}\n");
+        if fencing {
+            extra += LAB_FENCING;
+        }
+        ClusterLab::start_with(prefix, baton, timing, 3, &extra)
     }
 
     /// Like [`ClusterLab::start`] with `nodes` nodes and extra `[cluster]` lines;
@@ -404,6 +423,8 @@ impl ClusterLab {
         let cfg = d.join("cluster.toml");
         let status = d.join(format!("n{n}.json"));
         let node = format!("n{n}");
+        let socket = self.socket(n);
+        let pid_file = d.join(format!("run/n{n}.daemon.pid"));
         let args = [
             "--config",
             cfg.to_str().unwrap_or(""),
@@ -412,6 +433,10 @@ impl ClusterLab {
             &node,
             "--status-file",
             status.to_str().unwrap_or(""),
+            "--socket",
+            socket.to_str().unwrap_or(""),
+            "--pid-file",
+            pid_file.to_str().unwrap_or(""),
         ];
         let pid = self
             .lab
@@ -420,11 +445,39 @@ impl ClusterLab {
         Ok(())
     }
 
+    /// Whether node `n`'s daemon runs (a fence may have killed it).
+    pub fn node_alive(&self, n: usize) -> bool {
+        self.daemons[n - 1]
+            .and_then(baton_agents::proc_stat)
+            .is_some_and(|(_, zombie)| !zombie)
+    }
+
+    /// Start node `n` again if its daemon is gone (killed, or fenced).
+    pub fn revive(&mut self, n: usize) -> anyhow::Result<()> {
+        if !self.node_alive(n) {
+            self.kill_node(n);
+            self.start_node(n)?;
+        }
+        Ok(())
+    }
+
+    /// Node `n`'s control socket.
+    pub fn socket(&self, n: usize) -> std::path::PathBuf {
+        self.dir.path().join(format!("n{n}.sock"))
+    }
+
     /// The PID of the service process node `n` started (its process group leader).
     pub fn service_pid(&self, n: usize) -> Option<i32> {
         let text =
             std::fs::read_to_string(self.dir.path().join(format!("run/n{n}.web-0.pid"))).ok()?;
         text.split_whitespace().next()?.parse().ok()
+    }
+
+    /// kill -9 node `n`'s daemon only (its agents' processes keep running).
+    pub fn kill_daemon(&mut self, n: usize) {
+        if let Some(pid) = self.daemons[n - 1].take() {
+            self.lab.kill(pid);
+        }
     }
 
     /// kill -9 node `n`'s daemon and its service's process group.

@@ -1086,7 +1086,7 @@ mod cluster_tests {
         t.run(1_000);
         // Nobody else starts it while node 1 may still run it; node 2 fences node 1.
         assert!(t.runs().is_empty());
-        assert!(t.started.get(&2).is_none() && t.started.get(&3).is_none());
+        assert!(!t.started.contains_key(&2) && !t.started.contains_key(&3));
         assert_eq!(t.fences.first(), Some(&(2, 1, 1)));
         // The fence kills node 1; once confirmed, node 2 takes over without the wait.
         t.down.insert(1);

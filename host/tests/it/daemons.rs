@@ -30,6 +30,10 @@ impl Cluster {
     }
 
     fn with(strategy: &str, service_extra: &str) -> Cluster {
+        Cluster::with_params(strategy, service_extra, "command = \"sleep 600\"")
+    }
+
+    fn with_params(strategy: &str, service_extra: &str, params: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let links: Vec<[String; 2]> = (1..=3)
             .map(|n| {
@@ -47,7 +51,7 @@ impl Cluster {
             "self_fence_ms = 300",
             strategy,
             service_extra,
-            "command = \"sleep 600\"",
+            params,
         )
         .unwrap();
         let mut c = Cluster {
@@ -71,6 +75,8 @@ impl Cluster {
             .arg(&self.config)
             .args(["run", "--node", &format!("n{n}"), "--status-file"])
             .arg(self.status_file(n))
+            .arg("--socket")
+            .arg(self.dir.path().join(format!("n{n}.sock")))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -249,4 +255,117 @@ fn at_the_restart_limit_the_service_moves_and_the_node_is_avoided() {
         "{s}"
     );
     assert_eq!(c.status(1).unwrap()["services"][0]["failures"], 1);
+}
+
+#[test]
+fn a_misconfigured_resource_stops_the_service_everywhere_until_cleared() {
+    // The process agent reports a ready_tcp that is not HOST:PORT as misconfigured:
+    // wrong on every node, so no node may try it (no restarts, no moves).
+    let c = Cluster::with_params(
+        "standby",
+        "",
+        "command = \"sleep 600\", ready_tcp = \"nonsense\"",
+    );
+    c.wait_for(
+        "every node to report the service stopped everywhere",
+        Duration::from_secs(20),
+        |c| {
+            (1..=3).all(|n| {
+                c.status(n).is_some_and(|s| {
+                    s["services"][0]["why"].as_str().is_some_and(|w| {
+                        w.contains("stopped everywhere") && w.contains("on node 1")
+                    })
+                })
+            })
+        },
+    );
+    // Well past a restart or a takeover: still nobody runs it, and n1 tried once.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert!(c.owners().is_empty());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(c.status(1).unwrap()["services"][0]["failures"], 1);
+    let failure = c.status(1).unwrap()["services"][0]["last_failure"].clone();
+    assert!(
+        failure.as_str().unwrap().contains("web-0: start failed")
+            && failure.as_str().unwrap().contains("not HOST:PORT"),
+        "{failure}"
+    );
+    // `baton clear` on n1 lifts the block (the config is still wrong, so it blocks again).
+    let out = Command::new(baton_exe())
+        .args(["clear", "web", "--json", "--socket"])
+        .arg(c.dir.path().join("n1.sock"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["ok"], true, "{reply}");
+}
+
+#[test]
+fn status_and_refusals_over_the_control_socket() {
+    let c = Cluster::new("standby");
+    c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
+        c.owners() == [1]
+    });
+    let sock = c.dir.path().join("n2.sock");
+    let out = Command::new(baton_exe())
+        .args(["status", "--json", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["node"], "n2");
+    assert_eq!(s["services"][0]["owner"], "n1");
+    assert_eq!(s["services"][0]["resources"][1]["agent"], "ledger");
+    // Only root or the daemon's user may talk to it: the socket is 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // A second daemon for the same node refuses to start on the same socket.
+    let out = Command::new(baton_exe())
+        .arg("--config")
+        .arg(&c.config)
+        .args(["run", "--node", "n2", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot bind") || err.contains("another baton daemon"),
+        "{err}"
+    );
+    // Bad requests are refused with the fix.
+    for (args, want) in [
+        (
+            vec!["move", "nosuch", "--to", "n2"],
+            "no service is named \"nosuch\"",
+        ),
+        (
+            vec!["move", "web", "--to", "n2", "--for", "soon"],
+            "e.g. 90s",
+        ),
+        (vec!["move", "web", "--clear"], "web has no move in effect"),
+    ] {
+        let out = Command::new(baton_exe())
+            .args(&args)
+            .arg("--socket")
+            .arg(&sock)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
 }

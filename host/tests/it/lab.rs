@@ -1,11 +1,38 @@
 //! Real daemons in network namespaces (root only): three nodes with a private and a
-//! service LAN, a TCP service run by the `process` agent, and a client probing it.
+//! service LAN, a TCP service run by the `process` agent, a `ledger` resource that
+//! records every owner interval in a shared file (any overlap fails the test), and
+//! a client probing the service.
 
 use crate::support::baton_exe;
-use baton::lab::{ClusterLab, Lab, Lan, answering};
+use baton::lab::{ClusterLab, Lab, Lan, answering, ledger_overlaps};
 use std::time::{Duration, Instant};
 
+/// The ledger shows one owner at a time, and (once the latest owner's ledger
+/// resource, started after the responder clients see, has written) at least `min`
+/// owner intervals.
+fn assert_one_owner_at_a_time(c: &ClusterLab, min: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok((overlaps, intervals)) = ledger_overlaps(c.dir.path()) {
+            assert!(overlaps.is_empty(), "two owners at once: {overlaps:?}");
+            if intervals >= min {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {min} owner intervals in the ledger:\n{}",
+            std::fs::read_to_string(c.dir.path().join("ledger")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn start(prefix: &str) -> Option<ClusterLab> {
+    start_fencing(prefix, false)
+}
+
+fn start_fencing(prefix: &str, fencing: bool) -> Option<ClusterLab> {
     if !Lab::possible() {
         // Not root: the loopback daemon tests still cover failover. CI runs as root.
         eprintln!("lab tests need root and iproute2; skipped");
@@ -16,6 +43,7 @@ fn start(prefix: &str) -> Option<ClusterLab> {
         &baton_exe(),
         "fast",
         500,
+        fencing,
     )
     .unwrap();
     assert!(
@@ -23,6 +51,8 @@ fn start(prefix: &str) -> Option<ClusterLab> {
         "n1 never served; logs in {}",
         c.dir.path().display()
     );
+    // The ledger resource starts after the responder: wait for n1's interval too.
+    assert_one_owner_at_a_time(&c, 1);
     Some(c)
 }
 
@@ -85,6 +115,7 @@ fn an_isolated_owner_stops_and_exactly_one_other_node_serves() {
         c.wait_answering(vec![1], Duration::from_secs(20)).unwrap(),
         "no failback to n1"
     );
+    assert_one_owner_at_a_time(&c, 3);
 }
 
 #[test]
@@ -100,6 +131,99 @@ fn kill_9_of_the_owner_fails_over_and_the_node_rejoins() {
         c.wait_answering(vec![1], Duration::from_secs(20)).unwrap(),
         "n1 did not get the service back"
     );
+    assert_one_owner_at_a_time(&c, 3);
+}
+
+#[test]
+fn with_the_lab_fence_agent_survivors_fence_a_lost_owner_whose_service_still_runs() {
+    let Some(mut c) = start_fencing("bf", true) else {
+        return;
+    };
+    let service = c.service_pid(1).unwrap();
+    // Only n1's daemon dies: its service process keeps running, which only a fence
+    // (here: killing n1's recorded process groups) can end.
+    c.kill_daemon(1);
+    assert!(
+        c.wait_answering(vec![2], Duration::from_secs(20)).unwrap(),
+        "n2 did not take over; logs in {}",
+        c.dir.path().display()
+    );
+    assert!(
+        crate::support::gone_within(service, Duration::from_secs(5)),
+        "the fence did not end n1's service"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let f = c.status(2).unwrap()["fencing"].clone();
+        if f["confirmed"] == serde_json::json!(["n1"]) {
+            assert_eq!(f["agent"], "lab-fence");
+            assert_eq!(f["waiting"], serde_json::json!({}), "{f}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n2 never confirmed n1 fenced: {f}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_one_owner_at_a_time(&c, 2);
+    // n1 boots again as a new incarnation and rejoins; standby fails back to it.
+    c.start_node(1).unwrap();
+    assert!(
+        c.wait_answering(vec![1], Duration::from_secs(20)).unwrap(),
+        "n1 did not get the service back"
+    );
+    assert_one_owner_at_a_time(&c, 3);
+}
+
+#[test]
+fn an_operator_move_switches_over_shows_in_status_and_ends_by_itself() {
+    let Some(c) = start("bm") else { return };
+    let out = std::process::Command::new(baton_exe())
+        .args(["move", "web", "--to", "n3", "--for", "3s", "--socket"])
+        .arg(c.socket(2))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("moving web to n3 for 3 s"));
+    assert!(
+        c.wait_answering(vec![3], Duration::from_secs(10)).unwrap(),
+        "the move did not reach n3"
+    );
+    let s = c.status(1).unwrap();
+    let m = &s["services"][0]["move"];
+    assert_eq!(
+        (m["to"].as_str(), m["by"].as_str()),
+        (Some("n3"), Some("n2")),
+        "{s}"
+    );
+    assert!(
+        m["ends_in_ms"].as_u64().is_some_and(|ms| ms <= 3_000),
+        "{s}"
+    );
+    // The move ends by itself: standby returns the service to n1, nothing left behind.
+    assert!(
+        c.wait_answering(vec![1], Duration::from_secs(10)).unwrap(),
+        "the service did not return after the move"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !c.status(1).unwrap()["services"][0]["move"].is_null() {
+        assert!(Instant::now() < deadline, "the move is still shown");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A move to an unknown node is refused with the reason.
+    let out = std::process::Command::new(baton_exe())
+        .args(["move", "web", "--to", "n9", "--socket"])
+        .arg(c.socket(1))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no node is named \"n9\""));
+    assert_one_owner_at_a_time(&c, 3);
 }
 
 fn start_with(prefix: &str, nodes: usize, cluster_extra: &str) -> Option<ClusterLab> {
@@ -114,6 +238,8 @@ fn start_with(prefix: &str, nodes: usize, cluster_extra: &str) -> Option<Cluster
         "n1 never served; logs in {}",
         c.dir.path().display()
     );
+    // The ledger resource starts after the responder: wait for n1's interval too.
+    assert_one_owner_at_a_time(&c, 1);
     Some(c)
 }
 
@@ -166,6 +292,7 @@ fn a_two_node_partition_with_a_witness_leaves_exactly_one_side_running() {
     assert!(crate::support::alive(pid1));
     assert!(c.service_pid(2).is_none());
     assert_eq!(c.status(1).unwrap()["witness_held"], true);
+    assert_one_owner_at_a_time(&c, 1);
 }
 
 #[test]
@@ -193,4 +320,5 @@ fn the_last_survivor_of_four_runs_the_service_with_a_witness_worth_three_votes()
         s["quorum"],
         "4 of 7 votes (with the witness) is a strict majority"
     );
+    assert_one_owner_at_a_time(&c, 2);
 }
