@@ -460,9 +460,11 @@ fn cluster(args: &DemoArgs, baton: &Path) -> anyhow::Result<ExitCode> {
     for run in 0..args.runs.max(1) {
         // Let the cluster settle with n1 serving, then fault it.
         if !c.wait_answering(vec![1], wait)? {
+            let kept = c.dir.path().with_extension("failed");
+            let _ = std::fs::rename(c.dir.path(), &kept);
             bail!(
-                "run {run}: n1 did not serve again; logs in {}",
-                c.dir.path().display()
+                "run {run}: n1 did not serve again; logs kept in {}",
+                kept.display()
             );
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -503,15 +505,14 @@ fn cluster(args: &DemoArgs, baton: &Path) -> anyhow::Result<ExitCode> {
         if let Some(s) = c.status(2) {
             let f = &s["fencing"];
             println!(
-                "   n2 fencing: {}; fenced: {}",
+                "   fencing: {}",
                 f["agent"]
                     .as_str()
-                    .map(|a| format!("agent {a}"))
+                    .map(|a| format!("agent {a}: the lost node was fenced, then n2 took over"))
                     .unwrap_or_else(|| format!(
-                        "none, waited the fence wait ({} ms)",
+                        "none: survivors waited the fence wait ({} ms)",
                         f["fence_wait_ms"]
-                    )),
-                f["confirmed"]
+                    ))
             );
         }
         let (overlaps, intervals) = crate::lab::ledger_overlaps(c.dir.path())?;
