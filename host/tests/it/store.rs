@@ -125,7 +125,8 @@ fn an_unknown_type_lists_what_exists() {
     let cat = catalog(dir.path(), "");
     let e = format!("{:#}", cat.load("proces").err().unwrap());
     assert!(
-        e.contains("unknown agent type \"proces\"") && e.contains("Built-in: process, tcp-check"),
+        e.contains("unknown agent type \"proces\"")
+            && e.contains("Built-in: lab-fence, ledger, process, tcp-check"),
         "{e}"
     );
     assert!(e.contains("baton agent install"), "{e}");
