@@ -14,8 +14,10 @@
 //! 3. It starts only after its claim has been visible for `settle` (longer than a
 //!    report takes to reach every member) and every node outside its view has been
 //!    outside for at least `fence_wait` (the longest a lost node can take to notice
-//!    and finish self-fencing); it backs off if another member claimed the service
-//!    meanwhile (the lower node id keeps its claim).
+//!    and finish self-fencing), counted from when this partition last gained quorum
+//!    if that is later (another partition may have just lost it, e.g. the witness
+//!    lease moved); it backs off if another member claimed the service meanwhile
+//!    (the lower node id keeps its claim).
 //! 4. It stops when placement moves the service away (switchover, failback, an
 //!    operator's move), and the next owner starts only once no member claims it.
 //!
@@ -662,7 +664,16 @@ impl ClusterNode {
         let witness_held = self.witness_holder.is_some_and(|h| view.contains(&h));
         let quorum = self.quorum.decide(&view, witness_held, self.seen_all);
         let quorate = quorum.quorate;
+        let was_quorate = self.quorum_state.as_ref().is_some_and(|q| q.quorate);
         self.quorum_state = Some(quorum);
+        if quorate && !was_quorate {
+            // Gaining quorum (the witness lease passed to this partition, a node came
+            // back) may mean another partition just lost it and is still stopping:
+            // every absent node is waited for (or fenced) again from now.
+            for since in self.absent_since.values_mut() {
+                *since = now;
+            }
+        }
         let mut commands = Vec::new();
         if quorate && self.fencing {
             commands.extend(self.fences_to_run(&view, now));
@@ -1161,5 +1172,102 @@ mod cluster_tests {
         t.run(2_000);
         assert_eq!(t.runs(), [1]);
         assert!(t.nodes[0].active_moves(t.now).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod witness_tests {
+    use super::*;
+    use crate::cluster::placement::FailurePolicy;
+
+    #[test]
+    fn a_partition_that_gains_the_witness_waits_for_the_one_that_lost_it_to_stop() {
+        let self_fence = 2_000;
+        let spec = ClusterSpec {
+            nodes: vec![1, 2],
+            links: 1,
+            bounds: Bounds {
+                membership: Timing::FAST,
+                self_fence: Duration::from_millis(self_fence),
+                max_delay: Duration::from_millis(1),
+            },
+            quorum: QuorumPolicy {
+                witness_votes: 1,
+                ..QuorumPolicy::majority(&[1, 2])
+            },
+            services: vec![ServiceSpec {
+                name: "db".into(),
+                strategy: Strategy::Standby,
+                preferred: vec![1, 2],
+                failures: FailurePolicy::default(),
+            }],
+            fencing: false,
+        };
+        let mut nodes = [
+            ClusterNode::new(&spec, 1, 1, 0),
+            ClusterNode::new(&spec, 2, 1, 0),
+        ];
+        let mut now = 0;
+        let mut connected = true;
+        let mut step = |nodes: &mut [ClusterNode; 2], now: Millis, connected: bool| {
+            let mut out = Vec::new();
+            let mut packets = Vec::new();
+            for (k, node) in nodes.iter_mut().enumerate() {
+                let (hbs, commands) = node.tick(now);
+                packets.extend(hbs);
+                out.extend(commands.into_iter().map(|c| (k, c)));
+            }
+            if connected {
+                for hb in packets {
+                    for node in nodes.iter_mut() {
+                        node.on_heartbeat(now, &hb);
+                    }
+                }
+            }
+            out
+        };
+        // Node 1 holds the witness and runs db.
+        for n in &mut nodes {
+            n.set_witness_holder(Some(1));
+        }
+        while nodes[0].phases()[0] != Phase::Running {
+            now += 20;
+            assert!(now < 5_000);
+            for (k, c) in step(&mut nodes, now, connected) {
+                if let Command::Start(s) = c {
+                    nodes[k].start_done(s, Ok(()), now);
+                }
+            }
+        }
+        // The link is cut: node 1 keeps the witness and db; node 2 has no quorum.
+        connected = false;
+        for _ in 0..50 {
+            now += 20;
+            assert!(step(&mut nodes, now, connected).is_empty());
+        }
+        assert_eq!(nodes[0].phases()[0], Phase::Running);
+        // Node 1 loses the witness's storage: it stops db, slowly (up to self_fence).
+        nodes[0].set_witness_holder(None);
+        now += 20;
+        let lost_at = now;
+        assert_eq!(step(&mut nodes, now, connected), [(0, Command::Stop(0))]);
+        // The lease expires and node 2 takes it: quorate, it must still not start db
+        // before node 1's stop bound has passed.
+        nodes[1].set_witness_holder(Some(2));
+        let mut started_at = None;
+        while started_at.is_none() {
+            now += 20;
+            assert!(now < lost_at + 10_000, "node 2 never took over");
+            for (k, c) in step(&mut nodes, now, connected) {
+                if k == 1 && c == Command::Start(0) {
+                    started_at = Some(now);
+                }
+            }
+        }
+        let waited = started_at.unwrap() - lost_at;
+        assert!(
+            waited >= self_fence,
+            "node 2 started db {waited} ms after node 1 began stopping (bound {self_fence} ms)"
+        );
     }
 }

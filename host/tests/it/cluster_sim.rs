@@ -5,7 +5,10 @@
 //! failures (restart-here and move recoveries), and 200 seeded random fault
 //! schedules. Even seeds run with a fence agent: the fencer's fences kill their
 //! target after a delay (or fail, and are retried), and stops may fail, which only a
-//! fence resolves. Packets go through the real codec and replay guard.
+//! fence resolves. Seeds divisible by 3 add a witness worth N−1 votes (a lease with
+//! the daemon's rules: the partition leader takes or renews it, the others read it),
+//! and faults that cut one node, or every node, off the witness's storage. Packets go
+//! through the real codec and replay guard.
 //!
 //! Checked after **every** millisecond: no service that must run once is held
 //! (starting, running or stopping) by two nodes at the same time.
@@ -122,6 +125,17 @@ struct Sim {
     fencing: bool,
     /// Targets whose last fence failed.
     fence_failed: BTreeSet<NodeId>,
+    /// The witness's votes (0: none).
+    witness_votes: u32,
+    /// The witness lease: (holder, expires).
+    lease: Option<(NodeId, Millis)>,
+    /// Nodes that cannot reach the witness's storage.
+    witness_cut: BTreeSet<NodeId>,
+}
+
+/// The lease time the daemon uses: twice the link timeout.
+fn lease_ms() -> Millis {
+    2 * Timing::FAST.link_timeout.as_millis() as Millis
 }
 
 impl Sim {
@@ -146,6 +160,13 @@ impl Sim {
             violation: None,
             fencing: seed.is_multiple_of(2),
             fence_failed: BTreeSet::new(),
+            witness_votes: if seed.is_multiple_of(3) {
+                u32::from(n) - 1
+            } else {
+                0
+            },
+            lease: None,
+            witness_cut: BTreeSet::new(),
         };
         for id in ids {
             sim.boot(id, 1);
@@ -159,7 +180,10 @@ impl Sim {
             nodes: self.ids.clone(),
             links: LINKS as usize,
             bounds: bounds(),
-            quorum: QuorumPolicy::majority(&self.ids),
+            quorum: QuorumPolicy {
+                witness_votes: self.witness_votes,
+                ..QuorumPolicy::majority(&self.ids)
+            },
             services: services(),
             fencing: self.fencing,
         };
@@ -253,6 +277,25 @@ impl Sim {
                 }
             }
             if running && (now + node.phase).is_multiple_of(interval) {
+                if self.witness_votes > 0 {
+                    // As the daemon does: the partition's leader takes or renews the
+                    // lease, the others read it; unreachable storage reads as nobody.
+                    let view = node.state.membership().view().1.clone();
+                    let holder = if self.witness_cut.contains(id) {
+                        None
+                    } else if view.iter().next() == Some(id) {
+                        match self.lease {
+                            Some((h, exp)) if now < exp && !view.contains(&h) => Some(h),
+                            _ => {
+                                self.lease = Some((*id, now + lease_ms()));
+                                Some(*id)
+                            }
+                        }
+                    } else {
+                        self.lease.filter(|(_, exp)| now < *exp).map(|(h, _)| h)
+                    };
+                    node.state.set_witness_holder(holder);
+                }
                 let (packets, more) = node.state.tick(now);
                 commands.extend(more);
                 self.send(*id, packets);
@@ -383,7 +426,7 @@ impl Sim {
         let a = pick(&mut self.rng);
         let b = pick(&mut self.rng);
         let link = self.rng.below(LINKS as u64) as u8;
-        let what = self.rng.below(11);
+        let what = self.rng.below(12);
         let text = match what {
             0 if a != b => {
                 self.cut.insert((a, b, link));
@@ -452,6 +495,15 @@ impl Sim {
                 self.paused_until.insert(a, self.now + ms);
                 format!("pause {a} for {ms} ms")
             }
+            10 if self.witness_votes > 0 => {
+                if self.rng.chance(50) {
+                    self.witness_cut.insert(a);
+                    format!("{a} loses the witness's storage")
+                } else {
+                    self.witness_cut.extend(ids.iter().copied());
+                    "the witness's storage is lost for every node".into()
+                }
+            }
             7 => {
                 self.loss = self.rng.below(25);
                 self.dup = self.rng.below(20);
@@ -463,6 +515,7 @@ impl Sim {
             }
             _ => {
                 self.cut.clear();
+                self.witness_cut.clear();
                 self.loss = 0;
                 self.dup = 0;
                 self.max_delay = 1;
@@ -527,11 +580,20 @@ impl Sim {
             }
         }
         // Liveness: a quorate partition runs every service; other nodes hold nothing.
-        let majority = self.ids.len() / 2 + 1;
+        // A partition is quorate with a strict majority of votes, counting the witness
+        // when one of its members holds the lease.
+        let total = self.ids.len() as u32 + self.witness_votes;
+        let holder = self
+            .lease
+            .filter(|(_, exp)| self.now < *exp)
+            .map(|(h, _)| h);
         for &a in &live {
             let component = self.expected_view(a);
             let node = &self.nodes[&a];
-            if component.len() < majority {
+            let members = component.len() as u32;
+            let held = holder.is_some_and(|h| component.contains(&h));
+            let quorate = 2 * (members + if held { self.witness_votes } else { 0 }) > total;
+            if !quorate {
                 // A failed stop stays held (blocked) until a fence or an operator's
                 // clear, and a partition without quorum cannot fence.
                 let stuck: BTreeSet<usize> = (0..services().len())
@@ -543,6 +605,12 @@ impl Sim {
                         node.holding
                     ));
                 }
+                continue;
+            }
+            // A member that cannot reach the witness's storage counts no witness: in a
+            // partition that needs the witness it runs nothing, so services placed on
+            // it wait (a documented limit), but nothing runs twice.
+            if 2 * members <= total && component.iter().any(|n| self.witness_cut.contains(n)) {
                 continue;
             }
             for (i, spec) in services().iter().enumerate() {
