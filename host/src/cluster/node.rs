@@ -1209,7 +1209,7 @@ mod witness_tests {
         ];
         let mut now = 0;
         let mut connected = true;
-        let mut step = |nodes: &mut [ClusterNode; 2], now: Millis, connected: bool| {
+        let step = |nodes: &mut [ClusterNode; 2], now: Millis, connected: bool| {
             let mut out = Vec::new();
             let mut packets = Vec::new();
             for (k, node) in nodes.iter_mut().enumerate() {
