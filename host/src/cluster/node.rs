@@ -188,6 +188,12 @@ pub struct ClusterNode {
     /// When each node was last seen leaving this node's view (boot time for nodes
     /// never seen), for the fence wait.
     absent_since: BTreeMap<NodeId, Millis>,
+    /// The incarnation each absent node had when it left this node's view (only
+    /// nodes that were members: an incarnation never seen as a member is a new boot
+    /// and is never fenced).
+    lost_incarnation: BTreeMap<NodeId, u64>,
+    /// The incarnation of each member of the current view.
+    member_incarnation: BTreeMap<NodeId, u64>,
     seen_all: bool,
     /// Who holds a valid witness lease, as last read (the daemon polls the lease).
     witness_holder: Option<NodeId>,
@@ -241,6 +247,8 @@ impl ClusterNode {
                 .filter(|n| **n != me)
                 .map(|n| (*n, now))
                 .collect(),
+            lost_incarnation: BTreeMap::new(),
+            member_incarnation: BTreeMap::new(),
             seen_all: cluster.nodes.len() == 1,
             witness_holder: None,
             quorum_state: None,
@@ -529,21 +537,24 @@ impl ClusterNode {
         if now.saturating_sub(*since) >= ms(self.bounds.fence_wait()) {
             return true;
         }
-        let Some((last, _)) = self.membership.report_of(n) else {
+        // Only a node that was a member can be known safe before the wait is over.
+        let Some(&lost) = self.lost_incarnation.get(&n) else {
             return false;
         };
-        if last.heard == 0 && last.claims == 0 && last.stop_failed == 0 {
+        if let Some((last, _)) = self.membership.report_of(n)
+            && last.incarnation == lost
+            && last.heard == 0
+            && last.claims == 0
+            && last.stop_failed == 0
+        {
             return true;
         }
         let me = self.membership.me();
-        let confirmed = |fenced: &[Fenced]| {
-            fenced
-                .iter()
-                .any(|f| f.node == n && f.incarnation >= last.incarnation)
-        };
+        let confirmed =
+            |fenced: &[Fenced]| fenced.iter().any(|f| f.node == n && f.incarnation >= lost);
         self.membership.view().1.iter().any(|m| {
             if *m == me {
-                self.fenced.get(&n).is_some_and(|i| *i >= last.incarnation)
+                self.fenced.get(&n).is_some_and(|i| *i >= lost)
             } else {
                 self.membership
                     .report_of(*m)
@@ -644,17 +655,25 @@ impl ClusterNode {
             }
             if view.contains(n) {
                 self.absent_since.remove(n);
+                self.lost_incarnation.remove(n);
+                if let Some((r, _)) = self.membership.report_of(*n) {
+                    self.member_incarnation.insert(*n, r.incarnation);
+                }
             } else {
                 self.absent_since.entry(*n).or_insert(now);
+                if let Some(inc) = self.member_incarnation.remove(n) {
+                    self.lost_incarnation.insert(*n, inc);
+                }
             }
         }
         // A confirmation stands until the node boots again (a newer incarnation): a
         // fenced node may still look like a member for a moment after the fence.
         let membership = &self.membership;
         self.fenced.retain(|n, inc| {
-            membership
-                .report_of(*n)
-                .is_none_or(|(r, _)| r.incarnation <= *inc)
+            !view.contains(n)
+                || membership
+                    .report_of(*n)
+                    .is_none_or(|(r, _)| r.incarnation <= *inc)
         });
         // A move ends when its target leaves: no constraint outlives its reason.
         self.moves.retain(|_, (to, _)| view.contains(to));
@@ -813,20 +832,27 @@ impl ClusterNode {
         };
         // Each target's fencer is the lowest member other than the target itself.
         let fencer_of = |t: NodeId| view.iter().copied().find(|m| *m != t);
-        let lost = self.absent_since.keys().copied();
-        let failed_members = view.iter().copied().filter(|n| *n != me && stop_failed(*n));
-        let targets: Vec<(NodeId, u64)> = lost
-            .chain(failed_members)
-            .filter(|n| fencer_of(*n) == Some(me))
-            .filter(|n| !self.fencing_now.contains_key(n))
-            .filter(|n| self.fence_retry.get(n).is_none_or(|t| now >= *t))
-            .filter(|n| view.contains(n) || !self.lost_node_safe(*n, now))
+        // Lost members, as the incarnation that left the view (never a new boot).
+        let lost = self
+            .lost_incarnation
+            .iter()
+            .filter(|(n, _)| !self.lost_node_safe(**n, now))
+            .map(|(n, inc)| (*n, *inc));
+        let failed_members = view
+            .iter()
+            .copied()
+            .filter(|n| *n != me && stop_failed(*n))
             .filter_map(|n| {
                 self.membership
                     .report_of(n)
                     .map(|(r, _)| (n, r.incarnation))
-            })
-            .filter(|(n, inc)| self.fenced.get(n) != Some(inc))
+            });
+        let targets: Vec<(NodeId, u64)> = lost
+            .chain(failed_members)
+            .filter(|(n, _)| fencer_of(*n) == Some(me))
+            .filter(|(n, _)| !self.fencing_now.contains_key(n))
+            .filter(|(n, _)| self.fence_retry.get(n).is_none_or(|t| now >= *t))
+            .filter(|(n, inc)| self.fenced.get(n).is_none_or(|f| f < inc))
             .collect();
         targets
             .into_iter()
@@ -961,6 +987,7 @@ mod cluster_tests {
         fences: Vec<(NodeId, NodeId, u64)>,
         /// When each node last started service 0.
         started: BTreeMap<NodeId, Millis>,
+        spec: ClusterSpec,
     }
 
     impl Trio {
@@ -990,6 +1017,7 @@ mod cluster_tests {
                 now: 0,
                 fences: Vec::new(),
                 started: BTreeMap::new(),
+                spec,
             }
         }
 
@@ -1080,6 +1108,28 @@ mod cluster_tests {
                 assert!(took >= fence_wait, "took {took} ms without fencing");
             }
         }
+    }
+
+    #[test]
+    fn a_fenced_node_that_boots_again_is_not_fenced_again() {
+        let mut t = Trio::new(true);
+        t.run(1_000);
+        t.down.insert(1);
+        while t.fences.is_empty() {
+            assert!(t.now < 3_000);
+            t.run(20);
+        }
+        assert_eq!(t.fences, [(2, 1, 1)]);
+        t.nodes[1].fence_done(1, 1, true, t.now);
+        t.run(200);
+        assert_eq!(t.runs(), [2]);
+        // Node 1 boots again (incarnation 2): its reports reach the others before they
+        // count it a member again; that new boot is never a fence target.
+        t.nodes[0] = ClusterNode::new(&t.spec, 1, 2, t.now);
+        t.down.remove(&1);
+        t.run(2_000);
+        assert_eq!(t.fences, [(2, 1, 1)], "the new boot was fenced");
+        assert_eq!(t.runs(), [1], "standby fails back to the rebooted node");
     }
 
     #[test]
