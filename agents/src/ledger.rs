@@ -5,7 +5,10 @@
 //! monotonic clock (shared by every network namespace of a machine):
 //! `start|alive|stop NODE RESOURCE NANOS`. start and every monitor append, so a
 //! node killed without a stop leaves its last `alive` as the latest moment it is
-//! known to have run. [`overlaps`] reads a ledger and lists every overlap.
+//! known to have run. The running marker names the host process that started it: a
+//! marker left by a killed host is stale (the resource died with it), so a restarted
+//! host's probe sees "not running" and writes nothing. [`overlaps`] reads a ledger
+//! and lists every overlap.
 
 use crate::reading::{ensure_dir, required, state_file};
 use baton_plugin_api::{
@@ -64,6 +67,13 @@ impl LedgerAgent {
     fn marker(&self, req: &Request) -> Result<std::path::PathBuf, AgentError> {
         state_file(&self.metadata(), req, "ledger")
     }
+
+    /// Whether this host process started the resource (a marker of a killed host
+    /// process is stale: the resource ended with it).
+    fn running_here(&self, req: &Request) -> Result<bool, AgentError> {
+        let marker = self.marker(req)?;
+        Ok(fs::read_to_string(&marker).is_ok_and(|t| t.trim() == std::process::id().to_string()))
+    }
 }
 
 impl ResourceAgent for LedgerAgent {
@@ -110,16 +120,18 @@ impl ResourceAgent for LedgerAgent {
         let marker = self.marker(req)?;
         ensure_dir(&marker)?;
         self.append(req, "start")?;
-        fs::write(&marker, b"running\n")
+        fs::write(&marker, format!("{}\n", std::process::id()))
             .map_err(|e| AgentError::permission(format!("{}: {e}", marker.display())))
     }
 
     fn stop(&self, req: &Request) -> Result<(), AgentError> {
         let marker = self.marker(req)?;
-        if marker.exists() {
+        if marker.exists() && self.running_here(req)? {
             // The stop line first: if it cannot be written, the stop fails (and the node is
             // fenced) rather than leave a ledger that hides an owner.
             self.append(req, "stop")?;
+        }
+        if marker.exists() {
             fs::remove_file(&marker)
                 .map_err(|e| AgentError::permission(format!("{}: {e}", marker.display())))?;
         }
@@ -127,7 +139,7 @@ impl ResourceAgent for LedgerAgent {
     }
 
     fn monitor(&self, req: &Request) -> Result<MonitorState, AgentError> {
-        if !self.marker(req)?.exists() {
+        if !self.running_here(req)? {
             return Ok(MonitorState::NotRunning);
         }
         self.append(req, "alive")?;

@@ -344,6 +344,38 @@ fn load_fencer(
     Ok(Some(Fencer { handle, base }))
 }
 
+/// Probe every resource before joining: a previous run of this daemon may have died
+/// (kill -9, crash) leaving resources running that the cluster may already have
+/// started elsewhere. Whatever runs is stopped now, before this node claims
+/// anything; a resource that cannot be stopped keeps the daemon from starting.
+fn clean_up_leftovers(services: &[LoadedService]) -> anyhow::Result<()> {
+    for svc in services {
+        let running: Vec<bool> = svc
+            .resources
+            .iter()
+            .map(|(h, base)| {
+                let mut req = base.clone();
+                req.action = Action::Monitor;
+                req.probe = true;
+                matches!(h.call(&req).result, Ok(Outcome::State(s)) if s.is_active())
+            })
+            .collect();
+        if !running.contains(&true) {
+            continue;
+        }
+        tracing::warn!(service = %svc.name, "found running from a previous run of this node; stopping it before joining");
+        let (ok, states) = stop_service(svc, None);
+        if !ok {
+            bail!(
+                "service {}: resources left running by a previous run cannot be stopped ({}); stop them by hand, then start baton again",
+                svc.name,
+                states.join("; ")
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Fence `target` with the fence agent: its start with `target=NODE`.
 fn fence(fencer: &Fencer, target: &str) -> bool {
     let mut req = fencer.base.clone();
@@ -472,6 +504,7 @@ pub fn run(
         .map(|w| FileWitness::new(&w.file));
     let lease_ms = (spec.bounds.membership.link_timeout * 2).as_millis() as u64;
     let self_fence_ms = spec.bounds.self_fence.as_millis() as u64;
+    clean_up_leftovers(&services)?;
     // Armed last, once nothing else can fail: an armed watchdog resets the machine.
     let mut watchdog = match &cluster.cluster.watchdog {
         Some(w) => Some(Watchdog::open(&w.device, w.timeout_s)?),

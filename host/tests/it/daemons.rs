@@ -369,3 +369,27 @@ fn status_and_refusals_over_the_control_socket() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn a_restarted_daemon_stops_what_its_killed_predecessor_left_running() {
+    let mut c = Cluster::new("standby");
+    c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
+        c.owners() == [1]
+    });
+    let orphan = c.service_pid(1).unwrap();
+    // Only the daemon dies; its service keeps running, unknown to the next daemon.
+    if let Some(mut child) = c.daemons[0].take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(alive(orphan));
+    c.start(1);
+    // The new daemon probes before joining and stops the leftover.
+    assert!(
+        crate::support::gone_within(orphan, Duration::from_secs(10)),
+        "the restarted daemon left its predecessor's service running"
+    );
+    c.wait_for("one owner again", Duration::from_secs(20), |c| {
+        c.owners().len() == 1
+    });
+}
