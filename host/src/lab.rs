@@ -369,16 +369,18 @@ impl ClusterLab {
         if fencing {
             extra += LAB_FENCING;
         }
-        ClusterLab::start_with(prefix, baton, timing, 3, &extra)
+        ClusterLab::start_with(prefix, baton, timing, 3, "standby", &extra)
     }
 
-    /// Like [`ClusterLab::start`] with `nodes` nodes and extra `[cluster]` lines;
+    /// Like [`ClusterLab::start`] with `nodes` nodes, the service's `strategy` and
+    /// extra `[cluster]` lines;
     /// `WITNESS` in them is replaced by the lab's witness file path.
     pub fn start_with(
         prefix: &str,
         baton: &Path,
         timing: &str,
         nodes: usize,
+        strategy: &str,
         cluster_extra: &str,
     ) -> anyhow::Result<ClusterLab> {
         let dir = tempfile::Builder::new().prefix("baton-lab").tempdir()?;
@@ -398,7 +400,7 @@ impl ClusterLab {
         );
         let cluster_extra =
             cluster_extra.replace("WITNESS", &d.join("witness").display().to_string());
-        write_cluster_config(d, &links, timing, &cluster_extra, "standby", "", &service)?;
+        write_cluster_config(d, &links, timing, &cluster_extra, strategy, "", &service)?;
         let lab = Lab::up(prefix, nodes)?;
         let mut c = ClusterLab {
             lab,

@@ -523,6 +523,36 @@ params = { command = "sleep 100", stop_grace_ms = 500 }
     }
 
     #[test]
+    fn fencing_and_watchdog_sections_are_checked() {
+        let with = |extra: &str| {
+            GOOD.replace(
+                "timing = \"fast\"\n",
+                &format!("timing = \"fast\"\nself_fence_ms = 3000\n{extra}\n"),
+            )
+        };
+        let good = with(
+            "[cluster.fencing]\nagent = \"lab-fence\"\nparams = { state_dir = \"/run/x\" }\n\
+             [cluster.watchdog]\ndevice = \"/dev/watchdog0\"\ntimeout_s = 10",
+        );
+        let c = ClusterConfig::parse(&good).unwrap().unwrap();
+        assert!(c.spec().fencing);
+        assert_eq!(c.cluster.fencing.unwrap().timeout_ms, 20_000);
+        let bad = with(
+            "[cluster.fencing]\nagent = \"lab-fence\"\nparams = { target = \"n1\", ports = [1] }\n\
+             [cluster.watchdog]\ndevice = \"/tmp/dog\"\ntimeout_s = 2",
+        );
+        let e = ClusterConfig::parse(&bad).unwrap_err().to_string();
+        for wanted in [
+            "cluster.fencing.params.target: set by the daemon for each fence; remove it",
+            "cluster.fencing.params.ports: arrays and tables are not parameter values",
+            "cluster.watchdog.device: /tmp/dog is not a device",
+            "cluster.watchdog.timeout_s: 2 s is not longer than self_fence_ms (3000 ms)",
+        ] {
+            assert!(e.contains(wanted), "missing {wanted:?} in:\n{e}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let e = ClusterConfig::parse(&GOOD.replace("timing = \"fast\"", "timming = \"fast\""))
             .unwrap_err()

@@ -393,3 +393,35 @@ fn a_restarted_daemon_stops_what_its_killed_predecessor_left_running() {
         c.owners().len() == 1
     });
 }
+
+#[test]
+fn a_watchdog_device_that_is_not_a_watchdog_is_refused_at_start() {
+    // /dev/null takes the open and refuses the watchdog ioctl; no real watchdog is
+    // ever opened on a test machine.
+    let dir = tempfile::tempdir().unwrap();
+    let a = format!("127.0.0.31:{}", free_port("127.0.0.31"));
+    let b = format!("127.0.1.31:{}", free_port("127.0.1.31"));
+    let config = write_cluster_config(
+        dir.path(),
+        &[[a, b]],
+        "fast",
+        "self_fence_ms = 300\n[cluster.watchdog]\ndevice = \"/dev/null\"\ntimeout_s = 5",
+        "standby",
+        "",
+        "command = \"sleep 600\"",
+    )
+    .unwrap();
+    let out = Command::new(baton_exe())
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--node", "n1", "--socket"])
+        .arg(dir.path().join("n1.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cluster.watchdog.device /dev/null: not a watchdog device"),
+        "{err}"
+    );
+}

@@ -227,12 +227,29 @@ fn an_operator_move_switches_over_shows_in_status_and_ends_by_itself() {
 }
 
 fn start_with(prefix: &str, nodes: usize, cluster_extra: &str) -> Option<ClusterLab> {
+    start_strategy(prefix, nodes, "standby", cluster_extra)
+}
+
+fn start_strategy(
+    prefix: &str,
+    nodes: usize,
+    strategy: &str,
+    cluster_extra: &str,
+) -> Option<ClusterLab> {
     if !Lab::possible() {
         eprintln!("lab tests need root and iproute2; skipped");
         return None;
     }
     let prefix = format!("{prefix}{}", std::process::id() % 1000);
-    let c = ClusterLab::start_with(&prefix, &baton_exe(), "fast", nodes, cluster_extra).unwrap();
+    let c = ClusterLab::start_with(
+        &prefix,
+        &baton_exe(),
+        "fast",
+        nodes,
+        strategy,
+        cluster_extra,
+    )
+    .unwrap();
     assert!(
         c.wait_answering(vec![1], Duration::from_secs(20)).unwrap(),
         "n1 never served; logs in {}",
@@ -320,5 +337,45 @@ fn the_last_survivor_of_four_runs_the_service_with_a_witness_worth_three_votes()
         s["quorum"],
         "4 of 7 votes (with the witness) is a strict majority"
     );
+    assert_one_owner_at_a_time(&c, 2);
+}
+
+#[test]
+fn a_returning_node_rejoins_without_disturbing_a_rotating_service() {
+    let Some(mut c) = start_strategy("br", 3, "rotating", "self_fence_ms = 300") else {
+        return;
+    };
+    c.kill_node(1);
+    assert!(
+        c.wait_answering(vec![2], Duration::from_secs(20)).unwrap(),
+        "n2 did not take over"
+    );
+    let served_by = c.service_pid(2).unwrap();
+    c.start_node(1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c
+        .status(1)
+        .is_none_or(|s| s["members"].as_array().map(Vec::len) != Some(3))
+    {
+        assert!(Instant::now() < deadline, "n1 did not rejoin");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Past any takeover time, n2 still serves, with the same process: no failback.
+    let stable = c
+        .lab
+        .as_client(|| {
+            let until = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < until {
+                if answering(3, 8080, Duration::from_millis(100)) != [2] {
+                    return false;
+                }
+            }
+            true
+        })
+        .unwrap();
+    assert!(stable, "the returning node disturbed the rotating service");
+    assert_eq!(c.service_pid(2), Some(served_by));
+    let why = c.status(1).unwrap()["services"][0]["why"].clone();
+    assert!(why.as_str().unwrap().contains("no failback"), "{why}");
     assert_one_owner_at_a_time(&c, 2);
 }
