@@ -22,7 +22,7 @@
 //!    operator's move), and the next owner starts only once no member claims it.
 //!
 //! Fencing shortens step 3: when a fence agent is configured, the partition's
-//! fencer (its lowest member; for a member whose stop failed, the lowest other one)
+//! fencer (its lowest quorate member other than the target)
 //! fences every node that left the view while it may have held something, and
 //! every member whose stop failed, and publishes the confirmation
 //! (node and incarnation); a lost node confirmed fenced by any member needs no
@@ -603,6 +603,7 @@ impl ClusterNode {
             banned,
             blocked: self.blocked,
             stop_failed: self.phase_bits(|p| p == Phase::StopFailed),
+            quorate: self.quorum_state.as_ref().is_some_and(|q| q.quorate),
             fenced: self
                 .fenced
                 .iter()
@@ -703,6 +704,19 @@ impl ClusterNode {
             .all(|n| self.lost_node_safe(*n, now));
         let moves = self.active_moves(now);
         let blocked = self.blocked_by();
+        // Members whose own last decision was "no quorum" (they run nothing, so they
+        // are given nothing): one cut off from a witness its partition needs.
+        let without_quorum: BTreeSet<NodeId> = view
+            .iter()
+            .copied()
+            .filter(|n| {
+                *n != me
+                    && self
+                        .membership
+                        .report_of(*n)
+                        .is_some_and(|(r, _)| !r.quorate)
+            })
+            .collect();
         for i in 0..self.services.len() {
             let spec = &self.services[i];
             let others: BTreeSet<NodeId> = view
@@ -738,7 +752,7 @@ impl ClusterNode {
                 if self.phases[i].claims() {
                     holders.insert(me);
                 }
-                let excluded: BTreeSet<NodeId> = view
+                let mut excluded: BTreeMap<NodeId, &str> = view
                     .iter()
                     .copied()
                     .filter(|n| {
@@ -749,9 +763,15 @@ impl ClusterNode {
                         };
                         bits.is_some_and(|b| b & (1 << i) != 0)
                     })
+                    .map(|n| (n, "is excluded after failures"))
                     .collect();
+                for n in &without_quorum {
+                    excluded.entry(*n).or_insert(
+                        "has no quorum of its own (it cannot reach the witness, or is just joining)",
+                    );
+                }
                 match moves.iter().find(|m| m.service == i) {
-                    Some(m) if view.contains(&m.to) && !excluded.contains(&m.to) => Placement {
+                    Some(m) if view.contains(&m.to) && !excluded.contains_key(&m.to) => Placement {
                         owner: Some(m.to),
                         why: format!(
                             "moved to node {} by an operator on node {} ({})",
@@ -818,7 +838,7 @@ impl ClusterNode {
 
     /// The fences this node should start now: a node left the view and is not yet
     /// safe, or a member's stop failed, no fence of it is confirmed, and this node is
-    /// its fencer (the lowest member other than the target).
+    /// its fencer (the lowest quorate member other than the target).
     fn fences_to_run(&mut self, view: &BTreeSet<NodeId>, now: Millis) -> Vec<Command> {
         let me = self.membership.me();
         let stop_failed = |n: NodeId| {
@@ -830,8 +850,10 @@ impl ClusterNode {
                     .is_some_and(|(r, _)| r.stop_failed != 0)
             }
         };
-        // Each target's fencer is the lowest member other than the target itself.
-        let fencer_of = |t: NodeId| view.iter().copied().find(|m| *m != t);
+        // Each target's fencer is the lowest quorate member other than the target.
+        let quorate_member =
+            |m: NodeId| m == me || self.membership.report_of(m).is_some_and(|(r, _)| r.quorate);
+        let fencer_of = |t: NodeId| view.iter().copied().find(|m| *m != t && quorate_member(*m));
         // Lost members, as the incarnation that left the view (never a new boot).
         let lost = self
             .lost_incarnation

@@ -3,7 +3,7 @@
 //! inputs, so every member reaches the same answer.
 
 use super::wire::NodeId;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How a service maps to nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,14 +64,15 @@ pub struct Placement {
 }
 
 /// Place one non-clone service. `holders` are the members that currently claim it;
-/// `excluded` are nodes it must avoid (failed there, or moved away from).
+/// `excluded` are nodes it must avoid, each with the reason in words ("is excluded
+/// after failures", "has no quorum of its own").
 pub fn place(
     spec: &ServiceSpec,
     view: &BTreeSet<NodeId>,
     holders: &BTreeSet<NodeId>,
-    excluded: &BTreeSet<NodeId>,
+    excluded: &BTreeMap<NodeId, &str>,
 ) -> Placement {
-    let eligible = |n: &NodeId| view.contains(n) && !excluded.contains(n);
+    let eligible = |n: &NodeId| view.contains(n) && !excluded.contains_key(n);
     if spec.strategy == Strategy::Rotating
         && let Some(h) = holders.iter().find(|h| eligible(h))
     {
@@ -95,8 +96,8 @@ pub fn place(
                     .iter()
                     .take(rank)
                     .map(|p| {
-                        if excluded.contains(p) {
-                            format!("node {p} is excluded after failures")
+                        if let Some(reason) = excluded.get(p) {
+                            format!("node {p} {reason}")
                         } else {
                             format!("node {p} is not a member")
                         }
@@ -124,6 +125,12 @@ mod tests {
         n.iter().copied().collect()
     }
 
+    fn failed(n: &[NodeId]) -> BTreeMap<NodeId, &'static str> {
+        n.iter()
+            .map(|n| (*n, "is excluded after failures"))
+            .collect()
+    }
+
     fn spec(strategy: Strategy, preferred: &[NodeId]) -> ServiceSpec {
         ServiceSpec {
             name: "db".into(),
@@ -137,15 +144,15 @@ mod tests {
     fn standby_prefers_the_first_member_and_fails_back() {
         let s = spec(Strategy::Standby, &[1, 2]);
         assert_eq!(
-            place(&s, &set(&[1, 2, 3]), &set(&[]), &set(&[])).owner,
+            place(&s, &set(&[1, 2, 3]), &set(&[]), &failed(&[])).owner,
             Some(1)
         );
-        let p = place(&s, &set(&[2, 3]), &set(&[]), &set(&[]));
+        let p = place(&s, &set(&[2, 3]), &set(&[]), &failed(&[]));
         assert_eq!(p.owner, Some(2));
         assert_eq!(p.why, "on node 2 because node 1 is not a member");
         // Node 1 is back: standby fails back even though 2 holds it.
         assert_eq!(
-            place(&s, &set(&[1, 2, 3]), &set(&[2]), &set(&[])).owner,
+            place(&s, &set(&[1, 2, 3]), &set(&[2]), &failed(&[])).owner,
             Some(1)
         );
     }
@@ -153,7 +160,7 @@ mod tests {
     #[test]
     fn rotating_never_fails_back() {
         let s = spec(Strategy::Rotating, &[1, 2]);
-        let p = place(&s, &set(&[1, 2, 3]), &set(&[2]), &set(&[]));
+        let p = place(&s, &set(&[1, 2, 3]), &set(&[2]), &failed(&[]));
         assert_eq!(p.owner, Some(2));
         assert!(p.why.contains("no failback"), "{}", p.why);
     }
@@ -161,9 +168,9 @@ mod tests {
     #[test]
     fn exclusions_and_unlisted_members() {
         let s = spec(Strategy::Standby, &[1]);
-        let p = place(&s, &set(&[1, 3]), &set(&[]), &set(&[1]));
+        let p = place(&s, &set(&[1, 3]), &set(&[]), &failed(&[1]));
         assert_eq!(p.owner, Some(3));
         assert!(p.why.contains("excluded after failures"), "{}", p.why);
-        assert_eq!(place(&s, &set(&[1]), &set(&[]), &set(&[1])).owner, None);
+        assert_eq!(place(&s, &set(&[1]), &set(&[]), &failed(&[1])).owner, None);
     }
 }

@@ -33,7 +33,7 @@ const TAG: usize = 16;
 /// The largest node id (node ids are 1..=MAX_NODES; reachability is a 64-bit set).
 pub const MAX_NODES: u16 = 64;
 /// The fixed part of a report; fence confirmations and moves follow it.
-const REPORT: usize = 2 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 1 + 1;
+const REPORT: usize = 2 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 1 + 1 + 1;
 const FENCED: usize = 2 + 8;
 const MOVE: usize = 1 + 2 + 4;
 
@@ -129,6 +129,9 @@ pub struct Report {
     /// Bit `i` set: stopping service `i` failed here, so it may still run; nobody else
     /// may start it until this node is fenced or an operator clears it.
     pub stop_failed: u64,
+    /// Whether the node's own partition was quorate at its last tick (a member
+    /// without quorum, e.g. cut off from the witness, is given no services).
+    pub quorate: bool,
     /// Nodes this node's fence agent confirmed off (until they boot again).
     pub fenced: Vec<Fenced>,
     /// Operator moves issued on this node.
@@ -229,6 +232,7 @@ pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
         out.extend_from_slice(&r.banned.to_be_bytes());
         out.extend_from_slice(&r.blocked.to_be_bytes());
         out.extend_from_slice(&r.stop_failed.to_be_bytes());
+        out.push(u8::from(r.quorate));
         let fenced = &r.fenced[..r.fenced.len().min(255)];
         let moves = &r.moves[..r.moves.len().min(255)];
         out.push(fenced.len() as u8);
@@ -322,6 +326,11 @@ pub fn decode(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, Drop> {
             banned: r.u64()?,
             blocked: r.u64()?,
             stop_failed: r.u64()?,
+            quorate: match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(Drop::Garbled),
+            },
             ..Report::default()
         };
         let fenced = r.u8()?;
@@ -405,6 +414,7 @@ mod tests {
                     version: 40,
                     heard: 0b101,
                     claims: 1,
+                    quorate: true,
                     fenced: vec![Fenced {
                         node: 3,
                         incarnation: 5,

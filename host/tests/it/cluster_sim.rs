@@ -593,7 +593,8 @@ impl Sim {
             let members = component.len() as u32;
             let held = holder.is_some_and(|h| component.contains(&h));
             let quorate = 2 * (members + if held { self.witness_votes } else { 0 }) > total;
-            if !quorate {
+            let counts_witness = !(2 * members <= total && self.witness_cut.contains(&a));
+            if !quorate || !counts_witness {
                 // A failed stop stays held (blocked) until a fence or an operator's
                 // clear, and a partition without quorum cannot fence.
                 let stuck: BTreeSet<usize> = (0..services().len())
@@ -608,11 +609,13 @@ impl Sim {
                 continue;
             }
             // A member that cannot reach the witness's storage counts no witness: in a
-            // partition that needs the witness it runs nothing, so services placed on
-            // it wait (a documented limit), but nothing runs twice.
-            if 2 * members <= total && component.iter().any(|n| self.witness_cut.contains(n)) {
-                continue;
-            }
+            // partition that needs the witness it runs nothing and is given nothing.
+            let needs_witness = 2 * members <= total;
+            let able: BTreeSet<NodeId> = component
+                .iter()
+                .copied()
+                .filter(|n| !(needs_witness && self.witness_cut.contains(n)))
+                .collect();
             for (i, spec) in services().iter().enumerate() {
                 let running: Vec<NodeId> = component
                     .iter()
@@ -620,7 +623,7 @@ impl Sim {
                     .filter(|n| self.nodes[n].state.phases()[i] == Phase::Running)
                     .collect();
                 let ok = if spec.strategy == Strategy::Clone {
-                    running.len() == component.len()
+                    running.iter().copied().collect::<BTreeSet<_>>() == able
                 } else {
                     running.len() == 1
                 };
