@@ -13,10 +13,10 @@
 //! A production fence agent does the same with a power switch: start powers the
 //! target off and returns once the switch reports it off (see docs/agents.md).
 
-use crate::reading::{required, text};
+use crate::reading::{param, required, text};
 use baton_plugin_api::{
-    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamSpec, ParamType,
-    Request, ResourceAgent,
+    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamType, Request,
+    ResourceAgent,
 };
 use std::fs;
 use std::path::Path;
@@ -103,22 +103,20 @@ impl ResourceAgent for LabFenceAgent {
             shortdesc: "Fences a lab node by killing its daemon and agents' process groups".into(),
             longdesc: "For clusters whose nodes share one machine (network-namespace labs). start with target=NODE kills the node's daemon and every process group recorded under state_dir, and returns once they are gone.".into(),
             parameters: vec![
-                ParamSpec {
-                    name: "target".into(),
-                    kind: ParamType::String,
-                    required: false,
-                    unique: false,
-                    default: None,
-                    description: "Node to fence (set by the daemon for each fence)".into(),
-                },
-                ParamSpec {
-                    name: "state_dir".into(),
-                    kind: ParamType::String,
-                    required: false,
-                    unique: false,
-                    default: Some("/run/baton/process".into()),
-                    description: "Directory of the <node>.*.pid records".into(),
-                },
+                param(
+                    "target",
+                    ParamType::String,
+                    false,
+                    None,
+                    "Node to fence (set by the daemon for each fence)",
+                ),
+                param(
+                    "state_dir",
+                    ParamType::String,
+                    false,
+                    Some("/run/baton/process"),
+                    "Directory of the <node>.*.pid records",
+                ),
             ],
             actions: vec![
                 ActionSpec::new(Action::Validate, 5_000),

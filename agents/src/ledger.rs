@@ -10,10 +10,10 @@
 //! host's probe sees "not running" and writes nothing. [`overlaps`] reads a ledger
 //! and lists every overlap.
 
-use crate::reading::{ensure_dir, required, state_file};
+use crate::reading::{ensure_dir, param, required, state_file};
 use baton_plugin_api::{
-    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamSpec, ParamType,
-    Request, ResourceAgent,
+    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamType, Request,
+    ResourceAgent,
 };
 use std::collections::BTreeMap;
 use std::fs;
@@ -85,22 +85,20 @@ impl ResourceAgent for LedgerAgent {
             shortdesc: "Test resource: records owner intervals in a shared file".into(),
             longdesc: "start, monitor and stop append start/alive/stop lines with the monotonic clock to a file every node shares; a test reads it to prove no two nodes ran the resource at once.".into(),
             parameters: vec![
-                ParamSpec {
-                    name: "file".into(),
-                    kind: ParamType::String,
-                    required: true,
-                    unique: false,
-                    default: None,
-                    description: "The shared ledger file".into(),
-                },
-                ParamSpec {
-                    name: "state_dir".into(),
-                    kind: ParamType::String,
-                    required: false,
-                    unique: false,
-                    default: Some("/run/baton/ledger".into()),
-                    description: "Directory of this node's running marker".into(),
-                },
+                param(
+                    "file",
+                    ParamType::String,
+                    true,
+                    None,
+                    "The shared ledger file",
+                ),
+                param(
+                    "state_dir",
+                    ParamType::String,
+                    false,
+                    Some("/run/baton/ledger"),
+                    "Directory of this node's running marker",
+                ),
             ],
             actions: vec![
                 ActionSpec::new(Action::Validate, 5_000),

@@ -8,10 +8,10 @@
 //! stop: SIGTERM to the whole process group, SIGKILL to the group after
 //! `stop_grace_ms`, and success only once no process of the group is left.
 
-use crate::reading::{ensure_dir, millis, required, state_file, text};
+use crate::reading::{ensure_dir, millis, param, required, state_file, text};
 use baton_plugin_api::{
-    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamSpec, ParamType,
-    Request, ResourceAgent,
+    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamType, Request,
+    ResourceAgent,
 };
 use std::collections::HashMap;
 use std::fs;
@@ -32,23 +32,6 @@ pub struct ProcessAgent {
     /// Children this agent started and has not reaped yet (so they do not stay zombies
     /// in a long-running host).
     children: Mutex<HashMap<u32, Child>>,
-}
-
-fn param(
-    name: &str,
-    kind: ParamType,
-    required: bool,
-    default: Option<&str>,
-    description: &str,
-) -> ParamSpec {
-    ParamSpec {
-        name: name.into(),
-        kind,
-        required,
-        unique: false,
-        default: default.map(Into::into),
-        description: description.into(),
-    }
 }
 
 /// The recorded identity of a started process.
