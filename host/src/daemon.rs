@@ -56,6 +56,14 @@ enum Done {
     Fenced(NodeId, u64, bool),
 }
 
+/// What this daemon knows of a service beyond the state machine, for status.
+struct Local {
+    /// Each resource's state after the last call, in words.
+    states: Vec<String>,
+    /// The latest failure here, in words.
+    last_failure: Option<String>,
+}
+
 /// The fence agent, loaded, with its configured parameters.
 struct Fencer {
     handle: AgentHandle,
@@ -528,12 +536,13 @@ pub fn run(
     let mut next_status = 0u64;
     let mut next_monitor = vec![0u64; services.len()];
     let mut monitoring = vec![false; services.len()];
-    let mut resource_states: Vec<Vec<String>> = services
+    let mut local: Vec<Local> = services
         .iter()
-        .map(|s| vec!["stopped".to_string(); s.resources.len()])
+        .map(|s| Local {
+            states: vec!["stopped".to_string(); s.resources.len()],
+            last_failure: None,
+        })
         .collect();
-    // The latest failure of each service here, in words, for status.
-    let mut last_failure: Vec<Option<String>> = vec![None; services.len()];
     // When this node last had quorum (for the watchdog's self-fence bound).
     let mut quorate_at = 0u64;
     let mut buf = [0u8; 65536];
@@ -606,16 +615,16 @@ pub fn run(
             let now = now_ms();
             let commands = match d {
                 Done::Started(i, round) => {
-                    resource_states[i] = round.states;
+                    local[i].states = round.states;
                     next_monitor[i] = now + services[i].monitor_every;
                     let result = round.result.map_err(|(recovery, failure)| {
-                        last_failure[i] = Some(failure);
+                        local[i].last_failure = Some(failure);
                         recovery
                     });
                     node.start_done(i, result, now)
                 }
                 Done::Stopped(i, ok, states) => {
-                    resource_states[i] = states;
+                    local[i].states = states;
                     node.stop_done(i, ok)
                 }
                 Done::Monitored(i, round) => {
@@ -624,12 +633,12 @@ pub fn run(
                     if node.phases()[i] != Phase::Running {
                         Vec::new()
                     } else {
-                        resource_states[i] = round.states;
+                        local[i].states = round.states;
                         match round.result {
                             Ok(()) => Vec::new(),
                             Err((recovery, failure)) => {
                                 tracing::warn!(service = %services[i].name, %recovery, "service failed here: {failure}");
-                                last_failure[i] = Some(failure);
+                                local[i].last_failure = Some(failure);
                                 node.service_failed(i, now, recovery)
                             }
                         }
@@ -653,18 +662,7 @@ pub fn run(
                         run_command(c, &done_tx, quorate_now(&node));
                     }
                     let status = (req == ControlRequest::Status).then(|| {
-                        let st = status(
-                            &node,
-                            node_name,
-                            &names,
-                            &cluster,
-                            &dropped,
-                            now,
-                            &resource_states,
-                            &last_failure,
-                            fencer.is_some(),
-                            watchdog.is_some(),
-                        );
+                        let st = status(&node, node_name, &names, &cluster, &dropped, now, &local);
                         serde_json::to_value(&st).unwrap_or_default()
                     });
                     ControlReply {
@@ -736,18 +734,7 @@ pub fn run(
             // heartbeat (50 a second on the fast profile).
             if let Some(path) = paths.status_file.as_ref().filter(|_| now >= next_status) {
                 next_status = now + STATUS_EVERY_MS;
-                let status = status(
-                    &node,
-                    node_name,
-                    &names,
-                    &cluster,
-                    &dropped,
-                    now,
-                    &resource_states,
-                    &last_failure,
-                    fencer.is_some(),
-                    watchdog.is_some(),
-                );
+                let status = status(&node, node_name, &names, &cluster, &dropped, now, &local);
                 if let Ok(json) = serde_json::to_vec_pretty(&status) {
                     let _ = write_atomic(path, &json);
                 }
@@ -872,7 +859,6 @@ fn control_request(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn status<'a>(
     node: &ClusterNode,
     name: &'a str,
@@ -880,10 +866,7 @@ fn status<'a>(
     cluster: &'a ClusterConfig,
     dropped: &BTreeMap<&'static str, u64>,
     now: u64,
-    resource_states: &[Vec<String>],
-    last_failure: &'a [Option<String>],
-    fencing: bool,
-    watchdog: bool,
+    local: &'a [Local],
 ) -> Status<'a> {
     let (epoch, view) = node.membership().view();
     let n = |id: &NodeId| names.get(id).map(String::as_str).unwrap_or("?");
@@ -911,10 +894,8 @@ fn status<'a>(
             })
             .collect(),
         fencing: FencingStatus {
-            agent: fencing
-                .then(|| cluster.cluster.fencing.as_ref().map(|f| f.agent.as_str()))
-                .flatten(),
-            fence_wait_ms: cluster.spec().bounds.fence_wait().as_millis() as u64,
+            agent: cluster.cluster.fencing.as_ref().map(|f| f.agent.as_str()),
+            fence_wait_ms: node.bounds().fence_wait().as_millis() as u64,
             confirmed: fence.confirmed.iter().map(|f| n(&f.node)).collect(),
             running: fence.running.iter().map(n).collect(),
             waiting: fence
@@ -923,15 +904,11 @@ fn status<'a>(
                 .map(|(id, left)| (n(id), *left))
                 .collect(),
         },
-        watchdog: watchdog
-            .then(|| {
-                cluster
-                    .cluster
-                    .watchdog
-                    .as_ref()
-                    .map(|w| w.device.display().to_string())
-            })
-            .flatten(),
+        watchdog: cluster
+            .cluster
+            .watchdog
+            .as_ref()
+            .map(|w| w.device.display().to_string()),
         services: cluster
             .services
             .iter()
@@ -955,7 +932,7 @@ fn status<'a>(
                     .map(n)
                     .collect(),
                 failures: node.failure_counts(now)[i],
-                last_failure: last_failure[i].as_deref(),
+                last_failure: local[i].last_failure.as_deref(),
                 moving: moves.iter().find(|m| m.service == i).map(|m| MoveStatus {
                     to: n(&m.to),
                     by: n(&m.issuer),
@@ -968,7 +945,7 @@ fn status<'a>(
                     .map(|(j, r)| ResourceStatus {
                         name: format!("{}-{j}", s.name),
                         agent: &r.agent,
-                        state: resource_states[i][j].clone(),
+                        state: local[i].states[j].clone(),
                     })
                     .collect(),
             })

@@ -264,6 +264,11 @@ impl ClusterNode {
         }
     }
 
+    /// The timing bounds.
+    pub fn bounds(&self) -> &Bounds {
+        &self.bounds
+    }
+
     /// The services' specs, in index order.
     pub fn services(&self) -> &[ServiceSpec] {
         &self.services
