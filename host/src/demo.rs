@@ -424,14 +424,7 @@ fn cluster(args: &DemoArgs, baton: &Path) -> anyhow::Result<ExitCode> {
         }
         say("2. cut n1's private LAN: a warning, not a failover");
         c.lab.cut(1, Lan::Private)?;
-        let stayed = c.lab.as_client(|| {
-            let until = Instant::now() + Duration::from_secs(3);
-            let mut ok = true;
-            while Instant::now() < until {
-                ok &= crate::lab::answering(3, 8080, Duration::from_millis(100)) == [1];
-            }
-            ok
-        })?;
+        let stayed = c.served_only_by(1, Duration::from_secs(3))?;
         if let Some(s) = c.status(2) {
             for l in s["links"]
                 .as_array()

@@ -501,6 +501,20 @@ impl ClusterLab {
             .ok()
     }
 
+    /// Whether node `n`, and only it, answers clients throughout the next `span`.
+    pub fn served_only_by(&self, n: usize, span: Duration) -> anyhow::Result<bool> {
+        let nodes = self.nodes();
+        self.lab.as_client(move || {
+            let until = std::time::Instant::now() + span;
+            while std::time::Instant::now() < until {
+                if answering(nodes, 8080, Duration::from_millis(100)) != [n] {
+                    return false;
+                }
+            }
+            true
+        })
+    }
+
     /// Wait (at most `limit`) until exactly the nodes `want` answer clients.
     pub fn wait_answering(&self, want: Vec<usize>, limit: Duration) -> anyhow::Result<bool> {
         let nodes = self.nodes();

@@ -3,7 +3,7 @@
 //! does not take a rotating service back. (The namespace lab with cut links and
 //! isolation is the next step of issue 4.)
 
-use crate::support::baton_exe;
+use crate::support::{baton_at, baton_exe};
 use baton::lab::write_cluster_config;
 use std::net::UdpSocket;
 use std::path::PathBuf;
@@ -293,11 +293,7 @@ fn a_misconfigured_resource_stops_the_service_everywhere_until_cleared() {
         "{failure}"
     );
     // `baton clear` on n1 lifts the block (the config is still wrong, so it blocks again).
-    let out = Command::new(baton_exe())
-        .args(["clear", "web", "--json", "--socket"])
-        .arg(c.dir.path().join("n1.sock"))
-        .output()
-        .unwrap();
+    let out = baton_at(&c.dir.path().join("n1.sock"), &["clear", "web", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -314,11 +310,7 @@ fn status_and_refusals_over_the_control_socket() {
         c.owners() == [1]
     });
     let sock = c.dir.path().join("n2.sock");
-    let out = Command::new(baton_exe())
-        .args(["status", "--json", "--socket"])
-        .arg(&sock)
-        .output()
-        .unwrap();
+    let out = baton_at(&sock, &["status", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -358,12 +350,7 @@ fn status_and_refusals_over_the_control_socket() {
         ),
         (vec!["move", "web", "--clear"], "web has no move in effect"),
     ] {
-        let out = Command::new(baton_exe())
-            .args(&args)
-            .arg("--socket")
-            .arg(&sock)
-            .output()
-            .unwrap();
+        let out = baton_at(&sock, &args);
         assert!(!out.status.success(), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(want), "{args:?}: {err}");

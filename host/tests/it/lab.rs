@@ -3,8 +3,8 @@
 //! records every owner interval in a shared file (any overlap fails the test), and
 //! a client probing the service.
 
-use crate::support::baton_exe;
-use baton::lab::{ClusterLab, Lab, Lan, answering, ledger_overlaps};
+use crate::support::{baton_at, baton_exe};
+use baton::lab::{ClusterLab, Lab, Lan, ledger_overlaps};
 use std::time::{Duration, Instant};
 
 /// The ledger shows one owner at a time, and (once the latest owner's ledger
@@ -62,18 +62,7 @@ fn cutting_the_private_link_is_a_warning_not_a_failover() {
     let epoch = c.status(2).unwrap()["epoch"].clone();
     c.lab.cut(1, Lan::Private).unwrap();
     // Watch for well past the takeover time (detection + fence wait + settle < 1.5 s).
-    let stable = c
-        .lab
-        .as_client(|| {
-            let until = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < until {
-                if answering(3, 8080, Duration::from_millis(100)) != [1] {
-                    return false;
-                }
-            }
-            true
-        })
-        .unwrap();
+    let stable = c.served_only_by(1, Duration::from_secs(3)).unwrap();
     assert!(stable, "losing the private link moved the service");
     let s = c.status(2).unwrap();
     assert_eq!(s["epoch"], epoch, "membership changed");
@@ -179,11 +168,7 @@ fn with_the_lab_fence_agent_survivors_fence_a_lost_owner_whose_service_still_run
 #[test]
 fn an_operator_move_switches_over_shows_in_status_and_ends_by_itself() {
     let Some(c) = start("bm") else { return };
-    let out = std::process::Command::new(baton_exe())
-        .args(["move", "web", "--to", "n3", "--for", "3s", "--socket"])
-        .arg(c.socket(2))
-        .output()
-        .unwrap();
+    let out = baton_at(&c.socket(2), &["move", "web", "--to", "n3", "--for", "3s"]);
     assert!(
         out.status.success(),
         "{}",
@@ -216,11 +201,7 @@ fn an_operator_move_switches_over_shows_in_status_and_ends_by_itself() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // A move to an unknown node is refused with the reason.
-    let out = std::process::Command::new(baton_exe())
-        .args(["move", "web", "--to", "n9", "--socket"])
-        .arg(c.socket(1))
-        .output()
-        .unwrap();
+    let out = baton_at(&c.socket(1), &["move", "web", "--to", "n9"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no node is named \"n9\""));
     assert_one_owner_at_a_time(&c, 3);
@@ -361,18 +342,7 @@ fn a_returning_node_rejoins_without_disturbing_a_rotating_service() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // Past any takeover time, n2 still serves, with the same process: no failback.
-    let stable = c
-        .lab
-        .as_client(|| {
-            let until = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < until {
-                if answering(3, 8080, Duration::from_millis(100)) != [2] {
-                    return false;
-                }
-            }
-            true
-        })
-        .unwrap();
+    let stable = c.served_only_by(2, Duration::from_secs(2)).unwrap();
     assert!(stable, "the returning node disturbed the rotating service");
     assert_eq!(c.service_pid(2), Some(served_by));
     let why = c.status(1).unwrap()["services"][0]["why"].clone();

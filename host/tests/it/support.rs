@@ -57,6 +57,16 @@ pub fn baton_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_baton"))
 }
 
+/// Run `baton ARGS --socket SOCKET` (an operator command to one daemon).
+pub fn baton_at(socket: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(baton_exe())
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .unwrap()
+}
+
 /// A catalog with its own store, the test fixtures' OCF root if asked, and `config` TOML.
 pub fn catalog(store: &Path, extra_config: &str) -> AgentCatalog {
     let text = format!(
