@@ -4,12 +4,16 @@
 //! with [`builtin_agents`]. The binary that wants them must link this crate
 //! (`use baton_agents as _;`), or the linker drops the registrations.
 
+mod announce;
+mod ipaddr;
 mod lab_fence;
 pub mod ledger;
+mod netlink;
 mod process;
 mod reading;
 mod tcp_check;
 
+pub use ipaddr::IpAddrAgent;
 pub use lab_fence::LabFenceAgent;
 pub use ledger::LedgerAgent;
 pub use process::{ProcessAgent, proc_stat};
@@ -46,7 +50,10 @@ mod tests {
     #[test]
     fn the_expected_agents_are_registered() {
         let names: Vec<&str> = super::builtin_agents().iter().map(|a| a.name).collect();
-        assert_eq!(names, ["lab-fence", "ledger", "process", "tcp-check"]);
+        assert_eq!(
+            names,
+            ["ipaddr", "lab-fence", "ledger", "process", "tcp-check"]
+        );
         for a in super::builtin_agents() {
             let meta = (a.build)().metadata();
             assert_eq!(meta.name, a.name);

@@ -126,7 +126,8 @@ impl ResourceAgent for ProcessAgent {
             longdesc: "Starts COMMAND with /bin/sh in its own process group, waits until it runs \
                        (and accepts TCP connections on ready_tcp when set), checks that the very \
                        same process still runs, and stops the whole process group with SIGTERM, \
-                       then SIGKILL after stop_grace_ms."
+                       then SIGKILL after stop_grace_ms. The command sees BATON_NODE and \
+                       BATON_RESOURCE in its environment."
                 .into(),
             parameters: vec![
                 param(
@@ -233,6 +234,8 @@ impl ResourceAgent for ProcessAgent {
             .arg("-c")
             .arg(format!("exec {command}"))
             .current_dir(required(&meta, req, "cwd")?)
+            .env("BATON_NODE", &req.context.node)
+            .env("BATON_RESOURCE", &req.context.resource)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
