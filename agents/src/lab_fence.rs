@@ -3,7 +3,9 @@
 //! every process group its agents recorded, then confirms they are gone.
 //!
 //! start (with `target=N`): reads `<state_dir>/N.*.pid` (each `PID START_TIME`, as
-//! the daemon's `--pid-file` and the `process` agent write them), sends SIGKILL to
+//! the daemon's `--pid-file` and the `process` agent write them), takes the network
+//! of the daemon's namespace off (every address removed, links down: a powered-off
+//! node answers for no virtual address), sends SIGKILL to
 //! each recorded process and its process group when the process is still the one
 //! recorded, and returns only when none of them is left (a zombie counts as gone).
 //! The daemon's own record must exist: without it nothing proves the node is off.
@@ -43,6 +45,43 @@ fn kill(pid: u32) {
     }
 }
 
+/// Take the network of the namespace process `pid` lives in off, as a power
+/// failure would: every address gone and every link down, so the node's virtual
+/// addresses stop answering. Nothing is done when `pid` shares our namespace
+/// (a lab on loopback).
+fn power_off_network(pid: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let theirs = fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    if theirs.metadata()?.ino() == fs::metadata("/proc/self/ns/net")?.ino() {
+        return Ok(());
+    }
+    std::thread::spawn(move || -> std::io::Result<()> {
+        // SAFETY: setns on this short-lived thread only, with a namespace file we opened.
+        if unsafe { libc::setns(theirs.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut nl = crate::netlink::Netlink::open()?;
+        let links: Vec<_> = nl.links()?.into_iter().filter(|l| !l.loopback).collect();
+        for family in [
+            std::net::IpAddr::from([0u8; 4]),
+            std::net::IpAddr::from([0u16; 8]),
+        ] {
+            for a in nl.addresses(family)? {
+                if links.iter().any(|l| l.index == a.index) {
+                    let _ = nl.delete(a.index, a.ip, a.prefix);
+                }
+            }
+        }
+        for link in links {
+            nl.set_down(link.index)?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the power-off thread panicked"))?
+}
+
 impl LabFenceAgent {
     fn fence(&self, req: &Request) -> Result<(), AgentError> {
         let meta = self.metadata();
@@ -56,12 +95,14 @@ impl LabFenceAgent {
         let prefix = format!("{target}.");
         let mut records = Vec::new();
         let mut daemon_seen = false;
+        let mut daemon = None;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !name.starts_with(&prefix) || !name.ends_with(".pid") {
                 continue;
             }
-            daemon_seen |= name == format!("{target}.daemon.pid");
+            let is_daemon = name == format!("{target}.daemon.pid");
+            daemon_seen |= is_daemon;
             let text = fs::read_to_string(entry.path()).unwrap_or_default();
             let mut it = text.split_whitespace();
             if let (Some(Ok(pid)), Some(Ok(start))) = (
@@ -69,7 +110,20 @@ impl LabFenceAgent {
                 it.next().map(str::parse::<u64>),
             ) {
                 records.push((pid, start));
+                if is_daemon {
+                    daemon = Some((pid, start));
+                }
             }
+        }
+        // The namespace of any recorded process still alive is the node's.
+        let inside = daemon
+            .into_iter()
+            .chain(records.iter().copied())
+            .find(|(p, s)| alive(*p, *s));
+        if let Some((pid, _)) = inside {
+            power_off_network(pid).map_err(|e| {
+                AgentError::generic(format!("node {target}: cannot take its network off: {e}"))
+            })?;
         }
         if !daemon_seen {
             return Err(AgentError::generic(format!(
@@ -101,7 +155,7 @@ impl ResourceAgent for LabFenceAgent {
             version: env!("CARGO_PKG_VERSION").into(),
             contract: CONTRACT_VERSION,
             shortdesc: "Fences a lab node by killing its daemon and agents' process groups".into(),
-            longdesc: "For clusters whose nodes share one machine (network-namespace labs). start with target=NODE kills the node's daemon and every process group recorded under state_dir, and returns once they are gone.".into(),
+            longdesc: "For clusters whose nodes share one machine (network-namespace labs). start with target=NODE takes the network of the node's namespace off (addresses removed, links down), kills the node's daemon and every process group recorded under state_dir, and returns once they are gone.".into(),
             parameters: vec![
                 param(
                     "target",

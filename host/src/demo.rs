@@ -336,7 +336,7 @@ fn percentile(sorted: &[u64], p: usize) -> u64 {
 }
 
 /// The client-visible gap after one fault on the current owner `owner`: from the
-/// fault to the first answer from another node.
+/// fault to the first answer from another node at the service's virtual address.
 fn one_failover(c: &mut crate::lab::ClusterLab, owner: usize, fault: &str) -> anyhow::Result<u64> {
     use crate::lab::Lan;
     let (tx, rx) = std::sync::mpsc::channel::<Instant>();
@@ -345,8 +345,8 @@ fn one_failover(c: &mut crate::lab::ClusterLab, owner: usize, fault: &str) -> an
         let start = rx.recv().ok()?;
         let deadline = start + Duration::from_secs(60);
         while Instant::now() < deadline {
-            let who = crate::lab::answering(3, 8080, Duration::from_millis(50));
-            if who.len() == 1 && who[0] != owner {
+            let who = crate::lab::vip_answer(Duration::from_millis(50));
+            if who.is_some_and(|n| n != owner) {
                 return Some(start.elapsed().as_millis() as u64);
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -386,7 +386,11 @@ fn cluster(args: &DemoArgs, baton: &Path) -> anyhow::Result<ExitCode> {
         println!(
             "(198.18.1.0/24) and a service LAN (198.18.2.0/24); service `web` (a TCP responder run by the"
         );
-        println!("`process` agent) is standby on n1, n2, n3; a client probes it from {prefix}-br.");
+        println!(
+            "`process` agent, and its address {} from the `ipaddr` agent) is standby on n1, n2, n3;",
+            crate::lab::VIP
+        );
+        println!("a client probes that address from {prefix}-br.");
     }
     let mut c = ClusterLab::start(
         &prefix,
@@ -396,7 +400,7 @@ fn cluster(args: &DemoArgs, baton: &Path) -> anyhow::Result<ExitCode> {
         args.fence == "lab",
     )?;
     let wait = Duration::from_secs(30);
-    if !c.wait_answering(vec![1], wait)? {
+    if !c.wait_vip(1, wait)? {
         bail!(
             "the service never came up on n1; logs in {}",
             c.dir.path().display()
@@ -452,7 +456,7 @@ fn cluster(args: &DemoArgs, baton: &Path) -> anyhow::Result<ExitCode> {
     let mut gaps = Vec::new();
     for run in 0..args.runs.max(1) {
         // Let the cluster settle with n1 serving, then fault it.
-        if !c.wait_answering(vec![1], wait)? {
+        if !c.wait_answering(vec![1], wait)? || !c.wait_vip(1, wait)? {
             let kept = c.dir.path().with_extension("failed");
             let _ = std::fs::rename(c.dir.path(), &kept);
             bail!(

@@ -204,6 +204,63 @@ impl Lab {
         )
     }
 
+    /// Take node `n`'s network off as a power failure does: both links down and
+    /// every address on them gone (a virtual address it held included), so no
+    /// other node can find the dead node's addresses still answering.
+    pub fn power_off(&self, n: usize) -> anyhow::Result<()> {
+        let ns = self.node_ns(n);
+        for lan in [Lan::Private, Lan::Service] {
+            ip(&["-n", &ns, "link", "set", self.ifname(lan), "down"])?;
+            ip(&["-n", &ns, "addr", "flush", "dev", self.ifname(lan)])?;
+        }
+        Ok(())
+    }
+
+    /// Give node `n` its network back after [`Lab::power_off`] or a fence (a
+    /// reboot: its own addresses, links up, nothing else).
+    pub fn power_on(&self, n: usize) -> anyhow::Result<()> {
+        let ns = self.node_ns(n);
+        for lan in [Lan::Private, Lan::Service] {
+            let own = format!("{}/24", Lab::address(n, lan));
+            ip(&["-n", &ns, "addr", "flush", "dev", self.ifname(lan)])?;
+            ip(&["-n", &ns, "addr", "add", &own, "dev", self.ifname(lan)])?;
+            ip(&["-n", &ns, "link", "set", self.ifname(lan), "up"])?;
+        }
+        Ok(())
+    }
+
+    /// The MAC address of node `n`'s interface on `lan`.
+    pub fn mac(&self, n: usize, lan: Lan) -> anyhow::Result<String> {
+        let path = format!("/sys/class/net/{}/address", self.ifname(lan));
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.node_ns(n), "cat", &path])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// The MAC address the client's neighbour cache holds for `address` on the
+    /// service LAN, if it has an entry.
+    pub fn client_neighbour(&self, address: &str) -> anyhow::Result<Option<String>> {
+        let out = Command::new("ip")
+            .args([
+                "-n",
+                &self.bridge_ns(),
+                "neigh",
+                "show",
+                address,
+                "dev",
+                "bsvc",
+            ])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut words = text.split_whitespace();
+        Ok(words
+            .by_ref()
+            .find(|w| *w == "lladdr")
+            .and_then(|_| words.next())
+            .map(str::to_string))
+    }
+
     /// Run `f` on a thread that has entered the bridge (client) namespace, so its
     /// sockets reach the service LAN like a client's would.
     pub fn as_client<T: Send + 'static>(
@@ -280,16 +337,51 @@ impl Drop for Lab {
     }
 }
 
-/// A responder for the lab's service: answers every connection with "up".
-pub const RESPONDER: &str = "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-s.bind(('0.0.0.0', 8080))\ns.listen(64)\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'up\\n')\n    c.close()\n";
+/// A responder for the lab's service: answers every connection with "up NODE"
+/// (the node from `BATON_NODE`, which the `process` agent sets).
+pub const RESPONDER: &str = "import os, socket\nme = ('up ' + os.environ.get('BATON_NODE', '?') + '\\n').encode()\n\
+s = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+s.bind(('0.0.0.0', 8080))\ns.listen(64)\nwhile True:\n    c, _ = s.accept()\n    c.sendall(me)\n    c.close()\n";
+
+/// The service's virtual address in the lab (the `ipaddr` resource of a
+/// single-owner service), on the service LAN.
+pub const VIP: &str = "198.18.2.100";
+
+/// Which node answers at the virtual address (`up nN` from the responder), if
+/// any, within `timeout` (call from a client thread, see [`Lab::as_client`]).
+pub fn vip_answer(timeout: Duration) -> Option<usize> {
+    let addr: SocketAddr = format!("{VIP}:8080").parse().expect("lab address");
+    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    let _ = s.set_read_timeout(Some(timeout));
+    let mut buf = [0u8; 16];
+    let n = s.read(&mut buf).ok()?;
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .trim()
+        .strip_prefix("up n")?
+        .parse()
+        .ok()
+}
+
+/// The service `web` of a cluster written by [`write_cluster_config`].
+pub struct ServiceSpec<'a> {
+    /// standby, mutual, rotating, clone, ...
+    pub strategy: &'a str,
+    /// TOML lines for the `[[service]]` table.
+    pub extra: &'a str,
+    /// The `process` resource's parameters (TOML inline-table entries).
+    pub process_params: &'a str,
+    /// `[[service.resource]]` tables between the process and the ledger.
+    pub after_process: &'a str,
+}
 
 /// Write `DIR/cluster.toml` (and `DIR/key`) for a cluster of `links.len()` nodes
 /// named n1, n2, ... (plus `cluster_extra` TOML lines in `[cluster]`, e.g.
 /// `self_fence_ms`, `witness`), with one service `web` of `strategy` (plus
 /// `service_extra` TOML lines), preferred in node order,
 /// run by the `process` agent with `process_params` (TOML inline-table entries) plus
-/// its state under `DIR/run`, followed by a `ledger` resource that records every
+/// its state under `DIR/run`, then the `[[service.resource]]` tables in
+/// `after_process` (e.g. an `ipaddr`), followed by a `ledger` resource that records every
 /// owner interval in `DIR/ledger` (see [`ledger_overlaps`]). `RUN_DIR` in
 /// `cluster_extra` becomes `DIR/run` (for `[cluster.fencing]` with `lab-fence`).
 /// Shared by the lab, the demo and the daemon tests.
@@ -298,10 +390,14 @@ pub fn write_cluster_config(
     links: &[[String; 2]],
     timing: &str,
     cluster_extra: &str,
-    strategy: &str,
-    service_extra: &str,
-    process_params: &str,
+    service: &ServiceSpec,
 ) -> anyhow::Result<std::path::PathBuf> {
+    let ServiceSpec {
+        strategy,
+        extra: service_extra,
+        process_params,
+        after_process,
+    } = service;
     std::fs::write(dir.join("key"), b"lab key lab key lab key lab key!!")?;
     let mut nodes = String::new();
     for (i, [a, b]) in links.iter().enumerate() {
@@ -321,6 +417,7 @@ pub fn write_cluster_config(
              {cluster_extra}\n{nodes}\
              [[service]]\nname = \"web\"\nstrategy = \"{strategy}\"\npreferred = [{preferred}]\n{service_extra}\n\
              [[service.resource]]\nagent = \"process\"\nmonitor_ms = 500\nparams = {{ {process_params}, state_dir = {run:?}, stop_grace_ms = 300 }}\n\
+             {after_process}\
              [[service.resource]]\nagent = \"ledger\"\nmonitor_ms = 100\nparams = {{ file = {ledger:?}, state_dir = {run:?} }}\n",
             store = dir.join("store").display().to_string(),
             key = dir.join("key").display().to_string(),
@@ -372,8 +469,9 @@ impl ClusterLab {
         ClusterLab::start_with(prefix, baton, timing, 3, "standby", &extra)
     }
 
-    /// Like [`ClusterLab::start`] with `nodes` nodes, the service's `strategy` and
-    /// extra `[cluster]` lines;
+    /// Like [`ClusterLab::start`] with `nodes` nodes, the service's `strategy`
+    /// (`standby+noaddress`: standby without the virtual address) and extra
+    /// `[cluster]` lines;
     /// `WITNESS` in them is replaced by the lab's witness file path.
     pub fn start_with(
         prefix: &str,
@@ -400,7 +498,26 @@ impl ClusterLab {
         );
         let cluster_extra =
             cluster_extra.replace("WITNESS", &d.join("witness").display().to_string());
-        write_cluster_config(d, &links, timing, &cluster_extra, strategy, "", &service)?;
+        // A single-owner service is reached at its virtual address; a clone runs
+        // everywhere and is reached at each node's own address.
+        let (strategy, address) = match strategy.strip_suffix("+noaddress") {
+            Some(s) => (s, false),
+            None => (strategy, strategy != "clone"),
+        };
+        let vip = if !address {
+            String::new()
+        } else {
+            format!(
+                "[[service.resource]]\nagent = \"ipaddr\"\nmonitor_ms = 500\nparams = {{ address = \"{VIP}/24\", interface = \"svc\", label = \"web\" }}\n"
+            )
+        };
+        let service = ServiceSpec {
+            strategy,
+            extra: "",
+            process_params: &service,
+            after_process: &vip,
+        };
+        write_cluster_config(d, &links, timing, &cluster_extra, &service)?;
         let lab = Lab::up(prefix, nodes)?;
         let mut c = ClusterLab {
             lab,
@@ -419,8 +536,10 @@ impl ClusterLab {
         self.daemons.len()
     }
 
-    /// Start node `n`'s daemon.
+    /// Boot node `n`: its network as configured (a power-off or a fence may have
+    /// taken it), then its daemon.
     pub fn start_node(&mut self, n: usize) -> anyhow::Result<()> {
+        self.lab.power_on(n)?;
         let d = self.dir.path();
         let cfg = d.join("cluster.toml");
         let status = d.join(format!("n{n}.json"));
@@ -454,7 +573,8 @@ impl ClusterLab {
             .is_some_and(|(_, zombie)| !zombie)
     }
 
-    /// Start node `n` again if its daemon is gone (killed, or fenced).
+    /// Start node `n` again if its daemon is gone (killed, or fenced: a reboot,
+    /// with its network back as it was at boot).
     pub fn revive(&mut self, n: usize) -> anyhow::Result<()> {
         if !self.node_alive(n) {
             self.kill_node(n);
@@ -482,7 +602,9 @@ impl ClusterLab {
         }
     }
 
-    /// kill -9 node `n`'s daemon and its service's process group.
+    /// Node `n` fails as a server does when its power goes: kill -9 of its daemon
+    /// and its service's process group, and its network off ([`Lab::power_off`]).
+    /// [`ClusterLab::start_node`] boots it again.
     pub fn kill_node(&mut self, n: usize) {
         if let Some(pid) = self.daemons[n - 1].take() {
             self.lab.kill(pid);
@@ -493,6 +615,23 @@ impl ClusterLab {
                 libc::kill(-pid, libc::SIGKILL);
             }
         }
+        if let Err(e) = self.lab.power_off(n) {
+            eprintln!("lab: cannot power off n{n}'s network: {e:#}");
+        }
+    }
+
+    /// Wait (at most `limit`) until node `n` answers clients at the virtual address.
+    pub fn wait_vip(&self, n: usize, limit: Duration) -> anyhow::Result<bool> {
+        self.lab.as_client(move || {
+            let deadline = std::time::Instant::now() + limit;
+            while std::time::Instant::now() < deadline {
+                if vip_answer(Duration::from_millis(100)) == Some(n) {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            false
+        })
     }
 
     /// Node `n`'s status (what `baton status --json` shows).

@@ -4,7 +4,7 @@
 //! isolation is the next step of issue 4.)
 
 use crate::support::{baton_at, baton_exe};
-use baton::lab::write_cluster_config;
+use baton::lab::{ServiceSpec, write_cluster_config};
 use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -34,6 +34,12 @@ impl Cluster {
     }
 
     fn with_params(strategy: &str, service_extra: &str, params: &str) -> Cluster {
+        Cluster::build(strategy, service_extra, params, "self_fence_ms = 300")
+    }
+
+    /// A cluster with `cluster_extra` lines in `[cluster]` (`RUN_DIR` is the
+    /// cluster's run directory).
+    fn build(strategy: &str, service_extra: &str, params: &str, cluster_extra: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let links: Vec<[String; 2]> = (1..=3)
             .map(|n| {
@@ -48,10 +54,13 @@ impl Cluster {
             dir.path(),
             &links,
             "fast",
-            "self_fence_ms = 300",
-            strategy,
-            service_extra,
-            params,
+            cluster_extra,
+            &ServiceSpec {
+                strategy,
+                extra: service_extra,
+                process_params: params,
+                after_process: "",
+            },
         )
         .unwrap();
         let mut c = Cluster {
@@ -393,9 +402,12 @@ fn a_watchdog_device_that_is_not_a_watchdog_is_refused_at_start() {
         &[[a, b]],
         "fast",
         "self_fence_ms = 300\n[cluster.watchdog]\ndevice = \"/dev/null\"\ntimeout_s = 5",
-        "standby",
-        "",
-        "command = \"sleep 600\"",
+        &ServiceSpec {
+            strategy: "standby",
+            extra: "",
+            process_params: "command = \"sleep 600\"",
+            after_process: "",
+        },
     )
     .unwrap();
     let out = Command::new(baton_exe())

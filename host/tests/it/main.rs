@@ -4,6 +4,7 @@ mod builtin;
 mod cli;
 mod cluster_sim;
 mod daemons;
+mod ipaddr;
 mod lab;
 mod native;
 mod ocf;

@@ -1,0 +1,180 @@
+//! The `ipaddr` agent against a real kernel, in network namespaces (root only):
+//! the conformance run, bad parameters, an address another host already holds,
+//! and a failover that clients follow without waiting for their ARP cache.
+
+use crate::support::baton_exe;
+use baton::lab::{ClusterLab, Lab, Lan, VIP};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn lab(prefix: &str, nodes: usize) -> Option<Lab> {
+    if !Lab::possible() {
+        eprintln!("ipaddr tests need root and iproute2; skipped");
+        return None;
+    }
+    Some(Lab::up(&format!("{prefix}{}", std::process::id() % 1000), nodes).unwrap())
+}
+
+/// `baton agent ARGS` inside node `n`'s namespace.
+fn agent_in(lab: &Lab, n: usize, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", &lab.node_ns(n)])
+        .arg(baton_exe())
+        .arg("agent")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Whether node `n` has `address` configured on any interface.
+fn has_address(lab: &Lab, n: usize, address: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["-n", &lab.node_ns(n), "-o", "addr", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains(&format!(" {address}/"))
+}
+
+#[test]
+fn ipaddr_passes_the_conformance_run_and_refuses_an_address_another_host_holds() {
+    let Some(lab) = lab("ia", 2) else { return };
+    let vip = format!("address={VIP}/24");
+    let out = agent_in(&lab, 1, &["test", "ipaddr", "-p", &vip, "-p", "label=web"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!has_address(&lab, 1, VIP), "the conformance run left it");
+
+    // Chosen from the routing table: no interface parameter needed.
+    let out = agent_in(&lab, 2, &["run", "ipaddr", "start", "-p", &vip]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(has_address(&lab, 2, VIP));
+    let out = agent_in(&lab, 2, &["run", "ipaddr", "monitor", "-p", &vip]);
+    assert!(text(&out).contains("running"), "{}", text(&out));
+
+    // n2 holds it: n1's start is refused, names n2's MAC, and adds nothing.
+    let out = agent_in(&lab, 1, &["run", "ipaddr", "start", "-p", &vip]);
+    assert!(!out.status.success());
+    let said = text(&out);
+    let mac2 = lab.mac(2, Lan::Service).unwrap();
+    assert!(
+        said.contains("already answered for by") && said.contains(&mac2),
+        "{said}"
+    );
+    assert!(!has_address(&lab, 1, VIP));
+    let out = agent_in(&lab, 1, &["run", "ipaddr", "monitor", "-p", &vip]);
+    assert!(text(&out).contains("not-running"), "{}", text(&out));
+
+    // Stop twice: both succeed, and it is gone.
+    for _ in 0..2 {
+        let out = agent_in(&lab, 2, &["run", "ipaddr", "stop", "-p", &vip]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert!(!has_address(&lab, 2, VIP));
+}
+
+#[test]
+fn ipaddr_names_the_bad_parameter_and_the_missing_interface() {
+    let Some(lab) = lab("ib", 2) else { return };
+    let out = agent_in(
+        &lab,
+        1,
+        &["run", "ipaddr", "start", "-p", "address=198.18.2.300/24"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("address: 198.18.2.300 is not an IPv4 or IPv6 address"),
+        "{}",
+        text(&out)
+    );
+    let out = agent_in(
+        &lab,
+        1,
+        &["run", "ipaddr", "start", "-p", "address=198.18.2.100"],
+    );
+    assert!(
+        text(&out).contains("has no prefix length"),
+        "{}",
+        text(&out)
+    );
+    let vip = format!("address={VIP}/24");
+    let out = agent_in(
+        &lab,
+        1,
+        &["run", "ipaddr", "start", "-p", &vip, "-p", "interface=eth9"],
+    );
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(said.contains("no interface eth9 on node"), "{said}");
+    assert!(said.contains("svc"), "lists the interfaces there: {said}");
+    // A link that is down: a clear error, and the address is not left behind.
+    lab.cut(1, Lan::Service).unwrap();
+    let out = agent_in(
+        &lab,
+        1,
+        &["run", "ipaddr", "start", "-p", &vip, "-p", "interface=svc"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("interface svc is down"),
+        "{}",
+        text(&out)
+    );
+    assert!(!has_address(&lab, 1, VIP));
+}
+
+/// After the owner is cut off, the new owner's announcement updates the client's
+/// neighbour cache before the client sends anything, and the old owner removes
+/// the address when it loses quorum.
+#[test]
+fn after_a_failover_clients_reach_the_address_without_waiting_for_their_arp_cache() {
+    if !Lab::possible() {
+        eprintln!("ipaddr tests need root and iproute2; skipped");
+        return;
+    }
+    let prefix = format!("ic{}", std::process::id() % 1000);
+    let c = ClusterLab::start(&prefix, &baton_exe(), "fast", 500, false).unwrap();
+    assert!(
+        c.wait_vip(1, Duration::from_secs(20)).unwrap(),
+        "n1 never served at {VIP}; logs in {}",
+        c.dir.path().display()
+    );
+    let mac1 = c.lab.mac(1, Lan::Service).unwrap();
+    let mac2 = c.lab.mac(2, Lan::Service).unwrap();
+    assert_eq!(c.lab.client_neighbour(VIP).unwrap(), Some(mac1.clone()));
+
+    c.lab.cut(1, Lan::Private).unwrap();
+    c.lab.cut(1, Lan::Service).unwrap();
+    // No client traffic until the client's cache has changed by itself.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let cached = c.lab.client_neighbour(VIP).unwrap();
+        if cached.as_deref() == Some(mac2.as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client still has {cached:?} for {VIP} (n1 {mac1}, n2 {mac2}); logs in {}",
+            c.dir.path().display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        c.wait_vip(2, Duration::from_secs(5)).unwrap(),
+        "n2 does not answer at {VIP}"
+    );
+    // The isolated old owner lost quorum and removed the address itself.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while has_address(&c.lab, 1, VIP) {
+        assert!(Instant::now() < deadline, "n1 still has {VIP}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (overlaps, _) = baton::lab::ledger_overlaps(c.dir.path()).unwrap();
+    assert!(overlaps.is_empty(), "two owners at once: {overlaps:?}");
+}
