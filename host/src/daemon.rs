@@ -8,10 +8,10 @@ use crate::catalog::AgentCatalog;
 use crate::cluster::config::{ClusterConfig, ServiceSection};
 use crate::cluster::node::{ClusterNode, Command, Phase};
 use crate::cluster::wire::{ClusterKey, Drop, NodeId, ReplayGuard, decode, encode};
-use crate::cluster::witness::{FileWitness, Lease};
 use crate::config::Config;
 use crate::control::{ControlReply, ControlRequest};
 use crate::watchdog::Watchdog;
+use crate::witness_worker::WitnessWorker;
 use anyhow::{Context, bail};
 use baton_plugin_api::{Action, MonitorState, Outcome, Recovery, Request};
 use serde::Serialize;
@@ -80,6 +80,10 @@ struct Status<'a> {
     quorate: bool,
     quorum: String,
     witness_held: bool,
+    /// Why the witness lease could not be read or renewed just now (storage
+    /// stalled or failing); the witness counts as not held meanwhile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    witness_problem: Option<String>,
     links: Vec<LinkStatus<'a>>,
     fencing: FencingStatus<'a>,
     watchdog: Option<String>,
@@ -415,7 +419,7 @@ fn write_pid_file(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("--pid-file {}", path.display()))
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -505,12 +509,12 @@ pub fn run(
         .filter(|(id, _)| **id != me.id)
         .map(|(id, a)| (*id, a.clone()))
         .collect();
-    let witness = cluster
+    let lease_ms = (spec.bounds.membership.link_timeout * 2).as_millis() as u64;
+    let mut witness = cluster
         .cluster
         .witness
         .as_ref()
-        .map(|w| FileWitness::new(&w.file));
-    let lease_ms = (spec.bounds.membership.link_timeout * 2).as_millis() as u64;
+        .map(|w| WitnessWorker::start(&w.file, lease_ms, unix_ms));
     let self_fence_ms = spec.bounds.self_fence.as_millis() as u64;
     clean_up_leftovers(&services)?;
     // Armed last, once nothing else can fail: an armed watchdog resets the machine.
@@ -662,7 +666,9 @@ pub fn run(
                         run_command(c, &done_tx, quorate_now(&node));
                     }
                     let status = (req == ControlRequest::Status).then(|| {
-                        let st = status(&node, node_name, &names, &cluster, &dropped, now, &local);
+                        let mut st =
+                            status(&node, node_name, &names, &cluster, &dropped, now, &local);
+                        st.witness_problem = witness.as_ref().and_then(|w| w.last_error.clone());
                         serde_json::to_value(&st).unwrap_or_default()
                     });
                     ControlReply {
@@ -694,22 +700,13 @@ pub fn run(
         let now = now_ms();
         if now >= next_tick {
             next_tick = now + interval;
-            if let Some(w) = &witness {
-                // The partition's leader takes or renews the lease; the others read it.
+            if let Some(w) = witness.as_mut() {
+                // The partition's leader takes or renews the lease; the others read
+                // it. Off this loop: storage may stall, heartbeats may not.
                 let view = node.membership().view().1.clone();
-                let lease = if view.iter().next() == Some(&me.id) {
-                    w.acquire(me.id, &view, unix_ms(), lease_ms)
-                        .ok()
-                        .map(|l| match l {
-                            Lease::Held(rec) | Lease::HeldByOther(rec) => rec,
-                        })
-                } else {
-                    w.read()
-                        .ok()
-                        .flatten()
-                        .filter(|rec| unix_ms() < rec.expires_ms)
-                };
-                node.set_witness_holder(lease.map(|rec| rec.holder));
+                let leads = view.iter().next() == Some(&me.id);
+                w.ask(now, leads.then_some((me.id, view)));
+                node.set_witness_holder(w.holder(now));
             }
             let (packets, commands) = node.tick(now);
             send(packets);
@@ -734,7 +731,8 @@ pub fn run(
             // heartbeat (50 a second on the fast profile).
             if let Some(path) = paths.status_file.as_ref().filter(|_| now >= next_status) {
                 next_status = now + STATUS_EVERY_MS;
-                let status = status(&node, node_name, &names, &cluster, &dropped, now, &local);
+                let mut status = status(&node, node_name, &names, &cluster, &dropped, now, &local);
+                status.witness_problem = witness.as_ref().and_then(|w| w.last_error.clone());
                 if let Ok(json) = serde_json::to_vec_pretty(&status) {
                     let _ = write_atomic(path, &json);
                 }
@@ -882,6 +880,7 @@ fn status<'a>(
         quorate: quorum.is_some_and(|q| q.quorate),
         quorum: quorum.map(|q| q.reason.clone()).unwrap_or_default(),
         witness_held: quorum.is_some_and(|q| q.witness_held),
+        witness_problem: None,
         links: node
             .membership()
             .links()

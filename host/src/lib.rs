@@ -20,6 +20,7 @@ pub mod process_group;
 pub mod runner;
 pub mod store;
 pub mod watchdog;
+pub mod witness_worker;
 
 // Link the built-in agents so their inventory registrations are kept.
 use baton_agents as _;

@@ -21,6 +21,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// What the lease file holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,18 +69,41 @@ impl FileWitness {
         }
     }
 
-    fn lock(&self) -> io::Result<Locked> {
+    /// The lease file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The exclusive lock on `FILE.lock`, or an error once `wait` has passed (a
+    /// holder frozen inside its update keeps the lock; a dead one releases it).
+    fn lock(&self, wait: Duration) -> io::Result<Locked> {
         let lock_path = self.path.with_extension("lock");
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)?;
-        // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io::Error::last_os_error());
+        let deadline = Instant::now() + wait;
+        loop {
+            // SAFETY: flock on a descriptor we own; never blocks (LOCK_NB).
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Locked(file));
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::WouldBlock {
+                return Err(e);
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{} stayed locked by another node for {wait:?}",
+                        lock_path.display()
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
-        Ok(Locked(file))
     }
 
     /// The current record, if any (a damaged file reads as none).
@@ -100,7 +124,20 @@ impl FileWitness {
         now_ms: u64,
         duration_ms: u64,
     ) -> io::Result<Lease> {
-        let _lock = self.lock()?;
+        self.acquire_within(me, view, now_ms, duration_ms, Duration::from_secs(10))
+    }
+
+    /// [`FileWitness::acquire`], giving up when the lock is not ours within
+    /// `lock_wait`.
+    pub fn acquire_within(
+        &self,
+        me: NodeId,
+        view: &BTreeSet<NodeId>,
+        now_ms: u64,
+        duration_ms: u64,
+        lock_wait: Duration,
+    ) -> io::Result<Lease> {
+        let _lock = self.lock(lock_wait)?;
         let current = self.read()?;
         if let Some(rec) = &current
             && now_ms < rec.expires_ms

@@ -424,3 +424,87 @@ fn a_watchdog_device_that_is_not_a_watchdog_is_refused_at_start() {
         "{err}"
     );
 }
+
+/// `baton status --json` on node `n`'s socket, or `None` when it does not answer
+/// within `limit` (the client is killed then).
+fn status_answer(c: &Cluster, n: usize, limit: Duration) -> Option<serde_json::Value> {
+    let mut child = Command::new(baton_exe())
+        .args(["status", "--json", "--socket"])
+        .arg(c.dir.path().join(format!("n{n}.sock")))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+#[test]
+fn a_stalled_witness_stalls_no_daemon() {
+    let c = Cluster::build(
+        "standby",
+        "",
+        "command = \"sleep 600\"",
+        "self_fence_ms = 300\nwitness = { file = \"RUN_DIR/witness\", votes = 1 }",
+    );
+    c.wait_for(
+        "n1 to hold the service and the witness",
+        Duration::from_secs(20),
+        |c| c.owners() == [1] && c.status(1).is_some_and(|s| s["witness_held"] == true),
+    );
+    let epoch = c.status(2).unwrap()["epoch"].clone();
+    // The storage stalls: someone holds the lease lock and does not let go.
+    let lock = std::fs::File::create(c.dir.path().join("run/witness.lock")).unwrap();
+    // SAFETY: flock on a file this test owns.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+        0
+    );
+    let uptime = |n: usize| {
+        c.status(n)
+            .and_then(|s| s["uptime_ms"].as_u64())
+            .unwrap_or(0)
+    };
+    let (from1, from2) = (uptime(1), uptime(2));
+    // Both daemons keep running their loops (status rewritten, 2 s of uptime
+    // later) and answer operators while the lock is held; a blocked loop would
+    // never get there.
+    c.wait_for(
+        "both daemons to run on for 2 s",
+        Duration::from_secs(20),
+        |_| uptime(1) > from1 + 2_000 && uptime(2) > from2 + 2_000,
+    );
+    let answers: Vec<_> = [1, 2]
+        .map(|n| {
+            status_answer(&c, n, Duration::from_secs(5)).unwrap_or_else(|| {
+                panic!("n{n} does not answer status while the witness is stalled")
+            })
+        })
+        .into();
+    // n1 leads the partition and renews the lease: it says why it cannot.
+    assert!(
+        answers[0]["witness_problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("witness")),
+        "n1 does not say the witness is stalled: {}",
+        answers[0]
+    );
+    assert_eq!(answers[0]["witness_held"], false);
+    // Three nodes are a majority without the witness: nothing moved.
+    assert_eq!(c.status(2).unwrap()["epoch"], epoch);
+    assert_eq!(c.owners(), [1]);
+    drop(lock);
+    c.wait_for("the witness to count again", Duration::from_secs(20), |c| {
+        c.status(1)
+            .is_some_and(|s| s["witness_held"] == true && s["witness_problem"].is_null())
+    });
+}
