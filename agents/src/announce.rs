@@ -124,14 +124,28 @@ impl PacketSocket {
         Ok(PacketSocket { fd, index })
     }
 
-    /// A socket for ARP on interface `index`.
+    /// A socket that receives ARP on interface `index` (and sends).
     pub fn arp(index: u32) -> io::Result<PacketSocket> {
         PacketSocket::open(index, ETH_P_ARP)
     }
 
-    /// A socket for sending IPv6 frames on interface `index`.
-    pub fn ipv6(index: u32) -> io::Result<PacketSocket> {
-        PacketSocket::open(index, ETH_P_IPV6)
+    /// A socket that only sends on interface `index`. Protocol 0 registers no
+    /// receive hook, so creating it costs no network-stack synchronisation.
+    pub fn sender(index: u32) -> io::Result<PacketSocket> {
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(PacketSocket { fd, index })
+    }
+
+    /// Close the socket on another thread: closing a packet socket waits for an
+    /// RCU grace period (tens of milliseconds), which a start need not wait for.
+    pub fn close_later(self) {
+        std::thread::spawn(move || drop(self));
     }
 
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
@@ -166,7 +180,8 @@ impl PacketSocket {
             events: libc::POLLIN,
             revents: 0,
         };
-        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // Rounded up: poll's milliseconds must not end the wait early.
+        let ms = left.as_micros().div_ceil(1000).clamp(1, i32::MAX as u128) as i32;
         // SAFETY: poll on one pollfd that lives for the call.
         let n = unsafe { libc::poll(&mut pfd, 1, ms) };
         if n < 0 {
@@ -222,6 +237,17 @@ pub(crate) fn probe_v4(
     wait: Duration,
 ) -> io::Result<Option<[u8; 6]>> {
     let socket = PacketSocket::arp(index)?;
+    let found = listen_for_holder(&socket, mac, ip, wait);
+    socket.close_later();
+    found
+}
+
+fn listen_for_holder(
+    socket: &PacketSocket,
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+    wait: Duration,
+) -> io::Result<Option<[u8; 6]>> {
     let probe = arp_request(mac, Ipv4Addr::UNSPECIFIED, ip);
     let start = Instant::now();
     let deadline = start + wait;
@@ -238,10 +264,8 @@ pub(crate) fn probe_v4(
                     return Ok(Some(from));
                 }
             }
-            None if second.is_some_and(|s| Instant::now() >= s) => {
-                second = None;
-                socket.send(&probe)?;
-            }
+            // The wait ended: at the half-way mark, the second probe; at the end, done.
+            None if second.take().is_some() => socket.send(&probe)?,
             None => return Ok(None),
         }
     }
@@ -249,12 +273,14 @@ pub(crate) fn probe_v4(
 
 /// Send one announcement that `ip` is at `mac` on interface `index`.
 pub(crate) fn announce(index: u32, mac: [u8; 6], ip: std::net::IpAddr) -> io::Result<()> {
-    match ip {
-        std::net::IpAddr::V4(v4) => PacketSocket::arp(index)?.send(&arp_request(mac, v4, v4)),
-        std::net::IpAddr::V6(v6) => {
-            PacketSocket::ipv6(index)?.send(&neighbour_advertisement(mac, v6))
-        }
-    }
+    let frame = match ip {
+        std::net::IpAddr::V4(v4) => arp_request(mac, v4, v4),
+        std::net::IpAddr::V6(v6) => neighbour_advertisement(mac, v6),
+    };
+    let socket = PacketSocket::sender(index)?;
+    let sent = socket.send(&frame);
+    socket.close_later();
+    sent
 }
 
 /// The MAC address as people write it (`02:00:5e:10:00:01`).
