@@ -5,14 +5,19 @@
 //! (`use baton_agents as _;`), or the linker drops the registrations.
 
 mod announce;
+mod disk_lease;
+mod filesystem;
 mod ipaddr;
 mod lab_fence;
+pub mod lease;
 pub mod ledger;
 mod netlink;
 mod process;
 mod reading;
 mod tcp_check;
 
+pub use disk_lease::DiskLeaseAgent;
+pub use filesystem::FilesystemAgent;
 pub use ipaddr::IpAddrAgent;
 pub use lab_fence::LabFenceAgent;
 pub use ledger::LedgerAgent;
@@ -52,7 +57,15 @@ mod tests {
         let names: Vec<&str> = super::builtin_agents().iter().map(|a| a.name).collect();
         assert_eq!(
             names,
-            ["ipaddr", "lab-fence", "ledger", "process", "tcp-check"]
+            [
+                "disk-lease",
+                "filesystem",
+                "ipaddr",
+                "lab-fence",
+                "ledger",
+                "process",
+                "tcp-check"
+            ]
         );
         for a in super::builtin_agents() {
             let meta = (a.build)().metadata();

@@ -4,6 +4,7 @@ mod builtin;
 mod cli;
 mod cluster_sim;
 mod daemons;
+mod disk;
 mod ipaddr;
 mod lab;
 mod native;
