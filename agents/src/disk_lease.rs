@@ -32,6 +32,9 @@ inventory::submit! {
     crate::BuiltinAgent { name: "disk-lease", build: || Box::new(DiskLeaseAgent::default()) }
 }
 
+/// The record name of a resource's lease (the witness's is `witness`).
+const LEASE_NAME: &str = "lease";
+
 /// The `disk-lease` agent.
 #[derive(Default)]
 pub struct DiskLeaseAgent {
@@ -93,7 +96,7 @@ impl DiskLeaseAgent {
             Some(_) => number(&meta, req, "offset")?,
             None => number(&meta, req, "slot")? * crate::lease::BLOCK as u64,
         };
-        if offset % crate::lease::BLOCK as u64 != 0 {
+        if !offset.is_multiple_of(crate::lease::BLOCK as u64) {
             return Err(AgentError::misconfigured(format!(
                 "offset: {offset} is not a multiple of 4096; use slot = N for the N-th 4 KiB block"
             )));
@@ -158,20 +161,34 @@ impl DiskLeaseAgent {
                         area.device, s.offset, r.cluster, s.cluster
                     )));
                 }
+                Block::Lease(r) if r.name != LEASE_NAME => {
+                    return Err(AgentError::misconfigured(format!(
+                        "{} at offset {} holds the cluster's {}, not a resource's lease; give this resource another slot",
+                        area.device, s.offset, r.name
+                    )));
+                }
                 Block::Empty => break None,
                 Block::Lease(r) if r.released => break Some(r.clone()),
-                Block::Lease(r) => {
-                    let watch = Duration::from_millis(r.lease_ms);
+                // A held record is watched for its holder's lease time; one damaged
+                // for good (nobody who renews would leave it so) for our own.
+                Block::Damaged(_) | Block::Lease(_) => {
+                    let (owner, lease_ms, base) = match &seen {
+                        Block::Lease(r) => (r.owner.clone(), r.lease_ms, Some(r.clone())),
+                        _ => (
+                            "unknown (damaged record)".to_string(),
+                            s.lease.as_millis() as u64,
+                            None,
+                        ),
+                    };
+                    let watch = Duration::from_millis(lease_ms);
                     if unchanged_since.elapsed() >= watch {
-                        break Some(r.clone());
+                        break base;
                     }
                     if Instant::now() + Duration::from_millis(50) >= deadline {
                         return Err(AgentError::generic(format!(
-                            "the lease on {} is held by node {} and still renewed (watched {} ms of its {} ms lease)",
+                            "the lease on {} is held by node {owner} and still renewed (watched {} ms of its {lease_ms} ms lease)",
                             area.device,
-                            r.owner,
                             unchanged_since.elapsed().as_millis(),
-                            r.lease_ms
                         )));
                     }
                     std::thread::sleep((watch / 8).min(deadline - Instant::now()));
@@ -185,6 +202,7 @@ impl DiskLeaseAgent {
         };
         let mine = Record {
             cluster: s.cluster.clone(),
+            name: LEASE_NAME.into(),
             owner: node.to_owned(),
             token: random_token(),
             counter: base.map_or(1, |r| r.counter + 1),
@@ -218,6 +236,12 @@ impl DiskLeaseAgent {
                 let mut rec = h.record.lock().unwrap_or_else(|e| e.into_inner());
                 match h.area.read() {
                     Ok(Block::Lease(r)) if r == *rec => {}
+                    // Still damaged after re-reads: rewrite our record over it; a
+                    // taker would have written a whole record of its own.
+                    Ok(Block::Damaged(_)) => warn(&format!(
+                        "lease on {}: damaged record read; rewriting ours",
+                        h.area.device
+                    )),
                     Ok(other) => {
                         let who = match other {
                             Block::Lease(r) => format!("node {}", r.owner),

@@ -29,6 +29,9 @@ const NAME: usize = 64;
 pub struct Record {
     /// The cluster the lease belongs to.
     pub cluster: String,
+    /// What the lease is for (`lease` for a `disk-lease` resource, `witness` for
+    /// the cluster's witness): one slot never serves two purposes.
+    pub name: String,
     /// The node holding (or that last held) it.
     pub owner: String,
     /// Random per acquisition: tells this holding apart from an earlier one of
@@ -49,6 +52,10 @@ pub enum Block {
     Empty,
     /// A baton lease record.
     Lease(Record),
+    /// Our magic, a wrong checksum: a read that raced a write (a disk promises
+    /// atomic sectors, not atomic 4 KiB), or a record damaged for good. Its CRC
+    /// tells one damaged block from another.
+    Damaged(u32),
     /// Something else: not ours to overwrite.
     Foreign,
 }
@@ -72,7 +79,8 @@ impl Record {
         b[..8].copy_from_slice(MAGIC);
         put_name(&mut b, 8, &self.cluster);
         put_name(&mut b, 8 + NAME, &self.owner);
-        let n = 8 + 2 * NAME;
+        put_name(&mut b, 8 + 2 * NAME, &self.name);
+        let n = 8 + 3 * NAME;
         b[n..n + 8].copy_from_slice(&self.token.to_le_bytes());
         b[n + 8..n + 16].copy_from_slice(&self.counter.to_le_bytes());
         b[n + 16] = u8::from(self.released);
@@ -96,15 +104,16 @@ pub fn decode(b: &[u8]) -> Block {
     if b.len() < BLOCK || &b[..8] != MAGIC {
         return Block::Foreign;
     }
-    let n = 8 + 2 * NAME;
+    let n = 8 + 3 * NAME;
     let crc = u32::from_le_bytes(b[n + 25..n + 29].try_into().expect("4 bytes"));
     if crc != crc32fast::hash(&b[..n + 25]) {
-        return Block::Foreign;
+        return Block::Damaged(crc32fast::hash(b));
     }
     let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
     Block::Lease(Record {
         cluster: get_name(b, 8),
         owner: get_name(b, 8 + NAME),
+        name: get_name(b, 8 + 2 * NAME),
         token: u64_at(n),
         counter: u64_at(n + 8),
         released: b[n + 16] != 0,
@@ -135,7 +144,7 @@ impl LeaseArea {
                 "device {name} is not a block device; give the shared disk (or a partition of it)"
             ));
         }
-        if offset % BLOCK as u64 != 0 {
+        if !offset.is_multiple_of(BLOCK as u64) {
             return Err(format!("offset {offset} is not a multiple of {BLOCK}"));
         }
         let file = OpenOptions::new()
@@ -158,12 +167,24 @@ impl LeaseArea {
         })
     }
 
-    /// Read the block from the device.
+    /// Read the block from the device. A damaged record is read again a few
+    /// times: a read that raced another node's write sees the whole record a
+    /// moment later.
     pub fn read(&self) -> io::Result<Block> {
         use std::os::unix::fs::FileExt;
         let mut buf = Box::new(Aligned([0; BLOCK]));
-        self.file.read_exact_at(&mut buf.0, self.offset)?;
-        Ok(decode(&buf.0))
+        let mut block = Block::Empty;
+        for attempt in 0..5 {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            self.file.read_exact_at(&mut buf.0, self.offset)?;
+            block = decode(&buf.0);
+            if !matches!(block, Block::Damaged(_)) {
+                break;
+            }
+        }
+        Ok(block)
     }
 
     /// Write `record` to the device (durable when this returns).
@@ -187,6 +208,7 @@ mod tests {
     fn record() -> Record {
         Record {
             cluster: "prod".into(),
+            name: "lease".into(),
             owner: "n1".into(),
             token: 0xdead_beef,
             counter: 7,
@@ -213,10 +235,10 @@ mod tests {
         ext4ish[1080] = 0x53;
         ext4ish[1081] = 0xef;
         assert_eq!(decode(&ext4ish), Block::Foreign);
-        // A record with one flipped bit fails its checksum.
+        // A record with one flipped bit fails its checksum: damaged, not foreign.
         let mut b = record().encode();
         b[100] ^= 1;
-        assert_eq!(decode(&b), Block::Foreign);
+        assert!(matches!(decode(&b), Block::Damaged(_)));
     }
 
     #[test]
