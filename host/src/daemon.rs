@@ -11,7 +11,7 @@ use crate::cluster::wire::{ClusterKey, Drop, NodeId, ReplayGuard, decode, encode
 use crate::config::Config;
 use crate::control::{ControlReply, ControlRequest};
 use crate::watchdog::Watchdog;
-use crate::witness_worker::WitnessWorker;
+use crate::witness_worker::{DiskStore, FileStore, WitnessWorker};
 use anyhow::{Context, bail};
 use baton_plugin_api::{Action, MonitorState, Outcome, Recovery, Request};
 use serde::Serialize;
@@ -514,7 +514,18 @@ pub fn run(
         .cluster
         .witness
         .as_ref()
-        .map(|w| WitnessWorker::start(&w.file, lease_ms, unix_ms));
+        .map(|w| match (&w.disk, &w.file) {
+            (Some(disk), _) => WitnessWorker::start(
+                DiskStore::new(disk, w.slot, &cluster.cluster.name, lease_ms),
+                lease_ms,
+                unix_ms,
+            ),
+            (None, file) => WitnessWorker::start(
+                FileStore::new(file.as_deref().unwrap_or(Path::new("")), lease_ms, unix_ms),
+                lease_ms,
+                unix_ms,
+            ),
+        });
     let self_fence_ms = spec.bounds.self_fence.as_millis() as u64;
     clean_up_leftovers(&services)?;
     // Armed last, once nothing else can fail: an armed watchdog resets the machine.

@@ -1,17 +1,268 @@
 //! The witness lease, off the daemon's loop. Storage can stall (a network
 //! filesystem, a SAN path failover, a node frozen while it holds the lease lock);
 //! the loop must keep heartbeating, answering status and fencing through any of
-//! it. A worker thread owns the lease file and does one operation at a time; the
-//! loop asks without waiting and counts the witness only while the latest answer
-//! is fresh. An operation that does not finish in time is "witness not held",
-//! never a stall.
+//! it. A worker thread owns the lease (a file, or a block of a shared disk) and
+//! does one operation at a time; the loop asks without waiting and counts the
+//! witness only while the latest answer is fresh. An operation that does not
+//! finish in time is "witness not held", never a stall.
 
 use crate::cluster::wire::NodeId;
-use crate::cluster::witness::{FileWitness, Lease, LeaseRecord};
+use crate::cluster::witness::{FileWitness, Lease};
+use baton_agents::lease::{Block, LeaseArea, Record};
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Who holds the witness, as one operation saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sighting {
+    /// The holder.
+    pub holder: NodeId,
+    /// Wall-clock expiry (ms since the epoch) when the storage keeps one (the
+    /// file witness); checked whenever the answer is used.
+    pub expires_ms: Option<u64>,
+}
+
+/// Where the witness lease lives.
+pub trait WitnessStore: Send + 'static {
+    /// Take or renew the lease for `me`, the leader of partition `view`; who
+    /// holds it afterwards.
+    fn lead(&mut self, me: NodeId, view: &BTreeSet<NodeId>) -> io::Result<Option<Sighting>>;
+    /// Who holds it (for a member that does not lead).
+    fn look(&mut self) -> io::Result<Option<Sighting>>;
+    /// The storage, for messages.
+    fn describe(&self) -> String;
+}
+
+/// The lease in a file (see `cluster/witness.rs`).
+pub struct FileStore {
+    witness: FileWitness,
+    lease_ms: u64,
+    unix_ms: fn() -> u64,
+}
+
+impl FileStore {
+    /// The lease file at `path`, taken for `lease_ms`.
+    pub fn new(path: &Path, lease_ms: u64, unix_ms: fn() -> u64) -> FileStore {
+        FileStore {
+            witness: FileWitness::new(path),
+            lease_ms,
+            unix_ms,
+        }
+    }
+}
+
+impl WitnessStore for FileStore {
+    fn lead(&mut self, me: NodeId, view: &BTreeSet<NodeId>) -> io::Result<Option<Sighting>> {
+        let lock_wait = Duration::from_millis(self.lease_ms / 2);
+        let lease =
+            self.witness
+                .acquire_within(me, view, (self.unix_ms)(), self.lease_ms, lock_wait)?;
+        let (Lease::Held(rec) | Lease::HeldByOther(rec)) = lease;
+        Ok(Some(Sighting {
+            holder: rec.holder,
+            expires_ms: Some(rec.expires_ms),
+        }))
+    }
+
+    fn look(&mut self) -> io::Result<Option<Sighting>> {
+        Ok(self.witness.read()?.map(|rec| Sighting {
+            holder: rec.holder,
+            expires_ms: Some(rec.expires_ms),
+        }))
+    }
+
+    fn describe(&self) -> String {
+        self.witness.path().display().to_string()
+    }
+}
+
+/// The lease in one block of a shared disk: the same delta lease as the
+/// `disk-lease` agent, named `witness`, owned by the partition's leader (its
+/// node id). The leader renews it every tick; it takes it at once when free or
+/// left by a member of its own partition, and takes another partition's only
+/// after watching it unchanged for its lease time on its own clock. A member
+/// that does not lead counts the holder only while it sees the record change
+/// (within a quarter lease), so a holder that stopped renewing stops counting
+/// everywhere well before another partition may take the lease.
+pub struct DiskStore {
+    device: PathBuf,
+    offset: u64,
+    cluster: String,
+    lease_ms: u64,
+    area: Option<LeaseArea>,
+    /// Our current holding's token.
+    token: Option<u64>,
+    /// The record last seen and since when (this clock) it has not changed.
+    seen: Option<(Record, Instant)>,
+}
+
+const WITNESS_NAME: &str = "witness";
+
+impl DiskStore {
+    /// The lease block `slot` of `device` for `cluster`, taken for `lease_ms`.
+    pub fn new(device: &Path, slot: u64, cluster: &str, lease_ms: u64) -> DiskStore {
+        DiskStore {
+            device: device.to_owned(),
+            offset: slot * baton_agents::lease::BLOCK as u64,
+            cluster: cluster.to_owned(),
+            lease_ms,
+            area: None,
+            token: None,
+            seen: None,
+        }
+    }
+
+    fn area(&mut self) -> io::Result<&LeaseArea> {
+        if self.area.is_none() {
+            self.area = Some(LeaseArea::open(&self.device, self.offset).map_err(io::Error::other)?);
+        }
+        Ok(self.area.as_ref().expect("opened above"))
+    }
+
+    /// The current record, checked to be this cluster's witness; tracks since
+    /// when it has not changed.
+    fn read(&mut self) -> io::Result<Option<(Record, Duration)>> {
+        let block = self.area()?.read()?;
+        let record = match block {
+            Block::Empty => None,
+            Block::Foreign => {
+                return Err(io::Error::other(format!(
+                    "{} slot {} holds data that is not a baton lease; give the witness a free slot",
+                    self.device.display(),
+                    self.offset / baton_agents::lease::BLOCK as u64
+                )));
+            }
+            Block::Lease(r) if r.cluster != self.cluster || r.name != WITNESS_NAME => {
+                return Err(io::Error::other(format!(
+                    "{} slot {} holds the {} of cluster {:?}, not this cluster's witness; give the witness its own slot",
+                    self.device.display(),
+                    self.offset / baton_agents::lease::BLOCK as u64,
+                    r.name,
+                    r.cluster
+                )));
+            }
+            Block::Lease(r) => Some(r),
+            // Damaged even after re-reads: held by nobody known; watched like a
+            // held lease (its CRC tells one damaged block from another).
+            Block::Damaged(crc) => Some(Record {
+                cluster: self.cluster.clone(),
+                name: WITNESS_NAME.into(),
+                owner: String::new(),
+                token: u64::from(crc),
+                counter: 0,
+                released: false,
+                lease_ms: self.lease_ms,
+            }),
+        };
+        let Some(record) = record else {
+            self.seen = None;
+            return Ok(None);
+        };
+        let since = match &self.seen {
+            Some((old, since)) if *old == record => *since,
+            _ => Instant::now(),
+        };
+        self.seen = Some((record.clone(), since));
+        Ok(Some((record, since.elapsed())))
+    }
+
+    fn claim(&mut self, me: NodeId, counter: u64) -> io::Result<Option<Sighting>> {
+        let mine = Record {
+            cluster: self.cluster.clone(),
+            name: WITNESS_NAME.into(),
+            owner: me.to_string(),
+            token: random_token(),
+            counter,
+            released: false,
+            lease_ms: self.lease_ms,
+        };
+        self.area()?.write(&mine)?;
+        // A concurrent claimer's write lands within this; the last one wins.
+        std::thread::sleep(Duration::from_millis(self.lease_ms / 8));
+        match self.read()? {
+            Some((r, _)) if r == mine => {
+                self.token = Some(mine.token);
+                Ok(Some(Sighting {
+                    holder: me,
+                    expires_ms: None,
+                }))
+            }
+            other => {
+                self.token = None;
+                Ok(other.and_then(|(r, _)| sighting(&r)))
+            }
+        }
+    }
+}
+
+fn sighting(r: &Record) -> Option<Sighting> {
+    (!r.released).then_some(())?;
+    Some(Sighting {
+        holder: r.owner.parse().ok()?,
+        expires_ms: None,
+    })
+}
+
+fn random_token() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom into a buffer we own, bounded by its length.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 8 {
+        u64::from_le_bytes(b) | 1
+    } else {
+        u64::from(std::process::id()) << 32 | crate::daemon::unix_ms() | 1
+    }
+}
+
+impl WitnessStore for DiskStore {
+    fn lead(&mut self, me: NodeId, view: &BTreeSet<NodeId>) -> io::Result<Option<Sighting>> {
+        let Some((r, unchanged)) = self.read()? else {
+            return self.claim(me, 1);
+        };
+        let owner: Option<NodeId> = r.owner.parse().ok();
+        let ours = owner == Some(me) && self.token == Some(r.token);
+        if ours {
+            let next = Record {
+                counter: r.counter + 1,
+                ..r
+            };
+            self.area()?.write(&next)?;
+            self.seen = Some((next, Instant::now()));
+            return Ok(Some(Sighting {
+                holder: me,
+                expires_ms: None,
+            }));
+        }
+        // Free: released, or left by a member of this partition. A record of a
+        // node outside it (or of nobody known) must first stay unchanged a lease.
+        let free = r.released || owner.is_some_and(|o| view.contains(&o));
+        if free || unchanged >= Duration::from_millis(r.lease_ms) {
+            return self.claim(me, r.counter + 1);
+        }
+        Ok(sighting(&r))
+    }
+
+    fn look(&mut self) -> io::Result<Option<Sighting>> {
+        self.token = None;
+        Ok(match self.read()? {
+            Some((r, unchanged)) if unchanged < Duration::from_millis(self.lease_ms / 4) => {
+                sighting(&r)
+            }
+            _ => None,
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} slot {}",
+            self.device.display(),
+            self.offset / baton_agents::lease::BLOCK as u64
+        )
+    }
+}
 
 /// One lease operation: take or renew it for `me` leading `view`, or only read it.
 struct Ask {
@@ -22,7 +273,7 @@ struct Ask {
 
 struct Answer {
     asked_ms: u64,
-    result: Result<Option<LeaseRecord>, String>,
+    result: Result<Option<Sighting>, String>,
 }
 
 /// The loop's side of the witness worker.
@@ -30,42 +281,37 @@ pub struct WitnessWorker {
     asks: mpsc::Sender<Ask>,
     answers: mpsc::Receiver<Answer>,
     in_flight: Option<u64>,
-    /// The latest answer: when it was asked for, and the valid lease it showed.
-    latest: Option<(u64, Option<LeaseRecord>)>,
+    /// The latest answer: when it was asked for, and who held the lease.
+    latest: Option<(u64, Option<Sighting>)>,
     /// The latest failure, for status and logs.
     pub last_error: Option<String>,
     /// How long an answer counts (and how long one operation may take).
     fresh_ms: u64,
+    unix_ms: fn() -> u64,
 }
 
 impl WitnessWorker {
-    /// Start the worker for the lease file at `path`. Leases are taken for
-    /// `lease_ms`; an answer counts for half of that after it was asked for, which
-    /// leaves the other half as margin for the nodes' wall clocks before another
-    /// partition may take an expired lease.
-    pub fn start(path: &Path, lease_ms: u64, unix_ms: fn() -> u64) -> WitnessWorker {
+    /// Start the worker for `store`. Leases are taken for `lease_ms`; an answer
+    /// counts for half of that after it was asked for, which leaves the other
+    /// half as margin before another partition may take a lease nobody renews.
+    pub fn start(
+        mut store: impl WitnessStore,
+        lease_ms: u64,
+        unix_ms: fn() -> u64,
+    ) -> WitnessWorker {
         let (ask_tx, ask_rx) = mpsc::channel::<Ask>();
         let (answer_tx, answer_rx) = mpsc::channel::<Answer>();
-        let witness = FileWitness::new(path);
-        let fresh_ms = lease_ms / 2;
-        let lock_wait = Duration::from_millis(fresh_ms);
         std::thread::Builder::new()
             .name("witness".into())
             .spawn(move || {
                 while let Ok(ask) = ask_rx.recv() {
                     let result = match &ask.acquire {
-                        Some((me, view)) => witness
-                            .acquire_within(*me, view, unix_ms(), lease_ms, lock_wait)
-                            .map(|l| match l {
-                                Lease::Held(rec) | Lease::HeldByOther(rec) => Some(rec),
-                            }),
-                        None => witness.read(),
+                        Some((me, view)) => store.lead(*me, view),
+                        None => store.look(),
                     };
                     let answer = Answer {
                         asked_ms: ask.asked_ms,
-                        result: result
-                            .map(|rec| rec.filter(|r| unix_ms() < r.expires_ms))
-                            .map_err(|e| format!("witness {}: {e}", witness.path().display())),
+                        result: result.map_err(|e| format!("witness {}: {e}", store.describe())),
                     };
                     if answer_tx.send(answer).is_err() {
                         return;
@@ -79,7 +325,8 @@ impl WitnessWorker {
             in_flight: None,
             latest: None,
             last_error: None,
-            fresh_ms,
+            fresh_ms: lease_ms / 2,
+            unix_ms,
         }
     }
 
@@ -138,7 +385,9 @@ impl WitnessWorker {
         if stale {
             return None;
         }
-        self.latest.as_ref()?.1.as_ref().map(|r| r.holder)
+        let sighting = self.latest.as_ref()?.1.as_ref()?;
+        let unexpired = sighting.expires_ms.is_none_or(|e| (self.unix_ms)() < e);
+        unexpired.then_some(sighting.holder)
     }
 }
 
@@ -170,7 +419,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("witness");
         let started = Instant::now();
-        let mut w = WitnessWorker::start(&path, 400, unix_ms);
+        let mut w = WitnessWorker::start(FileStore::new(&path, 400, unix_ms), 400, unix_ms);
         assert!(wait_holder(&mut w, started, Some(1)), "never held");
 
         // Someone else takes the lock and keeps it: the calls keep returning (this

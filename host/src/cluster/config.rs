@@ -90,8 +90,13 @@ fn default_self_fence() -> u64 {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WitnessSection {
-    /// The lease file on storage every node reaches.
-    pub file: PathBuf,
+    /// A lease file on storage every node reaches (a network filesystem).
+    pub file: Option<PathBuf>,
+    /// Or a shared block device: the lease is one 4 KiB block of it.
+    pub disk: Option<PathBuf>,
+    /// Which block of `disk` (default 0; resource leases need other slots).
+    #[serde(default)]
+    pub slot: u64,
     /// Its votes (N−1 lets the last survivor of N run).
     pub votes: u32,
 }
@@ -378,10 +383,22 @@ impl ClusterConfig {
                 ));
             }
         }
-        if let Some(w) = &cluster.witness
-            && w.votes == 0
-        {
-            errors.push("cluster.witness.votes: 0; give the witness at least one vote (N-1 lets the last survivor run)".into());
+        if let Some(w) = &cluster.witness {
+            if w.votes == 0 {
+                errors.push("cluster.witness.votes: 0; give the witness at least one vote (N-1 lets the last survivor run)".into());
+            }
+            match (&w.file, &w.disk) {
+                (None, None) => errors.push(
+                    "cluster.witness: no storage; give file = \"/shared/baton/witness\" or disk = \"/dev/...\"".into(),
+                ),
+                (Some(_), Some(_)) => errors.push(
+                    "cluster.witness: both file and disk; a witness lives in one place, keep one".into(),
+                ),
+                _ => {}
+            }
+            if w.file.is_some() && w.slot != 0 {
+                errors.push("cluster.witness.slot: only for a disk witness; remove it".into());
+            }
         }
         if errors.is_empty() {
             Ok(Some(ClusterConfig {
