@@ -371,6 +371,8 @@ pub struct ServiceSpec<'a> {
     pub extra: &'a str,
     /// The `process` resource's parameters (TOML inline-table entries).
     pub process_params: &'a str,
+    /// `[[service.resource]]` tables before the process (e.g. a disk).
+    pub before_process: &'a str,
     /// `[[service.resource]]` tables between the process and the ledger.
     pub after_process: &'a str,
 }
@@ -396,6 +398,7 @@ pub fn write_cluster_config(
         strategy,
         extra: service_extra,
         process_params,
+        before_process,
         after_process,
     } = service;
     std::fs::write(dir.join("key"), b"lab key lab key lab key lab key!!")?;
@@ -416,6 +419,7 @@ pub fn write_cluster_config(
             "[agents]\nstore = {store:?}\n[cluster]\nname = \"lab\"\nkey_file = {key:?}\ntiming = \"{timing}\"\n\
              {cluster_extra}\n{nodes}\
              [[service]]\nname = \"web\"\nstrategy = \"{strategy}\"\npreferred = [{preferred}]\n{service_extra}\n\
+             {before_process}\
              [[service.resource]]\nagent = \"process\"\nmonitor_ms = 500\nparams = {{ {process_params}, state_dir = {run:?}, stop_grace_ms = 300 }}\n\
              {after_process}\
              [[service.resource]]\nagent = \"ledger\"\nmonitor_ms = 100\nparams = {{ file = {ledger:?}, state_dir = {run:?} }}\n",
@@ -440,6 +444,36 @@ pub fn ledger_overlaps(dir: &Path) -> anyhow::Result<(Vec<String>, usize)> {
 /// `[cluster]` lines for the `lab-fence` agent (kills a lost node's daemon and its
 /// agents' process groups, recorded under the lab's run directory).
 pub const LAB_FENCING: &str = "[cluster.fencing]\nagent = \"lab-fence\"\nparams = { state_dir = \"RUN_DIR\" }\ntimeout_ms = 5000\n";
+
+/// What a [`ClusterLab`] runs. `WITNESS` and `LAB_DIR` in its strings become
+/// the lab's witness file and directory.
+pub struct LabSpec<'a> {
+    /// `fast` or `default`.
+    pub timing: &'a str,
+    /// How many nodes (2..=9).
+    pub nodes: usize,
+    /// The service's strategy (`standby+noaddress`: without the virtual address).
+    pub strategy: &'a str,
+    /// Extra `[cluster]` lines.
+    pub cluster_extra: &'a str,
+    /// `[[service.resource]]` tables before the service's process.
+    pub before_process: &'a str,
+    /// The process's command (default: [`RESPONDER`]); it must answer on port 8080.
+    pub command: Option<&'a str>,
+}
+
+impl Default for LabSpec<'_> {
+    fn default() -> Self {
+        LabSpec {
+            timing: "fast",
+            nodes: 3,
+            strategy: "standby",
+            cluster_extra: "self_fence_ms = 300",
+            before_process: "",
+            command: None,
+        }
+    }
+}
 
 /// A three-node baton cluster running in a [`Lab`]: the service `web` (the
 /// `process` agent running [`RESPONDER`] on port 8080), standby on n1, n2, n3.
@@ -471,8 +505,8 @@ impl ClusterLab {
 
     /// Like [`ClusterLab::start`] with `nodes` nodes, the service's `strategy`
     /// (`standby+noaddress`: standby without the virtual address) and extra
-    /// `[cluster]` lines;
-    /// `WITNESS` in them is replaced by the lab's witness file path.
+    /// `[cluster]` lines; `WITNESS` in them is replaced by the lab's witness file
+    /// path.
     pub fn start_with(
         prefix: &str,
         baton: &Path,
@@ -481,10 +515,37 @@ impl ClusterLab {
         strategy: &str,
         cluster_extra: &str,
     ) -> anyhow::Result<ClusterLab> {
+        let spec = LabSpec {
+            timing,
+            nodes,
+            strategy,
+            cluster_extra,
+            ..LabSpec::default()
+        };
+        ClusterLab::start_spec(prefix, baton, &spec)
+    }
+
+    /// Build the lab `spec` describes and start every node.
+    pub fn start_spec(prefix: &str, baton: &Path, spec: &LabSpec) -> anyhow::Result<ClusterLab> {
+        ClusterLab::start_spec_with(prefix, baton, spec, |_| Ok(()))
+    }
+
+    /// [`ClusterLab::start_spec`], calling `prepare` with the lab's directory
+    /// before any node starts (to put files there that the service needs).
+    pub fn start_spec_with(
+        prefix: &str,
+        baton: &Path,
+        spec: &LabSpec,
+        prepare: impl FnOnce(&Path) -> std::io::Result<()>,
+    ) -> anyhow::Result<ClusterLab> {
         let dir = tempfile::Builder::new().prefix("baton-lab").tempdir()?;
         let d = dir.path();
+        let in_lab = |text: &str| {
+            text.replace("WITNESS", &d.join("witness").display().to_string())
+                .replace("LAB_DIR", &d.display().to_string())
+        };
         std::fs::write(d.join("responder.py"), RESPONDER)?;
-        let links: Vec<[String; 2]> = (1..=nodes)
+        let links: Vec<[String; 2]> = (1..=spec.nodes)
             .map(|n| {
                 [
                     format!("{}:5405", Lab::address(n, Lan::Private)),
@@ -492,17 +553,16 @@ impl ClusterLab {
                 ]
             })
             .collect();
-        let service = format!(
-            "command = \"python3 {}\", ready_tcp = \"127.0.0.1:8080\"",
-            d.join("responder.py").display()
-        );
-        let cluster_extra =
-            cluster_extra.replace("WITNESS", &d.join("witness").display().to_string());
+        let command = spec
+            .command
+            .map(in_lab)
+            .unwrap_or_else(|| format!("python3 {}", d.join("responder.py").display()));
+        let process = format!("command = {command:?}, ready_tcp = \"127.0.0.1:8080\"");
         // A single-owner service is reached at its virtual address; a clone runs
         // everywhere and is reached at each node's own address.
-        let (strategy, address) = match strategy.strip_suffix("+noaddress") {
+        let (strategy, address) = match spec.strategy.strip_suffix("+noaddress") {
             Some(s) => (s, false),
-            None => (strategy, strategy != "clone"),
+            None => (spec.strategy, spec.strategy != "clone"),
         };
         let vip = if !address {
             String::new()
@@ -514,21 +574,46 @@ impl ClusterLab {
         let service = ServiceSpec {
             strategy,
             extra: "",
-            process_params: &service,
+            process_params: &process,
+            before_process: &in_lab(spec.before_process),
             after_process: &vip,
         };
-        write_cluster_config(d, &links, timing, &cluster_extra, &service)?;
-        let lab = Lab::up(prefix, nodes)?;
+        write_cluster_config(
+            d,
+            &links,
+            spec.timing,
+            &in_lab(spec.cluster_extra),
+            &service,
+        )?;
+        prepare(d)?;
+        let lab = Lab::up(prefix, spec.nodes)?;
         let mut c = ClusterLab {
             lab,
             dir,
-            daemons: vec![None; nodes],
+            daemons: vec![None; spec.nodes],
             baton: baton.to_owned(),
         };
-        for n in 1..=nodes {
+        for n in 1..=spec.nodes {
             c.start_node(n)?;
         }
         Ok(c)
+    }
+
+    /// Copy the lab's directory (logs, status, ledgers) to a kept one beside it
+    /// (`…-failed`), for after a failure; returns where.
+    pub fn keep_logs(&self) -> std::path::PathBuf {
+        let kept = self.dir.path().with_extension("failed");
+        let _ = Command::new("cp")
+            .arg("-r")
+            .arg(self.dir.path())
+            .arg(&kept)
+            .output();
+        kept
+    }
+
+    /// The PID of node `n`'s daemon, while it runs.
+    pub fn daemon_pid(&self, n: usize) -> Option<u32> {
+        self.daemons[n - 1]
     }
 
     /// How many nodes the lab has.
@@ -588,10 +673,16 @@ impl ClusterLab {
         self.dir.path().join(format!("n{n}.sock"))
     }
 
-    /// The PID of the service process node `n` started (its process group leader).
+    /// The PID of the service process node `n` started (its process group
+    /// leader), from the `process` agent's record `run/nN.web-I.pid`.
     pub fn service_pid(&self, n: usize) -> Option<i32> {
-        let text =
-            std::fs::read_to_string(self.dir.path().join(format!("run/n{n}.web-0.pid"))).ok()?;
+        let prefix = format!("n{n}.web-");
+        let record = std::fs::read_dir(self.dir.path().join("run"))
+            .ok()?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|name| name.starts_with(&prefix) && name.ends_with(".pid"))?;
+        let text = std::fs::read_to_string(self.dir.path().join("run").join(record)).ok()?;
         text.split_whitespace().next()?.parse().ok()
     }
 

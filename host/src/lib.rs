@@ -15,6 +15,7 @@ pub mod conformance;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod disk_lab;
 pub mod lab;
 pub mod process_group;
 pub mod runner;

@@ -59,6 +59,7 @@ impl Cluster {
                 strategy,
                 extra: service_extra,
                 process_params: params,
+                before_process: "",
                 after_process: "",
             },
         )
@@ -406,6 +407,7 @@ fn a_watchdog_device_that_is_not_a_watchdog_is_refused_at_start() {
             strategy: "standby",
             extra: "",
             process_params: "command = \"sleep 600\"",
+            before_process: "",
             after_process: "",
         },
     )

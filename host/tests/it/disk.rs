@@ -1,69 +1,24 @@
 //! The shared-disk agents against real loop devices (root only): `disk-lease`
 //! (one holder at a time, a held lease waited out, other clusters' leases and
-//! foreign data refused) and `filesystem` (mount, busy unmount, refusals).
+//! foreign data refused) and `filesystem` (mount, busy unmount, refusals); then
+//! a service on a shared disk failing over in the namespace lab.
 
 use crate::support::{baton_exe, catalog, request};
+use baton::disk_lab::{Fault, LoopDisk, SharedDiskLab};
+use baton::lab::Lab;
 use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A file-backed disk: the whole file as one loop device (lease slots in its
-/// first MiB) and an ext4 filesystem after the first MiB as a second one.
-pub struct LoopDisk {
-    _file: tempfile::NamedTempFile,
-    /// The whole disk (lease area at its start).
-    pub whole: String,
-    /// The filesystem partition.
-    pub fs: String,
-}
-
-fn losetup(args: &[&str]) -> String {
-    let out = Command::new("losetup").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "losetup {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-impl LoopDisk {
-    /// A 64 MiB disk, or `None` when not root.
-    pub fn new() -> Option<LoopDisk> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("disk tests need root (loop devices); skipped");
-            return None;
-        }
-        let file = tempfile::Builder::new()
-            .prefix("baton-disk")
-            .tempfile()
-            .unwrap();
-        file.as_file().set_len(64 << 20).unwrap();
-        let path = file.path().to_str().unwrap().to_string();
-        let out = Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-E", "offset=1048576", &path])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "mkfs.ext4: {out:?}");
-        let whole = losetup(&["-f", "--show", &path]);
-        let fs = losetup(&["-f", "--show", "-o", "1048576", &path]);
-        Some(LoopDisk {
-            _file: file,
-            whole,
-            fs,
-        })
+/// A loop disk, or `None` when not root (CI runs as root).
+fn loop_disk() -> Option<LoopDisk> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("disk tests need root (loop devices); skipped");
+        return None;
     }
-}
-
-impl Drop for LoopDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.fs).output();
-        let _ = Command::new("losetup")
-            .args(["-d", &self.fs, &self.whole])
-            .output();
-    }
+    Some(LoopDisk::new().unwrap())
 }
 
 fn agent_test(name: &str, params: &[&str]) -> std::process::Output {
@@ -77,7 +32,7 @@ fn agent_test(name: &str, params: &[&str]) -> std::process::Output {
 
 #[test]
 fn disk_lease_and_filesystem_pass_the_conformance_run() {
-    let Some(disk) = LoopDisk::new() else { return };
+    let Some(disk) = loop_disk() else { return };
     let out = agent_test(
         "disk-lease",
         &[
@@ -128,7 +83,7 @@ fn lease_request(
 
 #[test]
 fn a_lease_is_held_by_one_node_and_taken_over_only_once_its_holder_stops_renewing() {
-    let Some(disk) = LoopDisk::new() else { return };
+    let Some(disk) = loop_disk() else { return };
     let store = tempfile::tempdir().unwrap();
     let cat = catalog(store.path(), "");
     let (n1, n2) = (
@@ -209,7 +164,7 @@ fn a_lease_is_held_by_one_node_and_taken_over_only_once_its_holder_stops_renewin
 
 #[test]
 fn a_lease_of_another_cluster_or_foreign_data_is_never_overwritten() {
-    let Some(disk) = LoopDisk::new() else { return };
+    let Some(disk) = loop_disk() else { return };
     let store = tempfile::tempdir().unwrap();
     let cat = catalog(store.path(), "");
     let agent = cat.load("disk-lease").unwrap();
@@ -263,7 +218,7 @@ fn fs_call(
 
 #[test]
 fn a_busy_filesystem_is_unmounted_by_stopping_what_keeps_it_busy() {
-    let Some(disk) = LoopDisk::new() else { return };
+    let Some(disk) = loop_disk() else { return };
     let store = tempfile::tempdir().unwrap();
     let cat = catalog(store.path(), "");
     let agent = cat.load("filesystem").unwrap();
@@ -335,4 +290,197 @@ fn filesystem_names_a_missing_device_and_a_bad_option() {
     bad.push(("fsck".into(), "maybe".into()));
     let e = fs_call(&agent, &bad, Action::Start).unwrap_err();
     assert!(e.reason.contains("fsck"), "{}", e.reason);
+}
+
+/// The service `[disk-lease, filesystem, writer, ipaddr]` fails over on a kill -9
+/// and on an isolation of its owner, and back: one mount at a time, the
+/// isolated owner unmounts by itself, the filesystem stays clean and no
+/// acknowledged write is lost. (20+ rounds: the shared_disk_audit example.)
+#[test]
+fn a_shared_disk_follows_its_service_one_mount_at_a_time_losing_no_acknowledged_write() {
+    if !Lab::possible() {
+        eprintln!("lab tests need root and iproute2; skipped");
+        return;
+    }
+    let prefix = format!("sd{}", std::process::id() % 1000);
+    let mut lab = SharedDiskLab::start(&prefix, &baton_exe()).unwrap();
+    let limit = Duration::from_secs(30);
+    for fault in [Fault::Kill, Fault::Isolate] {
+        if let Err(e) = lab.round(fault, limit) {
+            let logs = (1..=3)
+                .map(|n| {
+                    std::fs::read_to_string(lab.cluster.dir.path().join(format!("n{n}.log")))
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<_>>()
+                .join("\n---\n");
+            panic!("{fault:?}: {e:#}\n{logs}");
+        }
+    }
+    let (mounts, acked) = lab.verify().unwrap();
+    assert!(mounts >= 5, "only {mounts} mount intervals recorded");
+    assert!(acked > 0, "the writer acknowledged nothing");
+}
+
+/// Two partitions' leaders contend for a disk witness: the one that renews keeps
+/// it; the other takes it only after watching it unchanged for the lease time; a
+/// member that only reads stops counting a holder that stopped renewing.
+#[test]
+fn a_disk_witness_passes_to_another_partition_only_after_its_holder_stops_renewing() {
+    use baton::witness_worker::{DiskStore, WitnessStore};
+    let Some(disk) = loop_disk() else { return };
+    let lease = Duration::from_millis(400);
+    let device = Path::new(&disk.whole);
+    let (mut a, mut b, mut reader) = (
+        DiskStore::new(device, 1, "lab", 400),
+        DiskStore::new(device, 1, "lab", 400),
+        DiskStore::new(device, 1, "lab", 400),
+    );
+    let holder = |s: Option<baton::witness_worker::Sighting>| s.map(|s| s.holder);
+    assert_eq!(holder(a.lead(1, &[1].into()).unwrap()), Some(1));
+    // While 1 renews (every 20 ms, like a fast-profile tick), 2 never gets it.
+    let until = Instant::now() + lease * 3;
+    let mut last_renewal = Instant::now();
+    while Instant::now() < until {
+        assert_eq!(holder(a.lead(1, &[1].into()).unwrap()), Some(1));
+        last_renewal = Instant::now();
+        assert_eq!(
+            holder(b.lead(2, &[2].into()).unwrap()),
+            Some(1),
+            "taken while renewed"
+        );
+        assert_eq!(holder(reader.look().unwrap()), Some(1));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // 1 stops renewing: the reader stops counting it, and 2 takes it after a lease.
+    let stopped = last_renewal;
+    let mut reader_stopped = None;
+    loop {
+        if reader_stopped.is_none() && holder(reader.look().unwrap()).is_none() {
+            reader_stopped = Some(stopped.elapsed());
+        }
+        if holder(b.lead(2, &[2].into()).unwrap()) == Some(2) {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < lease * 10,
+            "2 never took the abandoned witness"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let taken = stopped.elapsed();
+    assert!(
+        taken >= lease,
+        "taken after {taken:?}, before a whole lease unchanged"
+    );
+    let reader_stopped = reader_stopped.expect("the reader still counted the old holder");
+    assert!(
+        reader_stopped < taken,
+        "the reader counted 1 until {reader_stopped:?}, 2 took it at {taken:?}"
+    );
+    // Another cluster's (or a resource's) lease in the slot is refused, not overwritten.
+    let mut other = DiskStore::new(device, 1, "other", 400);
+    let e = other.lead(1, &[1].into()).unwrap_err();
+    assert!(e.to_string().contains("not this cluster's witness"), "{e}");
+}
+
+/// The seed's configuration: two servers and a shared disk, no file server. The
+/// owner is cut off from both LANs: exactly one side runs the service, decided by
+/// the witness on the disk; the owner killed: the other takes the witness and
+/// the service.
+#[test]
+fn two_nodes_and_a_disk_witness_run_the_service_on_exactly_one_side() {
+    use baton::lab::{ClusterLab, LabSpec, Lan};
+    if !Lab::possible() {
+        eprintln!("lab tests need root and iproute2; skipped");
+        return;
+    }
+    let Some(disk) = loop_disk() else { return };
+    let extra = format!(
+        "self_fence_ms = 300\nwait_for_all = true\nwitness = {{ disk = \"{}\", slot = 1, votes = 1 }}",
+        disk.whole
+    );
+    let spec = LabSpec {
+        nodes: 2,
+        strategy: "standby+noaddress",
+        cluster_extra: &extra,
+        ..LabSpec::default()
+    };
+    let prefix = format!("dw{}", std::process::id() % 1000);
+    let mut c = ClusterLab::start_spec(&prefix, &baton_exe(), &spec).unwrap();
+    assert!(
+        c.wait_answering(vec![1], Duration::from_secs(20)).unwrap(),
+        "n1 never served"
+    );
+    let held = |c: &ClusterLab, n: usize| c.status(n).is_some_and(|s| s["witness_held"] == true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(held(&c, 1) && held(&c, 2)) {
+        assert!(
+            Instant::now() < deadline,
+            "the witness never counted on both"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.lab.cut(1, Lan::Private).unwrap();
+    c.lab.cut(1, Lan::Service).unwrap();
+    // n1 keeps the witness (it still reaches the disk) and the service; n2 never runs it.
+    let members = |c: &ClusterLab, n: usize| {
+        c.status(n)
+            .and_then(|s| s["members"].as_array().map(Vec::len))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while members(&c, 1) != Some(1) || members(&c, 2) != Some(1) {
+        assert!(Instant::now() < deadline, "the partition was not noticed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let s2 = c.status(2).unwrap();
+        assert_eq!(s2["services"][0]["here"], "stopped", "n2 runs it too: {s2}");
+        assert_eq!(c.status(1).unwrap()["services"][0]["here"], "running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // n1 dies: n2 sees the witness unchanged for a lease, takes it, and serves.
+    c.kill_node(1);
+    assert!(
+        c.wait_answering(vec![2], Duration::from_secs(20)).unwrap(),
+        "n2 did not take over; logs in {}",
+        c.keep_logs().display()
+    );
+    assert_eq!(c.status(2).unwrap()["witness_held"], true);
+    let (overlaps, _) = baton::lab::ledger_overlaps(c.dir.path()).unwrap();
+    assert!(overlaps.is_empty(), "{overlaps:?}");
+}
+
+/// A lease record that fails its checksum (a write torn by a crash) is not
+/// someone else's data: it is watched like a held lease, then taken.
+#[test]
+fn a_damaged_lease_record_is_waited_out_then_taken() {
+    use std::io::{Seek, Write};
+    let Some(disk) = loop_disk() else { return };
+    let store = tempfile::tempdir().unwrap();
+    let cat = catalog(store.path(), "");
+    let agent = cat.load("disk-lease").unwrap();
+    let mut start = lease_request(&disk, "n1", Action::Start, 5_000);
+    start.params.insert("slot".into(), "2".into());
+    assert!(agent.call(&start).result.is_ok());
+    let mut stop = start.clone();
+    stop.action = Action::Stop;
+    assert!(agent.call(&stop).result.is_ok());
+    // Damage the record's body; its magic stays.
+    let mut dev = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk.whole)
+        .unwrap();
+    dev.seek(std::io::SeekFrom::Start(2 * 4096 + 20)).unwrap();
+    dev.write_all(b"torn").unwrap();
+    dev.sync_all().unwrap();
+    let t = Instant::now();
+    let taken = agent.call(&start).result;
+    assert!(taken.is_ok(), "{taken:?}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "a damaged record was not watched"
+    );
+    assert!(agent.call(&stop).result.is_ok());
 }
