@@ -18,15 +18,23 @@ use baton_plugin_api::{
     Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamType, Request,
     ResourceAgent,
 };
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 inventory::submit! {
-    crate::BuiltinAgent { name: "ipaddr", build: || Box::new(IpAddrAgent) }
+    crate::BuiltinAgent { name: "ipaddr", build: || Box::new(IpAddrAgent::default()) }
 }
 
 /// The `ipaddr` agent.
-pub struct IpAddrAgent;
+#[derive(Default)]
+pub struct IpAddrAgent {
+    /// The running announcers, by address: stop cancels its address's, so an
+    /// address that left this node is never announced from here again.
+    announcers: Mutex<HashMap<IpAddr, Arc<AtomicBool>>>,
+}
 
 /// The checked parameters of one `ipaddr` resource.
 #[derive(Debug)]
@@ -252,8 +260,9 @@ impl IpAddrAgent {
     }
 
     /// The first announcement now; the rest from a background thread, so start
-    /// returns as soon as clients can be told.
-    fn announce(s: &Settings, link: &Link) -> Result<(), AgentError> {
+    /// returns as soon as clients can be told. The thread sends only while the
+    /// address is still here and its resource was not stopped.
+    fn announce(&self, s: &Settings, link: &Link) -> Result<(), AgentError> {
         let Some(mac) = link.mac else {
             return Ok(()); // no link layer to announce on (tun, loopback)
         };
@@ -262,18 +271,46 @@ impl IpAddrAgent {
         }
         announce::announce(link.index, mac, s.ip)
             .map_err(io_error(format!("announcing {} on {}", s.ip, link.name)))?;
-        let (index, ip, count, interval) = (link.index, s.ip, s.arp_count, s.arp_interval);
-        if count > 1 {
-            std::thread::spawn(move || {
-                for _ in 1..count {
-                    std::thread::sleep(interval);
-                    if announce::announce(index, mac, ip).is_err() {
-                        return;
-                    }
-                }
-            });
+        if s.arp_count == 1 {
+            return Ok(());
         }
+        let cancel = Arc::new(AtomicBool::new(false));
+        if let Some(old) = self
+            .announcers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(s.ip, Arc::clone(&cancel))
+        {
+            old.store(true, Ordering::SeqCst);
+        }
+        let (index, ip, count, interval) = (link.index, s.ip, s.arp_count, s.arp_interval);
+        std::thread::spawn(move || {
+            for _ in 1..count {
+                std::thread::sleep(interval);
+                let here = Netlink::open()
+                    .and_then(|mut nl| nl.find(ip))
+                    .is_ok_and(|a| a.is_some_and(|a| a.index == index));
+                if cancel.load(Ordering::SeqCst)
+                    || !here
+                    || announce::announce(index, mac, ip).is_err()
+                {
+                    return;
+                }
+            }
+        });
         Ok(())
+    }
+
+    /// Stop announcing `ip` (before it is removed).
+    fn cancel_announcer(&self, ip: IpAddr) {
+        if let Some(c) = self
+            .announcers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ip)
+        {
+            c.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -368,7 +405,7 @@ impl ResourceAgent for IpAddrAgent {
                 )));
             }
             Self::usable(&link)?;
-            return Self::announce(&s, &link); // already here: start is idempotent
+            return self.announce(&s, &link); // already here: start is idempotent
         }
         Self::usable(&link)?;
         if let (IpAddr::V4(v4), Some(mac)) = (s.ip, link.mac)
@@ -386,7 +423,7 @@ impl ResourceAgent for IpAddrAgent {
             }
         }
         self.add(&mut nl, &s, &link, deadline)?;
-        if let Err(e) = Self::announce(&s, &link) {
+        if let Err(e) = self.announce(&s, &link) {
             let _ = nl.delete(link.index, s.ip, s.prefix);
             return Err(e);
         }
@@ -395,6 +432,7 @@ impl ResourceAgent for IpAddrAgent {
 
     fn stop(&self, req: &Request) -> Result<(), AgentError> {
         let s = self.settings(req)?;
+        self.cancel_announcer(s.ip);
         let mut nl = Netlink::open().map_err(io_error("netlink"))?;
         let io = io_error("netlink");
         let Some(here) = nl.find(s.ip).map_err(&io)? else {

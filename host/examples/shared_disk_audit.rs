@@ -1,5 +1,5 @@
 //! The shared-disk audit for docs/benchmarks.md: ROUNDS failovers (alternating
-//! kill -9 and isolation of the owner, each followed by a failback) of a service
+//! kill -9 and isolation of whichever node serves, which then rejoins) of a service
 //! `[disk-lease, filesystem, writer, ipaddr]` on a loop device shared by three
 //! nodes in network namespaces; then the checks: one mount at a time, `fsck -n`
 //! clean, every write the writer acknowledged on the disk. As root:
@@ -41,7 +41,9 @@ fn main() -> anyhow::Result<()> {
                 );
             }
         };
-        println!("round {round:>2}: {fault:?}: n2 served {gap} ms after the fault; n1 back");
+        println!(
+            "round {round:>2}: {fault:?} of the owner: another node served {gap} ms later; the faulted node rejoined"
+        );
         gaps.push((fault, gap));
     }
     let (mounts, acked) = lab.verify()?;
@@ -62,7 +64,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "{rounds} failovers and failbacks: {mounts} mount intervals, never two at once; \
+        "{rounds} failovers: {mounts} mount intervals, never two at once; \
          fsck -n clean; all {acked} acknowledged writes on the disk"
     );
     Ok(())

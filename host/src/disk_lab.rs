@@ -178,44 +178,58 @@ impl SharedDiskLab {
         })
     }
 
-    /// One round: fault the owner (node 1), wait until node 2 serves at the
-    /// virtual address, then heal node 1 and wait until it serves again
-    /// (standby fails back). Returns the client-visible gap in ms.
+    /// One round: fault the node that serves, wait until another one serves
+    /// at the virtual address, then bring the faulted node back (heal its
+    /// links, or boot it) and wait until it is a member again. Returns the
+    /// client-visible gap in ms.
     pub fn round(&mut self, fault: Fault, limit: Duration) -> anyhow::Result<u64> {
-        let c = &mut self.cluster;
-        ensure!(c.wait_vip(1, limit)?, "n1 does not serve before the fault");
+        let owner = self
+            .cluster
+            .vip_server(limit, |_| true)?
+            .context("nobody serves before the fault")?;
         let t = Instant::now();
         match fault {
-            Fault::Kill => c.kill_node(1),
+            Fault::Kill => self.cluster.kill_node(owner),
             Fault::Isolate => {
-                c.lab.cut(1, Lan::Private)?;
-                c.lab.cut(1, Lan::Service)?;
+                self.cluster.lab.cut(owner, Lan::Private)?;
+                self.cluster.lab.cut(owner, Lan::Service)?;
             }
         }
-        if !c.wait_vip(2, limit)? {
-            bail!("n2 did not take over after {fault:?}");
+        if self
+            .cluster
+            .vip_server(limit, move |n| n != owner)?
+            .is_none()
+        {
+            bail!("no other node took over from n{owner} after {fault:?}");
         }
         let gap = t.elapsed().as_millis() as u64;
         if fault == Fault::Isolate {
-            // Without quorum, n1 stopped everything: the disk is no longer mounted there.
+            // Without quorum, the owner stopped everything: the disk is no longer
+            // mounted there.
             let deadline = Instant::now() + limit;
-            while self.mounted_on(1) {
+            while self.mounted_on(owner) {
                 ensure!(
                     Instant::now() < deadline,
-                    "the isolated n1 still has the disk mounted"
+                    "the isolated n{owner} still has the disk mounted"
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let c = &mut self.cluster;
-            c.lab.heal(1, Lan::Private)?;
-            c.lab.heal(1, Lan::Service)?;
+            self.cluster.lab.heal(owner, Lan::Private)?;
+            self.cluster.lab.heal(owner, Lan::Service)?;
         } else {
-            self.cluster.start_node(1)?;
+            self.cluster.start_node(owner)?;
         }
-        ensure!(
-            self.cluster.wait_vip(1, limit)?,
-            "n1 did not get the service back"
-        );
+        let nodes = self.cluster.nodes();
+        let deadline = Instant::now() + limit;
+        while (1..=nodes).any(|n| {
+            self.cluster
+                .status(n)
+                .and_then(|s| s["members"].as_array().map(Vec::len))
+                != Some(nodes)
+        }) {
+            ensure!(Instant::now() < deadline, "n{owner} did not rejoin");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Ok(gap)
     }
 

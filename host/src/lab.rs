@@ -713,15 +713,25 @@ impl ClusterLab {
 
     /// Wait (at most `limit`) until node `n` answers clients at the virtual address.
     pub fn wait_vip(&self, n: usize, limit: Duration) -> anyhow::Result<bool> {
+        Ok(self.vip_server(limit, move |m| m == n)?.is_some())
+    }
+
+    /// Wait (at most `limit`) until a node for which `which` holds answers at
+    /// the virtual address; which one.
+    pub fn vip_server(
+        &self,
+        limit: Duration,
+        which: impl Fn(usize) -> bool + Send + 'static,
+    ) -> anyhow::Result<Option<usize>> {
         self.lab.as_client(move || {
             let deadline = std::time::Instant::now() + limit;
             while std::time::Instant::now() < deadline {
-                if vip_answer(Duration::from_millis(100)) == Some(n) {
-                    return true;
+                if let Some(n) = vip_answer(Duration::from_millis(100)).filter(|n| which(*n)) {
+                    return Some(n);
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            false
+            None
         })
     }
 

@@ -204,3 +204,34 @@ params = { command = "sleep 1", port = { a = 1 } }
         assert!(out.contains(wanted), "missing {wanted:?} in {out}");
     }
 }
+
+/// The complete shared-devices service in docs/operations.md is a config that
+/// `baton config check` accepts (with a key file of its own).
+#[test]
+fn the_shared_devices_example_in_the_operations_guide_checks() {
+    let guide = std::fs::read_to_string(crate::support::repo().join("docs/operations.md")).unwrap();
+    let section = &guide[guide.find("## A service on shared devices").unwrap()..];
+    let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+    let toml = &section[start..start + section[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, b"a cluster key of thirty-two bytes").unwrap();
+    let config = dir.path().join("baton.toml");
+    std::fs::write(
+        &config,
+        toml.replace("/etc/baton/key", key.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::support::baton_exe())
+        .args(["config", "check"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 nodes"));
+}

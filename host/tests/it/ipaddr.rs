@@ -178,3 +178,58 @@ fn after_a_failover_clients_reach_the_address_without_waiting_for_their_arp_cach
     let (overlaps, _) = baton::lab::ledger_overlaps(c.dir.path()).unwrap();
     assert!(overlaps.is_empty(), "two owners at once: {overlaps:?}");
 }
+
+/// A stop ends the announcements a start left running: a node that gave the
+/// address up never announces it again (it would send clients to the wrong
+/// node, and the next owner's probe would find it).
+#[test]
+fn a_stopped_address_is_not_announced_any_more() {
+    let Some(lab) = lab("id", 2) else { return };
+    let ns = format!("/var/run/netns/{}", lab.node_ns(1));
+    // The agent runs in this process (as in a daemon), on a thread inside n1's
+    // namespace; its announcer thread inherits the namespace.
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&ns).unwrap();
+        // SAFETY: setns on this thread only, with a namespace file we opened.
+        assert_eq!(
+            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
+            0
+        );
+        let store = tempfile::tempdir().unwrap();
+        let agent = crate::support::catalog(store.path(), "")
+            .load("ipaddr")
+            .unwrap();
+        let vip = format!("{VIP}/24");
+        let params = [
+            ("address", vip.as_str()),
+            ("arp_count", "10"),
+            ("arp_interval_ms", "100"),
+        ];
+        let start = crate::support::call(
+            &agent,
+            baton_plugin_api::Action::Start,
+            "vip",
+            &params,
+            5_000,
+        );
+        assert!(start.result.is_ok(), "{:?}", start.result);
+        let stop = crate::support::call(
+            &agent,
+            baton_plugin_api::Action::Stop,
+            "vip",
+            &params,
+            5_000,
+        );
+        assert!(stop.result.is_ok(), "{:?}", stop.result);
+    })
+    .join()
+    .unwrap();
+    // n2 probes for longer than the announcements would have lasted.
+    let vip = format!("address={VIP}/24");
+    let out = agent_in(
+        &lab,
+        2,
+        &["run", "ipaddr", "start", "-p", &vip, "-p", "probe_ms=1200"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
