@@ -6,6 +6,7 @@
 
 mod announce;
 mod disk_lease;
+pub mod dns_name;
 mod filesystem;
 mod ipaddr;
 mod lab_fence;
@@ -17,6 +18,7 @@ mod reading;
 mod tcp_check;
 
 pub use disk_lease::DiskLeaseAgent;
+pub use dns_name::DnsNameAgent;
 pub use filesystem::FilesystemAgent;
 pub use ipaddr::IpAddrAgent;
 pub use lab_fence::LabFenceAgent;

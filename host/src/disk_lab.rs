@@ -159,8 +159,8 @@ impl SharedDiskLab {
             ..LabSpec::default()
         };
         // The writer's file must exist before the nodes start it.
-        let cluster = ClusterLab::start_spec_with(prefix, baton, &spec, |dir| {
-            std::fs::write(dir.join("writer.py"), WRITER)
+        let cluster = ClusterLab::start_spec_with(prefix, baton, &spec, |dir, _| {
+            Ok(std::fs::write(dir.join("writer.py"), WRITER)?)
         })?;
         Ok(SharedDiskLab { cluster, disk })
     }

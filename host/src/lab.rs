@@ -460,6 +460,8 @@ pub struct LabSpec<'a> {
     pub before_process: &'a str,
     /// The process's command (default: [`RESPONDER`]); it must answer on port 8080.
     pub command: Option<&'a str>,
+    /// `[[service.resource]]` tables after the virtual address (e.g. a name).
+    pub after_address: &'a str,
 }
 
 impl Default for LabSpec<'_> {
@@ -471,6 +473,7 @@ impl Default for LabSpec<'_> {
             cluster_extra: "self_fence_ms = 300",
             before_process: "",
             command: None,
+            after_address: "",
         }
     }
 }
@@ -527,16 +530,17 @@ impl ClusterLab {
 
     /// Build the lab `spec` describes and start every node.
     pub fn start_spec(prefix: &str, baton: &Path, spec: &LabSpec) -> anyhow::Result<ClusterLab> {
-        ClusterLab::start_spec_with(prefix, baton, spec, |_| Ok(()))
+        ClusterLab::start_spec_with(prefix, baton, spec, |_, _| Ok(()))
     }
 
-    /// [`ClusterLab::start_spec`], calling `prepare` with the lab's directory
-    /// before any node starts (to put files there that the service needs).
+    /// [`ClusterLab::start_spec`], calling `prepare` with the lab's directory and
+    /// namespaces before any node starts (to put files there that the service
+    /// needs, or start a server it talks to).
     pub fn start_spec_with(
         prefix: &str,
         baton: &Path,
         spec: &LabSpec,
-        prepare: impl FnOnce(&Path) -> std::io::Result<()>,
+        prepare: impl FnOnce(&Path, &Lab) -> anyhow::Result<()>,
     ) -> anyhow::Result<ClusterLab> {
         let dir = tempfile::Builder::new().prefix("baton-lab").tempdir()?;
         let d = dir.path();
@@ -571,12 +575,13 @@ impl ClusterLab {
                 "[[service.resource]]\nagent = \"ipaddr\"\nmonitor_ms = 500\nparams = {{ address = \"{VIP}/24\", interface = \"svc\", label = \"web\" }}\n"
             )
         };
+        let after_process = vip + &in_lab(spec.after_address);
         let service = ServiceSpec {
             strategy,
             extra: "",
             process_params: &process,
             before_process: &in_lab(spec.before_process),
-            after_process: &vip,
+            after_process: &after_process,
         };
         write_cluster_config(
             d,
@@ -585,8 +590,8 @@ impl ClusterLab {
             &in_lab(spec.cluster_extra),
             &service,
         )?;
-        prepare(d)?;
         let lab = Lab::up(prefix, spec.nodes)?;
+        prepare(d, &lab)?;
         let mut c = ClusterLab {
             lab,
             dir,

@@ -5,6 +5,7 @@ mod cli;
 mod cluster_sim;
 mod daemons;
 mod disk;
+mod dns;
 mod ipaddr;
 mod lab;
 mod native;

@@ -124,9 +124,14 @@ fn an_unknown_type_lists_what_exists() {
     let dir = tempfile::tempdir().unwrap();
     let cat = catalog(dir.path(), "");
     let e = format!("{:#}", cat.load("proces").err().unwrap());
+    let builtins: Vec<&str> = baton_agents::builtin_agents()
+        .iter()
+        .map(|a| a.name)
+        .collect();
+    assert!(builtins.contains(&"process"));
     assert!(
         e.contains("unknown agent type \"proces\"")
-            && e.contains("Built-in: lab-fence, ledger, process, tcp-check"),
+            && e.contains(&format!("Built-in: {}", builtins.join(", "))),
         "{e}"
     );
     assert!(e.contains("baton agent install"), "{e}");
