@@ -5,10 +5,14 @@
 //! monotonic clock (shared by every network namespace of a machine):
 //! `start|alive|stop NODE RESOURCE NANOS`. start and every monitor append, so a
 //! node killed without a stop leaves its last `alive` as the latest moment it is
-//! known to have run. The running marker names the host process that started it: a
-//! marker left by a killed host is stale (the resource died with it), so a restarted
-//! host's probe sees "not running" and writes nothing. [`overlaps`] reads a ledger
-//! and lists every overlap.
+//! known to have run. The resource is a real process (a `sleep` in its own process
+//! group, recorded in `NODE.RESOURCE.ledger.pid`), so fencing — a fence agent, or
+//! the node's guardian — ends it like any service process: once it is gone the
+//! resource is not running, and a late stop writes nothing (its interval ended at
+//! its last `alive`). The running marker also names the host process that started
+//! it: a marker left by a killed host is stale, so a restarted host's probe sees
+//! "not running" and writes nothing. [`overlaps`] reads a ledger and lists every
+//! overlap.
 
 use crate::reading::{ensure_dir, param, required, state_file};
 use baton_plugin_api::{
@@ -19,14 +23,19 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 inventory::submit! {
-    crate::BuiltinAgent { name: "ledger", build: || Box::new(LedgerAgent) }
+    crate::BuiltinAgent { name: "ledger", build: || Box::new(LedgerAgent::default()) }
 }
 
 /// The `ledger` agent.
-pub struct LedgerAgent;
+#[derive(Default)]
+pub struct LedgerAgent {
+    /// The marker processes started here, kept to be reaped.
+    children: std::sync::Mutex<std::collections::HashMap<u32, std::process::Child>>,
+}
 
 fn monotonic_ns() -> u128 {
     let mut ts = libc::timespec {
@@ -68,11 +77,37 @@ impl LedgerAgent {
         state_file(&self.metadata(), req, "ledger")
     }
 
-    /// Whether this host process started the resource (a marker of a killed host
-    /// process is stale: the resource ended with it).
-    fn running_here(&self, req: &Request) -> Result<bool, AgentError> {
+    /// The resource's process, if this host process started it and it still runs
+    /// (a marker of a killed host is stale; a killed process ended the resource).
+    fn running_here(&self, req: &Request) -> Result<Option<u32>, AgentError> {
         let marker = self.marker(req)?;
-        Ok(fs::read_to_string(&marker).is_ok_and(|t| t.trim() == std::process::id().to_string()))
+        let text = fs::read_to_string(&marker).unwrap_or_default();
+        let mut f = text.split_whitespace().map(str::parse::<u64>);
+        let (Some(Ok(host)), Some(Ok(pid)), Some(Ok(started))) = (f.next(), f.next(), f.next())
+        else {
+            return Ok(None);
+        };
+        let alive = crate::process::proc_stat(pid as u32)
+            .is_some_and(|(t, zombie)| t == started && !zombie);
+        Ok((host == u64::from(std::process::id()) && alive).then_some(pid as u32))
+    }
+
+    /// Reap (and, when `kill`, first end) the marker process `pid`.
+    fn end(&self, pid: u32, kill: bool) {
+        if kill {
+            // SAFETY: the process group of the marker process this agent started.
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGKILL);
+            }
+        }
+        if let Some(mut child) = self
+            .children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pid)
+        {
+            let _ = child.wait();
+        }
     }
 }
 
@@ -115,29 +150,70 @@ impl ResourceAgent for LedgerAgent {
     }
 
     fn start(&self, req: &Request) -> Result<(), AgentError> {
+        if self.running_here(req)?.is_some() {
+            return Ok(());
+        }
         let marker = self.marker(req)?;
         ensure_dir(&marker)?;
+        let child = std::process::Command::new("sleep")
+            .arg("2147483647")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| AgentError::not_installed(format!("cannot run sleep: {e}")))?;
+        let pid = child.id();
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid, child);
+        let (started, _) = crate::process::proc_stat(pid)
+            .ok_or_else(|| AgentError::generic("the ledger's process exited at once"))?;
         self.append(req, "start")?;
-        fs::write(&marker, format!("{}\n", std::process::id()))
+        // Recorded like a service process, so a fence agent ends it too.
+        let record = state_file(&self.metadata(), req, "ledger.pid")?;
+        fs::write(&record, format!("{pid} {started}\n"))
+            .and_then(|()| fs::write(&marker, format!("{} {pid} {started}\n", std::process::id())))
             .map_err(|e| AgentError::permission(format!("{}: {e}", marker.display())))
     }
 
     fn stop(&self, req: &Request) -> Result<(), AgentError> {
         let marker = self.marker(req)?;
-        if marker.exists() && self.running_here(req)? {
-            // The stop line first: if it cannot be written, the stop fails (and the node is
-            // fenced) rather than leave a ledger that hides an owner.
-            self.append(req, "stop")?;
+        match self.running_here(req)? {
+            Some(pid) => {
+                // The stop line first: if it cannot be written, the stop fails (and the
+                // node is fenced) rather than leave a ledger that hides an owner.
+                self.append(req, "stop")?;
+                self.end(pid, true);
+            }
+            // Fenced (its process killed) or never started: its interval already
+            // ended at its last `alive`.
+            None => {
+                let pids: Vec<u32> = self
+                    .children
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .keys()
+                    .copied()
+                    .collect();
+                for pid in pids {
+                    if crate::process::proc_stat(pid).is_none_or(|(_, zombie)| zombie) {
+                        self.end(pid, false);
+                    }
+                }
+            }
         }
-        if marker.exists() {
-            fs::remove_file(&marker)
-                .map_err(|e| AgentError::permission(format!("{}: {e}", marker.display())))?;
+        for file in [marker, state_file(&self.metadata(), req, "ledger.pid")?] {
+            if file.exists() {
+                fs::remove_file(&file)
+                    .map_err(|e| AgentError::permission(format!("{}: {e}", file.display())))?;
+            }
         }
         Ok(())
     }
 
     fn monitor(&self, req: &Request) -> Result<MonitorState, AgentError> {
-        if !self.running_here(req)? {
+        if self.running_here(req)?.is_none() {
             return Ok(MonitorState::NotRunning);
         }
         self.append(req, "alive")?;
@@ -254,5 +330,50 @@ mod tests {
             found[0].contains("n2") && found[0].contains("n3"),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn a_fenced_ledger_is_not_running_and_its_late_stop_records_nothing() {
+        use baton_plugin_api::{Params, Request};
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ledger");
+        let params: Params = [
+            ("file".to_string(), file.display().to_string()),
+            ("state_dir".to_string(), dir.path().display().to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let agent = LedgerAgent::default();
+        let req = Request::new(baton_plugin_api::Action::Start, params);
+        agent.start(&req).unwrap();
+        assert_eq!(agent.monitor(&req).unwrap(), MonitorState::Running);
+        // A fence kills the recorded process group.
+        let record = state_file(&agent.metadata(), &req, "ledger.pid").unwrap();
+        let pid: i32 = fs::read_to_string(&record)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // SAFETY: the process group of the ledger process this test started.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while agent.monitor(&req).unwrap() == MonitorState::Running {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running after SIGKILL"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        agent.stop(&req).unwrap();
+        let text = fs::read_to_string(&file).unwrap();
+        assert!(
+            !text.contains("stop "),
+            "a late stop extended the interval: {text}"
+        );
+        assert!(!record.exists());
     }
 }

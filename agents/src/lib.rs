@@ -12,7 +12,7 @@ mod ipaddr;
 mod lab_fence;
 pub mod lease;
 pub mod ledger;
-mod netlink;
+pub mod netlink;
 mod process;
 mod reading;
 mod tcp_check;
@@ -61,6 +61,7 @@ mod tests {
             names,
             [
                 "disk-lease",
+                "dns-name",
                 "filesystem",
                 "ipaddr",
                 "lab-fence",

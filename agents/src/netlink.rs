@@ -24,7 +24,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A network interface as the kernel reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Link {
+pub struct Link {
     pub index: u32,
     pub name: String,
     /// Administratively up (`IFF_UP`).
@@ -38,7 +38,7 @@ pub(crate) struct Link {
 
 /// One address configured on an interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Address {
+pub struct Address {
     pub index: u32,
     pub ip: IpAddr,
     pub prefix: u8,
@@ -49,7 +49,7 @@ pub(crate) struct Address {
 }
 
 /// An open rtnetlink socket.
-pub(crate) struct Netlink {
+pub struct Netlink {
     socket: Socket,
     seq: u32,
 }

@@ -1,5 +1,6 @@
-//! The shared-disk audit for docs/benchmarks.md: ROUNDS failovers (alternating
-//! kill -9 and isolation of whichever node serves, which then rejoins) of a service
+//! The shared-disk audit for docs/benchmarks.md: ROUNDS failovers (in turn: kill -9
+//! of the node that serves, its isolation, a kill -9 of its daemon alone; the
+//! faulted node then rejoins) of a service
 //! `[disk-lease, filesystem, writer, ipaddr]` on a loop device shared by three
 //! nodes in network namespaces; then the checks: one mount at a time, `fsck -n`
 //! clean, every write the writer acknowledged on the disk. As root:
@@ -26,11 +27,7 @@ fn main() -> anyhow::Result<()> {
     let mut lab = SharedDiskLab::start(&format!("sa{}", std::process::id() % 1000), &baton)?;
     let mut gaps = Vec::new();
     for round in 1..=rounds {
-        let fault = if round % 2 == 1 {
-            Fault::Kill
-        } else {
-            Fault::Isolate
-        };
+        let fault = [Fault::Kill, Fault::Isolate, Fault::KillDaemon][(round - 1) % 3];
         let gap = match lab.round(fault, Duration::from_secs(30)) {
             Ok(gap) => gap,
             Err(e) => {
@@ -47,7 +44,7 @@ fn main() -> anyhow::Result<()> {
         gaps.push((fault, gap));
     }
     let (mounts, acked) = lab.verify()?;
-    for fault in [Fault::Kill, Fault::Isolate] {
+    for fault in [Fault::Kill, Fault::Isolate, Fault::KillDaemon] {
         let mut g: Vec<u64> = gaps
             .iter()
             .filter(|(f, _)| *f == fault)

@@ -95,6 +95,16 @@ pub enum Command {
         /// The library to load.
         library: PathBuf,
     },
+    /// (internal) The node's guardian: fences this node's services when its daemon dies or hangs.
+    #[command(hide = true)]
+    Guardian {
+        /// Fence after this long without a renewal.
+        #[arg(long)]
+        lease_ms: u64,
+        /// The daemon it guards (for messages).
+        #[arg(long)]
+        daemon_pid: u32,
+    },
 }
 
 /// Which local daemon to talk to.
@@ -256,6 +266,14 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         crate::runner::run(library)?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Guardian {
+        lease_ms,
+        daemon_pid,
+    } = &cli.command
+    {
+        crate::guardian::run(std::time::Duration::from_millis(*lease_ms), *daemon_pid)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Command::Config(ConfigCommand::Check { file }) = &cli.command {
         return config_check(file);
     }
@@ -311,7 +329,9 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::AgentRunner { .. } | Command::Config(_) => unreachable!("handled above"),
+        Command::AgentRunner { .. } | Command::Guardian { .. } | Command::Config(_) => {
+            unreachable!("handled above")
+        }
         Command::Demo(args) => crate::demo::run(args, config, runner_exe()?),
         Command::Run {
             node,

@@ -10,6 +10,7 @@ use crate::cluster::node::{ClusterNode, Command, Phase};
 use crate::cluster::wire::{ClusterKey, Drop, NodeId, ReplayGuard, decode, encode};
 use crate::config::Config;
 use crate::control::{ControlReply, ControlRequest};
+use crate::guardian::{Charge, Guardian, descendant_groups};
 use crate::watchdog::Watchdog;
 use crate::witness_worker::{DiskStore, FileStore, WitnessWorker};
 use anyhow::{Context, bail};
@@ -29,6 +30,9 @@ static STOP: AtomicBool = AtomicBool::new(false);
 /// How often the status file is rewritten, at most.
 const STATUS_EVERY_MS: u64 = 100;
 
+/// How often the guardian's list of process groups is refreshed (a walk of /proc).
+const GROUPS_EVERY_MS: u64 = 500;
+
 extern "C" fn on_term(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
@@ -39,6 +43,10 @@ struct LoadedService {
     resources: Vec<(Arc<AgentHandle>, Request)>,
     /// How often to monitor the running service (the shortest resource interval; 0: never).
     monitor_every: u64,
+    /// The virtual addresses its `ipaddr` resources add (for the guardian).
+    addresses: Vec<std::net::IpAddr>,
+    /// The mount points of its `filesystem` resources (for the guardian).
+    mounts: Vec<PathBuf>,
 }
 
 /// What a start or monitor round found: healthy, or the recovery the failure asks
@@ -200,10 +208,22 @@ fn load_service(
         .filter(|m| *m > 0)
         .min()
         .unwrap_or(0);
+    let addresses = resources
+        .iter()
+        .filter(|(h, _)| h.metadata().name == "ipaddr")
+        .filter_map(|(_, req)| req.params.get("address")?.split('/').next()?.parse().ok())
+        .collect();
+    let mounts = resources
+        .iter()
+        .filter(|(h, _)| h.metadata().name == "filesystem")
+        .filter_map(|(_, req)| req.params.get("directory").map(PathBuf::from))
+        .collect();
     Ok(LoadedService {
         name: s.name.clone(),
         resources,
         monitor_every,
+        addresses,
+        mounts,
     })
 }
 
@@ -479,7 +499,7 @@ pub fn run(
     })?;
     let mut agent_config = config.clone();
     agent_config.agents.node = Some(node_name.to_string());
-    let catalog = AgentCatalog::new(agent_config, runner_exe);
+    let catalog = AgentCatalog::new(agent_config, runner_exe.clone());
     let services: Arc<Vec<LoadedService>> = Arc::new(load_services(&cluster, &catalog, node_name)?);
     let fencer: Option<Arc<Fencer>> = load_fencer(&cluster, &catalog, node_name)?.map(Arc::new);
     let mut sockets = Vec::new();
@@ -528,6 +548,14 @@ pub fn run(
         });
     let self_fence_ms = spec.bounds.self_fence.as_millis() as u64;
     clean_up_leftovers(&services)?;
+    // The guardian fences this node's services if this process dies or hangs
+    // for half the self-fence bound (see guardian.rs).
+    let mut guardian = Guardian::spawn(&runner_exe, spec.bounds.self_fence / 2)
+        .context("cannot start the guardian (baton guardian)")?;
+    let mut charge = Charge::default();
+    let mut next_charge = 0u64;
+    let guardian_lease_ms = (spec.bounds.self_fence / 2).as_millis() as u64;
+    let mut last_turn = 0u64;
     // Armed last, once nothing else can fail: an armed watchdog resets the machine.
     let mut watchdog = match &cluster.cluster.watchdog {
         Some(w) => Some(Watchdog::open(&w.device, w.timeout_s)?),
@@ -610,6 +638,22 @@ pub fn run(
         if STOP.load(Ordering::SeqCst) {
             break;
         }
+        // A turn of this loop that comes this late means the daemon was frozen
+        // (SIGSTOP, a hung VM): its guardian has ended the services. Learn the
+        // membership first; monitor nothing before that.
+        let resumed = {
+            let now = now_ms();
+            let gap = now.saturating_sub(last_turn);
+            let late = last_turn > 0 && gap > guardian_lease_ms;
+            last_turn = now;
+            if late {
+                tracing::warn!(
+                    "this daemon was frozen for {gap} ms: its guardian stopped the services held here"
+                );
+                next_tick = 0;
+            }
+            late
+        };
         // Packets.
         for s in &sockets {
             loop {
@@ -630,6 +674,8 @@ pub fn run(
             let now = now_ms();
             let commands = match d {
                 Done::Started(i, round) => {
+                    // Its processes exist now: the guardian learns them at the next tick.
+                    next_charge = 0;
                     local[i].states = round.states;
                     next_monitor[i] = now + services[i].monitor_every;
                     let result = round.result.map_err(|(recovery, failure)| {
@@ -696,6 +742,7 @@ pub fn run(
         let now = now_ms();
         for (i, svc) in services.iter().enumerate() {
             if svc.monitor_every > 0
+                && !resumed
                 && node.phases()[i] == Phase::Running
                 && !monitoring[i]
                 && now >= next_monitor[i]
@@ -728,6 +775,23 @@ pub fn run(
             if quorate {
                 quorate_at = now;
             }
+            // Process groups only while something is held: with nothing held a
+            // late renewal must not touch the agents' runners. While a start or a
+            // stop runs, processes come and go: learn them every tick then.
+            let changing = node
+                .phases()
+                .iter()
+                .any(|p| matches!(p, Phase::Starting | Phase::Stopping));
+            if !node.phases().iter().any(|p| p.holds()) {
+                charge.groups.clear();
+                next_charge = 0;
+            } else if changing || now >= next_charge {
+                next_charge = now + GROUPS_EVERY_MS;
+                charge.groups = descendant_groups(std::process::id(), &[]);
+            }
+            charge.addresses = held(&services, node.phases(), |s| &s.addresses);
+            charge.mounts = held(&services, node.phases(), |s| &s.mounts);
+            guardian.renew(&charge);
             if let Some(dog) = watchdog.as_mut() {
                 let holds = node.phases().iter().any(|p| p.holds());
                 if quorate || !holds || now.saturating_sub(quorate_at) < self_fence_ms {
@@ -778,11 +842,29 @@ pub fn run(
             send(node.leave(now_ms()));
         }
     }
+    if all_stopped {
+        guardian.stand_down();
+    }
     if let Some(dog) = watchdog.as_mut() {
         dog.disarm();
     }
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
+}
+
+/// What the services this node holds (or may hold) have of one kind
+/// (addresses, mount points), for the guardian.
+fn held<T: Ord + Clone>(
+    services: &[LoadedService],
+    phases: &[Phase],
+    of: impl Fn(&LoadedService) -> &Vec<T>,
+) -> std::collections::BTreeSet<T> {
+    services
+        .iter()
+        .zip(phases)
+        .filter(|(_, p)| p.holds())
+        .flat_map(|(s, _)| of(s).iter().cloned())
+        .collect()
 }
 
 fn service_index(cluster: &ClusterConfig, name: &str) -> Result<usize, String> {

@@ -136,6 +136,9 @@ pub enum Fault {
     Kill,
     /// Both LANs cut: the owner loses quorum and must unmount by itself.
     Isolate,
+    /// kill -9 of the owner's daemon alone, no fence agent: its guardian must end
+    /// the writer, unmount the disk and remove the address.
+    KillDaemon,
 }
 
 impl SharedDiskLab {
@@ -190,6 +193,7 @@ impl SharedDiskLab {
         let t = Instant::now();
         match fault {
             Fault::Kill => self.cluster.kill_node(owner),
+            Fault::KillDaemon => self.cluster.kill_daemon(owner),
             Fault::Isolate => {
                 self.cluster.lab.cut(owner, Lan::Private)?;
                 self.cluster.lab.cut(owner, Lan::Service)?;
@@ -203,6 +207,14 @@ impl SharedDiskLab {
             bail!("no other node took over from n{owner} after {fault:?}");
         }
         let gap = t.elapsed().as_millis() as u64;
+        if fault == Fault::KillDaemon {
+            let log =
+                std::fs::read_to_string(self.cluster.dir.path().join(format!("n{owner}.log")))?;
+            ensure!(
+                log.contains("baton guardian: unmounted"),
+                "the guardian of n{owner} did not unmount the disk"
+            );
+        }
         if fault == Fault::Isolate {
             // Without quorum, the owner stopped everything: the disk is no longer
             // mounted there.

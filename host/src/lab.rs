@@ -679,14 +679,19 @@ impl ClusterLab {
     }
 
     /// The PID of the service process node `n` started (its process group
-    /// leader), from the `process` agent's record `run/nN.web-I.pid`.
+    /// leader), from the `process` agent's record `run/nN.web-I.pid` (not the
+    /// ledger's `….ledger.pid`).
     pub fn service_pid(&self, n: usize) -> Option<i32> {
         let prefix = format!("n{n}.web-");
         let record = std::fs::read_dir(self.dir.path().join("run"))
             .ok()?
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .find(|name| name.starts_with(&prefix) && name.ends_with(".pid"))?;
+            .find(|name| {
+                name.starts_with(&prefix)
+                    && name.ends_with(".pid")
+                    && !name.ends_with(".ledger.pid")
+            })?;
         let text = std::fs::read_to_string(self.dir.path().join("run").join(record)).ok()?;
         text.split_whitespace().next()?.parse().ok()
     }

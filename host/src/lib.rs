@@ -16,6 +16,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod disk_lab;
+pub mod guardian;
 pub mod lab;
 pub mod process_group;
 pub mod runner;

@@ -1,0 +1,289 @@
+//! The guardian: self-fencing that does not depend on the daemon.
+//!
+//! Without a fence device, the survivors' fence wait is only safe if a node that
+//! lost contact stops its services within the self-fence bound. The daemon does
+//! that when it *notices*; a daemon that was killed, or hangs, notices nothing
+//! while its services run on. The guardian is a separate small process (`baton
+//! guardian`, started by `baton run`, sharing no threads or locks with it) that
+//! holds what this node's services hold — their process groups and virtual
+//! addresses — and a lease the daemon renews with every heartbeat tick through a
+//! pipe. When the pipe closes (the daemon died) or no renewal arrives for half
+//! the self-fence bound (the daemon hangs), the guardian kills the process
+//! groups and removes the addresses, so the fence wait the survivors already
+//! apply holds for a dead or frozen daemon too. After a hang it keeps guarding:
+//! a daemon that resumes finds its services gone (and, having heard nobody for
+//! that long, no quorum) and goes on from there. A daemon that exits cleanly says
+//! goodbye first and the guardian leaves quietly.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What the guardian must end if the daemon cannot: one renewal's content.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Charge {
+    /// Process groups of the services held here.
+    pub groups: BTreeSet<i32>,
+    /// Virtual addresses of the services held here.
+    pub addresses: BTreeSet<IpAddr>,
+    /// Mount points of the services' filesystems (shared disks).
+    #[serde(default)]
+    pub mounts: BTreeSet<std::path::PathBuf>,
+    /// The daemon is exiting cleanly: stand down without fencing.
+    #[serde(default)]
+    pub bye: bool,
+}
+
+/// The daemon's side: the guardian process and the pipe to it.
+pub struct Guardian {
+    child: Child,
+    pipe: ChildStdin,
+}
+
+impl Guardian {
+    /// Start `baton guardian` for this daemon, fencing after `lease` without a
+    /// renewal.
+    pub fn spawn(exe: &std::path::Path, lease: Duration) -> std::io::Result<Guardian> {
+        let mut child = Command::new(exe)
+            .arg("guardian")
+            .arg("--lease-ms")
+            .arg(lease.as_millis().to_string())
+            .arg("--daemon-pid")
+            .arg(std::process::id().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()?;
+        let pipe = child.stdin.take().expect("piped stdin");
+        // A full pipe (the guardian is slow) must never block the daemon.
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe {
+            let fd = pipe.as_raw_fd();
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+        Ok(Guardian { child, pipe })
+    }
+
+    /// Renew the lease with what this node holds now.
+    pub fn renew(&mut self, charge: &Charge) {
+        if let Ok(mut line) = serde_json::to_vec(charge) {
+            line.push(b'\n');
+            // A short write on a full pipe is dropped; the next tick renews again.
+            let _ = self.pipe.write(&line);
+        }
+    }
+
+    /// The daemon exits cleanly (its services are stopped): the guardian leaves.
+    pub fn stand_down(mut self) {
+        self.renew(&Charge {
+            bye: true,
+            ..Charge::default()
+        });
+        let _ = self.child.wait();
+    }
+}
+
+/// The process groups led by descendants of `root` (its agents' services),
+/// other than `root`'s own group and `exclude`.
+pub fn descendant_groups(root: u32, exclude: &[u32]) -> BTreeSet<i32> {
+    let mut parent = std::collections::HashMap::new();
+    let mut group = std::collections::HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            // /proc/PID/stat: "pid (comm) state ppid pgrp ..."; comm may hold spaces.
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+                continue;
+            };
+            let mut f = after.split_whitespace();
+            let (_, ppid, pgrp) = (f.next(), f.next(), f.next());
+            if let (Some(Ok(ppid)), Some(Ok(pgrp))) =
+                (ppid.map(str::parse::<u32>), pgrp.map(str::parse::<i32>))
+            {
+                parent.insert(pid, ppid);
+                group.insert(pid, pgrp);
+            }
+        }
+    }
+    let own = group.get(&root).copied();
+    parent
+        .keys()
+        .filter(|pid| !exclude.contains(pid))
+        .filter(|pid| {
+            let mut p = **pid;
+            for _ in 0..64 {
+                match parent.get(&p) {
+                    Some(&pp) if pp == root => return true,
+                    Some(&pp) if pp > 1 && !exclude.contains(&pp) => p = pp,
+                    _ => return false,
+                }
+            }
+            false
+        })
+        .filter_map(|pid| group.get(pid).copied())
+        .filter(|g| Some(*g) != own && *g > 1)
+        .collect()
+}
+
+/// End what `charge` holds: SIGKILL to every process group, every filesystem
+/// unmounted (once its users are gone; detached if it stays busy), every address
+/// removed.
+fn fence(charge: &Charge) {
+    for g in &charge.groups {
+        eprintln!("baton guardian: killing process group {g}");
+        // SAFETY: signalling a process group the daemon reported as its service's.
+        unsafe {
+            libc::kill(-g, libc::SIGKILL);
+        }
+    }
+    for dir in &charge.mounts {
+        unmount(dir);
+    }
+    if charge.addresses.is_empty() {
+        return;
+    }
+    match baton_agents::netlink::Netlink::open() {
+        Ok(mut nl) => {
+            for ip in &charge.addresses {
+                if let Ok(Some(a)) = nl.find(*ip) {
+                    eprintln!("baton guardian: removing address {ip}");
+                    let _ = nl.delete(a.index, a.ip, a.prefix);
+                }
+            }
+        }
+        Err(e) => eprintln!("baton guardian: netlink: {e}; addresses left in place"),
+    }
+}
+
+/// Unmount `dir`: retried for a moment while the killed processes release it,
+/// then detached, so no new access goes through it.
+fn unmount(dir: &std::path::Path) {
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    for _ in 0..25 {
+        // SAFETY: umount2 with a valid NUL-terminated path.
+        if unsafe { libc::umount2(path.as_ptr(), 0) } == 0 {
+            eprintln!("baton guardian: unmounted {}", dir.display());
+            return;
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(20)),
+            _ => return, // not mounted (any more)
+        }
+    }
+    // SAFETY: as above.
+    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+        eprintln!("baton guardian: {} was busy; detached it", dir.display());
+    }
+}
+
+/// `baton guardian`: read renewals on stdin until the daemon says goodbye; fence
+/// when the pipe closes or a renewal is `lease` late.
+pub fn run(lease: Duration, daemon_pid: u32) -> std::io::Result<()> {
+    let stdin = std::io::stdin();
+    let fd = stdin.as_raw_fd();
+    let mut lines = BufReader::new(stdin.lock());
+    let mut charge = Charge::default();
+    let mut renewed = Instant::now();
+    loop {
+        let left = lease.saturating_sub(renewed.elapsed());
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one pollfd that lives for the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
+        if n == 0 {
+            if charge != Charge::default() {
+                eprintln!(
+                    "baton guardian: no renewal from daemon {daemon_pid} for {} ms: fencing this node's services",
+                    lease.as_millis()
+                );
+                fence(&charge);
+                charge = Charge::default();
+            }
+            renewed = Instant::now();
+            continue;
+        }
+        let mut line = String::new();
+        match lines.read_line(&mut line) {
+            Ok(0) => {
+                eprintln!("baton guardian: daemon {daemon_pid} is gone: fencing this node");
+                fence(&charge);
+                return Ok(());
+            }
+            Ok(_) => match serde_json::from_str::<Charge>(&line) {
+                Ok(c) if c.bye => return Ok(()),
+                Ok(c) => {
+                    if c != charge {
+                        eprintln!(
+                            "baton guardian: guarding process groups {:?}, mounts {:?} and addresses {:?}",
+                            c.groups, c.mounts, c.addresses
+                        );
+                    }
+                    charge = c;
+                    renewed = Instant::now();
+                }
+                Err(_) => {} // a line cut by a full pipe: the next one renews
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descendants_are_found_by_their_parent_chain() {
+        use std::os::unix::process::CommandExt as _;
+        // A child in its own group, with a grandchild: both groups are ours.
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg("sleep 30 & wait")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let me = std::process::id();
+        loop {
+            let groups = descendant_groups(me, &[]);
+            if groups.contains(&(child.id() as i32)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{groups:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SAFETY: our own child's process group.
+        unsafe {
+            libc::kill(-(child.id() as i32), libc::SIGKILL);
+        }
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn a_charge_round_trips_as_one_line() {
+        let c = Charge {
+            groups: [42, 7].into(),
+            addresses: ["198.18.2.100".parse().unwrap()].into(),
+            mounts: ["/srv/db".into()].into(),
+            bye: false,
+        };
+        let line = serde_json::to_string(&c).unwrap();
+        assert!(!line.contains('\n'));
+        assert_eq!(serde_json::from_str::<Charge>(&line).unwrap(), c);
+    }
+}
