@@ -283,6 +283,28 @@ pub(crate) fn announce(index: u32, mac: [u8; 6], ip: std::net::IpAddr) -> io::Re
     sent
 }
 
+/// Who answers ARP for `ip` on the interface the kernel routes it through (an
+/// ARP probe, listened to for `wait`): a health check that a LAN and a host on
+/// it are reachable.
+pub fn arp_answer(ip: Ipv4Addr, wait: Duration) -> Result<Option<[u8; 6]>, String> {
+    let mut nl = crate::netlink::Netlink::open().map_err(|e| format!("netlink: {e}"))?;
+    let index = nl
+        .route_interface(ip.into())
+        .map_err(|e| format!("no route to {ip}: {e}"))?
+        .ok_or_else(|| format!("no route to {ip}"))?;
+    let link = nl
+        .link_by_index(index)
+        .map_err(|e| format!("netlink: {e}"))?
+        .ok_or_else(|| format!("the interface to {ip} vanished"))?;
+    if !link.up || !link.carrier {
+        return Err(format!("interface {} is down or has no carrier", link.name));
+    }
+    let mac = link
+        .mac
+        .ok_or_else(|| format!("interface {} has no MAC address", link.name))?;
+    probe_v4(index, mac, ip, wait).map_err(|e| format!("ARP on {}: {e}", link.name))
+}
+
 /// The MAC address as people write it (`02:00:5e:10:00:01`).
 pub(crate) fn mac_text(mac: [u8; 6]) -> String {
     mac.iter()

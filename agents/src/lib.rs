@@ -17,6 +17,7 @@ mod process;
 mod reading;
 mod tcp_check;
 
+pub use announce::arp_answer;
 pub use disk_lease::DiskLeaseAgent;
 pub use dns_name::DnsNameAgent;
 pub use filesystem::FilesystemAgent;

@@ -92,6 +92,9 @@ struct Status<'a> {
     /// stalled or failing); the witness counts as not held meanwhile.
     #[serde(skip_serializing_if = "Option::is_none")]
     witness_problem: Option<String>,
+    /// This node's health checks and their last results (when configured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<crate::health::Health>,
     links: Vec<LinkStatus<'a>>,
     fencing: FencingStatus<'a>,
     watchdog: Option<String>,
@@ -555,6 +558,7 @@ pub fn run(
     let mut charge = Charge::default();
     let mut next_charge = 0u64;
     let guardian_lease_ms = (spec.bounds.self_fence / 2).as_millis() as u64;
+    let health = cluster.cluster.health.as_ref().map(crate::health::start);
     let mut last_turn = 0u64;
     // Armed last, once nothing else can fail: an armed watchdog resets the machine.
     let mut watchdog = match &cluster.cluster.watchdog {
@@ -569,6 +573,17 @@ pub fn run(
     }
     let started = Instant::now();
     let now_ms = || started.elapsed().as_millis() as u64;
+    // Healthy, and when the last passing round began (on this loop's clock).
+    let health_now = || match &health {
+        None => (true, None),
+        Some(h) => {
+            let h = h.lock().unwrap_or_else(|e| e.into_inner());
+            let pass = h
+                .last_pass
+                .map(|t| t.saturating_duration_since(started).as_millis() as u64);
+            (h.healthy, Some(pass.unwrap_or(0)))
+        }
+    };
     let incarnation = unix_ms();
     let mut node = ClusterNode::new(&spec, me.id, incarnation, 0);
     let mut guard = ReplayGuard::default();
@@ -726,6 +741,9 @@ pub fn run(
                         let mut st =
                             status(&node, node_name, &names, &cluster, &dropped, now, &local);
                         st.witness_problem = witness.as_ref().and_then(|w| w.last_error.clone());
+                        st.health = health
+                            .as_ref()
+                            .map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).clone());
                         serde_json::to_value(&st).unwrap_or_default()
                     });
                     ControlReply {
@@ -758,11 +776,14 @@ pub fn run(
         let now = now_ms();
         if now >= next_tick {
             next_tick = now + interval;
+            let (healthy, last_pass) = health_now();
+            node.set_health(healthy, last_pass);
             if let Some(w) = witness.as_mut() {
                 // The partition's leader takes or renews the lease; the others read
-                // it. Off this loop: storage may stall, heartbeats may not.
+                // it. Off this loop: storage may stall, heartbeats may not. A leader
+                // that fails its health checks lets the lease go.
                 let view = node.membership().view().1.clone();
-                let leads = view.iter().next() == Some(&me.id);
+                let leads = healthy && view.iter().next() == Some(&me.id);
                 w.ask(now, leads.then_some((me.id, view)));
                 node.set_witness_holder(w.holder(now));
             }
@@ -808,6 +829,9 @@ pub fn run(
                 next_status = now + STATUS_EVERY_MS;
                 let mut status = status(&node, node_name, &names, &cluster, &dropped, now, &local);
                 status.witness_problem = witness.as_ref().and_then(|w| w.last_error.clone());
+                status.health = health
+                    .as_ref()
+                    .map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).clone());
                 if let Ok(json) = serde_json::to_vec_pretty(&status) {
                     let _ = write_atomic(path, &json);
                 }
@@ -974,6 +998,7 @@ fn status<'a>(
         quorum: quorum.map(|q| q.reason.clone()).unwrap_or_default(),
         witness_held: quorum.is_some_and(|q| q.witness_held),
         witness_problem: None,
+        health: None,
         links: node
             .membership()
             .links()

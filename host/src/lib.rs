@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod demo;
 pub mod disk_lab;
 pub mod guardian;
+pub mod health;
 pub mod lab;
 pub mod process_group;
 pub mod runner;

@@ -40,6 +40,46 @@ pub struct ClusterSection {
     /// A hardware watchdog the daemon arms and pets (production only; opt-in).
     #[serde(default)]
     pub watchdog: Option<WatchdogSection>,
+    /// Health checks that take part in quorum (a node that fails them runs nothing
+    /// and does not hold the witness).
+    #[serde(default)]
+    pub health: Option<HealthSection>,
+}
+
+/// `[cluster.health]`: checks every node runs; failing them (`fail_after` rounds
+/// in a row) takes this node's quorum away until they pass `recover_after` rounds
+/// in a row.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    /// `tcp:HOST:PORT` (connects) or `arp:IPV4` (someone answers ARP for it on the
+    /// interface that routes to it), e.g. the service LAN's gateway.
+    pub checks: Vec<String>,
+    /// How often the checks run, ms.
+    #[serde(default = "default_health_interval")]
+    pub interval_ms: u64,
+    /// One check's deadline, ms.
+    #[serde(default = "default_health_timeout")]
+    pub timeout_ms: u64,
+    /// Failed rounds in a row that make the node unhealthy.
+    #[serde(default = "default_fail_after")]
+    pub fail_after: u32,
+    /// Passed rounds in a row that make it healthy again.
+    #[serde(default = "default_recover_after")]
+    pub recover_after: u32,
+}
+
+fn default_health_interval() -> u64 {
+    500
+}
+fn default_health_timeout() -> u64 {
+    300
+}
+fn default_fail_after() -> u32 {
+    2
+}
+fn default_recover_after() -> u32 {
+    3
 }
 
 /// `[cluster.fencing]`: a fence agent, loaded like a resource agent. Its `start`
@@ -380,6 +420,26 @@ impl ClusterConfig {
                 errors.push(format!(
                     "cluster.watchdog.timeout_s: {} s is not longer than self_fence_ms ({} ms); a stop that is on time would reset the machine",
                     w.timeout_s, cluster.self_fence_ms
+                ));
+            }
+        }
+        if let Some(h) = &cluster.health {
+            for (i, c) in h.checks.iter().enumerate() {
+                if let Err(e) = crate::health::Check::parse(c) {
+                    errors.push(format!("cluster.health.checks[{i}]: {e}"));
+                }
+            }
+            if h.checks.is_empty() {
+                errors.push("cluster.health.checks: empty; give e.g. [\"arp:198.18.2.1\"] (the service LAN's gateway) or remove [cluster.health]".into());
+            }
+            if h.fail_after == 0 || h.recover_after == 0 {
+                errors
+                    .push("cluster.health: fail_after and recover_after must be at least 1".into());
+            }
+            if h.timeout_ms >= h.interval_ms {
+                errors.push(format!(
+                    "cluster.health.timeout_ms: {} is not shorter than interval_ms ({})",
+                    h.timeout_ms, h.interval_ms
                 ));
             }
         }

@@ -197,6 +197,12 @@ pub struct ClusterNode {
     seen_all: bool,
     /// Who holds a valid witness lease, as last read (the daemon polls the lease).
     witness_holder: Option<NodeId>,
+    /// Whether this node passes its health checks (the daemon runs them).
+    healthy: bool,
+    /// When the last passing round of health checks began (`None`: no checks).
+    health_pass: Option<Millis>,
+    /// The current view, and since when it has been the view.
+    view_since: (BTreeSet<NodeId>, Millis),
     quorum_state: Option<QuorumState>,
     placements: Vec<Placement>,
     /// Failure times per service (for restart limits and bans).
@@ -251,6 +257,9 @@ impl ClusterNode {
             member_incarnation: BTreeMap::new(),
             seen_all: cluster.nodes.len() == 1,
             witness_holder: None,
+            healthy: true,
+            health_pass: None,
+            view_since: (BTreeSet::new(), 0),
             quorum_state: None,
             failures: vec![Vec::new(); n],
             restart: vec![false; n],
@@ -299,6 +308,20 @@ impl ClusterNode {
     /// computes there, never against an older view.
     pub fn set_witness_holder(&mut self, holder: Option<NodeId>) {
         self.witness_holder = holder;
+    }
+
+    /// This node's health checks: whether it passes them, and when the last
+    /// passing round began (`None`: no checks are configured). A node that fails
+    /// them has no quorum of its own, whatever its partition has: it runs
+    /// nothing, is given nothing and fences no one (its report says so), and it
+    /// must not take or renew the witness. Health only ever takes quorum away,
+    /// so a flapping check cannot make two partitions quorate. And a node fences
+    /// only once a round that began after its current view did has passed: a
+    /// node cut off from its clients notices the partition before its checks
+    /// fail, and must not fence the healthy standby in between.
+    pub fn set_health(&mut self, healthy: bool, last_pass: Option<Millis>) {
+        self.healthy = healthy;
+        self.health_pass = last_pass;
     }
 
     /// A heartbeat arrived (already authenticated and replay-checked).
@@ -687,7 +710,14 @@ impl ClusterNode {
             self.seen_all = true;
         }
         let witness_held = self.witness_holder.is_some_and(|h| view.contains(&h));
-        let quorum = self.quorum.decide(&view, witness_held, self.seen_all);
+        if self.view_since.0 != view {
+            self.view_since = (view.clone(), now);
+        }
+        let mut quorum = self.quorum.decide(&view, witness_held, self.seen_all);
+        if !self.healthy && quorum.quorate {
+            quorum.quorate = false;
+            quorum.reason += ", but this node fails its health checks";
+        }
         let quorate = quorum.quorate;
         let was_quorate = self.quorum_state.as_ref().is_some_and(|q| q.quorate);
         self.quorum_state = Some(quorum);
@@ -700,7 +730,8 @@ impl ClusterNode {
             }
         }
         let mut commands = Vec::new();
-        if quorate && self.fencing {
+        let checked_since_view = self.health_pass.is_none_or(|t| t >= self.view_since.1);
+        if quorate && self.fencing && checked_since_view {
             commands.extend(self.fences_to_run(&view, now));
         }
         let lost_nodes_safe = self

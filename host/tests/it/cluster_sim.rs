@@ -131,6 +131,8 @@ struct Sim {
     lease: Option<(NodeId, Millis)>,
     /// Nodes that cannot reach the witness's storage.
     witness_cut: BTreeSet<NodeId>,
+    /// Nodes failing their health checks.
+    unhealthy: BTreeSet<NodeId>,
 }
 
 /// The lease time the daemon uses: twice the link timeout.
@@ -167,6 +169,7 @@ impl Sim {
             },
             lease: None,
             witness_cut: BTreeSet::new(),
+            unhealthy: BTreeSet::new(),
         };
         for id in ids {
             sim.boot(id, 1);
@@ -283,7 +286,7 @@ impl Sim {
                     let view = node.state.membership().view().1.clone();
                     let holder = if self.witness_cut.contains(id) {
                         None
-                    } else if view.iter().next() == Some(id) {
+                    } else if view.iter().next() == Some(id) && !self.unhealthy.contains(id) {
                         match self.lease {
                             Some((h, exp)) if now < exp && !view.contains(&h) => Some(h),
                             _ => {
@@ -296,6 +299,8 @@ impl Sim {
                     };
                     node.state.set_witness_holder(holder);
                 }
+                let healthy = !self.unhealthy.contains(id);
+                node.state.set_health(healthy, healthy.then_some(now));
                 let (packets, more) = node.state.tick(now);
                 commands.extend(more);
                 self.send(*id, packets);
@@ -504,6 +509,15 @@ impl Sim {
                     "the witness's storage is lost for every node".into()
                 }
             }
+            11 => {
+                // Health checks flap: a node fails them, or passes them again.
+                if self.unhealthy.remove(&a) {
+                    format!("{a} passes its health checks again")
+                } else {
+                    self.unhealthy.insert(a);
+                    format!("{a} fails its health checks")
+                }
+            }
             7 => {
                 self.loss = self.rng.below(25);
                 self.dup = self.rng.below(20);
@@ -516,6 +530,7 @@ impl Sim {
             _ => {
                 self.cut.clear();
                 self.witness_cut.clear();
+                self.unhealthy.clear();
                 self.loss = 0;
                 self.dup = 0;
                 self.max_delay = 1;
@@ -594,7 +609,7 @@ impl Sim {
             let held = holder.is_some_and(|h| component.contains(&h));
             let quorate = 2 * (members + if held { self.witness_votes } else { 0 }) > total;
             let counts_witness = !(2 * members <= total && self.witness_cut.contains(&a));
-            if !quorate || !counts_witness {
+            if !quorate || !counts_witness || self.unhealthy.contains(&a) {
                 // A failed stop stays held (blocked) until a fence or an operator's
                 // clear, and a partition without quorum cannot fence.
                 let stuck: BTreeSet<usize> = (0..services().len())
@@ -615,6 +630,7 @@ impl Sim {
                 .iter()
                 .copied()
                 .filter(|n| !(needs_witness && self.witness_cut.contains(n)))
+                .filter(|n| !self.unhealthy.contains(n))
                 .collect();
             for (i, spec) in services().iter().enumerate() {
                 let running: Vec<NodeId> = component
@@ -625,7 +641,20 @@ impl Sim {
                 let ok = if spec.strategy == Strategy::Clone {
                     running.iter().copied().collect::<BTreeSet<_>>() == able
                 } else {
-                    running.len() == 1
+                    // A failed stop keeps the service claimed until its node is fenced
+                    // (by another able member, with a fence agent) or cleared: by
+                    // design nothing runs it meanwhile.
+                    let stop_failed: Vec<NodeId> = component
+                        .iter()
+                        .copied()
+                        .filter(|n| self.nodes[n].state.phases()[i] == Phase::StopFailed)
+                        .collect();
+                    let can_fence = self.fencing && able.iter().any(|n| !stop_failed.contains(n));
+                    let blocked = !stop_failed.is_empty() && !can_fence;
+                    // Exactly one able member runs it (none when no member is able).
+                    (blocked && running.is_empty())
+                        || (running.len() == usize::from(!able.is_empty())
+                            && running.iter().all(|n| able.contains(n)))
                 };
                 if !ok {
                     let phases: Vec<String> = component

@@ -486,3 +486,64 @@ fn a_frozen_daemons_guardian_ends_its_services_without_a_fence_agent() {
     );
     assert_one_owner_at_a_time(&c, 3);
 }
+
+/// Two nodes, a witness, a fence agent, and a health check that the service LAN
+/// is reachable (ARP for the clients' side, 198.18.2.254).
+fn two_nodes_with_health(prefix: &str) -> Option<ClusterLab> {
+    let extra = format!(
+        "self_fence_ms = 300\nwait_for_all = true\nwitness = {{ file = \"WITNESS\", votes = 1 }}\n{}\
+         [cluster.health]\nchecks = [\"arp:198.18.2.254\"]\ninterval_ms = 200\ntimeout_ms = 100\n",
+        baton::lab::LAB_FENCING
+    );
+    start_with(prefix, 2, &extra)
+}
+
+/// After `fault`, n2 (the standby) serves alone, is never fenced, and the ledger
+/// shows one owner at a time.
+fn the_standby_takes_over(c: &ClusterLab) {
+    let server = c.vip_server(Duration::from_secs(20), |n| n == 2).unwrap();
+    assert_eq!(
+        server,
+        Some(2),
+        "n2 did not take over; logs in {}",
+        c.keep_logs().display()
+    );
+    let (most, n2_alone) = most_servers_at_once(c, Duration::from_secs(2), 2);
+    assert!(
+        most <= 1 && n2_alone,
+        "{most} nodes served; logs in {}",
+        c.keep_logs().display()
+    );
+    assert!(c.node_alive(2), "the healthy standby was fenced");
+    let s1 = c.status(1).unwrap();
+    assert_eq!(s1["health"]["healthy"], false, "{s1}");
+    assert_one_owner_at_a_time(c, 2);
+}
+
+/// The owner cut off from both LANs still reaches the witness's storage; its
+/// failing health check makes it give up the witness and the service, so the
+/// standby takes over, and the standby is not the one fenced.
+#[test]
+fn an_isolated_owner_that_fails_its_health_check_lets_the_standby_serve() {
+    let Some(c) = two_nodes_with_health("bh") else {
+        return;
+    };
+    c.lab.cut(1, Lan::Private).unwrap();
+    c.lab.cut(1, Lan::Service).unwrap();
+    the_standby_takes_over(&c);
+}
+
+/// Only the owner's service LAN is cut: both nodes still hear each other on the
+/// private LAN, and the service moves to the node clients can reach.
+#[test]
+fn an_owner_that_loses_only_its_service_lan_hands_the_service_over() {
+    let Some(c) = two_nodes_with_health("bl") else {
+        return;
+    };
+    c.lab.cut(1, Lan::Service).unwrap();
+    the_standby_takes_over(&c);
+    assert_eq!(
+        c.status(2).unwrap()["members"].as_array().map(Vec::len),
+        Some(2)
+    );
+}
