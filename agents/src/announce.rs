@@ -45,6 +45,23 @@ pub(crate) fn arp_sender(frame: &[u8]) -> Option<([u8; 6], Ipv4Addr)> {
     Some((mac, ip))
 }
 
+/// Whether `frame`, from another host than `mac`, shows that host holds or is
+/// taking `ip`: a reply for `ip` (the holder answers every probe), or another
+/// host's probe for `ip` (RFC 5227's simultaneous probe). An announcement or a
+/// request merely sent *from* `ip` is not enough: a host that just gave the
+/// address up can still send those, and a real holder answers our probe anyway.
+pub(crate) fn shows_holder(frame: &[u8], mac: [u8; 6], ip: Ipv4Addr) -> Option<[u8; 6]> {
+    let (from, sender) = arp_sender(frame)?;
+    if from == mac {
+        return None;
+    }
+    let op = u16::from_be_bytes([frame[20], frame[21]]);
+    let target = Ipv4Addr::new(frame[38], frame[39], frame[40], frame[41]);
+    let reply = op == 2 && sender == ip;
+    let rival_probe = op == 1 && sender.is_unspecified() && target == ip;
+    (reply || rival_probe).then_some(from)
+}
+
 /// An unsolicited neighbour advertisement for `target` (override flag set, with
 /// the target link-layer address option) to all nodes.
 pub(crate) fn neighbour_advertisement(mac: [u8; 6], target: Ipv6Addr) -> Vec<u8> {
@@ -257,11 +274,8 @@ fn listen_for_holder(
         let until = second.map_or(deadline, |s| s.min(deadline));
         match socket.recv_until(until)? {
             Some(frame) => {
-                if let Some((from, sender)) = arp_sender(&frame)
-                    && sender == ip
-                    && from != mac
-                {
-                    return Ok(Some(from));
+                if let Some(holder) = shows_holder(&frame, mac, ip) {
+                    return Ok(Some(holder));
                 }
             }
             // The wait ended: at the half-way mark, the second probe; at the end, done.
@@ -337,6 +351,26 @@ mod tests {
         let f = arp_request(MAC, Ipv4Addr::UNSPECIFIED, ip);
         assert_eq!(arp_sender(&f), Some((MAC, Ipv4Addr::UNSPECIFIED)));
         assert_eq!(&f[38..42], &ip.octets());
+    }
+
+    #[test]
+    fn only_a_reply_or_a_rival_probe_shows_a_holder() {
+        let ip = Ipv4Addr::new(198, 18, 2, 100);
+        let other = [0x02, 0, 0, 0, 0, 2];
+        // A stale announcement from a host that gave the address up: not a holder.
+        assert_eq!(shows_holder(&arp_request(other, ip, ip), MAC, ip), None);
+        // Another host probing for it at the same time: a rival.
+        let probe = arp_request(other, Ipv4Addr::UNSPECIFIED, ip);
+        assert_eq!(shows_holder(&probe, MAC, ip), Some(other));
+        // The holder's reply to our probe.
+        let mut reply = arp_request(other, ip, Ipv4Addr::UNSPECIFIED);
+        reply[21] = 2;
+        assert_eq!(shows_holder(&reply, MAC, ip), Some(other));
+        // Our own frames never count.
+        assert_eq!(
+            shows_holder(&arp_request(MAC, Ipv4Addr::UNSPECIFIED, ip), MAC, ip),
+            None
+        );
     }
 
     #[test]

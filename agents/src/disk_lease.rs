@@ -58,21 +58,6 @@ fn mono_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-fn random_token() -> u64 {
-    let mut b = [0u8; 8];
-    // SAFETY: getrandom into a buffer we own, bounded by its length.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    let from_clock = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    if n == 8 {
-        u64::from_le_bytes(b) | 1
-    } else {
-        (from_clock ^ u64::from(std::process::id())) | 1
-    }
-}
-
 /// The checked parameters.
 struct Settings {
     device: String,
@@ -204,7 +189,7 @@ impl DiskLeaseAgent {
             cluster: s.cluster.clone(),
             name: LEASE_NAME.into(),
             owner: node.to_owned(),
-            token: random_token(),
+            token: crate::lease::random_token(),
             counter: base.map_or(1, |r| r.counter + 1),
             released: false,
             lease_ms: s.lease.as_millis() as u64,

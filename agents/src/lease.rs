@@ -121,6 +121,22 @@ pub fn decode(b: &[u8]) -> Block {
     })
 }
 
+/// A random token for a new holding (from getrandom; odd, so never 0).
+pub fn random_token() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom into a buffer we own, bounded by its length.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 8 {
+        u64::from_le_bytes(b) | 1
+    } else {
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        (clock ^ u64::from(std::process::id()) << 32) | 1
+    }
+}
+
 /// A 4 KiB-aligned buffer, as O_DIRECT requires.
 #[repr(C, align(4096))]
 struct Aligned([u8; BLOCK]);

@@ -174,7 +174,7 @@ impl DiskStore {
             cluster: self.cluster.clone(),
             name: WITNESS_NAME.into(),
             owner: me.to_string(),
-            token: random_token(),
+            token: baton_agents::lease::random_token(),
             counter,
             released: false,
             lease_ms: self.lease_ms,
@@ -204,17 +204,6 @@ fn sighting(r: &Record) -> Option<Sighting> {
         holder: r.owner.parse().ok()?,
         expires_ms: None,
     })
-}
-
-fn random_token() -> u64 {
-    let mut b = [0u8; 8];
-    // SAFETY: getrandom into a buffer we own, bounded by its length.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n == 8 {
-        u64::from_le_bytes(b) | 1
-    } else {
-        u64::from(std::process::id()) << 32 | crate::daemon::unix_ms() | 1
-    }
 }
 
 impl WitnessStore for DiskStore {
