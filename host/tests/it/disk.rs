@@ -401,7 +401,10 @@ fn two_nodes_and_a_disk_witness_run_the_service_on_exactly_one_side() {
         "self_fence_ms = 300\nwait_for_all = true\nwitness = {{ disk = \"{}\", slot = 1, votes = 1 }}",
         disk.whole
     );
+    // The default timing: a disk answer counts for half a lease (800 ms here); the
+    // fast profile's 100 ms is tighter than a loaded test machine's disk.
     let spec = LabSpec {
+        timing: "default",
         nodes: 2,
         strategy: "standby+noaddress",
         cluster_extra: &extra,
