@@ -810,6 +810,7 @@ pub fn run(
                 next_charge = now + GROUPS_EVERY_MS;
                 charge.groups = descendant_groups(std::process::id(), &[]);
             }
+            charge.holds = node.phases().iter().any(|p| p.holds());
             charge.addresses = held(&services, node.phases(), |s| &s.addresses);
             charge.mounts = held(&services, node.phases(), |s| &s.mounts);
             guardian.renew(&charge);

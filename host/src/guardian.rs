@@ -33,6 +33,10 @@ pub struct Charge {
     /// Mount points of the services' filesystems (shared disks).
     #[serde(default)]
     pub mounts: BTreeSet<std::path::PathBuf>,
+    /// Whether the node holds (or may hold) any service: only then are the
+    /// daemon's descendants (its services' processes) the guardian's to end.
+    #[serde(default)]
+    pub holds: bool,
     /// The daemon is exiting cleanly: stand down without fencing.
     #[serde(default)]
     pub bye: bool,
@@ -187,6 +191,17 @@ fn unmount(dir: &std::path::Path) {
     }
 }
 
+/// Add the daemon's descendants' process groups to what a holding node's
+/// guardian ends: the daemon reports its groups a tick late, the guardian sees
+/// them directly (while the daemon lives, or is frozen, they are its children).
+fn with_descendants(charge: &mut Charge, daemon_pid: u32) {
+    if charge.holds {
+        charge
+            .groups
+            .extend(descendant_groups(daemon_pid, &[std::process::id()]));
+    }
+}
+
 /// `baton guardian`: read renewals on stdin until the daemon says goodbye; fence
 /// when the pipe closes or a renewal is `lease` late.
 pub fn run(lease: Duration, daemon_pid: u32) -> std::io::Result<()> {
@@ -195,6 +210,7 @@ pub fn run(lease: Duration, daemon_pid: u32) -> std::io::Result<()> {
     let mut lines = BufReader::new(stdin.lock());
     let mut charge = Charge::default();
     let mut renewed = Instant::now();
+    let mut scanned = Instant::now();
     loop {
         let left = lease.saturating_sub(renewed.elapsed());
         let mut pfd = libc::pollfd {
@@ -210,6 +226,7 @@ pub fn run(lease: Duration, daemon_pid: u32) -> std::io::Result<()> {
                     "baton guardian: no renewal from daemon {daemon_pid} for {} ms: fencing this node's services",
                     lease.as_millis()
                 );
+                with_descendants(&mut charge, daemon_pid);
                 fence(&charge);
                 charge = Charge::default();
             }
@@ -225,7 +242,14 @@ pub fn run(lease: Duration, daemon_pid: u32) -> std::io::Result<()> {
             }
             Ok(_) => match serde_json::from_str::<Charge>(&line) {
                 Ok(c) if c.bye => return Ok(()),
-                Ok(c) => {
+                Ok(mut c) => {
+                    // Between the daemon's scans, the guardian's own (every 100 ms).
+                    if scanned.elapsed() > Duration::from_millis(100) {
+                        scanned = Instant::now();
+                        with_descendants(&mut c, daemon_pid);
+                    } else if c.holds {
+                        c.groups.extend(charge.groups.iter().copied());
+                    }
                     if c != charge {
                         eprintln!(
                             "baton guardian: guarding process groups {:?}, mounts {:?} and addresses {:?}",
@@ -280,6 +304,7 @@ mod tests {
             groups: [42, 7].into(),
             addresses: ["198.18.2.100".parse().unwrap()].into(),
             mounts: ["/srv/db".into()].into(),
+            holds: true,
             bye: false,
         };
         let line = serde_json::to_string(&c).unwrap();

@@ -547,3 +547,59 @@ fn an_owner_that_loses_only_its_service_lan_hands_the_service_over() {
         Some(2)
     );
 }
+
+/// The witness's holder freezes inside the lease lock (emulated: n1 is stopped
+/// with SIGSTOP and the lock is held from outside). The survivor keeps its loop
+/// running and answering operators; it cannot get the witness while the lock is
+/// held, so it does not take over (two nodes need the witness); once the lock
+/// is free it takes the expired lease, fences n1 and serves. Never two servers.
+#[test]
+fn a_frozen_lease_holder_stalls_nobody_and_the_survivor_takes_over_once_it_can() {
+    let extra = format!(
+        "self_fence_ms = 300\nwait_for_all = true\nwitness = {{ file = \"WITNESS\", votes = 1 }}\n{}",
+        baton::lab::LAB_FENCING
+    );
+    let Some(c) = start_with("bq", 2, &extra) else {
+        return;
+    };
+    let lock_path = c.dir.path().join("witness.lock");
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    // SAFETY: flock on a file this test owns; then stopping the daemon this lab started.
+    unsafe {
+        assert_eq!(
+            libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX),
+            0
+        );
+        libc::kill(c.daemon_pid(1).unwrap() as i32, libc::SIGSTOP);
+    }
+    // The survivor's loop runs on: its status is rewritten and it answers operators.
+    let uptime = |c: &ClusterLab| {
+        c.status(2)
+            .and_then(|s| s["uptime_ms"].as_u64())
+            .unwrap_or(0)
+    };
+    let from = uptime(&c);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while uptime(&c) < from + 2_000 {
+        assert!(Instant::now() < deadline, "n2's loop stalled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = baton_at(&c.socket(2), &["status", "--json"]);
+    assert!(out.status.success(), "n2 does not answer status");
+    // Without the witness a lone node of two has no quorum: nobody serves.
+    let s2 = c.status(2).unwrap();
+    assert_eq!(s2["quorate"], false, "{s2}");
+    assert_eq!(s2["services"][0]["here"], "stopped", "{s2}");
+    drop(lock);
+    // Now the lease (expired) can be taken: n2 becomes quorate, fences n1, serves.
+    let server = c.vip_server(Duration::from_secs(20), |n| n == 2).unwrap();
+    assert_eq!(
+        server,
+        Some(2),
+        "n2 did not take over; logs in {}",
+        c.keep_logs().display()
+    );
+    let (most, n2_alone) = most_servers_at_once(&c, Duration::from_secs(2), 2);
+    assert!(most <= 1 && n2_alone, "{most} nodes served at once");
+    assert_one_owner_at_a_time(&c, 2);
+}
