@@ -28,6 +28,9 @@ inventory::submit! {
     crate::BuiltinAgent { name: "ipaddr", build: || Box::new(IpAddrAgent::default()) }
 }
 
+/// Probe rounds before an address is refused: a holder must answer every one.
+const PROBE_ROUNDS: usize = 3;
+
 /// The `ipaddr` agent.
 #[derive(Default)]
 pub struct IpAddrAgent {
@@ -411,8 +414,17 @@ impl ResourceAgent for IpAddrAgent {
         if let (IpAddr::V4(v4), Some(mac)) = (s.ip, link.mac)
             && !s.probe.is_zero()
         {
-            let holder = announce::probe_v4(link.index, mac, v4, s.probe)
-                .map_err(io_error(format!("ARP probe on {}", link.name)))?;
+            // A holder answers every probe. One that answered a round and then
+            // stops answering (it was letting the address go) does not hold it:
+            // refuse only when every round finds one.
+            let mut holder = None;
+            for _ in 0..PROBE_ROUNDS {
+                holder = announce::probe_v4(link.index, mac, v4, s.probe)
+                    .map_err(io_error(format!("ARP probe on {}", link.name)))?;
+                if holder.is_none() || Instant::now() + s.probe >= deadline {
+                    break;
+                }
+            }
             if let Some(other) = holder {
                 return Err(AgentError::generic(format!(
                     "{} is already answered for by {} on {}: another host holds the address; not adding it",
