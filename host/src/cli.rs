@@ -419,6 +419,29 @@ fn print_status(s: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
             ""
         }
     );
+    if let Some(problem) = s["witness_problem"].as_str() {
+        println!("WARNING: witness not counted: {problem}");
+    }
+    if let Some(h) = s.get("health").filter(|h| !h.is_null()) {
+        let checks: Vec<String> = h["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| match c["detail"].as_str() {
+                Some(d) => format!("{}: FAILED ({d})", c["check"].as_str().unwrap_or("?")),
+                None => format!("{}: ok", c["check"].as_str().unwrap_or("?")),
+            })
+            .collect();
+        println!(
+            "health: {} — {}",
+            if h["healthy"].as_bool() == Some(true) {
+                "ok"
+            } else {
+                "FAILING: this node runs nothing and holds no witness"
+            },
+            checks.join("; ")
+        );
+    }
     for l in s["links"].as_array().into_iter().flatten() {
         if l["up"].as_bool() != Some(true) {
             println!(

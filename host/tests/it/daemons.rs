@@ -501,6 +501,13 @@ fn a_stalled_witness_stalls_no_daemon() {
         answers[0]
     );
     assert_eq!(answers[0]["witness_held"], false);
+    // And in words, for the operator.
+    let text = baton_at(&c.dir.path().join("n1.sock"), &["status"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("WARNING: witness not counted"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
     // Three nodes are a majority without the witness: nothing moved.
     assert_eq!(c.status(2).unwrap()["epoch"], epoch);
     assert_eq!(c.owners(), [1]);

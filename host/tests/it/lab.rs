@@ -546,6 +546,13 @@ fn an_owner_that_loses_only_its_service_lan_hands_the_service_over() {
         c.status(2).unwrap()["members"].as_array().map(Vec::len),
         Some(2)
     );
+    // n1 is still a member, and says why it runs nothing.
+    let text = baton_at(&c.socket(1), &["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("health: FAILING") && text.contains("arp:198.18.2.254: FAILED"),
+        "{text}"
+    );
 }
 
 /// The witness's holder freezes inside the lease lock (emulated: n1 is stopped
