@@ -47,6 +47,11 @@ struct LoadedService {
     addresses: Vec<std::net::IpAddr>,
     /// The mount points of its `filesystem` resources (for the guardian).
     mounts: Vec<PathBuf>,
+    /// Held by a start or stop round: the two never run at once, or a stop could
+    /// finish (and the claim go) while the start still adds resources.
+    round: std::sync::Mutex<()>,
+    /// Set by a stop: the start round under way starts no further resource.
+    abort: std::sync::atomic::AtomicBool,
 }
 
 /// What a start or monitor round found: healthy, or the recovery the failure asks
@@ -227,6 +232,8 @@ fn load_service(
         monitor_every,
         addresses,
         mounts,
+        round: std::sync::Mutex::new(()),
+        abort: std::sync::atomic::AtomicBool::new(false),
     })
 }
 
@@ -282,8 +289,20 @@ fn worst(a: Recovery, b: Recovery) -> Recovery {
 
 /// Start the resources in order; on a failure, stop the ones started, in reverse.
 fn start_service(svc: &LoadedService) -> Round {
+    let _round = svc.round.lock().unwrap_or_else(|e| e.into_inner());
+    svc.abort.store(false, Ordering::SeqCst);
     let mut states = vec!["stopped".to_string(); svc.resources.len()];
     for (k, (handle, req)) in svc.resources.iter().enumerate() {
+        if svc.abort.load(Ordering::SeqCst) {
+            // A stop is waiting: start nothing more; it stops what started.
+            return Round {
+                result: Err((
+                    Recovery::RestartHere,
+                    format!("start of {} given up for a stop", svc.name),
+                )),
+                states,
+            };
+        }
         let (result, state) = call(handle, req, Action::Start, None);
         states[k] = state;
         if let Err(recovery) = result {
@@ -339,6 +358,9 @@ fn stop_resources(
 }
 
 fn stop_service(svc: &LoadedService, cap_ms: Option<u64>) -> (bool, Vec<String>) {
+    // Let a start under way finish its current resource, then stop everything.
+    svc.abort.store(true, Ordering::SeqCst);
+    let _round = svc.round.lock().unwrap_or_else(|e| e.into_inner());
     let (ok, states) = stop_resources(&svc.resources, cap_ms);
     if ok {
         tracing::info!(service = %svc.name, "stopped");

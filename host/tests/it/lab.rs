@@ -36,8 +36,19 @@ fn log_tails(c: &ClusterLab) -> String {
             let log =
                 std::fs::read_to_string(c.dir.path().join(format!("n{n}.log"))).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
+            let addrs = std::process::Command::new("ip")
+                .args(["-n", &c.lab.node_ns(n), "-o", "addr", "show", "svc"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
             format!(
-                "--- n{n}.log\n{}",
+                "--- n{n}.log (svc MAC {}; {})\n{}",
+                c.lab.mac(n, Lan::Service).unwrap_or_default(),
+                addrs
+                    .split_whitespace()
+                    .filter(|w| w.contains('/'))
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 lines[lines.len().saturating_sub(12)..].join("\n")
             )
         })
@@ -609,4 +620,49 @@ fn a_frozen_lease_holder_stalls_nobody_and_the_survivor_takes_over_once_it_can()
     let (most, n2_alone) = most_servers_at_once(&c, Duration::from_secs(2), 2);
     assert!(most <= 1 && n2_alone, "{most} nodes served at once");
     assert_one_owner_at_a_time(&c, 2);
+}
+
+/// A stop issued while a start is under way waits for it, then stops
+/// everything: a service moved away while its address is still being probed
+/// must not get that address added after its stop (it would answer for the new
+/// owner's address and block its start).
+#[test]
+fn a_service_moved_away_during_its_start_leaves_nothing_behind() {
+    if !Lab::possible() {
+        eprintln!("lab tests need root and iproute2; skipped");
+        return;
+    }
+    let slow_address = format!(
+        "[[service.resource]]\nagent = \"ipaddr\"\nparams = {{ address = \"{}/24\", interface = \"svc\", probe_ms = \"1500\" }}\n",
+        baton::lab::VIP
+    );
+    let spec = baton::lab::LabSpec {
+        strategy: "standby+noaddress",
+        after_address: &slow_address,
+        ..baton::lab::LabSpec::default()
+    };
+    let prefix = format!("bv{}", std::process::id() % 1000);
+    let c = ClusterLab::start_spec(&prefix, &baton_exe(), &spec).unwrap();
+    // n1's process answers: its start round is now probing for the address.
+    assert!(c.wait_answering(vec![1], Duration::from_secs(20)).unwrap());
+    let out = baton_at(&c.socket(2), &["move", "web", "--to", "n2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        c.wait_vip(2, Duration::from_secs(20)).unwrap(),
+        "n2 never served at the address; logs in {}",
+        c.keep_logs().display()
+    );
+    assert!(!has_vip(&c, 1), "n1 added the address after its stop");
+    // Nor did n1 race n2 for it (an address start after its stop).
+    let log = std::fs::read_to_string(c.dir.path().join("n1.log")).unwrap();
+    assert!(
+        !log.contains("already answered for"),
+        "n1 started the address after its stop: {log}"
+    );
+    assert!(c.served_only_by(2, Duration::from_secs(1)).unwrap());
+    assert_one_owner_at_a_time(&c, 1);
 }
