@@ -17,7 +17,7 @@
 //! that command exits, after which it expires.
 
 use crate::lease::{Block, LeaseArea, Record};
-use crate::reading::{param, required, text};
+use crate::reading::{param, required, text, whole};
 use baton_plugin_api::{
     Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamType, Request,
     ResourceAgent,
@@ -66,20 +66,13 @@ struct Settings {
     lease: Duration,
 }
 
-fn number(meta: &Metadata, req: &Request, name: &str) -> Result<u64, AgentError> {
-    let raw = required(meta, req, name)?;
-    raw.trim()
-        .parse()
-        .map_err(|_| AgentError::misconfigured(format!("{name}: {raw:?} is not a whole number")))
-}
-
 impl DiskLeaseAgent {
     fn settings(&self, req: &Request) -> Result<Settings, AgentError> {
         let meta = self.metadata();
         let device = required(&meta, req, "device")?.to_owned();
         let offset = match text(&meta, req, "offset") {
-            Some(_) => number(&meta, req, "offset")?,
-            None => number(&meta, req, "slot")? * crate::lease::BLOCK as u64,
+            Some(_) => whole(&meta, req, "offset", None)?,
+            None => whole(&meta, req, "slot", Some(1 << 40))? * crate::lease::BLOCK as u64,
         };
         if !offset.is_multiple_of(crate::lease::BLOCK as u64) {
             return Err(AgentError::misconfigured(format!(
@@ -92,7 +85,7 @@ impl DiskLeaseAgent {
                 "cluster and node names in a lease are at most 64 bytes".to_string(),
             ));
         }
-        let lease_ms = number(&meta, req, "lease_ms")?;
+        let lease_ms = whole(&meta, req, "lease_ms", None)?;
         if lease_ms < 400 {
             return Err(AgentError::misconfigured(format!(
                 "lease_ms: {lease_ms} is too short; at least 400 (renewals every quarter of it must reach the disk)"

@@ -11,7 +11,7 @@
 //! `not-running` when it points elsewhere or nowhere, an error when the server
 //! does not answer.
 
-use crate::reading::{param, required, text};
+use crate::reading::{millis, param, required, text, whole};
 use baton_plugin_api::{
     Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamType, Request,
     ResourceAgent,
@@ -111,10 +111,7 @@ impl DnsNameAgent {
                 "give address (the address the name points to) or interface (this node's own address on it)",
             ));
         }
-        let ttl_raw = required(&meta, req, "ttl")?;
-        let ttl = ttl_raw.parse().map_err(|_| {
-            AgentError::misconfigured(format!("ttl: {ttl_raw:?} is not a number of seconds"))
-        })?;
+        let ttl = whole(&meta, req, "ttl", Some(u64::from(u32::MAX)))? as u32;
         let key_file = required(&meta, req, "key_file")?;
         let key_text = std::fs::read_to_string(key_file)
             .map_err(|e| AgentError::invalid_args(format!("key_file {key_file}: {e}")))?;
@@ -123,17 +120,14 @@ impl DnsNameAgent {
                 "key_file {key_file}: {e}; write it with `tsig-keygen -a hmac-sha256 NAME`"
             ))
         })?;
-        let timeout_raw = required(&meta, req, "timeout_ms")?;
-        let timeout_ms: u64 = timeout_raw.parse().map_err(|_| {
-            AgentError::misconfigured(format!("timeout_ms: {timeout_raw:?} is not a number"))
-        })?;
+
         Ok(Settings {
             server,
             zone,
             name,
             ttl,
             key,
-            timeout: Duration::from_millis(timeout_ms).min(req.context.timeout()),
+            timeout: millis(&meta, req, "timeout_ms")?.min(req.context.timeout()),
         })
     }
 

@@ -13,7 +13,7 @@
 
 use crate::announce::{self, mac_text};
 use crate::netlink::{Address, Link, Netlink};
-use crate::reading::{param, required, text};
+use crate::reading::{param, required, text, whole};
 use baton_plugin_api::{
     Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamType, Request,
     ResourceAgent,
@@ -78,16 +78,6 @@ fn parse_address(raw: &str) -> Result<(IpAddr, u8), AgentError> {
     }
 }
 
-fn number(meta: &Metadata, req: &Request, name: &str, max: u64) -> Result<u64, AgentError> {
-    let raw = required(meta, req, name)?;
-    match raw.trim().parse::<u64>() {
-        Ok(n) if n <= max => Ok(n),
-        _ => Err(AgentError::misconfigured(format!(
-            "{name}: {raw:?} is not a number from 0 to {max}"
-        ))),
-    }
-}
-
 fn io_error(what: impl std::fmt::Display) -> impl Fn(std::io::Error) -> AgentError {
     move |e| {
         if e.kind() == std::io::ErrorKind::PermissionDenied {
@@ -130,9 +120,14 @@ impl IpAddrAgent {
             prefix,
             interface,
             label,
-            arp_count: number(&meta, req, "arp_count", 100)? as u32,
-            arp_interval: Duration::from_millis(number(&meta, req, "arp_interval_ms", 60_000)?),
-            probe: Duration::from_millis(number(&meta, req, "probe_ms", 10_000)?),
+            arp_count: whole(&meta, req, "arp_count", Some(100))? as u32,
+            arp_interval: Duration::from_millis(whole(
+                &meta,
+                req,
+                "arp_interval_ms",
+                Some(60_000),
+            )?),
+            probe: Duration::from_millis(whole(&meta, req, "probe_ms", Some(10_000))?),
         })
     }
 

@@ -26,6 +26,26 @@ pub(crate) fn required<'a>(
     })
 }
 
+/// A whole-number parameter, at most `max` when given.
+pub(crate) fn whole(
+    meta: &Metadata,
+    req: &Request,
+    name: &str,
+    max: Option<u64>,
+) -> Result<u64, AgentError> {
+    let raw = required(meta, req, name)?;
+    match (raw.trim().parse::<u64>(), max) {
+        (Ok(n), Some(max)) if n <= max => Ok(n),
+        (Ok(n), None) => Ok(n),
+        (_, Some(max)) => Err(AgentError::misconfigured(format!(
+            "{name}: {raw:?} is not a number from 0 to {max}"
+        ))),
+        (_, None) => Err(AgentError::misconfigured(format!(
+            "{name}: {raw:?} is not a whole number"
+        ))),
+    }
+}
+
 pub(crate) fn millis(meta: &Metadata, req: &Request, name: &str) -> Result<Duration, AgentError> {
     let raw = required(meta, req, name)?;
     raw.trim()

@@ -1,4 +1,4 @@
-//! The cluster core (in progress, issue 4): the heartbeat wire format, the
+//! The cluster core: the heartbeat wire format, the
 //! membership state machine, quorum, the witness lease, placement and the
 //! service ownership protocol ([`node::ClusterNode`]). Pure code driven by packets and clock ticks, so the
 //! daemon and the deterministic simulation run the same logic.

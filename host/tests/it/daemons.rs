@@ -1,7 +1,7 @@
 //! Real `baton run` daemons on loopback (three nodes, two links each, UDP): the
-//! service fails over when its node is killed with kill -9, and a returning node
-//! does not take a rotating service back. (The namespace lab with cut links and
-//! isolation is the next step of issue 4.)
+//! service fails over when its node is killed with kill -9, a returning node
+//! does not take a rotating service back, and a stalled witness stalls no
+//! daemon. Cut links and isolation are tested in the namespace lab (`lab.rs`).
 
 use crate::support::{baton_at, baton_exe};
 use baton::lab::{ServiceSpec, write_cluster_config};
