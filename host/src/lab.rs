@@ -452,8 +452,11 @@ pub struct LabSpec<'a> {
     pub timing: &'a str,
     /// How many nodes (2..=9).
     pub nodes: usize,
-    /// The service's strategy (`standby+noaddress`: without the virtual address).
+    /// The service's strategy.
     pub strategy: &'a str,
+    /// Whether a single-owner service gets the virtual address ([`VIP`]); a
+    /// clone never does.
+    pub address: bool,
     /// Extra `[cluster]` lines.
     pub cluster_extra: &'a str,
     /// `[[service.resource]]` tables before the service's process.
@@ -470,6 +473,7 @@ impl Default for LabSpec<'_> {
             timing: "fast",
             nodes: 3,
             strategy: "standby",
+            address: true,
             cluster_extra: "self_fence_ms = 300",
             before_process: "",
             command: None,
@@ -507,8 +511,7 @@ impl ClusterLab {
     }
 
     /// Like [`ClusterLab::start`] with `nodes` nodes, the service's `strategy`
-    /// (`standby+noaddress`: standby without the virtual address) and extra
-    /// `[cluster]` lines; `WITNESS` in them is replaced by the lab's witness file
+    /// and extra `[cluster]` lines; `WITNESS` in them is replaced by the lab's witness file
     /// path.
     pub fn start_with(
         prefix: &str,
@@ -564,11 +567,7 @@ impl ClusterLab {
         let process = format!("command = {command:?}, ready_tcp = \"127.0.0.1:8080\"");
         // A single-owner service is reached at its virtual address; a clone runs
         // everywhere and is reached at each node's own address.
-        let (strategy, address) = match spec.strategy.strip_suffix("+noaddress") {
-            Some(s) => (s, false),
-            None => (spec.strategy, spec.strategy != "clone"),
-        };
-        let vip = if !address {
+        let vip = if !spec.address || spec.strategy == "clone" {
             String::new()
         } else {
             format!(
@@ -577,7 +576,7 @@ impl ClusterLab {
         };
         let after_process = vip + &in_lab(spec.after_address);
         let service = ServiceSpec {
-            strategy,
+            strategy: spec.strategy,
             extra: "",
             process_params: &process,
             before_process: &in_lab(spec.before_process),

@@ -406,7 +406,7 @@ fn two_nodes_and_a_disk_witness_run_the_service_on_exactly_one_side() {
     let spec = LabSpec {
         timing: "default",
         nodes: 2,
-        strategy: "standby+noaddress",
+        address: false,
         cluster_extra: &extra,
         ..LabSpec::default()
     };

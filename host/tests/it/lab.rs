@@ -4,7 +4,7 @@
 //! a client probing the service.
 
 use crate::support::{baton_at, baton_exe};
-use baton::lab::{ClusterLab, Lab, Lan, ledger_overlaps};
+use baton::lab::{ClusterLab, Lab, LabSpec, Lan, ledger_overlaps};
 use std::time::{Duration, Instant};
 
 /// The ledger shows one owner at a time, and (once the latest owner's ledger
@@ -268,20 +268,23 @@ fn start_strategy(
     strategy: &str,
     cluster_extra: &str,
 ) -> Option<ClusterLab> {
+    let spec = LabSpec {
+        nodes,
+        strategy,
+        cluster_extra,
+        ..LabSpec::default()
+    };
+    start_spec(prefix, &spec)
+}
+
+/// The lab `spec` describes, with n1 serving and its owner interval recorded.
+fn start_spec(prefix: &str, spec: &LabSpec) -> Option<ClusterLab> {
     if !Lab::possible() {
         eprintln!("lab tests need root and iproute2; skipped");
         return None;
     }
     let prefix = format!("{prefix}{}", std::process::id() % 1000);
-    let c = ClusterLab::start_with(
-        &prefix,
-        &baton_exe(),
-        "fast",
-        nodes,
-        strategy,
-        cluster_extra,
-    )
-    .unwrap();
+    let c = ClusterLab::start_spec(&prefix, &baton_exe(), spec).unwrap();
     assert!(
         c.wait_answering(vec![1], Duration::from_secs(20)).unwrap(),
         "n1 never served; logs in {}",
@@ -304,12 +307,13 @@ fn quorate_and_here(c: &ClusterLab, n: usize) -> (bool, String) {
 fn a_two_node_partition_with_a_witness_leaves_exactly_one_side_running() {
     // Without the virtual address: n1's service LAN is cut too, and an address
     // there cannot serve (a health check's job); this test is about the witness.
-    let Some(c) = start_strategy(
-        "bw",
-        2,
-        "standby+noaddress",
-        "self_fence_ms = 300\nwait_for_all = true\nwitness = { file = \"WITNESS\", votes = 1 }",
-    ) else {
+    let spec = LabSpec {
+        nodes: 2,
+        address: false,
+        cluster_extra: "self_fence_ms = 300\nwait_for_all = true\nwitness = { file = \"WITNESS\", votes = 1 }",
+        ..LabSpec::default()
+    };
+    let Some(c) = start_spec("bw", &spec) else {
         return;
     };
     let pid1 = c.service_pid(1).unwrap();
@@ -634,10 +638,10 @@ fn a_service_moved_away_during_its_start_leaves_nothing_behind() {
         "[[service.resource]]\nagent = \"ipaddr\"\nparams = {{ address = \"{}/24\", interface = \"svc\", probe_ms = \"1500\" }}\n",
         baton::lab::VIP
     );
-    let spec = baton::lab::LabSpec {
-        strategy: "standby+noaddress",
+    let spec = LabSpec {
+        address: false,
         after_address: &slow_address,
-        ..baton::lab::LabSpec::default()
+        ..LabSpec::default()
     };
     let prefix = format!("bv{}", std::process::id() % 1000);
     let c = ClusterLab::start_spec(&prefix, &baton_exe(), &spec).unwrap();
