@@ -575,10 +575,12 @@ pub fn run(
     clean_up_leftovers(&services)?;
     // The guardian fences this node's services if this process dies or hangs
     // for half the self-fence bound (see guardian.rs).
-    let mut guardian = Guardian::spawn(&runner_exe, spec.bounds.self_fence / 2)
-        .context("cannot start the guardian (baton guardian)")?;
-    let mut charge = Charge::default();
-    let mut next_charge = 0u64;
+    let mut guardian = Guarded {
+        guardian: Guardian::spawn(&runner_exe, spec.bounds.self_fence / 2)
+            .context("cannot start the guardian (baton guardian)")?,
+        charge: Charge::default(),
+        next_scan: 0,
+    };
     let guardian_lease_ms = (spec.bounds.self_fence / 2).as_millis() as u64;
     let health = cluster.cluster.health.as_ref().map(crate::health::start);
     let mut last_turn = 0u64;
@@ -712,7 +714,7 @@ pub fn run(
             let commands = match d {
                 Done::Started(i, round) => {
                     // Its processes exist now: the guardian learns them at the next tick.
-                    next_charge = 0;
+                    guardian.next_scan = 0;
                     local[i].states = round.states;
                     next_monitor[i] = now + services[i].monitor_every;
                     let result = round.result.map_err(|(recovery, failure)| {
@@ -818,24 +820,7 @@ pub fn run(
             if quorate {
                 quorate_at = now;
             }
-            // Process groups only while something is held: with nothing held a
-            // late renewal must not touch the agents' runners. While a start or a
-            // stop runs, processes come and go: learn them every tick then.
-            let changing = node
-                .phases()
-                .iter()
-                .any(|p| matches!(p, Phase::Starting | Phase::Stopping));
-            if !node.phases().iter().any(|p| p.holds()) {
-                charge.groups.clear();
-                next_charge = 0;
-            } else if changing || now >= next_charge {
-                next_charge = now + GROUPS_EVERY_MS;
-                charge.groups = descendant_groups(std::process::id(), &[]);
-            }
-            charge.holds = node.phases().iter().any(|p| p.holds());
-            charge.addresses = held(&services, node.phases(), |s| &s.addresses);
-            charge.mounts = held(&services, node.phases(), |s| &s.mounts);
-            guardian.renew(&charge);
+            guardian.renew(&services, node.phases(), now);
             if let Some(dog) = watchdog.as_mut() {
                 let holds = node.phases().iter().any(|p| p.holds());
                 if quorate || !holds || now.saturating_sub(quorate_at) < self_fence_ms {
@@ -890,13 +875,45 @@ pub fn run(
         }
     }
     if all_stopped {
-        guardian.stand_down();
+        guardian.guardian.stand_down();
     }
     if let Some(dog) = watchdog.as_mut() {
         dog.disarm();
     }
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
+}
+
+/// The guardian and what it was last told this node holds.
+struct Guarded {
+    guardian: Guardian,
+    charge: Charge,
+    /// When to walk /proc for the services' process groups again.
+    next_scan: u64,
+}
+
+impl Guarded {
+    /// Renew the guardian's lease with what the services in `phases` hold now.
+    /// Process groups only while something is held (with nothing held a late
+    /// renewal must not touch the agents' runners); while a start or a stop
+    /// runs, processes come and go, so they are learnt every tick then.
+    fn renew(&mut self, services: &[LoadedService], phases: &[Phase], now: u64) {
+        let holds = phases.iter().any(|p| p.holds());
+        let changing = phases
+            .iter()
+            .any(|p| matches!(p, Phase::Starting | Phase::Stopping));
+        if !holds {
+            self.charge.groups.clear();
+            self.next_scan = 0;
+        } else if changing || now >= self.next_scan {
+            self.next_scan = now + GROUPS_EVERY_MS;
+            self.charge.groups = descendant_groups(std::process::id(), &[]);
+        }
+        self.charge.holds = holds;
+        self.charge.addresses = held(services, phases, |s| &s.addresses);
+        self.charge.mounts = held(services, phases, |s| &s.mounts);
+        self.guardian.renew(&self.charge);
+    }
 }
 
 /// What the services this node holds (or may hold) have of one kind
