@@ -229,6 +229,14 @@ impl Lab {
         Ok(())
     }
 
+    /// Whether node `n` has `address` configured on any interface.
+    pub fn has_address(&self, n: usize, address: &str) -> bool {
+        Command::new("ip")
+            .args(["-n", &self.node_ns(n), "-o", "addr", "show"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!(" {address}/")))
+    }
+
     /// The MAC address of node `n`'s interface on `lan`.
     pub fn mac(&self, n: usize, lan: Lan) -> anyhow::Result<String> {
         let path = format!("/sys/class/net/{}/address", self.ifname(lan));

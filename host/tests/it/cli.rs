@@ -1,6 +1,6 @@
 //! The `baton agent` commands as a user runs them.
 
-use crate::support::{baton_exe, native_lib, wasm};
+use crate::support::{baton_exe, native_lib, output_text, wasm};
 use std::process::{Command, Output};
 
 fn baton(config: &std::path::Path, args: &[&str]) -> Output {
@@ -25,14 +25,6 @@ fn config(dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 #[test]
 fn install_list_run_and_test_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -45,11 +37,11 @@ fn install_list_run_and_test_from_the_command_line() {
             wasm("sample_wasm_agent").to_str().unwrap(),
         ],
     );
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     assert!(
-        text(&o).contains("installed sample-wasm 0.1.0"),
+        output_text(&o).contains("installed sample-wasm 0.1.0"),
         "{}",
-        text(&o)
+        output_text(&o)
     );
 
     let o = baton(&cfg, &["agent", "list", "--json"]);
@@ -66,18 +58,18 @@ fn install_list_run_and_test_from_the_command_line() {
     );
 
     let o = baton(&cfg, &["agent", "run", "sample-wasm", "start", "--json"]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report["action"], "start");
     assert_eq!(report["result"]["Ok"]["kind"], "done");
     assert_eq!(report["recovery"], "none");
 
     let o = baton(&cfg, &["agent", "test", "sample-wasm"]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     assert!(
-        text(&o).contains("PASS: 16 passed, 0 failed"),
+        output_text(&o).contains("PASS: 16 passed, 0 failed"),
         "{}",
-        text(&o)
+        output_text(&o)
     );
 }
 
@@ -88,7 +80,7 @@ fn info_renders_ocf_xml() {
         &config(dir.path()),
         &["agent", "info", "process", "--format", "ocf-xml"],
     );
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let xml = String::from_utf8(o.stdout).unwrap();
     assert!(xml.contains("<resource-agent name=\"process\""), "{xml}");
     assert!(
@@ -111,11 +103,12 @@ fn a_failed_call_exits_1_and_names_the_recovery() {
             "mode=abort",
         ],
     );
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
     assert!(
-        text(&o).contains("FAILED generic (crash)") && text(&o).contains("recovery: restart-here"),
+        output_text(&o).contains("FAILED generic (crash)")
+            && output_text(&o).contains("recovery: restart-here"),
         "{}",
-        text(&o)
+        output_text(&o)
     );
 }
 
@@ -147,16 +140,20 @@ fn bad_flags_and_names_get_errors_that_say_what_to_write() {
     ] {
         let o = baton(&cfg, args);
         assert!(!o.status.success(), "{args:?} succeeded");
-        assert!(text(&o).contains(wanted), "{args:?}: {}", text(&o));
+        assert!(
+            output_text(&o).contains(wanted),
+            "{args:?}: {}",
+            output_text(&o)
+        );
     }
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[agents]\nstore = 5\n").unwrap();
     let o = baton(&bad, &["agent", "list"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        text(&o).contains("bad.toml") && text(&o).contains("store"),
+        output_text(&o).contains("bad.toml") && output_text(&o).contains("store"),
         "{}",
-        text(&o)
+        output_text(&o)
     );
 }
 
@@ -195,7 +192,7 @@ params = { command = "sleep 1", port = { a = 1 } }
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
-    let out = text(&o);
+    let out = output_text(&o);
     for wanted in [
         "node[1].links: 1 links, but node[0] has 2",
         "service[0].preferred[0]: no node is named \"n3\"",

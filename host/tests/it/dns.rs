@@ -4,7 +4,7 @@
 //! answer, and a failover after which a client resolves the name to the new
 //! owner.
 
-use crate::support::baton_exe;
+use crate::support::{baton_exe, output_text};
 use baton::lab::{ClusterLab, Lab, LabSpec, Lan};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -116,14 +116,6 @@ fn agent_in(lab: &Lab, n: usize, args: &[&str], key: &Path, server: &str) -> Out
     cmd.output().unwrap()
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// What a client in the lab resolves the name to.
 fn resolve(lab: &Lab) -> Vec<String> {
     lab.as_client(|| {
@@ -146,14 +138,14 @@ fn dns_name_passes_the_conformance_run_against_bind_and_names_a_wrong_key() {
     let named = Named::start(&lab);
     let key = named.key_file("good.key", "baton-lab", SECRET);
     let out = agent_in(&lab, 1, &["test", "dns-name"], &key, SERVER);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
 
     let out = agent_in(&lab, 1, &["run", "dns-name", "start"], &key, SERVER);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(resolve(&lab), [Lab::address(1, Lan::Service)]);
     // n2's stop must not remove n1's registration.
     let out = agent_in(&lab, 2, &["run", "dns-name", "stop"], &key, SERVER);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(resolve(&lab), [Lab::address(1, Lan::Service)]);
 
     // A wrong secret: refused, with the server and the key named.
@@ -164,7 +156,7 @@ fn dns_name_passes_the_conformance_run_against_bind_and_names_a_wrong_key() {
     );
     let out = agent_in(&lab, 2, &["run", "dns-name", "start"], &wrong, SERVER);
     assert!(!out.status.success());
-    let said = text(&out);
+    let said = output_text(&out);
     assert!(
         said.contains(SERVER) && said.contains("baton-lab"),
         "{said}"
@@ -179,9 +171,9 @@ fn dns_name_passes_the_conformance_run_against_bind_and_names_a_wrong_key() {
     let out = agent_in(&lab, 2, &["run", "dns-name", "start"], &key, "198.18.2.250");
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("198.18.2.250:53 did not answer within 1000 ms"),
+        output_text(&out).contains("198.18.2.250:53 did not answer within 1000 ms"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 }
 

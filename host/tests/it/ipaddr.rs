@@ -2,7 +2,7 @@
 //! the conformance run, bad parameters, an address another host already holds,
 //! and a failover that clients follow without waiting for their ARP cache.
 
-use crate::support::baton_exe;
+use crate::support::{baton_exe, output_text};
 use baton::lab::{ClusterLab, Lab, Lan, VIP};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -26,57 +26,48 @@ fn agent_in(lab: &Lab, n: usize, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Whether node `n` has `address` configured on any interface.
-fn has_address(lab: &Lab, n: usize, address: &str) -> bool {
-    let out = Command::new("ip")
-        .args(["-n", &lab.node_ns(n), "-o", "addr", "show"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains(&format!(" {address}/"))
-}
-
 #[test]
 fn ipaddr_passes_the_conformance_run_and_refuses_an_address_another_host_holds() {
     let Some(lab) = lab("ia", 2) else { return };
     let vip = format!("address={VIP}/24");
     let out = agent_in(&lab, 1, &["test", "ipaddr", "-p", &vip, "-p", "label=web"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(!has_address(&lab, 1, VIP), "the conformance run left it");
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(!lab.has_address(1, VIP), "the conformance run left it");
 
     // Chosen from the routing table: no interface parameter needed.
     let out = agent_in(&lab, 2, &["run", "ipaddr", "start", "-p", &vip]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(has_address(&lab, 2, VIP));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(lab.has_address(2, VIP));
     let out = agent_in(&lab, 2, &["run", "ipaddr", "monitor", "-p", &vip]);
-    assert!(text(&out).contains("running"), "{}", text(&out));
+    assert!(
+        output_text(&out).contains("running"),
+        "{}",
+        output_text(&out)
+    );
 
     // n2 holds it: n1's start is refused, names n2's MAC, and adds nothing.
     let out = agent_in(&lab, 1, &["run", "ipaddr", "start", "-p", &vip]);
     assert!(!out.status.success());
-    let said = text(&out);
+    let said = output_text(&out);
     let mac2 = lab.mac(2, Lan::Service).unwrap();
     assert!(
         said.contains("already answered for by") && said.contains(&mac2),
         "{said}"
     );
-    assert!(!has_address(&lab, 1, VIP));
+    assert!(!lab.has_address(1, VIP));
     let out = agent_in(&lab, 1, &["run", "ipaddr", "monitor", "-p", &vip]);
-    assert!(text(&out).contains("not-running"), "{}", text(&out));
+    assert!(
+        output_text(&out).contains("not-running"),
+        "{}",
+        output_text(&out)
+    );
 
     // Stop twice: both succeed, and it is gone.
     for _ in 0..2 {
         let out = agent_in(&lab, 2, &["run", "ipaddr", "stop", "-p", &vip]);
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", output_text(&out));
     }
-    assert!(!has_address(&lab, 2, VIP));
+    assert!(!lab.has_address(2, VIP));
 }
 
 #[test]
@@ -89,9 +80,9 @@ fn ipaddr_names_the_bad_parameter_and_the_missing_interface() {
     );
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("address: 198.18.2.300 is not an IPv4 or IPv6 address"),
+        output_text(&out).contains("address: 198.18.2.300 is not an IPv4 or IPv6 address"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     let out = agent_in(
         &lab,
@@ -99,9 +90,9 @@ fn ipaddr_names_the_bad_parameter_and_the_missing_interface() {
         &["run", "ipaddr", "start", "-p", "address=198.18.2.100"],
     );
     assert!(
-        text(&out).contains("has no prefix length"),
+        output_text(&out).contains("has no prefix length"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     let vip = format!("address={VIP}/24");
     let out = agent_in(
@@ -110,7 +101,7 @@ fn ipaddr_names_the_bad_parameter_and_the_missing_interface() {
         &["run", "ipaddr", "start", "-p", &vip, "-p", "interface=eth9"],
     );
     assert!(!out.status.success());
-    let said = text(&out);
+    let said = output_text(&out);
     assert!(said.contains("no interface eth9 on node"), "{said}");
     assert!(said.contains("svc"), "lists the interfaces there: {said}");
     // A link that is down: a clear error, and the address is not left behind.
@@ -122,11 +113,11 @@ fn ipaddr_names_the_bad_parameter_and_the_missing_interface() {
     );
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("interface svc is down"),
+        output_text(&out).contains("interface svc is down"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
-    assert!(!has_address(&lab, 1, VIP));
+    assert!(!lab.has_address(1, VIP));
 }
 
 /// After the owner is cut off, the new owner's announcement updates the client's
@@ -171,7 +162,7 @@ fn after_a_failover_clients_reach_the_address_without_waiting_for_their_arp_cach
     );
     // The isolated old owner lost quorum and removed the address itself.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while has_address(&c.lab, 1, VIP) {
+    while c.lab.has_address(1, VIP) {
         assert!(Instant::now() < deadline, "n1 still has {VIP}");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -231,5 +222,5 @@ fn a_stopped_address_is_not_announced_any_more() {
         2,
         &["run", "ipaddr", "start", "-p", &vip, "-p", "probe_ms=1200"],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
 }

@@ -426,14 +426,6 @@ fn most_servers_at_once(c: &ClusterLab, span: Duration, want: usize) -> (usize, 
         .unwrap()
 }
 
-fn has_vip(c: &ClusterLab, n: usize) -> bool {
-    let out = std::process::Command::new("ip")
-        .args(["-n", &c.lab.node_ns(n), "-o", "addr", "show"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains(&format!(" {}/", baton::lab::VIP))
-}
-
 /// Without a fence agent, a daemon killed while its services run: its guardian
 /// ends the service and removes the address at once, so the survivors' fence
 /// wait holds and no two nodes ever serve.
@@ -453,7 +445,10 @@ fn a_killed_daemons_guardian_ends_its_services_without_a_fence_agent() {
         "the service of the killed daemon still runs; logs in {}",
         c.keep_logs().display()
     );
-    assert!(!has_vip(&c, 1), "n1 still has the address");
+    assert!(
+        !c.lab.has_address(1, baton::lab::VIP),
+        "n1 still has the address"
+    );
     let (most, n2_alone) = most_servers_at_once(&c, Duration::from_secs(4), 2);
     assert!(most <= 1, "{most} nodes served at once");
     assert!(
@@ -480,7 +475,7 @@ fn a_frozen_daemons_guardian_ends_its_services_without_a_fence_agent() {
     let (most, n2_alone) = most_servers_at_once(&c, Duration::from_secs(4), 2);
     // Killed, it stays a zombie until its frozen parent reaps it: ended, not gone.
     let gone = baton_agents::proc_stat(service as u32).is_none_or(|(_, zombie)| zombie);
-    let vip_left = has_vip(&c, 1);
+    let vip_left = c.lab.has_address(1, baton::lab::VIP);
     // SAFETY: as above.
     unsafe {
         libc::kill(daemon, libc::SIGCONT);
@@ -658,7 +653,10 @@ fn a_service_moved_away_during_its_start_leaves_nothing_behind() {
         "n2 never served at the address; logs in {}",
         c.keep_logs().display()
     );
-    assert!(!has_vip(&c, 1), "n1 added the address after its stop");
+    assert!(
+        !c.lab.has_address(1, baton::lab::VIP),
+        "n1 added the address after its stop"
+    );
     // Nor did n1 race n2 for it (an address start after its stop).
     let log = std::fs::read_to_string(c.dir.path().join("n1.log")).unwrap();
     assert!(

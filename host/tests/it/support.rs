@@ -123,3 +123,12 @@ pub fn gone_within(pid: i32, limit: std::time::Duration) -> bool {
     }
     true
 }
+
+/// A command's stdout and stderr, as one text for assertions and messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
