@@ -122,6 +122,16 @@ impl Membership {
         self.me
     }
 
+    /// This node's incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// The version of the last report this node published (the next one is one higher).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     /// The agreed view: its epoch and members.
     pub fn view(&self) -> (u64, &BTreeSet<NodeId>) {
         (self.epoch, &self.view)

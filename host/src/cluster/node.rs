@@ -11,8 +11,11 @@
 //!    if a stop overruns).
 //! 2. A node *claims* a service (publishes it in its report) when placement names
 //!    it and no member claims the service.
-//! 3. It starts only after its claim has been visible for `settle` (longer than a
-//!    report takes to reach every member) and every node outside its view has been
+//! 3. It starts only after every other member of its view has acknowledged the
+//!    claim (a member's report names the claimer's report that first carried it, or
+//!    a newer one: that member has seen the claim, so it will not claim the service
+//!    itself, and any claim of its own made before is in the same report), and
+//!    every node outside its view has been
 //!    outside for at least `fence_wait` (the longest a lost node can take to notice
 //!    and finish self-fencing), counted from when this partition last gained quorum
 //!    if that is later (another partition may have just lost it, e.g. the witness
@@ -33,7 +36,7 @@
 use super::membership::{Membership, Millis, Timing};
 use super::placement::{Placement, ServiceSpec, Strategy, place};
 use super::quorum::{QuorumPolicy, QuorumState};
-use super::wire::{Fenced, Heartbeat, Move, NodeId, Report};
+use super::wire::{Ack, Fenced, Heartbeat, Move, NodeId, Report};
 use baton_plugin_api::Recovery;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -43,10 +46,12 @@ use std::time::Duration;
 pub enum Phase {
     /// Not held here.
     Stopped,
-    /// Claimed, waiting for the claim to settle before starting.
+    /// Claimed, waiting for every member to acknowledge the claim before starting.
     Claiming {
         /// When the claim was made.
         since: Millis,
+        /// The version of this node's first report that carries the claim.
+        version: u64,
     },
     /// A start is under way.
     Starting,
@@ -121,11 +126,6 @@ impl Bounds {
     pub fn fence_wait(&self) -> Duration {
         let t = self.membership;
         t.link_timeout + t.report_timeout + 2 * t.interval + self.max_delay + self.self_fence
-    }
-
-    /// How long a claim must be visible before the start.
-    pub fn settle(&self) -> Duration {
-        self.membership.report_timeout + self.max_delay
     }
 }
 
@@ -222,6 +222,9 @@ pub struct ClusterNode {
     fence_retry: BTreeMap<NodeId, Millis>,
     /// Operator moves taken here: service → (target, end).
     moves: BTreeMap<usize, (NodeId, Option<Millis>)>,
+    /// Whether a claim waits for the members' acknowledgements (always, except in
+    /// the simulation's check that the acknowledgement is what keeps owners single).
+    claim_acks: bool,
 }
 
 impl ClusterNode {
@@ -270,7 +273,15 @@ impl ClusterNode {
             fencing_now: BTreeMap::new(),
             fence_retry: BTreeMap::new(),
             moves: BTreeMap::new(),
+            claim_acks: true,
         }
+    }
+
+    /// Start claimed services without waiting for the members' acknowledgements.
+    /// Unsafe: only for the simulation, to show that the acknowledgement is needed.
+    #[doc(hidden)]
+    pub fn skip_claim_acks(&mut self) {
+        self.claim_acks = false;
     }
 
     /// The timing bounds.
@@ -624,10 +635,50 @@ impl ClusterNode {
             .fold(0, |acc, (i, _)| acc | (1 << i))
     }
 
+    /// Whether every other member of the current view has acknowledged this node's
+    /// claim first published in report `version`.
+    fn claim_acknowledged(&self, version: u64) -> bool {
+        let me = self.membership.me();
+        let incarnation = self.membership.incarnation();
+        !self.claim_acks
+            || self.membership.view().1.iter().all(|m| {
+                *m == me
+                    || self.membership.report_of(*m).is_some_and(|(r, _)| {
+                        r.acks.iter().any(|a| {
+                            a.node == me && a.incarnation == incarnation && a.version >= version
+                        })
+                    })
+            })
+    }
+
+    /// The acknowledgements this node publishes: the newest report it has of every
+    /// member whose claim is pending.
+    fn acks(&self) -> Vec<Ack> {
+        let me = self.membership.me();
+        self.membership
+            .view()
+            .1
+            .iter()
+            .filter(|n| **n != me)
+            .filter_map(|n| self.membership.report_of(*n))
+            .filter(|(r, _)| r.pending)
+            .map(|(r, _)| Ack {
+                node: r.node,
+                incarnation: r.incarnation,
+                version: r.version,
+            })
+            .collect()
+    }
+
     /// What this node publishes in its report at `now`.
     fn published(&self, now: Millis, banned: u64) -> Report {
         Report {
             claims: self.phase_bits(Phase::claims),
+            pending: self
+                .phases
+                .iter()
+                .any(|p| matches!(p, Phase::Claiming { .. })),
+            acks: self.acks(),
             banned,
             blocked: self.blocked,
             stop_failed: self.phase_bits(|p| p == Phase::StopFailed),
@@ -839,11 +890,14 @@ impl ClusterNode {
             let exclusive = spec.strategy != Strategy::Clone;
             let phase = self.phases[i];
             match phase {
-                // Claiming is harmless (nothing starts), so the claim settles while the
-                // fence wait for lost nodes runs down.
+                // Claiming is harmless (nothing starts), so the members acknowledge the
+                // claim while the fence wait for lost nodes runs down.
                 Phase::Stopped if wanted_here && (!exclusive || others.is_empty()) => {
                     if exclusive {
-                        self.phases[i] = Phase::Claiming { since: now };
+                        self.phases[i] = Phase::Claiming {
+                            since: now,
+                            version: self.membership.version() + 1,
+                        };
                     } else {
                         self.phases[i] = Phase::Starting;
                         commands.push(Command::Start(i));
@@ -852,10 +906,8 @@ impl ClusterNode {
                 Phase::Claiming { .. } if !wanted_here || others.iter().any(|o| *o < me) => {
                     self.phases[i] = Phase::Stopped;
                 }
-                Phase::Claiming { since }
-                    if now.saturating_sub(since) >= ms(self.bounds.settle())
-                        && others.is_empty()
-                        && lost_nodes_safe =>
+                Phase::Claiming { version, .. }
+                    if others.is_empty() && lost_nodes_safe && self.claim_acknowledged(version) =>
                 {
                     self.phases[i] = Phase::Starting;
                     commands.push(Command::Start(i));
@@ -1046,6 +1098,8 @@ mod cluster_tests {
         /// When each node last started service 0.
         started: BTreeMap<NodeId, Millis>,
         spec: ClusterSpec,
+        /// A node whose reports reach the others without their acknowledgements.
+        no_acks_from: Option<NodeId>,
     }
 
     impl Trio {
@@ -1076,6 +1130,7 @@ mod cluster_tests {
                 fences: Vec::new(),
                 started: BTreeMap::new(),
                 spec,
+                no_acks_from: None,
             }
         }
 
@@ -1093,7 +1148,12 @@ mod cluster_tests {
                     packets.extend(hbs);
                     self.carry_out(k, commands);
                 }
-                for hb in packets {
+                for mut hb in packets {
+                    for r in &mut hb.reports {
+                        if Some(r.node) == self.no_acks_from {
+                            r.acks.clear();
+                        }
+                    }
                     for k in 0..3 {
                         if !self.down.contains(&(k as NodeId + 1)) {
                             self.nodes[k].on_heartbeat(self.now, &hb);
@@ -1129,6 +1189,27 @@ mod cluster_tests {
                 })
                 .collect()
         }
+    }
+
+    #[test]
+    fn a_claim_starts_only_once_every_member_acknowledged_it() {
+        let mut t = Trio::new(true);
+        t.run(1_000);
+        assert_eq!(t.runs(), [1]);
+        t.no_acks_from = Some(3);
+        t.down.insert(1);
+        t.run(2_000);
+        assert!(t.fences.iter().any(|f| f.1 == 1), "node 1 was fenced");
+        assert!(
+            matches!(t.nodes[1].phases()[0], Phase::Claiming { .. }),
+            "node 2 claims, but node 3 has not acknowledged: {:?}",
+            t.nodes[1].phases()[0]
+        );
+        t.no_acks_from = None;
+        let healed = t.now;
+        t.run(100);
+        assert_eq!(t.runs(), [2]);
+        assert!(t.started[&2] - healed <= 60, "one heartbeat round");
     }
 
     #[test]

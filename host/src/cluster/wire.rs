@@ -15,7 +15,8 @@
 //!
 //! The heartbeat body carries the sender's membership epoch and the reports it knows
 //! ([`Report`]: whom a node hears, which services it claims, refuses or blocks, the
-//! nodes it confirmed fenced, and the operator moves it carries): its own, and the
+//! nodes it confirmed fenced, the operator moves it carries, and the pending claims
+//! of others it has seen): its own, and the
 //! latest of every other node's, so a node that cannot hear a peer directly still
 //! learns it is alive, and what it runs, through a third node (relayed heartbeats).
 
@@ -25,17 +26,22 @@ use std::collections::HashMap;
 use std::fmt;
 
 const MAGIC: &[u8; 4] = b"BTN1";
-/// The wire version this build speaks (2: reports carry blocks, failed stops, fence
-/// confirmations and moves).
-pub const VERSION: u8 = 2;
+/// The wire version this build speaks (3: reports carry blocks, failed stops, fence
+/// confirmations, moves and claim acknowledgements). Nodes of different wire
+/// versions do not hear each other: upgrade every node of a cluster together.
+pub const VERSION: u8 = 3;
 const HEADER: usize = 4 + 1 + 1 + 4 + 2 + 1 + 8 + 8 + 2;
 const TAG: usize = 16;
 /// The largest node id (node ids are 1..=MAX_NODES; reachability is a 64-bit set).
 pub const MAX_NODES: u16 = 64;
-/// The fixed part of a report; fence confirmations and moves follow it.
-const REPORT: usize = 2 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 1 + 1 + 1;
+/// The fixed part of a report; fence confirmations, moves and acknowledgements follow it.
+const REPORT: usize = 2 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 1 + 1 + 1 + 1;
 const FENCED: usize = 2 + 8;
 const MOVE: usize = 1 + 2 + 4;
+const ACK: usize = 2 + 8 + 8;
+/// Report flags.
+const QUORATE: u8 = 1;
+const PENDING: u8 = 2;
 
 /// A node's id in the cluster (1..=64).
 pub type NodeId = u16;
@@ -106,6 +112,19 @@ impl Move {
     pub const UNTIL_CLEARED: u32 = u32::MAX;
 }
 
+/// The sender has seen `node`'s report of `incarnation` and `version` (or a newer
+/// one of that incarnation): sent for nodes whose report says a claim is pending,
+/// so the claimer knows every member has seen its claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ack {
+    /// The claiming node.
+    pub node: NodeId,
+    /// Its incarnation, as in the report seen.
+    pub incarnation: u64,
+    /// The version of its report seen.
+    pub version: u64,
+}
+
 /// One node's view of whom it hears directly, and what it holds, versioned by the
 /// node itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -132,10 +151,14 @@ pub struct Report {
     /// Whether the node's own partition was quorate at its last tick (a member
     /// without quorum, e.g. cut off from the witness, is given no services).
     pub quorate: bool,
+    /// Whether a claim of this node waits for every member's acknowledgement.
+    pub pending: bool,
     /// Nodes this node's fence agent confirmed off (until they boot again).
     pub fenced: Vec<Fenced>,
     /// Operator moves issued on this node.
     pub moves: Vec<Move>,
+    /// The pending claims this node has seen: the newest report of each claimer.
+    pub acks: Vec<Ack>,
 }
 
 impl Report {
@@ -209,7 +232,12 @@ pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
         + 1
         + reports
             .iter()
-            .map(|r| REPORT + r.fenced.len().min(255) * FENCED + r.moves.len().min(255) * MOVE)
+            .map(|r| {
+                REPORT
+                    + r.fenced.len().min(255) * FENCED
+                    + r.moves.len().min(255) * MOVE
+                    + r.acks.len().min(255) * ACK
+            })
             .sum::<usize>();
     let mut out = Vec::with_capacity(HEADER + body_len + TAG);
     out.extend_from_slice(MAGIC);
@@ -232,11 +260,13 @@ pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
         out.extend_from_slice(&r.banned.to_be_bytes());
         out.extend_from_slice(&r.blocked.to_be_bytes());
         out.extend_from_slice(&r.stop_failed.to_be_bytes());
-        out.push(u8::from(r.quorate));
+        out.push(if r.quorate { QUORATE } else { 0 } | if r.pending { PENDING } else { 0 });
         let fenced = &r.fenced[..r.fenced.len().min(255)];
         let moves = &r.moves[..r.moves.len().min(255)];
+        let acks = &r.acks[..r.acks.len().min(255)];
         out.push(fenced.len() as u8);
         out.push(moves.len() as u8);
+        out.push(acks.len() as u8);
         for f in fenced {
             out.extend_from_slice(&f.node.to_be_bytes());
             out.extend_from_slice(&f.incarnation.to_be_bytes());
@@ -245,6 +275,11 @@ pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
             out.push(m.service);
             out.extend_from_slice(&m.to.to_be_bytes());
             out.extend_from_slice(&m.remaining_ms.to_be_bytes());
+        }
+        for a in acks {
+            out.extend_from_slice(&a.node.to_be_bytes());
+            out.extend_from_slice(&a.incarnation.to_be_bytes());
+            out.extend_from_slice(&a.version.to_be_bytes());
         }
     }
     let tag = key.mac(&out).finalize().into_bytes();
@@ -326,15 +361,17 @@ pub fn decode(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, Drop> {
             banned: r.u64()?,
             blocked: r.u64()?,
             stop_failed: r.u64()?,
-            quorate: match r.u8()? {
-                0 => false,
-                1 => true,
-                _ => return Err(Drop::Garbled),
-            },
             ..Report::default()
         };
+        let flags = r.u8()?;
+        if flags & !(QUORATE | PENDING) != 0 {
+            return Err(Drop::Garbled);
+        }
+        report.quorate = flags & QUORATE != 0;
+        report.pending = flags & PENDING != 0;
         let fenced = r.u8()?;
         let moves = r.u8()?;
+        let acks = r.u8()?;
         for _ in 0..fenced {
             report.fenced.push(Fenced {
                 node: r.u16()?,
@@ -348,8 +385,16 @@ pub fn decode(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, Drop> {
                 remaining_ms: r.u32()?,
             });
         }
+        for _ in 0..acks {
+            report.acks.push(Ack {
+                node: r.u16()?,
+                incarnation: r.u64()?,
+                version: r.u64()?,
+            });
+        }
         if !valid(report.node)
             || report.fenced.iter().any(|f| !valid(f.node))
+            || report.acks.iter().any(|a| !valid(a.node))
             || report.moves.iter().any(|m| !valid(m.to) || m.service >= 64)
         {
             return Err(Drop::Garbled);
@@ -415,6 +460,7 @@ mod tests {
                     heard: 0b101,
                     claims: 1,
                     quorate: true,
+                    pending: true,
                     fenced: vec![Fenced {
                         node: 3,
                         incarnation: 5,
@@ -434,6 +480,11 @@ mod tests {
                     banned: 2,
                     blocked: 4,
                     stop_failed: 1,
+                    acks: vec![Ack {
+                        node: 2,
+                        incarnation: 77,
+                        version: 39,
+                    }],
                     ..Report::default()
                 },
             ],

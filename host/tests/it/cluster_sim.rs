@@ -20,6 +20,9 @@
 //! service (once, or on every member for a clone) and nodes without quorum hold
 //! nothing. A failing seed is printed with its schedule; replay it with
 //! `BATON_SIM_SEED=<seed> cargo test -p baton --test it cluster_sim`.
+//!
+//! A claimed service starts only once every member acknowledged the claim; one
+//! seed is run with that step skipped, to show the check catches it.
 
 use baton::cluster::membership::{Millis, Timing};
 use baton::cluster::node::{Bounds, ClusterNode, ClusterSpec, Command, Phase};
@@ -133,6 +136,8 @@ struct Sim {
     witness_cut: BTreeSet<NodeId>,
     /// Nodes failing their health checks.
     unhealthy: BTreeSet<NodeId>,
+    /// Nodes start claimed services without the members' acknowledgements.
+    skip_claim_acks: bool,
 }
 
 /// The lease time the daemon uses: twice the link timeout.
@@ -141,7 +146,7 @@ fn lease_ms() -> Millis {
 }
 
 impl Sim {
-    fn new(seed: u64, n: u16) -> Sim {
+    fn new(seed: u64, n: u16, skip_claim_acks: bool) -> Sim {
         let ids: Vec<NodeId> = (1..=n).collect();
         let mut sim = Sim {
             rng: Rng(seed),
@@ -170,6 +175,7 @@ impl Sim {
             lease: None,
             witness_cut: BTreeSet::new(),
             unhealthy: BTreeSet::new(),
+            skip_claim_acks,
         };
         for id in ids {
             sim.boot(id, 1);
@@ -190,7 +196,10 @@ impl Sim {
             services: services(),
             fencing: self.fencing,
         };
-        let state = ClusterNode::new(&spec, id, incarnation, self.now);
+        let mut state = ClusterNode::new(&spec, id, incarnation, self.now);
+        if self.skip_claim_acks {
+            state.skip_claim_acks();
+        }
         self.nodes.insert(
             id,
             Node {
@@ -681,9 +690,9 @@ impl Sim {
     }
 }
 
-fn run_schedule(seed: u64) -> Result<(), String> {
+fn run_schedule(seed: u64, skip_claim_acks: bool) -> Result<(), String> {
     let n = 3 + (seed % 3) as u16;
-    let mut sim = Sim::new(seed, n);
+    let mut sim = Sim::new(seed, n, skip_claim_acks);
     sim.run(2000);
     sim.check().map_err(|e| format!("at start: {e}"))?;
     for _ in 0..12 {
@@ -716,10 +725,23 @@ fn never_two_owners_and_quorate_partitions_run_everything_under_200_random_fault
         Err(_) => (1..=200).collect(),
     };
     for seed in seeds {
-        if let Err(e) = run_schedule(seed) {
+        if let Err(e) = run_schedule(seed, false) {
             panic!(
                 "cluster simulation failed for seed {seed} (replay: BATON_SIM_SEED={seed}):\n{e}"
             );
         }
+    }
+}
+
+/// The claim acknowledgement is what keeps simultaneous claims apart: with it
+/// skipped, this seed's nodes start the service on two nodes at once; with it,
+/// the same schedule passes.
+#[test]
+fn skipping_the_claim_acknowledgement_gives_two_owners() {
+    let seed = 400;
+    let err = run_schedule(seed, true).expect_err("two owners without acknowledgements");
+    assert!(err.contains("held by nodes"), "{err}");
+    if let Err(e) = run_schedule(seed, false) {
+        panic!("seed {seed} with acknowledgements:\n{e}");
     }
 }
