@@ -366,8 +366,9 @@ impl ResourceAgent for IpAddrAgent {
                     "probe_ms",
                     ParamType::Integer,
                     false,
-                    Some("100"),
-                    "How long start listens for another holder of the address before adding it; \
+                    Some("20"),
+                    "How long start listens for another holder of the address before adding it \
+                     (an ARP reply on a LAN takes well under a millisecond); \
                      0 skips the check (and IPv6 duplicate address detection)",
                 ),
             ],

@@ -8,6 +8,9 @@
 //! node answers for no virtual address), sends SIGKILL to
 //! each recorded process and its process group when the process is still the one
 //! recorded, and returns only when none of them is left (a zombie counts as gone).
+//! The node's namespace is `<state_dir>/N.netns` when that file names one (a path
+//! such as `/run/netns/lab-n1`: it works after every process of the node died),
+//! else the namespace of any recorded process still alive.
 //! The daemon's own record must exist: without it nothing proves the node is off.
 //! monitor: the state directory exists (the "device" is reachable). stop: nothing to
 //! do (a lab node is restarted by whoever runs the lab).
@@ -45,14 +48,14 @@ fn kill(pid: u32) {
     }
 }
 
-/// Take the network of the namespace process `pid` lives in off, as a power
-/// failure would: every address gone and every link down, so the node's virtual
-/// addresses stop answering. Nothing is done when `pid` shares our namespace
-/// (a lab on loopback).
-fn power_off_network(pid: u32) -> std::io::Result<()> {
+/// Take the network namespace `theirs` (a `/proc/PID/ns/net` or `/run/netns/NAME`
+/// file) off, as a power failure would: every address gone and every link down,
+/// so the node's virtual addresses stop answering. Nothing is done when it is
+/// our own namespace (a lab on loopback).
+fn power_off_network(theirs: &Path) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
-    let theirs = fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    let theirs = fs::File::open(theirs)?;
     if theirs.metadata()?.ino() == fs::metadata("/proc/self/ns/net")?.ino() {
         return Ok(());
     }
@@ -115,14 +118,24 @@ impl LabFenceAgent {
                 }
             }
         }
-        // The namespace of any recorded process still alive is the node's.
-        let inside = daemon
-            .into_iter()
-            .chain(records.iter().copied())
-            .find(|(p, s)| alive(*p, *s));
-        if let Some((pid, _)) = inside {
-            power_off_network(pid).map_err(|e| {
-                AgentError::generic(format!("node {target}: cannot take its network off: {e}"))
+        // The node's namespace: named in N.netns, or that of any recorded
+        // process still alive.
+        let named = fs::read_to_string(Path::new(dir).join(format!("{target}.netns")))
+            .ok()
+            .map(|text| std::path::PathBuf::from(text.trim()));
+        let namespace = named.or_else(|| {
+            daemon
+                .into_iter()
+                .chain(records.iter().copied())
+                .find(|(p, s)| alive(*p, *s))
+                .map(|(pid, _)| format!("/proc/{pid}/ns/net").into())
+        });
+        if let Some(namespace) = namespace {
+            power_off_network(&namespace).map_err(|e| {
+                AgentError::generic(format!(
+                    "node {target}: cannot take its network ({}) off: {e}",
+                    namespace.display()
+                ))
             })?;
         }
         if !daemon_seen {
@@ -155,7 +168,7 @@ impl ResourceAgent for LabFenceAgent {
             version: env!("CARGO_PKG_VERSION").into(),
             contract: CONTRACT_VERSION,
             shortdesc: "Fences a lab node by killing its daemon and agents' process groups".into(),
-            longdesc: "For clusters whose nodes share one machine (network-namespace labs). start with target=NODE takes the network of the node's namespace off (addresses removed, links down), kills the node's daemon and every process group recorded under state_dir, and returns once they are gone.".into(),
+            longdesc: "For clusters whose nodes share one machine (network-namespace labs). start with target=NODE takes the network of the node's namespace (named by the path in state_dir/NODE.netns, else that of a recorded process still alive) off (addresses removed, links down), kills the node's daemon and every process group recorded under state_dir, and returns once they are gone.".into(),
             parameters: vec![
                 param(
                     "target",

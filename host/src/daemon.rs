@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::control::{ControlReply, ControlRequest};
 use crate::guardian::{Charge, Guardian, descendant_groups};
 use crate::watchdog::Watchdog;
-use crate::witness_worker::{DiskStore, FileStore, WitnessWorker};
+use crate::witness_worker::{DiskStore, FileStore, Op, WitnessWorker};
 use anyhow::{Context, bail};
 use baton_plugin_api::{Action, MonitorState, Outcome, Recovery, Request};
 use serde::Serialize;
@@ -285,6 +285,20 @@ fn worst(a: Recovery, b: Recovery) -> Recovery {
         Recovery::Fence => 4,
     };
     if rank(b) > rank(a) { b } else { a }
+}
+
+/// What this node asks of the witness lease at a tick: the partition's leader
+/// takes or renews it, the others read it. A leader that fails its health
+/// checks lets it go when it is alone (an isolated node that still reaches the
+/// storage), so the healthy side need not wait for the lease to expire; in a
+/// larger partition it only stops renewing, as members may still count it.
+fn witness_op(node: &ClusterNode, me: NodeId, healthy: bool) -> Op {
+    let view = node.membership().view().1;
+    match (view.iter().next() == Some(&me), healthy) {
+        (true, true) => Op::Lead(me, view.clone()),
+        (true, false) if view.len() == 1 => Op::Release(me),
+        _ => Op::Look,
+    }
 }
 
 /// Start the resources in order; on a failure, stop the ones started, in reverse.
@@ -627,6 +641,8 @@ pub fn run(
         .collect();
     // When this node last had quorum (for the watchdog's self-fence bound).
     let mut quorate_at = 0u64;
+    // The witness's holder as the state machine last heard it.
+    let mut witness_holder = None;
     let mut buf = [0u8; 65536];
     tracing::info!(
         node = node_name,
@@ -746,12 +762,22 @@ pub fn run(
                 }
                 Done::Fenced(target, inc, ok) => {
                     node.fence_done(target, inc, ok, now);
+                    // A confirmed fence may free a service: decide now.
+                    next_tick = 0;
                     Vec::new()
                 }
             };
             for c in commands {
                 run_command(c, &done_tx, quorate_now(&node));
             }
+        }
+        // A claim moves on at once (published, acknowledged, started), and a
+        // change of the witness's holder counts at once, not at the next heartbeat.
+        let witness_news = witness
+            .as_mut()
+            .is_some_and(|w| w.holder(now_ms()) != witness_holder);
+        if node.claim_news() || witness_news {
+            next_tick = 0;
         }
         // Operator requests.
         while let Ok((req, reply)) = control.try_recv() {
@@ -803,13 +829,9 @@ pub fn run(
             let (healthy, last_pass) = health_now();
             node.set_health(healthy, last_pass);
             if let Some(w) = witness.as_mut() {
-                // The partition's leader takes or renews the lease; the others read
-                // it. Off this loop: storage may stall, heartbeats may not. A leader
-                // that fails its health checks lets the lease go.
-                let view = node.membership().view().1.clone();
-                let leads = healthy && view.iter().next() == Some(&me.id);
-                w.ask(now, leads.then_some((me.id, view)));
-                node.set_witness_holder(w.holder(now));
+                w.ask(now, witness_op(&node, me.id, healthy));
+                witness_holder = w.holder(now);
+                node.set_witness_holder(witness_holder);
             }
             let (packets, commands) = node.tick(now);
             send(packets);
@@ -822,7 +844,12 @@ pub fn run(
             }
             guardian.renew(&services, node.phases(), now);
             if let Some(dog) = watchdog.as_mut() {
-                let holds = node.phases().iter().any(|p| p.holds());
+                // Clones kept without quorum share nothing: they do not count.
+                let holds = node
+                    .phases()
+                    .iter()
+                    .zip(node.services())
+                    .any(|(p, s)| p.holds() && !s.keep_without_quorum);
                 if quorate || !holds || now.saturating_sub(quorate_at) < self_fence_ms {
                     dog.pet();
                 } else {

@@ -180,6 +180,15 @@ pub struct ServiceSection {
     /// A failure stops counting after this many seconds.
     #[serde(default = "default_failure_expiry")]
     pub failure_expiry_s: u64,
+    /// What a node that loses quorum does with it: `stop` (the default, and the
+    /// only choice for a service that runs on one node) or `keep` (a clone that
+    /// shares nothing, such as a server behind a virtual address).
+    #[serde(default = "default_without_quorum")]
+    pub without_quorum: String,
+}
+
+fn default_without_quorum() -> String {
+    "stop".into()
 }
 
 fn default_max_restarts() -> u32 {
@@ -361,6 +370,16 @@ impl ClusterConfig {
                     s.strategy
                 ));
             }
+            match (s.without_quorum.as_str(), strategy(&s.strategy)) {
+                ("stop", _) | ("keep", Some(Strategy::Clone)) => {}
+                ("keep", _) => errors.push(format!(
+                    "service[{i}].without_quorum: keep is only for clones; {} runs on one node at a time, so it stops where quorum is lost (remove the line)",
+                    s.name
+                )),
+                (other, _) => errors.push(format!(
+                    "service[{i}].without_quorum: {other:?}; use stop (the default) or keep (clones only)"
+                )),
+            }
             for (j, p) in s.preferred.iter().enumerate() {
                 if !names.contains(&p.as_str()) {
                     errors.push(format!(
@@ -505,6 +524,7 @@ impl ClusterConfig {
                         max_restarts: s.max_restarts.max(1),
                         expiry: Duration::from_secs(s.failure_expiry_s),
                     },
+                    keep_without_quorum: s.without_quorum == "keep",
                 })
                 .collect(),
             fencing: self.cluster.fencing.is_some(),
@@ -597,6 +617,34 @@ params = { command = "sleep 100", stop_grace_ms = 500 }
         ] {
             assert!(e.contains(wanted), "missing {wanted:?} in:\n{e}");
         }
+    }
+
+    #[test]
+    fn only_a_clone_may_keep_running_without_quorum() {
+        let with = |strategy: &str, keep: &str| {
+            GOOD.replace(
+                "strategy = \"standby\"",
+                &format!("strategy = \"{strategy}\"\nwithout_quorum = \"{keep}\""),
+            )
+        };
+        let c = ClusterConfig::parse(&with("clone", "keep"))
+            .unwrap()
+            .unwrap();
+        assert!(c.spec().services[0].keep_without_quorum);
+        let e = ClusterConfig::parse(&with("standby", "keep"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("service[0].without_quorum: keep is only for clones"),
+            "{e}"
+        );
+        let e = ClusterConfig::parse(&with("clone", "run"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("service[0].without_quorum: \"run\"; use stop (the default) or keep"),
+            "{e}"
+        );
     }
 
     #[test]

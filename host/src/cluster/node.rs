@@ -8,7 +8,8 @@
 //! 1. A node runs services only while its partition is quorate. When it loses
 //!    quorum it stops them at once (self-fencing); stopping takes at most the
 //!    configured `self_fence` bound (the daemon kills the agents' process groups
-//!    if a stop overruns).
+//!    if a stop overruns). Only a clone marked `keep_without_quorum` (it shares
+//!    nothing) keeps running; it still starts only with quorum.
 //! 2. A node *claims* a service (publishes it in its report) when placement names
 //!    it and no member claims the service.
 //! 3. It starts only after every other member of its view has acknowledged the
@@ -222,6 +223,10 @@ pub struct ClusterNode {
     fence_retry: BTreeMap<NodeId, Millis>,
     /// Operator moves taken here: service → (target, end).
     moves: BTreeMap<usize, (NodeId, Option<Millis>)>,
+    /// The acknowledgements published at the last tick.
+    last_acks: Vec<Ack>,
+    /// Whether a claim of this node lacked acknowledgements at the last tick.
+    awaiting_acks: bool,
     /// Whether a claim waits for the members' acknowledgements (always, except in
     /// the simulation's check that the acknowledgement is what keeps owners single).
     claim_acks: bool,
@@ -273,6 +278,8 @@ impl ClusterNode {
             fencing_now: BTreeMap::new(),
             fence_retry: BTreeMap::new(),
             moves: BTreeMap::new(),
+            last_acks: Vec::new(),
+            awaiting_acks: false,
             claim_acks: true,
         }
     }
@@ -651,6 +658,26 @@ impl ClusterNode {
             })
     }
 
+    /// Whether a tick now, before the next one is due, moves a claim on: this
+    /// node's new claim is not published yet, a member's pending claim is not
+    /// acknowledged yet, or the last acknowledgement of this node's claim came in.
+    /// Each is true once per event, so ticking on it never busy-loops; a claim
+    /// then takes one round trip instead of a few heartbeat intervals.
+    pub fn claim_news(&self) -> bool {
+        let published = self.membership.version();
+        self.phases.iter().any(|p| match *p {
+            Phase::Claiming { version, .. } => {
+                version > published || (self.awaiting_acks && self.claim_acknowledged(version))
+            }
+            _ => false,
+        }) || self.acks().iter().any(|a| {
+            !self
+                .last_acks
+                .iter()
+                .any(|l| l.node == a.node && l.incarnation == a.incarnation)
+        })
+    }
+
     /// The acknowledgements this node publishes: the newest report it has of every
     /// member whose claim is pending.
     fn acks(&self) -> Vec<Ack> {
@@ -724,9 +751,9 @@ impl ClusterNode {
         let banned_here = self.banned_bits(now);
         self.moves
             .retain(|_, (_, until)| until.is_none_or(|u| u > now));
-        let packets = self
-            .membership
-            .tick_with(now, self.published(now, banned_here));
+        let published = self.published(now, banned_here);
+        self.last_acks = published.acks.clone();
+        let packets = self.membership.tick_with(now, published);
         let me = self.membership.me();
         let view = self.membership.view().1.clone();
         for n in &self.nodes {
@@ -817,6 +844,11 @@ impl ClusterNode {
                             .is_some_and(|c| c & (1 << i) != 0)
                 })
                 .collect();
+            // A clone that shares nothing may keep running without quorum (it
+            // starts only with quorum).
+            let kept = !quorate
+                && spec.keep_without_quorum
+                && matches!(self.phases[i], Phase::Starting | Phase::Running);
             let mine = if let Some((_, by)) = blocked.iter().find(|(s, _)| *s == i) {
                 Placement {
                     owner: None,
@@ -831,8 +863,12 @@ impl ClusterNode {
                 }
             } else if spec.strategy == Strategy::Clone {
                 Placement {
-                    owner: quorate.then_some(me),
-                    why: "clone: runs on every member".into(),
+                    owner: (quorate || kept).then_some(me),
+                    why: if kept {
+                        "clone: keeps running here without quorum (without_quorum = keep)".into()
+                    } else {
+                        "clone: runs on every member".into()
+                    },
                 }
             } else {
                 let mut holders = others.clone();
@@ -872,8 +908,8 @@ impl ClusterNode {
                     _ => place(spec, &view, &holders, &excluded),
                 }
             };
-            let wanted_here = quorate && mine.owner == Some(me);
-            self.placements[i] = if quorate {
+            let wanted_here = (quorate || kept) && mine.owner == Some(me);
+            self.placements[i] = if quorate || kept {
                 mine
             } else {
                 Placement {
@@ -921,6 +957,10 @@ impl ClusterNode {
                 _ => {}
             }
         }
+        self.awaiting_acks = self.phases.iter().any(|p| match *p {
+            Phase::Claiming { version, .. } => !self.claim_acknowledged(version),
+            _ => false,
+        });
         (packets, commands)
     }
 
@@ -997,6 +1037,7 @@ mod tests {
                     max_restarts,
                     expiry: Duration::from_secs(10),
                 },
+                keep_without_quorum: false,
             }],
             fencing: false,
         };
@@ -1118,6 +1159,7 @@ mod cluster_tests {
                     strategy: Strategy::Standby,
                     preferred: vec![1, 2, 3],
                     failures: FailurePolicy::default(),
+                    keep_without_quorum: false,
                 }],
                 fencing,
             };
@@ -1189,6 +1231,45 @@ mod cluster_tests {
                 })
                 .collect()
         }
+    }
+
+    #[test]
+    fn a_node_that_loses_quorum_keeps_only_the_clones_marked_keep() {
+        let mut t = Trio::new(false);
+        let standby = t.spec.services[0].clone();
+        t.spec.services = vec![
+            ServiceSpec {
+                name: "web".into(),
+                strategy: Strategy::Clone,
+                keep_without_quorum: true,
+                ..standby.clone()
+            },
+            ServiceSpec {
+                name: "agent".into(),
+                strategy: Strategy::Clone,
+                ..standby.clone()
+            },
+            standby,
+        ];
+        t.nodes = (1..=3)
+            .map(|id| ClusterNode::new(&t.spec, id, 1, 0))
+            .collect();
+        t.run(1_000);
+        assert_eq!(t.nodes[0].phases(), [Phase::Running; 3]);
+        t.down.extend([2, 3]);
+        t.run(1_000);
+        let n1 = &t.nodes[0];
+        assert_eq!(
+            n1.phases(),
+            [Phase::Running, Phase::Stopped, Phase::Stopped]
+        );
+        assert!(
+            n1.placements()[0]
+                .why
+                .contains("keeps running here without quorum"),
+            "{}",
+            n1.placements()[0].why
+        );
     }
 
     #[test]
@@ -1389,6 +1470,7 @@ mod witness_tests {
                 strategy: Strategy::Standby,
                 preferred: vec![1, 2],
                 failures: FailurePolicy::default(),
+                keep_without_quorum: false,
             }],
             fencing: false,
         };

@@ -52,6 +52,9 @@ pub struct ServiceSpec {
     pub preferred: Vec<NodeId>,
     /// Restart limit and failure expiry.
     pub failures: FailurePolicy,
+    /// A clone that keeps running on a node that lost quorum (it shares
+    /// nothing); it still starts only with quorum.
+    pub keep_without_quorum: bool,
 }
 
 /// The owner a non-clone service should have, and why.
@@ -137,6 +140,7 @@ mod tests {
             strategy,
             preferred: preferred.to_vec(),
             failures: FailurePolicy::default(),
+            keep_without_quorum: false,
         }
     }
 

@@ -156,11 +156,37 @@ impl FileWitness {
             expires_ms: now_ms + duration_ms,
             generation,
         };
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&record).map_err(io::Error::other)?)?;
-        File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
+        self.write(&record)?;
         Ok(Lease::Held(record))
+    }
+
+    /// Let the lease go at wall time `now_ms` if `me` holds it (it expires at
+    /// once, so another partition may take it without waiting); the record as
+    /// it stands afterwards. Only for a leader alone in its partition: a member
+    /// reading the lease could still count an expiry it read before.
+    pub fn release_within(
+        &self,
+        me: NodeId,
+        now_ms: u64,
+        lock_wait: Duration,
+    ) -> io::Result<Option<LeaseRecord>> {
+        let _lock = self.lock(lock_wait)?;
+        let Some(mut record) = self.read()? else {
+            return Ok(None);
+        };
+        if record.holder == me && now_ms < record.expires_ms {
+            record.expires_ms = now_ms;
+            self.write(&record)?;
+        }
+        Ok(Some(record))
+    }
+
+    /// Replace the record atomically (write, fsync, rename).
+    fn write(&self, record: &LeaseRecord) -> io::Result<()> {
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(record).map_err(io::Error::other)?)?;
+        File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
     }
 }
 
@@ -197,6 +223,26 @@ mod tests {
         // ...and once nobody renews, the other side takes it, with a new generation.
         match w.acquire(3, &set(&[3, 4]), 1950, 500).unwrap() {
             Lease::Held(rec) => assert_eq!((rec.holder, rec.generation), (3, 2)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_released_lease_is_taken_at_once_and_only_the_holder_releases_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = FileWitness::new(&dir.path().join("witness"));
+        let wait = Duration::from_secs(1);
+        w.acquire(1, &set(&[1]), 1000, 500).unwrap();
+        // Another node cannot release it.
+        w.release_within(2, 1100, wait).unwrap();
+        assert!(matches!(
+            w.acquire(2, &set(&[2]), 1200, 500).unwrap(),
+            Lease::HeldByOther(_)
+        ));
+        let rec = w.release_within(1, 1200, wait).unwrap().unwrap();
+        assert_eq!(rec.expires_ms, 1200);
+        match w.acquire(2, &set(&[2]), 1201, 500).unwrap() {
+            Lease::Held(rec) => assert_eq!((rec.holder, rec.generation), (2, 2)),
             other => panic!("{other:?}"),
         }
     }

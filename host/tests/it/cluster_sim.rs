@@ -6,7 +6,8 @@
 //! schedules. Even seeds run with a fence agent: the fencer's fences kill their
 //! target after a delay (or fail, and are retried), and stops may fail, which only a
 //! fence resolves. Seeds divisible by 3 add a witness worth N−1 votes (a lease with
-//! the daemon's rules: the partition leader takes or renews it, the others read it),
+//! the daemon's rules: the partition leader takes or renews it, the others read it,
+//! an unhealthy leader alone lets it go),
 //! and faults that cut one node, or every node, off the witness's storage. Packets go
 //! through the real codec and replay guard.
 //!
@@ -18,7 +19,7 @@
 //! graph of node pairs that hear each other (directly, or relayed through others),
 //! and connected nodes share one view and one epoch; a quorate partition runs every
 //! service (once, or on every member for a clone) and nodes without quorum hold
-//! nothing. A failing seed is printed with its schedule; replay it with
+//! nothing but a clone that keeps running without quorum. A failing seed is printed with its schedule; replay it with
 //! `BATON_SIM_SEED=<seed> cargo test -p baton --test it cluster_sim`.
 //!
 //! A claimed service starts only once every member acknowledged the claim; one
@@ -89,12 +90,17 @@ fn services() -> Vec<ServiceSpec> {
             max_restarts: 3,
             expiry: Duration::from_millis(1200),
         },
+        keep_without_quorum: false,
     };
     vec![
         s("db", Strategy::Standby, &[1, 2]),
         s("web", Strategy::Rotating, &[2, 3]),
         s("mail", Strategy::Mutual, &[3, 1]),
         s("monitor", Strategy::Clone, &[]),
+        ServiceSpec {
+            keep_without_quorum: true,
+            ..s("cache", Strategy::Clone, &[])
+        },
     ]
 }
 
@@ -288,14 +294,23 @@ impl Sim {
                     commands.extend(node.state.stop_done(svc, ok));
                 }
             }
-            if running && (now + node.phase).is_multiple_of(interval) {
+            // A tick every interval, and at once when a claim can move on (as the
+            // daemon does).
+            if running && ((now + node.phase).is_multiple_of(interval) || node.state.claim_news()) {
                 if self.witness_votes > 0 {
                     // As the daemon does: the partition's leader takes or renews the
                     // lease, the others read it; unreachable storage reads as nobody.
                     let view = node.state.membership().view().1.clone();
+                    let leads = view.iter().next() == Some(id);
                     let holder = if self.witness_cut.contains(id) {
                         None
-                    } else if view.iter().next() == Some(id) && !self.unhealthy.contains(id) {
+                    } else if leads && self.unhealthy.contains(id) && view.len() == 1 {
+                        // An unhealthy leader alone lets its lease go.
+                        if self.lease.is_some_and(|(h, _)| h == *id) {
+                            self.lease = None;
+                        }
+                        None
+                    } else if leads && !self.unhealthy.contains(id) {
                         match self.lease {
                             Some((h, exp)) if now < exp && !view.contains(&h) => Some(h),
                             _ => {
@@ -622,7 +637,10 @@ impl Sim {
                 // A failed stop stays held (blocked) until a fence or an operator's
                 // clear, and a partition without quorum cannot fence.
                 let stuck: BTreeSet<usize> = (0..services().len())
-                    .filter(|i| node.state.phases()[*i] == Phase::StopFailed)
+                    .filter(|i| {
+                        node.state.phases()[*i] == Phase::StopFailed
+                            || services()[*i].keep_without_quorum
+                    })
                     .collect();
                 if !node.holding.is_subset(&stuck) {
                     return Err(format!(
@@ -647,8 +665,19 @@ impl Sim {
                     .copied()
                     .filter(|n| self.nodes[n].state.phases()[i] == Phase::Running)
                     .collect();
-                let ok = if spec.strategy == Strategy::Clone {
-                    running.iter().copied().collect::<BTreeSet<_>>() == able
+                let running_set: BTreeSet<NodeId> = running.iter().copied().collect();
+                // A clone whose stop failed on a member waits there for a fence or
+                // an operator's clear, by design.
+                let clone_able: BTreeSet<NodeId> = able
+                    .iter()
+                    .copied()
+                    .filter(|n| self.nodes[n].state.phases()[i] != Phase::StopFailed)
+                    .collect();
+                let ok = if spec.keep_without_quorum {
+                    // Kept where it ran when a member lost its health.
+                    running_set.is_superset(&clone_able)
+                } else if spec.strategy == Strategy::Clone {
+                    running_set == clone_able
                 } else {
                     // A failed stop keeps the service claimed until its node is fenced
                     // (by another able member, with a fence agent) or cleared: by
@@ -734,11 +763,12 @@ fn never_two_owners_and_quorate_partitions_run_everything_under_200_random_fault
 }
 
 /// The claim acknowledgement is what keeps simultaneous claims apart: with it
-/// skipped, this seed's nodes start the service on two nodes at once; with it,
-/// the same schedule passes.
+/// skipped, seed 128's schedule has nodes 1 and 3 both start `mail`, 14 s in;
+/// with it, the same schedule passes. (A change to the simulation reshuffles
+/// the schedules: then take the first seed of 1..=200 that fails with it skipped.)
 #[test]
 fn skipping_the_claim_acknowledgement_gives_two_owners() {
-    let seed = 400;
+    let seed = 128;
     let err = run_schedule(seed, true).expect_err("two owners without acknowledgements");
     assert!(err.contains("held by nodes"), "{err}");
     if let Err(e) = run_schedule(seed, false) {
