@@ -630,6 +630,8 @@ pub fn run(
     let interval = spec.bounds.membership.interval.as_millis() as u64;
     let mut next_tick = 0u64;
     let mut next_status = 0u64;
+    // Quorum and health as the status file last showed them.
+    let mut last_shown = (false, true);
     let mut next_monitor = vec![0u64; services.len()];
     let mut monitoring = vec![false; services.len()];
     let mut local: Vec<Local> = services
@@ -859,8 +861,16 @@ pub fn run(
                 }
             }
             // Status is for people and scripts: at most every STATUS_EVERY_MS, not every
-            // heartbeat (50 a second on the fast profile).
-            if let Some(path) = paths.status_file.as_ref().filter(|_| now >= next_status) {
+            // heartbeat (50 a second on the fast profile), and at once when quorum or
+            // health changes (a fence may end this node a moment later).
+            let shown = (quorate, healthy);
+            let changed = shown != last_shown;
+            last_shown = shown;
+            if let Some(path) = paths
+                .status_file
+                .as_ref()
+                .filter(|_| changed || now >= next_status)
+            {
                 next_status = now + STATUS_EVERY_MS;
                 let mut status = status(&node, node_name, &names, &cluster, &dropped, now, &local);
                 status.witness_problem = witness.as_ref().and_then(|w| w.last_error.clone());
