@@ -78,6 +78,8 @@ pub struct Membership {
     /// The newest report of every node, with the time that version was first seen here.
     reports: BTreeMap<NodeId, (Report, Millis)>,
     version: u64,
+    /// The peers heard directly at the last advance.
+    heard_set: u64,
     seq: u64,
     epoch: u64,
     view: BTreeSet<NodeId>,
@@ -110,6 +112,7 @@ impl Membership {
             link_state: BTreeMap::new(),
             reports: BTreeMap::new(),
             version: 0,
+            heard_set: 0,
             seq: 0,
             epoch: 0,
             view: view.clone(),
@@ -196,6 +199,13 @@ impl Membership {
     /// claims, bans, blocks, failed stops, fence confirmations and moves (its node,
     /// incarnation, version and heard fields are filled in here).
     pub fn tick_with(&mut self, now: Millis, published: Report) -> Vec<Heartbeat> {
+        self.advance(now);
+        self.publish(published)
+    }
+
+    /// The first half of a tick: update link states and recompute the view at
+    /// `now`. [`Membership::publish`] then sends the report that follows from it.
+    pub fn advance(&mut self, now: Millis) {
         let link_timeout = Timing::ms(self.timing.link_timeout);
         let mut heard_set = 0u64;
         for &peer in &self.peers {
@@ -216,15 +226,22 @@ impl Membership {
                 }
             }
         }
+        self.heard_set = heard_set;
+        self.recompute_view(now, heard_set);
+    }
+
+    /// The second half of a tick: this node's next report (`published`, with the
+    /// peers heard at the last [`Membership::advance`]) and the newest of every
+    /// other node's, as the heartbeat to send on each link (index = link).
+    pub fn publish(&mut self, published: Report) -> Vec<Heartbeat> {
         self.version += 1;
         let mine = Report {
             node: self.me,
             incarnation: self.incarnation,
             version: self.version,
-            heard: heard_set,
+            heard: self.heard_set,
             ..published
         };
-        self.recompute_view(now, heard_set);
         let mut reports = vec![mine];
         reports.extend(self.reports.values().map(|(r, _)| r.clone()));
         self.seq += 1;

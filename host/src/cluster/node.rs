@@ -284,8 +284,9 @@ impl ClusterNode {
         }
     }
 
-    /// Start claimed services without waiting for the members' acknowledgements.
-    /// Unsafe: only for the simulation, to show that the acknowledgement is needed.
+    /// Start a service in the tick that claims it, without waiting for the
+    /// members' acknowledgements. Unsafe: only for the simulation, to show that
+    /// the acknowledgement is needed.
     #[doc(hidden)]
     pub fn skip_claim_acks(&mut self) {
         self.claim_acks = false;
@@ -658,16 +659,15 @@ impl ClusterNode {
             })
     }
 
-    /// Whether a tick now, before the next one is due, moves a claim on: this
-    /// node's new claim is not published yet, a member's pending claim is not
-    /// acknowledged yet, or the last acknowledgement of this node's claim came in.
-    /// Each is true once per event, so ticking on it never busy-loops; a claim
-    /// then takes one round trip instead of a few heartbeat intervals.
+    /// Whether a tick now, before the next one is due, moves a claim on: a
+    /// member's pending claim is not acknowledged yet, or the last
+    /// acknowledgement of this node's claim came in. Each is true once per
+    /// event, so ticking on it never busy-loops; a claim then takes one round
+    /// trip instead of a few heartbeat intervals.
     pub fn claim_news(&self) -> bool {
-        let published = self.membership.version();
         self.phases.iter().any(|p| match *p {
             Phase::Claiming { version, .. } => {
-                version > published || (self.awaiting_acks && self.claim_acknowledged(version))
+                self.awaiting_acks && self.claim_acknowledged(version)
             }
             _ => false,
         }) || self.acks().iter().any(|a| {
@@ -751,9 +751,7 @@ impl ClusterNode {
         let banned_here = self.banned_bits(now);
         self.moves
             .retain(|_, (_, until)| until.is_none_or(|u| u > now));
-        let published = self.published(now, banned_here);
-        self.last_acks = published.acks.clone();
-        let packets = self.membership.tick_with(now, published);
+        self.membership.advance(now);
         let me = self.membership.me();
         let view = self.membership.view().1.clone();
         for n in &self.nodes {
@@ -871,8 +869,11 @@ impl ClusterNode {
                     },
                 }
             } else {
+                // A rotating service stays where it runs; this node's own claim
+                // that has not started yet does not hold it there (a member that
+                // was just joining may be the better place).
                 let mut holders = others.clone();
-                if self.phases[i].claims() {
+                if self.phases[i].holds() {
                     holders.insert(me);
                 }
                 let mut excluded: BTreeMap<NodeId, &str> = view
@@ -929,7 +930,7 @@ impl ClusterNode {
                 // Claiming is harmless (nothing starts), so the members acknowledge the
                 // claim while the fence wait for lost nodes runs down.
                 Phase::Stopped if wanted_here && (!exclusive || others.is_empty()) => {
-                    if exclusive {
+                    if exclusive && (self.claim_acks || !lost_nodes_safe) {
                         self.phases[i] = Phase::Claiming {
                             since: now,
                             version: self.membership.version() + 1,
@@ -961,6 +962,11 @@ impl ClusterNode {
             Phase::Claiming { version, .. } => !self.claim_acknowledged(version),
             _ => false,
         });
+        // The report follows this tick's decisions: a new claim, quorum, and the
+        // acknowledgements of the claims seen so far go out at once.
+        let published = self.published(now, banned_here);
+        self.last_acks = published.acks.clone();
+        let packets = self.membership.publish(published);
         (packets, commands)
     }
 

@@ -763,12 +763,13 @@ fn never_two_owners_and_quorate_partitions_run_everything_under_200_random_fault
 }
 
 /// The claim acknowledgement is what keeps simultaneous claims apart: with it
-/// skipped, seed 128's schedule has nodes 1 and 3 both start `mail`, 14 s in;
+/// skipped (a node starts in the tick it claims, once lost nodes are safe),
+/// seed 52's schedule has nodes 3 and 4 both start `mail`, 6 s in;
 /// with it, the same schedule passes. (A change to the simulation reshuffles
 /// the schedules: then take the first seed of 1..=200 that fails with it skipped.)
 #[test]
 fn skipping_the_claim_acknowledgement_gives_two_owners() {
-    let seed = 128;
+    let seed = 52;
     let err = run_schedule(seed, true).expect_err("two owners without acknowledgements");
     assert!(err.contains("held by nodes"), "{err}");
     if let Err(e) = run_schedule(seed, false) {
