@@ -16,14 +16,16 @@ every 20 ms). The lab is torn down after every run.
 
 Topologies: `2w` is two nodes and a witness file (baton; keepalived has no
 witness), with a health check of the service LAN's gateway; `3` is three nodes.
-Faults on the owner n1: `kill` (kill -9 of every process in its namespace),
+Faults on the owner n1: `kill` (SIGSTOP, then SIGKILL, of every process in its
+namespace: all at once, as in a crash),
 `freeze` (SIGSTOP of every process), `isolate` (both its links down).
 
 baton runs the fast timing profile with the `lab-fence` agent (a power switch
 for a namespace: it takes the node's network off and kills its processes), the
 responder as a clone and the address as a standby `ipaddr` service.
-keepalived (Debian's package) runs VRRP on the service LAN with advert 0.1 s or
-1 s, priorities 150/100/50, the responder started beside it.
+keepalived (Debian's package) runs VRRP version 3 (VRRPv2 rounds 0.1 s up to
+1 s) on the service LAN with advert 0.1 s or 1 s, priorities 150/100/50, the
+responder started beside it.
 
 Writes DIR/CASE.json (the driver's full output) and DIR/RESULTS.md (tables with
 the ratios), DIR defaulting to target/bench-failover.
@@ -146,6 +148,7 @@ def setup_keepalived(nodes, advert):
         with open(conf, "w") as f:
             f.write(f"""global_defs {{
   router_id n{i}
+  vrrp_version 3
 }}
 vrrp_instance bench {{
   state {"MASTER" if i == 1 else "BACKUP"}
@@ -178,7 +181,11 @@ def cmd_setup(product, nodes, witness):
 
 def fault_cmd(fault):
     if fault == "kill":
-        return f"kill -KILL $(ip netns pids {ns(1)})"
+        # Stopped first, so no process sees another die (keepalived's VRRP child
+        # turns its parent's death into a clean shutdown that hands the address
+        # over at once, which a crashed server never does).
+        pids = f"$(ip netns pids {ns(1)})"
+        return f"kill -STOP {pids}; kill -KILL {pids}"
     if fault == "freeze":
         return f"kill -STOP $(ip netns pids {ns(1)})"
     if fault == "isolate":
