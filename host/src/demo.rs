@@ -476,6 +476,16 @@ fn cluster(args: &DemoArgs, baton: &Path) -> anyhow::Result<ExitCode> {
                 c.lab.heal(1, Lan::Private)?;
                 c.lab.heal(1, Lan::Service)?;
                 // With the lab fence agent, the isolated node was fenced (killed).
+                // Without one it lived through the isolation, and its address's
+                // monitor may have counted the down link as a failure: an operator
+                // who repaired the network clears that, or the failures would keep
+                // n1 out once they reach max_restarts.
+                if c.node_alive(1) {
+                    let clear = crate::control::ControlRequest::Clear {
+                        service: "web".into(),
+                    };
+                    crate::control::ask(&c.socket(1), &clear)?;
+                }
                 c.revive(1)?;
             }
         }
