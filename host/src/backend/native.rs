@@ -52,10 +52,20 @@ impl RunnerPolicy {
     }
 }
 
+/// The last lines a runner wrote to stderr (a Rust allocation failure, a panic),
+/// for the message when it dies.
+type StderrTail = Arc<Mutex<VecDeque<String>>>;
+
+/// How many of a runner's last stderr lines are kept.
+const STDERR_LINES: usize = 8;
+
 struct RunnerProcess {
     child: Child,
     stdin: ChildStdin,
     stdout: ChildStdout,
+    stderr_tail: StderrTail,
+    /// The thread that reads stderr (done once the runner and its group are gone).
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     /// Bytes read from the runner that do not make a whole frame yet.
     pending: Vec<u8>,
 }
@@ -98,18 +108,27 @@ impl RunnerProcess {
         })?;
         let stdin = child.stdin.take().ok_or("runner has no stdin")?;
         let stdout = child.stdout.take().ok_or("runner has no stdout")?;
-        if let Some(stderr) = child.stderr.take() {
+        let stderr_tail = StderrTail::default();
+        let stderr_reader = child.stderr.take().map(|stderr| {
             let agent = agent.to_owned();
+            let tail = Arc::clone(&stderr_tail);
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     tracing::info!(target: "baton::agent", agent = %agent, "{line}");
+                    let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+                    if tail.len() == STDERR_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line.chars().take(300).collect());
                 }
-            });
-        }
+            })
+        });
         let mut proc = RunnerProcess {
             child,
             stdin,
             stdout,
+            stderr_tail,
+            stderr_reader,
             pending: Vec::new(),
         };
         let hello = proc.receive(policy.load_timeout);
@@ -217,6 +236,42 @@ impl RunnerProcess {
         status
             .map(|s| format!(" (runner {})", describe_status(s)))
             .unwrap_or_default()
+    }
+
+    /// Why a runner that died did: its exit, and what its last stderr lines
+    /// tell (an allocation that failed at the memory limit is named as such).
+    fn death(&mut self, memory_limit_mib: u64) -> Option<String> {
+        let status = self.ended()?;
+        // The reader drains the dead runner's pipe (its group is killed, so the
+        // pipe closes); its last lines are read once it is done, within a bound.
+        let until = Instant::now() + Duration::from_millis(500);
+        while self
+            .stderr_reader
+            .as_ref()
+            .is_some_and(|r| !r.is_finished())
+            && Instant::now() < until
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let tail: Vec<String> = self
+            .stderr_tail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        let out_of_memory = tail.iter().any(|l| l.contains("memory allocation of"));
+        Some(if out_of_memory && memory_limit_mib > 0 {
+            format!(
+                "{status}: an allocation failed at its memory limit {memory_limit_mib} MiB \
+                 ([agents.native] memory_limit_mib); agent output: {}",
+                tail.join(" | ")
+            )
+        } else if tail.is_empty() {
+            status
+        } else {
+            format!("{status}; agent output: {}", tail.join(" | "))
+        })
     }
 
     /// The runner's exit, if it already ended.
@@ -424,10 +479,12 @@ impl Backend for RunnerBackend {
                 ))
             }
             Err(e) => {
-                let how = process.ended().unwrap_or_else(|| {
-                    process.kill();
-                    e.clone()
-                });
+                let how = process
+                    .death(self.policy.memory_limit_mib)
+                    .unwrap_or_else(|| {
+                        process.kill();
+                        e.clone()
+                    });
                 st.process = None;
                 let what = format!(
                     "native agent {} crashed during {}: runner {how}",

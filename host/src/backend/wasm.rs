@@ -162,6 +162,8 @@ impl HostState {
         let limit = Duration::from_millis(u64::from(timeout_ms))
             .min(remaining)
             .max(Duration::from_millis(1));
+        // Which step failed, for the message: a timeout names the step and the limit.
+        let mut step = "connecting to";
         let result = (|| -> std::io::Result<Vec<u8>> {
             let addr = address
                 .to_socket_addrs()?
@@ -170,8 +172,10 @@ impl HostState {
             let mut stream = TcpStream::connect_timeout(&addr, limit)?;
             stream.set_read_timeout(Some(limit))?;
             stream.set_write_timeout(Some(limit))?;
+            step = "sending to";
             stream.write_all(payload)?;
             let _ = stream.shutdown(std::net::Shutdown::Write);
+            step = "waiting for the reply of";
             let mut reply = Vec::new();
             stream.take(u64::from(max_reply)).read_to_end(&mut reply)?;
             Ok(reply)
@@ -180,6 +184,10 @@ impl HostState {
             Err(_) if self.remaining().is_zero() => {
                 Err(self.out_of_time(&format!("tcp-request({address})")))
             }
+            Err(e) if is_timeout(&e) => Ok(Err(format!(
+                "timeout after {} ms {step} {address}",
+                limit.as_millis()
+            ))),
             Err(e) => Ok(Err(format!("{address}: {e}"))),
             Ok(reply) => Ok(Ok(reply)),
         }
@@ -199,6 +207,21 @@ impl HostState {
         }
         Ok(std::fs::read(&real).map_err(|e| format!("{path}: {e}")))
     }
+}
+
+/// Whether an I/O error is a socket timeout (a connect that timed out, or a read
+/// or write past its timeout, which Linux reports as "would block").
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+    )
+}
+
+/// Whether `bytes` are a core WebAssembly module (version 1) rather than a
+/// component (the component model's layer 1 header).
+fn is_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && &bytes[..4] == b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
 }
 
 /// A WIT version's `agent-error`, converted to the contract's.
@@ -448,6 +471,13 @@ impl WasmRuntime {
     /// Compile component bytes (validates them). This is slow; it happens at install
     /// time or when a vendor tests a file directly, never on the failover path.
     pub fn compile(&self, bytes: &[u8], origin: &Path) -> Result<Component, String> {
+        if is_core_module(bytes) {
+            return Err(format!(
+                "{} is a core module, not a component (built for wasm32-wasip1?); build it with \
+                 `cargo build --target wasm32-wasip2` against plugin-api/wit",
+                origin.display()
+            ));
+        }
         Component::new(&self.engine, bytes).map_err(|e| {
             format!(
                 "{} is not a valid WebAssembly component ({}); build it with `cargo build --target \
@@ -744,7 +774,7 @@ impl WasmBackend {
             Some(Trap::StackOverflow) => (
                 FailureCause::Trap,
                 format!(
-                    "overflowed its {} KiB stack",
+                    "hit its stack limit ({} KiB): deep or endless recursion",
                     self.runtime.limits.stack_bytes >> 10
                 ),
             ),

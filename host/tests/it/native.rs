@@ -109,7 +109,12 @@ fn a_memory_bomb_hits_the_runner_limit_not_the_host() {
         .result
         .unwrap_err();
     assert_eq!(f.cause, FailureCause::Crash, "{f}");
-    assert!(f.reason.contains("SIGABRT"), "{f}");
+    assert!(
+        f.reason.contains("SIGABRT")
+            && f.reason
+                .contains("an allocation failed at its memory limit 512 MiB"),
+        "{f}"
+    );
     assert!(call(&agent, Action::Monitor, "r", &[], 3000).result.is_ok());
 }
 

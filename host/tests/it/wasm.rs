@@ -83,7 +83,7 @@ fn a_memory_bomb_hits_the_memory_limit() {
 fn unbounded_recursion_overflows_the_stack_limit() {
     let f = fails_then_recovers("stack", "stack", 10_000);
     assert_eq!(f.cause, FailureCause::Trap, "{f}");
-    assert!(f.reason.contains("stack"), "{f}");
+    assert!(f.reason.contains("hit its stack limit (512 KiB)"), "{f}");
 }
 
 #[test]
@@ -122,6 +122,48 @@ fn forbidden_command_file_and_network_attempts_are_denied_and_classified() {
         );
         assert_eq!(r.recovery, Recovery::StopEverywhere);
     }
+}
+
+#[test]
+fn a_tcp_request_timeout_names_the_step_the_limit_and_the_address() {
+    // A server that accepts and never answers, at the address the agent requests.
+    let server = std::net::TcpListener::bind("127.0.0.1:47999")
+        .expect("port 47999 on loopback is needed by this test");
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(
+        dir.path(),
+        "[agents.grants]\nhostile = [\"net:127.0.0.1:47999\"]\n",
+    );
+    let agent = cat.load(wasm("hostile").to_str().unwrap()).unwrap();
+    let r = call(
+        &agent,
+        Action::Monitor,
+        "silent",
+        &[("mode", "net-silent")],
+        5000,
+    );
+    let f = r.result.unwrap_err();
+    assert!(
+        f.reason
+            .contains("timeout after 200 ms waiting for the reply of 127.0.0.1:47999"),
+        "{f}"
+    );
+    drop(server);
+}
+
+#[test]
+fn a_core_module_is_refused_as_one_with_the_target_to_build_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(dir.path(), "");
+    let core = dir.path().join("core.wasm");
+    // The smallest core module: magic and version 1.
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let e = format!("{:#}", cat.load(core.to_str().unwrap()).err().unwrap());
+    assert!(
+        e.contains("core.wasm is a core module, not a component (built for wasm32-wasip1?)")
+            && e.contains("--target wasm32-wasip2"),
+        "{e}"
+    );
 }
 
 #[test]

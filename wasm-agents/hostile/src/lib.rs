@@ -55,6 +55,7 @@ impl Guest for Hostile {
                     "exec-forbidden",
                     "read-forbidden",
                     "net-forbidden",
+                    "net-silent",
                     "stack",
                 ]
                 .map(String::from)
@@ -74,6 +75,7 @@ impl Guest for Hostile {
                 "exec:/bin/sleep".into(),
                 "exec:/bin/sh".into(),
                 "read:/etc".into(),
+                "net:127.0.0.1:47999".into(),
             ],
         }
     }
@@ -148,6 +150,11 @@ impl Guest for Hostile {
             }
             "net-forbidden" => {
                 capabilities::tcp_request("198.18.0.1:9", b"x", 100, 10).map_err(err)?;
+                Ok(MonitorState::Running)
+            }
+            // A server that accepts and never answers (the test runs one there).
+            "net-silent" => {
+                capabilities::tcp_request("127.0.0.1:47999", b"x", 200, 10).map_err(err)?;
                 Ok(MonitorState::Running)
             }
             _ => Ok(if STARTED.get() {
