@@ -538,7 +538,10 @@ pub fn run(
     })?;
     let mut agent_config = config.clone();
     agent_config.agents.node = Some(node_name.to_string());
-    let catalog = AgentCatalog::new(agent_config, runner_exe.clone());
+    let mut catalog = AgentCatalog::new(agent_config, runner_exe.clone());
+    let mut policy = catalog.runner_policy().clone();
+    policy.long_lived = true;
+    catalog.set_runner_policy(policy);
     let services: Arc<Vec<LoadedService>> = Arc::new(load_services(&cluster, &catalog, node_name)?);
     let fencer: Option<Arc<Fencer>> = load_fencer(&cluster, &catalog, node_name)?.map(Arc::new);
     let mut sockets = Vec::new();

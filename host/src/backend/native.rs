@@ -34,6 +34,10 @@ pub struct RunnerPolicy {
     pub crash_window: Duration,
     /// How long a quarantined library stays refused.
     pub quarantine_for: Duration,
+    /// Whether the runner serves a long-lived process (the daemon), where a
+    /// quarantine lasts until its time is up or the daemon restarts; a one-shot
+    /// command loads the library afresh next time.
+    pub long_lived: bool,
 }
 
 impl RunnerPolicy {
@@ -48,6 +52,7 @@ impl RunnerPolicy {
             quarantine_after: 5,
             crash_window: Duration::from_secs(60),
             quarantine_for: Duration::from_secs(600),
+            long_lived: false,
         }
     }
 }
@@ -296,6 +301,7 @@ struct Supervision {
     consecutive: u32,
     restart_at: Option<Instant>,
     quarantined_until: Option<Instant>,
+    /// The last failure of the runner: a crash, or a timeout that killed it.
     last_crash: Option<String>,
     starts: u64,
 }
@@ -364,13 +370,19 @@ impl RunnerBackend {
                     FailureCause::Quarantined,
                     ErrorClass::Generic,
                     format!(
-                        "native agent {} is quarantined for {} s more after {} crashes in {} s (last: {}); \
-                         fix the library and restart baton, or wait",
+                        "native agent {} is quarantined for {} s more after its runner failed {} times \
+                         in {} s (crashes or timeouts; last: {}); {}",
                         self.metadata.name,
                         (until - Instant::now()).as_secs(),
                         st.crashes.len(),
                         self.policy.crash_window.as_secs(),
-                        st.last_crash.as_deref().unwrap_or("unknown")
+                        st.last_crash.as_deref().unwrap_or("unknown"),
+                        if self.policy.long_lived {
+                            "install a fixed build with `baton agent install`, then restart this node's \
+                             daemon, or wait"
+                        } else {
+                            "fix the library; the next baton command loads it afresh"
+                        }
                     ),
                 ));
             }
@@ -386,7 +398,7 @@ impl RunnerBackend {
                     FailureCause::Crash,
                     ErrorClass::Generic,
                     format!(
-                        "native agent {} is restarting after a crash ({}); next start in {} ms",
+                        "native agent {} is restarting after its runner failed ({}); next start in {} ms",
                         self.metadata.name,
                         st.last_crash.as_deref().unwrap_or("unknown"),
                         at.saturating_duration_since(Instant::now()).as_millis()

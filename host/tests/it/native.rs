@@ -160,7 +160,29 @@ fn repeated_crashes_quarantine_the_library_while_other_agents_keep_serving() {
         .unwrap_err();
     assert_eq!(f.cause, FailureCause::Quarantined, "{f}");
     assert!(
-        f.reason.contains("quarantined") && f.reason.contains("3 crashes"),
+        f.reason.contains("quarantined")
+            && f.reason.contains("failed 3 times")
+            && f.reason.contains("the next baton command loads it afresh")
+            && !f.reason.contains("restart"),
+        "a one-shot command's message: {f}"
+    );
+    // In the daemon, the same quarantine points at the daemon.
+    let mut policy = fast_policy();
+    policy.quarantine_after = 1;
+    policy.long_lived = true;
+    cat.set_runner_policy(policy);
+    let bad = cat
+        .load(native_lib("native-hostile").to_str().unwrap())
+        .unwrap();
+    call(&bad, Action::Monitor, "r", &[("mode", "abort")], 3000)
+        .result
+        .unwrap_err();
+    let f = call(&bad, Action::Monitor, "r", &[], 3000)
+        .result
+        .unwrap_err();
+    assert!(
+        f.reason
+            .contains("then restart this node's daemon, or wait"),
         "{f}"
     );
 }
