@@ -36,6 +36,10 @@ pub struct AgentSummary {
     pub kind: AgentKind,
     /// The agent's version ("" when unknown without loading it).
     pub version: String,
+    /// For an OCF agent, the OCF API version its meta-data declares
+    /// (`<version>1.1</version>`), when its script shows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ocf_api: Option<String>,
     /// Contract version.
     pub contract: Option<ContractVersion>,
     /// Where it comes from.
@@ -257,6 +261,7 @@ impl AgentCatalog {
                     name: "?".into(),
                     kind: AgentKind::Native,
                     version: String::new(),
+                    ocf_api: None,
                     contract: None,
                     source: self.store.root().display().to_string(),
                     requested: vec![],
@@ -277,17 +282,20 @@ impl AgentCatalog {
                     for a in agents.flatten() {
                         let kind = a.file_name().to_string_lossy().into_owned();
                         if !kind.starts_with('.') && a.path().is_file() {
-                            names.push(format!("ocf:{provider}:{kind}"));
+                            names.push((format!("ocf:{provider}:{kind}"), a.path()));
                         }
                     }
                 }
             }
             names.sort();
-            for name in names {
+            for (name, path) in names {
+                // From the script's text, without running it (a fork per agent).
+                let (version, ocf_api) = ocf_versions(&path);
                 out.push(AgentSummary {
                     name,
                     kind: AgentKind::Ocf,
-                    version: String::new(),
+                    version: version.unwrap_or_default(),
+                    ocf_api,
                     contract: Some(ContractVersion::new(1, 0)),
                     source: root.display().to_string(),
                     requested: vec![],
@@ -312,6 +320,7 @@ impl AgentCatalog {
             name: name.into(),
             kind,
             version: meta.version.clone(),
+            ocf_api: None,
             contract: Some(meta.contract),
             source,
             requested: meta.capabilities.iter().map(|c| c.to_string()).collect(),
@@ -319,4 +328,26 @@ impl AgentCatalog {
             state,
         }
     }
+}
+
+/// An OCF agent's own version (`<resource-agent … version="X">`) and the OCF API
+/// version it declares (`<version>Y</version>`), as its meta-data appears in the
+/// script's first 64 KiB (most agents print it from a here-document).
+pub fn ocf_versions(script: &std::path::Path) -> (Option<String>, Option<String>) {
+    let mut head = Vec::new();
+    if let Ok(f) = std::fs::File::open(script) {
+        let _ = std::io::Read::read_to_end(&mut std::io::Read::take(f, 64 << 10), &mut head);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let agent = text.find("<resource-agent").and_then(|at| {
+        let tag = &text[at..at + text[at..].find('>')?];
+        let v = &tag[tag.find("version=\"")? + 9..];
+        Some(v[..v.find('"')?].to_string())
+    });
+    let api = text.find("<version>").and_then(|at| {
+        let v = &text[at + 9..];
+        Some(v[..v.find("</version>")?].trim().to_string())
+    });
+    let plain = |v: String| (!v.is_empty() && v.len() <= 16 && !v.contains('$')).then_some(v);
+    (agent.and_then(plain), api.and_then(plain))
 }

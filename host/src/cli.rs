@@ -1,6 +1,6 @@
 //! The `baton` command line.
 
-use crate::agent_host::CallReport;
+use crate::agent_host::{CallReport, FailureCause};
 use crate::catalog::AgentCatalog;
 use crate::config::Config;
 use crate::conformance;
@@ -587,9 +587,11 @@ fn agent(cmd: AgentCommand, catalog: AgentCatalog) -> anyhow::Result<ExitCode> {
                         } else {
                             &a.version
                         },
-                        a.contract
-                            .map(|c| c.to_string())
-                            .unwrap_or_else(|| "-".into()),
+                        match (&a.ocf_api, a.contract) {
+                            (Some(api), _) => format!("ocf {api}"),
+                            (None, Some(c)) => c.to_string(),
+                            (None, None) => "-".into(),
+                        },
                         if a.state == "ok" {
                             String::new()
                         } else {
@@ -690,10 +692,12 @@ fn agent(cmd: AgentCommand, catalog: AgentCatalog) -> anyhow::Result<ExitCode> {
                 .unwrap_or(20_000);
             let report = handle.call(&req);
             print_report(&report, json)?;
-            Ok(if report.result.is_ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
+            // 2: the host refused the input (parameters, action) before the agent
+            // ran; 1: the agent ran and failed.
+            Ok(match &report.result {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(f) if f.cause == FailureCause::Refused => ExitCode::from(2),
+                Err(_) => ExitCode::from(1),
             })
         }
         AgentCommand::Test {

@@ -139,7 +139,8 @@ fn bad_flags_and_names_get_errors_that_say_what_to_write() {
         ),
     ] {
         let o = baton(&cfg, args);
-        assert!(!o.status.success(), "{args:?} succeeded");
+        // Refused input is exit 2, as documented; 1 is an agent that failed.
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", output_text(&o));
         assert!(
             output_text(&o).contains(wanted),
             "{args:?}: {}",
@@ -231,4 +232,45 @@ fn the_shared_devices_example_in_the_operations_guide_checks() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 nodes"));
+}
+
+/// `agent list` shows each OCF agent's own version and its OCF API version, as
+/// its meta-data declares them (read from the script, not by running it).
+#[test]
+fn agent_list_shows_the_versions_ocf_agents_declare() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = baton(&config(dir.path()), &["agent", "list", "--json"]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let meta = std::process::Command::new("/usr/lib/ocf/resource.d/heartbeat/Filesystem")
+        .arg("meta-data")
+        .env("OCF_ROOT", "/usr/lib/ocf")
+        .output()
+        .unwrap();
+    let meta = String::from_utf8_lossy(&meta.stdout);
+    let declared = |prefix: &str, end: char| {
+        let at = meta.find(prefix).unwrap() + prefix.len();
+        meta[at..at + meta[at..].find(end).unwrap()].to_string()
+    };
+    let entry = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "ocf:heartbeat:Filesystem")
+        .expect("ocf:heartbeat:Filesystem listed");
+    assert_eq!(
+        entry["version"],
+        declared("<resource-agent name=\"Filesystem\" version=\"", '"')
+    );
+    assert_eq!(entry["ocf_api"], declared("<version>", '<'));
+    let text = baton(&config(dir.path()), &["agent", "list"]);
+    let line = String::from_utf8_lossy(&text.stdout)
+        .lines()
+        .find(|l| l.starts_with("ocf:heartbeat:Filesystem "))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains(&format!("ocf {}", entry["ocf_api"].as_str().unwrap())),
+        "{line}"
+    );
 }
