@@ -127,8 +127,9 @@ impl AgentCatalog {
             ));
         }
         if name.starts_with("ocf:") {
-            let backend =
-                OcfBackend::load(name, &self.config.agents.ocf_root).map_err(anyhow::Error::msg)?;
+            let agents = &self.config.agents;
+            let backend = OcfBackend::load(name, &agents.ocf_root, &agents.ocf_dirs())
+                .map_err(anyhow::Error::msg)?;
             return Ok(AgentHandle::new(Box::new(backend), "ocf bridge"));
         }
         let as_path = Path::new(name);
@@ -191,6 +192,13 @@ impl AgentCatalog {
 
     fn load_file(&self, path: &Path) -> anyhow::Result<AgentHandle> {
         let source = format!("file {}", path.display());
+        if is_script(path) {
+            // An OCF agent before it is packaged: run through the bridge with the
+            // configured OCF_ROOT, so it finds the standard shell helpers.
+            let backend = OcfBackend::load_file(path, &self.config.agents.ocf_root)
+                .map_err(anyhow::Error::msg)?;
+            return Ok(AgentHandle::new(Box::new(backend), source));
+        }
         match sniff(path)? {
             StoredKind::Native => {
                 let b =
@@ -270,9 +278,11 @@ impl AgentCatalog {
                 }),
             }
         }
-        let root = self.config.agents.ocf_root.join("resource.d");
-        if let Ok(providers) = std::fs::read_dir(&root) {
-            let mut names = Vec::new();
+        let mut names = Vec::new();
+        for root in self.config.agents.ocf_dirs() {
+            let Ok(providers) = std::fs::read_dir(&root) else {
+                continue;
+            };
             for p in providers.flatten() {
                 let provider = p.file_name().to_string_lossy().into_owned();
                 if provider.starts_with('.') {
@@ -282,27 +292,30 @@ impl AgentCatalog {
                     for a in agents.flatten() {
                         let kind = a.file_name().to_string_lossy().into_owned();
                         if !kind.starts_with('.') && a.path().is_file() {
-                            names.push((format!("ocf:{provider}:{kind}"), a.path()));
+                            names.push((format!("ocf:{provider}:{kind}"), a.path(), root.clone()));
                         }
                     }
                 }
             }
-            names.sort();
-            for (name, path) in names {
-                // From the script's text, without running it (a fork per agent).
-                let (version, ocf_api) = ocf_versions(&path);
-                out.push(AgentSummary {
-                    name,
-                    kind: AgentKind::Ocf,
-                    version: version.unwrap_or_default(),
-                    ocf_api,
-                    contract: Some(ContractVersion::new(1, 0)),
-                    source: root.display().to_string(),
-                    requested: vec![],
-                    granted: vec![],
-                    state: "ok".into(),
-                });
-            }
+        }
+        // The first directory that has an agent is where it loads from.
+        let mut seen = std::collections::BTreeSet::new();
+        names.retain(|(name, _, _)| seen.insert(name.clone()));
+        names.sort();
+        for (name, path, root) in names {
+            // From the script's text, without running it (a fork per agent).
+            let (version, ocf_api) = ocf_versions(&path);
+            out.push(AgentSummary {
+                name,
+                kind: AgentKind::Ocf,
+                version: version.unwrap_or_default(),
+                ocf_api,
+                contract: Some(ContractVersion::new(1, 0)),
+                source: root.display().to_string(),
+                requested: vec![],
+                granted: vec![],
+                state: "ok".into(),
+            });
         }
         out
     }
@@ -328,6 +341,14 @@ impl AgentCatalog {
             state,
         }
     }
+}
+
+/// Whether `path` is a script (`#!`): an OCF agent given by its file.
+fn is_script(path: &Path) -> bool {
+    let mut head = [0u8; 2];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok_and(|()| &head == b"#!")
 }
 
 /// An OCF agent's own version (`<resource-agent … version="X">`) and the OCF API

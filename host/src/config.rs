@@ -28,8 +28,12 @@ pub struct Config {
 pub struct AgentsConfig {
     /// The agent store that `baton agent install` writes and the daemon reads.
     pub store: PathBuf,
-    /// The OCF root (`OCF_ROOT`); agents are `OCF_ROOT/resource.d/PROVIDER/TYPE`.
+    /// The OCF root (`OCF_ROOT`, where `lib/heartbeat/ocf-shellfuncs` is); agents
+    /// are `OCF_ROOT/resource.d/PROVIDER/TYPE`.
     pub ocf_root: PathBuf,
+    /// More directories holding `PROVIDER/TYPE` agents, searched after
+    /// `OCF_ROOT/resource.d` (Pacemaker's `OCF_RA_PATH`); `OCF_ROOT` stays one.
+    pub ocf_path: Vec<PathBuf>,
     /// This node's name as agents see it (default: the host name).
     pub node: Option<String>,
     /// Limits of the native runner.
@@ -48,12 +52,23 @@ impl Default for AgentsConfig {
         AgentsConfig {
             store: PathBuf::from("/var/lib/baton/agents"),
             ocf_root: PathBuf::from("/usr/lib/ocf"),
+            ocf_path: Vec::new(),
             node: None,
             native: NativeConfig::default(),
             wasm: WasmConfig::default(),
             grants: BTreeMap::new(),
             trusted: Vec::new(),
         }
+    }
+}
+
+impl AgentsConfig {
+    /// The directories OCF agents are searched in, in order: `OCF_ROOT/resource.d`,
+    /// then `ocf_path`.
+    pub fn ocf_dirs(&self) -> Vec<PathBuf> {
+        std::iter::once(self.ocf_root.join("resource.d"))
+            .chain(self.ocf_path.iter().cloned())
+            .collect()
     }
 }
 

@@ -53,21 +53,51 @@ pub struct OcfBackend {
 }
 
 impl OcfBackend {
-    /// Find `ocf:PROVIDER:TYPE` under `ocf_root` and read its meta-data.
-    pub fn load(full_name: &str, ocf_root: &Path) -> Result<OcfBackend, String> {
+    /// Find `ocf:PROVIDER:TYPE` in the first of `dirs` that has `PROVIDER/TYPE`
+    /// and read its meta-data; it runs with `OCF_ROOT=ocf_root`.
+    pub fn load(full_name: &str, ocf_root: &Path, dirs: &[PathBuf]) -> Result<OcfBackend, String> {
         let name = OcfName::parse(full_name)
             .ok_or_else(|| format!("{full_name:?} is not an OCF agent name; write ocf:PROVIDER:TYPE, e.g. ocf:heartbeat:Dummy"))?;
-        let path = ocf_root
-            .join("resource.d")
-            .join(&name.provider)
-            .join(&name.kind);
-        if !path.is_file() {
+        let candidates: Vec<PathBuf> = dirs
+            .iter()
+            .map(|d| d.join(&name.provider).join(&name.kind))
+            .collect();
+        let Some(path) = candidates.iter().find(|p| p.is_file()).cloned() else {
             return Err(format!(
                 "OCF agent {full_name} not found: no file {} (is the package that ships it, e.g. \
-                 resource-agents, installed? is agents.ocf_root right?)",
-                path.display()
+                 resource-agents, installed? are agents.ocf_root and agents.ocf_path right?)",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
             ));
-        }
+        };
+        OcfBackend::load_at(full_name, name, path, ocf_root)
+    }
+
+    /// An OCF agent given by its file (a vendor's script before it is packaged):
+    /// provider `local`, type the file name, run with `OCF_ROOT=ocf_root` so it
+    /// finds the standard shell helpers.
+    pub fn load_file(path: &Path, ocf_root: &Path) -> Result<OcfBackend, String> {
+        let kind = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = OcfName {
+            provider: "local".into(),
+            kind: kind.clone(),
+        };
+        let path = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        OcfBackend::load_at(&format!("ocf:local:{kind}"), name, path, ocf_root)
+    }
+
+    fn load_at(
+        full_name: &str,
+        name: OcfName,
+        path: PathBuf,
+        ocf_root: &Path,
+    ) -> Result<OcfBackend, String> {
         let mut backend = OcfBackend {
             path,
             ocf_root: ocf_root.to_owned(),

@@ -1,7 +1,7 @@
 //! The OCF bridge on real ClusterLabs agents (Debian's resource-agents) and on
 //! fixtures that misbehave.
 
-use crate::support::{call, catalog, gone_within, repo};
+use crate::support::{baton_exe, call, catalog, gone_within, output_text, repo};
 use baton::agent_host::FailureCause;
 use baton::catalog::AgentCatalog;
 use baton::conformance;
@@ -187,4 +187,95 @@ fn the_agent_gets_pacemakers_environment() {
             "missing {expected} in\n{env}"
         );
     }
+}
+
+/// A vendor's script in a directory of its own (`ocf_path`) runs with the
+/// standard OCF_ROOT, so it finds `ocf-shellfuncs`; `agent list` shows it.
+#[test]
+fn an_agent_in_an_extra_directory_keeps_the_standard_ocf_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = dir.path().join("vendor-ocf");
+    std::fs::create_dir_all(extra.join("vendor")).unwrap();
+    // Dummy sources ${OCF_ROOT}/lib/heartbeat/ocf-shellfuncs.
+    std::fs::copy(
+        "/usr/lib/ocf/resource.d/heartbeat/Dummy",
+        extra.join("vendor/Probe"),
+    )
+    .unwrap();
+    let cat = catalog(
+        dir.path(),
+        &format!("ocf_path = [{:?}]\n", extra.display().to_string()),
+    );
+    let agent = cat.load("ocf:vendor:Probe").unwrap();
+    let state = dir.path().join("probe.state").display().to_string();
+    let params = [("state".to_string(), state)].into_iter().collect();
+    let report = conformance::run(&agent, params, "ct", "testnode", None);
+    assert!(report.passed, "{report:#?}");
+    assert!(
+        cat.list()
+            .iter()
+            .any(|a| a.name == "ocf:vendor:Probe" && a.source == extra.display().to_string())
+    );
+    // A name found nowhere names every place searched.
+    let e = format!("{:#}", cat.load("ocf:vendor:Nope").err().unwrap());
+    assert!(
+        e.contains("/usr/lib/ocf/resource.d/vendor/Nope")
+            && e.contains("vendor-ocf/vendor/Nope")
+            && e.contains("agents.ocf_path"),
+        "{e}"
+    );
+}
+
+/// `baton agent test ./script` tests an OCF agent before it is packaged, with
+/// the standard shell helpers found; a failing action shows the agent's stderr.
+#[test]
+fn an_ocf_script_is_tested_by_its_path_before_it_is_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("myagent");
+    std::fs::copy("/usr/lib/ocf/resource.d/heartbeat/Dummy", &script).unwrap();
+    let config = dir.path().join("baton.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agents]\nstore = {:?}\n",
+            dir.path().join("store").display().to_string()
+        ),
+    )
+    .unwrap();
+    let state = format!("state={}", dir.path().join("s.state").display());
+    let o = std::process::Command::new(baton_exe())
+        .arg("--config")
+        .arg(&config)
+        .args(["agent", "test", script.to_str().unwrap(), "-p", &state])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(output_text(&o).contains("PASS"), "{}", output_text(&o));
+    // A script that fails says why, from its stderr.
+    let broken = dir.path().join("broken");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\n. ${OCF_ROOT}/lib/heartbeat/ocf-shellfuncs\n\
+         case $1 in meta-data) cat <<'X'\n<?xml version=\"1.0\"?>\n<resource-agent name=\"broken\" version=\"0.1\">\n\
+         <version>1.0</version><shortdesc lang=\"en\">b</shortdesc><parameters/>\n<actions>\
+         <action name=\"start\" timeout=\"5s\"/><action name=\"stop\" timeout=\"5s\"/>\
+         <action name=\"monitor\" timeout=\"5s\"/><action name=\"meta-data\" timeout=\"5s\"/>\
+         </actions></resource-agent>\nX\nexit 0;;\n\
+         start) echo \"cannot open /etc/broken.conf\" >&2; exit $OCF_ERR_GENERIC;;\n\
+         *) exit $OCF_NOT_RUNNING;; esac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let o = std::process::Command::new(baton_exe())
+        .arg("--config")
+        .arg(&config)
+        .args(["agent", "run", broken.to_str().unwrap(), "start"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("cannot open /etc/broken.conf"),
+        "{}",
+        output_text(&o)
+    );
 }
