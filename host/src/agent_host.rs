@@ -222,8 +222,12 @@ impl AgentHandle {
             Ok(_) => Recovery::None,
             Err(f) => recovery_for(req.action, &f.as_agent_error()),
         };
-        if let Err(f) = &result {
-            tracing::info!(failure = %f, recovery = %recovery, "agent call failed");
+        let elapsed_us = started.elapsed().as_micros() as u64;
+        match &result {
+            Ok(outcome) => tracing::debug!(elapsed_us, %outcome, "agent call done"),
+            Err(f) => {
+                tracing::info!(elapsed_us, failure = %f, recovery = %recovery, "agent call failed")
+            }
         }
         CallReport {
             agent: self.metadata().name.clone(),

@@ -22,6 +22,17 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Whether this is `agent run` or `agent test`: a vendor trying an agent,
+    /// who wants to see what the agent logs.
+    pub fn tries_an_agent(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Agent(AgentCommand::Run { .. } | AgentCommand::Test { .. })
+        )
+    }
+}
+
 /// Top-level commands.
 #[derive(Subcommand, Debug)]
 pub enum Command {

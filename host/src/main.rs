@@ -2,14 +2,23 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let cli = baton::cli::Cli::parse();
+    // BATON_LOG=debug shows every agent call with its deadline and result. By
+    // default only warnings, except that `agent run` and `agent test` show what
+    // the agent itself logs at info, as a vendor trying it expects.
+    let default = if cli.tries_an_agent() {
+        "warn,baton::agent=info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| default.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = baton::cli::Cli::parse();
     match baton::cli::main(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -274,3 +274,35 @@ fn agent_list_shows_the_versions_ocf_agents_declare() {
         "{line}"
     );
 }
+
+/// `agent run` shows what the agent logs at info by default; with
+/// BATON_LOG=debug every call shows its deadline and result.
+#[test]
+fn agent_run_shows_the_agents_log_and_debug_shows_every_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let sample = wasm("sample_wasm_agent");
+    let o = baton(&cfg, &["agent", "run", sample.to_str().unwrap(), "start"]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("INFO") && err.contains("hello from cli"),
+        "{err}"
+    );
+    assert!(!err.contains('\x1b'), "colour codes in a pipe: {err}");
+    let o = Command::new(baton_exe())
+        .env("BATON_LOG", "debug")
+        .arg("--config")
+        .arg(&cfg)
+        .args(["agent", "run", "process", "monitor", "-p", "command=true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("agent call done")
+            && err.contains("action=monitor")
+            && err.contains("timeout_ms=")
+            && err.contains("outcome=not-running"),
+        "{err}"
+    );
+}
