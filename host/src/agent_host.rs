@@ -216,6 +216,7 @@ impl AgentHandle {
             kind = %self.kind(),
         );
         let _enter = span.enter();
+        let req = &self.with_defaults(req);
         let result = self.precheck(req).and_then(|()| self.backend.call(req));
         let recovery = match &result {
             Ok(Outcome::State(s)) => recovery_for_state(*s),
@@ -237,6 +238,25 @@ impl AgentHandle {
             recovery,
             elapsed: started.elapsed(),
         }
+    }
+
+    /// `req` with every parameter it does not set at its meta-data default, for
+    /// every kind but OCF: an OCF agent applies its own defaults (`OCF_RESKEY_x`
+    /// unset means "use the default"), as Pacemaker leaves them to it.
+    fn with_defaults<'a>(&self, req: &'a Request) -> std::borrow::Cow<'a, Request> {
+        let missing = |p: &&baton_plugin_api::ParamSpec| {
+            p.default.is_some() && !req.params.contains_key(&p.name)
+        };
+        let meta = self.metadata();
+        if self.kind() == AgentKind::Ocf || !meta.parameters.iter().any(|p| missing(&p)) {
+            return std::borrow::Cow::Borrowed(req);
+        }
+        let mut full = req.clone();
+        for p in meta.parameters.iter().filter(missing) {
+            full.params
+                .insert(p.name.clone(), p.default.clone().unwrap_or_default());
+        }
+        std::borrow::Cow::Owned(full)
     }
 
     fn precheck(&self, req: &Request) -> Result<(), Failure> {

@@ -306,3 +306,23 @@ fn agent_run_shows_the_agents_log_and_debug_shows_every_call() {
         "{err}"
     );
 }
+
+/// A parameter the caller leaves out reaches a WebAssembly (or native) agent at
+/// its meta-data default; the agent logs the mode it got.
+#[test]
+fn meta_data_defaults_are_passed_to_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(baton_exe())
+        .env("BATON_LOG", "warn,baton::agent=debug")
+        .arg("--config")
+        .arg(config(dir.path()))
+        .args(["agent", "run", wasm("hostile").to_str().unwrap(), "monitor"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("monitor in mode ok"),
+        "{}",
+        output_text(&o)
+    );
+}

@@ -20,7 +20,8 @@ fn mode(req: &Request) -> &str {
         .iter()
         .find(|(k, _)| k == "mode")
         .map(|(_, v)| v.as_str())
-        .unwrap_or("ok")
+        // The host passes the meta-data default; "(none)" would show it did not.
+        .unwrap_or("(none)")
 }
 
 fn err(reason: String) -> AgentError {
