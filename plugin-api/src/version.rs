@@ -103,6 +103,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_crate_version_follows_the_contract() {
+        let crate_version = env!("CARGO_PKG_VERSION")
+            .rsplit_once('.')
+            .and_then(|(major_minor, _patch)| ContractVersion::parse(major_minor))
+            .unwrap();
+        assert_eq!(crate_version, CONTRACT_VERSION);
+    }
+
+    #[test]
     fn parses_the_spellings_agents_use() {
         assert_eq!(
             ContractVersion::parse("1.0"),
