@@ -65,7 +65,9 @@ impl Named {
         loop {
             let log =
                 std::fs::read_to_string(named.dir.path().join("named.log")).unwrap_or_default();
-            if log.contains("running") {
+            // Not just "running": named's first line is "running as: named …",
+            // long before the zone is loaded.
+            if log.contains("all zones loaded") {
                 break;
             }
             assert!(Instant::now() < deadline, "named did not start:\n{log}");

@@ -30,7 +30,12 @@ fn installed_agents_load_by_name_and_list_with_contract_and_capabilities() {
     assert_eq!(h.contract.unwrap().to_string(), "1.1");
     assert_eq!(
         h.requested,
-        ["exec:/bin/sleep", "exec:/bin/sh", "read:/etc"]
+        [
+            "exec:/bin/sleep",
+            "exec:/bin/sh",
+            "read:/etc",
+            "net:127.0.0.1:47999"
+        ]
     );
     assert_eq!(
         h.granted,
