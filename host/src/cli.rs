@@ -212,6 +212,22 @@ pub enum AgentCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Create a standalone agent project (outside this repository) that builds and
+    /// passes `baton agent test` unchanged.
+    New {
+        /// The agent's type name (lowercase letters, digits, '-').
+        name: String,
+        /// native (a Rust cdylib), wasm (a Rust component) or ocf (a shell agent).
+        #[arg(long, value_enum)]
+        kind: crate::scaffold::ProjectKind,
+        /// Where to create it (default: ./NAME); must be new or empty.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The baton checkout with the SDK crates and WIT files (default: the one
+        /// this baton was built from).
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
+    },
     /// Run the conformance sequence (ocf-tester style) and report pass/fail.
     Test {
         /// Agent type.
@@ -747,6 +763,27 @@ fn agent(cmd: AgentCommand, catalog: AgentCatalog) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        AgentCommand::New {
+            name,
+            kind,
+            dir,
+            sdk,
+        } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let (files, commands) = crate::scaffold::create(&name, kind, &dir, sdk.as_deref())?;
+            let kind_name = clap::ValueEnum::to_possible_value(&kind)
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default();
+            println!("created {name} ({kind_name}) in {}:", dir.display());
+            for f in files {
+                println!("  {}", f.display());
+            }
+            println!("build and test it:");
+            for c in commands {
+                println!("  {c}");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         AgentCommand::Install { path, json } => {
             let installed = catalog.install(&path)?;

@@ -21,6 +21,7 @@ pub mod health;
 pub mod lab;
 pub mod process_group;
 pub mod runner;
+pub mod scaffold;
 pub mod store;
 pub mod watchdog;
 pub mod witness_worker;

@@ -326,3 +326,104 @@ fn meta_data_defaults_are_passed_to_the_agent() {
         output_text(&o)
     );
 }
+
+/// `baton agent new` for each kind: the project, built outside this repository
+/// exactly as the command says, passes `baton agent test` unchanged.
+#[test]
+fn a_scaffolded_project_of_each_kind_builds_and_passes_the_conformance_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    // Shared across runs, so only the first build compiles the SDK.
+    let target = crate::support::repo().join("target/scaffold");
+    for (kind, name, artifact, params) in [
+        ("ocf", "acme-ocf", "acme-ocf/acme-ocf".to_string(), "state"),
+        (
+            "native",
+            "acme-native",
+            target
+                .join("release/libacme_native.so")
+                .display()
+                .to_string(),
+            "path",
+        ),
+        (
+            "wasm",
+            "acme-wasm",
+            target
+                .join("wasm32-wasip2/release/acme_wasm.wasm")
+                .display()
+                .to_string(),
+            "",
+        ),
+    ] {
+        let project = dir.path().join(name);
+        let o = baton(
+            &cfg,
+            &[
+                "agent",
+                "new",
+                name,
+                "--kind",
+                kind,
+                "--dir",
+                project.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{kind}: {}", output_text(&o));
+        if kind != "ocf" {
+            let mut build = Command::new("cargo");
+            build
+                .args(["build", "--release", "--manifest-path"])
+                .arg(project.join("Cargo.toml"))
+                .env("CARGO_TARGET_DIR", &target)
+                .current_dir(&project);
+            if kind == "wasm" {
+                build.args(["--target", "wasm32-wasip2"]);
+            }
+            let b = build.output().unwrap();
+            assert!(b.status.success(), "{kind} build: {}", output_text(&b));
+        }
+        let artifact = if kind == "ocf" {
+            dir.path().join(&artifact).display().to_string()
+        } else {
+            artifact
+        };
+        let mut args = vec!["agent", "test", artifact.as_str()];
+        let param = format!("{params}={}", dir.path().join("state").display());
+        if !params.is_empty() {
+            args.extend(["-p", param.as_str()]);
+        }
+        let t = baton(&cfg, &args);
+        assert!(t.status.success(), "{kind}: {}", output_text(&t));
+        assert!(
+            output_text(&t).contains("PASS: 16 passed, 0 failed"),
+            "{kind}: {}",
+            output_text(&t)
+        );
+    }
+    // A name that is not one, and a directory that is taken, are refused.
+    let o = baton(&cfg, &["agent", "new", "Bad_Name", "--kind", "ocf"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        output_text(&o).contains("use lowercase letters"),
+        "{}",
+        output_text(&o)
+    );
+    let o = baton(
+        &cfg,
+        &[
+            "agent",
+            "new",
+            "again",
+            "--kind",
+            "ocf",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    assert!(
+        output_text(&o).contains("is not empty"),
+        "{}",
+        output_text(&o)
+    );
+}
