@@ -105,6 +105,12 @@ impl AgentCatalog {
         Ok(Arc::clone(self.wasm.get_or_init(|| rt)))
     }
 
+    /// What `meta`'s agent may use here: its requests intersected with the grants
+    /// for its type name.
+    pub fn capability_set(&self, meta: &baton_plugin_api::Metadata) -> CapabilitySet {
+        CapabilitySet::new(&meta.capabilities, self.grants(&meta.name)).for_agent(&meta.name)
+    }
+
     fn grants(&self, name: &str) -> &[Capability] {
         self.config
             .agents

@@ -381,6 +381,25 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Before anything else, on stderr (stdout may be JSON): how many capabilities
+/// the agent requests and how many are granted, with the config line that
+/// grants the rest.
+fn capability_header(catalog: &AgentCatalog, handle: &crate::agent_host::AgentHandle) {
+    let meta = handle.metadata();
+    if meta.capabilities.is_empty() {
+        return;
+    }
+    let set = catalog.capability_set(meta);
+    eprintln!(
+        "{} capabilities requested, {} granted{}",
+        meta.capabilities.len(),
+        set.effective().len(),
+        set.grant_line()
+            .map(|line| format!("; to grant the rest, add to the config:\n{line}"))
+            .unwrap_or_default()
+    );
+}
+
 fn control_command(
     socket: &std::path::Path,
     req: &ControlRequest,
@@ -709,6 +728,7 @@ fn agent(cmd: AgentCommand, catalog: AgentCatalog) -> anyhow::Result<ExitCode> {
             })?;
             let params = parse_params(&params)?;
             let handle = catalog.load(&agent)?;
+            capability_header(&catalog, &handle);
             let mut req = baton_plugin_api::Request::new(action, params);
             req.depth = depth;
             req.probe = probe;
@@ -736,6 +756,7 @@ fn agent(cmd: AgentCommand, catalog: AgentCatalog) -> anyhow::Result<ExitCode> {
         } => {
             let params = parse_params(&params)?;
             let handle = catalog.load(&agent)?;
+            capability_header(&catalog, &handle);
             let report = conformance::run(&handle, params, &resource, catalog.node(), timeout);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -113,13 +113,45 @@ impl<'de> Deserialize<'de> for Capability {
 pub struct CapabilitySet {
     effective: Vec<Capability>,
     refused: Vec<Capability>,
+    /// The agent type, for the config line a refusal suggests.
+    agent: String,
 }
 
 impl CapabilitySet {
     /// Intersect what the agent requested with what the administrator granted.
     pub fn new(requested: &[Capability], granted: &[Capability]) -> CapabilitySet {
         let (effective, refused) = requested.iter().cloned().partition(|c| granted.contains(c));
-        CapabilitySet { effective, refused }
+        CapabilitySet {
+            effective,
+            refused,
+            agent: String::new(),
+        }
+    }
+
+    /// Name the agent type, so a refusal can give the config line that grants it.
+    pub fn for_agent(mut self, agent: &str) -> CapabilitySet {
+        self.agent = agent.to_owned();
+        self
+    }
+
+    /// The `[agents.grants]` line that grants what the agent requested and was
+    /// not granted (`None` when nothing is missing).
+    pub fn grant_line(&self) -> Option<String> {
+        if self.refused.is_empty() {
+            return None;
+        }
+        let all: Vec<String> = self
+            .effective
+            .iter()
+            .chain(&self.refused)
+            .map(|c| format!("{:?}", c.to_string()))
+            .collect();
+        let agent = if self.agent.is_empty() {
+            "AGENT"
+        } else {
+            &self.agent
+        };
+        Some(format!("[agents.grants]\n{agent} = [{}]", all.join(", ")))
     }
 
     /// Capabilities that are requested and granted.
@@ -178,16 +210,33 @@ impl CapabilitySet {
         }
     }
 
+    /// Why `wanted` is refused, and which half to add: a capability the agent
+    /// requested needs the administrator's grant (the config line is given);
+    /// one it did not request needs its author to request it.
     fn denied(&self, wanted: &str) -> String {
-        format!(
-            "capability denied: {wanted} is not both requested in the agent's meta-data and \
-             granted in the administrator's config (usable: [{}])",
-            self.effective
-                .iter()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+        let usable = self
+            .effective
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let requested = self.refused.iter().any(|c| {
+            c.to_string() == wanted
+                || matches!((c, wanted.strip_prefix("read:")), (Capability::Read(dir), Some(p)) if Path::new(p).starts_with(dir))
+        });
+        if requested {
+            let line = self.grant_line().unwrap_or_default();
+            format!(
+                "capability denied: {wanted} is requested by the agent but not granted; to allow it, \
+                 add to the config: {} (usable now: [{usable}])",
+                line.replace('\n', " ")
+            )
+        } else {
+            format!(
+                "capability denied: {wanted} is not requested in the agent's meta-data, so no grant \
+                 allows it; the agent's author must add it to `capabilities` (usable now: [{usable}])"
+            )
+        }
     }
 }
 

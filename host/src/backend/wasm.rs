@@ -701,7 +701,8 @@ impl WasmBackend {
                     .join("; ")
             ));
         }
-        backend.caps = Arc::new(CapabilitySet::new(&metadata.capabilities, granted));
+        backend.caps =
+            Arc::new(CapabilitySet::new(&metadata.capabilities, granted).for_agent(&metadata.name));
         backend.metadata = metadata;
         Ok(backend)
     }
@@ -914,8 +915,14 @@ impl Backend for WasmBackend {
                         FailureCause::CapabilityDenied,
                         ErrorClass::Misconfigured,
                         format!(
-                            "wasm agent {} failed after a refused capability: {denied}; the agent said: {}",
-                            self.metadata.name, agent_error.reason
+                            "wasm agent {} failed after a refused capability: {denied}{}",
+                            self.metadata.name,
+                            // An agent that passed the refusal on says nothing new.
+                            if agent_error.reason.contains(denied.as_str()) {
+                                String::new()
+                            } else {
+                                format!("; the agent said: {}", agent_error.reason)
+                            }
                         ),
                     ))
                 } else {

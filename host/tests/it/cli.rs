@@ -427,3 +427,56 @@ fn a_scaffolded_project_of_each_kind_builds_and_passes_the_conformance_test() {
         output_text(&o)
     );
 }
+
+/// Capability refusals say which half is missing: a requested capability gets
+/// the config line that grants it, and `agent run` says up front how many are
+/// requested and granted.
+#[test]
+fn capability_errors_say_which_half_is_missing_and_the_line_to_add() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("baton.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agents]\nstore = {:?}\n[agents.grants]\nhostile = [\"exec:/bin/sleep\"]\n",
+            dir.path().join("store").display().to_string()
+        ),
+    )
+    .unwrap();
+    let hostile = wasm("hostile");
+    let run = |mode: &str| {
+        baton(
+            &cfg,
+            &[
+                "agent",
+                "run",
+                hostile.to_str().unwrap(),
+                "monitor",
+                "-p",
+                &format!("mode={mode}"),
+            ],
+        )
+    };
+    let o = run("net-silent");
+    let text = output_text(&o);
+    let line =
+        "hostile = [\"exec:/bin/sleep\", \"exec:/bin/sh\", \"read:/etc\", \"net:127.0.0.1:47999\"]";
+    assert!(
+        String::from_utf8_lossy(&o.stderr).starts_with(
+            "4 capabilities requested, 1 granted; to grant the rest, add to the config:"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("net:127.0.0.1:47999 is requested by the agent but not granted")
+            && text.contains(line)
+            && !text.contains("the agent said"),
+        "{text}"
+    );
+    let o = run("net-forbidden");
+    assert!(
+        output_text(&o).contains("net:198.18.0.1:9 is not requested in the agent's meta-data"),
+        "{}",
+        output_text(&o)
+    );
+}
