@@ -909,7 +909,14 @@ impl Backend for WasmBackend {
             }
             Ok(Err(agent_error)) => {
                 let denials = std::mem::take(&mut live.store.data_mut().denials);
-                if let Some(denied) = denials.first() {
+                // A refusal is `misconfigured` (the grant is missing on every node)
+                // only when the agent passed it on as its error; an agent that
+                // handled it keeps its own error, and the refusal stays a warning
+                // in the log.
+                if let Some(denied) = denials
+                    .iter()
+                    .find(|d| agent_error.reason.contains(d.as_str()))
+                {
                     // The same grant is missing on every node: a configuration problem.
                     Err(Failure::host(
                         FailureCause::CapabilityDenied,
@@ -917,8 +924,9 @@ impl Backend for WasmBackend {
                         format!(
                             "wasm agent {} failed after a refused capability: {denied}{}",
                             self.metadata.name,
-                            // An agent that passed the refusal on says nothing new.
-                            if agent_error.reason.contains(denied.as_str()) {
+                            // The agent passed the refusal on: its text adds nothing
+                            // unless it said more.
+                            if agent_error.reason == *denied {
                                 String::new()
                             } else {
                                 format!("; the agent said: {}", agent_error.reason)

@@ -166,6 +166,27 @@ fn a_core_module_is_refused_as_one_with_the_target_to_build_for() {
     );
 }
 
+/// An agent that handles a refused capability keeps its own error (the refusal
+/// is a warning in the log); only a refusal passed on is `misconfigured`.
+#[test]
+fn a_refusal_the_agent_handled_keeps_the_agents_own_error() {
+    let r = call(
+        hostile(),
+        Action::Monitor,
+        "handled",
+        &[("mode", "net-handled")],
+        2000,
+    );
+    let f = r.result.unwrap_err();
+    assert_eq!(
+        (f.cause, f.class),
+        (FailureCause::Agent, ErrorClass::Generic),
+        "{f}"
+    );
+    assert!(f.reason.contains("198.18.0.1:9 is unreachable"), "{f}");
+    assert_eq!(r.recovery, Recovery::RestartHere);
+}
+
 #[test]
 fn the_agent_keeps_serving_other_resources_while_one_misbehaves() {
     let agent = hostile();

@@ -57,6 +57,7 @@ impl Guest for Hostile {
                     "read-forbidden",
                     "net-forbidden",
                     "net-silent",
+                    "net-handled",
                     "stack",
                 ]
                 .map(String::from)
@@ -153,6 +154,11 @@ impl Guest for Hostile {
                 capabilities::tcp_request("198.18.0.1:9", b"x", 100, 10).map_err(err)?;
                 Ok(MonitorState::Running)
             }
+            // A refusal the agent handles: it reports its own error.
+            "net-handled" => match capabilities::tcp_request("198.18.0.1:9", b"x", 100, 10) {
+                Ok(_) => Ok(MonitorState::Running),
+                Err(_) => Err(err("the backend at 198.18.0.1:9 is unreachable".into())),
+            },
             // A server that accepts and never answers (the test runs one there).
             "net-silent" => {
                 capabilities::tcp_request("127.0.0.1:47999", b"x", 200, 10).map_err(err)?;
