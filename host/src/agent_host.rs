@@ -144,6 +144,13 @@ pub trait Backend: Send + Sync {
     fn health(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+    /// End the process the agent's code runs in, as a crash or an upgrade would
+    /// (the next call starts a new one); `false` when the kind has none of its
+    /// own (built-in, OCF: a process per call). For the conformance test: a
+    /// resource must outlive its agent's process.
+    fn restart(&self) -> bool {
+        false
+    }
 }
 
 /// The result of one call, as status and logs show it.
@@ -175,6 +182,11 @@ pub struct AgentHandle {
 }
 
 impl AgentHandle {
+    /// See [`Backend::restart`].
+    pub fn restart(&self) -> bool {
+        self.backend.restart()
+    }
+
     /// Wrap a loaded backend; `source` says where it came from (path, store entry).
     pub fn new(backend: Box<dyn Backend>, source: impl Into<String>) -> AgentHandle {
         AgentHandle {

@@ -169,6 +169,13 @@ pub fn run(
     if !t.action("validate", Action::Validate, Expect::DoneOrUnimplemented) {
         return finish(t, &meta.name);
     }
+    let mut deep = t.request(Action::Validate);
+    deep.depth = 1;
+    t.run(
+        "validate at depth 1 (this node's environment)",
+        deep,
+        Expect::DoneOrUnimplemented,
+    );
     // If the resource already runs here, stop it first (as ocf-tester does).
     let mut probe = t.request(Action::Monitor);
     probe.probe = true;
@@ -189,6 +196,16 @@ pub fn run(
     if started {
         t.monitor("monitor after start: running", false, Expect::Running);
         t.monitor("probe after start: running", true, Expect::Running);
+        // A resource outlives its agent's process: a native runner is ended here
+        // as a crash or an upgrade would end it (a server started as a plain child
+        // of the runner dies with it, and fails this step).
+        if agent.restart() {
+            t.monitor(
+                "monitor after the agent's process restarted: running",
+                false,
+                Expect::Running,
+            );
+        }
         if meta.implements(Action::Notify) {
             t.action("notify", Action::Notify, Expect::DoneOrUnimplemented);
         }

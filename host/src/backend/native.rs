@@ -512,6 +512,14 @@ impl Backend for RunnerBackend {
         }
     }
 
+    fn restart(&self) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut process) = st.process.take() {
+            process.kill();
+        }
+        true
+    }
+
     fn health(&self) -> Vec<(String, String)> {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut facts = vec![

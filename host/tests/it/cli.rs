@@ -67,7 +67,7 @@ fn install_list_run_and_test_from_the_command_line() {
     let o = baton(&cfg, &["agent", "test", "sample-wasm"]);
     assert!(o.status.success(), "{}", output_text(&o));
     assert!(
-        output_text(&o).contains("PASS: 16 passed, 0 failed"),
+        output_text(&o).contains(" passed, 0 failed"),
         "{}",
         output_text(&o)
     );
@@ -396,7 +396,7 @@ fn a_scaffolded_project_of_each_kind_builds_and_passes_the_conformance_test() {
         let t = baton(&cfg, &args);
         assert!(t.status.success(), "{kind}: {}", output_text(&t));
         assert!(
-            output_text(&t).contains("PASS: 16 passed, 0 failed"),
+            output_text(&t).contains(" passed, 0 failed"),
             "{kind}: {}",
             output_text(&t)
         );

@@ -40,6 +40,33 @@ fn the_sample_passes_conformance_through_the_runner() {
         .collect();
     let report = conformance::run(&agent, params, "r1", "testnode", None);
     assert!(report.passed, "{report:#?}");
+    assert!(
+        report
+            .steps
+            .iter()
+            .any(|s| s.name.contains("agent's process restarted") && s.passed),
+        "{report:#?}"
+    );
+}
+
+/// An agent whose resource lives only in its runner's memory (as a server
+/// started as a plain child of the runner would) fails the conformance test at
+/// the runner restart, and only there.
+#[test]
+fn a_resource_that_dies_with_the_runner_fails_the_conformance_test() {
+    let (_d, agent) = hostile();
+    let report = conformance::run(&agent, Default::default(), "outlive", "testnode", None);
+    let failed: Vec<&str> = report
+        .steps
+        .iter()
+        .filter(|s| !s.passed)
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(
+        failed,
+        ["monitor after the agent's process restarted: running"],
+        "{report:#?}"
+    );
 }
 
 #[test]
