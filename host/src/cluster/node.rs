@@ -670,7 +670,7 @@ impl ClusterNode {
                 self.awaiting_acks && self.claim_acknowledged(version)
             }
             _ => false,
-        }) || self.acks().iter().any(|a| {
+        }) || self.acks().any(|a| {
             !self
                 .last_acks
                 .iter()
@@ -680,13 +680,13 @@ impl ClusterNode {
 
     /// The acknowledgements this node publishes: the newest report it has of every
     /// member whose claim is pending.
-    fn acks(&self) -> Vec<Ack> {
+    fn acks(&self) -> impl Iterator<Item = Ack> + '_ {
         let me = self.membership.me();
         self.membership
             .view()
             .1
             .iter()
-            .filter(|n| **n != me)
+            .filter(move |n| **n != me)
             .filter_map(|n| self.membership.report_of(*n))
             .filter(|(r, _)| r.pending)
             .map(|(r, _)| Ack {
@@ -694,7 +694,6 @@ impl ClusterNode {
                 incarnation: r.incarnation,
                 version: r.version,
             })
-            .collect()
     }
 
     /// What this node publishes in its report at `now`.
@@ -705,7 +704,7 @@ impl ClusterNode {
                 .phases
                 .iter()
                 .any(|p| matches!(p, Phase::Claiming { .. })),
-            acks: self.acks(),
+            acks: self.acks().collect(),
             banned,
             blocked: self.blocked,
             stop_failed: self.phase_bits(|p| p == Phase::StopFailed),

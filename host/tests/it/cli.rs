@@ -1,28 +1,12 @@
 //! The `baton agent` commands as a user runs them.
 
-use crate::support::{baton_exe, native_lib, output_text, wasm};
+use crate::support::{
+    agents_config as config, baton_exe, baton_with, native_lib, output_text, wasm,
+};
 use std::process::{Command, Output};
 
 fn baton(config: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(baton_exe())
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn config(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("baton.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[agents]\nstore = {:?}\nnode = \"n1\"\n",
-            dir.join("store").display().to_string()
-        ),
-    )
-    .unwrap();
-    path
+    baton_with(config, &[], args)
 }
 
 #[test]
@@ -290,13 +274,11 @@ fn agent_run_shows_the_agents_log_and_debug_shows_every_call() {
         "{err}"
     );
     assert!(!err.contains('\x1b'), "colour codes in a pipe: {err}");
-    let o = Command::new(baton_exe())
-        .env("BATON_LOG", "debug")
-        .arg("--config")
-        .arg(&cfg)
-        .args(["agent", "run", "process", "monitor", "-p", "command=true"])
-        .output()
-        .unwrap();
+    let o = baton_with(
+        &cfg,
+        &[("BATON_LOG", "debug")],
+        &["agent", "run", "process", "monitor", "-p", "command=true"],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("agent call done")
@@ -312,13 +294,11 @@ fn agent_run_shows_the_agents_log_and_debug_shows_every_call() {
 #[test]
 fn meta_data_defaults_are_passed_to_the_agent() {
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(baton_exe())
-        .env("BATON_LOG", "warn,baton::agent=debug")
-        .arg("--config")
-        .arg(config(dir.path()))
-        .args(["agent", "run", wasm("hostile").to_str().unwrap(), "monitor"])
-        .output()
-        .unwrap();
+    let o = baton_with(
+        &config(dir.path()),
+        &[("BATON_LOG", "warn,baton::agent=debug")],
+        &["agent", "run", wasm("hostile").to_str().unwrap(), "monitor"],
+    );
     assert!(o.status.success(), "{}", output_text(&o));
     assert!(
         output_text(&o).contains("monitor in mode ok"),

@@ -1,7 +1,7 @@
 //! The OCF bridge on real ClusterLabs agents (Debian's resource-agents) and on
 //! fixtures that misbehave.
 
-use crate::support::{baton_exe, call, catalog, gone_within, output_text, repo};
+use crate::support::{agents_config, baton_with, call, catalog, gone_within, output_text, repo};
 use baton::agent_host::FailureCause;
 use baton::catalog::AgentCatalog;
 use baton::conformance;
@@ -233,22 +233,13 @@ fn an_ocf_script_is_tested_by_its_path_before_it_is_installed() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("myagent");
     std::fs::copy("/usr/lib/ocf/resource.d/heartbeat/Dummy", &script).unwrap();
-    let config = dir.path().join("baton.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agents]\nstore = {:?}\n",
-            dir.path().join("store").display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = agents_config(dir.path());
     let state = format!("state={}", dir.path().join("s.state").display());
-    let o = std::process::Command::new(baton_exe())
-        .arg("--config")
-        .arg(&config)
-        .args(["agent", "test", script.to_str().unwrap(), "-p", &state])
-        .output()
-        .unwrap();
+    let o = baton_with(
+        &config,
+        &[],
+        &["agent", "test", script.to_str().unwrap(), "-p", &state],
+    );
     assert!(o.status.success(), "{}", output_text(&o));
     assert!(output_text(&o).contains("PASS"), "{}", output_text(&o));
     // A script that fails says why, from its stderr.
@@ -266,12 +257,11 @@ fn an_ocf_script_is_tested_by_its_path_before_it_is_installed() {
     )
     .unwrap();
     std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let o = std::process::Command::new(baton_exe())
-        .arg("--config")
-        .arg(&config)
-        .args(["agent", "run", broken.to_str().unwrap(), "start"])
-        .output()
-        .unwrap();
+    let o = baton_with(
+        &config,
+        &[],
+        &["agent", "run", broken.to_str().unwrap(), "start"],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
     assert!(
         output_text(&o).contains("cannot open /etc/broken.conf"),

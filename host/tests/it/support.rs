@@ -57,6 +57,31 @@ pub fn baton_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_baton"))
 }
 
+/// Run `baton --config CONFIG ARGS` with `env` set, as a user at a shell.
+pub fn baton_with(config: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    std::process::Command::new(baton_exe())
+        .envs(env.iter().copied())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// An agents-only config in `dir` (its store there, node `n1`); its path.
+pub fn agents_config(dir: &Path) -> PathBuf {
+    let path = dir.join("baton.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[agents]\nstore = {:?}\nnode = \"n1\"\n",
+            dir.join("store").display().to_string()
+        ),
+    )
+    .unwrap();
+    path
+}
+
 /// Run `baton ARGS --socket SOCKET` (an operator command to one daemon).
 pub fn baton_at(socket: &Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(baton_exe())
