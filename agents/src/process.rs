@@ -11,7 +11,7 @@
 use crate::reading::{ensure_dir, millis, param, required, state_file, text};
 use baton_plugin_api::{
     Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamType, Request,
-    ResourceAgent,
+    ResourceAgent, service,
 };
 use std::collections::HashMap;
 use std::fs;
@@ -235,7 +235,8 @@ impl ResourceAgent for ProcessAgent {
             .arg(format!("exec {command}"))
             .current_dir(required(&meta, req, "cwd")?)
             .env("BATON_NODE", &req.context.node)
-            .env("BATON_RESOURCE", &req.context.resource)
+            .env(service::HOST_VAR, service::host_id())
+            .env(service::RESOURCE_VAR, &req.context.resource)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

@@ -7,7 +7,7 @@
 
 use baton_plugin_api::{
     Action, AgentError, ErrorClass, Metadata, Outcome, Recovery, Request, check_params,
-    recovery_for, recovery_for_state,
+    recovery_for, recovery_for_state, service,
 };
 use serde::Serialize;
 use std::fmt;
@@ -153,6 +153,28 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// A stop that ran past its deadline leaves the resource's processes to the host:
+/// it ends every process tagged with the resource (`plugin_api::service`) and says
+/// so in the failure. The stop still counts as failed (addresses, mounts and other
+/// state the agent held are not known here).
+fn end_overrun_stop(req: &Request, f: &mut Failure) {
+    if req.action != Action::Stop || f.cause != FailureCause::Timeout {
+        return;
+    }
+    let host = service::host_id();
+    match service::end(&host, Some(&req.context.resource), Duration::ZERO) {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::warn!(resource = %req.context.resource, "stop ran past its deadline: killed the resource's {n} processes");
+            f.reason
+                .push_str(&format!("; the host killed the resource's {n} processes"));
+        }
+        Err(e) => f.reason.push_str(&format!(
+            "; the host could not end the resource's processes: {e}"
+        )),
+    }
+}
+
 /// The result of one call, as status and logs show it.
 #[derive(Clone, Debug, Serialize)]
 pub struct CallReport {
@@ -229,7 +251,10 @@ impl AgentHandle {
         );
         let _enter = span.enter();
         let req = &self.with_defaults(req);
-        let result = self.precheck(req).and_then(|()| self.backend.call(req));
+        let mut result = self.precheck(req).and_then(|()| self.backend.call(req));
+        if let Err(f) = &mut result {
+            end_overrun_stop(req, f);
+        }
         let recovery = match &result {
             Ok(Outcome::State(s)) => recovery_for_state(*s),
             Ok(_) => Recovery::None,

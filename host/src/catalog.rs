@@ -12,7 +12,7 @@ use crate::backend::wasm::{WasmBackend, WasmLimits, WasmRuntime};
 use crate::config::Config;
 use crate::store::{AgentStore, StoredKind, sniff};
 use anyhow::{Context, anyhow, bail};
-use baton_plugin_api::{Capability, CapabilitySet, ContractVersion};
+use baton_plugin_api::{CapabilitySet, ContractVersion, Grant, Params};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -111,7 +111,37 @@ impl AgentCatalog {
         CapabilitySet::new(&meta.capabilities, self.grants(&meta.name)).for_agent(&meta.name)
     }
 
-    fn grants(&self, name: &str) -> &[Capability] {
+    /// Every problem with a resource's `params` for agent `handle`, in words: the
+    /// parameters against the meta-data, then each capability request that names
+    /// a parameter, expanded with them (defaults included) against the grants.
+    pub fn resource_problems(&self, handle: &AgentHandle, params: &Params) -> Vec<String> {
+        let meta = handle.metadata();
+        if let Err(problems) = baton_plugin_api::check_params(meta, params) {
+            return problems.iter().map(|p| p.to_string()).collect();
+        }
+        self.resource_capabilities(handle, params)
+            .problems()
+            .to_vec()
+    }
+
+    /// What agent `handle` may use for a resource with `params` (defaults filled
+    /// in): fixed requests and those that name parameters, expanded.
+    pub fn resource_capabilities(&self, handle: &AgentHandle, params: &Params) -> CapabilitySet {
+        let meta = handle.metadata();
+        let caps = self.capability_set(meta);
+        if caps.templates().is_empty() {
+            return caps;
+        }
+        let mut full = params.clone();
+        for p in &meta.parameters {
+            if let (Some(d), false) = (&p.default, full.contains_key(&p.name)) {
+                full.insert(p.name.clone(), d.clone());
+            }
+        }
+        caps.for_params(&full)
+    }
+
+    fn grants(&self, name: &str) -> &[Grant] {
         self.config
             .agents
             .grants

@@ -384,12 +384,16 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Before anything else, on stderr (stdout may be JSON): how many capabilities
 /// the agent requests and how many are granted, with the config line that
 /// grants the rest.
-fn capability_header(catalog: &AgentCatalog, handle: &crate::agent_host::AgentHandle) {
+fn capability_header(
+    catalog: &AgentCatalog,
+    handle: &crate::agent_host::AgentHandle,
+    params: &baton_plugin_api::Params,
+) {
     let meta = handle.metadata();
     if meta.capabilities.is_empty() {
         return;
     }
-    let set = catalog.capability_set(meta);
+    let set = catalog.resource_capabilities(handle, params);
     eprintln!(
         "{} capabilities requested, {} granted{}",
         meta.capabilities.len(),
@@ -398,6 +402,9 @@ fn capability_header(catalog: &AgentCatalog, handle: &crate::agent_host::AgentHa
             .map(|line| format!("; to grant the rest, add to the config:\n{line}"))
             .unwrap_or_default()
     );
+    for problem in set.problems() {
+        eprintln!("capability not usable: {problem}");
+    }
 }
 
 fn control_command(
@@ -570,6 +577,31 @@ fn print_status(s: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Every service resource's agent loaded as `run` loads it, and every problem with
+/// its parameters (meta-data, capabilities that name parameters) by path.
+fn resource_problems(config: &Config) -> anyhow::Result<Vec<String>> {
+    let Some(cluster) = &config.cluster else {
+        return Ok(Vec::new());
+    };
+    let catalog = AgentCatalog::new(config.clone(), runner_exe()?);
+    let mut problems = Vec::new();
+    for (i, s) in cluster.services.iter().enumerate() {
+        for (j, r) in s.resources.iter().enumerate() {
+            let at = format!("service[{i}].resource[{j}]");
+            match catalog.load(&r.agent) {
+                Err(e) => problems.push(format!("{at}.agent ({}): {e:#}", s.name)),
+                Ok(handle) => {
+                    let params = crate::cluster::config::ClusterConfig::params(&r.params);
+                    for p in catalog.resource_problems(&handle, &params) {
+                        problems.push(format!("{at}.params ({}): {p}", s.name));
+                    }
+                }
+            }
+        }
+    }
+    Ok(problems)
+}
+
 fn config_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     match Config::load(Some(file)) {
         Err(e) => {
@@ -577,6 +609,13 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
         Ok(config) => {
+            let problems = resource_problems(&config)?;
+            if !problems.is_empty() {
+                for p in &problems {
+                    println!("{}: {p}", file.display());
+                }
+                return Ok(ExitCode::from(1));
+            }
             match &config.cluster {
                 None => println!("{}: ok (agents only; no [cluster] section)", file.display()),
                 Some(c) => {
@@ -728,7 +767,7 @@ fn agent(cmd: AgentCommand, catalog: AgentCatalog) -> anyhow::Result<ExitCode> {
             })?;
             let params = parse_params(&params)?;
             let handle = catalog.load(&agent)?;
-            capability_header(&catalog, &handle);
+            capability_header(&catalog, &handle, &params);
             let mut req = baton_plugin_api::Request::new(action, params);
             req.depth = depth;
             req.probe = probe;
@@ -756,7 +795,7 @@ fn agent(cmd: AgentCommand, catalog: AgentCatalog) -> anyhow::Result<ExitCode> {
         } => {
             let params = parse_params(&params)?;
             let handle = catalog.load(&agent)?;
-            capability_header(&catalog, &handle);
+            capability_header(&catalog, &handle, &params);
             let report = conformance::run(&handle, params, &resource, catalog.node(), timeout);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -3,7 +3,7 @@
 //! grants and trusted native libraries.
 
 use anyhow::Context;
-use baton_plugin_api::Capability;
+use baton_plugin_api::Grant;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,7 +41,7 @@ pub struct AgentsConfig {
     /// Limits of the WebAssembly sandbox.
     pub wasm: WasmConfig,
     /// Capabilities granted per agent type: `name = ["exec:/usr/bin/pg_ctl", ...]`.
-    pub grants: BTreeMap<String, Vec<Capability>>,
+    pub grants: BTreeMap<String, Vec<Grant>>,
     /// Native agent types that run inside the host process (a crash there takes the
     /// node down; only for libraries you vouch for).
     pub trusted: Vec<String>,

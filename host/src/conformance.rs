@@ -2,8 +2,9 @@
 //! any kind of agent through the same handle the failover engine uses.
 
 use crate::agent_host::{AgentHandle, CallReport};
-use baton_plugin_api::{Action, MonitorState, Outcome, Params, Request};
+use baton_plugin_api::{Action, MonitorState, Outcome, Params, Request, service};
 use serde::Serialize;
+use std::time::{Duration, Instant};
 
 /// What a step expects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -110,6 +111,41 @@ impl Tester<'_> {
         self.run(name, req, expect)
     }
 
+    /// After a stop, no process of the resource may be left (found by the tags
+    /// every process started for it carries, `plugin_api::service`). Processes
+    /// that are still exiting get two seconds; what is left is reported, then
+    /// killed so the test leaves nothing behind either.
+    fn nothing_left(&mut self, name: &str) {
+        let host = service::host_id();
+        let started = Instant::now();
+        let mut left = service::tagged(&host, Some(&self.resource));
+        while !left.is_empty() && started.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(20));
+            left = service::tagged(&host, Some(&self.resource));
+        }
+        let got = if left.is_empty() {
+            "none".to_string()
+        } else {
+            let _ = service::end(&host, Some(&self.resource), Duration::ZERO);
+            let names: Vec<String> = left
+                .iter()
+                .map(|t| format!("{} ({})", t.pid, t.name))
+                .collect();
+            format!(
+                "{} left running (killed now): {}",
+                left.len(),
+                names.join(", ")
+            )
+        };
+        self.steps.push(Step {
+            name: name.to_string(),
+            expect: Expect::NotRunning,
+            passed: left.is_empty(),
+            got,
+            micros: started.elapsed().as_micros() as u64,
+        });
+    }
+
     fn monitor(&mut self, name: &str, probe: bool, expect: Expect) -> bool {
         let mut req = self.request(Action::Monitor);
         req.probe = probe;
@@ -198,7 +234,8 @@ pub fn run(
         t.monitor("probe after start: running", true, Expect::Running);
         // A resource outlives its agent's process: a native runner is ended here
         // as a crash or an upgrade would end it (a server started as a plain child
-        // of the runner dies with it, and fails this step).
+        // of the runner dies with it, and fails this step), and a WebAssembly
+        // instance is replaced (state kept in its memory is lost).
         if agent.restart() {
             t.monitor(
                 "monitor after the agent's process restarted: running",
@@ -226,6 +263,7 @@ pub fn run(
     }
     t.action("stop", Action::Stop, Expect::Done);
     t.monitor("monitor after stop: not running", false, Expect::NotRunning);
+    t.nothing_left("no process of the resource left after stop");
     t.action("start", Action::Start, Expect::Done);
     t.action("start again (idempotent)", Action::Start, Expect::Done);
     t.monitor(
@@ -240,6 +278,7 @@ pub fn run(
         false,
         Expect::NotRunning,
     );
+    t.nothing_left("no process of the resource left after the last stop");
     finish(t, &meta.name)
 }
 

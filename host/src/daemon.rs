@@ -14,7 +14,7 @@ use crate::guardian::{Charge, Guardian, descendant_groups};
 use crate::watchdog::Watchdog;
 use crate::witness_worker::{DiskStore, FileStore, Op, WitnessWorker};
 use anyhow::{Context, bail};
-use baton_plugin_api::{Action, MonitorState, Outcome, Recovery, Request};
+use baton_plugin_api::{Action, MonitorState, Outcome, Recovery, Request, service};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -187,12 +187,12 @@ fn load_service(
             .load(&r.agent)
             .with_context(|| format!("service[{i}].resource[{j}].agent ({})", s.name))?;
         let params = ClusterConfig::params(&r.params);
-        if let Err(problems) = baton_plugin_api::check_params(handle.metadata(), &params) {
-            let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        let problems = catalog.resource_problems(&handle, &params);
+        if !problems.is_empty() {
             bail!(
                 "service[{i}].resource[{j}].params ({}): {}",
                 s.name,
-                text.join("; ")
+                problems.join("; ")
             );
         }
         let mut req = Request::new(Action::Start, params);
@@ -536,6 +536,20 @@ pub fn run(
             cluster.cluster.key_file.display()
         )
     })?;
+    let socket_path = paths
+        .socket
+        .clone()
+        .unwrap_or_else(|| crate::control::default_socket(node_name));
+    // Every process started for a resource carries this host's identity (see
+    // plugin_api::service): the same node keeps it across restarts, and no other
+    // daemon on this machine can share its control socket.
+    let host = format!(
+        "{}/{node_name}@{}",
+        cluster.cluster.name,
+        socket_path.display()
+    );
+    // SAFETY: no other thread exists yet (the agents, workers and sockets start below).
+    unsafe { std::env::set_var(service::HOST_VAR, &host) };
     let mut agent_config = config.clone();
     agent_config.agents.node = Some(node_name.to_string());
     let mut catalog = AgentCatalog::new(agent_config, runner_exe.clone());
@@ -551,10 +565,6 @@ pub fn run(
         s.set_nonblocking(true)?;
         sockets.push(s);
     }
-    let socket_path = paths
-        .socket
-        .clone()
-        .unwrap_or_else(|| crate::control::default_socket(node_name));
     let control = crate::control::serve(&socket_path)?;
     if let Some(p) = &paths.pid_file {
         write_pid_file(p)?;

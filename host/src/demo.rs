@@ -109,6 +109,14 @@ pub fn run(args: DemoArgs, config: Config, runner: PathBuf) -> anyhow::Result<Ex
     let mut config = config;
     config.agents.store = work.join("store");
     config.agents.node = Some("demo".into());
+    // The sample WebAssembly agent keeps its marker file in /tmp.
+    config.agents.grants.insert(
+        "sample-wasm".into(),
+        ["exec:/usr/bin/touch", "exec:/usr/bin/rm", "read:/tmp"]
+            .iter()
+            .map(|g| g.parse())
+            .collect::<Result<_, _>>()?,
+    );
     let catalog = AgentCatalog::new(config, runner);
     let result = tour(&repo, &work, &catalog);
     let _ = std::fs::remove_dir_all(&work);
@@ -220,12 +228,8 @@ fn tour(repo: &Path, work: &Path, catalog: &AgentCatalog) -> anyhow::Result<Exit
 
     say("3. one monitor call on each kind (median of 50, this debug build)");
     let dummy_state = work.join("dummy.state").display().to_string();
-    let marker = work.join("marker").display().to_string();
     let kinds: Vec<(&str, Params)> = vec![
-        (
-            "sample-native",
-            [("path".to_string(), marker.clone())].into(),
-        ),
+        ("sample-native", Params::new()),
         ("sample-wasm", Params::new()),
         (
             "tcp-check",

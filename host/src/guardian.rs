@@ -138,10 +138,25 @@ pub fn descendant_groups(root: u32, exclude: &[u32]) -> BTreeSet<i32> {
         .collect()
 }
 
-/// End what `charge` holds: SIGKILL to every process group, every filesystem
+/// End what `charge` holds: SIGKILL to every process group and, on a node that
+/// holds services, to every process tagged with this host (a resource's processes
+/// that left the daemon's family, see `plugin_api::service`), every filesystem
 /// unmounted (once its users are gone; detached if it stays busy), every address
 /// removed.
 fn fence(charge: &Charge) {
+    if charge.holds {
+        match baton_plugin_api::service::end(
+            &baton_plugin_api::service::host_id(),
+            None,
+            Duration::ZERO,
+        ) {
+            Ok(0) => {}
+            Ok(n) => {
+                eprintln!("baton guardian: killed {n} processes tagged with this node's resources")
+            }
+            Err(e) => eprintln!("baton guardian: {e}"),
+        }
+    }
     for g in &charge.groups {
         eprintln!("baton guardian: killing process group {g}");
         // SAFETY: signalling a process group the daemon reported as its service's.

@@ -62,6 +62,62 @@ pub fn signal_name(sig: i32) -> &'static str {
     }
 }
 
+/// Make `cmd` run as `user` (an exec grant's `as USER`; `None` means `nobody`):
+/// its uid, its primary group, no supplementary groups, and `HOME`, `USER` and
+/// `LOGNAME` set for it. A host that does not run as root cannot switch users: it
+/// runs the command as itself when the grant names no user, and refuses one that
+/// names another user.
+pub fn run_as(cmd: &mut Command, user: Option<&str>) -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let name = user.unwrap_or("nobody");
+    let entry = lookup_user(name);
+    if euid != 0 {
+        return match (user, entry) {
+            (None, _) => Ok(()),
+            (Some(_), Ok((uid, ..))) if uid == euid => Ok(()),
+            (Some(u), _) => Err(format!(
+                "the grant runs it as {u}, but baton runs as uid {euid}, not root, and cannot switch users"
+            )),
+        };
+    }
+    let (uid, gid, home) = entry?;
+    cmd.uid(uid)
+        .gid(gid)
+        .env("HOME", home)
+        .env("USER", name)
+        .env("LOGNAME", name);
+    Ok(())
+}
+
+/// A user's uid, primary gid and home directory, from the system's user database.
+fn lookup_user(name: &str) -> Result<(u32, u32, String), String> {
+    let cname = std::ffi::CString::new(name).map_err(|_| format!("bad user name {name:?}"))?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: getpwnam_r writes into `pwd` and `buf`, both live for the call;
+    // `found` points at `pwd` or is null.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut found,
+        );
+        if rc != 0 || found.is_null() {
+            return Err(format!(
+                "user {name} does not exist on this node (named by the exec grant); create it or name another user with `as USER`"
+            ));
+        }
+        let home = std::ffi::CStr::from_ptr(pwd.pw_dir)
+            .to_string_lossy()
+            .into_owned();
+        Ok((pwd.pw_uid, pwd.pw_gid, home))
+    }
+}
+
 /// Run `cmd` in a new process group with stdin closed, capture at most `limit`
 /// bytes of each output stream, and kill the group with SIGKILL if it has not exited
 /// within `timeout`.

@@ -107,12 +107,14 @@ pub fn create(
     let commands = match kind {
         ProjectKind::Native => vec![
             format!("cargo build --release --manifest-path {d}/Cargo.toml"),
-            format!("baton agent test {d}/target/release/lib{lib}.so -p path=/tmp/{name}.marker"),
+            format!("baton agent test {d}/target/release/lib{lib}.so"),
         ],
         ProjectKind::Wasm => vec![
             "rustup target add wasm32-wasip2".to_string(),
             format!("cargo build --release --target wasm32-wasip2 --manifest-path {d}/Cargo.toml"),
-            format!("baton agent test {d}/target/wasm32-wasip2/release/{lib}.wasm"),
+            format!(
+                "baton --config {d}/baton.toml agent test {d}/target/wasm32-wasip2/release/{lib}.wasm"
+            ),
         ],
         ProjectKind::Ocf => vec![format!(
             "baton agent test {d}/{name} -p state=/tmp/{name}.state"
@@ -157,9 +159,17 @@ fn wasm(name: &str, sdk: &Path) -> Vec<(String, String)> {
             &format!("\"{}/plugin-api/wit/v1.1\"", sdk.display()),
         )
         .replace("\"sample-wasm\"", &format!("\"{name}\""));
+    // The grants the sample's capabilities need, for `agent test` (an
+    // administrator puts the same line in the node's config).
+    let config = format!(
+        "# What the administrator grants {name}; requests are in its metadata().\n\
+         [agents.grants]\n\
+         {name} = [\"exec:/usr/bin/touch\", \"exec:/usr/bin/rm\", \"read:/tmp\"]\n"
+    );
     vec![
         ("Cargo.toml".into(), manifest),
         ("src/lib.rs".into(), source),
+        ("baton.toml".into(), config),
     ]
 }
 

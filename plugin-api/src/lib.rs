@@ -14,7 +14,10 @@
 //! "not running" as an error, and "the parameters are wrong everywhere" is an
 //! [`ErrorClass`], not the number 6.
 //!
-//! Rationale for the shape of this crate: it depends on `serde` only. The native ABI
+//! [`service`] starts a resource's long-lived process so that it outlives the
+//! agent's own process, and finds it again by its tags.
+//!
+//! Rationale for the shape of this crate: it depends on `serde` (and `libc` on Unix) only. The native ABI
 //! (abi_stable), the WIT package (wasmtime) and the host's runtime (threads,
 //! processes) all sit on top of it, so an agent author who implements the trait
 //! pulls in nothing heavy, and a later change of FFI layer does not touch it.
@@ -25,9 +28,11 @@ mod metadata;
 mod outcome;
 mod params;
 mod recovery;
+#[cfg(unix)]
+pub mod service;
 mod version;
 
-pub use capability::{Capability, CapabilityError, CapabilitySet};
+pub use capability::{Capability, CapabilityError, CapabilitySet, Grant};
 pub use metadata::{ActionSpec, Metadata, MetadataError, ParamSpec, ParamType};
 pub use outcome::{AgentError, ErrorClass, MonitorState, Outcome};
 pub use params::{ParamProblem, Params, check_params};

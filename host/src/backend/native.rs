@@ -5,7 +5,7 @@ use crate::agent_host::{AgentKind, Backend, Failure, FailureCause, WorkerPool};
 use crate::process_group::{describe_status, signal_group};
 use crate::runner::{MAX_FRAME, PROTOCOL, RunnerMessage, write_frame};
 use baton_agent_abi::NativeLibrary;
-use baton_plugin_api::{ErrorClass, Metadata, Outcome, Request};
+use baton_plugin_api::{ErrorClass, Metadata, Outcome, Request, service};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
@@ -87,6 +87,7 @@ impl RunnerProcess {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .env(service::HOST_VAR, service::host_id())
             .process_group(0);
         let limit = policy.memory_limit_mib;
         if limit > 0 {

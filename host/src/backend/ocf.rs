@@ -10,7 +10,7 @@ use crate::agent_host::{AgentKind, Backend, Failure, FailureCause};
 use crate::process_group::{self, describe_status};
 use baton_plugin_api::{
     Action, ActionSpec, ContractVersion, ErrorClass, Metadata, MonitorState, Outcome, ParamSpec,
-    ParamType, Request,
+    ParamType, Request, service,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -188,6 +188,8 @@ impl OcfBackend {
                 self.ocf_root.join("lib/heartbeat").display().to_string(),
             ),
             ("OCF_RESOURCE_INSTANCE".into(), req.context.resource.clone()),
+            (service::HOST_VAR.into(), service::host_id()),
+            (service::RESOURCE_VAR.into(), req.context.resource.clone()),
             ("OCF_RESOURCE_TYPE".into(), self.name.kind.clone()),
             ("OCF_RESOURCE_PROVIDER".into(), self.name.provider.clone()),
             ("OCF_EXIT_REASON_PREFIX".into(), "ocf-exit-reason:".into()),

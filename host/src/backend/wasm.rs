@@ -10,8 +10,8 @@
 use crate::agent_host::{AgentKind, Backend, Failure, FailureCause};
 use crate::process_group;
 use baton_plugin_api::{
-    Action, ActionSpec, AgentError, Capability, CapabilitySet, ContractVersion, ErrorClass,
-    Metadata, MonitorState, Outcome, ParamSpec, ParamType, Request,
+    Action, ActionSpec, AgentError, Capability, CapabilitySet, ContractVersion, ErrorClass, Grant,
+    Metadata, MonitorState, Outcome, ParamSpec, ParamType, Request, service,
 };
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -73,6 +73,8 @@ pub struct HostState {
     caps: Arc<CapabilitySet>,
     node: String,
     agent: String,
+    /// The resource instance this store serves (its `run` children are tagged so).
+    resource: String,
     deadline: Instant,
     /// Capability refusals during the current call.
     denials: Vec<String>,
@@ -126,16 +128,22 @@ impl HostState {
         env: &[(String, String)],
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<(Option<i32>, Vec<u8>, Vec<u8>), String>> {
-        if let Err(why) = self.caps.check_exec(program) {
-            return Ok(Err(self.deny(why)));
-        }
+        let user = match self.caps.check_exec(program) {
+            Ok(user) => user,
+            Err(why) => return Ok(Err(self.deny(why))),
+        };
         let remaining = self.remaining();
         let limit = Duration::from_millis(u64::from(timeout_ms)).min(remaining);
         let mut cmd = Command::new(program);
         cmd.args(args)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .envs(env.iter().cloned());
+            .envs(env.iter().cloned())
+            .env(service::HOST_VAR, service::host_id())
+            .env(service::RESOURCE_VAR, &self.resource);
+        if let Err(why) = process_group::run_as(&mut cmd, user.as_deref()) {
+            return Ok(Err(format!("cannot run {program}: {why}")));
+        }
         match process_group::run(cmd, limit, 1 << 20) {
             Ok(f) if f.timed_out && limit == remaining => {
                 Err(self.out_of_time(&format!("run({program})")))
@@ -610,6 +618,7 @@ impl WasmRuntime {
                 caps,
                 node: node.to_owned(),
                 agent: agent.to_owned(),
+                resource: String::new(),
                 deadline: Instant::now(),
                 denials: Vec::new(),
                 host_timeout: None,
@@ -649,7 +658,7 @@ impl WasmBackend {
         runtime: Arc<WasmRuntime>,
         component: &Component,
         origin: &Path,
-        granted: &[Capability],
+        granted: &[Grant],
         node: &str,
     ) -> Result<WasmBackend, String> {
         let contract = runtime.contract_of(component, origin)?;
@@ -848,6 +857,14 @@ impl Backend for WasmBackend {
         AgentKind::Wasm
     }
 
+    fn restart(&self) -> bool {
+        self.instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        true
+    }
+
     fn metadata(&self) -> &Metadata {
         &self.metadata
     }
@@ -875,6 +892,13 @@ impl Backend for WasmBackend {
         {
             let state = live.store.data_mut();
             state.deadline = Instant::now() + timeout;
+            state.resource.clone_from(&req.context.resource);
+            // Requests that name parameters are expanded for this call's resource.
+            state.caps = if self.caps.templates().is_empty() {
+                Arc::clone(&self.caps)
+            } else {
+                Arc::new(self.caps.for_params(&req.params))
+            };
             state.denials.clear();
             state.host_timeout = None;
         }

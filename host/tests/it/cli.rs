@@ -41,14 +41,26 @@ fn install_list_run_and_test_from_the_command_line() {
         "{names:?}"
     );
 
-    let o = baton(&cfg, &["agent", "run", "sample-wasm", "start", "--json"]);
+    let markers = format!("dir={}", dir.path().join("markers").display());
+    let o = baton(
+        &cfg,
+        &[
+            "agent",
+            "run",
+            "sample-wasm",
+            "start",
+            "-p",
+            &markers,
+            "--json",
+        ],
+    );
     assert!(o.status.success(), "{}", output_text(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report["action"], "start");
     assert_eq!(report["result"]["Ok"]["kind"], "done");
     assert_eq!(report["recovery"], "none");
 
-    let o = baton(&cfg, &["agent", "test", "sample-wasm"]);
+    let o = baton(&cfg, &["agent", "test", "sample-wasm", "-p", &markers]);
     assert!(o.status.success(), "{}", output_text(&o));
     assert!(
         output_text(&o).contains(" passed, 0 failed"),
@@ -324,7 +336,7 @@ fn a_scaffolded_project_of_each_kind_builds_and_passes_the_conformance_test() {
                 .join("release/libacme_native.so")
                 .display()
                 .to_string(),
-            "path",
+            "",
         ),
         (
             "wasm",
@@ -373,7 +385,9 @@ fn a_scaffolded_project_of_each_kind_builds_and_passes_the_conformance_test() {
         if !params.is_empty() {
             args.extend(["-p", param.as_str()]);
         }
-        let t = baton(&cfg, &args);
+        // A WebAssembly project carries the grants its capabilities need.
+        let project_cfg = project.join("baton.toml");
+        let t = baton(if kind == "wasm" { &project_cfg } else { &cfg }, &args);
         assert!(t.status.success(), "{kind}: {}", output_text(&t));
         assert!(
             output_text(&t).contains(" passed, 0 failed"),

@@ -34,11 +34,7 @@ fn the_sample_passes_conformance_through_the_runner() {
         .load(native_lib("sample-native-agent").to_str().unwrap())
         .unwrap();
     assert_eq!(agent.kind(), AgentKind::Native);
-    let marker = dir.path().join("marker");
-    let params = [("path".to_string(), marker.display().to_string())]
-        .into_iter()
-        .collect();
-    let report = conformance::run(&agent, params, "r1", "testnode", None);
+    let report = conformance::run(&agent, Default::default(), "sample-r1", "testnode", None);
     assert!(report.passed, "{report:#?}");
     assert!(
         report
@@ -167,19 +163,12 @@ fn repeated_crashes_quarantine_the_library_while_other_agents_keep_serving() {
     let good = cat
         .load(native_lib("sample-native-agent").to_str().unwrap())
         .unwrap();
-    let marker = dir.path().join("m").display().to_string();
     for _ in 0..3 {
         let f = call(&bad, Action::Monitor, "r", &[("mode", "abort")], 3000)
             .result
             .unwrap_err();
         assert_eq!(f.cause, FailureCause::Crash);
-        let ok = call(
-            &good,
-            Action::Monitor,
-            "g",
-            &[("path", marker.as_str())],
-            3000,
-        );
+        let ok = call(&good, Action::Monitor, "g", &[], 3000);
         assert_eq!(ok.result.unwrap(), Outcome::State(MonitorState::NotRunning));
     }
     let f = call(&bad, Action::Monitor, "r", &[], 3000)
@@ -283,4 +272,94 @@ fn runner_pid(agent: &baton::agent_host::AgentHandle) -> i32 {
         .unwrap()
         .1;
     runner.strip_prefix("pid ").unwrap().parse().unwrap()
+}
+
+/// Two resources of one native type: a monitor of one that hangs past its
+/// deadline kills the runner, and the other's server (started with the SDK's
+/// `service::start_detached`) keeps running; a server started as a plain child
+/// of the runner does not, which is why the SDK call exists.
+#[test]
+fn one_resources_timeout_leaves_another_resources_server_running() {
+    let (_d, agent) = hostile();
+    let host = baton_plugin_api::service::host_id();
+    let pids = |r: &str| -> Vec<u32> {
+        baton_plugin_api::service::tagged(&host, Some(r))
+            .iter()
+            .map(|t| t.pid)
+            .collect()
+    };
+    for r in ["iso-a", "iso-b"] {
+        call(&agent, Action::Start, r, &[("mode", "detached")], 3000)
+            .result
+            .unwrap();
+    }
+    call(&agent, Action::Start, "iso-c", &[("mode", "child")], 3000)
+        .result
+        .unwrap();
+    let b = pids("iso-b");
+    assert_eq!(b.len(), 1, "one server for iso-b: {b:?}");
+    let f = call(&agent, Action::Monitor, "iso-a", &[("mode", "loop")], 300)
+        .result
+        .unwrap_err();
+    assert_eq!(f.cause, FailureCause::Timeout, "{f}");
+    let r = call(
+        &agent,
+        Action::Monitor,
+        "iso-b",
+        &[("mode", "detached")],
+        3000,
+    );
+    assert_eq!(r.result.unwrap(), Outcome::State(MonitorState::Running));
+    assert_eq!(pids("iso-b"), b, "the same server, untouched");
+    let r = call(&agent, Action::Monitor, "iso-c", &[("mode", "child")], 3000);
+    assert_eq!(
+        r.result.unwrap(),
+        Outcome::State(MonitorState::NotRunning),
+        "a plain child dies with the runner"
+    );
+    for r in ["iso-a", "iso-b"] {
+        call(&agent, Action::Stop, r, &[("mode", "detached")], 3000)
+            .result
+            .unwrap();
+        assert!(pids(r).is_empty(), "{r} stopped");
+    }
+}
+
+/// A stop that runs past its deadline: the host kills the resource's tagged
+/// processes (and only those) and says so; the stop still counts as failed.
+#[test]
+fn a_stop_past_its_deadline_ends_the_resources_processes() {
+    let (_d, agent) = hostile();
+    let host = baton_plugin_api::service::host_id();
+    let count = |r: &str| baton_plugin_api::service::tagged(&host, Some(r)).len();
+    for r in ["overrun", "bystander"] {
+        call(&agent, Action::Start, r, &[("mode", "detached")], 3000)
+            .result
+            .unwrap();
+    }
+    let f = call(&agent, Action::Stop, "overrun", &[("mode", "loop")], 300)
+        .result
+        .unwrap_err();
+    assert_eq!(f.cause, FailureCause::Timeout, "{f}");
+    assert!(
+        f.reason
+            .contains("the host killed the resource's 1 processes"),
+        "{f}"
+    );
+    assert_eq!(count("overrun"), 0);
+    assert_eq!(
+        count("bystander"),
+        1,
+        "another resource's server is untouched"
+    );
+    call(
+        &agent,
+        Action::Stop,
+        "bystander",
+        &[("mode", "detached")],
+        3000,
+    )
+    .result
+    .unwrap();
+    assert_eq!(count("bystander"), 0);
 }

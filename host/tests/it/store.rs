@@ -52,18 +52,11 @@ fn installed_agents_load_by_name_and_list_with_contract_and_capabilities() {
             .unwrap(),
         Outcome::State(MonitorState::Running)
     );
-    let marker = dir.path().join("m").display().to_string();
     let native = cat.load("sample-native").unwrap();
     assert!(
-        call(
-            &native,
-            Action::Validate,
-            "r",
-            &[("path", marker.as_str())],
-            2000
-        )
-        .result
-        .is_ok()
+        call(&native, Action::Validate, "r", &[], 2000)
+            .result
+            .is_ok()
     );
 }
 

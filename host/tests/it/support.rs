@@ -74,12 +74,29 @@ pub fn agents_config(dir: &Path) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "[agents]\nstore = {:?}\nnode = \"n1\"\n",
-            dir.join("store").display().to_string()
+            "[agents]\nstore = {:?}\nnode = \"n1\"\n{}",
+            dir.join("store").display().to_string(),
+            sample_wasm_grants(dir).0
         ),
     )
     .unwrap();
     path
+}
+
+/// A directory below `dir` where the sample WebAssembly agent (whose programs
+/// run as `nobody`) can keep its marker files, and the `[agents.grants]` section
+/// it needs for it. Pass the directory as its `dir` parameter.
+pub fn sample_wasm_grants(dir: &Path) -> (String, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let markers = dir.join("markers");
+    std::fs::create_dir_all(&markers).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&markers, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let grants = format!(
+        "[agents.grants]\nsample-wasm = [\"exec:/usr/bin/touch\", \"exec:/usr/bin/rm\", \"read:{}\"]\n",
+        markers.display()
+    );
+    (grants, markers)
 }
 
 /// Run `baton ARGS --socket SOCKET` (an operator command to one daemon).

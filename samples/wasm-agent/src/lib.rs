@@ -1,19 +1,20 @@
-//! A minimal baton WebAssembly agent. It keeps its "resource" (a started flag) in
-//! the instance's memory and logs through the host; replace the bodies with real
-//! checks. To reach outside the sandbox, request a capability in `capabilities`
-//! (e.g. "exec:/usr/bin/myctl") and call `capabilities::run`; the administrator
-//! must grant it in the config.
+//! A minimal baton WebAssembly agent. Its "resource" is a marker file,
+//! `{dir}/{resource}.sample-wasm`: start creates it, stop removes it, monitor
+//! reads it. The state lives outside the instance, as a real resource does, so
+//! it survives the instance being replaced (after a trap, or a restart of
+//! baton). The component reaches outside its sandbox only through capabilities
+//! it requests in `capabilities` and the administrator grants in the config:
+//! here two programs and reading below the directory the `dir` parameter names
+//! (`read:{dir}` is expanded per resource and must fall inside a grant).
 
 wit_bindgen::generate!({ path: "../../plugin-api/wit/v1.1", world: "resource-agent" });
 
+use baton::agent::capabilities::{self, Command};
 use baton::agent::host::{self, LogLevel};
 use baton::agent::types::{
     ActionSpec, AgentError, AgentMetadata, ErrorClass, MonitorState, ParamSpec, ParamType, Request,
 };
 use exports::baton::agent::agent::Guest;
-use std::cell::Cell;
-
-thread_local! { static STARTED: Cell<bool> = const { Cell::new(false) }; }
 
 struct Sample;
 
@@ -22,6 +23,47 @@ fn unimplemented() -> Result<(), AgentError> {
         class: ErrorClass::Unimplemented,
         reason: "not supported by this agent".into(),
     })
+}
+
+fn param<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The marker file of this resource.
+fn marker(req: &Request) -> String {
+    format!(
+        "{}/{}.sample-wasm",
+        param(req, "dir").unwrap_or("/tmp"),
+        req.resource
+    )
+}
+
+/// Run a granted program; a non-zero exit is an error with its stderr.
+fn run(program: &str, args: &[&str]) -> Result<(), AgentError> {
+    let out = capabilities::run(&Command {
+        program: program.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: vec![],
+        timeout_ms: 2_000,
+    })
+    .map_err(|reason| AgentError {
+        class: ErrorClass::Permission,
+        reason,
+    })?;
+    match out.status {
+        Some(0) => Ok(()),
+        status => Err(AgentError {
+            class: ErrorClass::Generic,
+            reason: format!(
+                "{program} {} failed ({status:?}): {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        }),
+    }
 }
 
 impl Guest for Sample {
@@ -35,57 +77,80 @@ impl Guest for Sample {
         AgentMetadata {
             name: "sample-wasm".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            shortdesc: "Keeps a flag in memory (sample WebAssembly agent)".into(),
+            shortdesc: "Manages a marker file (sample WebAssembly agent)".into(),
             longdesc: String::new(),
-            parameters: vec![ParamSpec {
-                name: "greeting".into(),
-                kind: ParamType::Text,
-                options: vec![],
-                required: false,
-                unique: false,
-                default: Some("hello".into()),
-                description: "Logged at start".into(),
-            }],
+            parameters: vec![
+                ParamSpec {
+                    name: "dir".into(),
+                    kind: ParamType::Text,
+                    options: vec![],
+                    required: false,
+                    unique: false,
+                    default: Some("/tmp".into()),
+                    description: "The directory of the marker file".into(),
+                },
+                ParamSpec {
+                    name: "greeting".into(),
+                    kind: ParamType::Text,
+                    options: vec![],
+                    required: false,
+                    unique: false,
+                    default: Some("hello".into()),
+                    description: "Logged at start".into(),
+                },
+            ],
             actions: vec![
                 action("validate", 0),
                 action("start", 0),
                 action("stop", 0),
                 action("monitor", 10_000),
             ],
-            capabilities: vec![],
+            capabilities: vec![
+                "exec:/usr/bin/touch".into(),
+                "exec:/usr/bin/rm".into(),
+                "read:{dir}".into(),
+            ],
         }
     }
 
-    fn validate(_: Request) -> Result<(), AgentError> {
-        Ok(())
+    fn validate(req: Request) -> Result<(), AgentError> {
+        match param(&req, "dir") {
+            Some(dir) if dir.starts_with('/') => Ok(()),
+            _ => Err(AgentError {
+                class: ErrorClass::Misconfigured,
+                reason: "dir must be an absolute path".into(),
+            }),
+        }
     }
 
     fn start(req: Request) -> Result<(), AgentError> {
-        let greeting = req
-            .params
-            .iter()
-            .find(|(k, _)| k == "greeting")
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("hello");
+        Self::validate(req.clone())?;
         host::log(
             LogLevel::Info,
-            &format!("{greeting} from {} on {}", req.resource, host::node_name()),
+            &format!(
+                "{} from {} on {}",
+                param(&req, "greeting").unwrap_or("hello"),
+                req.resource,
+                host::node_name()
+            ),
         );
-        STARTED.set(true);
-        Ok(())
+        run("/usr/bin/touch", &[&marker(&req)])
     }
 
-    fn stop(_: Request) -> Result<(), AgentError> {
-        STARTED.set(false);
-        Ok(())
+    fn stop(req: Request) -> Result<(), AgentError> {
+        run("/usr/bin/rm", &["-f", &marker(&req)])
     }
 
-    fn monitor(_: Request) -> Result<MonitorState, AgentError> {
-        Ok(if STARTED.get() {
-            MonitorState::Running
-        } else {
-            MonitorState::NotRunning
-        })
+    fn monitor(req: Request) -> Result<MonitorState, AgentError> {
+        match capabilities::read_file(&marker(&req)) {
+            Ok(_) => Ok(MonitorState::Running),
+            // The host's message ends with the OS error; 2 is "no such file".
+            Err(e) if e.ends_with("(os error 2)") => Ok(MonitorState::NotRunning),
+            Err(reason) => Err(AgentError {
+                class: ErrorClass::Generic,
+                reason,
+            }),
+        }
     }
 
     fn promote(_: Request) -> Result<(), AgentError> {
