@@ -143,13 +143,9 @@ pub fn descendant_groups(root: u32, exclude: &[u32]) -> BTreeSet<i32> {
 /// that left the daemon's family, see `plugin_api::service`), every filesystem
 /// unmounted (once its users are gone; detached if it stays busy), every address
 /// removed.
-fn fence(charge: &Charge) {
+fn fence(charge: &Charge, host: &str) {
     if charge.holds {
-        match baton_plugin_api::service::end(
-            &baton_plugin_api::service::host_id(),
-            None,
-            Duration::ZERO,
-        ) {
+        match baton_plugin_api::service::end(host, None, Duration::ZERO) {
             Ok(0) => {}
             Ok(n) => {
                 eprintln!("baton guardian: killed {n} processes tagged with this node's resources")
@@ -224,6 +220,8 @@ pub fn run(lease: Duration, daemon_pid: u32) -> std::io::Result<()> {
     let fd = stdin.as_raw_fd();
     let mut lines = BufReader::new(stdin.lock());
     let mut charge = Charge::default();
+    // The daemon's identity, inherited: what its resources' processes are tagged with.
+    let host = baton_plugin_api::service::host_id();
     let mut renewed = Instant::now();
     let mut scanned = Instant::now();
     loop {
@@ -242,7 +240,7 @@ pub fn run(lease: Duration, daemon_pid: u32) -> std::io::Result<()> {
                     lease.as_millis()
                 );
                 with_descendants(&mut charge, daemon_pid);
-                fence(&charge);
+                fence(&charge, &host);
                 charge = Charge::default();
             }
             renewed = Instant::now();
@@ -252,7 +250,7 @@ pub fn run(lease: Duration, daemon_pid: u32) -> std::io::Result<()> {
         match lines.read_line(&mut line) {
             Ok(0) => {
                 eprintln!("baton guardian: daemon {daemon_pid} is gone: fencing this node");
-                fence(&charge);
+                fence(&charge, &host);
                 return Ok(());
             }
             Ok(_) => match serde_json::from_str::<Charge>(&line) {
@@ -311,6 +309,40 @@ mod tests {
             libc::kill(-(child.id() as i32), libc::SIGKILL);
         }
         let _ = child.wait();
+    }
+
+    /// A resource's process that left the daemon's family (reparented, its own
+    /// session) is still ended by its tags, on a node that holds services only.
+    #[test]
+    fn a_fence_ends_the_processes_tagged_with_this_host() {
+        use baton_plugin_api::service;
+        use std::os::unix::process::CommandExt as _;
+        let host = format!("guardian-test-{}", std::process::id());
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .env(service::HOST_VAR, &host)
+            .env(service::RESOURCE_VAR, "db")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let tagged = || service::tagged(&host, None).len();
+        // Its environment shows once the kernel has set up the new program.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tagged() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(tagged(), 1);
+        fence(&Charge::default(), &host);
+        assert_eq!(tagged(), 1, "a node that holds nothing ends nothing");
+        fence(
+            &Charge {
+                holds: true,
+                ..Charge::default()
+            },
+            &host,
+        );
+        let _ = child.wait();
+        assert_eq!(tagged(), 0);
     }
 
     #[test]

@@ -100,6 +100,18 @@ pub fn start_detached(req: &Request, cmd: &mut Command, log: Option<&Path>) -> i
         .process_group(0)
         .spawn()?;
     let pid = child.id();
+    // spawn can return while the kernel is still setting up the new program
+    // (its environment reads empty for that moment): wait until its tags show,
+    // so a monitor right after start finds it.
+    let tag = format!("{RESOURCE_VAR}={}", req.context.resource).into_bytes();
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until && matches!(child.try_wait(), Ok(None)) {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if environ.split(|b| *b == 0).any(|v| v == tag.as_slice()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
     // Reap it when it exits; a zombie would look alive to kill(pid, 0).
     std::thread::spawn(move || {
         let _ = child.wait();

@@ -33,7 +33,7 @@ fn process_and_tcp_check_pass_conformance() {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let report = conformance::run(&agent, params, "ct", "testnode", None);
+        let report = conformance::run(&agent, params, "ct-builtin", "testnode", None);
         assert!(report.passed, "{name}: {report:#?}");
     }
 }

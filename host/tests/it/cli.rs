@@ -453,11 +453,10 @@ fn capability_errors_say_which_half_is_missing_and_the_line_to_add() {
     };
     let o = run("net-silent");
     let text = output_text(&o);
-    let line =
-        "hostile = [\"exec:/bin/sleep\", \"exec:/bin/sh\", \"read:/etc\", \"net:127.0.0.1:47999\"]";
+    let line = "hostile = [\"exec:/bin/sleep\", \"exec:/bin/sh\", \"exec:/usr/bin/id\", \"read:/etc\", \"net:127.0.0.1:47999\"]";
     assert!(
         String::from_utf8_lossy(&o.stderr).starts_with(
-            "4 capabilities requested, 1 granted; to grant the rest, add to the config:"
+            "5 capabilities requested, 1 granted; to grant the rest, add to the config:"
         ),
         "{text}"
     );
@@ -472,5 +471,90 @@ fn capability_errors_say_which_half_is_missing_and_the_line_to_add() {
         output_text(&o).contains("net:198.18.0.1:9 is not requested in the agent's meta-data"),
         "{}",
         output_text(&o)
+    );
+}
+
+/// A granted program runs as the grant's user: `nobody` when the grant names
+/// none, root only when granted `as root`, and a user that does not exist is
+/// named in the error.
+#[test]
+fn a_granted_program_runs_as_the_user_its_grant_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let hostile = wasm("hostile");
+    let uid_of = |grant: &str| {
+        let cfg = dir.path().join("baton.toml");
+        std::fs::write(&cfg, format!("[agents.grants]\nhostile = [{grant:?}]\n")).unwrap();
+        let o = baton(
+            &cfg,
+            &[
+                "agent",
+                "run",
+                hostile.to_str().unwrap(),
+                "monitor",
+                "-p",
+                "mode=exec-id",
+            ],
+        );
+        output_text(&o)
+    };
+    let nobody = uid_of("exec:/usr/bin/id");
+    assert!(nobody.contains("uid 65534"), "{nobody}");
+    let root = uid_of("exec:/usr/bin/id as root");
+    assert!(root.contains("uid 0"), "{root}");
+    let daemon = uid_of("exec:/usr/bin/* as daemon");
+    assert!(daemon.contains("uid 1"), "{daemon}");
+    let missing = uid_of("exec:/usr/bin/id as no-such-user");
+    assert!(
+        missing.contains("user no-such-user does not exist on this node"),
+        "{missing}"
+    );
+}
+
+/// A capability request that names a parameter is expanded per resource, and a
+/// value that takes it outside every grant is refused by `config check` (and
+/// `run`), naming the parameter, the expansion and the grants.
+#[test]
+fn a_parameter_that_escapes_its_grant_is_refused_at_config_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef").unwrap();
+    let sample = wasm("sample_wasm_agent");
+    let write = |data_dir: &str| {
+        let cfg = dir.path().join("cluster.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"[agents.grants]
+sample-wasm = ["exec:/usr/bin/touch", "exec:/usr/bin/rm", "read:/srv/markers"]
+
+[cluster]
+name = "grants"
+key_file = {key:?}
+
+[[node]]
+name = "n1"
+id = 1
+links = ["127.0.0.1:47101"]
+
+[[service]]
+name = "web"
+strategy = "standby"
+[[service.resource]]
+agent = {sample:?}
+params = {{ dir = {data_dir:?} }}
+"#
+            ),
+        )
+        .unwrap();
+        baton(&cfg, &["config", "check", cfg.to_str().unwrap()])
+    };
+    let ok = write("/srv/markers/web");
+    assert!(ok.status.success(), "{}", output_text(&ok));
+    let bad = write("/etc");
+    assert_eq!(bad.status.code(), Some(1), "{}", output_text(&bad));
+    let text = output_text(&bad);
+    assert!(
+        text.contains("service[0].resource[0].params (web): parameter dir = \"/etc\" makes read:{dir} into read:/etc, which no grant for sample-wasm covers (granted: [read:/srv/markers])"),
+        "{text}"
     );
 }

@@ -45,7 +45,13 @@ fn real_clusterlabs_agents_pass_the_conformance_run() {
         let agent = cat.load(name).unwrap_or_else(|e| {
             panic!("{name}: {e:#} (is resource-agents installed? scripts/test installs it)")
         });
-        let report = conformance::run(&agent, params.into_iter().collect(), "ct", "testnode", None);
+        let report = conformance::run(
+            &agent,
+            params.into_iter().collect(),
+            "ct-clusterlabs",
+            "testnode",
+            None,
+        );
         assert!(report.passed, "{name}: {report:#?}");
     }
     assert!(
@@ -209,7 +215,7 @@ fn an_agent_in_an_extra_directory_keeps_the_standard_ocf_root() {
     let agent = cat.load("ocf:vendor:Probe").unwrap();
     let state = dir.path().join("probe.state").display().to_string();
     let params = [("state".to_string(), state)].into_iter().collect();
-    let report = conformance::run(&agent, params, "ct", "testnode", None);
+    let report = conformance::run(&agent, params, "ct-ocf-path", "testnode", None);
     assert!(report.passed, "{report:#?}");
     assert!(
         cat.list()
@@ -268,4 +274,35 @@ fn an_ocf_script_is_tested_by_its_path_before_it_is_installed() {
         "{}",
         output_text(&o)
     );
+}
+
+/// What an agent's action leaves running is recorded with the resource (its
+/// processes carry the resource's tags), so the conformance test finds a
+/// process that stop forgot, names it, and kills it.
+#[test]
+fn a_process_left_behind_by_stop_fails_the_conformance_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = fixtures(dir.path()).load("ocf:test:Leaky").unwrap();
+    let state = dir.path().join("leaky.state").display().to_string();
+    let params = [("state".to_string(), state)].into_iter().collect();
+    let report = conformance::run(&agent, params, "ct-leaky", "testnode", None);
+    let failed: Vec<(&str, &str)> = report
+        .steps
+        .iter()
+        .filter(|s| !s.passed)
+        .map(|s| (s.name.as_str(), s.got.as_str()))
+        .collect();
+    assert_eq!(failed.len(), 2, "{report:#?}");
+    for (name, got) in failed {
+        assert!(
+            name.starts_with("no process of the resource left"),
+            "{name}"
+        );
+        assert!(
+            got.contains("1 left running (killed now)") && got.contains("(sleep)"),
+            "{got}"
+        );
+    }
+    let host = baton_plugin_api::service::host_id();
+    assert!(baton_plugin_api::service::tagged(&host, Some("ct-leaky")).is_empty());
 }

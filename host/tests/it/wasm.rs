@@ -214,11 +214,17 @@ fn agents_built_for_1_0_and_1_1_load_side_by_side() {
         (AgentKind::Wasm, AgentKind::Wasm)
     );
     let params = [("dir".to_string(), markers.display().to_string())].into();
-    let report = conformance::run(&current, params, "r1", "testnode", None);
+    let report = conformance::run(&current, params, "side-by-side", "testnode", None);
     assert!(report.passed, "{report:#?}");
     // The 1.0 fixture keeps its resource in the instance's memory, which the
     // conformance test catches when it replaces the instance, and only there.
-    let report = conformance::run(&legacy, Default::default(), "r1", "testnode", None);
+    let report = conformance::run(
+        &legacy,
+        Default::default(),
+        "side-by-side",
+        "testnode",
+        None,
+    );
     let failed: Vec<&str> = report
         .steps
         .iter()

@@ -59,6 +59,7 @@ impl Guest for Hostile {
                     "net-silent",
                     "net-handled",
                     "stack",
+                    "exec-id",
                 ]
                 .map(String::from)
                 .to_vec(),
@@ -76,6 +77,7 @@ impl Guest for Hostile {
             capabilities: vec![
                 "exec:/bin/sleep".into(),
                 "exec:/bin/sh".into(),
+                "exec:/usr/bin/id".into(),
                 "read:/etc".into(),
                 "net:127.0.0.1:47999".into(),
             ],
@@ -145,6 +147,20 @@ impl Guest for Hostile {
                 };
                 capabilities::run(&cmd).map_err(err)?;
                 Ok(MonitorState::Running)
+            }
+            // Which user a granted program runs as: the answer is the error's reason.
+            "exec-id" => {
+                let cmd = Command {
+                    program: "/usr/bin/id".into(),
+                    args: vec!["-u".into()],
+                    env: vec![],
+                    timeout_ms: 1000,
+                };
+                let out = capabilities::run(&cmd).map_err(err)?;
+                Err(err(format!(
+                    "uid {}",
+                    String::from_utf8_lossy(&out.stdout).trim()
+                )))
             }
             "read-forbidden" => {
                 capabilities::read_file("/etc/shadow").map_err(err)?;
