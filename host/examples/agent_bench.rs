@@ -105,8 +105,10 @@ fn main() -> anyhow::Result<()> {
         .to_owned();
     let release = repo.join("target/release");
     let baton = release.join("baton");
-    let native = release.join("libsample_native_agent.so");
-    let wasm = repo.join("samples/wasm-agent/target/wasm32-wasip2/release/sample_wasm_agent.wasm");
+    // Agents whose monitor does nothing but answer, so the figures are the
+    // host's cost of a call (the samples' monitors scan /proc or read a file).
+    let native = release.join("libnative_hostile.so");
+    let wasm = repo.join("wasm-agents/target/wasm32-wasip2/release/hostile.wasm");
     for p in [&baton, &native, &wasm] {
         anyhow::ensure!(
             p.is_file(),
@@ -121,7 +123,7 @@ fn main() -> anyhow::Result<()> {
             "[agents]\nstore = {:?}\nnode = \"bench\"\n{}",
             store.display().to_string(),
             if trusted {
-                "trusted = [\"sample-native\"]\n"
+                "trusted = [\"native-hostile\"]\n"
             } else {
                 ""
             }
@@ -136,16 +138,15 @@ fn main() -> anyhow::Result<()> {
     let (_, install_wasm) = time(|| catalog.install(&wasm).unwrap());
 
     let (builtin, load_builtin) = time(|| catalog.load("process").unwrap());
-    let (runner, load_runner) = time(|| catalog.load("sample-native").unwrap());
-    let (trusted, load_trusted) = time(|| trusted_catalog.load("sample-native").unwrap());
+    let (runner, load_runner) = time(|| catalog.load("native-hostile").unwrap());
+    let (trusted, load_trusted) = time(|| trusted_catalog.load("native-hostile").unwrap());
     let _ = trusted_catalog.wasm_runtime()?;
-    let (wasm_agent, load_wasm) = time(|| trusted_catalog.load("sample-wasm").unwrap());
+    let (wasm_agent, load_wasm) = time(|| trusted_catalog.load("hostile").unwrap());
     let (ocf, load_ocf) = time(|| catalog.load("ocf:heartbeat:Dummy").unwrap());
     let rt = catalog.wasm_runtime()?;
     let bytes = std::fs::read(&wasm)?;
     let (_, compile) = time(|| rt.compile(&bytes, &wasm).unwrap());
 
-    let marker = work.path().join("marker").display().to_string();
     let builtin_params: Params = [
         ("command".to_string(), "true".to_string()),
         (
@@ -154,7 +155,7 @@ fn main() -> anyhow::Result<()> {
         ),
     ]
     .into();
-    let native_params: Params = [("path".to_string(), marker)].into();
+    let native_params = Params::new();
     let ocf_params: Params = [(
         "state".to_string(),
         work.path().join("dummy.state").display().to_string(),
@@ -168,17 +169,17 @@ fn main() -> anyhow::Result<()> {
             load_builtin,
         ),
         (
-            "native, trusted in-process (`sample-native`)",
+            "native, trusted in-process (`native-hostile`)",
             measure(&trusted, &native_params, 20_000),
             load_trusted,
         ),
         (
-            "native, runner process (`sample-native`)",
+            "native, runner process (`native-hostile`)",
             measure(&runner, &native_params, 20_000),
             load_runner,
         ),
         (
-            "wasm (`sample-wasm`)",
+            "wasm (`hostile`)",
             measure(&wasm_agent, &Params::new(), 20_000),
             load_wasm,
         ),

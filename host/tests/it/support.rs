@@ -40,6 +40,9 @@ pub fn wasm(name: &str) -> PathBuf {
         repo()
             .join("samples/wasm-agent/target/wasm32-wasip2/release")
             .join(format!("{name}.wasm")),
+        repo()
+            .join("samples/python-agent/target")
+            .join(format!("{name}.wasm")),
     ];
     candidates
         .iter()

@@ -314,3 +314,21 @@ fn unknown_and_missing_parameters_are_refused_before_the_agent_runs() {
             .contains("\"sideways\" is not one of")
     );
 }
+
+/// The Python sample (componentize-py), in the same sandbox and through the same
+/// contract as a Rust component: it passes the conformance test, its state
+/// outside the instance, its capabilities expanded from its `dir` parameter.
+#[test]
+fn a_python_component_passes_the_conformance_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let (grants, markers) = crate::support::sample_wasm_grants(dir.path());
+    let cat = catalog(dir.path(), &grants.replace("sample-wasm", "sample-python"));
+    let agent = cat
+        .load(wasm("sample_python_agent").to_str().unwrap())
+        .unwrap();
+    assert_eq!(agent.kind(), AgentKind::Wasm);
+    assert_eq!(agent.metadata().name, "sample-python");
+    let params = [("dir".to_string(), markers.display().to_string())].into();
+    let report = conformance::run(&agent, params, "python", "testnode", None);
+    assert!(report.passed, "{report:#?}");
+}
