@@ -140,6 +140,15 @@ pub trait Backend: Send + Sync {
     fn metadata(&self) -> &Metadata;
     /// Run one request.
     fn call(&self, req: &Request) -> Result<Outcome, Failure>;
+    /// Run one request on the calling thread, for a caller that supervises the
+    /// deadline itself and can abandon its thread (the daemon's monitor rounds).
+    /// Kinds whose code the host cannot stop (built-in, trusted native) run it
+    /// here instead of handing it to a worker, which saves two thread wake-ups;
+    /// a call that comes back after its deadline is still a timeout. The others
+    /// run it as [`Backend::call`].
+    fn call_here(&self, req: &Request) -> Result<Outcome, Failure> {
+        self.call(req)
+    }
     /// Free-form facts for `baton agent info` (runner PID, crashes, instances).
     fn health(&self) -> Vec<(String, String)> {
         Vec::new()
@@ -240,6 +249,17 @@ impl AgentHandle {
     /// Run `req`: check the parameters and the action, call the backend under the
     /// request's deadline, and map the result to a recovery.
     pub fn call(&self, req: &Request) -> CallReport {
+        self.call_with(req, false)
+    }
+
+    /// [`AgentHandle::call`] on the calling thread where the kind allows it (see
+    /// [`Backend::call_here`]): only for a caller that supervises the deadline
+    /// and can abandon its thread.
+    pub fn call_here(&self, req: &Request) -> CallReport {
+        self.call_with(req, true)
+    }
+
+    fn call_with(&self, req: &Request, here: bool) -> CallReport {
         let started = Instant::now();
         let span = tracing::debug_span!(
             "agent_call",
@@ -251,7 +271,13 @@ impl AgentHandle {
         );
         let _enter = span.enter();
         let req = &self.with_defaults(req);
-        let mut result = self.precheck(req).and_then(|()| self.backend.call(req));
+        let mut result = self.precheck(req).and_then(|()| {
+            if here {
+                self.backend.call_here(req)
+            } else {
+                self.backend.call(req)
+            }
+        });
         if let Err(f) = &mut result {
             end_overrun_stop(req, f);
         }
@@ -329,6 +355,30 @@ impl AgentHandle {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Run `f` (an in-process agent's call) on this thread; an answer that comes
+/// after `req`'s deadline is reported as a timeout, as from a worker.
+pub fn run_here(
+    req: &Request,
+    what: &str,
+    f: impl FnOnce() -> Result<Outcome, AgentError>,
+) -> Result<Outcome, Failure> {
+    let started = Instant::now();
+    let result = f();
+    if started.elapsed() > req.context.timeout() {
+        return Err(Failure::host(
+            FailureCause::Timeout,
+            ErrorClass::Generic,
+            format!(
+                "{} of {what} ran past its {} ms deadline (it answered after {} ms)",
+                req.action,
+                req.context.timeout_ms,
+                started.elapsed().as_millis()
+            ),
+        ));
+    }
+    result.map_err(Failure::from)
+}
+
 /// Worker threads for code the host cannot stop from outside (built-in agents,
 /// trusted native libraries): each call runs on an idle worker and the caller
 /// waits at most the deadline.
@@ -341,7 +391,15 @@ type Job = Box<dyn FnOnce() + Send>;
 /// spawn each.
 pub struct WorkerPool {
     name: String,
-    idle: std::sync::Mutex<Vec<std::sync::mpsc::SyncSender<Job>>>,
+    idle: std::sync::Mutex<Vec<Worker>>,
+}
+
+/// An idle worker: where to send its next job, its thread id, and whether it is
+/// placed on one CPU (see `cpu.rs`).
+struct Worker {
+    jobs: std::sync::mpsc::SyncSender<Job>,
+    tid: libc::pid_t,
+    pinned: bool,
 }
 
 impl WorkerPool {
@@ -356,36 +414,50 @@ impl WorkerPool {
         }
     }
 
-    fn spawn(&self) -> Option<std::sync::mpsc::SyncSender<Job>> {
+    fn spawn(&self) -> Option<Worker> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1);
+        let (tid_tx, tid_rx) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name(format!("agent-{}", self.name))
             .spawn(move || {
+                let _ = tid_tx.send(crate::cpu::thread_id());
                 while let Ok(job) = rx.recv() {
                     job();
                 }
             })
             .ok()?;
-        Some(tx)
+        Some(Worker {
+            jobs: tx,
+            tid: tid_rx.recv().ok()?,
+            pinned: false,
+        })
     }
 
-    /// Run `f` on a worker; `None` when it did not finish within `timeout`.
+    /// Run `f` on a worker; `None` when it did not finish within `timeout`. With
+    /// `pin`, the worker runs on the caller's CPU (a `monitor`; see `cpu.rs`).
     pub fn run<T: Send + 'static>(
         &self,
         timeout: Duration,
+        pin: bool,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let mut job: Job = Box::new(move || {
             let _ = tx.send(f());
         });
-        let worker = loop {
+        let mut worker = loop {
             let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let worker = match idle {
+            let mut worker = match idle {
                 Some(w) => w,
                 None => self.spawn()?,
             };
-            match worker.send(job) {
+            if pin {
+                crate::cpu::follow_caller(worker.tid);
+            } else if worker.pinned {
+                crate::cpu::release(worker.tid);
+            }
+            worker.pinned = pin;
+            match worker.jobs.send(job) {
                 Ok(()) => break worker,
                 // That worker is gone; take the job back and try another.
                 Err(std::sync::mpsc::SendError(back)) => job = back,
@@ -397,6 +469,10 @@ impl WorkerPool {
             if idle.len() < Self::MAX_IDLE {
                 idle.push(worker);
             }
+        } else if worker.pinned {
+            // Left behind with its call: not confined to one CPU.
+            crate::cpu::release(worker.tid);
+            worker.pinned = false;
         }
         result
     }

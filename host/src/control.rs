@@ -93,7 +93,7 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
 
 /// Bind `path` (refusing if another daemon answers there) and serve it on a thread;
 /// requests arrive on the returned channel for the main loop to answer.
-pub fn serve(path: &Path) -> anyhow::Result<mpsc::Receiver<Pending>> {
+pub fn serve(path: &Path, bell: crate::wake::Bell) -> anyhow::Result<mpsc::Receiver<Pending>> {
     if UnixStream::connect(path).is_ok() {
         bail!(
             "control socket {}: another baton daemon answers there; stop it, or give this one --socket",
@@ -117,16 +117,17 @@ pub fn serve(path: &Path) -> anyhow::Result<mpsc::Receiver<Pending>> {
         .spawn(move || {
             for stream in listener.incoming().flatten() {
                 let tx = tx.clone();
+                let bell = bell.clone();
                 // One thread per connection, so a stuck client blocks nobody.
-                std::thread::spawn(move || handle(stream, &tx, me));
+                std::thread::spawn(move || handle(stream, &tx, &bell, me));
             }
         })?;
     Ok(rx)
 }
 
-fn handle(mut stream: UnixStream, tx: &mpsc::Sender<Pending>, me: u32) {
+fn handle(mut stream: UnixStream, tx: &mpsc::Sender<Pending>, bell: &crate::wake::Bell, me: u32) {
     let reply = match peer_uid(&stream) {
-        Some(uid) if uid == 0 || uid == me => read_and_ask(&stream, tx),
+        Some(uid) if uid == 0 || uid == me => read_and_ask(&stream, tx, bell),
         Some(uid) => ControlReply::refused(format!(
             "uid {uid} may not control this daemon; run as root"
         )),
@@ -138,7 +139,11 @@ fn handle(mut stream: UnixStream, tx: &mpsc::Sender<Pending>, me: u32) {
     }
 }
 
-fn read_and_ask(stream: &UnixStream, tx: &mpsc::Sender<Pending>) -> ControlReply {
+fn read_and_ask(
+    stream: &UnixStream,
+    tx: &mpsc::Sender<Pending>,
+    bell: &crate::wake::Bell,
+) -> ControlReply {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let mut line = String::new();
     // Requests are small: read at most 64 KiB.
@@ -158,6 +163,7 @@ fn read_and_ask(stream: &UnixStream, tx: &mpsc::Sender<Pending>) -> ControlReply
     if tx.send((req, reply_tx)).is_err() {
         return ControlReply::refused("the daemon is stopping");
     }
+    bell.ring();
     reply_rx
         .recv_timeout(Duration::from_secs(5))
         .unwrap_or_else(|_| ControlReply::refused("the daemon did not answer within 5 s"))

@@ -30,8 +30,15 @@ static STOP: AtomicBool = AtomicBool::new(false);
 /// How often the status file is rewritten, at most.
 const STATUS_EVERY_MS: u64 = 100;
 
-/// How often the guardian's list of process groups is refreshed (a walk of /proc).
-const GROUPS_EVERY_MS: u64 = 500;
+/// How often the status file is rewritten while nothing in it changes (its
+/// timers and ages move on): with a thousand resources a rewrite is a few
+/// hundred kilobytes of JSON.
+const STATUS_STEADY_MS: u64 = 1000;
+
+/// How often the guardian's list of process groups is refreshed while nothing
+/// starts or stops (a walk of /proc, a few milliseconds of CPU). Processes newer
+/// than the list are found by their resource tags when the guardian fences.
+const GROUPS_EVERY_MS: u64 = 2000;
 
 extern "C" fn on_term(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
@@ -61,12 +68,55 @@ struct Round {
     states: Vec<String>,
 }
 
+/// Where agent work reports back: the loop's channel, and its bell (see wake.rs).
+#[derive(Clone)]
+struct DoneSender {
+    tx: mpsc::Sender<Done>,
+    bell: crate::wake::Bell,
+}
+
+impl DoneSender {
+    fn send(&self, done: Done) {
+        if self.tx.send(done).is_ok() {
+            self.bell.ring();
+        }
+    }
+}
+
 /// A finished piece of agent work.
 enum Done {
     Started(usize, Round),
     Stopped(usize, bool, Vec<String>),
-    Monitored(usize, Round),
+    /// A monitor round of a service, with its number (see `Monitors`).
+    Monitored(usize, u64, Round),
     Fenced(NodeId, u64, bool),
+}
+
+/// Everything in the status file but its timers (ages, time left), so a change
+/// is written within STATUS_EVERY_MS: phases, placements and their reasons, the
+/// view, quorum, links, fencing, failure counts, moves, and the resources'
+/// states (counted by `local_changes`).
+fn status_key(node: &ClusterNode, now: u64, local_changes: u64) -> String {
+    let quorum = node
+        .quorum()
+        .map(|q| (q.quorate, q.witness_held, q.reason.clone()));
+    let links: Vec<bool> = node.membership().links().values().map(|s| s.up).collect();
+    let fence = node.fence_state(now);
+    let waiting: Vec<NodeId> = fence.waiting.iter().map(|(n, _)| *n).collect();
+    let moves: Vec<(usize, NodeId)> = node
+        .active_moves(now)
+        .iter()
+        .map(|m| (m.service, m.to))
+        .collect();
+    format!(
+        "{:?}{:?}{:?}{quorum:?}{links:?}{:?}{:?}{waiting:?}{:?}{moves:?}{local_changes}",
+        node.phases(),
+        node.placements(),
+        node.membership().view(),
+        fence.confirmed,
+        fence.running,
+        node.failure_counts(now),
+    )
 }
 
 /// What this daemon knows of a service beyond the state machine, for status.
@@ -169,10 +219,30 @@ fn load_services(
     node: &str,
 ) -> anyhow::Result<Vec<LoadedService>> {
     let mut out = Vec::new();
+    let mut shared = BTreeMap::new();
     for (i, s) in cluster.services.iter().enumerate() {
-        out.push(load_service(i, s, catalog, node)?);
+        out.push(load_service(i, s, catalog, node, &mut shared)?);
     }
     Ok(out)
+}
+
+/// The loaded agent for `name`: one per agent type, shared by its resources
+/// (a WebAssembly agent keeps an instance per resource inside it), except a
+/// native agent in a runner, which gets a runner per resource so that one
+/// resource's slow call never waits behind another's.
+fn agent_for(
+    catalog: &AgentCatalog,
+    name: &str,
+    shared: &mut BTreeMap<String, Arc<AgentHandle>>,
+) -> anyhow::Result<Arc<AgentHandle>> {
+    if let Some(h) = shared.get(name) {
+        return Ok(Arc::clone(h));
+    }
+    let h = Arc::new(catalog.load(name)?);
+    if h.kind() != crate::agent_host::AgentKind::Native {
+        shared.insert(name.to_owned(), Arc::clone(&h));
+    }
+    Ok(h)
 }
 
 fn load_service(
@@ -180,11 +250,11 @@ fn load_service(
     s: &ServiceSection,
     catalog: &AgentCatalog,
     node: &str,
+    shared: &mut BTreeMap<String, Arc<AgentHandle>>,
 ) -> anyhow::Result<LoadedService> {
     let mut resources = Vec::new();
     for (j, r) in s.resources.iter().enumerate() {
-        let handle = catalog
-            .load(&r.agent)
+        let handle = agent_for(catalog, &r.agent, shared)
             .with_context(|| format!("service[{i}].resource[{j}].agent ({})", s.name))?;
         let params = ClusterConfig::params(&r.params);
         let problems = catalog.resource_problems(&handle, &params);
@@ -207,7 +277,7 @@ fn load_service(
                     .map(|a| a.timeout_ms)
             })
             .unwrap_or(20_000);
-        resources.push((Arc::new(handle), req));
+        resources.push((handle, req));
     }
     let monitor_every = s
         .resources
@@ -239,18 +309,26 @@ fn load_service(
 
 /// Call `action` on one resource (its deadline capped at `cap_ms`); the recovery
 /// on failure, and the resource's state in words.
+///
+/// `here`: run an in-process agent's call on this thread (a monitor round,
+/// whose deadline the loop supervises; see `Monitors`).
 fn call(
     handle: &AgentHandle,
     base: &Request,
     action: Action,
     cap_ms: Option<u64>,
+    here: bool,
 ) -> (Result<(), Recovery>, String) {
     let mut req = base.clone();
     req.action = action;
     if let Some(cap) = cap_ms {
         req.context.timeout_ms = req.context.timeout_ms.min(cap.max(1));
     }
-    let report = handle.call(&req);
+    let report = if here {
+        handle.call_here(&req)
+    } else {
+        handle.call(&req)
+    };
     match &report.result {
         Ok(Outcome::State(s)) if s.is_active() && *s != MonitorState::FailedPromoted => {
             (Ok(()), s.to_string())
@@ -317,7 +395,7 @@ fn start_service(svc: &LoadedService) -> Round {
                 states,
             };
         }
-        let (result, state) = call(handle, req, Action::Start, None);
+        let (result, state) = call(handle, req, Action::Start, None, false);
         states[k] = state;
         if let Err(recovery) = result {
             let failure = format!("{}: {}", req.context.resource, states[k]);
@@ -338,12 +416,100 @@ fn start_service(svc: &LoadedService) -> Round {
     }
 }
 
+/// Recurring monitor rounds: one at a time per service, each on a thread of its
+/// own that runs in-process agents' calls on that thread
+/// (`AgentHandle::call_here`, no hand-off to a worker). The loop supervises the
+/// round instead: one that has not answered within the sum of its calls'
+/// deadlines, plus a second, is a failed monitor, and its late answer is ignored.
+struct Monitors {
+    /// When each service's next round is due.
+    next: Vec<u64>,
+    /// Each service's running round: its number, start and deadline.
+    running: Vec<Option<(u64, u64, u64)>>,
+    rounds: u64,
+}
+
+impl Monitors {
+    fn new(services: usize) -> Monitors {
+        Monitors {
+            next: vec![0; services],
+            running: vec![None; services],
+            rounds: 0,
+        }
+    }
+
+    fn schedule(&mut self, i: usize, at: u64) {
+        self.next[i] = at;
+    }
+
+    fn due(&self, i: usize, now: u64) -> bool {
+        self.running[i].is_none() && now >= self.next[i]
+    }
+
+    /// The earliest time a round of a service for which `monitored` holds is
+    /// due, or a running round is overdue (for the loop's sleep).
+    fn next_event(&self, monitored: impl Fn(usize) -> bool) -> u64 {
+        (0..self.next.len())
+            .filter_map(|i| match self.running[i] {
+                Some((_, _, deadline)) => Some(deadline + 1),
+                None => monitored(i).then_some(self.next[i]),
+            })
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    fn launch(
+        &mut self,
+        i: usize,
+        now: u64,
+        services: &Arc<Vec<LoadedService>>,
+        done: &DoneSender,
+    ) {
+        self.rounds += 1;
+        let id = self.rounds;
+        let budget: u64 = services[i]
+            .resources
+            .iter()
+            .map(|(_, r)| r.context.timeout_ms)
+            .sum();
+        self.running[i] = Some((id, now, now + budget + 1000));
+        let services = Arc::clone(services);
+        let tx = done.clone();
+        std::thread::spawn(move || {
+            tx.send(Done::Monitored(i, id, monitor_service(&services[i])));
+        });
+    }
+
+    /// Round `id` of service `i` answered; whether it is the one still awaited.
+    fn finish(&mut self, i: usize, id: u64) -> bool {
+        let current = self.running[i].is_some_and(|(r, ..)| r == id);
+        if current {
+            self.running[i] = None;
+        }
+        current
+    }
+
+    /// Rounds past their deadline, given up on: (service, the ms they had).
+    fn overdue(&mut self, now: u64) -> Vec<(usize, u64)> {
+        let mut late = Vec::new();
+        for (i, r) in self.running.iter_mut().enumerate() {
+            if let Some((_, started, deadline)) = *r
+                && now > deadline
+            {
+                *r = None;
+                late.push((i, deadline - started));
+            }
+        }
+        late
+    }
+}
+
 /// Monitor every resource; healthy when each answers running, degraded or promoted.
 fn monitor_service(svc: &LoadedService) -> Round {
     let mut result = Ok(());
     let mut states = Vec::new();
     for (h, base) in &svc.resources {
-        let (r, state) = call(h, base, Action::Monitor, None);
+        let (r, state) = call(h, base, Action::Monitor, None, true);
         if let Err(recovery) = r {
             let failure = format!("{}: {state}", base.context.resource);
             result = match result {
@@ -364,7 +530,7 @@ fn stop_resources(
     let mut ok = true;
     let mut states = vec![String::new(); resources.len()];
     for (k, (h, r)) in resources.iter().enumerate().rev() {
-        let (result, state) = call(h, r, Action::Stop, cap_ms);
+        let (result, state) = call(h, r, Action::Stop, cap_ms, false);
         ok &= result.is_ok();
         states[k] = state;
     }
@@ -565,7 +731,8 @@ pub fn run(
         s.set_nonblocking(true)?;
         sockets.push(s);
     }
-    let control = crate::control::serve(&socket_path)?;
+    let (bell, ear) = crate::wake::pair().context("cannot create the loop's wake-up pipe")?;
+    let control = crate::control::serve(&socket_path, bell.clone())?;
     if let Some(p) = &paths.pid_file {
         write_pid_file(p)?;
     }
@@ -640,13 +807,20 @@ pub fn run(
     let mut guard = ReplayGuard::default();
     let mut dropped: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (done_tx, done_rx) = mpsc::channel::<Done>();
+    let done_tx = DoneSender {
+        tx: done_tx,
+        bell: bell.clone(),
+    };
     let interval = spec.bounds.membership.interval.as_millis() as u64;
     let mut next_tick = 0u64;
     let mut next_status = 0u64;
     // Quorum and health as the status file last showed them.
     let mut last_shown = (false, true);
-    let mut next_monitor = vec![0u64; services.len()];
-    let mut monitoring = vec![false; services.len()];
+    // What the status file last showed of the things that change it at once.
+    let mut last_status_key = None;
+    // Bumped whenever a resource's state in words changes.
+    let mut local_changes = 0u64;
+    let mut monitors = Monitors::new(services.len());
     let mut local: Vec<Local> = services
         .iter()
         .map(|s| Local {
@@ -666,7 +840,7 @@ pub fn run(
         socket = %socket_path.display(),
         "baton node running"
     );
-    let run_command = |c: Command, tx: &mpsc::Sender<Done>, quorate: bool| {
+    let run_command = |c: Command, tx: &DoneSender, quorate: bool| {
         let services = Arc::clone(&services);
         let fencer = fencer.clone();
         let tx = tx.clone();
@@ -689,7 +863,7 @@ pub fn run(
                     Done::Fenced(node, incarnation, ok)
                 }
             };
-            let _ = tx.send(done);
+            tx.send(done);
         });
     };
     let quorate_now = |node: &ClusterNode| node.quorum().is_some_and(|q| q.quorate);
@@ -746,8 +920,9 @@ pub fn run(
                 Done::Started(i, round) => {
                     // Its processes exist now: the guardian learns them at the next tick.
                     guardian.next_scan = 0;
+                    local_changes += 1;
                     local[i].states = round.states;
-                    next_monitor[i] = now + services[i].monitor_every;
+                    monitors.schedule(i, now + services[i].monitor_every);
                     let result = round.result.map_err(|(recovery, failure)| {
                         local[i].last_failure = Some(failure);
                         recovery
@@ -755,15 +930,19 @@ pub fn run(
                     node.start_done(i, result, now)
                 }
                 Done::Stopped(i, ok, states) => {
+                    local_changes += 1;
                     local[i].states = states;
                     node.stop_done(i, ok)
                 }
-                Done::Monitored(i, round) => {
-                    monitoring[i] = false;
-                    next_monitor[i] = now + services[i].monitor_every;
-                    if node.phases()[i] != Phase::Running {
+                Done::Monitored(i, id, round) => {
+                    let current = monitors.finish(i, id);
+                    monitors.schedule(i, now + services[i].monitor_every);
+                    if !current || node.phases()[i] != Phase::Running {
                         Vec::new()
                     } else {
+                        if local[i].states != round.states {
+                            local_changes += 1;
+                        }
                         local[i].states = round.states;
                         match round.result {
                             Ok(()) => Vec::new(),
@@ -827,15 +1006,22 @@ pub fn run(
             if svc.monitor_every > 0
                 && !resumed
                 && node.phases()[i] == Phase::Running
-                && !monitoring[i]
-                && now >= next_monitor[i]
+                && monitors.due(i, now)
             {
-                monitoring[i] = true;
-                let services = Arc::clone(&services);
-                let tx = done_tx.clone();
-                std::thread::spawn(move || {
-                    let _ = tx.send(Done::Monitored(i, monitor_service(&services[i])));
-                });
+                monitors.launch(i, now, &services, &done_tx);
+            }
+        }
+        for (i, ms) in monitors.overdue(now) {
+            if node.phases()[i] == Phase::Running {
+                let failure = format!(
+                    "the monitor of {} did not answer within {ms} ms (an agent that runs in baton's process ignored its deadline)",
+                    services[i].name
+                );
+                tracing::error!(service = %services[i].name, "{failure}");
+                local[i].last_failure = Some(failure);
+                for c in node.service_failed(i, now, Recovery::RestartHere) {
+                    run_command(c, &done_tx, quorate_now(&node));
+                }
             }
         }
         let now = now_ms();
@@ -875,16 +1061,20 @@ pub fn run(
             }
             // Status is for people and scripts: at most every STATUS_EVERY_MS, not every
             // heartbeat (50 a second on the fast profile), and at once when quorum or
-            // health changes (a fence may end this node a moment later).
+            // health changes (a fence may end this node a moment later). While
+            // nothing in it changes, every STATUS_STEADY_MS.
             let shown = (quorate, healthy);
             let changed = shown != last_shown;
             last_shown = shown;
-            if let Some(path) = paths
-                .status_file
-                .as_ref()
-                .filter(|_| changed || now >= next_status)
-            {
-                next_status = now + STATUS_EVERY_MS;
+            let key = Some(status_key(&node, now, local_changes));
+            let due = if key != last_status_key {
+                next_status.saturating_sub(STATUS_STEADY_MS - STATUS_EVERY_MS)
+            } else {
+                next_status
+            };
+            if let Some(path) = paths.status_file.as_ref().filter(|_| changed || now >= due) {
+                last_status_key = key;
+                next_status = now + STATUS_STEADY_MS;
                 let mut status = status(&node, node_name, &names, &cluster, &dropped, now, &local);
                 status.witness_problem = witness.as_ref().and_then(|w| w.last_error.clone());
                 status.health = health
@@ -895,20 +1085,31 @@ pub fn run(
                 }
             }
         }
-        // Sleep until a packet arrives or the next tick is due.
-        let wait = next_tick.saturating_sub(now_ms()).clamp(1, 5) as i32;
+        // Sleep until a packet, an agent's answer or an operator's request
+        // arrives (the bell), or the next tick or monitor round is due; at most
+        // 20 ms, for the witness worker's answers (read without a bell).
+        let now = now_ms();
+        let wait = next_tick
+            .min(monitors.next_event(|i| {
+                services[i].monitor_every > 0 && !resumed && node.phases()[i] == Phase::Running
+            }))
+            .saturating_sub(now)
+            .clamp(1, 20) as i32;
         let mut fds: Vec<libc::pollfd> = sockets
             .iter()
-            .map(|s| libc::pollfd {
-                fd: s.as_raw_fd(),
+            .map(|s| s.as_raw_fd())
+            .chain([ear.fd()])
+            .map(|fd| libc::pollfd {
+                fd,
                 events: libc::POLLIN,
                 revents: 0,
             })
             .collect();
-        // SAFETY: a valid array of pollfds for sockets we own.
+        // SAFETY: a valid array of pollfds for descriptors we own.
         unsafe {
             libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait);
         }
+        ear.drain();
     }
     tracing::info!("stopping: stopping every service held here");
     let mut all_stopped = true;

@@ -203,8 +203,9 @@ fn unmount(dir: &std::path::Path) {
 }
 
 /// Add the daemon's descendants' process groups to what a holding node's
-/// guardian ends: the daemon reports its groups a tick late, the guardian sees
-/// them directly (while the daemon lives, or is frozen, they are its children).
+/// guardian ends, at the moment it fences a frozen daemon (they are still its
+/// children then). The daemon's own reports are up to `GROUPS_EVERY_MS` old;
+/// processes started since carry the resource tags the fence also ends.
 fn with_descendants(charge: &mut Charge, daemon_pid: u32) {
     if charge.holds {
         charge
@@ -223,7 +224,6 @@ pub fn run(lease: Duration, daemon_pid: u32) -> std::io::Result<()> {
     // The daemon's identity, inherited: what its resources' processes are tagged with.
     let host = baton_plugin_api::service::host_id();
     let mut renewed = Instant::now();
-    let mut scanned = Instant::now();
     loop {
         let left = lease.saturating_sub(renewed.elapsed());
         let mut pfd = libc::pollfd {
@@ -255,14 +255,7 @@ pub fn run(lease: Duration, daemon_pid: u32) -> std::io::Result<()> {
             }
             Ok(_) => match serde_json::from_str::<Charge>(&line) {
                 Ok(c) if c.bye => return Ok(()),
-                Ok(mut c) => {
-                    // Between the daemon's scans, the guardian's own (every 100 ms).
-                    if scanned.elapsed() > Duration::from_millis(100) {
-                        scanned = Instant::now();
-                        with_descendants(&mut c, daemon_pid);
-                    } else if c.holds {
-                        c.groups.extend(charge.groups.iter().copied());
-                    }
+                Ok(c) => {
                     if c != charge {
                         eprintln!(
                             "baton guardian: guarding process groups {:?}, mounts {:?} and addresses {:?}",

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod conformance;
 pub mod control;
+pub mod cpu;
 pub mod daemon;
 pub mod demo;
 pub mod disk_lab;
@@ -23,6 +24,7 @@ pub mod process_group;
 pub mod runner;
 pub mod scaffold;
 pub mod store;
+pub mod wake;
 pub mod watchdog;
 pub mod witness_worker;
 

@@ -1,8 +1,8 @@
 //! Agents compiled into baton (crate `baton-agents`, registered with `inventory`).
 
-use crate::agent_host::{AgentKind, Backend, Failure, FailureCause, WorkerPool};
+use crate::agent_host::{AgentKind, Backend, Failure, FailureCause, WorkerPool, run_here};
 use baton_agents::BuiltinAgent;
-use baton_plugin_api::{ErrorClass, Metadata, Outcome, Request, ResourceAgent, dispatch};
+use baton_plugin_api::{Action, ErrorClass, Metadata, Outcome, Request, ResourceAgent, dispatch};
 use std::sync::Arc;
 
 /// A compiled-in agent.
@@ -31,6 +31,11 @@ impl Backend for BuiltinBackend {
         AgentKind::Builtin
     }
 
+    fn call_here(&self, req: &Request) -> Result<Outcome, Failure> {
+        let what = format!("built-in agent {}", self.metadata.name);
+        run_here(req, &what, || dispatch(self.agent.as_ref(), req))
+    }
+
     fn metadata(&self) -> &Metadata {
         &self.metadata
     }
@@ -39,9 +44,11 @@ impl Backend for BuiltinBackend {
         let agent = Arc::clone(&self.agent);
         let owned = req.clone();
         self.workers
-            .run(req.context.timeout(), move || {
-                dispatch(agent.as_ref(), &owned)
-            })
+            .run(
+                req.context.timeout(),
+                req.action == Action::Monitor,
+                move || dispatch(agent.as_ref(), &owned),
+            )
             .ok_or_else(|| {
                 Failure::host(
                     FailureCause::Timeout,

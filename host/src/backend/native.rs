@@ -5,7 +5,7 @@ use crate::agent_host::{AgentKind, Backend, Failure, FailureCause, WorkerPool};
 use crate::process_group::{describe_status, signal_group};
 use crate::runner::{MAX_FRAME, PROTOCOL, RunnerMessage, write_frame};
 use baton_agent_abi::NativeLibrary;
-use baton_plugin_api::{ErrorClass, Metadata, Outcome, Request, service};
+use baton_plugin_api::{Action, ErrorClass, Metadata, Outcome, Request, service};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
@@ -73,6 +73,8 @@ struct RunnerProcess {
     stderr_reader: Option<std::thread::JoinHandle<()>>,
     /// Bytes read from the runner that do not make a whole frame yet.
     pending: Vec<u8>,
+    /// Whether the runner is placed on one CPU (for a monitor; see `cpu.rs`).
+    pinned: bool,
 }
 
 impl RunnerProcess {
@@ -136,6 +138,7 @@ impl RunnerProcess {
             stderr_tail,
             stderr_reader,
             pending: Vec::new(),
+            pinned: false,
         };
         let hello = proc.receive(policy.load_timeout);
         match hello {
@@ -454,6 +457,13 @@ impl Backend for RunnerBackend {
                 format!("cannot encode the request: {e}"),
             )
         })?;
+        let pin = req.action == Action::Monitor;
+        if pin {
+            crate::cpu::follow_caller(process.child.id() as libc::pid_t);
+        } else if process.pinned {
+            crate::cpu::release(process.child.id() as libc::pid_t);
+        }
+        process.pinned = pin;
         let sent = write_frame(&mut process.stdin, &json);
         let answer = match sent {
             Ok(()) => process.receive(deadline.saturating_duration_since(Instant::now())),
@@ -578,6 +588,11 @@ impl Backend for TrustedBackend {
         AgentKind::NativeTrusted
     }
 
+    fn call_here(&self, req: &Request) -> Result<Outcome, Failure> {
+        let what = format!("trusted native agent {}", self.metadata().name);
+        crate::agent_host::run_here(req, &what, || self.library.call(req))
+    }
+
     fn metadata(&self) -> &Metadata {
         self.library.metadata()
     }
@@ -586,7 +601,11 @@ impl Backend for TrustedBackend {
         let lib = Arc::clone(&self.library);
         let owned = req.clone();
         self.workers
-            .run(req.context.timeout(), move || lib.call(&owned))
+            .run(
+                req.context.timeout(),
+                req.action == Action::Monitor,
+                move || lib.call(&owned),
+            )
             .ok_or_else(|| {
                 Failure::host(
                     FailureCause::Timeout,

@@ -1,0 +1,234 @@
+//! What recurring monitors cost the daemon, for docs/benchmarks.md. Run from the
+//! repository root:
+//!
+//! ```text
+//! cargo build --release --workspace && cargo run --release --example monitor_load -- [RESOURCES]
+//! ```
+//!
+//! Starts one `baton run` (a one-node cluster on loopback, no namespaces) with
+//! RESOURCES (default 1000) resources spread over 50 services (a cluster has at
+//! most 64), every resource monitored once a second, waits until all run, then reads the CPU time of the
+//! daemon and its agent processes over 30 s. Three rows: a native agent in its
+//! runner, the same library trusted in-process, and the built-in `tcp-check`
+//! (a real TCP connection per monitor). The native agent's monitor does nothing
+//! but answer, so those rows are the host's own cost per monitor.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Clock ticks per second for /proc/PID/stat times.
+fn ticks_per_s() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
+/// utime + stime of `pid` and every descendant, in clock ticks.
+fn tree_cpu(root: u32) -> u64 {
+    let mut parent = std::collections::HashMap::new();
+    let mut cpu = std::collections::HashMap::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .collect();
+        parent.insert(pid, f[1].parse::<u32>().unwrap_or(0));
+        cpu.insert(
+            pid,
+            f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0),
+        );
+    }
+    cpu.iter()
+        .filter(|(pid, _)| {
+            let mut p = **pid;
+            for _ in 0..32 {
+                if p == root {
+                    return true;
+                }
+                match parent.get(&p) {
+                    Some(&pp) if pp > 1 => p = pp,
+                    _ => return false,
+                }
+            }
+            false
+        })
+        .map(|(_, t)| t)
+        .sum()
+}
+
+fn write_config(
+    dir: &Path,
+    n: usize,
+    agent: &str,
+    params: &str,
+    trusted: bool,
+    monitor_ms: u64,
+) -> PathBuf {
+    let key = dir.join("key");
+    std::fs::write(&key, "monitor-load benchmark key, 32+ bytes long").unwrap();
+    let mut text = format!(
+        "[agents]\nstore = {:?}\n{}\n[cluster]\nname = \"load\"\nkey_file = {:?}\n\n\
+         [[node]]\nname = \"n1\"\nid = 1\nlinks = [\"127.0.0.1:47391\"]\n",
+        dir.join("store").display().to_string(),
+        if trusted {
+            "trusted = [\"native-hostile\"]"
+        } else {
+            ""
+        },
+        key.display().to_string()
+    );
+    // A cluster has at most 64 services: RESOURCES spread over 50 of them.
+    let services = n.min(50);
+    for i in 0..services {
+        text.push_str(&format!(
+            "\n[[service]]\nname = \"s{i}\"\nstrategy = \"standby\"\n"
+        ));
+        for _ in 0..(n / services + usize::from(i < n % services)) {
+            text.push_str(&format!(
+                "[[service.resource]]\nagent = {agent:?}\nparams = {{ {params} }}\nmonitor_ms = {monitor_ms}\n"
+            ));
+        }
+    }
+    let path = dir.join("baton.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn running_services(status: &Path) -> usize {
+    let Ok(text) = std::fs::read_to_string(status) else {
+        return 0;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return 0;
+    };
+    v["services"]
+        .as_array()
+        .map(|a| a.iter().filter(|s| s["here"] == "running").count())
+        .unwrap_or(0)
+}
+
+/// The CPU share (of one core) of the daemon and its agents with `n` resources
+/// of `agent`, monitored every `monitor_ms` (0: never).
+fn measure(
+    baton: &Path,
+    name: &str,
+    n: usize,
+    agent: &str,
+    params: &str,
+    trusted: bool,
+    monitor_ms: u64,
+) -> Option<f64> {
+    let services = n.min(50);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), n, agent, params, trusted, monitor_ms);
+    if agent == "native-hostile" {
+        let native = baton.parent().unwrap().join("libnative_hostile.so");
+        let o = Command::new(baton)
+            .arg("--config")
+            .arg(&config)
+            .args(["agent", "install"])
+            .arg(native)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let status = dir.path().join("status.json");
+    let mut cmd = Command::new(baton);
+    // SAFETY: prctl in the child before exec: the daemon ends with this bench.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut daemon: Child = cmd
+        .args(["run", "--node", "n1", "--config"])
+        .arg(&config)
+        .arg("--status-file")
+        .arg(&status)
+        .arg("--socket")
+        .arg(dir.path().join("n1.sock"))
+        .env("BATON_LOG", "error")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = Instant::now() + Duration::from_secs(120);
+    let mut last = 0;
+    while Instant::now() < up {
+        let r = running_services(&status);
+        if r != last {
+            eprint!("\r{name}: {r}/{services} services running");
+            last = r;
+        }
+        if r == services {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!();
+    if last < services {
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+        println!("| {name} | {n} | did not start all services ({last}) |");
+        return None;
+    }
+    // Let the first monitors settle, then measure a window.
+    std::thread::sleep(Duration::from_secs(3));
+    let window = Duration::from_secs(20);
+    let before = tree_cpu(daemon.id());
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    let used = (tree_cpu(daemon.id()) - before) as f64 / ticks_per_s();
+    let secs = t0.elapsed().as_secs_f64();
+    // SAFETY: SIGTERM to the daemon this function started.
+    unsafe {
+        libc::kill(daemon.id() as i32, libc::SIGTERM);
+    }
+    let _ = daemon.wait();
+    Some(used / secs)
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("RESOURCES must be a number"))
+        .unwrap_or(1000);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let baton = repo.join("target/release/baton");
+    let native = repo.join("target/release/libnative_hostile.so");
+    assert!(
+        baton.is_file() && native.is_file(),
+        "run `cargo build --release --workspace` first"
+    );
+    // A listener for tcp-check to connect to, accepting forever.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || for _ in listener.incoming() {});
+    let native = "native-hostile";
+    let tcp = format!("address = \"127.0.0.1:{port}\"");
+    println!(
+        "| agent | resources | CPU, not monitored | CPU, each monitored every second | per monitor |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (name, agent, params, trusted) in [
+        ("native, runner process", native, "", false),
+        ("native, trusted in-process", native, "", true),
+        ("built-in tcp-check", "tcp-check", tcp.as_str(), false),
+    ] {
+        let idle = measure(&baton, name, n, agent, params, trusted, 0);
+        let busy = measure(&baton, name, n, agent, params, trusted, 1000);
+        if let (Some(idle), Some(busy)) = (idle, busy) {
+            println!(
+                "| {name} | {n} | {:.2} % | {:.2} % | {:.1} µs |",
+                idle * 100.0,
+                busy * 100.0,
+                (busy - idle) / n as f64 * 1e6
+            );
+        }
+    }
+}
