@@ -74,12 +74,25 @@ fn time<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     (v, s.elapsed())
 }
 
+/// Pin the calling thread to `cpu`.
+fn pin(cpu: usize) {
+    // SAFETY: sched_setaffinity on the calling thread with a plain cpu set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// The cost of waking another thread and being woken back: the floor under any
-/// agent call that crosses a thread or a process.
-fn ping_pong(n: usize) -> Duration {
+/// agent call that crosses a thread or a process. Both threads on CPU 0, or the
+/// other on CPU 1 (where a wake-up is an interrupt to another vCPU).
+fn ping_pong(n: usize, same_cpu: bool) -> Duration {
     let (tx, rx) = std::sync::mpsc::sync_channel::<usize>(1);
     let (back_tx, back_rx) = std::sync::mpsc::sync_channel::<usize>(1);
+    pin(0);
     std::thread::spawn(move || {
+        pin(if same_cpu { 0 } else { 1 });
         while let Ok(v) = rx.recv() {
             if back_tx.send(v).is_err() {
                 break;
@@ -244,10 +257,11 @@ fn main() -> anyhow::Result<()> {
         before,
         after
     );
-    let floor = ping_pong(20_000);
+    let (cross, same) = (ping_pong(20_000, false), ping_pong(20_000, true));
     println!(
-        "floor: a bare thread ping-pong (two wake-ups, what any cross-thread or cross-process call pays) takes {} µs median on this machine",
-        us(floor)
+        "floor: a bare thread ping-pong (two wake-ups, what any cross-thread or cross-process call pays) takes {} µs median between two CPUs and {} µs on one CPU",
+        us(cross),
+        us(same)
     );
     Ok(())
 }
