@@ -8,10 +8,10 @@
 //! Starts one `baton run` (a one-node cluster on loopback, no namespaces) with
 //! RESOURCES (default 1000) resources spread over 50 services (a cluster has at
 //! most 64), every resource monitored once a second, waits until all run, then reads the CPU time of the
-//! daemon and its agent processes over 30 s. Three rows: a native agent in its
-//! runner, the same library trusted in-process, and the built-in `tcp-check`
-//! (a real TCP connection per monitor). The native agent's monitor does nothing
-//! but answer, so those rows are the host's own cost per monitor.
+//! daemon and its agent processes over 30 s, 10 s after all run. Three rows: a
+//! native agent in its runner (a runner per resource), the same library trusted
+//! in-process, and a WebAssembly component (an instance per resource). Their
+//! monitors do nothing but answer, so the figures are the host's own cost.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -126,17 +126,19 @@ fn measure(
     let services = n.min(50);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), n, agent, params, trusted, monitor_ms);
-    if agent == "native-hostile" {
-        let native = baton.parent().unwrap().join("libnative_hostile.so");
-        let o = Command::new(baton)
-            .arg("--config")
-            .arg(&config)
-            .args(["agent", "install"])
-            .arg(native)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
+    let repo = baton.parent().unwrap().parent().unwrap().parent().unwrap();
+    let file = match agent {
+        "native-hostile" => repo.join("target/release/libnative_hostile.so"),
+        _ => repo.join("wasm-agents/target/wasm32-wasip2/release/hostile.wasm"),
+    };
+    let o = Command::new(baton)
+        .arg("--config")
+        .arg(&config)
+        .args(["agent", "install"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let status = dir.path().join("status.json");
     let mut cmd = Command::new(baton);
     // SAFETY: prctl in the child before exec: the daemon ends with this bench.
@@ -177,9 +179,10 @@ fn measure(
         println!("| {name} | {n} | did not start all services ({last}) |");
         return None;
     }
-    // Let the first monitors settle, then measure a window.
-    std::thread::sleep(Duration::from_secs(3));
-    let window = Duration::from_secs(20);
+    // Let the start-up settle (probes, starts, the first monitors), then
+    // measure a window.
+    std::thread::sleep(Duration::from_secs(10));
+    let window = Duration::from_secs(30);
     let before = tree_cpu(daemon.id());
     let t0 = Instant::now();
     std::thread::sleep(window);
@@ -201,16 +204,12 @@ fn main() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let baton = repo.join("target/release/baton");
     let native = repo.join("target/release/libnative_hostile.so");
+    let wasm = repo.join("wasm-agents/target/wasm32-wasip2/release/hostile.wasm");
     assert!(
-        baton.is_file() && native.is_file(),
-        "run `cargo build --release --workspace` first"
+        baton.is_file() && native.is_file() && wasm.is_file(),
+        "run `scripts/build-wasm-agents && cargo build --release --workspace` first"
     );
-    // A listener for tcp-check to connect to, accepting forever.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || for _ in listener.incoming() {});
     let native = "native-hostile";
-    let tcp = format!("address = \"127.0.0.1:{port}\"");
     println!(
         "| agent | resources | CPU, not monitored | CPU, each monitored every second | per monitor |"
     );
@@ -218,7 +217,7 @@ fn main() {
     for (name, agent, params, trusted) in [
         ("native, runner process", native, "", false),
         ("native, trusted in-process", native, "", true),
-        ("built-in tcp-check", "tcp-check", tcp.as_str(), false),
+        ("WebAssembly", "hostile", "", false),
     ] {
         let idle = measure(&baton, name, n, agent, params, trusted, 0);
         let busy = measure(&baton, name, n, agent, params, trusted, 1000);
