@@ -20,8 +20,9 @@
 //!   holds no pipe of the agent's process open;
 //! - is reaped when it exits, so a dead server is not mistaken for a live one.
 //!
-//! `monitor` and `stop` then need no pid file: [`processes`] and [`stop`] find the
-//! resource's processes by their tags. A program that clears its environment (`env
+//! `monitor` and `stop` then need no pid file: [`running`], [`processes`] and
+//! [`stop`] find the resource's processes by their tags ([`running`] checks the
+//! pids it already knows first, so a monitor does not scan `/proc` each time). A program that clears its environment (`env
 //! -i`, `su -`, `sudo` with its default `env_reset`) loses the tags; start such
 //! programs directly, or stop them by their own pid files.
 //!
@@ -31,7 +32,7 @@
 //! use std::time::Duration;
 //!
 //! fn start(req: &Request) -> Result<(), AgentError> {
-//!     if !service::processes(req).is_empty() {
+//!     if service::running(req) {
 //!         return Ok(()); // already running: start is idempotent
 //!     }
 //!     let mut cmd = Command::new("/usr/sbin/mydaemon");
@@ -42,10 +43,10 @@
 //! }
 //!
 //! fn monitor(req: &Request) -> Result<MonitorState, AgentError> {
-//!     Ok(if service::processes(req).is_empty() {
-//!         MonitorState::NotRunning
-//!     } else {
+//!     Ok(if service::running(req) {
 //!         MonitorState::Running
+//!     } else {
+//!         MonitorState::NotRunning
 //!     })
 //! }
 //!
@@ -112,6 +113,7 @@ pub fn start_detached(req: &Request, cmd: &mut Command, log: Option<&Path>) -> i
         }
         std::thread::sleep(Duration::from_micros(200));
     }
+    remember(&req.context.resource, &[pid]);
     // Reap it when it exits; a zombie would look alive to kill(pid, 0).
     std::thread::spawn(move || {
         let _ = child.wait();
@@ -128,6 +130,53 @@ pub struct Tagged {
     pub resource: String,
     /// Its command name (`/proc/PID/comm`), for messages.
     pub name: String,
+}
+
+/// Pids this process started or found per resource, so [`running`] can check a
+/// few pids instead of scanning `/proc`.
+static KNOWN: std::sync::Mutex<Option<std::collections::HashMap<String, Vec<u32>>>> =
+    std::sync::Mutex::new(None);
+
+fn remember(resource: &str, pids: &[u32]) {
+    let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
+    let map = known.get_or_insert_with(Default::default);
+    if pids.is_empty() {
+        map.remove(resource);
+    } else {
+        map.insert(resource.to_owned(), pids.to_vec());
+    }
+}
+
+/// Whether `pid` is alive and still carries this host's tag for `resource`.
+fn still_tagged(pid: u32, host: &str, resource: &str) -> bool {
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let want = |var: &str, value: &str| format!("{var}={value}").into_bytes();
+    let (h, r) = (want(HOST_VAR, host), want(RESOURCE_VAR, resource));
+    let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+    vars.contains(&h.as_slice()) && vars.contains(&r.as_slice()) && alive(pid)
+}
+
+/// Whether any process of `req`'s resource runs: [`processes`] made cheap for a
+/// `monitor` that runs every few seconds for many resources. It checks the pids
+/// it knows (from [`start_detached`] or an earlier scan in this process) and
+/// scans `/proc` only when none of them is alive any more.
+pub fn running(req: &Request) -> bool {
+    let resource = &req.context.resource;
+    let host = host_id();
+    let known = KNOWN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(|m| m.get(resource).cloned())
+        .unwrap_or_default();
+    if known.iter().any(|pid| still_tagged(*pid, &host, resource)) {
+        return true;
+    }
+    let found = processes(req);
+    remember(resource, &found);
+    !found.is_empty()
 }
 
 /// The live processes of `req`'s resource started by this host (with
@@ -202,7 +251,9 @@ pub fn alive(pid: u32) -> bool {
 /// exit, then SIGKILL to what is left. Returns how many processes there were.
 /// Succeeds when none were running.
 pub fn stop(req: &Request, grace: Duration) -> io::Result<usize> {
-    end(&host_id(), Some(&req.context.resource), grace)
+    let ended = end(&host_id(), Some(&req.context.resource), grace)?;
+    remember(&req.context.resource, &[]);
+    Ok(ended)
 }
 
 /// [`stop`] for every process tagged with `host` (and `resource` when given): the
@@ -274,8 +325,13 @@ mod tests {
             .unwrap();
         assert_eq!(pgrp, pid);
         assert_eq!(processes(&req), vec![pid]);
+        assert!(running(&req));
         assert_eq!(stop(&req, Duration::from_secs(2)).unwrap(), 1);
         assert!(processes(&req).is_empty());
+        assert!(
+            !running(&req),
+            "the known pid is gone, and a scan finds none"
+        );
         assert_eq!(
             processes(&other),
             vec![other_pid],

@@ -80,7 +80,7 @@ impl ResourceAgent for Sample {
 
     fn start(&self, req: &Request) -> Result<(), AgentError> {
         self.validate(req)?;
-        if !service::processes(req).is_empty() {
+        if service::running(req) {
             return Ok(()); // already running: start is idempotent
         }
         let mut cmd = Command::new(param(req, "program"));
@@ -106,10 +106,10 @@ impl ResourceAgent for Sample {
     }
 
     fn monitor(&self, req: &Request) -> Result<MonitorState, AgentError> {
-        Ok(if service::processes(req).is_empty() {
-            MonitorState::NotRunning
-        } else {
+        Ok(if service::running(req) {
             MonitorState::Running
+        } else {
+            MonitorState::NotRunning
         })
     }
 }
