@@ -61,6 +61,7 @@ impl AgentCatalog {
         policy.quarantine_after = native.quarantine_after.max(1);
         policy.crash_window = Duration::from_secs(native.crash_window_s);
         policy.quarantine_for = Duration::from_secs(native.quarantine_s);
+        policy.runners = native.runners.max(1);
         let store = AgentStore::new(&config.agents.store);
         let node = config.node_name();
         AgentCatalog {

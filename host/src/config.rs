@@ -84,6 +84,8 @@ pub struct NativeConfig {
     pub crash_window_s: u64,
     /// How long a quarantined library stays refused, seconds.
     pub quarantine_s: u64,
+    /// Runner processes that may serve one agent type at once (its resources share them).
+    pub runners: usize,
 }
 
 impl Default for NativeConfig {
@@ -93,6 +95,7 @@ impl Default for NativeConfig {
             quarantine_after: 5,
             crash_window_s: 60,
             quarantine_s: 600,
+            runners: 4,
         }
     }
 }

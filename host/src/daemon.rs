@@ -226,10 +226,9 @@ fn load_services(
     Ok(out)
 }
 
-/// The loaded agent for `name`: one per agent type, shared by its resources
-/// (a WebAssembly agent keeps an instance per resource inside it), except a
-/// native agent in a runner, which gets a runner per resource so that one
-/// resource's slow call never waits behind another's.
+/// The loaded agent for `name`: one per agent type, shared by its resources (a
+/// WebAssembly agent keeps an instance per resource inside it; a native agent
+/// serves them from a few runner processes, see `RunnerPolicy::runners`).
 fn agent_for(
     catalog: &AgentCatalog,
     name: &str,
@@ -239,9 +238,7 @@ fn agent_for(
         return Ok(Arc::clone(h));
     }
     let h = Arc::new(catalog.load(name)?);
-    if h.kind() != crate::agent_host::AgentKind::Native {
-        shared.insert(name.to_owned(), Arc::clone(&h));
-    }
+    shared.insert(name.to_owned(), Arc::clone(&h));
     Ok(h)
 }
 

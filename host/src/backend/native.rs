@@ -38,6 +38,10 @@ pub struct RunnerPolicy {
     /// quarantine lasts until its time is up or the daemon restarts; a one-shot
     /// command loads the library afresh next time.
     pub long_lived: bool,
+    /// How many runner processes may serve one agent type at once. Its resources
+    /// share them: a call takes a free runner, so one resource's slow call holds
+    /// up another's only when every runner is busy.
+    pub runners: usize,
 }
 
 impl RunnerPolicy {
@@ -53,6 +57,7 @@ impl RunnerPolicy {
             crash_window: Duration::from_secs(60),
             quarantine_for: Duration::from_secs(600),
             long_lived: false,
+            runners: 4,
         }
     }
 }
@@ -310,12 +315,28 @@ struct Supervision {
     starts: u64,
 }
 
-/// A native agent in a supervised runner process.
+/// A native agent in supervised runner processes: up to `policy.runners` of
+/// them, started as calls need them, each supervised on its own (crashes,
+/// backoff, quarantine).
 pub struct RunnerBackend {
     library: PathBuf,
     metadata: Metadata,
     policy: RunnerPolicy,
-    state: Mutex<Supervision>,
+    slots: Vec<Mutex<Supervision>>,
+}
+
+impl Supervision {
+    fn new(process: Option<RunnerProcess>) -> Supervision {
+        Supervision {
+            starts: u64::from(process.is_some()),
+            process,
+            crashes: VecDeque::new(),
+            consecutive: 0,
+            restart_at: None,
+            quarantined_until: None,
+            last_crash: None,
+        }
+    }
 }
 
 impl RunnerBackend {
@@ -326,20 +347,33 @@ impl RunnerBackend {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let (process, metadata) = RunnerProcess::spawn(&policy, library, &name)?;
+        let mut slots = vec![Mutex::new(Supervision::new(Some(process)))];
+        slots.extend((1..policy.runners.max(1)).map(|_| Mutex::new(Supervision::new(None))));
         Ok(RunnerBackend {
             library: library.to_owned(),
             metadata: *metadata,
             policy,
-            state: Mutex::new(Supervision {
-                process: Some(process),
-                crashes: VecDeque::new(),
-                consecutive: 0,
-                restart_at: None,
-                quarantined_until: None,
-                last_crash: None,
-                starts: 1,
-            }),
+            slots,
         })
+    }
+
+    /// A runner for one call: the first free one (a slot without a process gets
+    /// one started), or, when all are busy, the first to come free before
+    /// `deadline`.
+    fn take_slot(&self, deadline: Instant) -> Option<std::sync::MutexGuard<'_, Supervision>> {
+        loop {
+            for slot in &self.slots {
+                match slot.try_lock() {
+                    Ok(guard) => return Some(guard),
+                    Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                    Err(std::sync::TryLockError::WouldBlock) => {}
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
     }
 
     fn record_crash(&self, st: &mut Supervision, what: String) {
@@ -441,7 +475,19 @@ impl Backend for RunnerBackend {
     fn call(&self, req: &Request) -> Result<Outcome, Failure> {
         let timeout = req.context.timeout();
         let deadline = Instant::now() + timeout;
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(mut st) = self.take_slot(deadline) else {
+            return Err(Failure::host(
+                FailureCause::Timeout,
+                ErrorClass::Generic,
+                format!(
+                    "{} of native agent {}: all {} of its runners stayed busy for the call's {} ms",
+                    req.action,
+                    self.metadata.name,
+                    self.slots.len(),
+                    timeout.as_millis()
+                ),
+            ));
+        };
         self.ensure_running(&mut st, deadline)?;
         let Some(process) = st.process.as_mut() else {
             return Err(Failure::host(
@@ -524,31 +570,55 @@ impl Backend for RunnerBackend {
     }
 
     fn restart(&self) -> bool {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(mut process) = st.process.take() {
-            process.kill();
+        for slot in &self.slots {
+            let mut st = slot.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(mut process) = st.process.take() {
+                process.kill();
+            }
         }
         true
     }
 
     fn health(&self) -> Vec<(String, String)> {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let slots: Vec<_> = self
+            .slots
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        let pids: Vec<String> = slots
+            .iter()
+            .filter_map(|st| st.process.as_ref().map(|p| format!("pid {}", p.child.id())))
+            .collect();
         let mut facts = vec![
             ("library".into(), self.library.display().to_string()),
             (
                 "runner".into(),
-                st.process
-                    .as_ref()
-                    .map(|p| format!("pid {}", p.child.id()))
-                    .unwrap_or_else(|| "not running".into()),
+                if pids.is_empty() {
+                    "not running".into()
+                } else {
+                    pids.join(", ")
+                },
             ),
-            ("runner starts".into(), st.starts.to_string()),
-            ("crashes in window".into(), st.crashes.len().to_string()),
+            (
+                "runner starts".into(),
+                slots.iter().map(|st| st.starts).sum::<u64>().to_string(),
+            ),
+            (
+                "crashes in window".into(),
+                slots
+                    .iter()
+                    .map(|st| st.crashes.len())
+                    .sum::<usize>()
+                    .to_string(),
+            ),
         ];
-        if let Some(c) = &st.last_crash {
+        if let Some(c) = slots.iter().find_map(|st| st.last_crash.as_ref()) {
             facts.push(("last crash".into(), c.clone()));
         }
-        if st.quarantined_until.is_some_and(|u| u > Instant::now()) {
+        if slots
+            .iter()
+            .any(|st| st.quarantined_until.is_some_and(|u| u > Instant::now()))
+        {
             facts.push(("quarantined".into(), "yes".into()));
         }
         facts
@@ -557,9 +627,11 @@ impl Backend for RunnerBackend {
 
 impl Drop for RunnerBackend {
     fn drop(&mut self) {
-        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = st.process.as_mut() {
-            p.kill();
+        for slot in &mut self.slots {
+            let st = slot.get_mut().unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = st.process.as_mut() {
+                p.kill();
+            }
         }
     }
 }

@@ -363,3 +363,26 @@ fn a_stop_past_its_deadline_ends_the_resources_processes() {
     .unwrap();
     assert_eq!(count("bystander"), 0);
 }
+
+/// The resources of one native agent type share a few runners: while one
+/// resource's call hangs in one runner, another resource's call is served by
+/// another runner at once instead of waiting behind it.
+#[test]
+fn a_hanging_call_does_not_hold_up_another_resources_call() {
+    let (_d, agent) = hostile();
+    let agent = std::sync::Arc::new(agent);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let hung = std::sync::Arc::clone(&agent);
+    std::thread::spawn(move || {
+        let r = call(&hung, Action::Monitor, "pool-a", &[("mode", "loop")], 3000);
+        let _ = tx.send(r);
+    });
+    let r = call(&agent, Action::Monitor, "pool-b", &[], 2000);
+    assert_eq!(r.result.unwrap(), Outcome::State(MonitorState::NotRunning));
+    assert!(
+        rx.try_recv().is_err(),
+        "pool-b was answered while pool-a's call still hung"
+    );
+    let hung = rx.recv().unwrap();
+    assert_eq!(hung.result.unwrap_err().cause, FailureCause::Timeout);
+}
