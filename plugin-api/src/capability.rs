@@ -18,6 +18,9 @@ use std::str::FromStr;
 pub enum Capability {
     /// Run this program (absolute path), with any arguments.
     Exec(String),
+    /// Start this program (absolute path) as a long-lived service process,
+    /// detached: a WebAssembly agent's `run` of it returns at once (since 1.1).
+    Spawn(String),
     /// Open TCP connections to this `address:port`.
     Connect(String),
     /// Read files below this directory (absolute path).
@@ -37,7 +40,7 @@ impl fmt::Display for CapabilityError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "capability {:?}: {} (write exec:/abs/program, net:ADDRESS:PORT or read:/abs/dir)",
+            "capability {:?}: {} (write exec:/abs/program, spawn:/abs/program, net:ADDRESS:PORT or read:/abs/dir)",
             self.text, self.problem
         )
     }
@@ -90,6 +93,7 @@ impl FromStr for Capability {
             |v: &str| absolute(v) || (template && v.starts_with('{') && !v.contains("/../"));
         match kind {
             "exec" if path_ok(value) => Ok(Capability::Exec(value.into())),
+            "spawn" if path_ok(value) => Ok(Capability::Spawn(value.into())),
             "read" if path_ok(value) => {
                 let trimmed = value.trim_end_matches('/');
                 Ok(Capability::Read(if trimmed.is_empty() {
@@ -98,7 +102,9 @@ impl FromStr for Capability {
                     trimmed.into()
                 }))
             }
-            "exec" | "read" => Err(err("the path must be absolute and must not contain '..'")),
+            "exec" | "spawn" | "read" => {
+                Err(err("the path must be absolute and must not contain '..'"))
+            }
             "net" => {
                 let (host, port) = value
                     .rsplit_once(':')
@@ -117,7 +123,10 @@ impl FromStr for Capability {
 impl Capability {
     fn value(&self) -> &str {
         match self {
-            Capability::Exec(v) | Capability::Connect(v) | Capability::Read(v) => v,
+            Capability::Exec(v)
+            | Capability::Spawn(v)
+            | Capability::Connect(v)
+            | Capability::Read(v) => v,
         }
     }
 
@@ -151,6 +160,7 @@ impl fmt::Display for Capability {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Capability::Exec(p) => write!(f, "exec:{p}"),
+            Capability::Spawn(p) => write!(f, "spawn:{p}"),
             Capability::Connect(a) => write!(f, "net:{a}"),
             Capability::Read(d) => write!(f, "read:{d}"),
         }
@@ -165,6 +175,8 @@ impl fmt::Display for Capability {
 ///   (`exec:/usr/bin/myctl as myapp`). Without `as`, programs run as `nobody`; root
 ///   only when granted `as root`. (A `baton` that does not run as root runs them
 ///   as its own user and refuses a grant for another.)
+/// - `spawn:PATH` (same patterns and `as USER`): start the program as a detached
+///   service process of the resource (a WebAssembly agent's `run` returns at once).
 /// - `net:127.0.0.1:5432` one port, `net:127.0.0.1:5432-5439` a range,
 ///   `net:127.0.0.1:*` any port of that address.
 /// - `read:/srv/db` any file below the directory.
@@ -172,6 +184,13 @@ impl fmt::Display for Capability {
 pub enum Grant {
     /// Run a program (exact path), or any program below a directory (`dir/*`).
     Exec {
+        /// The path, or the directory followed by `/*`.
+        program: String,
+        /// The user the program runs as (`None`: nobody).
+        user: Option<String>,
+    },
+    /// Start a program as a detached service process; written and matched as `Exec`.
+    Spawn {
         /// The path, or the directory followed by `/*`.
         program: String,
         /// The user the program runs as (`None`: nobody).
@@ -205,7 +224,7 @@ impl FromStr for Grant {
             .split_once(':')
             .ok_or_else(|| err("no kind before ':'"))?;
         match kind {
-            "exec" => {
+            "exec" | "spawn" => {
                 let (program, user) = match value.split_once(" as ") {
                     Some((p, u)) if !u.trim().is_empty() && !u.trim().contains(' ') => {
                         (p.trim(), Some(u.trim().to_owned()))
@@ -219,9 +238,11 @@ impl FromStr for Grant {
                         "the path must be absolute, without '..' or spaces; a pattern is DIR/* (any program below DIR); a user follows as `as USER`",
                     ));
                 }
-                Ok(Grant::Exec {
-                    program: program.into(),
-                    user,
+                let program = program.into();
+                Ok(if kind == "exec" {
+                    Grant::Exec { program, user }
+                } else {
+                    Grant::Spawn { program, user }
                 })
             }
             "read" => match text.parse::<Capability>()? {
@@ -260,6 +281,11 @@ impl fmt::Display for Grant {
                 user: Some(u),
             } => write!(f, "exec:{program} as {u}"),
             Grant::Exec { program, .. } => write!(f, "exec:{program}"),
+            Grant::Spawn {
+                program,
+                user: Some(u),
+            } => write!(f, "spawn:{program} as {u}"),
+            Grant::Spawn { program, .. } => write!(f, "spawn:{program}"),
             Grant::Connect { host, ports } if *ports == (1, u16::MAX) => {
                 write!(f, "net:{host}:*")
             }
@@ -276,7 +302,8 @@ impl Grant {
     /// Whether `cap` (an expanded request) falls inside this grant.
     pub fn covers(&self, cap: &Capability) -> bool {
         match (self, cap) {
-            (Grant::Exec { program, .. }, Capability::Exec(p)) => {
+            (Grant::Exec { program, .. }, Capability::Exec(p))
+            | (Grant::Spawn { program, .. }, Capability::Spawn(p)) => {
                 match program.strip_suffix("/*") {
                     Some(dir) => Path::new(p).starts_with(dir) && p.len() > dir.len() + 1,
                     None => p == program,
@@ -295,6 +322,7 @@ impl Grant {
         matches!(
             (self, cap),
             (Grant::Exec { .. }, Capability::Exec(_))
+                | (Grant::Spawn { .. }, Capability::Spawn(_))
                 | (Grant::Connect { .. }, Capability::Connect(_))
                 | (Grant::Read(_), Capability::Read(_))
         )
@@ -463,14 +491,23 @@ impl CapabilitySet {
     /// May the agent run `program` (an absolute path)? Answers the user it runs
     /// as (`None`: the grant names none).
     pub fn check_exec(&self, program: &str) -> Result<Option<String>, String> {
-        let cap = Capability::Exec(program.into());
+        self.check_program(Capability::Exec(program.into()))
+    }
+
+    /// May the agent start `program` as a detached service process (a requested
+    /// and granted `spawn:`)? Answers the user it runs as, like [`Self::check_exec`].
+    pub fn check_spawn(&self, program: &str) -> Result<Option<String>, String> {
+        self.check_program(Capability::Spawn(program.into()))
+    }
+
+    fn check_program(&self, cap: Capability) -> Result<Option<String>, String> {
         if self.effective.contains(&cap) {
             // The most specific grant decides the user: an exact path before a directory.
             let mut covering: Vec<&Grant> =
                 self.granted.iter().filter(|g| g.covers(&cap)).collect();
             covering.sort_by_key(|g| std::cmp::Reverse(g.to_string().len()));
             Ok(covering.first().and_then(|g| match g {
-                Grant::Exec { user, .. } => user.clone(),
+                Grant::Exec { user, .. } | Grant::Spawn { user, .. } => user.clone(),
                 _ => None,
             }))
         } else {

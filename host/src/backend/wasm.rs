@@ -128,6 +128,11 @@ impl HostState {
         env: &[(String, String)],
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<(Option<i32>, Vec<u8>, Vec<u8>), String>> {
+        // A program the agent requested as `spawn:` starts as a detached service
+        // process of this resource: `run` returns at once, with no status.
+        if let Ok(user) = self.caps.check_spawn(program) {
+            return Ok(self.spawn(program, args, env, user.as_deref()));
+        }
         let user = match self.caps.check_exec(program) {
             Ok(user) => user,
             Err(why) => return Ok(Err(self.deny(why))),
@@ -154,6 +159,31 @@ impl HostState {
             Ok(f) => Ok(Ok((f.status.and_then(|s| s.code()), f.stdout, f.stderr))),
             Err(e) => Ok(Err(format!("cannot run {program}: {e}"))),
         }
+    }
+
+    /// Start `program` detached, as the resource's service process (see
+    /// `plugin_api::service::start_detached`): own process group, no output,
+    /// tagged with the resource, as the grant's user.
+    #[allow(clippy::type_complexity)]
+    fn spawn(
+        &self,
+        program: &str,
+        args: &[String],
+        env: &[(String, String)],
+        user: Option<&str>,
+    ) -> Result<(Option<i32>, Vec<u8>, Vec<u8>), String> {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .envs(env.iter().cloned());
+        process_group::run_as(&mut cmd, user)
+            .map_err(|why| format!("cannot start {program}: {why}"))?;
+        let mut req = Request::new(Action::Start, Default::default());
+        req.context.resource.clone_from(&self.resource);
+        service::start_detached(&req, &mut cmd, None)
+            .map(|_| (None, Vec::new(), Vec::new()))
+            .map_err(|e| format!("cannot start {program}: {e}"))
     }
 
     fn tcp_request(

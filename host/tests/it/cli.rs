@@ -453,10 +453,10 @@ fn capability_errors_say_which_half_is_missing_and_the_line_to_add() {
     };
     let o = run("net-silent");
     let text = output_text(&o);
-    let line = "hostile = [\"exec:/bin/sleep\", \"exec:/bin/sh\", \"exec:/usr/bin/id\", \"read:/etc\", \"net:127.0.0.1:47999\"]";
+    let line = "hostile = [\"exec:/bin/sleep\", \"exec:/bin/sh\", \"exec:/usr/bin/id\", \"spawn:/bin/sleep\", \"read:/etc\", \"net:127.0.0.1:47999\"]";
     assert!(
         String::from_utf8_lossy(&o.stderr).starts_with(
-            "5 capabilities requested, 1 granted; to grant the rest, add to the config:"
+            "6 capabilities requested, 1 granted; to grant the rest, add to the config:"
         ),
         "{text}"
     );

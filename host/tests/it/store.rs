@@ -34,6 +34,7 @@ fn installed_agents_load_by_name_and_list_with_contract_and_capabilities() {
             "exec:/bin/sleep",
             "exec:/bin/sh",
             "exec:/usr/bin/id",
+            "spawn:/bin/sleep",
             "read:/etc",
             "net:127.0.0.1:47999"
         ]

@@ -332,3 +332,47 @@ fn a_python_component_passes_the_conformance_test() {
     let report = conformance::run(&agent, params, "python", "testnode", None);
     assert!(report.passed, "{report:#?}");
 }
+
+/// A WebAssembly agent starts a foreground server detached through `run`: the
+/// program it requested as `spawn:` runs on in its own process group, as the
+/// grant's user, tagged with the resource, and `run` returns at once.
+#[test]
+fn a_spawned_program_runs_on_detached_and_tagged_with_its_resource() {
+    use baton_plugin_api::service;
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(
+        dir.path(),
+        "[agents.grants]\nhostile = [\"spawn:/bin/sleep\"]\n",
+    );
+    let agent = cat.load(wasm("hostile").to_str().unwrap()).unwrap();
+    let r = call(
+        &agent,
+        Action::Monitor,
+        "spawned",
+        &[("mode", "spawn")],
+        2000,
+    );
+    assert_eq!(r.result.unwrap(), Outcome::State(MonitorState::Running));
+    let host = service::host_id();
+    let found = service::tagged(&host, Some("spawned"));
+    assert_eq!(found.len(), 1, "{found:?}");
+    let pid = found[0].pid;
+    assert_eq!(found[0].name, "sleep");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let pgrp: u32 = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(pgrp, pid, "its own process group");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.lines().any(|l| l.starts_with("Uid:\t65534")),
+        "runs as nobody: {status}"
+    );
+    assert_eq!(
+        service::end(&host, Some("spawned"), Duration::ZERO).unwrap(),
+        1
+    );
+}

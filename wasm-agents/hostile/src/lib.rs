@@ -60,6 +60,7 @@ impl Guest for Hostile {
                     "net-handled",
                     "stack",
                     "exec-id",
+                    "spawn",
                 ]
                 .map(String::from)
                 .to_vec(),
@@ -78,6 +79,7 @@ impl Guest for Hostile {
                 "exec:/bin/sleep".into(),
                 "exec:/bin/sh".into(),
                 "exec:/usr/bin/id".into(),
+                "spawn:/bin/sleep".into(),
                 "read:/etc".into(),
                 "net:127.0.0.1:47999".into(),
             ],
@@ -161,6 +163,19 @@ impl Guest for Hostile {
                     "uid {}",
                     String::from_utf8_lossy(&out.stdout).trim()
                 )))
+            }
+            // A service process started detached: run returns at once, no status.
+            "spawn" => {
+                let cmd = Command {
+                    program: "/bin/sleep".into(),
+                    args: vec!["600".into()],
+                    env: vec![],
+                    timeout_ms: 1000,
+                };
+                match capabilities::run(&cmd).map_err(err)?.status {
+                    None => Ok(MonitorState::Running),
+                    Some(code) => Err(err(format!("sleep exited with {code}"))),
+                }
             }
             "read-forbidden" => {
                 capabilities::read_file("/etc/shadow").map_err(err)?;
