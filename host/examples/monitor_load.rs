@@ -10,8 +10,9 @@
 //! most 64), every resource monitored once a second, waits until all run, then reads the CPU time of the
 //! daemon and its agent processes over 30 s, 10 s after all run. Three rows: a
 //! native agent in its runner (a runner per resource), the same library trusted
-//! in-process, and a WebAssembly component (an instance per resource). Their
-//! monitors do nothing but answer, so the figures are the host's own cost.
+//! in-process, and a WebAssembly component (the `legacy-1-0` fixture, an
+//! instance per resource). Their monitors do nothing but answer, so the figures
+//! are the host's own cost.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -129,7 +130,7 @@ fn measure(
     let repo = baton.parent().unwrap().parent().unwrap().parent().unwrap();
     let file = match agent {
         "native-hostile" => repo.join("target/release/libnative_hostile.so"),
-        _ => repo.join("wasm-agents/target/wasm32-wasip2/release/hostile.wasm"),
+        _ => repo.join("wasm-agents/target/wasm32-wasip2/release/legacy_1_0.wasm"),
     };
     let o = Command::new(baton)
         .arg("--config")
@@ -204,7 +205,7 @@ fn main() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let baton = repo.join("target/release/baton");
     let native = repo.join("target/release/libnative_hostile.so");
-    let wasm = repo.join("wasm-agents/target/wasm32-wasip2/release/hostile.wasm");
+    let wasm = repo.join("wasm-agents/target/wasm32-wasip2/release/legacy_1_0.wasm");
     assert!(
         baton.is_file() && native.is_file() && wasm.is_file(),
         "run `scripts/build-wasm-agents && cargo build --release --workspace` first"
@@ -217,7 +218,7 @@ fn main() {
     for (name, agent, params, trusted) in [
         ("native, runner process", native, "", false),
         ("native, trusted in-process", native, "", true),
-        ("WebAssembly", "hostile", "", false),
+        ("WebAssembly", "legacy", "", false),
     ] {
         let idle = measure(&baton, name, n, agent, params, trusted, 0);
         let busy = measure(&baton, name, n, agent, params, trusted, 1000);

@@ -746,22 +746,24 @@ pub fn run(
         .map(|(id, a)| (*id, a.clone()))
         .collect();
     let lease_ms = (spec.bounds.membership.link_timeout * 2).as_millis() as u64;
-    let mut witness = cluster
-        .cluster
-        .witness
-        .as_ref()
-        .map(|w| match (&w.disk, &w.file) {
+    let mut witness = cluster.cluster.witness.as_ref().map(|w| {
+        let bell = bell.clone();
+        let answered = move || bell.ring();
+        match (&w.disk, &w.file) {
             (Some(disk), _) => WitnessWorker::start(
                 DiskStore::new(disk, w.slot, &cluster.cluster.name, lease_ms),
                 lease_ms,
                 unix_ms,
+                answered,
             ),
             (None, file) => WitnessWorker::start(
                 FileStore::new(file.as_deref().unwrap_or(Path::new("")), lease_ms, unix_ms),
                 lease_ms,
                 unix_ms,
+                answered,
             ),
-        });
+        }
+    });
     let self_fence_ms = spec.bounds.self_fence.as_millis() as u64;
     clean_up_leftovers(&services)?;
     // The guardian fences this node's services if this process dies or hangs
@@ -1082,16 +1084,16 @@ pub fn run(
                 }
             }
         }
-        // Sleep until a packet, an agent's answer or an operator's request
-        // arrives (the bell), or the next tick or monitor round is due; at most
-        // 20 ms, for the witness worker's answers (read without a bell).
+        // Sleep until a packet, an agent's or the witness's answer or an
+        // operator's request arrives (the bell), or the next tick or monitor
+        // round is due.
         let now = now_ms();
         let wait = next_tick
             .min(monitors.next_event(|i| {
                 services[i].monitor_every > 0 && !resumed && node.phases()[i] == Phase::Running
             }))
             .saturating_sub(now)
-            .clamp(1, 20) as i32;
+            .clamp(1, interval.max(1)) as i32;
         let mut fds: Vec<libc::pollfd> = sockets
             .iter()
             .map(|s| s.as_raw_fd())

@@ -5,8 +5,7 @@
 //! channels from other threads; each send also writes a byte to a pipe whose
 //! read end is in the poll set, so the loop wakes for them at once instead of
 //! polling every few milliseconds (which, idle, cost a node more CPU than a
-//! thousand monitored resources). The loop still wakes every 20 ms at most, for
-//! the witness worker's answers.
+//! thousand monitored resources). The witness worker rings it after each answer.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;

@@ -356,10 +356,12 @@ impl WitnessWorker {
     /// Start the worker for `store`. Leases are taken for `lease_ms`; an answer
     /// counts for half of that after it was asked for, which leaves the other
     /// half as margin before another partition may take a lease nobody renews.
+    /// `answered` runs after each answer is sent (the daemon rings its loop's bell).
     pub fn start(
         mut store: impl WitnessStore,
         lease_ms: u64,
         unix_ms: fn() -> u64,
+        answered: impl Fn() + Send + 'static,
     ) -> WitnessWorker {
         let (ask_tx, ask_rx) = mpsc::channel::<Ask>();
         let (answer_tx, answer_rx) = mpsc::channel::<Answer>();
@@ -375,6 +377,7 @@ impl WitnessWorker {
                     if answer_tx.send(answer).is_err() {
                         return;
                     }
+                    answered();
                 }
             })
             .expect("spawning the witness thread");
@@ -478,7 +481,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("witness");
         let started = Instant::now();
-        let mut w = WitnessWorker::start(FileStore::new(&path, 400, unix_ms), 400, unix_ms);
+        let mut w = WitnessWorker::start(FileStore::new(&path, 400, unix_ms), 400, unix_ms, || {});
         assert!(wait_holder(&mut w, started, Some(1)), "never held");
 
         // Someone else takes the lock and keeps it: the calls keep returning (this
