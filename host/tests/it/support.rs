@@ -177,3 +177,8 @@ pub fn output_text(o: &std::process::Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// The steps of a conformance run that failed.
+pub fn failed_steps(report: &baton::conformance::Report) -> Vec<&baton::conformance::Step> {
+    report.steps.iter().filter(|s| !s.passed).collect()
+}

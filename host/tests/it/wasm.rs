@@ -225,10 +225,8 @@ fn agents_built_for_1_0_and_1_1_load_side_by_side() {
         "testnode",
         None,
     );
-    let failed: Vec<&str> = report
-        .steps
+    let failed: Vec<&str> = crate::support::failed_steps(&report)
         .iter()
-        .filter(|s| !s.passed)
         .map(|s| s.name.as_str())
         .collect();
     assert_eq!(
