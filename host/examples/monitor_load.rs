@@ -2,7 +2,7 @@
 //! repository root:
 //!
 //! ```text
-//! cargo build --release --workspace && cargo run --release --example monitor_load -- [RESOURCES]
+//! cargo build --release --workspace && cargo run --release --example monitor_load -- [RESOURCES [ROW]]
 //! ```
 //!
 //! Starts one `baton run` (a one-node cluster on loopback, no namespaces) with
@@ -12,7 +12,8 @@
 //! native agent in its runner (a runner per resource), the same library trusted
 //! in-process, and a WebAssembly component (the `legacy-1-0` fixture, an
 //! instance per resource). Their monitors do nothing but answer, so the figures
-//! are the host's own cost.
+//! are the host's own cost. ROW (`runner`, `trusted`, `WebAssembly`) measures
+//! only the rows whose name contains it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -210,6 +211,8 @@ fn main() {
         baton.is_file() && native.is_file() && wasm.is_file(),
         "run `scripts/build-wasm-agents && cargo build --release --workspace` first"
     );
+    // An optional second argument picks the rows whose name contains it.
+    let only = std::env::args().nth(2).unwrap_or_default();
     let native = "native-hostile";
     println!(
         "| agent | resources | CPU, not monitored | CPU, each monitored every second | per monitor |"
@@ -220,6 +223,9 @@ fn main() {
         ("native, trusted in-process", native, "", true),
         ("WebAssembly", "legacy", "", false),
     ] {
+        if !name.contains(only.as_str()) {
+            continue;
+        }
         let idle = measure(&baton, name, n, agent, params, trusted, 0);
         let busy = measure(&baton, name, n, agent, params, trusted, 1000);
         if let (Some(idle), Some(busy)) = (idle, busy) {

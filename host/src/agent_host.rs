@@ -149,6 +149,12 @@ pub trait Backend: Send + Sync {
     fn call_here(&self, req: &Request) -> Result<Outcome, Failure> {
         self.call(req)
     }
+    /// Run several requests (a monitor round's, for resources of this agent)
+    /// as [`Backend::call_here`] would, one answer per request in order. A
+    /// native runner sends them in one batch.
+    fn call_many_here(&self, reqs: &[Request]) -> Vec<Result<Outcome, Failure>> {
+        reqs.iter().map(|r| self.call_here(r)).collect()
+    }
     /// Free-form facts for `baton agent info` (runner PID, crashes, instances).
     fn health(&self) -> Vec<(String, String)> {
         Vec::new()
@@ -261,23 +267,85 @@ impl AgentHandle {
 
     fn call_with(&self, req: &Request, here: bool) -> CallReport {
         let started = Instant::now();
-        let span = tracing::debug_span!(
-            "agent_call",
-            agent = %self.metadata().name,
-            resource = %req.context.resource,
-            action = %req.action,
-            timeout_ms = req.context.timeout_ms,
-            kind = %self.kind(),
-        );
+        let span = self.call_span(req);
         let _enter = span.enter();
         let req = &self.with_defaults(req);
-        let mut result = self.precheck(req).and_then(|()| {
+        let result = self.precheck(req).and_then(|()| {
             if here {
                 self.backend.call_here(req)
             } else {
                 self.backend.call(req)
             }
         });
+        self.report(req, result, started)
+    }
+
+    /// [`AgentHandle::call_here`] for several requests (a monitor round's
+    /// resources of this agent), one report per request in order; a native
+    /// runner gets them in one batch ([`Backend::call_many_here`]). Each
+    /// report's `elapsed` is the time from the batch's start to its answer.
+    pub fn call_many_here(&self, reqs: &[Request]) -> Vec<CallReport> {
+        let started = Instant::now();
+        let mut passed = Vec::with_capacity(reqs.len());
+        let mut refused = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            let full = self.with_defaults(req).into_owned();
+            match self.precheck(&full) {
+                Ok(()) => {
+                    passed.push(full);
+                    refused.push(None);
+                }
+                Err(f) => refused.push(Some((full, f))),
+            }
+        }
+        let mut answers = self.backend.call_many_here(&passed).into_iter();
+        let mut next = 0;
+        refused
+            .into_iter()
+            .map(|refusal| {
+                let (req, result) = match &refusal {
+                    Some((req, f)) => (req, Err(f.clone())),
+                    None => {
+                        // One entry of `passed` per request that was not refused.
+                        next += 1;
+                        let answer = answers.next().unwrap_or_else(|| {
+                            Err(Failure::host(
+                                FailureCause::BadReply,
+                                ErrorClass::Generic,
+                                "the agent's backend gave no answer for this request",
+                            ))
+                        });
+                        (&passed[next - 1], answer)
+                    }
+                };
+                let span = self.call_span(req);
+                let _enter = span.enter();
+                self.report(req, result, started)
+            })
+            .collect()
+    }
+
+    /// The span every call's log lines carry.
+    fn call_span(&self, req: &Request) -> tracing::Span {
+        tracing::debug_span!(
+            "agent_call",
+            agent = %self.metadata().name,
+            resource = %req.context.resource,
+            action = %req.action,
+            timeout_ms = req.context.timeout_ms,
+            kind = %self.kind(),
+        )
+    }
+
+    /// The report of a call to `req` that began at `started`: a stop that overran
+    /// ends the resource's processes, the result maps to a recovery, and the
+    /// call is logged.
+    fn report(
+        &self,
+        req: &Request,
+        mut result: Result<Outcome, Failure>,
+        started: Instant,
+    ) -> CallReport {
         if let Err(f) = &mut result {
             end_overrun_stop(req, f);
         }

@@ -3,13 +3,14 @@
 //! the control socket, the optional watchdog and a status file. Every decision is
 //! made by the pure state machine.
 
-use crate::agent_host::AgentHandle;
+use crate::agent_host::{AgentHandle, CallReport};
 use crate::catalog::AgentCatalog;
 use crate::cluster::config::{ClusterConfig, ServiceSection};
 use crate::cluster::node::{ClusterNode, Command, Phase};
 use crate::cluster::wire::{ClusterKey, Drop, NodeId, ReplayGuard, decode, encode};
 use crate::config::Config;
 use crate::control::{ControlReply, ControlRequest};
+use crate::crew::Crew;
 use crate::guardian::{Charge, Guardian, descendant_groups};
 use crate::watchdog::Watchdog;
 use crate::witness_worker::{DiskStore, FileStore, Op, WitnessWorker};
@@ -314,24 +315,25 @@ fn call(
     base: &Request,
     action: Action,
     cap_ms: Option<u64>,
-    here: bool,
 ) -> (Result<(), Recovery>, String) {
     let mut req = base.clone();
     req.action = action;
     if let Some(cap) = cap_ms {
         req.context.timeout_ms = req.context.timeout_ms.min(cap.max(1));
     }
-    let report = if here {
-        handle.call_here(&req)
-    } else {
-        handle.call(&req)
-    };
-    match &report.result {
-        Ok(Outcome::State(s)) if s.is_active() && *s != MonitorState::FailedPromoted => {
+    judge(&handle.call(&req))
+}
+
+/// A call's report as the loop uses it: the recovery on failure, and the
+/// resource's state in words.
+fn judge(report: &CallReport) -> (Result<(), Recovery>, String) {
+    let action = report.action;
+    match report.result {
+        Ok(Outcome::State(s)) if s.is_active() && s != MonitorState::FailedPromoted => {
             (Ok(()), s.to_string())
         }
         Ok(Outcome::State(s)) => {
-            tracing::warn!(resource = %req.context.resource, "{action}: {s}; recovery {}", report.recovery);
+            tracing::warn!(resource = %report.resource, "{action}: {s}; recovery {}", report.recovery);
             (Err(report.recovery), s.to_string())
         }
         Ok(_) => (
@@ -343,8 +345,8 @@ fn call(
             }
             .into(),
         ),
-        Err(f) => {
-            tracing::error!(resource = %req.context.resource, %action, "{f}; recovery {}", report.recovery);
+        Err(ref f) => {
+            tracing::error!(resource = %report.resource, %action, "{f}; recovery {}", report.recovery);
             (Err(report.recovery), format!("{action} failed: {f}"))
         }
     }
@@ -392,7 +394,7 @@ fn start_service(svc: &LoadedService) -> Round {
                 states,
             };
         }
-        let (result, state) = call(handle, req, Action::Start, None, false);
+        let (result, state) = call(handle, req, Action::Start, None);
         states[k] = state;
         if let Err(recovery) = result {
             let failure = format!("{}: {}", req.context.resource, states[k]);
@@ -413,8 +415,8 @@ fn start_service(svc: &LoadedService) -> Round {
     }
 }
 
-/// Recurring monitor rounds: one at a time per service, each on a thread of its
-/// own that runs in-process agents' calls on that thread
+/// Recurring monitor rounds: one at a time per service, each on a thread of a
+/// crew (`crew.rs`) that runs in-process agents' calls on that thread
 /// (`AgentHandle::call_here`, no hand-off to a worker). The loop supervises the
 /// round instead: one that has not answered within the sum of its calls'
 /// deadlines, plus a second, is a failed monitor, and its late answer is ignored.
@@ -424,6 +426,7 @@ struct Monitors {
     /// Each service's running round: its number, start and deadline.
     running: Vec<Option<(u64, u64, u64)>>,
     rounds: u64,
+    crew: Crew,
 }
 
 impl Monitors {
@@ -432,6 +435,7 @@ impl Monitors {
             next: vec![0; services],
             running: vec![None; services],
             rounds: 0,
+            crew: Crew::new("monitor"),
         }
     }
 
@@ -470,11 +474,15 @@ impl Monitors {
             .map(|(_, r)| r.context.timeout_ms)
             .sum();
         self.running[i] = Some((id, now, now + budget + 1000));
-        let services = Arc::clone(services);
+        let all = Arc::clone(services);
         let tx = done.clone();
-        std::thread::spawn(move || {
-            tx.send(Done::Monitored(i, id, monitor_service(&services[i])));
+        let launched = self.crew.launch(move || {
+            tx.send(Done::Monitored(i, id, monitor_service(&all[i])));
         });
+        if let Err(e) = launched {
+            // The round is overdue at its deadline and counts as failed then.
+            tracing::error!(service = %services[i].name, "cannot start a monitor round: {e}");
+        }
     }
 
     /// Round `id` of service `i` answered; whether it is the one still awaited.
@@ -502,13 +510,35 @@ impl Monitors {
 }
 
 /// Monitor every resource; healthy when each answers running, degraded or promoted.
+/// The resources of one agent go to it together, on this thread
+/// (`AgentHandle::call_many_here`: a native runner gets them in one batch).
 fn monitor_service(svc: &LoadedService) -> Round {
+    let mut reports: Vec<Option<CallReport>> = vec![None; svc.resources.len()];
+    for (k, (handle, _)) in svc.resources.iter().enumerate() {
+        if reports[k].is_some() {
+            continue;
+        }
+        let same: Vec<usize> = (k..svc.resources.len())
+            .filter(|&j| Arc::ptr_eq(&svc.resources[j].0, handle))
+            .collect();
+        let reqs: Vec<Request> = same
+            .iter()
+            .map(|&j| {
+                let mut req = svc.resources[j].1.clone();
+                req.action = Action::Monitor;
+                req
+            })
+            .collect();
+        for (j, report) in same.into_iter().zip(handle.call_many_here(&reqs)) {
+            reports[j] = Some(report);
+        }
+    }
     let mut result = Ok(());
     let mut states = Vec::new();
-    for (h, base) in &svc.resources {
-        let (r, state) = call(h, base, Action::Monitor, None, true);
+    for report in reports.iter().flatten() {
+        let (r, state) = judge(report);
         if let Err(recovery) = r {
-            let failure = format!("{}: {state}", base.context.resource);
+            let failure = format!("{}: {state}", report.resource);
             result = match result {
                 Ok(()) => Err((recovery, failure)),
                 Err((worse, first)) => Err((worst(worse, recovery), first)),
@@ -527,7 +557,7 @@ fn stop_resources(
     let mut ok = true;
     let mut states = vec![String::new(); resources.len()];
     for (k, (h, r)) in resources.iter().enumerate().rev() {
-        let (result, state) = call(h, r, Action::Stop, cap_ms, false);
+        let (result, state) = call(h, r, Action::Stop, cap_ms);
         ok &= result.is_ok();
         states[k] = state;
     }

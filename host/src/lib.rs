@@ -14,6 +14,7 @@ pub mod config;
 pub mod conformance;
 pub mod control;
 pub mod cpu;
+pub mod crew;
 pub mod daemon;
 pub mod demo;
 pub mod disk_lab;

@@ -7,7 +7,7 @@ use crate::runner::{MAX_FRAME, PROTOCOL, RunnerMessage, write_frame};
 use baton_agent_abi::NativeLibrary;
 use baton_plugin_api::{Action, ErrorClass, Metadata, Outcome, Request, service};
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -461,6 +461,175 @@ impl RunnerBackend {
             }
         }
     }
+
+    /// Send as many of `reqs` as fit in one write (at least the first) to one
+    /// runner and read their answers in order, pushing one per request answered
+    /// onto `answers`: all that were sent, or up to the first that failed the
+    /// runner (timed out, crashed), after which the runner is gone and the rest
+    /// are left for the caller to send again, to a new one.
+    ///
+    /// Each request has its own deadline, from when the runner could start it
+    /// (the previous answer's arrival), as if it had been sent alone.
+    ///
+    /// Rationale: one write, one wake-up of the runner and one of this thread per
+    /// batch instead of per call; the runner answers one request after another
+    /// either way.
+    fn pipeline(&self, reqs: &[Request], answers: &mut Vec<Result<Outcome, Failure>>) {
+        let Some(first) = reqs.first() else {
+            return;
+        };
+        let timeout = first.context.timeout();
+        let Some(mut st) = self.take_slot(Instant::now() + timeout) else {
+            answers.push(Err(Failure::host(
+                FailureCause::Timeout,
+                ErrorClass::Generic,
+                format!(
+                    "{} of native agent {}: all {} of its runners stayed busy for the call's {} ms",
+                    first.action,
+                    self.metadata.name,
+                    self.slots.len(),
+                    timeout.as_millis()
+                ),
+            )));
+            return;
+        };
+        if let Err(f) = self.ensure_running(&mut st, Instant::now() + timeout) {
+            answers.push(Err(f));
+            return;
+        }
+        let (frames, sent) = match encode_batch(reqs) {
+            Ok(batch) => batch,
+            Err(f) => {
+                answers.push(Err(f));
+                return;
+            }
+        };
+        let Some(process) = st.process.as_mut() else {
+            answers.push(Err(Failure::host(
+                FailureCause::Crash,
+                ErrorClass::Generic,
+                "runner not available",
+            )));
+            return;
+        };
+        let pin = reqs[..sent].iter().all(|r| r.action == Action::Monitor);
+        if pin {
+            crate::cpu::follow_caller(process.child.id() as libc::pid_t);
+        } else if process.pinned {
+            crate::cpu::release(process.child.id() as libc::pid_t);
+        }
+        process.pinned = pin;
+        let written = process
+            .stdin
+            .write_all(&frames)
+            .and_then(|()| process.stdin.flush())
+            .map_err(|e| format!("cannot write to the runner: {e}"));
+        let mut began = Instant::now();
+        let mut answered = false;
+        for req in &reqs[..sent] {
+            let deadline = began + req.context.timeout();
+            let answer = written
+                .clone()
+                .and_then(|()| process.receive(deadline.saturating_duration_since(Instant::now())));
+            began = Instant::now();
+            match answer {
+                Ok(RunnerMessage::Reply(reply)) => {
+                    answered = true;
+                    answers.push(reply.map_err(Failure::from));
+                }
+                other => {
+                    if answered {
+                        st.consecutive = 0;
+                    }
+                    answers.push(Err(self.runner_failed(&mut st, req, deadline, other)));
+                    return;
+                }
+            }
+        }
+        st.consecutive = 0;
+    }
+
+    /// The failure of `req` when its runner did not answer it properly; the
+    /// runner is killed (or found dead) and the crash recorded.
+    fn runner_failed(
+        &self,
+        st: &mut Supervision,
+        req: &Request,
+        deadline: Instant,
+        answer: Result<RunnerMessage, String>,
+    ) -> Failure {
+        let Some(mut process) = st.process.take() else {
+            return Failure::host(
+                FailureCause::Crash,
+                ErrorClass::Generic,
+                "runner not available",
+            );
+        };
+        let (cause, what) = match answer {
+            Ok(_) => (
+                FailureCause::BadReply,
+                format!("the runner sent an unexpected message{}", process.kill()),
+            ),
+            Err(e) if Instant::now() >= deadline && e.starts_with("no answer") => (
+                FailureCause::Timeout,
+                format!(
+                    "{} of native agent {} ran past its {} ms deadline; its runner's process group was killed{}",
+                    req.action,
+                    self.metadata.name,
+                    req.context.timeout_ms,
+                    process.kill()
+                ),
+            ),
+            Err(e) => {
+                let how = process
+                    .death(self.policy.memory_limit_mib)
+                    .unwrap_or_else(|| {
+                        process.kill();
+                        e
+                    });
+                (
+                    FailureCause::Crash,
+                    format!(
+                        "native agent {} crashed during {}: runner {how}",
+                        self.metadata.name, req.action
+                    ),
+                )
+            }
+        };
+        self.record_crash(st, what.clone());
+        Failure::host(cause, ErrorClass::Generic, what)
+    }
+}
+
+/// The frames of as many of `reqs` as fit in one batch (at least one), and how
+/// many that is.
+///
+/// Rationale: the batch stays well under a pipe's 64 KiB, so the runner never
+/// blocks on its answers while this side is still writing requests.
+fn encode_batch(reqs: &[Request]) -> Result<(Vec<u8>, usize), Failure> {
+    const BATCH_BYTES: usize = 32 << 10;
+    let mut frames = Vec::new();
+    let mut sent = 0;
+    for req in reqs {
+        if sent > 0 && frames.len() >= BATCH_BYTES {
+            break;
+        }
+        let json = serde_json::to_vec(req).map_err(|e| {
+            Failure::host(
+                FailureCause::Refused,
+                ErrorClass::Generic,
+                format!("cannot encode the request: {e}"),
+            )
+        })?;
+        if sent > 0 && frames.len() + json.len() > BATCH_BYTES {
+            break;
+        }
+        write_frame(&mut frames, &json).map_err(|e| {
+            Failure::host(FailureCause::Refused, ErrorClass::Generic, e.to_string())
+        })?;
+        sent += 1;
+    }
+    Ok((frames, sent))
 }
 
 impl Backend for RunnerBackend {
@@ -473,100 +642,25 @@ impl Backend for RunnerBackend {
     }
 
     fn call(&self, req: &Request) -> Result<Outcome, Failure> {
-        let timeout = req.context.timeout();
-        let deadline = Instant::now() + timeout;
-        let Some(mut st) = self.take_slot(deadline) else {
-            return Err(Failure::host(
-                FailureCause::Timeout,
-                ErrorClass::Generic,
-                format!(
-                    "{} of native agent {}: all {} of its runners stayed busy for the call's {} ms",
-                    req.action,
-                    self.metadata.name,
-                    self.slots.len(),
-                    timeout.as_millis()
-                ),
-            ));
-        };
-        self.ensure_running(&mut st, deadline)?;
-        let Some(process) = st.process.as_mut() else {
-            return Err(Failure::host(
+        let mut answers = Vec::with_capacity(1);
+        self.pipeline(std::slice::from_ref(req), &mut answers);
+        answers.pop().unwrap_or_else(|| {
+            Err(Failure::host(
                 FailureCause::Crash,
                 ErrorClass::Generic,
                 "runner not available",
-            ));
-        };
-        let json = serde_json::to_vec(req).map_err(|e| {
-            Failure::host(
-                FailureCause::Refused,
-                ErrorClass::Generic,
-                format!("cannot encode the request: {e}"),
-            )
-        })?;
-        let pin = req.action == Action::Monitor;
-        if pin {
-            crate::cpu::follow_caller(process.child.id() as libc::pid_t);
-        } else if process.pinned {
-            crate::cpu::release(process.child.id() as libc::pid_t);
+            ))
+        })
+    }
+
+    /// Monitor rounds send a service's requests to one runner in one write and
+    /// read the answers as they come (see `pipeline`).
+    fn call_many_here(&self, reqs: &[Request]) -> Vec<Result<Outcome, Failure>> {
+        let mut answers = Vec::with_capacity(reqs.len());
+        while answers.len() < reqs.len() {
+            self.pipeline(&reqs[answers.len()..], &mut answers);
         }
-        process.pinned = pin;
-        let sent = write_frame(&mut process.stdin, &json);
-        let answer = match sent {
-            Ok(()) => process.receive(deadline.saturating_duration_since(Instant::now())),
-            Err(e) => Err(format!("cannot write to the runner: {e}")),
-        };
-        match answer {
-            Ok(RunnerMessage::Reply(reply)) => {
-                st.consecutive = 0;
-                reply.map_err(Failure::from)
-            }
-            Ok(_) => {
-                let why = process.kill();
-                st.process = None;
-                let what = format!("the runner sent an unexpected message{why}");
-                self.record_crash(&mut st, what.clone());
-                Err(Failure::host(
-                    FailureCause::BadReply,
-                    ErrorClass::Generic,
-                    what,
-                ))
-            }
-            Err(e) if Instant::now() >= deadline && e.starts_with("no answer") => {
-                let why = process.kill();
-                st.process = None;
-                let what = format!(
-                    "{} of native agent {} ran past its {} ms deadline; its runner's process group was killed{why}",
-                    req.action,
-                    self.metadata.name,
-                    timeout.as_millis()
-                );
-                self.record_crash(&mut st, what.clone());
-                Err(Failure::host(
-                    FailureCause::Timeout,
-                    ErrorClass::Generic,
-                    what,
-                ))
-            }
-            Err(e) => {
-                let how = process
-                    .death(self.policy.memory_limit_mib)
-                    .unwrap_or_else(|| {
-                        process.kill();
-                        e.clone()
-                    });
-                st.process = None;
-                let what = format!(
-                    "native agent {} crashed during {}: runner {how}",
-                    self.metadata.name, req.action
-                );
-                self.record_crash(&mut st, what.clone());
-                Err(Failure::host(
-                    FailureCause::Crash,
-                    ErrorClass::Generic,
-                    what,
-                ))
-            }
-        }
+        answers
     }
 
     fn restart(&self) -> bool {

@@ -384,3 +384,47 @@ fn a_hanging_call_does_not_hold_up_another_resources_call() {
     let hung = rx.recv().unwrap();
     assert_eq!(hung.result.unwrap_err().cause, FailureCause::Timeout);
 }
+
+/// A monitor round sends a service's requests for one native agent to one
+/// runner in a batch. Each still gets its own answer and its own deadline: a
+/// request that hangs or crashes the runner fails alone, and the ones after it
+/// are answered by a new runner.
+#[test]
+fn a_batch_of_monitors_answers_each_even_when_one_hangs_and_one_crashes() {
+    let (_d, agent) = hostile();
+    let modes = ["ok", "loop", "ok", "segfault", "ok"];
+    let reqs: Vec<_> = modes
+        .iter()
+        .enumerate()
+        .map(|(i, mode)| {
+            crate::support::request(
+                Action::Monitor,
+                &format!("batch-{i}"),
+                &[("mode", mode)],
+                400,
+            )
+        })
+        .collect();
+    let reports = agent.call_many_here(&reqs);
+    assert_eq!(reports.len(), modes.len());
+    for (i, (report, mode)) in reports.iter().zip(modes).enumerate() {
+        assert_eq!(report.resource, format!("batch-{i}"));
+        match mode {
+            "ok" => assert_eq!(
+                report.result.as_ref().unwrap(),
+                &Outcome::State(MonitorState::NotRunning),
+                "{i}"
+            ),
+            "loop" => {
+                let f = report.result.as_ref().unwrap_err();
+                assert_eq!(f.cause, FailureCause::Timeout, "{f}");
+                assert!(f.reason.contains("400 ms deadline"), "{f}");
+            }
+            _ => {
+                let f = report.result.as_ref().unwrap_err();
+                assert_eq!(f.cause, FailureCause::Crash, "{f}");
+                assert!(f.reason.contains("SIGSEGV"), "{f}");
+            }
+        }
+    }
+}
