@@ -19,16 +19,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Clock ticks per second for /proc/PID/stat times.
-fn ticks_per_s() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
-}
-
-/// utime + stime of `pid` and every descendant, in clock ticks.
+/// CPU time of `root` and every descendant, in ns: the sum over their threads
+/// of `/proc/PID/task/TID/schedstat` (time on a CPU, exact).
+///
+/// Rationale: utime and stime are sampled at the clock tick, and a daemon that
+/// wakes on timers runs in step with the tick, so those figures swung by a
+/// factor of two from run to run; schedstat counts every nanosecond run. A
+/// thread that ends inside the window would not count: the daemon's threads
+/// (loop, monitor crew, workers) and runners live on.
 fn tree_cpu(root: u32) -> u64 {
     let mut parent = std::collections::HashMap::new();
-    let mut cpu = std::collections::HashMap::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
@@ -36,31 +36,40 @@ fn tree_cpu(root: u32) -> u64 {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        let ppid = stat[stat.rfind(')').unwrap() + 2..]
             .split_whitespace()
-            .collect();
-        parent.insert(pid, f[1].parse::<u32>().unwrap_or(0));
-        cpu.insert(
-            pid,
-            f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0),
-        );
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0);
+        parent.insert(pid, ppid);
     }
-    cpu.iter()
-        .filter(|(pid, _)| {
-            let mut p = **pid;
-            for _ in 0..32 {
-                if p == root {
-                    return true;
-                }
-                match parent.get(&p) {
-                    Some(&pp) if pp > 1 => p = pp,
-                    _ => return false,
-                }
+    let in_tree = |pid: u32| {
+        let mut p = pid;
+        for _ in 0..32 {
+            if p == root {
+                return true;
             }
-            false
-        })
-        .map(|(_, t)| t)
-        .sum()
+            match parent.get(&p) {
+                Some(&pp) if pp > 1 => p = pp,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let mut total = 0;
+    for pid in parent.keys().copied().filter(|p| in_tree(*p)) {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let path = t.path().join("schedstat");
+            total += std::fs::read_to_string(path)
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
 }
 
 fn write_config(
@@ -188,7 +197,7 @@ fn measure(
     let before = tree_cpu(daemon.id());
     let t0 = Instant::now();
     std::thread::sleep(window);
-    let used = (tree_cpu(daemon.id()) - before) as f64 / ticks_per_s();
+    let used = tree_cpu(daemon.id()).saturating_sub(before) as f64 / 1e9;
     let secs = t0.elapsed().as_secs_f64();
     // SAFETY: SIGTERM to the daemon this function started.
     unsafe {
