@@ -8,61 +8,30 @@
 //! (so a flapping check changes state slowly), and an unhealthy node has no
 //! quorum of its own (see `ClusterNode::set_healthy`).
 
-use crate::cluster::config::HealthSection;
+use crate::cluster::config::{Check, HealthSection};
 use serde::Serialize;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// One check.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Check {
-    /// A TCP connection to HOST:PORT succeeds.
-    Tcp(String),
-    /// Someone answers ARP for the address on the interface that routes to it.
-    Arp(Ipv4Addr),
-}
-
-impl Check {
-    /// Parse `tcp:HOST:PORT` or `arp:IPV4`.
-    pub fn parse(text: &str) -> Result<Check, String> {
-        if let Some(target) = text.strip_prefix("tcp:") {
-            let port_ok = target
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-            return if port_ok {
-                Ok(Check::Tcp(target.to_string()))
-            } else {
-                Err(format!("{text:?}: write tcp:HOST:PORT"))
-            };
+/// Run one check within `timeout`.
+fn run(check: &Check, timeout: Duration) -> Result<(), String> {
+    match check {
+        Check::Tcp(target) => {
+            let addr: SocketAddr = target
+                .to_socket_addrs()
+                .map_err(|e| e.to_string())?
+                .next()
+                .ok_or("resolves to nothing")?;
+            TcpStream::connect_timeout(&addr, timeout)
+                .map(drop)
+                .map_err(|e| e.to_string())
         }
-        if let Some(ip) = text.strip_prefix("arp:") {
-            return ip
-                .parse()
-                .map(Check::Arp)
-                .map_err(|_| format!("{text:?}: write arp:IPV4 (an IPv4 address on a local LAN)"));
-        }
-        Err(format!("{text:?}: a check is tcp:HOST:PORT or arp:IPV4"))
-    }
-
-    fn run(&self, timeout: Duration) -> Result<(), String> {
-        match self {
-            Check::Tcp(target) => {
-                let addr: SocketAddr = target
-                    .to_socket_addrs()
-                    .map_err(|e| e.to_string())?
-                    .next()
-                    .ok_or("resolves to nothing")?;
-                TcpStream::connect_timeout(&addr, timeout)
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }
-            Check::Arp(ip) => match baton_agents::arp_answer(*ip, timeout) {
-                Ok(Some(_)) => Ok(()),
-                Ok(None) => Err(format!("no ARP answer within {} ms", timeout.as_millis())),
-                Err(e) => Err(e),
-            },
-        }
+        Check::Arp(ip) => match baton_agents::arp_answer(*ip, timeout) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(format!("no ARP answer within {} ms", timeout.as_millis())),
+            Err(e) => Err(e),
+        },
     }
 }
 
@@ -119,7 +88,7 @@ pub fn start(section: &HealthSection) -> Arc<Mutex<Health>> {
                 let results: Vec<CheckStatus> = checks
                     .iter()
                     .map(|(text, c)| {
-                        let r = c.run(timeout);
+                        let r = run(c, timeout);
                         CheckStatus {
                             check: text.clone(),
                             ok: r.is_ok(),

@@ -5,11 +5,12 @@
 //! call, owns its deadline and maps its result to a recovery; [`conformance`] runs
 //! the ocf-tester sequence over the same handle.
 
+/// The cluster core, its own crate (`host/cluster`): pure decisions, no plugin host.
+pub use baton_cluster as cluster;
 pub mod agent_host;
 pub mod backend;
 pub mod catalog;
 pub mod cli;
-pub mod cluster;
 pub mod config;
 pub mod conformance;
 pub mod control;

@@ -2,7 +2,6 @@
 
 mod builtin;
 mod cli;
-mod cluster_sim;
 mod daemons;
 mod disk;
 mod dns;

@@ -69,6 +69,38 @@ pub struct HealthSection {
     pub recover_after: u32,
 }
 
+/// One health check (`[cluster.health] checks`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// A TCP connection to HOST:PORT succeeds.
+    Tcp(String),
+    /// Someone answers ARP for the address on the interface that routes to it.
+    Arp(std::net::Ipv4Addr),
+}
+
+impl Check {
+    /// Parse `tcp:HOST:PORT` or `arp:IPV4`.
+    pub fn parse(text: &str) -> Result<Check, String> {
+        if let Some(target) = text.strip_prefix("tcp:") {
+            let port_ok = target
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            return if port_ok {
+                Ok(Check::Tcp(target.to_string()))
+            } else {
+                Err(format!("{text:?}: write tcp:HOST:PORT"))
+            };
+        }
+        if let Some(ip) = text.strip_prefix("arp:") {
+            return ip
+                .parse()
+                .map(Check::Arp)
+                .map_err(|_| format!("{text:?}: write arp:IPV4 (an IPv4 address on a local LAN)"));
+        }
+        Err(format!("{text:?}: a check is tcp:HOST:PORT or arp:IPV4"))
+    }
+}
+
 fn default_health_interval() -> u64 {
     500
 }
@@ -444,7 +476,7 @@ impl ClusterConfig {
         }
         if let Some(h) = &cluster.health {
             for (i, c) in h.checks.iter().enumerate() {
-                if let Err(e) = crate::health::Check::parse(c) {
+                if let Err(e) = Check::parse(c) {
                     errors.push(format!("cluster.health.checks[{i}]: {e}"));
                 }
             }

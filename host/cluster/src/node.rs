@@ -1022,7 +1022,7 @@ impl ClusterNode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::placement::FailurePolicy;
+    use crate::placement::FailurePolicy;
 
     fn single(max_restarts: u32) -> ClusterNode {
         let spec = ClusterSpec {
@@ -1131,7 +1131,7 @@ mod tests {
 #[cfg(test)]
 mod cluster_tests {
     use super::*;
-    use crate::cluster::placement::FailurePolicy;
+    use crate::placement::FailurePolicy;
 
     /// Three nodes on a perfect network, ticking together every 20 ms; agents answer
     /// at once. `down` nodes neither tick nor receive (crashed).
@@ -1453,7 +1453,7 @@ mod cluster_tests {
 #[cfg(test)]
 mod witness_tests {
     use super::*;
-    use crate::cluster::placement::FailurePolicy;
+    use crate::placement::FailurePolicy;
 
     #[test]
     fn a_partition_that_gains_the_witness_waits_for_the_one_that_lost_it_to_stop() {

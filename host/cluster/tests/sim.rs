@@ -20,16 +20,16 @@
 //! and connected nodes share one view and one epoch; a quorate partition runs every
 //! service (once, or on every member for a clone) and nodes without quorum hold
 //! nothing but a clone that keeps running without quorum. A failing seed is printed with its schedule; replay it with
-//! `BATON_SIM_SEED=<seed> cargo test -p baton --test it cluster_sim`.
+//! `BATON_SIM_SEED=<seed> cargo test -p baton-cluster --test sim`.
 //!
 //! A claimed service starts only once every member acknowledged the claim; one
 //! seed is run with that step skipped, to show the check catches it.
 
-use baton::cluster::membership::{Millis, Timing};
-use baton::cluster::node::{Bounds, ClusterNode, ClusterSpec, Command, Phase};
-use baton::cluster::placement::{FailurePolicy, ServiceSpec, Strategy};
-use baton::cluster::quorum::QuorumPolicy;
-use baton::cluster::wire::{ClusterKey, NodeId, ReplayGuard, decode, encode};
+use baton_cluster::membership::{Millis, Timing};
+use baton_cluster::node::{Bounds, ClusterNode, ClusterSpec, Command, Phase};
+use baton_cluster::placement::{FailurePolicy, ServiceSpec, Strategy};
+use baton_cluster::quorum::QuorumPolicy;
+use baton_cluster::wire::{ClusterKey, NodeId, ReplayGuard, decode, encode};
 use baton_plugin_api::Recovery;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
@@ -360,7 +360,7 @@ impl Sim {
         self.check_single_owner();
     }
 
-    fn send(&mut self, id: NodeId, packets: Vec<baton::cluster::wire::Heartbeat>) {
+    fn send(&mut self, id: NodeId, packets: Vec<baton_cluster::wire::Heartbeat>) {
         let ids = self.ids.clone();
         {
             for hb in packets {
