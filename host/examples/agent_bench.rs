@@ -121,7 +121,7 @@ fn main() -> anyhow::Result<()> {
     // Agents whose monitor does nothing but answer, so the figures are the
     // host's cost of a call (the samples' monitors scan /proc or read a file).
     let native = release.join("libnative_hostile.so");
-    let wasm = repo.join("wasm-agents/target/wasm32-wasip2/release/hostile.wasm");
+    let wasm = repo.join("host/tests/fixtures/wasm/target/wasm32-wasip2/release/hostile.wasm");
     for p in [&baton, &native, &wasm] {
         anyhow::ensure!(
             p.is_file(),

@@ -140,7 +140,7 @@ fn measure(
     let repo = baton.parent().unwrap().parent().unwrap().parent().unwrap();
     let file = match agent {
         "native-hostile" => repo.join("target/release/libnative_hostile.so"),
-        _ => repo.join("wasm-agents/target/wasm32-wasip2/release/legacy_1_0.wasm"),
+        _ => repo.join("host/tests/fixtures/wasm/target/wasm32-wasip2/release/legacy_1_0.wasm"),
     };
     let o = Command::new(baton)
         .arg("--config")
@@ -215,7 +215,7 @@ fn main() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let baton = repo.join("target/release/baton");
     let native = repo.join("target/release/libnative_hostile.so");
-    let wasm = repo.join("wasm-agents/target/wasm32-wasip2/release/legacy_1_0.wasm");
+    let wasm = repo.join("host/tests/fixtures/wasm/target/wasm32-wasip2/release/legacy_1_0.wasm");
     assert!(
         baton.is_file() && native.is_file() && wasm.is_file(),
         "run `scripts/build-wasm-agents && cargo build --release --workspace` first"

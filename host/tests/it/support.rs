@@ -35,7 +35,7 @@ pub fn native_lib(crate_name: &str) -> PathBuf {
 pub fn wasm(name: &str) -> PathBuf {
     let candidates = [
         repo()
-            .join("wasm-agents/target/wasm32-wasip2/release")
+            .join("host/tests/fixtures/wasm/target/wasm32-wasip2/release")
             .join(format!("{name}.wasm")),
         repo()
             .join("samples/wasm-agent/target/wasm32-wasip2/release")
