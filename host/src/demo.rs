@@ -263,7 +263,8 @@ fn tour(repo: &Path, work: &Path, catalog: &AgentCatalog) -> anyhow::Result<Exit
     }
 
     say("4. the sandbox: misbehaving agents fail within their deadline, the host carries on");
-    let hostile_wasm = repo.join("host/tests/fixtures/wasm/target/wasm32-wasip2/release/hostile.wasm");
+    let hostile_wasm =
+        repo.join("host/tests/fixtures/wasm/target/wasm32-wasip2/release/hostile.wasm");
     if hostile_wasm.is_file() {
         let agent = catalog.load(&hostile_wasm.display().to_string())?;
         for mode in ["loop", "membomb", "exec-forbidden"] {

@@ -18,7 +18,9 @@
 //!   guardian ends them when the node fences itself;
 //! - has stdin closed and its output in a log file you name (or discarded), so it
 //!   holds no pipe of the agent's process open;
-//! - is reaped when it exits, so a dead server is not mistaken for a live one.
+//! - is reaped when it exits, so a dead server is not mistaken for a live one;
+//! - does not inherit the memory limit of a native agent's runner (the server's
+//!   own size is its business; the limit guards the agent's code).
 //!
 //! `monitor` and `stop` then need no pid file: [`running`], [`processes`] and
 //! [`stop`] find the resource's processes by their tags ([`running`] checks the
@@ -92,14 +94,25 @@ pub fn start_detached(req: &Request, cmd: &mut Command, log: Option<&Path>) -> i
         }
         None => (Stdio::null(), Stdio::null()),
     };
-    let mut child = cmd
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
         .env(HOST_VAR, host_id())
         .env(RESOURCE_VAR, &req.context.resource)
-        .process_group(0)
-        .spawn()?;
+        .process_group(0);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child. Best
+    // effort: without the privilege to raise it, the limit stays.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, || {
+            let unlimited = libc::rlimit {
+                rlim_cur: libc::RLIM_INFINITY,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            libc::setrlimit(libc::RLIMIT_AS, &unlimited);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
     let pid = child.id();
     // spawn can return while the kernel is still setting up the new program
     // (its environment reads empty for that moment): wait until its tags show,

@@ -101,10 +101,13 @@ impl RunnerProcess {
             // SAFETY: setrlimit is async-signal-safe and touches only the child.
             unsafe {
                 cmd.pre_exec(move || {
+                    // The soft limit only: it stops a runaway allocation in the
+                    // agent's code, and a server the agent starts detached (as
+                    // another user) can lift it again (`service::start_detached`).
                     let bytes = limit.saturating_mul(1 << 20) as libc::rlim_t;
                     let rl = libc::rlimit {
                         rlim_cur: bytes,
-                        rlim_max: bytes,
+                        rlim_max: libc::RLIM_INFINITY,
                     };
                     if libc::setrlimit(libc::RLIMIT_AS, &rl) != 0 {
                         return Err(std::io::Error::last_os_error());

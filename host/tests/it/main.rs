@@ -9,6 +9,7 @@ mod ipaddr;
 mod lab;
 mod native;
 mod ocf;
+mod postgresql;
 mod store;
 mod support;
 mod wasm;

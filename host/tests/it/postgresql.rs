@@ -1,0 +1,213 @@
+//! The PostgreSQL adapter (`agents/postgresql`) against a real PostgreSQL
+//! (Debian's `postgresql`, installed by scripts/setup): each test makes its own
+//! cluster with `initdb` in a temporary directory, listens on a unix socket there
+//! only (no TCP), and ends every server it started.
+
+use crate::support::{catalog, failed_steps, native_lib, request};
+use baton::agent_host::AgentHandle;
+use baton::conformance;
+use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome, Params, service};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A fresh cluster owned by `postgres`, and the adapter loaded in its runner.
+struct Cluster {
+    dir: tempfile::TempDir,
+    agent: AgentHandle,
+    resource: String,
+}
+
+fn postgres_ids() -> (u32, u32) {
+    let out = Command::new("id")
+        .args(["-u", "postgres"])
+        .output()
+        .unwrap();
+    let uid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let out = Command::new("id")
+        .args(["-g", "postgres"])
+        .output()
+        .unwrap();
+    let gid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    (uid, gid)
+}
+
+fn bindir() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is not installed: run scripts/setup (scripts/test does)")
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("initdb").is_file())
+        .collect();
+    dirs.sort();
+    dirs.pop().expect("no /usr/lib/postgresql/*/bin/initdb")
+}
+
+impl Cluster {
+    fn new(resource: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (uid, gid) = postgres_ids();
+        for sub in ["data", "sock"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+            std::os::unix::fs::chown(dir.path().join(sub), Some(uid), Some(gid)).unwrap();
+        }
+        let out = Command::new(bindir().join("initdb"))
+            .args(["--auth=trust", "--username=postgres", "--no-sync", "-D"])
+            .arg(dir.path().join("data"))
+            .uid(uid)
+            .gid(gid)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let store = dir.path().join("store");
+        let agent = catalog(&store, "")
+            .load(native_lib("baton-postgresql").to_str().unwrap())
+            .unwrap();
+        Cluster {
+            dir,
+            agent,
+            resource: resource.into(),
+        }
+    }
+
+    fn params(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("pgdata", self.path("data")),
+            ("socket_dir", self.path("sock")),
+            ("listen_addresses", String::new()),
+            ("port", "5432".into()),
+        ]
+    }
+
+    fn path(&self, sub: &str) -> String {
+        self.dir.path().join(sub).display().to_string()
+    }
+
+    fn call(&self, action: Action, extra: &[(&str, &str)]) -> baton::agent_host::CallReport {
+        self.call_at(action, 0, extra)
+    }
+
+    fn call_at(
+        &self,
+        action: Action,
+        depth: u32,
+        extra: &[(&str, &str)],
+    ) -> baton::agent_host::CallReport {
+        let mut params = self.params();
+        for (k, v) in extra {
+            params.retain(|(name, _)| name != k);
+            params.push((k, v.to_string()));
+        }
+        let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut req = request(action, &self.resource, &params, 60_000);
+        req.depth = depth;
+        self.agent.call(&req)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Whatever the test did, no server of this resource outlives it.
+        let _ = service::end(
+            &service::host_id(),
+            Some(&self.resource),
+            Default::default(),
+        );
+    }
+}
+
+#[test]
+fn a_real_postgresql_passes_the_conformance_test() {
+    let pg = Cluster::new("pg-conformance");
+    let params: Params = pg
+        .params()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let report = conformance::run(&pg.agent, params, &pg.resource, "testnode", None);
+    assert!(failed_steps(&report).is_empty(), "{report:#?}");
+    assert!(
+        report
+            .steps
+            .iter()
+            .any(|s| s.name.contains("agent's process restarted") && s.passed),
+        "{report:#?}"
+    );
+}
+
+/// What failover on a shared disk does: the node that ran the server died with
+/// it (every process killed, its `postmaster.pid` left behind); the next start
+/// removes the stale lock, PostgreSQL recovers from its WAL, and data written
+/// before the crash is there.
+#[test]
+fn a_server_killed_with_its_node_starts_again_with_its_data() {
+    let pg = Cluster::new("pg-crash");
+    assert!(pg.call(Action::Start, &[]).result.is_ok());
+    psql(&pg, "CREATE TABLE t (id int); INSERT INTO t VALUES (42);");
+    service::end(&service::host_id(), Some(&pg.resource), Default::default()).unwrap();
+    assert!(Path::new(&pg.path("data")).join("postmaster.pid").exists());
+    assert_eq!(
+        pg.call(Action::Monitor, &[]).result.unwrap(),
+        Outcome::State(MonitorState::NotRunning)
+    );
+    let started = pg.call(Action::Start, &[]);
+    assert!(started.result.is_ok(), "{:?}", started.result);
+    assert_eq!(psql(&pg, "SELECT id FROM t;"), "42");
+    let deep = pg.call_at(Action::Monitor, 1, &[]);
+    assert_eq!(deep.result.unwrap(), Outcome::State(MonitorState::Running));
+    // Depth 1 wrote its row.
+    assert_eq!(psql(&pg, "SELECT count(*) FROM baton_monitor;"), "1");
+    assert!(pg.call(Action::Stop, &[]).result.is_ok());
+    assert!(service::tagged(&service::host_id(), Some(&pg.resource)).is_empty());
+}
+
+#[test]
+fn missing_binaries_are_not_installed_and_a_bare_directory_is_misconfigured() {
+    let pg = Cluster::new("pg-errors");
+    let f = pg
+        .call_at(Action::Validate, 1, &[("bindir", "/nonexistent/bin")])
+        .result
+        .unwrap_err();
+    assert_eq!(f.class, ErrorClass::NotInstalled, "{f}");
+    assert!(f.reason.contains("/nonexistent/bin/postgres"), "{f}");
+    let empty = pg.path("sock");
+    let f = pg
+        .call(Action::Start, &[("pgdata", &empty)])
+        .result
+        .unwrap_err();
+    assert_eq!(f.class, ErrorClass::Misconfigured, "{f}");
+    assert!(f.reason.contains("not a PostgreSQL cluster"), "{f}");
+    let f = pg
+        .call(Action::Validate, &[("options", "fsync")])
+        .result
+        .unwrap_err();
+    assert_eq!(f.class, ErrorClass::Misconfigured, "{f}");
+    assert!(f.reason.contains("NAME=VALUE"), "{f}");
+}
+
+/// Run SQL with `psql` as postgres over the test cluster's socket; its output.
+fn psql(pg: &Cluster, sql: &str) -> String {
+    let (uid, gid) = postgres_ids();
+    let out = Command::new(bindir().join("psql"))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(pg.path("sock"))
+        .args(["-p", "5432", "-U", "postgres", "-d", "postgres", "-c", sql])
+        .uid(uid)
+        .gid(gid)
+        .current_dir(pg.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
