@@ -142,8 +142,29 @@ pub enum Fault {
 }
 
 impl SharedDiskLab {
-    /// Build it (root only) with names starting with `prefix`.
+    /// Build it (root only) with names starting with `prefix`, the writer as
+    /// the service's process.
     pub fn start(prefix: &str, baton: &Path) -> anyhow::Result<SharedDiskLab> {
+        SharedDiskLab::start_with(
+            prefix,
+            baton,
+            "",
+            Some("python3 LAB_DIR/writer.py LAB_DIR/mnt LAB_DIR/acks"),
+            |dir, _| Ok(std::fs::write(dir.join("writer.py"), WRITER)?),
+        )
+    }
+
+    /// Build it with `resources` (`[[service.resource]]` tables, `LAB_DIR`
+    /// replaced) after the disk's and before the service's process, which runs
+    /// `command` (default: the lab's responder). `prepare` gets the lab's
+    /// directory and the disk before any node starts.
+    pub fn start_with(
+        prefix: &str,
+        baton: &Path,
+        resources: &str,
+        command: Option<&str>,
+        prepare: impl FnOnce(&Path, &LoopDisk) -> anyhow::Result<()>,
+    ) -> anyhow::Result<SharedDiskLab> {
         let disk = LoopDisk::new()?;
         let before = format!(
             "[[service.resource]]\nagent = \"disk-lease\"\nmonitor_ms = 250\n\
@@ -151,20 +172,19 @@ impl SharedDiskLab {
              [[service.resource]]\nagent = \"filesystem\"\nmonitor_ms = 500\n\
              params = {{ device = \"{fs}\", directory = \"LAB_DIR/mnt\" }}\n\
              [[service.resource]]\nagent = \"ledger\"\nmonitor_ms = 100\n\
-             params = {{ file = \"LAB_DIR/mounts\", state_dir = \"LAB_DIR/run\" }}\n",
+             params = {{ file = \"LAB_DIR/mounts\", state_dir = \"LAB_DIR/run\" }}\n{resources}",
             whole = disk.whole,
             fs = disk.fs,
         );
         let spec = LabSpec {
             cluster_extra: "self_fence_ms = 500",
             before_process: &before,
-            command: Some("python3 LAB_DIR/writer.py LAB_DIR/mnt LAB_DIR/acks"),
+            command,
             ..LabSpec::default()
         };
-        // The writer's file must exist before the nodes start it.
-        let cluster = ClusterLab::start_spec_with(prefix, baton, &spec, |dir, _| {
-            Ok(std::fs::write(dir.join("writer.py"), WRITER)?)
-        })?;
+        // Files the service needs must exist before the nodes start it.
+        let cluster =
+            ClusterLab::start_spec_with(prefix, baton, &spec, |dir, _| prepare(dir, &disk))?;
         Ok(SharedDiskLab { cluster, disk })
     }
 
@@ -248,7 +268,26 @@ impl SharedDiskLab {
     /// The checks after the rounds: one mount and one owner at a time (the
     /// ledgers), then, with every node stopped, a clean filesystem holding every
     /// line the writer acknowledged. Returns (mount intervals, acknowledged lines).
-    pub fn verify(mut self) -> anyhow::Result<(usize, usize)> {
+    pub fn verify(self) -> anyhow::Result<(usize, usize)> {
+        let dir = self.cluster.dir.path().to_owned();
+        let (mounts, disk) = self.verify_ownership()?;
+        let on_disk = disk.journal()?;
+        let acks = std::fs::read_to_string(dir.join("acks"))?;
+        let acked: Vec<&str> = acks.lines().collect();
+        let lost: Vec<&&str> = acked.iter().filter(|l| !on_disk.contains(**l)).collect();
+        ensure!(
+            lost.is_empty(),
+            "{} acknowledged writes are not on the disk, e.g. {:?}",
+            lost.len(),
+            lost.first()
+        );
+        Ok((mounts, acked.len()))
+    }
+
+    /// One mount and one owner at a time (the ledgers); then every node is
+    /// stopped and the filesystem must check clean. Returns the mount intervals
+    /// and the disk, for checks of what is on it.
+    pub fn verify_ownership(mut self) -> anyhow::Result<(usize, LoopDisk)> {
         let dir = self.cluster.dir.path().to_owned();
         let mounts = baton_agents::ledger::intervals(&dir.join("mounts"))?;
         let overlaps = baton_agents::ledger::overlaps(&mounts);
@@ -264,16 +303,8 @@ impl SharedDiskLab {
             ensure!(Instant::now() < deadline, "fsck -n: {e:#}");
             std::thread::sleep(Duration::from_millis(100));
         }
-        let on_disk = self.disk.journal()?;
-        let acks = std::fs::read_to_string(dir.join("acks"))?;
-        let acked: Vec<&str> = acks.lines().collect();
-        let lost: Vec<&&str> = acked.iter().filter(|l| !on_disk.contains(**l)).collect();
-        ensure!(
-            lost.is_empty(),
-            "{} acknowledged writes are not on the disk, e.g. {:?}",
-            lost.len(),
-            lost.first()
-        );
-        Ok((mounts.len(), acked.len()))
+        let SharedDiskLab { cluster, disk } = self;
+        drop(cluster);
+        Ok((mounts.len(), disk))
     }
 }

@@ -710,8 +710,9 @@ impl ClusterLab {
         }
     }
 
-    /// Node `n` fails as a server does when its power goes: kill -9 of its daemon
-    /// and its service's process group, and its network off ([`Lab::power_off`]).
+    /// Node `n` fails as a server does when its power goes: kill -9 of its daemon,
+    /// its service's process group and every process started for its resources
+    /// (tagged with its `BATON_HOST`), and its network off ([`Lab::power_off`]).
     /// [`ClusterLab::start_node`] boots it again.
     pub fn kill_node(&mut self, n: usize) {
         if let Some(pid) = self.daemons[n - 1].take() {
@@ -722,6 +723,10 @@ impl ClusterLab {
             unsafe {
                 libc::kill(-pid, libc::SIGKILL);
             }
+        }
+        let host = format!("lab/n{n}@{}", self.socket(n).display());
+        if let Err(e) = baton_plugin_api::service::end(&host, None, Duration::ZERO) {
+            eprintln!("lab: cannot end n{n}'s processes: {e}");
         }
         if let Err(e) = self.lab.power_off(n) {
             eprintln!("lab: cannot power off n{n}'s network: {e:#}");

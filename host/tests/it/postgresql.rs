@@ -211,3 +211,48 @@ fn psql(pg: &Cluster, sql: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// The acknowledged-transaction audit on a shared disk, three rounds (kill -9
+/// of the owner's node, its isolation, kill -9 of its daemon alone): a client
+/// writes through the service address all along; afterwards every write the
+/// server acknowledged is in the table, one node mounted the disk at a time,
+/// and the filesystem checks clean. (20+ rounds: the postgresql_audit example.)
+#[test]
+fn postgresql_on_a_shared_disk_fails_over_losing_no_acknowledged_transaction() {
+    use baton::disk_lab::Fault;
+    if !baton::lab::Lab::possible() {
+        eprintln!("lab tests need root and iproute2; skipped");
+        return;
+    }
+    let prefix = format!("pg{}", std::process::id() % 1000);
+    let mut lab = crate::pg_lab::PgLab::start(
+        &prefix,
+        &crate::support::baton_exe(),
+        &native_lib("baton-postgresql"),
+    )
+    .unwrap();
+    lab.start_client();
+    for fault in [Fault::Kill, Fault::Isolate, Fault::KillDaemon] {
+        match lab.round(fault, std::time::Duration::from_secs(60)) {
+            Ok(round) => {
+                assert_eq!(round.fault, fault);
+                eprintln!(
+                    "{fault:?}: takeover {} ms, write gap {} ms",
+                    round.takeover_ms, round.write_gap_ms
+                );
+            }
+            Err(e) => {
+                let kept = lab.lab.cluster.keep_logs();
+                panic!("{fault:?}: {e:#}; logs kept in {}", kept.display());
+            }
+        }
+    }
+    let (acked, lost, mounts) = lab.verify().unwrap();
+    assert!(
+        lost.is_empty(),
+        "{} of {acked} acknowledged writes lost: {lost:?}",
+        lost.len()
+    );
+    assert!(acked >= 80, "only {acked} writes acknowledged");
+    assert!(mounts >= 4, "only {mounts} mount intervals recorded");
+}

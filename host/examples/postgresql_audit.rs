@@ -1,0 +1,112 @@
+//! The PostgreSQL acknowledged-transaction audit for docs/benchmarks.md: ROUNDS
+//! failovers (in turn: kill -9 of the node that serves, its isolation, a kill -9
+//! of its daemon alone; the faulted node then rejoins) of a PostgreSQL on a
+//! shared disk, `[disk-lease, filesystem, postgresql, ipaddr]` on three nodes in
+//! network namespaces, while a client writes a numbered row per transaction
+//! through the service address; then every acknowledged row must be in the
+//! table, one node must have mounted the disk at a time and the filesystem must
+//! check clean. As root:
+//!
+//! ```text
+//! cargo build --locked --workspace && cargo run --locked --example postgresql_audit -- 20
+//! ```
+
+#[path = "../tests/it/pg_lab.rs"]
+mod pg_lab;
+
+use baton::disk_lab::Fault;
+use std::time::Duration;
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() -> anyhow::Result<()> {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("ROUNDS is a number"))
+        .unwrap_or(20);
+    anyhow::ensure!(baton::lab::Lab::possible(), "run as root with iproute2");
+    let profile = std::env::current_exe()?
+        .parent()
+        .and_then(|examples| examples.parent())
+        .map(std::path::Path::to_path_buf)
+        .ok_or_else(|| anyhow::anyhow!("no target directory"))?;
+    let (baton, adapter) = (
+        profile.join("baton"),
+        profile.join("libbaton_postgresql.so"),
+    );
+    anyhow::ensure!(
+        baton.is_file() && adapter.is_file(),
+        "build first: cargo build --locked --workspace"
+    );
+    let mut lab = pg_lab::PgLab::start(
+        &format!("pa{}", std::process::id() % 1000),
+        &baton,
+        &adapter,
+    )?;
+    lab.start_client();
+    let mut done = Vec::new();
+    for round in 1..=rounds {
+        let fault = [Fault::Kill, Fault::Isolate, Fault::KillDaemon][(round - 1) % 3];
+        match lab.round(fault, Duration::from_secs(60)) {
+            Ok(r) => {
+                eprintln!(
+                    "round {round}/{rounds} {fault:?}: takeover {} ms, write gap {} ms, {} writes acknowledged so far",
+                    r.takeover_ms,
+                    r.write_gap_ms,
+                    lab.acknowledged()
+                );
+                done.push(r);
+            }
+            Err(e) => {
+                let kept = lab.lab.cluster.keep_logs();
+                anyhow::bail!(
+                    "round {round} ({fault:?}): {e:#}; logs kept in {}",
+                    kept.display()
+                );
+            }
+        }
+    }
+    let (acked, lost, mounts) = lab.verify()?;
+    println!("| fault | rounds | write gap p50 ms | p90 | max | takeover p50 ms |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let rows: [(&str, Option<Fault>); 4] = [
+        ("kill", Some(Fault::Kill)),
+        ("isolate", Some(Fault::Isolate)),
+        ("kill-daemon", Some(Fault::KillDaemon)),
+        ("all", None),
+    ];
+    for (label, only) in rows {
+        let picked: Vec<&pg_lab::Round> = done
+            .iter()
+            .filter(|r| only.is_none_or(|f| r.fault == f))
+            .collect();
+        if picked.is_empty() {
+            continue;
+        }
+        let mut gaps: Vec<u64> = picked.iter().map(|r| r.write_gap_ms).collect();
+        let mut takeovers: Vec<u64> = picked.iter().map(|r| r.takeover_ms).collect();
+        gaps.sort();
+        takeovers.sort();
+        println!(
+            "| {label} | {} | {} | {} | {} | {} |",
+            gaps.len(),
+            percentile(&gaps, 0.5),
+            percentile(&gaps, 0.9),
+            gaps[gaps.len() - 1],
+            percentile(&takeovers, 0.5)
+        );
+    }
+    println!(
+        "\n{acked} transactions acknowledged, {} lost{}; {mounts} mount intervals, never two at once; fsck clean",
+        lost.len(),
+        if lost.is_empty() {
+            String::new()
+        } else {
+            format!(": {lost:?}")
+        }
+    );
+    anyhow::ensure!(lost.is_empty(), "acknowledged transactions were lost");
+    Ok(())
+}
