@@ -268,10 +268,10 @@ impl SharedDiskLab {
     /// The checks after the rounds: one mount and one owner at a time (the
     /// ledgers), then, with every node stopped, a clean filesystem holding every
     /// line the writer acknowledged. Returns (mount intervals, acknowledged lines).
-    pub fn verify(self) -> anyhow::Result<(usize, usize)> {
+    pub fn verify(mut self) -> anyhow::Result<(usize, usize)> {
         let dir = self.cluster.dir.path().to_owned();
-        let (mounts, disk) = self.verify_ownership()?;
-        let on_disk = disk.journal()?;
+        let mounts = self.verify_ownership()?;
+        let on_disk = self.disk.journal()?;
         let acks = std::fs::read_to_string(dir.join("acks"))?;
         let acked: Vec<&str> = acks.lines().collect();
         let lost: Vec<&&str> = acked.iter().filter(|l| !on_disk.contains(**l)).collect();
@@ -285,9 +285,8 @@ impl SharedDiskLab {
     }
 
     /// One mount and one owner at a time (the ledgers); then every node is
-    /// stopped and the filesystem must check clean. Returns the mount intervals
-    /// and the disk, for checks of what is on it.
-    pub fn verify_ownership(mut self) -> anyhow::Result<(usize, LoopDisk)> {
+    /// stopped and the filesystem must check clean. Returns the mount intervals.
+    pub fn verify_ownership(&mut self) -> anyhow::Result<usize> {
         let dir = self.cluster.dir.path().to_owned();
         let mounts = baton_agents::ledger::intervals(&dir.join("mounts"))?;
         let overlaps = baton_agents::ledger::overlaps(&mounts);
@@ -303,8 +302,6 @@ impl SharedDiskLab {
             ensure!(Instant::now() < deadline, "fsck -n: {e:#}");
             std::thread::sleep(Duration::from_millis(100));
         }
-        let SharedDiskLab { cluster, disk } = self;
-        drop(cluster);
-        Ok((mounts.len(), disk))
+        Ok(mounts.len())
     }
 }

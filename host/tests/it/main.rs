@@ -9,6 +9,7 @@ mod ipaddr;
 mod lab;
 mod native;
 mod ocf;
+mod oracle;
 mod pg_lab;
 mod postgresql;
 mod store;

@@ -216,7 +216,7 @@ impl PgLab {
             .map(|(id, _)| *id)
             .filter(|id| !stored.contains(id))
             .collect();
-        let (mounts, _disk) = self.lab.verify_ownership()?;
+        let mounts = self.lab.verify_ownership()?;
         Ok((acks.len(), lost, mounts))
     }
 }

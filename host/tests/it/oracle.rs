@@ -1,0 +1,226 @@
+//! The Oracle adapter (`agents/oracle`) against scripted stand-ins of `sqlplus`
+//! and `lsnrctl` (host/tests/fixtures/oracle; Oracle Database cannot be
+//! installed here): the conformance run, the command sequence of each action,
+//! the escalation of a hung shutdown, the error class of each tool failure;
+//! and ClusterLabs' own `oracle` and `oralsnr` agents through the OCF bridge.
+
+use crate::support::{catalog, failed_steps, native_lib, repo, request};
+use baton::agent_host::AgentHandle;
+use baton::conformance;
+use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome, Params, service};
+use std::os::unix::fs::PermissionsExt;
+
+/// An ORACLE_HOME with the stand-ins, run as `nobody`, and the adapter.
+struct Home {
+    dir: tempfile::TempDir,
+    agent: AgentHandle,
+    resource: String,
+    /// Each test's own ORACLE_SID: an instance is found by its process name,
+    /// `ora_pmon_SID`, and the tests run side by side.
+    sid: String,
+}
+
+impl Home {
+    fn new(resource: &str, sid: &str) -> Home {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        for tool in ["sqlplus", "lsnrctl"] {
+            std::fs::copy(
+                repo().join("host/tests/fixtures/oracle/bin").join(tool),
+                bin.join(tool),
+            )
+            .unwrap();
+        }
+        let standin = dir.path().join("standin");
+        std::fs::create_dir(&standin).unwrap();
+        std::os::unix::fs::chown(&standin, Some(65534), Some(65534)).unwrap();
+        let agent = catalog(&dir.path().join("store"), "")
+            .load(native_lib("baton-oracle").to_str().unwrap())
+            .unwrap();
+        Home {
+            dir,
+            agent,
+            resource: resource.into(),
+            sid: sid.into(),
+        }
+    }
+
+    fn home(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    fn params(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("sid", self.sid.clone()),
+            ("home", self.home()),
+            ("user", "nobody".into()),
+        ]
+    }
+
+    fn call(&self, action: Action, timeout_ms: u64) -> baton::agent_host::CallReport {
+        let params = self.params();
+        let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.agent
+            .call(&request(action, &self.resource, &params, timeout_ms))
+    }
+
+    fn mode(&self, mode: &str) {
+        std::fs::write(self.dir.path().join("standin/mode"), mode).unwrap();
+    }
+
+    /// The calls the stand-ins recorded since the last look.
+    fn calls(&self) -> Vec<String> {
+        let path = self.dir.path().join("standin/calls");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        text.lines().map(str::to_owned).collect()
+    }
+
+    fn left(&self) -> Vec<service::Tagged> {
+        service::tagged(&service::host_id(), Some(&self.resource))
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        let _ = service::end(
+            &service::host_id(),
+            Some(&self.resource),
+            Default::default(),
+        );
+    }
+}
+
+const SQLPLUS: &str = "sqlplus -S -L /nolog: connect / as sysdba";
+
+#[test]
+fn the_oracle_adapter_passes_the_conformance_test_against_the_stand_ins() {
+    let home = Home::new("ora-conformance", "ORCONF");
+    let params: Params = home
+        .params()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let report = conformance::run(&home.agent, params, &home.resource, "testnode", None);
+    assert!(failed_steps(&report).is_empty(), "{report:#?}");
+}
+
+#[test]
+fn start_monitor_and_stop_run_the_documented_command_sequence() {
+    let home = Home::new("ora-sequence", "ORSEQ");
+    assert!(home.call(Action::Start, 30_000).result.is_ok());
+    assert_eq!(
+        home.calls(),
+        [
+            "lsnrctl status LISTENER".to_string(),
+            "lsnrctl start LISTENER".into(),
+            format!("{SQLPLUS}; startup; exit"),
+            format!("{SQLPLUS}; select status from v$instance; exit"),
+        ]
+    );
+    assert_eq!(
+        home.call(Action::Monitor, 30_000).result.unwrap(),
+        Outcome::State(MonitorState::Running)
+    );
+    assert_eq!(
+        home.calls(),
+        [
+            format!("{SQLPLUS}; select status from v$instance; exit"),
+            "lsnrctl status LISTENER".to_string(),
+        ]
+    );
+    assert!(home.call(Action::Stop, 30_000).result.is_ok());
+    assert_eq!(
+        home.calls(),
+        [
+            format!("{SQLPLUS}; shutdown immediate; exit"),
+            "lsnrctl stop LISTENER".to_string(),
+        ]
+    );
+    assert!(home.left().is_empty(), "{:?}", home.left());
+    assert_eq!(
+        home.call(Action::Monitor, 30_000).result.unwrap(),
+        Outcome::State(MonitorState::NotRunning)
+    );
+}
+
+/// `shutdown immediate` that hangs gets half the stop's time; then the tool is
+/// killed and `shutdown abort` ends the instance, within the stop's deadline.
+#[test]
+fn a_hung_shutdown_immediate_escalates_to_shutdown_abort() {
+    let home = Home::new("ora-hang", "ORHANG");
+    assert!(home.call(Action::Start, 30_000).result.is_ok());
+    home.calls();
+    home.mode("hang-shutdown-immediate");
+    let stop = home.call(Action::Stop, 4_000);
+    assert!(stop.result.is_ok(), "{:?}", stop.result);
+    assert!(
+        stop.elapsed < std::time::Duration::from_secs(4),
+        "{:?}",
+        stop.elapsed
+    );
+    let calls = home.calls();
+    assert_eq!(
+        calls[..2],
+        [
+            format!("{SQLPLUS}; shutdown immediate; exit"),
+            format!("{SQLPLUS}; shutdown abort; exit"),
+        ],
+        "{calls:?}"
+    );
+    assert!(home.left().is_empty(), "{:?}", home.left());
+}
+
+#[test]
+fn each_tool_failure_maps_to_its_error_class() {
+    let home = Home::new("ora-errors", "ORERR");
+    home.mode("ora-01031");
+    let f = home.call(Action::Start, 30_000).result.unwrap_err();
+    assert_eq!(f.class, ErrorClass::Permission, "{f}");
+    assert!(f.reason.contains("ORA-01031"), "{f}");
+    home.mode("ora-01078");
+    let f = home.call(Action::Start, 30_000).result.unwrap_err();
+    assert_eq!(f.class, ErrorClass::Misconfigured, "{f}");
+    assert!(f.reason.contains("LRM-00109"), "{f}");
+    std::fs::remove_file(home.dir.path().join("bin/sqlplus")).unwrap();
+    let f = home.call(Action::Start, 30_000).result.unwrap_err();
+    assert_eq!(f.class, ErrorClass::NotInstalled, "{f}");
+    assert!(f.reason.contains("bin/sqlplus"), "{f}");
+}
+
+/// The other route to Oracle: ClusterLabs' `oracle` and `oralsnr` shell agents
+/// through the OCF bridge. Their meta-data loads; validate, with no Oracle on
+/// this machine, says so.
+#[test]
+fn clusterlabs_oracle_agents_load_through_the_ocf_bridge() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(dir.path(), "");
+    for (name, param) in [
+        ("ocf:heartbeat:oracle", "sid"),
+        ("ocf:heartbeat:oralsnr", "sid"),
+    ] {
+        let agent = cat.load(name).unwrap();
+        assert!(
+            agent.metadata().parameters.iter().any(|p| p.name == param),
+            "{name}: {:?}",
+            agent.metadata().parameters
+        );
+        let mut req = request(
+            Action::Validate,
+            "ora-ocf",
+            &[("sid", "ORCL"), ("home", "/nonexistent/oracle")],
+            30_000,
+        );
+        req.depth = 1;
+        let f = agent.call(&req).result.unwrap_err();
+        assert!(
+            matches!(
+                f.class,
+                ErrorClass::NotInstalled | ErrorClass::Misconfigured
+            ),
+            "{name}: {f}"
+        );
+    }
+}
