@@ -12,6 +12,7 @@ mod ocf;
 mod oracle;
 mod pg_lab;
 mod postgresql;
+mod sqlserver;
 mod store;
 mod support;
 mod wasm;

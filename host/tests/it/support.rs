@@ -38,6 +38,9 @@ pub fn wasm(name: &str) -> PathBuf {
             .join("host/tests/fixtures/wasm/target/wasm32-wasip2/release")
             .join(format!("{name}.wasm")),
         repo()
+            .join("wasm-agents/target/wasm32-wasip2/release")
+            .join(format!("{name}.wasm")),
+        repo()
             .join("samples/wasm-agent/target/wasm32-wasip2/release")
             .join(format!("{name}.wasm")),
         repo()

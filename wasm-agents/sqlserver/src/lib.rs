@@ -1,0 +1,306 @@
+//! The SQL Server on Linux adapter: a baton WebAssembly agent. Everything it
+//! does outside its sandbox goes through capabilities it requests and the
+//! administrator grants, each following the resource's parameters:
+//!
+//! - `spawn:{mssql_dir}/bin/sqlservr` — `start` runs the server as the
+//!   resource's service process (detached, tagged, as the grant's user), with
+//!   `MSSQL_TCP_PORT` set to `port`;
+//! - `exec:{tools_dir}/bin/sqlcmd` — the health query, and `SHUTDOWN` to stop;
+//! - `net:127.0.0.1:{port}` — whether anything listens on the port;
+//! - `read:{credentials_dir}` — the login's password (file `password`), passed
+//!   to sqlcmd in `SQLCMDPASSWORD`, never on a command line.
+//!
+//! `stop` asks for `SHUTDOWN` (checkpoints every database, waits for running
+//! statements) with half the stop's time, then `SHUTDOWN WITH NOWAIT`; the port
+//! must close. Exercised against scripted stand-ins of `sqlservr` and `sqlcmd`
+//! (host/tests/fixtures/sqlserver), not SQL Server; see README.md.
+
+wit_bindgen::generate!({ path: "../../plugin-api/wit/v1.1", world: "resource-agent" });
+
+use baton::agent::capabilities::{self, Command, CommandOutput};
+use baton::agent::types::{
+    ActionSpec, AgentError, AgentMetadata, ErrorClass, MonitorState, ParamSpec, ParamType, Request,
+};
+use exports::baton::agent::agent::Guest;
+use std::time::{Duration, Instant};
+
+struct SqlServer;
+
+fn error(class: ErrorClass, reason: impl Into<String>) -> AgentError {
+    AgentError {
+        class,
+        reason: reason.into(),
+    }
+}
+
+fn param<'a>(req: &'a Request, name: &str) -> &'a str {
+    // Parameters with a default always arrive (the host fills them in).
+    req.params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default()
+}
+
+fn text(name: &str, default: Option<&str>, description: &str) -> ParamSpec {
+    ParamSpec {
+        name: name.into(),
+        kind: ParamType::Text,
+        options: vec![],
+        required: false,
+        unique: false,
+        default: default.map(Into::into),
+        description: description.into(),
+    }
+}
+
+fn port(req: &Request) -> u16 {
+    param(req, "port").parse().unwrap_or(1433)
+}
+
+/// Whether something accepts connections on the port.
+fn listening(req: &Request) -> Result<bool, AgentError> {
+    match capabilities::tcp_request(&format!("127.0.0.1:{}", port(req)), &[], 1_000, 0) {
+        Ok(_) => Ok(true),
+        Err(e) if e.contains("refused") => Ok(false),
+        Err(e) if e.contains("timeout") => Ok(true),
+        Err(e) => Err(error(ErrorClass::Permission, e)),
+    }
+}
+
+/// `sqlcmd` with `query`; its output, or the error its output maps to.
+fn sqlcmd(req: &Request, query: &str, timeout_ms: u32) -> Result<String, AgentError> {
+    let password = capabilities::read_file(&format!("{}/password", param(req, "credentials_dir")))
+        .map_err(|e| {
+            error(
+                ErrorClass::Misconfigured,
+                format!("cannot read the login's password: {e}"),
+            )
+        })?;
+    let password = String::from_utf8_lossy(&password).trim_end().to_string();
+    let login_s = (timeout_ms / 1000).clamp(1, 60).to_string();
+    let out = capabilities::run(&Command {
+        program: format!("{}/bin/sqlcmd", param(req, "tools_dir")),
+        args: vec![
+            "-S".into(),
+            format!("127.0.0.1,{}", port(req)),
+            "-U".into(),
+            param(req, "login").into(),
+            "-C".into(),
+            "-b".into(),
+            "-h".into(),
+            "-1".into(),
+            "-l".into(),
+            login_s,
+            "-Q".into(),
+            query.into(),
+        ],
+        env: vec![("SQLCMDPASSWORD".into(), password)],
+        timeout_ms,
+    })
+    .map_err(|e| {
+        let class = if e.contains("No such file") || e.contains("not found") {
+            ErrorClass::NotInstalled
+        } else {
+            ErrorClass::Permission
+        };
+        error(class, e)
+    })?;
+    judge(query, &out)
+}
+
+/// sqlcmd's exit and output as the contract's result: a failed login
+/// (Msg 18456) is wrong everywhere (`misconfigured`); the rest `generic`.
+fn judge(query: &str, out: &CommandOutput) -> Result<String, AgentError> {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match out.status {
+        Some(0) => Ok(text),
+        None => Err(error(
+            ErrorClass::Generic,
+            format!("sqlcmd {query:?} did not finish in time"),
+        )),
+        Some(_) if text.contains("Msg 18456") => Err(error(
+            ErrorClass::Misconfigured,
+            format!("sqlcmd {query:?}: {printed}; check login and credentials_dir/password"),
+        )),
+        Some(code) => Err(error(
+            ErrorClass::Generic,
+            format!("sqlcmd {query:?} exited {code}: {printed}"),
+        )),
+    }
+}
+
+/// Wait until the port is closed, at most `limit`.
+fn wait_closed(req: &Request, limit: Duration) -> Result<bool, AgentError> {
+    let until = Instant::now() + limit;
+    loop {
+        if !listening(req)? {
+            return Ok(true);
+        }
+        if Instant::now() >= until {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Guest for SqlServer {
+    fn metadata() -> AgentMetadata {
+        let action = |name: &str, timeout_ms, interval_ms| ActionSpec {
+            action: name.into(),
+            timeout_ms,
+            interval_ms,
+            depth: 0,
+        };
+        AgentMetadata {
+            name: "sqlserver".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            shortdesc: "SQL Server on Linux (sqlservr and sqlcmd)".into(),
+            longdesc: "Starts sqlservr as the resource's service process, watches it with a \
+                       sqlcmd query, stops it with SHUTDOWN then SHUTDOWN WITH NOWAIT. \
+                       Exercised against stand-ins of sqlservr and sqlcmd, not SQL Server."
+                .into(),
+            parameters: vec![
+                text("mssql_dir", Some("/opt/mssql"), "Where bin/sqlservr is"),
+                text(
+                    "tools_dir",
+                    Some("/opt/mssql-tools18"),
+                    "Where bin/sqlcmd is",
+                ),
+                ParamSpec {
+                    kind: ParamType::Integer,
+                    ..text("port", Some("1433"), "TCP port (MSSQL_TCP_PORT)")
+                },
+                text("login", Some("sa"), "The login the health query uses"),
+                text(
+                    "credentials_dir",
+                    Some("/etc/baton/sqlserver"),
+                    "Directory with the login's password in a file `password`",
+                ),
+            ],
+            actions: vec![
+                action("validate", 10_000, 0),
+                action("start", 120_000, 0),
+                action("stop", 120_000, 0),
+                action("monitor", 30_000, 15_000),
+            ],
+            capabilities: vec![
+                "spawn:{mssql_dir}/bin/sqlservr".into(),
+                "exec:{tools_dir}/bin/sqlcmd".into(),
+                "net:127.0.0.1:{port}".into(),
+                "read:{credentials_dir}".into(),
+            ],
+        }
+    }
+
+    fn validate(req: Request) -> Result<(), AgentError> {
+        for name in ["mssql_dir", "tools_dir", "credentials_dir"] {
+            if !param(&req, name).starts_with('/') {
+                return Err(error(
+                    ErrorClass::Misconfigured,
+                    format!("parameter {name} must be an absolute path"),
+                ));
+            }
+        }
+        if param(&req, "login").is_empty() {
+            return Err(error(ErrorClass::Misconfigured, "parameter login is empty"));
+        }
+        Ok(())
+    }
+
+    fn start(req: Request) -> Result<(), AgentError> {
+        Self::validate(req.clone())?;
+        if !listening(&req)? {
+            capabilities::run(&Command {
+                program: format!("{}/bin/sqlservr", param(&req, "mssql_dir")),
+                args: vec![],
+                env: vec![("MSSQL_TCP_PORT".into(), port(&req).to_string())],
+                timeout_ms: 5_000,
+            })
+            .map_err(|e| {
+                let class = if e.contains("No such file") || e.contains("not found") {
+                    ErrorClass::NotInstalled
+                } else {
+                    ErrorClass::Permission
+                };
+                error(class, format!("cannot start sqlservr: {e}"))
+            })?;
+        }
+        // Ready when a login and a query succeed.
+        let until = Instant::now()
+            + Duration::from_millis(req.timeout_ms).saturating_sub(Duration::from_secs(2));
+        loop {
+            match sqlcmd(&req, "SET NOCOUNT ON; SELECT 1", 5_000) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.class != ErrorClass::Generic || Instant::now() >= until => {
+                    return Err(e);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    fn stop(req: Request) -> Result<(), AgentError> {
+        if !listening(&req)? {
+            return Ok(());
+        }
+        let half = Duration::from_millis(req.timeout_ms / 2);
+        let graceful = sqlcmd(&req, "SHUTDOWN", (req.timeout_ms / 4) as u32);
+        if graceful.is_ok() && wait_closed(&req, half)? {
+            return Ok(());
+        }
+        let _ = sqlcmd(&req, "SHUTDOWN WITH NOWAIT", (req.timeout_ms / 8) as u32);
+        if wait_closed(&req, Duration::from_millis(req.timeout_ms / 8))? {
+            return Ok(());
+        }
+        Err(error(
+            ErrorClass::Generic,
+            format!(
+                "sqlservr still accepts connections on port {} after SHUTDOWN WITH NOWAIT",
+                port(&req)
+            ),
+        ))
+    }
+
+    fn monitor(req: Request) -> Result<MonitorState, AgentError> {
+        if !listening(&req)? {
+            return Ok(MonitorState::NotRunning);
+        }
+        let out = sqlcmd(
+            &req,
+            "SET NOCOUNT ON; SELECT 1",
+            (req.timeout_ms / 2) as u32,
+        )?;
+        if out.split_whitespace().any(|w| w == "1") {
+            Ok(MonitorState::Running)
+        } else {
+            Err(error(
+                ErrorClass::Generic,
+                format!("SELECT 1 answered {:?}", out.trim()),
+            ))
+        }
+    }
+
+    fn promote(_: Request) -> Result<(), AgentError> {
+        Err(error(ErrorClass::Unimplemented, "not supported"))
+    }
+    fn demote(_: Request) -> Result<(), AgentError> {
+        Err(error(ErrorClass::Unimplemented, "not supported"))
+    }
+    fn notify(_: Request) -> Result<(), AgentError> {
+        Err(error(ErrorClass::Unimplemented, "not supported"))
+    }
+    fn reload(_: Request) -> Result<(), AgentError> {
+        Err(error(ErrorClass::Unimplemented, "not supported"))
+    }
+    fn recover(_: Request) -> Result<(), AgentError> {
+        Err(error(ErrorClass::Unimplemented, "not supported"))
+    }
+}
+
+export!(SqlServer);
