@@ -161,7 +161,7 @@ pub fn errors(output: &str) -> Vec<&str> {
         .filter(|w| {
             let (prefix, digits) = w.split_once('-').unwrap_or(("", ""));
             matches!(prefix, "ORA" | "TNS" | "LRM" | "SP2")
-                && digits.len() == 5
+                && (4..=5).contains(&digits.len())
                 && digits.bytes().all(|b| b.is_ascii_digit())
         })
         .collect()

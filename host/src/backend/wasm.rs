@@ -129,8 +129,12 @@ impl HostState {
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<(Option<i32>, Vec<u8>, Vec<u8>), String>> {
         // A program the agent requested as `spawn:` starts as a detached service
-        // process of this resource: `run` returns at once, with no status.
-        if let Ok(user) = self.caps.check_spawn(program) {
+        // process of this resource: `run` returns at once, with no status. One
+        // requested both ways (a server that is also its own stop command)
+        // starts so only for a call without a deadline (timeout 0).
+        if let Ok(user) = self.caps.check_spawn(program)
+            && (timeout_ms == 0 || self.caps.check_exec(program).is_err())
+        {
             return Ok(self.spawn(program, args, env, user.as_deref()));
         }
         let user = match self.caps.check_exec(program) {

@@ -5,6 +5,7 @@ mod cli;
 mod daemons;
 mod disk;
 mod dns;
+mod domino;
 mod ipaddr;
 mod lab;
 mod native;

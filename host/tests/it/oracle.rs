@@ -4,15 +4,14 @@
 //! the escalation of a hung shutdown, the error class of each tool failure;
 //! and ClusterLabs' own `oracle` and `oralsnr` agents through the OCF bridge.
 
-use crate::support::{catalog, failed_steps, native_lib, repo, request};
+use crate::support::{StandIns, catalog, failed_steps, left_after_exit, native_lib, request};
 use baton::agent_host::AgentHandle;
 use baton::conformance;
 use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome, Params, service};
-use std::os::unix::fs::PermissionsExt;
 
 /// An ORACLE_HOME with the stand-ins, run as `nobody`, and the adapter.
 struct Home {
-    dir: tempfile::TempDir,
+    tools: StandIns,
     agent: AgentHandle,
     resource: String,
     /// Each test's own ORACLE_SID: an instance is found by its process name,
@@ -22,39 +21,22 @@ struct Home {
 
 impl Home {
     fn new(resource: &str, sid: &str) -> Home {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let bin = dir.path().join("bin");
-        std::fs::create_dir(&bin).unwrap();
-        for tool in ["sqlplus", "lsnrctl"] {
-            std::fs::copy(
-                repo().join("host/tests/fixtures/oracle/bin").join(tool),
-                bin.join(tool),
-            )
-            .unwrap();
-        }
-        let standin = dir.path().join("standin");
-        std::fs::create_dir(&standin).unwrap();
-        std::os::unix::fs::chown(&standin, Some(65534), Some(65534)).unwrap();
-        let agent = catalog(&dir.path().join("store"), "")
+        let tools = StandIns::new("oracle");
+        let agent = catalog(&tools.dir.path().join("store"), "")
             .load(native_lib("baton-oracle").to_str().unwrap())
             .unwrap();
         Home {
-            dir,
+            tools,
             agent,
             resource: resource.into(),
             sid: sid.into(),
         }
     }
 
-    fn home(&self) -> String {
-        self.dir.path().display().to_string()
-    }
-
     fn params(&self) -> Vec<(&'static str, String)> {
         vec![
             ("sid", self.sid.clone()),
-            ("home", self.home()),
+            ("home", self.tools.path()),
             ("user", "nobody".into()),
         ]
     }
@@ -64,22 +46,6 @@ impl Home {
         let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
         self.agent
             .call(&request(action, &self.resource, &params, timeout_ms))
-    }
-
-    fn mode(&self, mode: &str) {
-        std::fs::write(self.dir.path().join("standin/mode"), mode).unwrap();
-    }
-
-    /// The calls the stand-ins recorded since the last look.
-    fn calls(&self) -> Vec<String> {
-        let path = self.dir.path().join("standin/calls");
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let _ = std::fs::remove_file(&path);
-        text.lines().map(str::to_owned).collect()
-    }
-
-    fn left(&self) -> Vec<service::Tagged> {
-        service::tagged(&service::host_id(), Some(&self.resource))
     }
 }
 
@@ -112,7 +78,7 @@ fn start_monitor_and_stop_run_the_documented_command_sequence() {
     let home = Home::new("ora-sequence", "ORSEQ");
     assert!(home.call(Action::Start, 30_000).result.is_ok());
     assert_eq!(
-        home.calls(),
+        home.tools.calls(),
         [
             "lsnrctl status LISTENER".to_string(),
             "lsnrctl start LISTENER".into(),
@@ -125,7 +91,7 @@ fn start_monitor_and_stop_run_the_documented_command_sequence() {
         Outcome::State(MonitorState::Running)
     );
     assert_eq!(
-        home.calls(),
+        home.tools.calls(),
         [
             format!("{SQLPLUS}; select status from v$instance; exit"),
             "lsnrctl status LISTENER".to_string(),
@@ -133,13 +99,14 @@ fn start_monitor_and_stop_run_the_documented_command_sequence() {
     );
     assert!(home.call(Action::Stop, 30_000).result.is_ok());
     assert_eq!(
-        home.calls(),
+        home.tools.calls(),
         [
             format!("{SQLPLUS}; shutdown immediate; exit"),
             "lsnrctl stop LISTENER".to_string(),
         ]
     );
-    assert!(home.left().is_empty(), "{:?}", home.left());
+    let left = left_after_exit(&home.resource);
+    assert!(left.is_empty(), "{left:?}");
     assert_eq!(
         home.call(Action::Monitor, 30_000).result.unwrap(),
         Outcome::State(MonitorState::NotRunning)
@@ -152,8 +119,8 @@ fn start_monitor_and_stop_run_the_documented_command_sequence() {
 fn a_hung_shutdown_immediate_escalates_to_shutdown_abort() {
     let home = Home::new("ora-hang", "ORHANG");
     assert!(home.call(Action::Start, 30_000).result.is_ok());
-    home.calls();
-    home.mode("hang-shutdown-immediate");
+    home.tools.calls();
+    home.tools.mode("hang-shutdown-immediate");
     let stop = home.call(Action::Stop, 4_000);
     assert!(stop.result.is_ok(), "{:?}", stop.result);
     assert!(
@@ -161,7 +128,7 @@ fn a_hung_shutdown_immediate_escalates_to_shutdown_abort() {
         "{:?}",
         stop.elapsed
     );
-    let calls = home.calls();
+    let calls = home.tools.calls();
     assert_eq!(
         calls[..2],
         [
@@ -170,21 +137,22 @@ fn a_hung_shutdown_immediate_escalates_to_shutdown_abort() {
         ],
         "{calls:?}"
     );
-    assert!(home.left().is_empty(), "{:?}", home.left());
+    let left = left_after_exit(&home.resource);
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]
 fn each_tool_failure_maps_to_its_error_class() {
     let home = Home::new("ora-errors", "ORERR");
-    home.mode("ora-01031");
+    home.tools.mode("ora-01031");
     let f = home.call(Action::Start, 30_000).result.unwrap_err();
     assert_eq!(f.class, ErrorClass::Permission, "{f}");
     assert!(f.reason.contains("ORA-01031"), "{f}");
-    home.mode("ora-01078");
+    home.tools.mode("ora-01078");
     let f = home.call(Action::Start, 30_000).result.unwrap_err();
     assert_eq!(f.class, ErrorClass::Misconfigured, "{f}");
     assert!(f.reason.contains("LRM-00109"), "{f}");
-    std::fs::remove_file(home.dir.path().join("bin/sqlplus")).unwrap();
+    std::fs::remove_file(home.tools.dir.path().join("bin/sqlplus")).unwrap();
     let f = home.call(Action::Start, 30_000).result.unwrap_err();
     assert_eq!(f.class, ErrorClass::NotInstalled, "{f}");
     assert!(f.reason.contains("bin/sqlplus"), "{f}");

@@ -185,3 +185,65 @@ pub fn output_text(o: &std::process::Output) -> String {
 pub fn failed_steps(report: &baton::conformance::Report) -> Vec<&baton::conformance::Step> {
     report.steps.iter().filter(|s| !s.passed).collect()
 }
+
+/// Scripted stand-ins of a product's tools (`host/tests/fixtures/NAME/bin/*`,
+/// for products that cannot be installed here) copied into a directory of
+/// their own, with their state directory `standin/` owned by `nobody` (the
+/// user granted programs run as), and a free TCP port.
+pub struct StandIns {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl StandIns {
+    pub fn new(fixture: &str) -> StandIns {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir(d.join("bin")).unwrap();
+        let tools = repo().join("host/tests/fixtures").join(fixture).join("bin");
+        for tool in std::fs::read_dir(&tools).unwrap().flatten() {
+            std::fs::copy(tool.path(), d.join("bin").join(tool.file_name())).unwrap();
+        }
+        std::fs::create_dir(d.join("standin")).unwrap();
+        std::os::unix::fs::chown(d.join("standin"), Some(65534), Some(65534)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        StandIns { dir, port }
+    }
+
+    /// The directory, as a parameter value.
+    pub fn path(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    /// Make the stand-ins misbehave (`standin/mode`).
+    pub fn mode(&self, mode: &str) {
+        std::fs::write(self.dir.path().join("standin/mode"), mode).unwrap();
+    }
+
+    /// The calls the stand-ins recorded since the last look.
+    pub fn calls(&self) -> Vec<String> {
+        let path = self.dir.path().join("standin/calls");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        text.lines().map(str::to_owned).collect()
+    }
+}
+
+/// What of `resource` still runs once its processes have had the conformance
+/// test's 2 s to exit (a server that closed its port may take a moment more).
+pub fn left_after_exit(resource: &str) -> Vec<baton_plugin_api::service::Tagged> {
+    use baton_plugin_api::service;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut left = service::tagged(&service::host_id(), Some(resource));
+    while !left.is_empty() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        left = service::tagged(&service::host_id(), Some(resource));
+    }
+    left
+}
