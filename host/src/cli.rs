@@ -714,7 +714,13 @@ fn agent(cmd: AgentCommand, catalog: AgentCatalog) -> anyhow::Result<ExitCode> {
                             if p.unique { "unique " } else { "" },
                             p.default
                                 .as_ref()
-                                .map(|d| format!("default={d}"))
+                                .map(|d| {
+                                    if d.is_empty() {
+                                        "default=\"\"".to_string()
+                                    } else {
+                                        format!("default={d}")
+                                    }
+                                })
                                 .unwrap_or_default(),
                             p.description
                         );
