@@ -92,30 +92,13 @@ pub fn run_as(cmd: &mut Command, user: Option<&str>) -> Result<(), String> {
 
 /// A user's uid, primary gid and home directory, from the system's user database.
 fn lookup_user(name: &str) -> Result<(u32, u32, String), String> {
-    let cname = std::ffi::CString::new(name).map_err(|_| format!("bad user name {name:?}"))?;
-    let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: getpwnam_r writes into `pwd` and `buf`, both live for the call;
-    // `found` points at `pwd` or is null.
-    unsafe {
-        let mut pwd: libc::passwd = std::mem::zeroed();
-        let mut found: *mut libc::passwd = std::ptr::null_mut();
-        let rc = libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut found,
-        );
-        if rc != 0 || found.is_null() {
-            return Err(format!(
+    baton_plugin_api::service::user(name)
+        .map(|u| (u.uid, u.gid, u.home))
+        .ok_or_else(|| {
+            format!(
                 "user {name} does not exist on this node (named by the exec grant); create it or name another user with `as USER`"
-            ));
-        }
-        let home = std::ffi::CStr::from_ptr(pwd.pw_dir)
-            .to_string_lossy()
-            .into_owned();
-        Ok((pwd.pw_uid, pwd.pw_gid, home))
-    }
+            )
+        })
 }
 
 /// Run `cmd` in a new process group with stdin closed, capture at most `limit`

@@ -134,6 +134,49 @@ pub fn start_detached(req: &Request, cmd: &mut Command, log: Option<&Path>) -> i
     Ok(pid)
 }
 
+/// An OS user, as [`user`] finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary group.
+    pub gid: u32,
+    /// Its home directory.
+    pub home: String,
+}
+
+/// The OS user `name` from the system's user database (thread-safe), for
+/// starting a service as that user (`Command::uid`, `Command::gid`); `None`
+/// when there is no such user.
+pub fn user(name: &str) -> Option<User> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: getpwnam_r writes into `pwd` and `buf`, both live for the call;
+    // `found` points at `pwd` or is null; the strings are copied out before
+    // `buf` goes.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut found,
+        );
+        if rc != 0 || found.is_null() {
+            return None;
+        }
+        Some(User {
+            uid: pwd.pw_uid,
+            gid: pwd.pw_gid,
+            home: std::ffi::CStr::from_ptr(pwd.pw_dir)
+                .to_string_lossy()
+                .into_owned(),
+        })
+    }
+}
+
 /// A process tagged with a baton host and resource.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tagged {
@@ -314,6 +357,14 @@ pub fn end(host: &str, resource: Option<&str>, grace: Duration) -> io::Result<us
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn users_are_found_by_name() {
+        let root = user("root").unwrap();
+        assert_eq!((root.uid, root.gid), (0, 0));
+        assert_eq!(user("no-such-user-of-baton"), None);
+        assert_eq!(user("bad\0name"), None);
+    }
     use crate::{Action, Params};
 
     fn request(resource: &str) -> Request {

@@ -22,7 +22,6 @@ use baton_plugin_api::{
     Action, ActionSpec, AgentError, CONTRACT_VERSION, ErrorClass, Metadata, MonitorState,
     ParamSpec, ParamType, Request, ResourceAgent, service,
 };
-use std::ffi::CString;
 use std::path::PathBuf;
 use std::time::Duration;
 use tool::{Oracle, class_of, pmon_running, value};
@@ -82,14 +81,7 @@ fn oracle(req: &Request, on_node: bool) -> Result<Oracle, AgentError> {
 }
 
 fn user_ids(user: &str) -> Result<(u32, u32), AgentError> {
-    let name = CString::new(user)
-        .map_err(|_| AgentError::misconfigured(format!("parameter user {user:?} holds a NUL")))?;
-    // SAFETY: getpwnam with a valid C string; the fields are copied out at once.
-    let ids = unsafe {
-        let pw = libc::getpwnam(name.as_ptr());
-        (!pw.is_null()).then(|| ((*pw).pw_uid, (*pw).pw_gid))
-    };
-    ids.ok_or_else(|| {
+    service::user(user).map(|u| (u.uid, u.gid)).ok_or_else(|| {
         AgentError::misconfigured(format!(
             "parameter user: no OS user {user:?} on this node (the Oracle software owner)"
         ))

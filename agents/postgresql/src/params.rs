@@ -1,8 +1,7 @@
 //! The resource's parameters, read and checked, and the checks of this node's
 //! installation and data directory.
 
-use baton_plugin_api::{AgentError, Request};
-use std::ffi::CString;
+use baton_plugin_api::{AgentError, Request, service};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -207,15 +206,7 @@ fn server_major(postgres: &Path) -> Result<String, AgentError> {
 
 /// uid and gid of an OS user.
 fn user_ids(user: &str) -> Result<(u32, u32), AgentError> {
-    let name = CString::new(user)
-        .map_err(|_| AgentError::misconfigured(format!("parameter user {user:?} holds a NUL")))?;
-    // SAFETY: getpwnam with a valid C string; the fields are copied out at once,
-    // before any other call could reuse the static buffer.
-    let ids = unsafe {
-        let pw = libc::getpwnam(name.as_ptr());
-        (!pw.is_null()).then(|| ((*pw).pw_uid, (*pw).pw_gid))
-    };
-    ids.ok_or_else(|| {
+    service::user(user).map(|u| (u.uid, u.gid)).ok_or_else(|| {
         AgentError::misconfigured(format!(
             "parameter user: no OS user {user:?} on this node; create it or name the user that owns pgdata"
         ))

@@ -3,17 +3,21 @@
 //! Domino cannot be installed here): the conformance run, the command sequence,
 //! `server -q` escalating to `nsd -kill`, and a missing installation.
 
-use crate::support::{StandIns, catalog, failed_steps, left_after_exit, request, wasm};
-use baton::agent_host::AgentHandle;
-use baton::conformance;
-use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome, Params, service};
+use crate::support::{StandIns, Subject, catalog, failed_steps, left_after_exit, wasm};
+use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome, service};
 
 /// The stand-ins, a notes.ini naming the port, the adapter with its
 /// capabilities granted (`server` both as a service and as a command).
 struct Site {
     tools: StandIns,
-    agent: AgentHandle,
-    resource: String,
+    subject: Subject,
+}
+
+impl std::ops::Deref for Site {
+    type Target = Subject;
+    fn deref(&self) -> &Subject {
+        &self.subject
+    }
 }
 
 impl Site {
@@ -37,49 +41,26 @@ impl Site {
         let agent = catalog(&d.join("store"), &grants)
             .load(wasm("baton_domino").to_str().unwrap())
             .unwrap();
+        let params = vec![
+            ("domino_bin".into(), format!("{}/bin", tools.path())),
+            ("notes_ini".into(), format!("{}/notes.ini", tools.path())),
+            ("port".into(), tools.port.to_string()),
+        ];
         Site {
             tools,
-            agent,
-            resource: resource.into(),
+            subject: Subject {
+                agent,
+                resource: resource.into(),
+                params,
+            },
         }
-    }
-
-    fn params(&self) -> Vec<(&'static str, String)> {
-        let d = self.tools.path();
-        vec![
-            ("domino_bin", format!("{d}/bin")),
-            ("notes_ini", format!("{d}/notes.ini")),
-            ("port", self.tools.port.to_string()),
-        ]
-    }
-
-    fn call(&self, action: Action, timeout_ms: u64) -> baton::agent_host::CallReport {
-        let params = self.params();
-        let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.agent
-            .call(&request(action, &self.resource, &params, timeout_ms))
-    }
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        let _ = service::end(
-            &service::host_id(),
-            Some(&self.resource),
-            Default::default(),
-        );
     }
 }
 
 #[test]
 fn the_domino_adapter_passes_the_conformance_test_against_the_stand_ins() {
     let site = Site::new("domino-conformance");
-    let params: Params = site
-        .params()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    let report = conformance::run(&site.agent, params, &site.resource, "testnode", None);
+    let report = site.conformance();
     assert!(failed_steps(&report).is_empty(), "{report:#?}");
 }
 

@@ -4,19 +4,24 @@
 //! the escalation of a hung shutdown, the error class of each tool failure;
 //! and ClusterLabs' own `oracle` and `oralsnr` agents through the OCF bridge.
 
-use crate::support::{StandIns, catalog, failed_steps, left_after_exit, native_lib, request};
-use baton::agent_host::AgentHandle;
-use baton::conformance;
-use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome, Params, service};
+use crate::support::{
+    StandIns, Subject, catalog, failed_steps, left_after_exit, native_lib, request,
+};
+use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome};
 
-/// An ORACLE_HOME with the stand-ins, run as `nobody`, and the adapter.
+/// An ORACLE_HOME with the stand-ins, run as `nobody`, and the adapter. Each
+/// test has its own ORACLE_SID: an instance is found by its process name,
+/// `ora_pmon_SID`, and the tests run side by side.
 struct Home {
     tools: StandIns,
-    agent: AgentHandle,
-    resource: String,
-    /// Each test's own ORACLE_SID: an instance is found by its process name,
-    /// `ora_pmon_SID`, and the tests run side by side.
-    sid: String,
+    subject: Subject,
+}
+
+impl std::ops::Deref for Home {
+    type Target = Subject;
+    fn deref(&self) -> &Subject {
+        &self.subject
+    }
 }
 
 impl Home {
@@ -25,37 +30,19 @@ impl Home {
         let agent = catalog(&tools.dir.path().join("store"), "")
             .load(native_lib("baton-oracle").to_str().unwrap())
             .unwrap();
+        let params = vec![
+            ("sid".into(), sid.into()),
+            ("home".into(), tools.path()),
+            ("user".into(), "nobody".into()),
+        ];
         Home {
             tools,
-            agent,
-            resource: resource.into(),
-            sid: sid.into(),
+            subject: Subject {
+                agent,
+                resource: resource.into(),
+                params,
+            },
         }
-    }
-
-    fn params(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("sid", self.sid.clone()),
-            ("home", self.tools.path()),
-            ("user", "nobody".into()),
-        ]
-    }
-
-    fn call(&self, action: Action, timeout_ms: u64) -> baton::agent_host::CallReport {
-        let params = self.params();
-        let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.agent
-            .call(&request(action, &self.resource, &params, timeout_ms))
-    }
-}
-
-impl Drop for Home {
-    fn drop(&mut self) {
-        let _ = service::end(
-            &service::host_id(),
-            Some(&self.resource),
-            Default::default(),
-        );
     }
 }
 
@@ -64,12 +51,7 @@ const SQLPLUS: &str = "sqlplus -S -L /nolog: connect / as sysdba";
 #[test]
 fn the_oracle_adapter_passes_the_conformance_test_against_the_stand_ins() {
     let home = Home::new("ora-conformance", "ORCONF");
-    let params: Params = home
-        .params()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    let report = conformance::run(&home.agent, params, &home.resource, "testnode", None);
+    let report = home.conformance();
     assert!(failed_steps(&report).is_empty(), "{report:#?}");
 }
 

@@ -3,10 +3,8 @@
 //! cluster with `initdb` in a temporary directory, listens on a unix socket there
 //! only (no TCP), and ends every server it started.
 
-use crate::support::{catalog, failed_steps, native_lib, request};
-use baton::agent_host::AgentHandle;
-use baton::conformance;
-use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome, Params, service};
+use crate::support::{Subject, catalog, failed_steps, native_lib};
+use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome, service};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -15,8 +13,14 @@ use std::process::Command;
 /// A fresh cluster owned by `postgres`, and the adapter loaded in its runner.
 struct Cluster {
     dir: tempfile::TempDir,
-    agent: AgentHandle,
-    resource: String,
+    subject: Subject,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = Subject;
+    fn deref(&self) -> &Subject {
+        &self.subject
+    }
 }
 
 fn postgres_ids() -> (u32, u32) {
@@ -70,68 +74,32 @@ impl Cluster {
         let agent = catalog(&store, "")
             .load(native_lib("baton-postgresql").to_str().unwrap())
             .unwrap();
+        let path = |sub: &str| dir.path().join(sub).display().to_string();
+        let params = vec![
+            ("pgdata".into(), path("data")),
+            ("socket_dir".into(), path("sock")),
+            ("listen_addresses".into(), String::new()),
+            ("port".into(), "5432".into()),
+        ];
         Cluster {
             dir,
-            agent,
-            resource: resource.into(),
+            subject: Subject {
+                agent,
+                resource: resource.into(),
+                params,
+            },
         }
-    }
-
-    fn params(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("pgdata", self.path("data")),
-            ("socket_dir", self.path("sock")),
-            ("listen_addresses", String::new()),
-            ("port", "5432".into()),
-        ]
     }
 
     fn path(&self, sub: &str) -> String {
         self.dir.path().join(sub).display().to_string()
-    }
-
-    fn call(&self, action: Action, extra: &[(&str, &str)]) -> baton::agent_host::CallReport {
-        self.call_at(action, 0, extra)
-    }
-
-    fn call_at(
-        &self,
-        action: Action,
-        depth: u32,
-        extra: &[(&str, &str)],
-    ) -> baton::agent_host::CallReport {
-        let mut params = self.params();
-        for (k, v) in extra {
-            params.retain(|(name, _)| name != k);
-            params.push((k, v.to_string()));
-        }
-        let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let mut req = request(action, &self.resource, &params, 60_000);
-        req.depth = depth;
-        self.agent.call(&req)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // Whatever the test did, no server of this resource outlives it.
-        let _ = service::end(
-            &service::host_id(),
-            Some(&self.resource),
-            Default::default(),
-        );
     }
 }
 
 #[test]
 fn a_real_postgresql_passes_the_conformance_test() {
     let pg = Cluster::new("pg-conformance");
-    let params: Params = pg
-        .params()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    let report = conformance::run(&pg.agent, params, &pg.resource, "testnode", None);
+    let report = pg.conformance();
     assert!(failed_steps(&report).is_empty(), "{report:#?}");
     assert!(
         report
@@ -149,22 +117,22 @@ fn a_real_postgresql_passes_the_conformance_test() {
 #[test]
 fn a_server_killed_with_its_node_starts_again_with_its_data() {
     let pg = Cluster::new("pg-crash");
-    assert!(pg.call(Action::Start, &[]).result.is_ok());
+    assert!(pg.call(Action::Start, 60_000).result.is_ok());
     psql(&pg, "CREATE TABLE t (id int); INSERT INTO t VALUES (42);");
     service::end(&service::host_id(), Some(&pg.resource), Default::default()).unwrap();
     assert!(Path::new(&pg.path("data")).join("postmaster.pid").exists());
     assert_eq!(
-        pg.call(Action::Monitor, &[]).result.unwrap(),
+        pg.call(Action::Monitor, 60_000).result.unwrap(),
         Outcome::State(MonitorState::NotRunning)
     );
-    let started = pg.call(Action::Start, &[]);
+    let started = pg.call(Action::Start, 60_000);
     assert!(started.result.is_ok(), "{:?}", started.result);
     assert_eq!(psql(&pg, "SELECT id FROM t;"), "42");
-    let deep = pg.call_at(Action::Monitor, 1, &[]);
+    let deep = pg.call_with(Action::Monitor, 1, &[], 60_000);
     assert_eq!(deep.result.unwrap(), Outcome::State(MonitorState::Running));
     // Depth 1 wrote its row.
     assert_eq!(psql(&pg, "SELECT count(*) FROM baton_monitor;"), "1");
-    assert!(pg.call(Action::Stop, &[]).result.is_ok());
+    assert!(pg.call(Action::Stop, 60_000).result.is_ok());
     assert!(service::tagged(&service::host_id(), Some(&pg.resource)).is_empty());
 }
 
@@ -172,20 +140,25 @@ fn a_server_killed_with_its_node_starts_again_with_its_data() {
 fn missing_binaries_are_not_installed_and_a_bare_directory_is_misconfigured() {
     let pg = Cluster::new("pg-errors");
     let f = pg
-        .call_at(Action::Validate, 1, &[("bindir", "/nonexistent/bin")])
+        .call_with(
+            Action::Validate,
+            1,
+            &[("bindir", "/nonexistent/bin")],
+            60_000,
+        )
         .result
         .unwrap_err();
     assert_eq!(f.class, ErrorClass::NotInstalled, "{f}");
     assert!(f.reason.contains("/nonexistent/bin/postgres"), "{f}");
     let empty = pg.path("sock");
     let f = pg
-        .call(Action::Start, &[("pgdata", &empty)])
+        .call_with(Action::Start, 0, &[("pgdata", &empty)], 60_000)
         .result
         .unwrap_err();
     assert_eq!(f.class, ErrorClass::Misconfigured, "{f}");
     assert!(f.reason.contains("not a PostgreSQL cluster"), "{f}");
     let f = pg
-        .call(Action::Validate, &[("options", "fsync")])
+        .call_with(Action::Validate, 0, &[("options", "fsync")], 60_000)
         .result
         .unwrap_err();
     assert_eq!(f.class, ErrorClass::Misconfigured, "{f}");

@@ -5,17 +5,21 @@
 //! action, the escalation of a shutdown that does not end the server, and the
 //! error class of each failure.
 
-use crate::support::{StandIns, catalog, failed_steps, left_after_exit, request, wasm};
-use baton::agent_host::AgentHandle;
-use baton::conformance;
-use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome, Params, service};
+use crate::support::{StandIns, Subject, catalog, failed_steps, left_after_exit, wasm};
+use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome, service};
 
 /// The stand-ins, the login's password, the adapter with its four
 /// capabilities granted.
 struct Site {
     tools: StandIns,
-    agent: AgentHandle,
-    resource: String,
+    subject: Subject,
+}
+
+impl std::ops::Deref for Site {
+    type Target = Subject;
+    fn deref(&self) -> &Subject {
+        &self.subject
+    }
 }
 
 impl Site {
@@ -35,50 +39,27 @@ impl Site {
         let agent = catalog(&d.join("store"), &grants)
             .load(wasm("baton_sqlserver").to_str().unwrap())
             .unwrap();
+        let params = vec![
+            ("mssql_dir".into(), tools.path()),
+            ("tools_dir".into(), tools.path()),
+            ("credentials_dir".into(), format!("{}/creds", tools.path())),
+            ("port".into(), tools.port.to_string()),
+        ];
         Site {
             tools,
-            agent,
-            resource: resource.into(),
+            subject: Subject {
+                agent,
+                resource: resource.into(),
+                params,
+            },
         }
-    }
-
-    fn params(&self) -> Vec<(&'static str, String)> {
-        let d = self.tools.path();
-        vec![
-            ("mssql_dir", d.clone()),
-            ("tools_dir", d.clone()),
-            ("credentials_dir", format!("{d}/creds")),
-            ("port", self.tools.port.to_string()),
-        ]
-    }
-
-    fn call(&self, action: Action, timeout_ms: u64) -> baton::agent_host::CallReport {
-        let params = self.params();
-        let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.agent
-            .call(&request(action, &self.resource, &params, timeout_ms))
-    }
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        let _ = service::end(
-            &service::host_id(),
-            Some(&self.resource),
-            Default::default(),
-        );
     }
 }
 
 #[test]
 fn the_sqlserver_adapter_passes_the_conformance_test_against_the_stand_ins() {
     let site = Site::new("mssql-conformance");
-    let params: Params = site
-        .params()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    let report = conformance::run(&site.agent, params, &site.resource, "testnode", None);
+    let report = site.conformance();
     assert!(failed_steps(&report).is_empty(), "{report:#?}");
 }
 

@@ -247,3 +247,55 @@ pub fn left_after_exit(resource: &str) -> Vec<baton_plugin_api::service::Tagged>
     }
     left
 }
+
+/// An agent loaded for one resource with its parameters, for the adapter
+/// tests; every process of the resource is ended when it is dropped.
+pub struct Subject {
+    pub agent: baton::agent_host::AgentHandle,
+    pub resource: String,
+    pub params: Vec<(String, String)>,
+}
+
+impl Subject {
+    /// `action` with the resource's parameters.
+    pub fn call(&self, action: Action, timeout_ms: u64) -> baton::agent_host::CallReport {
+        self.call_with(action, 0, &[], timeout_ms)
+    }
+
+    /// `action` at `depth`, with `extra` parameters in place of the resource's.
+    pub fn call_with(
+        &self,
+        action: Action,
+        depth: u32,
+        extra: &[(&str, &str)],
+        timeout_ms: u64,
+    ) -> baton::agent_host::CallReport {
+        let mut params: Vec<(&str, &str)> = self
+            .params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
+            .collect();
+        params.extend_from_slice(extra);
+        let mut req = request(action, &self.resource, &params, timeout_ms);
+        req.depth = depth;
+        self.agent.call(&req)
+    }
+
+    /// `baton agent test` of the resource with its parameters.
+    pub fn conformance(&self) -> baton::conformance::Report {
+        let params: Params = self.params.iter().cloned().collect();
+        baton::conformance::run(&self.agent, params, &self.resource, "testnode", None)
+    }
+}
+
+impl Drop for Subject {
+    fn drop(&mut self) {
+        use baton_plugin_api::service;
+        let _ = service::end(
+            &service::host_id(),
+            Some(&self.resource),
+            Default::default(),
+        );
+    }
+}

@@ -15,58 +15,18 @@
 
 wit_bindgen::generate!({ path: "../../plugin-api/wit/v1.1", world: "resource-agent" });
 
+#[path = "../../common/kit.rs"]
+mod kit;
+
 use baton::agent::capabilities::{self, Command};
 use baton::agent::types::{
     ActionSpec, AgentError, AgentMetadata, ErrorClass, MonitorState, ParamSpec, ParamType, Request,
 };
 use exports::baton::agent::agent::Guest;
-use std::time::{Duration, Instant};
+use kit::{error, param, text};
+use std::time::Duration;
 
 struct Domino;
-
-fn error(class: ErrorClass, reason: impl Into<String>) -> AgentError {
-    AgentError {
-        class,
-        reason: reason.into(),
-    }
-}
-
-fn param<'a>(req: &'a Request, name: &str) -> &'a str {
-    // Parameters with a default always arrive (the host fills them in).
-    req.params
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_default()
-}
-
-fn text(name: &str, default: Option<&str>, description: &str) -> ParamSpec {
-    ParamSpec {
-        name: name.into(),
-        kind: ParamType::Text,
-        options: vec![],
-        required: false,
-        unique: false,
-        default: default.map(Into::into),
-        description: description.into(),
-    }
-}
-
-fn port(req: &Request) -> u16 {
-    param(req, "port").parse().unwrap_or(1352)
-}
-
-/// Whether the server accepts connections on its port.
-fn listening(req: &Request) -> Result<bool, AgentError> {
-    match capabilities::tcp_request(&format!("127.0.0.1:{}", port(req)), &[], 1_000, 0) {
-        Ok(_) => Ok(true),
-        Err(e) if e.contains("refused") => Ok(false),
-        // Not allowed to ask: the grant is missing.
-        Err(e) if e.contains("capability denied") => Err(error(ErrorClass::Permission, e)),
-        // Anything else (a reset, a timeout) came from something on the port.
-        Err(_) => Ok(true),
-    }
-}
 
 /// Run `{domino_bin}/PROGRAM ARGS`; a program that is not there is
 /// `not-installed`, a refused capability `permission`.
@@ -88,27 +48,11 @@ fn run(
     })
     .map(|out| out.status)
     .map_err(|e| {
-        let class = if e.contains("No such file") || e.contains("not found") {
-            ErrorClass::NotInstalled
-        } else {
-            ErrorClass::Permission
-        };
-        error(class, format!("{path} {}: {e}", args.join(" ")))
+        error(
+            kit::run_failure(&e),
+            format!("{path} {}: {e}", args.join(" ")),
+        )
     })
-}
-
-/// Wait until the port is in `open` state, at most `limit`.
-fn wait_port(req: &Request, open: bool, limit: Duration) -> Result<bool, AgentError> {
-    let until = Instant::now() + limit;
-    loop {
-        if listening(req)? == open {
-            return Ok(true);
-        }
-        if Instant::now() >= until {
-            return Ok(false);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 impl Guest for Domino {
@@ -173,7 +117,7 @@ impl Guest for Domino {
 
     fn start(req: Request) -> Result<(), AgentError> {
         Self::validate(req.clone())?;
-        if listening(&req)? {
+        if kit::listening(port(&req))? {
             return Ok(());
         }
         // Requested as spawn: and exec: both, `server` starts detached (as the
@@ -185,7 +129,7 @@ impl Guest for Domino {
             0,
         )?;
         let limit = Duration::from_millis(req.timeout_ms).saturating_sub(Duration::from_secs(1));
-        if wait_port(&req, true, limit)? {
+        if kit::wait_port(port(&req), true, limit)? {
             Ok(())
         } else {
             Err(error(
@@ -200,16 +144,16 @@ impl Guest for Domino {
     }
 
     fn stop(req: Request) -> Result<(), AgentError> {
-        if !listening(&req)? {
+        if !kit::listening(port(&req))? {
             return Ok(());
         }
         let half = Duration::from_millis(req.timeout_ms / 2);
         let quit = run(&req, "server", &["-q"], (req.timeout_ms / 4) as u32)?;
-        if quit == Some(0) && wait_port(&req, false, half)? {
+        if quit == Some(0) && kit::wait_port(port(&req), false, half)? {
             return Ok(());
         }
         run(&req, "nsd", &["-kill"], (req.timeout_ms / 4) as u32)?;
-        if wait_port(&req, false, Duration::from_millis(req.timeout_ms / 8))? {
+        if kit::wait_port(port(&req), false, Duration::from_millis(req.timeout_ms / 8))? {
             return Ok(());
         }
         Err(error(
@@ -222,7 +166,7 @@ impl Guest for Domino {
     }
 
     fn monitor(req: Request) -> Result<MonitorState, AgentError> {
-        Ok(if listening(&req)? {
+        Ok(if kit::listening(port(&req))? {
             MonitorState::Running
         } else {
             MonitorState::NotRunning
@@ -230,20 +174,24 @@ impl Guest for Domino {
     }
 
     fn promote(_: Request) -> Result<(), AgentError> {
-        Err(error(ErrorClass::Unimplemented, "not supported"))
+        kit::unimplemented()
     }
     fn demote(_: Request) -> Result<(), AgentError> {
-        Err(error(ErrorClass::Unimplemented, "not supported"))
+        kit::unimplemented()
     }
     fn notify(_: Request) -> Result<(), AgentError> {
-        Err(error(ErrorClass::Unimplemented, "not supported"))
+        kit::unimplemented()
     }
     fn reload(_: Request) -> Result<(), AgentError> {
-        Err(error(ErrorClass::Unimplemented, "not supported"))
+        kit::unimplemented()
     }
     fn recover(_: Request) -> Result<(), AgentError> {
-        Err(error(ErrorClass::Unimplemented, "not supported"))
+        kit::unimplemented()
     }
 }
 
 export!(Domino);
+
+fn port(req: &Request) -> u16 {
+    kit::port(req, 1352)
+}

@@ -17,58 +17,18 @@
 
 wit_bindgen::generate!({ path: "../../plugin-api/wit/v1.1", world: "resource-agent" });
 
+#[path = "../../common/kit.rs"]
+mod kit;
+
 use baton::agent::capabilities::{self, Command, CommandOutput};
 use baton::agent::types::{
     ActionSpec, AgentError, AgentMetadata, ErrorClass, MonitorState, ParamSpec, ParamType, Request,
 };
 use exports::baton::agent::agent::Guest;
+use kit::{error, param, text};
 use std::time::{Duration, Instant};
 
 struct SqlServer;
-
-fn error(class: ErrorClass, reason: impl Into<String>) -> AgentError {
-    AgentError {
-        class,
-        reason: reason.into(),
-    }
-}
-
-fn param<'a>(req: &'a Request, name: &str) -> &'a str {
-    // Parameters with a default always arrive (the host fills them in).
-    req.params
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_default()
-}
-
-fn text(name: &str, default: Option<&str>, description: &str) -> ParamSpec {
-    ParamSpec {
-        name: name.into(),
-        kind: ParamType::Text,
-        options: vec![],
-        required: false,
-        unique: false,
-        default: default.map(Into::into),
-        description: description.into(),
-    }
-}
-
-fn port(req: &Request) -> u16 {
-    param(req, "port").parse().unwrap_or(1433)
-}
-
-/// Whether something accepts connections on the port.
-fn listening(req: &Request) -> Result<bool, AgentError> {
-    match capabilities::tcp_request(&format!("127.0.0.1:{}", port(req)), &[], 1_000, 0) {
-        Ok(_) => Ok(true),
-        Err(e) if e.contains("refused") => Ok(false),
-        // Not allowed to ask: the grant is missing.
-        Err(e) if e.contains("capability denied") => Err(error(ErrorClass::Permission, e)),
-        // Anything else (a reset, a timeout) came from something on the port.
-        Err(_) => Ok(true),
-    }
-}
 
 /// `sqlcmd` with `query`; its output, or the error its output maps to.
 fn sqlcmd(req: &Request, query: &str, timeout_ms: u32) -> Result<String, AgentError> {
@@ -100,14 +60,7 @@ fn sqlcmd(req: &Request, query: &str, timeout_ms: u32) -> Result<String, AgentEr
         env: vec![("SQLCMDPASSWORD".into(), password)],
         timeout_ms,
     })
-    .map_err(|e| {
-        let class = if e.contains("No such file") || e.contains("not found") {
-            ErrorClass::NotInstalled
-        } else {
-            ErrorClass::Permission
-        };
-        error(class, e)
-    })?;
+    .map_err(|e| error(kit::run_failure(&e), e))?;
     judge(query, &out)
 }
 
@@ -134,20 +87,6 @@ fn judge(query: &str, out: &CommandOutput) -> Result<String, AgentError> {
             ErrorClass::Generic,
             format!("sqlcmd {query:?} exited {code}: {printed}"),
         )),
-    }
-}
-
-/// Wait until the port is closed, at most `limit`.
-fn wait_closed(req: &Request, limit: Duration) -> Result<bool, AgentError> {
-    let until = Instant::now() + limit;
-    loop {
-        if !listening(req)? {
-            return Ok(true);
-        }
-        if Instant::now() >= until {
-            return Ok(false);
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -217,21 +156,14 @@ impl Guest for SqlServer {
 
     fn start(req: Request) -> Result<(), AgentError> {
         Self::validate(req.clone())?;
-        if !listening(&req)? {
+        if !kit::listening(port(&req))? {
             capabilities::run(&Command {
                 program: format!("{}/bin/sqlservr", param(&req, "mssql_dir")),
                 args: vec![],
                 env: vec![("MSSQL_TCP_PORT".into(), port(&req).to_string())],
                 timeout_ms: 5_000,
             })
-            .map_err(|e| {
-                let class = if e.contains("No such file") || e.contains("not found") {
-                    ErrorClass::NotInstalled
-                } else {
-                    ErrorClass::Permission
-                };
-                error(class, format!("cannot start sqlservr: {e}"))
-            })?;
+            .map_err(|e| error(kit::run_failure(&e), format!("cannot start sqlservr: {e}")))?;
         }
         // Ready when a login and a query succeed.
         let until = Instant::now()
@@ -248,16 +180,16 @@ impl Guest for SqlServer {
     }
 
     fn stop(req: Request) -> Result<(), AgentError> {
-        if !listening(&req)? {
+        if !kit::listening(port(&req))? {
             return Ok(());
         }
         let half = Duration::from_millis(req.timeout_ms / 2);
         let graceful = sqlcmd(&req, "SHUTDOWN", (req.timeout_ms / 4) as u32);
-        if graceful.is_ok() && wait_closed(&req, half)? {
+        if graceful.is_ok() && kit::wait_port(port(&req), false, half)? {
             return Ok(());
         }
         let _ = sqlcmd(&req, "SHUTDOWN WITH NOWAIT", (req.timeout_ms / 8) as u32);
-        if wait_closed(&req, Duration::from_millis(req.timeout_ms / 8))? {
+        if kit::wait_port(port(&req), false, Duration::from_millis(req.timeout_ms / 8))? {
             return Ok(());
         }
         Err(error(
@@ -270,7 +202,7 @@ impl Guest for SqlServer {
     }
 
     fn monitor(req: Request) -> Result<MonitorState, AgentError> {
-        if !listening(&req)? {
+        if !kit::listening(port(&req))? {
             return Ok(MonitorState::NotRunning);
         }
         let out = sqlcmd(
@@ -289,20 +221,24 @@ impl Guest for SqlServer {
     }
 
     fn promote(_: Request) -> Result<(), AgentError> {
-        Err(error(ErrorClass::Unimplemented, "not supported"))
+        kit::unimplemented()
     }
     fn demote(_: Request) -> Result<(), AgentError> {
-        Err(error(ErrorClass::Unimplemented, "not supported"))
+        kit::unimplemented()
     }
     fn notify(_: Request) -> Result<(), AgentError> {
-        Err(error(ErrorClass::Unimplemented, "not supported"))
+        kit::unimplemented()
     }
     fn reload(_: Request) -> Result<(), AgentError> {
-        Err(error(ErrorClass::Unimplemented, "not supported"))
+        kit::unimplemented()
     }
     fn recover(_: Request) -> Result<(), AgentError> {
-        Err(error(ErrorClass::Unimplemented, "not supported"))
+        kit::unimplemented()
     }
 }
 
 export!(SqlServer);
+
+fn port(req: &Request) -> u16 {
+    kit::port(req, 1433)
+}
