@@ -3,63 +3,37 @@
 //! Domino cannot be installed here): the conformance run, the command sequence,
 //! `server -q` escalating to `nsd -kill`, and a missing installation.
 
-use crate::support::{StandIns, Subject, catalog, failed_steps, left_after_exit, wasm};
+use crate::support::{StandIns, WithTools, failed_steps, left_after_exit, wasm};
 use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome, service};
 
 /// The stand-ins, a notes.ini naming the port, the adapter with its
 /// capabilities granted (`server` both as a service and as a command).
-struct Site {
-    tools: StandIns,
-    subject: Subject,
-}
-
-impl std::ops::Deref for Site {
-    type Target = Subject;
-    fn deref(&self) -> &Subject {
-        &self.subject
-    }
-}
-
-impl Site {
-    fn new(resource: &str) -> Site {
-        let tools = StandIns::new("domino");
-        let d = tools.dir.path();
-        std::fs::write(
-            d.join("notes.ini"),
-            format!(
-                "[Notes]\nServerTasks=Replica,Router,Update\nTCPIP_TcpIpAddress=0,127.0.0.1:{}\n",
-                tools.port
-            ),
-        )
-        .unwrap();
-        let grants = format!(
-            "[agents.grants]\ndomino = [\"spawn:{d}/bin/server\", \"exec:{d}/bin/server\", \
-             \"exec:{d}/bin/nsd\", \"net:127.0.0.1:{port}\"]\n",
-            d = d.display(),
-            port = tools.port,
-        );
-        let agent = catalog(&d.join("store"), &grants)
-            .load(wasm("baton_domino").to_str().unwrap())
-            .unwrap();
-        let params = vec![
-            ("domino_bin".into(), format!("{}/bin", tools.path())),
-            ("notes_ini".into(), format!("{}/notes.ini", tools.path())),
-            ("port".into(), tools.port.to_string()),
-        ];
-        Site {
-            tools,
-            subject: Subject {
-                agent,
-                resource: resource.into(),
-                params,
-            },
-        }
-    }
+fn site(resource: &str) -> WithTools {
+    let tools = StandIns::new("domino");
+    let d = tools.path();
+    let port = tools.port;
+    std::fs::write(
+        tools.dir.path().join("notes.ini"),
+        format!(
+            "[Notes]\nServerTasks=Replica,Router,Update\nTCPIP_TcpIpAddress=0,127.0.0.1:{port}\n"
+        ),
+    )
+    .unwrap();
+    let grants = format!(
+        "[agents.grants]\ndomino = [\"spawn:{d}/bin/server\", \"exec:{d}/bin/server\", \
+         \"exec:{d}/bin/nsd\", \"net:127.0.0.1:{port}\"]\n"
+    );
+    let params = vec![
+        ("domino_bin".into(), format!("{d}/bin")),
+        ("notes_ini".into(), format!("{d}/notes.ini")),
+        ("port".into(), port.to_string()),
+    ];
+    WithTools::load(tools, &wasm("baton_domino"), &grants, resource, params)
 }
 
 #[test]
 fn the_domino_adapter_passes_the_conformance_test_against_the_stand_ins() {
-    let site = Site::new("domino-conformance");
+    let site = site("domino-conformance");
     let report = site.conformance();
     assert!(failed_steps(&report).is_empty(), "{report:#?}");
 }
@@ -68,7 +42,7 @@ fn the_domino_adapter_passes_the_conformance_test_against_the_stand_ins() {
 /// program, granted both ways) runs in the foreground and quits it.
 #[test]
 fn domino_starts_detached_and_quits_with_server_q() {
-    let site = Site::new("domino-sequence");
+    let site = site("domino-sequence");
     let start = site.call(Action::Start, 30_000);
     assert!(start.result.is_ok(), "{:?}", start.result);
     let ini = format!("{}/notes.ini", site.tools.path());
@@ -88,7 +62,7 @@ fn domino_starts_detached_and_quits_with_server_q() {
 /// `nsd -kill` ends it, within the stop's deadline.
 #[test]
 fn a_server_that_does_not_quit_is_killed_with_nsd() {
-    let site = Site::new("domino-hang");
+    let site = site("domino-hang");
     assert!(site.call(Action::Start, 30_000).result.is_ok());
     site.tools.calls();
     site.tools.mode("hang-quit");
@@ -101,7 +75,7 @@ fn a_server_that_does_not_quit_is_killed_with_nsd() {
 
 #[test]
 fn a_missing_domino_installation_is_not_installed() {
-    let site = Site::new("domino-missing");
+    let site = site("domino-missing");
     std::fs::remove_file(site.tools.dir.path().join("bin/server")).unwrap();
     let f = site.call(Action::Start, 10_000).result.unwrap_err();
     assert_eq!(f.class, ErrorClass::NotInstalled, "{f}");

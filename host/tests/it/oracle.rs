@@ -5,59 +5,35 @@
 //! and ClusterLabs' own `oracle` and `oralsnr` agents through the OCF bridge.
 
 use crate::support::{
-    StandIns, Subject, catalog, failed_steps, left_after_exit, native_lib, request,
+    StandIns, WithTools, catalog, failed_steps, left_after_exit, native_lib, request,
 };
 use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome};
 
 /// An ORACLE_HOME with the stand-ins, run as `nobody`, and the adapter. Each
 /// test has its own ORACLE_SID: an instance is found by its process name,
 /// `ora_pmon_SID`, and the tests run side by side.
-struct Home {
-    tools: StandIns,
-    subject: Subject,
-}
-
-impl std::ops::Deref for Home {
-    type Target = Subject;
-    fn deref(&self) -> &Subject {
-        &self.subject
-    }
-}
-
-impl Home {
-    fn new(resource: &str, sid: &str) -> Home {
-        let tools = StandIns::new("oracle");
-        let agent = catalog(&tools.dir.path().join("store"), "")
-            .load(native_lib("baton-oracle").to_str().unwrap())
-            .unwrap();
-        let params = vec![
-            ("sid".into(), sid.into()),
-            ("home".into(), tools.path()),
-            ("user".into(), "nobody".into()),
-        ];
-        Home {
-            tools,
-            subject: Subject {
-                agent,
-                resource: resource.into(),
-                params,
-            },
-        }
-    }
+fn oracle_home(resource: &str, sid: &str) -> WithTools {
+    let tools = StandIns::new("oracle");
+    let params = vec![
+        ("sid".into(), sid.into()),
+        ("home".into(), tools.path()),
+        ("user".into(), "nobody".into()),
+    ];
+    WithTools::load(tools, &native_lib("baton-oracle"), "", resource, params)
 }
 
 const SQLPLUS: &str = "sqlplus -S -L /nolog: connect / as sysdba";
 
 #[test]
 fn the_oracle_adapter_passes_the_conformance_test_against_the_stand_ins() {
-    let home = Home::new("ora-conformance", "ORCONF");
+    let home = oracle_home("ora-conformance", "ORCONF");
     let report = home.conformance();
     assert!(failed_steps(&report).is_empty(), "{report:#?}");
 }
 
 #[test]
 fn start_monitor_and_stop_run_the_documented_command_sequence() {
-    let home = Home::new("ora-sequence", "ORSEQ");
+    let home = oracle_home("ora-sequence", "ORSEQ");
     assert!(home.call(Action::Start, 30_000).result.is_ok());
     assert_eq!(
         home.tools.calls(),
@@ -99,7 +75,7 @@ fn start_monitor_and_stop_run_the_documented_command_sequence() {
 /// killed and `shutdown abort` ends the instance, within the stop's deadline.
 #[test]
 fn a_hung_shutdown_immediate_escalates_to_shutdown_abort() {
-    let home = Home::new("ora-hang", "ORHANG");
+    let home = oracle_home("ora-hang", "ORHANG");
     assert!(home.call(Action::Start, 30_000).result.is_ok());
     home.tools.calls();
     home.tools.mode("hang-shutdown-immediate");
@@ -125,7 +101,7 @@ fn a_hung_shutdown_immediate_escalates_to_shutdown_abort() {
 
 #[test]
 fn each_tool_failure_maps_to_its_error_class() {
-    let home = Home::new("ora-errors", "ORERR");
+    let home = oracle_home("ora-errors", "ORERR");
     home.tools.mode("ora-01031");
     let f = home.call(Action::Start, 30_000).result.unwrap_err();
     assert_eq!(f.class, ErrorClass::Permission, "{f}");

@@ -5,67 +5,43 @@
 //! action, the escalation of a shutdown that does not end the server, and the
 //! error class of each failure.
 
-use crate::support::{StandIns, Subject, catalog, failed_steps, left_after_exit, wasm};
+use crate::support::{StandIns, WithTools, failed_steps, left_after_exit, wasm};
 use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome, service};
 
 /// The stand-ins, the login's password, the adapter with its four
 /// capabilities granted.
-struct Site {
-    tools: StandIns,
-    subject: Subject,
-}
-
-impl std::ops::Deref for Site {
-    type Target = Subject;
-    fn deref(&self) -> &Subject {
-        &self.subject
-    }
-}
-
-impl Site {
-    fn new(resource: &str) -> Site {
-        let tools = StandIns::new("sqlserver");
-        let d = tools.dir.path();
-        std::fs::write(d.join("standin/sa_password"), "Str0ng!secret").unwrap();
-        std::os::unix::fs::chown(d.join("standin/sa_password"), Some(65534), Some(65534)).unwrap();
-        std::fs::create_dir(d.join("creds")).unwrap();
-        std::fs::write(d.join("creds/password"), "Str0ng!secret\n").unwrap();
-        let grants = format!(
-            "[agents.grants]\nsqlserver = [\"spawn:{d}/bin/sqlservr\", \"exec:{d}/bin/sqlcmd\", \
-             \"net:127.0.0.1:{port}\", \"read:{d}/creds\"]\n",
-            d = d.display(),
-            port = tools.port,
-        );
-        let agent = catalog(&d.join("store"), &grants)
-            .load(wasm("baton_sqlserver").to_str().unwrap())
-            .unwrap();
-        let params = vec![
-            ("mssql_dir".into(), tools.path()),
-            ("tools_dir".into(), tools.path()),
-            ("credentials_dir".into(), format!("{}/creds", tools.path())),
-            ("port".into(), tools.port.to_string()),
-        ];
-        Site {
-            tools,
-            subject: Subject {
-                agent,
-                resource: resource.into(),
-                params,
-            },
-        }
-    }
+fn site(resource: &str) -> WithTools {
+    let tools = StandIns::new("sqlserver");
+    let d = tools.path();
+    let port = tools.port;
+    let standin = tools.dir.path().join("standin");
+    std::fs::write(standin.join("sa_password"), "Str0ng!secret").unwrap();
+    std::os::unix::fs::chown(standin.join("sa_password"), Some(65534), Some(65534)).unwrap();
+    std::fs::create_dir(tools.dir.path().join("creds")).unwrap();
+    std::fs::write(tools.dir.path().join("creds/password"), "Str0ng!secret\n").unwrap();
+    let grants = format!(
+        "[agents.grants]\nsqlserver = [\"spawn:{d}/bin/sqlservr\", \"exec:{d}/bin/sqlcmd\", \
+         \"net:127.0.0.1:{port}\", \"read:{d}/creds\"]\n"
+    );
+    let params = vec![
+        ("mssql_dir".into(), d.clone()),
+        ("tools_dir".into(), d.clone()),
+        ("credentials_dir".into(), format!("{d}/creds")),
+        ("port".into(), port.to_string()),
+    ];
+    WithTools::load(tools, &wasm("baton_sqlserver"), &grants, resource, params)
 }
 
 #[test]
 fn the_sqlserver_adapter_passes_the_conformance_test_against_the_stand_ins() {
-    let site = Site::new("mssql-conformance");
+    let site = site("mssql-conformance");
     let report = site.conformance();
     assert!(failed_steps(&report).is_empty(), "{report:#?}");
 }
 
 #[test]
 fn sqlserver_start_monitor_and_stop_run_the_documented_commands() {
-    let site = Site::new("mssql-sequence");
+    let site = site("mssql-sequence");
     let start = site.call(Action::Start, 30_000);
     assert!(start.result.is_ok(), "{:?}", start.result);
     let query = format!(
@@ -112,7 +88,7 @@ fn sqlserver_start_monitor_and_stop_run_the_documented_commands() {
 /// `SHUTDOWN WITH NOWAIT` ends it, within the stop's deadline.
 #[test]
 fn a_shutdown_that_does_not_end_the_server_escalates_to_nowait() {
-    let site = Site::new("mssql-hang");
+    let site = site("mssql-hang");
     assert!(site.call(Action::Start, 30_000).result.is_ok());
     site.tools.calls();
     site.tools.mode("hang-shutdown");
@@ -132,7 +108,7 @@ fn a_shutdown_that_does_not_end_the_server_escalates_to_nowait() {
 
 #[test]
 fn sqlserver_failures_map_to_their_error_classes() {
-    let site = Site::new("mssql-errors");
+    let site = site("mssql-errors");
     // A wrong password is wrong on every node: misconfigured, naming Msg 18456.
     std::fs::write(site.tools.dir.path().join("creds/password"), "wrong\n").unwrap();
     let f = site.call(Action::Start, 10_000).result.unwrap_err();

@@ -299,3 +299,40 @@ impl Drop for Subject {
         );
     }
 }
+
+/// An adapter loaded against stand-ins of its product's tools.
+pub struct WithTools {
+    pub tools: StandIns,
+    pub subject: Subject,
+}
+
+impl std::ops::Deref for WithTools {
+    type Target = Subject;
+    fn deref(&self) -> &Subject {
+        &self.subject
+    }
+}
+
+impl WithTools {
+    /// Load the agent at `path` (with `grants`, an `[agents.grants]` section)
+    /// for `resource` with `params`.
+    pub fn load(
+        tools: StandIns,
+        path: &Path,
+        grants: &str,
+        resource: &str,
+        params: Vec<(String, String)>,
+    ) -> WithTools {
+        let agent = catalog(&tools.dir.path().join("store"), grants)
+            .load(path.to_str().unwrap())
+            .unwrap();
+        WithTools {
+            tools,
+            subject: Subject {
+                agent,
+                resource: resource.into(),
+                params,
+            },
+        }
+    }
+}
