@@ -49,6 +49,32 @@ pub struct ParamSpec {
     pub description: String,
 }
 
+impl ParamSpec {
+    /// A parameter (not `unique`; set the field for one that is).
+    ///
+    /// ```
+    /// use baton_plugin_api::{ParamSpec, ParamType};
+    /// let port = ParamSpec::new("port", ParamType::Integer, false, Some("5432"), "TCP port");
+    /// assert_eq!(port.default.as_deref(), Some("5432"));
+    /// ```
+    pub fn new(
+        name: &str,
+        kind: ParamType,
+        required: bool,
+        default: Option<&str>,
+        description: &str,
+    ) -> ParamSpec {
+        ParamSpec {
+            name: name.into(),
+            kind,
+            required,
+            unique: false,
+            default: default.map(Into::into),
+            description: description.into(),
+        }
+    }
+}
+
 /// The values a parameter accepts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "type", content = "options")]

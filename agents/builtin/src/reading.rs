@@ -96,12 +96,5 @@ pub(crate) fn param(
     default: Option<&str>,
     description: &str,
 ) -> ParamSpec {
-    ParamSpec {
-        name: name.into(),
-        kind,
-        required,
-        unique: false,
-        default: default.map(Into::into),
-        description: description.into(),
-    }
+    ParamSpec::new(name, kind, required, default, description)
 }

@@ -29,14 +29,7 @@ use tool::{Oracle, class_of, pmon_running, value};
 struct OracleAgent;
 
 fn param(name: &str, required: bool, default: Option<&str>, description: &str) -> ParamSpec {
-    ParamSpec {
-        name: name.into(),
-        kind: ParamType::String,
-        required,
-        unique: false,
-        default: default.map(Into::into),
-        description: description.into(),
-    }
+    ParamSpec::new(name, ParamType::String, required, default, description)
 }
 
 fn text<'a>(req: &'a Request, name: &str) -> &'a str {

@@ -24,23 +24,6 @@ use params::Settings;
 
 struct Postgresql;
 
-fn param(
-    name: &str,
-    kind: ParamType,
-    required: bool,
-    default: Option<&str>,
-    description: &str,
-) -> ParamSpec {
-    ParamSpec {
-        name: name.into(),
-        kind,
-        required,
-        unique: false,
-        default: default.map(Into::into),
-        description: description.into(),
-    }
-}
-
 impl ResourceAgent for Postgresql {
     fn metadata(&self) -> Metadata {
         use ParamType::{Integer, String};
@@ -57,77 +40,77 @@ impl ResourceAgent for Postgresql {
                        directory on the `filesystem` resource before this one."
                 .into(),
             parameters: vec![
-                param(
+                ParamSpec::new(
                     "pgdata",
                     String,
                     true,
                     None,
                     "The data directory (absolute path)",
                 ),
-                param(
+                ParamSpec::new(
                     "bindir",
                     String,
                     false,
                     Some(""),
                     "Directory with `postgres`; empty: the newest /usr/lib/postgresql/*/bin",
                 ),
-                param(
+                ParamSpec::new(
                     "port",
                     Integer,
                     false,
                     Some("5432"),
                     "TCP port (and socket name)",
                 ),
-                param(
+                ParamSpec::new(
                     "socket_dir",
                     String,
                     false,
                     Some("/var/run/postgresql"),
                     "Directory of the server's unix socket (the monitor connects there)",
                 ),
-                param(
+                ParamSpec::new(
                     "listen_addresses",
                     String,
                     false,
                     Some("*"),
                     "`listen_addresses` of the server",
                 ),
-                param(
+                ParamSpec::new(
                     "user",
                     String,
                     false,
                     Some("postgres"),
                     "OS user the server runs as",
                 ),
-                param(
+                ParamSpec::new(
                     "monitor_user",
                     String,
                     false,
                     Some("postgres"),
                     "Database role the monitor connects as",
                 ),
-                param(
+                ParamSpec::new(
                     "dbname",
                     String,
                     false,
                     Some("postgres"),
                     "Database the monitor uses",
                 ),
-                param(
+                ParamSpec::new(
                     "password_file",
                     String,
                     false,
                     Some(""),
                     "File holding the monitor role's password (empty: none, e.g. peer or trust)",
                 ),
-                param(
+                ParamSpec::new(
                     "options",
                     String,
                     false,
                     Some(""),
                     "Extra server settings, NAME=VALUE separated by spaces (`-c` each)",
                 ),
-                param(
+                ParamSpec::new(
                     "log_file",
                     String,
                     false,
