@@ -8,6 +8,7 @@ mod dns;
 mod domino;
 mod ipaddr;
 mod lab;
+mod mariadb;
 mod native;
 mod ocf;
 mod oracle;
