@@ -165,6 +165,30 @@ impl SharedDiskLab {
         command: Option<&str>,
         prepare: impl FnOnce(&Path, &LoopDisk) -> anyhow::Result<()>,
     ) -> anyhow::Result<SharedDiskLab> {
+        SharedDiskLab::start_spec(prefix, baton, resources, command, "", prepare)
+    }
+
+    /// [`SharedDiskLab::start_with`] for a service of the lab's responder,
+    /// with `config` (TOML tables after `[cluster]`'s own lines, `LAB_DIR`
+    /// replaced: e.g. `[agents.grants]` for a WebAssembly agent).
+    pub fn start_with_config(
+        prefix: &str,
+        baton: &Path,
+        resources: &str,
+        config: &str,
+        prepare: impl FnOnce(&Path, &LoopDisk) -> anyhow::Result<()>,
+    ) -> anyhow::Result<SharedDiskLab> {
+        SharedDiskLab::start_spec(prefix, baton, resources, None, config, prepare)
+    }
+
+    fn start_spec(
+        prefix: &str,
+        baton: &Path,
+        resources: &str,
+        command: Option<&str>,
+        config: &str,
+        prepare: impl FnOnce(&Path, &LoopDisk) -> anyhow::Result<()>,
+    ) -> anyhow::Result<SharedDiskLab> {
         let disk = LoopDisk::new()?;
         let before = format!(
             "[[service.resource]]\nagent = \"disk-lease\"\nmonitor_ms = 250\n\
@@ -176,8 +200,9 @@ impl SharedDiskLab {
             whole = disk.whole,
             fs = disk.fs,
         );
+        let cluster_extra = format!("self_fence_ms = 500\n{config}");
         let spec = LabSpec {
-            cluster_extra: "self_fence_ms = 500",
+            cluster_extra: &cluster_extra,
             before_process: &before,
             command,
             ..LabSpec::default()

@@ -3,6 +3,7 @@
 mod builtin;
 mod cli;
 mod daemons;
+mod db_lab;
 mod disk;
 mod dns;
 mod domino;
@@ -12,7 +13,6 @@ mod mariadb;
 mod native;
 mod ocf;
 mod oracle;
-mod pg_lab;
 mod postgresql;
 mod sqlserver;
 mod store;

@@ -38,14 +38,8 @@ fn postgres_ids() -> (u32, u32) {
 }
 
 fn bindir() -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+    crate::db_lab::pg_bindir()
         .expect("PostgreSQL is not installed: run scripts/setup (scripts/test does)")
-        .flatten()
-        .map(|e| e.path().join("bin"))
-        .filter(|b| b.join("initdb").is_file())
-        .collect();
-    dirs.sort();
-    dirs.pop().expect("no /usr/lib/postgresql/*/bin/initdb")
 }
 
 impl Cluster {
@@ -189,7 +183,7 @@ fn psql(pg: &Cluster, sql: &str) -> String {
 /// of the owner's node, its isolation, kill -9 of its daemon alone): a client
 /// writes through the service address all along; afterwards every write the
 /// server acknowledged is in the table, one node mounted the disk at a time,
-/// and the filesystem checks clean. (20+ rounds: the postgresql_audit example.)
+/// and the filesystem checks clean. (20+ rounds: the database_audit example.)
 #[test]
 fn postgresql_on_a_shared_disk_fails_over_losing_no_acknowledged_transaction() {
     use baton::disk_lab::Fault;
@@ -198,13 +192,13 @@ fn postgresql_on_a_shared_disk_fails_over_losing_no_acknowledged_transaction() {
         return;
     }
     let prefix = format!("pg{}", std::process::id() % 1000);
-    let mut lab = crate::pg_lab::PgLab::start(
+    let mut lab = crate::db_lab::DbLab::postgresql(
         &prefix,
         &crate::support::baton_exe(),
         &native_lib("baton-postgresql"),
     )
     .unwrap();
-    lab.start_client();
+    lab.start_client(Box::new(crate::db_lab::Postgres::default()));
     for fault in [Fault::Kill, Fault::Isolate, Fault::KillDaemon] {
         match lab.round(fault, std::time::Duration::from_secs(60)) {
             Ok(round) => {

@@ -1,29 +1,44 @@
-//! The PostgreSQL acknowledged-transaction audit for docs/benchmarks.md: ROUNDS
-//! failovers (in turn: kill -9 of the node that serves, its isolation, a kill -9
-//! of its daemon alone; the faulted node then rejoins) of a PostgreSQL on a
-//! shared disk, `[disk-lease, filesystem, postgresql, ipaddr]` on three nodes in
+//! The acknowledged-transaction audit of a database on a shared disk for
+//! docs/benchmarks.md: ROUNDS failovers (in turn: kill -9 of the node that
+//! serves, its isolation, a kill -9 of its daemon alone; the faulted node then
+//! rejoins) of `[disk-lease, filesystem, DATABASE, ipaddr]` on three nodes in
 //! network namespaces, while a client writes a numbered row per transaction
 //! through the service address; then every acknowledged row must be in the
 //! table, one node must have mounted the disk at a time and the filesystem must
-//! check clean. As root:
+//! check clean. DATABASE is `postgresql` (the native adapter) or `mariadb` (the
+//! WebAssembly adapter). As root:
 //!
 //! ```text
-//! cargo build --locked --workspace && cargo run --locked --example postgresql_audit -- 20
+//! scripts/build-wasm-agents && cargo build --locked --workspace --examples
+//! target/debug/examples/database_audit postgresql 21
+//! target/debug/examples/database_audit mariadb 12
 //! ```
 
-#[path = "../tests/it/pg_lab.rs"]
-mod pg_lab;
+#[path = "../tests/it/db_lab.rs"]
+mod db_lab;
 
 use baton::disk_lab::Fault;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+fn ensure_built(baton: &Path, adapter: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        baton.is_file() && adapter.is_file(),
+        "build first: scripts/build-wasm-agents && cargo build --locked --workspace --examples ({} or {} is missing)",
+        baton.display(),
+        adapter.display()
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
+    let database = std::env::args().nth(1).unwrap_or_default();
     let rounds: usize = std::env::args()
-        .nth(1)
+        .nth(2)
         .map(|a| a.parse().expect("ROUNDS is a number"))
         .unwrap_or(20);
     anyhow::ensure!(baton::lab::Lab::possible(), "run as root with iproute2");
@@ -32,20 +47,30 @@ fn main() -> anyhow::Result<()> {
         .and_then(|examples| examples.parent())
         .map(std::path::Path::to_path_buf)
         .ok_or_else(|| anyhow::anyhow!("no target directory"))?;
-    let (baton, adapter) = (
-        profile.join("baton"),
-        profile.join("libbaton_postgresql.so"),
-    );
-    anyhow::ensure!(
-        baton.is_file() && adapter.is_file(),
-        "build first: cargo build --locked --workspace"
-    );
-    let mut lab = pg_lab::PgLab::start(
-        &format!("pa{}", std::process::id() % 1000),
-        &baton,
-        &adapter,
-    )?;
-    lab.start_client();
+    let baton = profile.join("baton");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."));
+    let prefix = format!("da{}", std::process::id() % 1000);
+    let (mut lab, client, adapter): (db_lab::DbLab, Box<dyn db_lab::Database>, PathBuf) =
+        match database.as_str() {
+            "postgresql" => {
+                let adapter = profile.join("libbaton_postgresql.so");
+                ensure_built(&baton, &adapter)?;
+                let lab = db_lab::DbLab::postgresql(&prefix, &baton, &adapter)?;
+                (lab, Box::new(db_lab::Postgres::default()), adapter)
+            }
+            "mariadb" => {
+                let adapter =
+                    repo.join("wasm-agents/target/wasm32-wasip2/release/baton_mariadb.wasm");
+                ensure_built(&baton, &adapter)?;
+                let lab = db_lab::DbLab::mariadb(&prefix, &baton, &adapter)?;
+                (lab, Box::new(db_lab::MariaDb), adapter)
+            }
+            _ => anyhow::bail!("usage: database_audit postgresql|mariadb [ROUNDS]"),
+        };
+    eprintln!("{database} ({}), {rounds} rounds", adapter.display());
+    lab.start_client(client);
     let mut done = Vec::new();
     for round in 1..=rounds {
         let fault = [Fault::Kill, Fault::Isolate, Fault::KillDaemon][(round - 1) % 3];
@@ -78,7 +103,7 @@ fn main() -> anyhow::Result<()> {
         ("all", None),
     ];
     for (label, only) in rows {
-        let picked: Vec<&pg_lab::Round> = done
+        let picked: Vec<&db_lab::Round> = done
             .iter()
             .filter(|r| only.is_none_or(|f| r.fault == f))
             .collect();

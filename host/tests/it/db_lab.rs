@@ -1,0 +1,380 @@
+//! A database on the shared-disk lab, with the acknowledged-transaction audit:
+//! three nodes in network namespaces share a loop device; the service is
+//! `[disk-lease, filesystem, mounts ledger, DATABASE, responder, ipaddr, owners
+//! ledger]`, the data directory on the shared filesystem. A client in the
+//! client namespace inserts numbered rows through the service address, one
+//! transaction each, and records every id the server acknowledged (its commit
+//! answered). After the failovers every acknowledged id must be in the table.
+//! PostgreSQL (the native adapter) and MariaDB (the WebAssembly adapter).
+//!
+//! Shared by the tests (a few rounds) and the audit example (20+), which
+//! includes this file.
+
+use baton::disk_lab::{Fault, LoopDisk, SharedDiskLab};
+use baton::lab::VIP;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How the client talks to the database through the service address.
+pub trait Database: Send + 'static {
+    /// Insert row `id` in a transaction of its own; `Ok` once the server
+    /// acknowledged the commit. Reconnects as needed.
+    fn insert(&mut self, id: i64) -> Result<(), String>;
+    /// Every id in the table.
+    fn ids(&mut self) -> Result<BTreeSet<i64>, String>;
+}
+
+/// The lab and its client.
+pub struct DbLab {
+    pub lab: SharedDiskLab,
+    acks: Arc<Mutex<Vec<(i64, Instant)>>>,
+    stop: Arc<AtomicBool>,
+    client: Option<JoinHandle<anyhow::Result<Box<dyn Database>>>>,
+    /// The client's latest error, for messages.
+    last_error: Arc<Mutex<String>>,
+}
+
+/// One failover as the client saw it.
+#[derive(Clone, Copy, Debug)]
+pub struct Round {
+    /// The fault.
+    pub fault: Fault,
+    /// From the fault until another node answered at the service address, ms.
+    pub takeover_ms: u64,
+    /// The longest time between two acknowledged writes around the fault, ms.
+    pub write_gap_ms: u64,
+}
+
+/// Run `script` with the shared filesystem mounted at `DIR/init-mnt`, in a
+/// mount namespace of its own (the machine's mounts are not touched).
+fn on_disk(disk: &LoopDisk, dir: &Path, script: &str) -> anyhow::Result<()> {
+    let mnt = dir.join("init-mnt");
+    std::fs::create_dir_all(&mnt)?;
+    let script = format!(
+        "set -e; mount {fs} {mnt}; {script}; umount {mnt}",
+        fs = disk.fs,
+        mnt = mnt.display(),
+        script = script.replace("MNT", &mnt.display().to_string()),
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "preparing the shared disk: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The lab directory must be reachable by the database's own user.
+fn open_lab_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut perms = std::fs::metadata(dir)?.permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    Ok(std::fs::set_permissions(dir, perms)?)
+}
+
+/// The newest installed `bin` directory of PostgreSQL.
+pub fn pg_bindir() -> anyhow::Result<std::path::PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")?
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("initdb").is_file())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+        .ok_or_else(|| anyhow::anyhow!("PostgreSQL is not installed: run scripts/setup"))
+}
+
+impl DbLab {
+    fn new(lab: SharedDiskLab) -> DbLab {
+        DbLab {
+            lab,
+            acks: Arc::default(),
+            stop: Arc::default(),
+            client: None,
+            last_error: Arc::default(),
+        }
+    }
+
+    /// PostgreSQL through `adapter` (the built library): `initdb` on the shared
+    /// disk, clients of the lab's networks trusted.
+    pub fn postgresql(prefix: &str, baton: &Path, adapter: &Path) -> anyhow::Result<DbLab> {
+        let resources = format!(
+            "[[service.resource]]\nagent = {adapter:?}\nmonitor_ms = 1000\n\
+             params = {{ pgdata = \"LAB_DIR/mnt/pgdata\", socket_dir = \"LAB_DIR/mnt/pgdata\", \
+             listen_addresses = \"*\", options = \"synchronous_commit=on fsync=on\" }}\n",
+            adapter = adapter.display().to_string(),
+        );
+        let bin = pg_bindir()?;
+        let lab = SharedDiskLab::start_with(prefix, baton, &resources, None, |dir, disk| {
+            open_lab_dir(dir)?;
+            on_disk(
+                disk,
+                dir,
+                &format!(
+                    "mkdir MNT/pgdata; chown postgres:postgres MNT/pgdata; chmod 700 MNT/pgdata; \
+                     runuser -u postgres -- {bin}/initdb --auth=trust --username=postgres -D MNT/pgdata >/dev/null; \
+                     echo 'host all all 198.18.0.0/15 trust' >> MNT/pgdata/pg_hba.conf",
+                    bin = bin.display()
+                ),
+            )
+        })?;
+        Ok(DbLab::new(lab))
+    }
+
+    /// MariaDB through `adapter` (the built component) and its grants:
+    /// `mariadb-install-db` on the shared disk (with an 8 MiB redo log: the
+    /// lab's disk is 64 MiB); an init file creates the client's account and
+    /// table at every start.
+    pub fn mariadb(prefix: &str, baton: &Path, adapter: &Path) -> anyhow::Result<DbLab> {
+        let resources = format!(
+            "[[service.resource]]\nagent = {adapter:?}\nmonitor_ms = 1000\n\
+             params = {{ datadir = \"LAB_DIR/mnt/mysql\", options = \"--init-file=LAB_DIR/init.sql --innodb-flush-log-at-trx-commit=1 --innodb-log-file-size=8M\" }}\n",
+            adapter = adapter.display().to_string(),
+        );
+        let lab = SharedDiskLab::start_with_config(
+            prefix,
+            baton,
+            &resources,
+            "[agents.grants]\nmariadb = [\"spawn:/usr/sbin/mariadbd as mysql\", \
+             \"exec:/usr/bin/mariadb-admin as mysql\", \"exec:/usr/bin/kill as mysql\", \
+             \"net:127.0.0.1:3306\", \"read:LAB_DIR/mnt/mysql\"]\n",
+            |dir, disk| {
+                open_lab_dir(dir)?;
+                std::fs::write(
+                    dir.join("init.sql"),
+                    "CREATE DATABASE IF NOT EXISTS audit;\n\
+                     CREATE TABLE IF NOT EXISTS audit.t (id BIGINT PRIMARY KEY) ENGINE=InnoDB;\n\
+                     CREATE USER IF NOT EXISTS 'audit'@'%' IDENTIFIED BY 'audit';\n\
+                     GRANT ALL ON audit.* TO 'audit'@'%';\n",
+                )?;
+                on_disk(
+                    disk,
+                    dir,
+                    "mariadb-install-db --datadir=MNT/mysql --user=mysql --skip-test-db --innodb-log-file-size=8M >/dev/null",
+                )
+            },
+        )?;
+        Ok(DbLab::new(lab))
+    }
+
+    /// Start the client: a transaction per id through the service address,
+    /// reconnecting after any error; ids never repeat (a write whose answer was
+    /// lost may be in the table, and is not counted as acknowledged).
+    pub fn start_client(&mut self, mut db: Box<dyn Database>) {
+        let acks = Arc::clone(&self.acks);
+        let stop = Arc::clone(&self.stop);
+        let last_error = Arc::clone(&self.last_error);
+        self.client = Some(self.lab.cluster.lab.spawn_client(move || {
+            let mut next: i64 = 0;
+            while !stop.load(Ordering::SeqCst) {
+                next += 1;
+                match db.insert(next) {
+                    Ok(()) => acks
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((next, Instant::now())),
+                    Err(e) => {
+                        *last_error.lock().unwrap_or_else(|e| e.into_inner()) = e;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            db
+        }));
+    }
+
+    /// How many writes have been acknowledged.
+    pub fn acknowledged(&self) -> usize {
+        self.acks.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Wait (at most `limit`) until `more` writes beyond the current count are
+    /// acknowledged.
+    pub fn wait_for_writes(&self, more: usize, limit: Duration) -> anyhow::Result<()> {
+        let want = self.acknowledged() + more;
+        let deadline = Instant::now() + limit;
+        while self.acknowledged() < want {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the client got {} of {want} writes acknowledged within {limit:?}; its last error: {}",
+                self.acknowledged(),
+                self.last_error.lock().unwrap_or_else(|e| e.into_inner())
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// One failover: writes flow, the owner fails (`fault`), another node takes
+    /// over and writes flow again; the faulted node rejoins.
+    pub fn round(&mut self, fault: Fault, limit: Duration) -> anyhow::Result<Round> {
+        self.wait_for_writes(20, limit)?;
+        let at = Instant::now();
+        let takeover_ms = self.lab.round(fault, limit)?;
+        self.wait_for_writes(20, limit)?;
+        let acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+        let write_gap_ms = acks
+            .windows(2)
+            .filter(|w| w[1].1 >= at && w[0].1 <= at + Duration::from_millis(takeover_ms))
+            .map(|w| w[1].1.duration_since(w[0].1).as_millis() as u64)
+            .max()
+            .unwrap_or(0);
+        Ok(Round {
+            fault,
+            takeover_ms,
+            write_gap_ms,
+        })
+    }
+
+    /// Stop the client; read the table through the service address; then the
+    /// disk checks (one mount at a time, one owner at a time, fsck clean).
+    /// Returns (acknowledged, lost ids, mount intervals).
+    pub fn verify(mut self) -> anyhow::Result<(usize, Vec<i64>, usize)> {
+        self.stop.store(true, Ordering::SeqCst);
+        let client = self
+            .client
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the client was never started"))?;
+        let mut db = client
+            .join()
+            .map_err(|_| anyhow::anyhow!("the client panicked"))??;
+        let stored = self
+            .lab
+            .cluster
+            .lab
+            .as_client(move || db.ids())?
+            .map_err(|e| anyhow::anyhow!("reading the table: {e}"))?;
+        let acks = self.acks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let lost: Vec<i64> = acks
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !stored.contains(id))
+            .collect();
+        let mounts = self.lab.verify_ownership()?;
+        Ok((acks.len(), lost, mounts))
+    }
+}
+
+/// PostgreSQL's client: rust-postgres through the service address, a short
+/// connect timeout, and a dead server noticed within a couple of seconds (TCP
+/// user timeout, keepalives).
+#[derive(Default)]
+pub struct Postgres {
+    session: Option<postgres::Client>,
+}
+
+impl Postgres {
+    fn session(&mut self) -> Result<&mut postgres::Client, String> {
+        if self.session.is_none() {
+            let mut client = postgres::Config::new()
+                .host(VIP)
+                .port(5432)
+                .user("postgres")
+                .dbname("postgres")
+                .connect_timeout(Duration::from_millis(500))
+                .tcp_user_timeout(Duration::from_secs(1))
+                .keepalives_idle(Duration::from_secs(1))
+                .keepalives_interval(Duration::from_secs(1))
+                .keepalives_retries(2)
+                .connect(postgres::NoTls)
+                .map_err(|e| format!("{e:?}"))?;
+            client
+                .batch_execute("CREATE TABLE IF NOT EXISTS audit (id bigint PRIMARY KEY)")
+                .map_err(|e| format!("{e:?}"))?;
+            self.session = Some(client);
+        }
+        self.session
+            .as_mut()
+            .ok_or_else(|| "no session".to_string())
+    }
+}
+
+impl Database for Postgres {
+    fn insert(&mut self, id: i64) -> Result<(), String> {
+        let result = self
+            .session()?
+            .execute("INSERT INTO audit VALUES ($1)", &[&id])
+            .map(drop)
+            .map_err(|e| format!("{e:?}"));
+        if result.is_err() {
+            self.session = None;
+        }
+        result
+    }
+
+    fn ids(&mut self) -> Result<BTreeSet<i64>, String> {
+        self.session = None;
+        let rows = self
+            .session()?
+            .query("SELECT id FROM audit", &[])
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect())
+    }
+}
+
+/// MariaDB's client: Debian's `mariadb` command-line client through the
+/// service address, a process per statement (autocommit), killed after 3 s.
+pub struct MariaDb;
+
+impl MariaDb {
+    fn sql(&self, statement: &str) -> Result<String, String> {
+        let mut child = Command::new("mariadb")
+            .args([
+                "--protocol=tcp",
+                "-h",
+                VIP,
+                "-P",
+                "3306",
+                "-u",
+                "audit",
+                "-paudit",
+            ])
+            .args(["--connect-timeout=1", "-N", "-B", "-e", statement])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run mariadb: {e}"))?;
+        let until = Instant::now() + Duration::from_secs(3);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(2)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("mariadb {statement:?}: no answer within 3 s"));
+                }
+            }
+        }
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+}
+
+impl Database for MariaDb {
+    fn insert(&mut self, id: i64) -> Result<(), String> {
+        self.sql(&format!("INSERT INTO audit.t VALUES ({id})"))
+            .map(drop)
+    }
+
+    fn ids(&mut self) -> Result<BTreeSet<i64>, String> {
+        Ok(self
+            .sql("SELECT id FROM audit.t")?
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect())
+    }
+}
