@@ -71,28 +71,18 @@ fn main() -> anyhow::Result<()> {
         };
     eprintln!("{database} ({}), {rounds} rounds", adapter.display());
     lab.start_client(client);
-    let mut done = Vec::new();
-    for round in 1..=rounds {
-        let fault = [Fault::Kill, Fault::Isolate, Fault::KillDaemon][(round - 1) % 3];
-        match lab.round(fault, Duration::from_secs(60)) {
-            Ok(r) => {
-                eprintln!(
-                    "round {round}/{rounds} {fault:?}: takeover {} ms, write gap {} ms, {} writes acknowledged so far",
-                    r.takeover_ms,
-                    r.write_gap_ms,
-                    lab.acknowledged()
-                );
-                done.push(r);
-            }
-            Err(e) => {
-                let kept = lab.lab.cluster.keep_logs();
-                anyhow::bail!(
-                    "round {round} ({fault:?}): {e:#}; logs kept in {}",
-                    kept.display()
-                );
-            }
-        }
-    }
+    let faults = (0..rounds).map(|i| [Fault::Kill, Fault::Isolate, Fault::KillDaemon][i % 3]);
+    let mut n = 0;
+    let done = lab.rounds(faults, Duration::from_secs(60), |lab, r| {
+        n += 1;
+        eprintln!(
+            "round {n}/{rounds} {:?}: takeover {} ms, write gap {} ms, {} writes acknowledged so far",
+            r.fault,
+            r.takeover_ms,
+            r.write_gap_ms,
+            lab.acknowledged()
+        );
+    })?;
     let (acked, lost, mounts) = lab.verify()?;
     println!("| fault | rounds | write gap p50 ms | p90 | max | takeover p50 ms |");
     println!("|---|---:|---:|---:|---:|---:|");

@@ -87,3 +87,25 @@ pub fn unimplemented() -> Result<(), AgentError> {
         "not supported by this adapter",
     ))
 }
+
+/// Inside `impl Guest`: the optional actions (promote, demote, notify,
+/// reload, recover) as not implemented.
+macro_rules! no_optional_actions {
+    () => {
+        fn promote(_: Request) -> Result<(), AgentError> {
+            kit::unimplemented()
+        }
+        fn demote(_: Request) -> Result<(), AgentError> {
+            kit::unimplemented()
+        }
+        fn notify(_: Request) -> Result<(), AgentError> {
+            kit::unimplemented()
+        }
+        fn reload(_: Request) -> Result<(), AgentError> {
+            kit::unimplemented()
+        }
+        fn recover(_: Request) -> Result<(), AgentError> {
+            kit::unimplemented()
+        }
+    };
+}

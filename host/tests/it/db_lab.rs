@@ -234,6 +234,34 @@ impl DbLab {
         })
     }
 
+    /// [`DbLab::round`] for each of `faults` in turn, calling `progress` after
+    /// each; on a failure the lab's logs are kept and the error says where.
+    pub fn rounds(
+        &mut self,
+        faults: impl IntoIterator<Item = Fault>,
+        limit: Duration,
+        mut progress: impl FnMut(&DbLab, &Round),
+    ) -> anyhow::Result<Vec<Round>> {
+        let mut done = Vec::new();
+        for (i, fault) in faults.into_iter().enumerate() {
+            match self.round(fault, limit) {
+                Ok(round) => {
+                    progress(self, &round);
+                    done.push(round);
+                }
+                Err(e) => {
+                    let kept = self.lab.cluster.keep_logs();
+                    anyhow::bail!(
+                        "round {} ({fault:?}): {e:#}; logs kept in {}",
+                        i + 1,
+                        kept.display()
+                    );
+                }
+            }
+        }
+        Ok(done)
+    }
+
     /// Stop the client; read the table through the service address; then the
     /// disk checks (one mount at a time, one owner at a time, fsck clean).
     /// Returns (acknowledged, lost ids, mount intervals).

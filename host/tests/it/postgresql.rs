@@ -199,20 +199,15 @@ fn postgresql_on_a_shared_disk_fails_over_losing_no_acknowledged_transaction() {
     )
     .unwrap();
     lab.start_client(Box::new(crate::db_lab::Postgres::default()));
-    for fault in [Fault::Kill, Fault::Isolate, Fault::KillDaemon] {
-        match lab.round(fault, std::time::Duration::from_secs(60)) {
-            Ok(round) => {
-                assert_eq!(round.fault, fault);
-                eprintln!(
-                    "{fault:?}: takeover {} ms, write gap {} ms",
-                    round.takeover_ms, round.write_gap_ms
-                );
-            }
-            Err(e) => {
-                let kept = lab.lab.cluster.keep_logs();
-                panic!("{fault:?}: {e:#}; logs kept in {}", kept.display());
-            }
-        }
+    let faults = [Fault::Kill, Fault::Isolate, Fault::KillDaemon];
+    let rounds = lab.rounds(faults, std::time::Duration::from_secs(60), |_, round| {
+        eprintln!(
+            "{:?}: takeover {} ms, write gap {} ms",
+            round.fault, round.takeover_ms, round.write_gap_ms
+        )
+    });
+    if let Err(e) = rounds {
+        panic!("{e:#}");
     }
     let (acked, lost, mounts) = lab.verify().unwrap();
     assert!(

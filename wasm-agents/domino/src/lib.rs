@@ -15,6 +15,7 @@
 
 wit_bindgen::generate!({ path: "../../plugin-api/wit/v1.1", world: "resource-agent" });
 
+#[macro_use]
 #[path = "../../common/kit.rs"]
 mod kit;
 
@@ -173,21 +174,7 @@ impl Guest for Domino {
         })
     }
 
-    fn promote(_: Request) -> Result<(), AgentError> {
-        kit::unimplemented()
-    }
-    fn demote(_: Request) -> Result<(), AgentError> {
-        kit::unimplemented()
-    }
-    fn notify(_: Request) -> Result<(), AgentError> {
-        kit::unimplemented()
-    }
-    fn reload(_: Request) -> Result<(), AgentError> {
-        kit::unimplemented()
-    }
-    fn recover(_: Request) -> Result<(), AgentError> {
-        kit::unimplemented()
-    }
+    no_optional_actions!();
 }
 
 export!(Domino);

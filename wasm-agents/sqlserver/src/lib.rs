@@ -17,6 +17,7 @@
 
 wit_bindgen::generate!({ path: "../../plugin-api/wit/v1.1", world: "resource-agent" });
 
+#[macro_use]
 #[path = "../../common/kit.rs"]
 mod kit;
 
@@ -220,21 +221,7 @@ impl Guest for SqlServer {
         }
     }
 
-    fn promote(_: Request) -> Result<(), AgentError> {
-        kit::unimplemented()
-    }
-    fn demote(_: Request) -> Result<(), AgentError> {
-        kit::unimplemented()
-    }
-    fn notify(_: Request) -> Result<(), AgentError> {
-        kit::unimplemented()
-    }
-    fn reload(_: Request) -> Result<(), AgentError> {
-        kit::unimplemented()
-    }
-    fn recover(_: Request) -> Result<(), AgentError> {
-        kit::unimplemented()
-    }
+    no_optional_actions!();
 }
 
 export!(SqlServer);
