@@ -14,6 +14,8 @@
 //! target/debug/examples/database_audit mariadb 12
 //! ```
 
+// The lab the tests use; their one-call helper is not needed here.
+#[allow(dead_code)]
 #[path = "../tests/it/db_lab.rs"]
 mod db_lab;
 

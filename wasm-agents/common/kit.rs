@@ -5,7 +5,9 @@
 //! generated in the including crate.
 
 use crate::baton::agent::capabilities;
-use crate::baton::agent::types::{AgentError, ErrorClass, ParamSpec, ParamType, Request};
+use crate::baton::agent::types::{
+    ActionSpec, AgentError, ErrorClass, ParamSpec, ParamType, Request,
+};
 use std::time::{Duration, Instant};
 
 pub fn error(class: ErrorClass, reason: impl Into<String>) -> AgentError {
@@ -34,6 +36,34 @@ pub fn text(name: &str, default: Option<&str>, description: &str) -> ParamSpec {
         unique: false,
         default: default.map(Into::into),
         description: description.into(),
+    }
+}
+
+/// The four actions an adapter implements: validate (10 s), start and stop
+/// (`start_stop_ms` each), and monitor (`monitor_ms`, every `interval_ms`).
+pub fn actions(start_stop_ms: u64, monitor_ms: u64, interval_ms: u64) -> Vec<ActionSpec> {
+    let action = |name: &str, timeout_ms, interval_ms| ActionSpec {
+        action: name.into(),
+        timeout_ms,
+        interval_ms,
+        depth: 0,
+    };
+    vec![
+        action("validate", 10_000, 0),
+        action("start", start_stop_ms, 0),
+        action("stop", start_stop_ms, 0),
+        action("monitor", monitor_ms, interval_ms),
+    ]
+}
+
+/// Each of the parameters `names` is an absolute path, else `misconfigured`.
+pub fn absolute(req: &Request, names: &[&str]) -> Result<(), AgentError> {
+    match names.iter().find(|n| !param(req, n).starts_with('/')) {
+        Some(name) => Err(error(
+            ErrorClass::Misconfigured,
+            format!("parameter {name} must be an absolute path"),
+        )),
+        None => Ok(()),
     }
 }
 

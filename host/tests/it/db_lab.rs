@@ -262,6 +262,19 @@ impl DbLab {
         Ok(done)
     }
 
+    /// The lab test of a database: the three faults in turn (each round
+    /// printed), then [`DbLab::verify`].
+    pub fn each_fault_once(mut self) -> anyhow::Result<(usize, Vec<i64>, usize)> {
+        let faults = [Fault::Kill, Fault::Isolate, Fault::KillDaemon];
+        self.rounds(faults, Duration::from_secs(60), |_, round| {
+            eprintln!(
+                "{:?}: takeover {} ms, write gap {} ms",
+                round.fault, round.takeover_ms, round.write_gap_ms
+            )
+        })?;
+        self.verify()
+    }
+
     /// Stop the client; read the table through the service address; then the
     /// disk checks (one mount at a time, one owner at a time, fsck clean).
     /// Returns (acknowledged, lost ids, mount intervals).

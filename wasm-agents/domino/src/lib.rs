@@ -21,7 +21,7 @@ mod kit;
 
 use baton::agent::capabilities::{self, Command};
 use baton::agent::types::{
-    ActionSpec, AgentError, AgentMetadata, ErrorClass, MonitorState, ParamSpec, ParamType, Request,
+    AgentError, AgentMetadata, ErrorClass, MonitorState, ParamSpec, ParamType, Request,
 };
 use exports::baton::agent::agent::Guest;
 use kit::{error, param, text};
@@ -58,12 +58,6 @@ fn run(
 
 impl Guest for Domino {
     fn metadata() -> AgentMetadata {
-        let action = |name: &str, timeout_ms, interval_ms| ActionSpec {
-            action: name.into(),
-            timeout_ms,
-            interval_ms,
-            depth: 0,
-        };
         AgentMetadata {
             name: "domino".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -89,12 +83,7 @@ impl Guest for Domino {
                     ..text("port", Some("1352"), "The server's NRPC port")
                 },
             ],
-            actions: vec![
-                action("validate", 10_000, 0),
-                action("start", 300_000, 0),
-                action("stop", 300_000, 0),
-                action("monitor", 20_000, 15_000),
-            ],
+            actions: kit::actions(300_000, 20_000, 15_000),
             capabilities: vec![
                 "spawn:{domino_bin}/server".into(),
                 "exec:{domino_bin}/server".into(),
@@ -105,14 +94,7 @@ impl Guest for Domino {
     }
 
     fn validate(req: Request) -> Result<(), AgentError> {
-        for name in ["domino_bin", "notes_ini"] {
-            if !param(&req, name).starts_with('/') {
-                return Err(error(
-                    ErrorClass::Misconfigured,
-                    format!("parameter {name} must be an absolute path"),
-                ));
-            }
-        }
+        kit::absolute(&req, &["domino_bin", "notes_ini"])?;
         Ok(())
     }
 

@@ -22,7 +22,7 @@ mod kit;
 
 use baton::agent::capabilities::{self, Command};
 use baton::agent::types::{
-    ActionSpec, AgentError, AgentMetadata, ErrorClass, MonitorState, ParamType, Request,
+    AgentError, AgentMetadata, ErrorClass, MonitorState, ParamType, Request,
 };
 use exports::baton::agent::agent::Guest;
 use kit::{error, param, text};
@@ -109,12 +109,6 @@ fn check_datadir(req: &Request) -> Result<(), AgentError> {
 
 impl Guest for MariaDb {
     fn metadata() -> AgentMetadata {
-        let action = |name: &str, timeout_ms, interval_ms| ActionSpec {
-            action: name.into(),
-            timeout_ms,
-            interval_ms,
-            depth: 0,
-        };
         AgentMetadata {
             name: "mariadb".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -153,12 +147,7 @@ impl Guest for MariaDb {
                     "Extra server options (--name=value), separated by spaces",
                 ),
             ],
-            actions: vec![
-                action("validate", 10_000, 0),
-                action("start", 120_000, 0),
-                action("stop", 120_000, 0),
-                action("monitor", 30_000, 10_000),
-            ],
+            actions: kit::actions(120_000, 30_000, 10_000),
             capabilities: vec![
                 "spawn:{mariadbd}".into(),
                 "exec:{admin}".into(),
@@ -170,14 +159,7 @@ impl Guest for MariaDb {
     }
 
     fn validate(req: Request) -> Result<(), AgentError> {
-        for name in ["datadir", "mariadbd", "admin", "kill"] {
-            if !param(&req, name).starts_with('/') {
-                return Err(error(
-                    ErrorClass::Misconfigured,
-                    format!("parameter {name} must be an absolute path"),
-                ));
-            }
-        }
+        kit::absolute(&req, &["datadir", "mariadbd", "admin", "kill"])?;
         if let Some(bad) = param(&req, "options")
             .split_whitespace()
             .find(|o| !o.starts_with("--"))

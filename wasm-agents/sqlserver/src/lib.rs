@@ -23,7 +23,7 @@ mod kit;
 
 use baton::agent::capabilities::{self, Command, CommandOutput};
 use baton::agent::types::{
-    ActionSpec, AgentError, AgentMetadata, ErrorClass, MonitorState, ParamSpec, ParamType, Request,
+    AgentError, AgentMetadata, ErrorClass, MonitorState, ParamSpec, ParamType, Request,
 };
 use exports::baton::agent::agent::Guest;
 use kit::{error, param, text};
@@ -93,12 +93,6 @@ fn judge(query: &str, out: &CommandOutput) -> Result<String, AgentError> {
 
 impl Guest for SqlServer {
     fn metadata() -> AgentMetadata {
-        let action = |name: &str, timeout_ms, interval_ms| ActionSpec {
-            action: name.into(),
-            timeout_ms,
-            interval_ms,
-            depth: 0,
-        };
         AgentMetadata {
             name: "sqlserver".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -125,12 +119,7 @@ impl Guest for SqlServer {
                     "Directory with the login's password in a file `password`",
                 ),
             ],
-            actions: vec![
-                action("validate", 10_000, 0),
-                action("start", 120_000, 0),
-                action("stop", 120_000, 0),
-                action("monitor", 30_000, 15_000),
-            ],
+            actions: kit::actions(120_000, 30_000, 15_000),
             capabilities: vec![
                 "spawn:{mssql_dir}/bin/sqlservr".into(),
                 "exec:{tools_dir}/bin/sqlcmd".into(),
@@ -141,14 +130,7 @@ impl Guest for SqlServer {
     }
 
     fn validate(req: Request) -> Result<(), AgentError> {
-        for name in ["mssql_dir", "tools_dir", "credentials_dir"] {
-            if !param(&req, name).starts_with('/') {
-                return Err(error(
-                    ErrorClass::Misconfigured,
-                    format!("parameter {name} must be an absolute path"),
-                ));
-            }
-        }
+        kit::absolute(&req, &["mssql_dir", "tools_dir", "credentials_dir"])?;
         if param(&req, "login").is_empty() {
             return Err(error(ErrorClass::Misconfigured, "parameter login is empty"));
         }
