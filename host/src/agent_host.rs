@@ -255,33 +255,18 @@ impl AgentHandle {
     /// Run `req`: check the parameters and the action, call the backend under the
     /// request's deadline, and map the result to a recovery.
     pub fn call(&self, req: &Request) -> CallReport {
-        self.call_with(req, false)
-    }
-
-    /// [`AgentHandle::call`] on the calling thread where the kind allows it (see
-    /// [`Backend::call_here`]): only for a caller that supervises the deadline
-    /// and can abandon its thread.
-    pub fn call_here(&self, req: &Request) -> CallReport {
-        self.call_with(req, true)
-    }
-
-    fn call_with(&self, req: &Request, here: bool) -> CallReport {
         let started = Instant::now();
         let span = self.call_span(req);
         let _enter = span.enter();
         let req = &self.with_defaults(req);
-        let result = self.precheck(req).and_then(|()| {
-            if here {
-                self.backend.call_here(req)
-            } else {
-                self.backend.call(req)
-            }
-        });
+        let result = self.precheck(req).and_then(|()| self.backend.call(req));
         self.report(req, result, started)
     }
 
-    /// [`AgentHandle::call_here`] for several requests (a monitor round's
-    /// resources of this agent), one report per request in order; a native
+    /// [`AgentHandle::call`] for several requests (a monitor round's resources
+    /// of this agent) on the calling thread where the kind allows it (see
+    /// [`Backend::call_here`]; only for a caller that supervises the deadline
+    /// and can abandon its thread), one report per request in order; a native
     /// runner gets them in one batch ([`Backend::call_many_here`]). Each
     /// report's `elapsed` is the time from the batch's start to its answer.
     pub fn call_many_here(&self, reqs: &[Request]) -> Vec<CallReport> {

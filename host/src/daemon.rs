@@ -417,7 +417,7 @@ fn start_service(svc: &LoadedService) -> Round {
 
 /// Recurring monitor rounds: one at a time per service, each on a thread of a
 /// crew (`crew.rs`) that runs in-process agents' calls on that thread
-/// (`AgentHandle::call_here`, no hand-off to a worker). The loop supervises the
+/// (`AgentHandle::call_many_here`, no hand-off to a worker). The loop supervises the
 /// round instead: one that has not answered within the sum of its calls'
 /// deadlines, plus a second, is a failed monitor, and its late answer is ignored.
 struct Monitors {

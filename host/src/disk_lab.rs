@@ -150,38 +150,17 @@ impl SharedDiskLab {
             baton,
             "",
             Some("python3 LAB_DIR/writer.py LAB_DIR/mnt LAB_DIR/acks"),
+            "",
             |dir, _| Ok(std::fs::write(dir.join("writer.py"), WRITER)?),
         )
     }
 
     /// Build it with `resources` (`[[service.resource]]` tables, `LAB_DIR`
     /// replaced) after the disk's and before the service's process, which runs
-    /// `command` (default: the lab's responder). `prepare` gets the lab's
-    /// directory and the disk before any node starts.
+    /// `command` (default: the lab's responder); `config`: TOML tables after
+    /// `[cluster]`'s own lines (e.g. `[agents.grants]` for a WebAssembly agent).
+    /// `prepare` gets the lab's directory and the disk before any node starts.
     pub fn start_with(
-        prefix: &str,
-        baton: &Path,
-        resources: &str,
-        command: Option<&str>,
-        prepare: impl FnOnce(&Path, &LoopDisk) -> anyhow::Result<()>,
-    ) -> anyhow::Result<SharedDiskLab> {
-        SharedDiskLab::start_spec(prefix, baton, resources, command, "", prepare)
-    }
-
-    /// [`SharedDiskLab::start_with`] for a service of the lab's responder,
-    /// with `config` (TOML tables after `[cluster]`'s own lines, `LAB_DIR`
-    /// replaced: e.g. `[agents.grants]` for a WebAssembly agent).
-    pub fn start_with_config(
-        prefix: &str,
-        baton: &Path,
-        resources: &str,
-        config: &str,
-        prepare: impl FnOnce(&Path, &LoopDisk) -> anyhow::Result<()>,
-    ) -> anyhow::Result<SharedDiskLab> {
-        SharedDiskLab::start_spec(prefix, baton, resources, None, config, prepare)
-    }
-
-    fn start_spec(
         prefix: &str,
         baton: &Path,
         resources: &str,

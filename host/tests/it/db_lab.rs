@@ -112,7 +112,7 @@ impl DbLab {
             adapter = adapter.display().to_string(),
         );
         let bin = pg_bindir()?;
-        let lab = SharedDiskLab::start_with(prefix, baton, &resources, None, |dir, disk| {
+        let lab = SharedDiskLab::start_with(prefix, baton, &resources, None, "", |dir, disk| {
             open_lab_dir(dir)?;
             on_disk(
                 disk,
@@ -138,10 +138,11 @@ impl DbLab {
              params = {{ datadir = \"LAB_DIR/mnt/mysql\", options = \"--init-file=LAB_DIR/init.sql --innodb-flush-log-at-trx-commit=1 --innodb-log-file-size=8M\" }}\n",
             adapter = adapter.display().to_string(),
         );
-        let lab = SharedDiskLab::start_with_config(
+        let lab = SharedDiskLab::start_with(
             prefix,
             baton,
             &resources,
+            None,
             "[agents.grants]\nmariadb = [\"spawn:/usr/sbin/mariadbd as mysql\", \
              \"exec:/usr/bin/mariadb-admin as mysql\", \"exec:/usr/bin/kill as mysql\", \
              \"net:127.0.0.1:3306\", \"read:LAB_DIR/mnt/mysql\"]\n",
