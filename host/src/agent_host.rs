@@ -269,12 +269,12 @@ impl AgentHandle {
     /// and can abandon its thread), one report per request in order; a native
     /// runner gets them in one batch ([`Backend::call_many_here`]). Each
     /// report's `elapsed` is the time from the batch's start to its answer.
-    pub fn call_many_here(&self, reqs: &[Request]) -> Vec<CallReport> {
+    pub fn call_many_here(&self, reqs: Vec<Request>) -> Vec<CallReport> {
         let started = Instant::now();
         let mut passed = Vec::with_capacity(reqs.len());
         let mut refused = Vec::with_capacity(reqs.len());
         for req in reqs {
-            let full = self.with_defaults(req).into_owned();
+            let full = self.fill_defaults(req);
             match self.precheck(&full) {
                 Ok(()) => {
                     passed.push(full);
@@ -360,19 +360,32 @@ impl AgentHandle {
     /// every kind but OCF: an OCF agent applies its own defaults (`OCF_RESKEY_x`
     /// unset means "use the default"), as Pacemaker leaves them to it.
     fn with_defaults<'a>(&self, req: &'a Request) -> std::borrow::Cow<'a, Request> {
-        let missing = |p: &&baton_plugin_api::ParamSpec| {
-            p.default.is_some() && !req.params.contains_key(&p.name)
-        };
-        let meta = self.metadata();
-        if self.kind() == AgentKind::Ocf || !meta.parameters.iter().any(|p| missing(&p)) {
+        if self.missing_defaults(req).next().is_none() {
             return std::borrow::Cow::Borrowed(req);
         }
-        let mut full = req.clone();
-        for p in meta.parameters.iter().filter(missing) {
-            full.params
-                .insert(p.name.clone(), p.default.clone().unwrap_or_default());
-        }
-        std::borrow::Cow::Owned(full)
+        std::borrow::Cow::Owned(self.fill_defaults(req.clone()))
+    }
+
+    /// `req` with its missing defaults filled in (see `with_defaults`).
+    fn fill_defaults(&self, mut req: Request) -> Request {
+        let missing: Vec<(String, String)> = self
+            .missing_defaults(&req)
+            .map(|p| (p.name.clone(), p.default.clone().unwrap_or_default()))
+            .collect();
+        req.params.extend(missing);
+        req
+    }
+
+    /// The parameters with a default that `req` does not set (none for OCF).
+    fn missing_defaults<'a>(
+        &'a self,
+        req: &'a Request,
+    ) -> impl Iterator<Item = &'a baton_plugin_api::ParamSpec> + 'a {
+        let ocf = self.kind() == AgentKind::Ocf;
+        self.metadata()
+            .parameters
+            .iter()
+            .filter(move |p| !ocf && p.default.is_some() && !req.params.contains_key(&p.name))
     }
 
     fn precheck(&self, req: &Request) -> Result<(), Failure> {

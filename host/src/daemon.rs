@@ -529,7 +529,7 @@ fn monitor_service(svc: &LoadedService) -> Round {
                 req
             })
             .collect();
-        for (j, report) in same.into_iter().zip(handle.call_many_here(&reqs)) {
+        for (j, report) in same.into_iter().zip(handle.call_many_here(reqs)) {
             reports[j] = Some(report);
         }
     }

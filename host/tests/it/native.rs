@@ -405,7 +405,7 @@ fn a_batch_of_monitors_answers_each_even_when_one_hangs_and_one_crashes() {
             )
         })
         .collect();
-    let reports = agent.call_many_here(&reqs);
+    let reports = agent.call_many_here(reqs);
     assert_eq!(reports.len(), modes.len());
     for (i, (report, mode)) in reports.iter().zip(modes).enumerate() {
         assert_eq!(report.resource, format!("batch-{i}"));
