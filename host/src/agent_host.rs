@@ -335,8 +335,7 @@ impl AgentHandle {
             end_overrun_stop(req, f);
         }
         let recovery = match &result {
-            Ok(Outcome::State(s)) => recovery_for_state(*s),
-            Ok(_) => Recovery::None,
+            Ok(outcome) => outcome.state().map_or(Recovery::None, recovery_for_state),
             Err(f) => recovery_for(req.action, &f.as_agent_error()),
         };
         let elapsed_us = started.elapsed().as_micros() as u64;

@@ -85,6 +85,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Promote a promotable service's replica on a node (the current one is
+    /// demoted first). Refused while that replica lacks acknowledged writes,
+    /// unless `--force`: then the writes it lacks are lost.
+    Promote {
+        /// The service.
+        service: String,
+        /// The node whose replica to promote.
+        #[arg(long)]
+        on: String,
+        /// Promote it even if it is behind the acknowledged position.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        daemon: DaemonAddress,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Forget a service's failures, ban and block on this node; retry a failed stop.
     Clear {
         /// The service.
@@ -342,6 +360,20 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             return control_command(&daemon.path()?, &req, *json);
         }
+        Command::Promote {
+            service,
+            on,
+            force,
+            daemon,
+            json,
+        } => {
+            let req = ControlRequest::Promote {
+                service: service.clone(),
+                on: on.clone(),
+                force: *force,
+            };
+            return control_command(&daemon.path()?, &req, *json);
+        }
         Command::Clear {
             service,
             daemon,
@@ -374,7 +406,10 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::daemon::run(config, &node, runner_exe()?, paths)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { .. } | Command::Move { .. } | Command::Clear { .. } => {
+        Command::Status { .. }
+        | Command::Move { .. }
+        | Command::Promote { .. }
+        | Command::Clear { .. } => {
             unreachable!("handled above")
         }
         Command::Agent(cmd) => agent(cmd, AgentCatalog::new(config, runner_exe()?)),
@@ -560,6 +595,30 @@ fn print_status(s: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
                     .as_u64()
                     .map(|ms| format!("ends in {} s", ms.div_ceil(1000)))
                     .unwrap_or_else(|| "until cleared".into())
+            );
+        }
+        let p = &svc["promotion"];
+        if p.is_object() {
+            println!(
+                "  {} here; promoted {}: {}",
+                p["here"].as_str().unwrap_or("?"),
+                p["promoted"].as_str().unwrap_or("nowhere"),
+                p["why"].as_str().unwrap_or("")
+            );
+            let scores: Vec<String> = p["scores"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(n, sc)| format!("{n} {}", sc.as_str().unwrap_or("?")))
+                .collect();
+            println!(
+                "  scores: {}; acknowledged {}",
+                if scores.is_empty() {
+                    "none".into()
+                } else {
+                    scores.join(", ")
+                },
+                p["acknowledged"].as_str().unwrap_or("unknown")
             );
         }
         if svc["failures"].as_u64().unwrap_or(0) > 0 {

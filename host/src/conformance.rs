@@ -73,20 +73,24 @@ impl Tester<'_> {
 
     fn run(&mut self, name: &str, req: Request, expect: Expect) -> bool {
         let report: CallReport = self.agent.call(&req);
+        let state = report.result.as_ref().ok().and_then(Outcome::state);
         let (passed, got) = match (&report.result, expect) {
             (Ok(Outcome::Done), Expect::Done | Expect::DoneOrUnimplemented) => {
                 (true, "ok".to_string())
             }
-            (Ok(Outcome::State(s)), Expect::Running) => (
-                matches!(s, MonitorState::Running | MonitorState::Degraded),
-                s.to_string(),
+            (Ok(outcome), Expect::Running) if state.is_some() => (
+                matches!(state, Some(MonitorState::Running | MonitorState::Degraded)),
+                outcome.to_string(),
             ),
-            (Ok(Outcome::State(s)), Expect::Promoted) => (
-                matches!(s, MonitorState::Promoted | MonitorState::DegradedPromoted),
-                s.to_string(),
+            (Ok(outcome), Expect::Promoted) if state.is_some() => (
+                matches!(
+                    state,
+                    Some(MonitorState::Promoted | MonitorState::DegradedPromoted)
+                ),
+                outcome.to_string(),
             ),
-            (Ok(Outcome::State(s)), Expect::NotRunning) => {
-                (*s == MonitorState::NotRunning, s.to_string())
+            (Ok(outcome), Expect::NotRunning) if state.is_some() => {
+                (state == Some(MonitorState::NotRunning), outcome.to_string())
             }
             (Err(f), Expect::DoneOrUnimplemented)
                 if f.class == baton_plugin_api::ErrorClass::Unimplemented =>
@@ -215,7 +219,7 @@ pub fn run(
     // If the resource already runs here, stop it first (as ocf-tester does).
     let mut probe = t.request(Action::Monitor);
     probe.probe = true;
-    if matches!(agent.call(&probe).result, Ok(Outcome::State(s)) if s.is_active()) {
+    if matches!(agent.call(&probe).result.ok().and_then(|o| o.state()), Some(s) if s.is_active()) {
         t.action(
             "stop a resource found running before the test",
             Action::Stop,

@@ -28,6 +28,16 @@ pub enum ControlRequest {
         /// How long the move holds; `None`: until cleared or the target leaves.
         for_ms: Option<u64>,
     },
+    /// Promote a promotable service's replica on a node (`force`: even if it
+    /// lacks acknowledged writes).
+    Promote {
+        /// The service's name.
+        service: String,
+        /// The node whose replica to promote.
+        on: String,
+        /// Promote even a replica that is behind the acknowledged position.
+        force: bool,
+    },
     /// End a move taken on this node.
     Unmove {
         /// The service's name.

@@ -6,7 +6,8 @@
 use crate::agent_host::{AgentHandle, CallReport};
 use crate::catalog::AgentCatalog;
 use crate::cluster::config::{ClusterConfig, ServiceSection};
-use crate::cluster::node::{ClusterNode, Command, Phase};
+use crate::cluster::node::{ClusterNode, Command, Phase, Role};
+use crate::cluster::placement::show_score;
 use crate::cluster::wire::{ClusterKey, Drop, NodeId, ReplayGuard, decode, encode};
 use crate::config::Config;
 use crate::control::{ControlReply, ControlRequest};
@@ -15,7 +16,7 @@ use crate::guardian::{Charge, Guardian, descendant_groups};
 use crate::watchdog::Watchdog;
 use crate::witness_worker::{DiskStore, FileStore, Op, WitnessWorker};
 use anyhow::{Context, bail};
-use baton_plugin_api::{Action, MonitorState, Outcome, Recovery, Request, service};
+use baton_plugin_api::{Action, MonitorState, Promotion, Recovery, Request, service};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -55,6 +56,11 @@ struct LoadedService {
     addresses: Vec<std::net::IpAddr>,
     /// The mount points of its `filesystem` resources (for the guardian).
     mounts: Vec<PathBuf>,
+    /// For a promotable service, per resource: whether it is replicated (its
+    /// agent implements promote: it runs on every member and is promoted on
+    /// one) or follows the promoted role (started on promotion, stopped on
+    /// demotion: the service address). Empty for other services.
+    replicated: Vec<bool>,
     /// Held by a start or stop round: the two never run at once, or a stop could
     /// finish (and the claim go) while the start still adds resources.
     round: std::sync::Mutex<()>,
@@ -67,6 +73,8 @@ struct LoadedService {
 struct Round {
     result: Result<(), (Recovery, String)>,
     states: Vec<String>,
+    /// A monitor's promotion score of the replicated resource (promotable services).
+    score: Option<Promotion>,
 }
 
 /// Where agent work reports back: the loop's channel, and its bell (see wake.rs).
@@ -88,6 +96,8 @@ impl DoneSender {
 enum Done {
     Started(usize, Round),
     Stopped(usize, bool, Vec<String>),
+    Promoted(usize, Round),
+    Demoted(usize, bool, Vec<String>),
     /// A monitor round of a service, with its number (see `Monitors`).
     Monitored(usize, u64, Round),
     Fenced(NodeId, u64, bool),
@@ -110,9 +120,11 @@ fn status_key(node: &ClusterNode, now: u64, local_changes: u64) -> String {
         .map(|m| (m.service, m.to))
         .collect();
     format!(
-        "{:?}{:?}{:?}{quorum:?}{links:?}{:?}{:?}{waiting:?}{:?}{moves:?}{local_changes}",
+        "{:?}{:?}{:?}{:?}{:?}{quorum:?}{links:?}{:?}{:?}{waiting:?}{:?}{moves:?}{local_changes}",
         node.phases(),
         node.placements(),
+        node.roles(),
+        node.promotions(),
         node.membership().view(),
         fence.confirmed,
         fence.running,
@@ -211,7 +223,26 @@ struct ServiceStatus<'a> {
     /// An operator's move in effect.
     #[serde(rename = "move")]
     moving: Option<MoveStatus<'a>>,
+    /// A promotable service's promoted role.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    promotion: Option<PromotionStatus<'a>>,
     resources: Vec<ResourceStatus<'a>>,
+}
+
+/// Where a promotable service is promoted, and what the choice rests on.
+#[derive(Serialize)]
+struct PromotionStatus<'a> {
+    /// This node's role (replica, claiming, promoting, promoted, demoting).
+    here: &'static str,
+    /// The node that should be promoted.
+    promoted: Option<&'a str>,
+    /// Why there, or why nowhere.
+    why: String,
+    /// Each member's replica score (generation/position).
+    scores: BTreeMap<&'a str, String>,
+    /// The highest acknowledged position known: a replica below it lacks
+    /// acknowledged writes.
+    acknowledged: Option<String>,
 }
 
 fn load_services(
@@ -294,12 +325,32 @@ fn load_service(
         .filter(|(h, _)| h.metadata().name == "filesystem")
         .filter_map(|(_, req)| req.params.get("directory").map(PathBuf::from))
         .collect();
+    let replicated: Vec<bool> = if s.strategy == "promotable" {
+        resources
+            .iter()
+            .map(|(h, _)| h.metadata().implements(Action::Promote))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if s.strategy == "promotable" && !replicated.contains(&true) {
+        bail!(
+            "service[{i}] ({}) is promotable, but none of its resources' agents implements promote ({}); use strategy = \"clone\" or add the replicated resource",
+            s.name,
+            s.resources
+                .iter()
+                .map(|r| r.agent.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     Ok(LoadedService {
         name: s.name.clone(),
         resources,
         monitor_every,
         addresses,
         mounts,
+        replicated,
         round: std::sync::Mutex::new(()),
         abort: std::sync::atomic::AtomicBool::new(false),
     })
@@ -328,11 +379,11 @@ fn call(
 /// resource's state in words.
 fn judge(report: &CallReport) -> (Result<(), Recovery>, String) {
     let action = report.action;
-    match report.result {
-        Ok(Outcome::State(s)) if s.is_active() && s != MonitorState::FailedPromoted => {
-            (Ok(()), s.to_string())
+    match report.result.as_ref().map(|o| (o.state(), o)) {
+        Ok((Some(s), outcome)) if s.is_active() && s != MonitorState::FailedPromoted => {
+            (Ok(()), outcome.to_string())
         }
-        Ok(Outcome::State(s)) => {
+        Ok((Some(s), _)) => {
             tracing::warn!(resource = %report.resource, "{action}: {s}; recovery {}", report.recovery);
             (Err(report.recovery), s.to_string())
         }
@@ -378,41 +429,132 @@ fn witness_op(node: &ClusterNode, me: NodeId, healthy: bool) -> Op {
     }
 }
 
-/// Start the resources in order; on a failure, stop the ones started, in reverse.
+impl LoadedService {
+    /// Whether resource `k` follows the promoted role (a promotable service's
+    /// resource whose agent cannot be promoted: it runs only where promoted).
+    fn follows_role(&self, k: usize) -> bool {
+        self.replicated.get(k) == Some(&false)
+    }
+}
+
+/// Start the service's resources in order (of a promotable service, its
+/// replicas); on a failure, stop the ones started, in reverse.
 fn start_service(svc: &LoadedService) -> Round {
     let _round = svc.round.lock().unwrap_or_else(|e| e.into_inner());
     svc.abort.store(false, Ordering::SeqCst);
     let mut states = vec!["stopped".to_string(); svc.resources.len()];
+    let result = start_resources(svc, &mut states, |k| !svc.follows_role(k));
+    if result.is_ok() {
+        tracing::info!(service = %svc.name, "started");
+    }
+    Round {
+        result,
+        states,
+        score: None,
+    }
+}
+
+/// Promote a promotable service here: promote its replicated resources, then
+/// start the ones that follow the role (the service address), in order. A
+/// failure stops what this round started; the cluster stops the rest.
+fn promote_service(svc: &LoadedService, states: Vec<String>) -> Round {
+    let _round = svc.round.lock().unwrap_or_else(|e| e.into_inner());
+    svc.abort.store(false, Ordering::SeqCst);
+    let mut states = states;
+    states.resize(svc.resources.len(), "stopped".into());
     for (k, (handle, req)) in svc.resources.iter().enumerate() {
+        if svc.follows_role(k) {
+            continue;
+        }
+        let (result, state) = call(handle, req, Action::Promote, None);
+        states[k] = state;
+        if let Err(recovery) = result {
+            let failure = format!("{}: {}", req.context.resource, states[k]);
+            return Round {
+                result: Err((recovery, failure)),
+                states,
+                score: None,
+            };
+        }
+        states[k] = "promoted".into();
+    }
+    let result = start_resources(svc, &mut states, |k| svc.follows_role(k));
+    if result.is_ok() {
+        tracing::info!(service = %svc.name, "promoted");
+    }
+    Round {
+        result,
+        states,
+        score: None,
+    }
+}
+
+/// Demote a promotable service here: stop the resources that follow the role,
+/// in reverse, then demote the replicated ones. False if any step failed.
+fn demote_service(svc: &LoadedService, states: Vec<String>) -> (bool, Vec<String>) {
+    let _round = svc.round.lock().unwrap_or_else(|e| e.into_inner());
+    let mut states = states;
+    states.resize(svc.resources.len(), "stopped".into());
+    let mut ok = true;
+    for (k, (handle, req)) in svc.resources.iter().enumerate().rev() {
+        let action = if svc.follows_role(k) {
+            Action::Stop
+        } else {
+            Action::Demote
+        };
+        let (result, state) = call(handle, req, action, None);
+        ok &= result.is_ok();
+        states[k] = if result.is_ok() && action == Action::Demote {
+            "running".into()
+        } else {
+            state
+        };
+    }
+    if ok {
+        tracing::info!(service = %svc.name, "demoted");
+    } else {
+        tracing::error!(service = %svc.name, "demote failed: the service stops here");
+    }
+    (ok, states)
+}
+
+/// Start the resources `which` selects, in order; on a failure, stop the ones
+/// this round started, in reverse.
+fn start_resources(
+    svc: &LoadedService,
+    states: &mut [String],
+    which: impl Fn(usize) -> bool,
+) -> Result<(), (Recovery, String)> {
+    let mut started = Vec::new();
+    for (k, (handle, req)) in svc.resources.iter().enumerate() {
+        if !which(k) {
+            continue;
+        }
         if svc.abort.load(Ordering::SeqCst) {
             // A stop is waiting: start nothing more; it stops what started.
-            return Round {
-                result: Err((
-                    Recovery::RestartHere,
-                    format!("start of {} given up for a stop", svc.name),
-                )),
-                states,
-            };
+            return Err((
+                Recovery::RestartHere,
+                format!("start of {} given up for a stop", svc.name),
+            ));
         }
         let (result, state) = call(handle, req, Action::Start, None);
         states[k] = state;
         if let Err(recovery) = result {
             let failure = format!("{}: {}", req.context.resource, states[k]);
-            let (stopped, rolled_back) = stop_resources(&svc.resources[..k], None);
-            states[..k].clone_from_slice(&rolled_back);
+            let mut stopped = true;
+            for &j in started.iter().rev() {
+                let (h, r): &(Arc<AgentHandle>, Request) = &svc.resources[j];
+                let (result, state) = call(h, r, Action::Stop, None);
+                stopped &= result.is_ok();
+                states[j] = state;
+            }
             // A start that failed and a stop that did not: the node must be fenced.
             let recovery = if stopped { recovery } else { Recovery::Fence };
-            return Round {
-                result: Err((recovery, failure)),
-                states,
-            };
+            return Err((recovery, failure));
         }
+        started.push(k);
     }
-    tracing::info!(service = %svc.name, "started");
-    Round {
-        result: Ok(()),
-        states,
-    }
+    Ok(())
 }
 
 /// Recurring monitor rounds: one at a time per service, each on a thread of a
@@ -463,6 +605,7 @@ impl Monitors {
         &mut self,
         i: usize,
         now: u64,
+        promoted: bool,
         services: &Arc<Vec<LoadedService>>,
         done: &DoneSender,
     ) {
@@ -477,7 +620,7 @@ impl Monitors {
         let all = Arc::clone(services);
         let tx = done.clone();
         let launched = self.crew.launch(move || {
-            tx.send(Done::Monitored(i, id, monitor_service(&all[i])));
+            tx.send(Done::Monitored(i, id, monitor_service(&all[i], promoted)));
         });
         if let Err(e) = launched {
             // The round is overdue at its deadline and counts as failed then.
@@ -512,14 +655,16 @@ impl Monitors {
 /// Monitor every resource; healthy when each answers running, degraded or promoted.
 /// The resources of one agent go to it together, on this thread
 /// (`AgentHandle::call_many_here`: a native runner gets them in one batch).
-fn monitor_service(svc: &LoadedService) -> Round {
+fn monitor_service(svc: &LoadedService, promoted: bool) -> Round {
+    // A promotable service's resources that follow the role run only where promoted.
+    let watched = |k: usize| promoted || !svc.follows_role(k);
     let mut reports: Vec<Option<CallReport>> = vec![None; svc.resources.len()];
     for (k, (handle, _)) in svc.resources.iter().enumerate() {
-        if reports[k].is_some() {
+        if reports[k].is_some() || !watched(k) {
             continue;
         }
         let same: Vec<usize> = (k..svc.resources.len())
-            .filter(|&j| Arc::ptr_eq(&svc.resources[j].0, handle))
+            .filter(|&j| watched(j) && Arc::ptr_eq(&svc.resources[j].0, handle))
             .collect();
         let reqs: Vec<Request> = same
             .iter()
@@ -534,8 +679,10 @@ fn monitor_service(svc: &LoadedService) -> Round {
         }
     }
     let mut result = Ok(());
-    let mut states = Vec::new();
-    for report in reports.iter().flatten() {
+    let mut states = vec!["stopped".to_string(); svc.resources.len()];
+    let mut score = None;
+    for (k, report) in reports.iter().enumerate() {
+        let Some(report) = report else { continue };
         let (r, state) = judge(report);
         if let Err(recovery) = r {
             let failure = format!("{}: {state}", report.resource);
@@ -544,9 +691,16 @@ fn monitor_service(svc: &LoadedService) -> Round {
                 Err((worse, first)) => Err((worst(worse, recovery), first)),
             };
         }
-        states.push(state);
+        if score.is_none() {
+            score = report.result.as_ref().ok().and_then(|o| o.promotion());
+        }
+        states[k] = state;
     }
-    Round { result, states }
+    Round {
+        result,
+        states,
+        score,
+    }
 }
 
 /// Stop resources in reverse order; false if any stop failed (it may still run).
@@ -621,7 +775,7 @@ fn clean_up_leftovers(services: &[LoadedService]) -> anyhow::Result<()> {
                 let mut req = base.clone();
                 req.action = Action::Monitor;
                 req.probe = true;
-                matches!(h.call(&req).result, Ok(Outcome::State(s)) if s.is_active())
+                matches!(h.call(&req).result.ok().and_then(|o| o.state()), Some(s) if s.is_active())
             })
             .collect();
         if !running.contains(&true) {
@@ -869,8 +1023,13 @@ pub fn run(
         socket = %socket_path.display(),
         "baton node running"
     );
-    let run_command = |c: Command, tx: &DoneSender, quorate: bool| {
+    let run_command = |c: Command, tx: &DoneSender, quorate: bool, local: &[Local]| {
         let services = Arc::clone(&services);
+        // A promotion or demotion changes some resources' states; it starts from the others'.
+        let states = match c {
+            Command::Promote(i) | Command::Demote(i) => local[i].states.clone(),
+            _ => Vec::new(),
+        };
         let fencer = fencer.clone();
         let tx = tx.clone();
         let target = match &c {
@@ -886,6 +1045,11 @@ pub fn run(
                     let cap = (!quorate).then_some(self_fence_ms);
                     let (ok, states) = stop_service(&services[i], cap);
                     Done::Stopped(i, ok, states)
+                }
+                Command::Promote(i) => Done::Promoted(i, promote_service(&services[i], states)),
+                Command::Demote(i) => {
+                    let (ok, states) = demote_service(&services[i], states);
+                    Done::Demoted(i, ok, states)
                 }
                 Command::Fence { node, incarnation } => {
                     let ok = fencer.as_ref().is_some_and(|f| fence(f, &target));
@@ -963,6 +1127,21 @@ pub fn run(
                     local[i].states = states;
                     node.stop_done(i, ok)
                 }
+                Done::Promoted(i, round) => {
+                    guardian.next_scan = 0;
+                    local_changes += 1;
+                    local[i].states = round.states;
+                    let result = round.result.map_err(|(recovery, failure)| {
+                        local[i].last_failure = Some(failure);
+                        recovery
+                    });
+                    node.promote_done(i, result, now)
+                }
+                Done::Demoted(i, ok, states) => {
+                    local_changes += 1;
+                    local[i].states = states;
+                    node.demote_done(i, ok, now)
+                }
                 Done::Monitored(i, id, round) => {
                     let current = monitors.finish(i, id);
                     monitors.schedule(i, now + services[i].monitor_every);
@@ -973,6 +1152,7 @@ pub fn run(
                             local_changes += 1;
                         }
                         local[i].states = round.states;
+                        node.set_promotion(i, round.score);
                         match round.result {
                             Ok(()) => Vec::new(),
                             Err((recovery, failure)) => {
@@ -991,7 +1171,7 @@ pub fn run(
                 }
             };
             for c in commands {
-                run_command(c, &done_tx, quorate_now(&node));
+                run_command(c, &done_tx, quorate_now(&node), &local);
             }
         }
         // A claim moves on at once (published, acknowledged, started), and a
@@ -1008,7 +1188,7 @@ pub fn run(
             let answer = match control_request(&mut node, &req, &cluster, &names, now) {
                 Ok((message, commands)) => {
                     for c in commands {
-                        run_command(c, &done_tx, quorate_now(&node));
+                        run_command(c, &done_tx, quorate_now(&node), &local);
                     }
                     let status = (req == ControlRequest::Status).then(|| {
                         let mut st =
@@ -1037,7 +1217,8 @@ pub fn run(
                 && node.phases()[i] == Phase::Running
                 && monitors.due(i, now)
             {
-                monitors.launch(i, now, &services, &done_tx);
+                let promoted = node.roles()[i] == Role::Promoted;
+                monitors.launch(i, now, promoted, &services, &done_tx);
             }
         }
         for (i, ms) in monitors.overdue(now) {
@@ -1049,7 +1230,7 @@ pub fn run(
                 tracing::error!(service = %services[i].name, "{failure}");
                 local[i].last_failure = Some(failure);
                 for c in node.service_failed(i, now, Recovery::RestartHere) {
-                    run_command(c, &done_tx, quorate_now(&node));
+                    run_command(c, &done_tx, quorate_now(&node), &local);
                 }
             }
         }
@@ -1067,7 +1248,7 @@ pub fn run(
             send(packets);
             let quorate = quorate_now(&node);
             for c in commands {
-                run_command(c, &done_tx, quorate);
+                run_command(c, &done_tx, quorate, &local);
             }
             if quorate {
                 quorate_at = now;
@@ -1250,7 +1431,7 @@ fn control_request(
                 .ok_or_else(|| format!("no node is named {to:?}"))?
                 .id;
             let until = for_ms.map(|d| now + d);
-            node.move_service(i, target, until)?;
+            node.move_service(i, target, until, false)?;
             Ok((
                 match for_ms {
                     Some(d) => format!(
@@ -1260,6 +1441,32 @@ fn control_request(
                     None => format!(
                         "moving {service} to {to} until `baton move {service} --clear` or {to} leaves"
                     ),
+                },
+                Vec::new(),
+            ))
+        }
+        ControlRequest::Promote { service, on, force } => {
+            let i = service_index(cluster, service)?;
+            if cluster.services[i].strategy != "promotable" {
+                return Err(format!(
+                    "{service} is not promotable (strategy {}); use `baton move {service} --to {on}`",
+                    cluster.services[i].strategy
+                ));
+            }
+            let target = cluster
+                .node(on)
+                .ok_or_else(|| format!("no node is named {on:?}"))?
+                .id;
+            node.move_service(i, target, None, *force)?;
+            Ok((
+                if *force {
+                    format!(
+                        "promoting {service} on {on}, forced: writes acknowledged beyond its replica's position are lost"
+                    )
+                } else {
+                    format!(
+                        "promoting {service} on {on} once its replica holds every acknowledged write; `baton status` shows why it waits"
+                    )
                 },
                 Vec::new(),
             ))
@@ -1374,6 +1581,17 @@ fn status<'a>(
                     to: n(&m.to),
                     by: n(&m.issuer),
                     ends_in_ms: m.until.map(|u| u.saturating_sub(now)),
+                }),
+                promotion: (s.strategy == "promotable").then(|| PromotionStatus {
+                    here: node.roles()[i].name(),
+                    promoted: node.promotions()[i].owner.as_ref().map(n),
+                    why: node.promotions()[i].why.clone(),
+                    scores: node
+                        .scores(i)
+                        .into_iter()
+                        .map(|(id, sc)| (n(&id), show_score(sc)))
+                        .collect(),
+                    acknowledged: node.acknowledged(i).map(show_score),
                 }),
                 resources: s
                     .resources

@@ -34,7 +34,7 @@ mod version;
 
 pub use capability::{Capability, CapabilityError, CapabilitySet, Grant};
 pub use metadata::{ActionSpec, Metadata, MetadataError, ParamSpec, ParamType};
-pub use outcome::{AgentError, ErrorClass, MonitorState, Outcome};
+pub use outcome::{AgentError, ErrorClass, MonitorState, Outcome, Promotion};
 pub use params::{ParamProblem, Params, check_params};
 pub use recovery::{Recovery, recovery_for, recovery_for_state};
 pub use version::{CONTRACT_VERSION, ContractVersion, SUPPORTED_CONTRACTS, VersionError};
@@ -270,6 +270,15 @@ pub trait ResourceAgent: Send + Sync {
         let _ = req;
         Err(AgentError::unimplemented(Action::Recover))
     }
+
+    /// How much of the data this instance holds (optional, contract 1.2): asked
+    /// right after a `monitor` that found the instance active, from agents that
+    /// implement `promote`. `None`: no score now (the instance cannot tell), so it
+    /// is not promoted unless an operator forces it. See [`Promotion`].
+    fn promotion_score(&self, req: &Request) -> Result<Option<Promotion>, AgentError> {
+        let _ = req;
+        Ok(None)
+    }
 }
 
 /// Run `req` on `agent`: the single place that turns a [`Request`] into a trait call.
@@ -281,7 +290,16 @@ pub fn dispatch(agent: &dyn ResourceAgent, req: &Request) -> Result<Outcome, Age
         Action::Validate => done(agent.validate(req)),
         Action::Start => done(agent.start(req)),
         Action::Stop => done(agent.stop(req)),
-        Action::Monitor => agent.monitor(req).map(Outcome::State),
+        Action::Monitor => {
+            let state = agent.monitor(req)?;
+            if !state.is_active() {
+                return Ok(Outcome::State(state));
+            }
+            Ok(match agent.promotion_score(req)? {
+                Some(promotion) => Outcome::Scored { state, promotion },
+                None => Outcome::State(state),
+            })
+        }
         Action::Promote => done(agent.promote(req)),
         Action::Demote => done(agent.demote(req)),
         Action::Notify => done(agent.notify(req)),

@@ -56,6 +56,72 @@ pub enum Outcome {
     State(MonitorState),
     /// `meta-data`'s answer.
     Metadata(Box<Metadata>),
+    /// `monitor`'s answer with the instance's promotion score (contract 1.2: an
+    /// agent that implements `promote` and reports
+    /// [`ResourceAgent::promotion_score`](crate::ResourceAgent::promotion_score)).
+    Scored {
+        /// The state, as in [`Outcome::State`].
+        state: MonitorState,
+        /// How much of the data this instance holds.
+        promotion: Promotion,
+    },
+}
+
+impl Outcome {
+    /// The monitor state of a `monitor` answer, scored or not.
+    pub fn state(&self) -> Option<MonitorState> {
+        match self {
+            Outcome::State(s) | Outcome::Scored { state: s, .. } => Some(*s),
+            _ => None,
+        }
+    }
+
+    /// The promotion score of a scored `monitor` answer.
+    pub fn promotion(&self) -> Option<Promotion> {
+        match self {
+            Outcome::Scored { promotion, .. } => Some(*promotion),
+            _ => None,
+        }
+    }
+}
+
+/// How much of a replicated service's data one instance holds (contract 1.2), so
+/// the cluster promotes the most up-to-date replica and never one that lacks a
+/// write the promoted instance acknowledged.
+///
+/// Scores compare as `(generation, position)`: a higher generation always wins,
+/// then the higher position. Both must only grow with every write and every
+/// promotion (for PostgreSQL: the timeline and the log position).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Promotion {
+    /// Which history the data is on (a database's timeline); bumped by a promotion.
+    pub generation: u64,
+    /// How far along that history this instance is (a database's log position).
+    pub position: u64,
+    /// Only from the promoted instance: the position every write it has
+    /// acknowledged so far lies within. With synchronous replication, what its
+    /// synchronous replicas confirmed; with asynchronous replication, its own
+    /// position. A replica below it would lose acknowledged writes, so the
+    /// cluster does not promote it unless an operator forces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged: Option<u64>,
+}
+
+impl Promotion {
+    /// The score as one comparable key.
+    pub fn key(&self) -> (u64, u64) {
+        (self.generation, self.position)
+    }
+}
+
+impl fmt::Display for Promotion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{:X}", self.generation, self.position)?;
+        if let Some(a) = self.acknowledged {
+            write!(f, " (acknowledged {}/{a:X})", self.generation)?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for Outcome {
@@ -64,6 +130,7 @@ impl fmt::Display for Outcome {
             Outcome::Done => f.write_str("ok"),
             Outcome::State(s) => write!(f, "{s}"),
             Outcome::Metadata(m) => write!(f, "meta-data of {} {}", m.name, m.version),
+            Outcome::Scored { state, promotion } => write!(f, "{state}, score {promotion}"),
         }
     }
 }

@@ -18,11 +18,14 @@ pub struct ContractVersion {
 }
 
 /// The contract this crate describes, and that agents built with it declare.
-pub const CONTRACT_VERSION: ContractVersion = ContractVersion::new(1, 1);
+pub const CONTRACT_VERSION: ContractVersion = ContractVersion::new(1, 2);
 
 /// The contract versions this host loads: every `1.x` up to [`CONTRACT_VERSION`].
-pub const SUPPORTED_CONTRACTS: &[ContractVersion] =
-    &[ContractVersion::new(1, 0), ContractVersion::new(1, 1)];
+pub const SUPPORTED_CONTRACTS: &[ContractVersion] = &[
+    ContractVersion::new(1, 0),
+    ContractVersion::new(1, 1),
+    ContractVersion::new(1, 2),
+];
 
 impl ContractVersion {
     /// A version from its parts.
@@ -134,11 +137,12 @@ mod tests {
         let err = ContractVersion::new(2, 0).check_supported().unwrap_err();
         let text = err.to_string();
         assert!(text.contains("built for contract 2.0"), "{text}");
-        assert!(text.contains("1.0..=1.1"), "{text}");
+        assert!(text.contains("1.0..=1.2"), "{text}");
         assert!(text.contains("upgrade baton"), "{text}");
         assert!(ContractVersion::new(1, 0).check_supported().is_ok());
         assert!(ContractVersion::new(1, 1).check_supported().is_ok());
-        assert!(ContractVersion::new(1, 2).check_supported().is_err());
+        assert!(ContractVersion::new(1, 2).check_supported().is_ok());
+        assert!(ContractVersion::new(1, 3).check_supported().is_err());
         assert!(ContractVersion::new(0, 9).check_supported().is_err());
     }
 }

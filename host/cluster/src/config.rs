@@ -301,6 +301,7 @@ fn strategy(name: &str) -> Option<Strategy> {
         "n-to-1" => Strategy::NToOne,
         "rotating" => Strategy::Rotating,
         "clone" => Strategy::Clone,
+        "promotable" => Strategy::Promotable,
         _ => return None,
     })
 }
@@ -398,12 +399,16 @@ impl ClusterConfig {
         for (i, s) in raw.service.iter().enumerate() {
             if strategy(&s.strategy).is_none() {
                 errors.push(format!(
-                    "service[{i}].strategy: {:?} is not a strategy; use standby, mutual, n-to-1, rotating or clone",
+                    "service[{i}].strategy: {:?} is not a strategy; use standby, mutual, n-to-1, rotating, clone or promotable",
                     s.strategy
                 ));
             }
             match (s.without_quorum.as_str(), strategy(&s.strategy)) {
                 ("stop", _) | ("keep", Some(Strategy::Clone)) => {}
+                ("keep", Some(Strategy::Promotable)) => errors.push(format!(
+                    "service[{i}].without_quorum: keep is only for clones; {} is promotable, and a node without quorum must give up its promoted role, so it stops (remove the line)",
+                    s.name
+                )),
                 ("keep", _) => errors.push(format!(
                     "service[{i}].without_quorum: keep is only for clones; {} runs on one node at a time, so it stops where quorum is lost (remove the line)",
                     s.name

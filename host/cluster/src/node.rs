@@ -33,12 +33,22 @@
 //! fence wait. A node that left cleanly (its last report hears nobody and holds
 //! nothing) needs neither. A failed stop keeps the service claimed (nobody else may
 //! start it) until the node is fenced or an operator clears it.
+//!
+//! A promotable service runs a replica on every quorate member, like a clone, and
+//! its promoted role is held by one node at a time under the same rules as a
+//! service that runs once: the role is claimed, acknowledged by every member,
+//! waits out (or fences) lost nodes, and is released only when the demotion, or
+//! the stop of the whole service, has completed. A node that loses quorum stops
+//! the service, so it holds no role after the self-fence bound. Which replica is
+//! promoted follows the agents' scores ([`promote`]): the acknowledged position
+//! that the promoted instance reports travels in every report, so the members
+//! still know it when the promoted node is gone.
 
 use super::membership::{Membership, Millis, Timing};
-use super::placement::{Placement, ServiceSpec, Strategy, place};
+use super::placement::{Placement, Replicas, ScoreKey, ServiceSpec, Strategy, place, promote};
 use super::quorum::{QuorumPolicy, QuorumState};
-use super::wire::{Ack, Fenced, Heartbeat, Move, NodeId, Report};
-use baton_plugin_api::Recovery;
+use super::wire::{Ack, Fenced, Heartbeat, Move, NodeId, Report, Score};
+use baton_plugin_api::{Promotion, Recovery};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -91,6 +101,43 @@ impl Phase {
     }
 }
 
+/// The promoted role of a promotable service on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Not promoted here.
+    Replica,
+    /// Claimed, waiting for every member's acknowledgement before promoting.
+    Claiming {
+        /// When the claim was made.
+        since: Millis,
+        /// The version of this node's first report that carries the claim.
+        version: u64,
+    },
+    /// A promotion is under way.
+    Promoting,
+    /// Promoted here.
+    Promoted,
+    /// A demotion is under way.
+    Demoting,
+}
+
+impl Role {
+    /// A short name for status.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Replica => "replica",
+            Role::Claiming { .. } => "claiming",
+            Role::Promoting => "promoting",
+            Role::Promoted => "promoted",
+            Role::Demoting => "demoting",
+        }
+    }
+
+    fn claims(self) -> bool {
+        self != Role::Replica
+    }
+}
+
 /// What the node asks its environment to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -98,6 +145,12 @@ pub enum Command {
     Start(usize),
     /// Stop service `index` (resources in reverse order); report back with [`ClusterNode::stop_done`].
     Stop(usize),
+    /// Promote the replica of service `index` here; report back with
+    /// [`ClusterNode::promote_done`].
+    Promote(usize),
+    /// Demote service `index` here to a replica; report back with
+    /// [`ClusterNode::demote_done`].
+    Demote(usize),
     /// Fence `node` as it runs in `incarnation` (the fence agent's start with
     /// `target`); report back with [`ClusterNode::fence_done`].
     Fence {
@@ -165,6 +218,8 @@ pub struct ActiveMove {
     pub issuer: NodeId,
     /// When it ends (state machine clock); `None`: when cleared or the target leaves.
     pub until: Option<Millis>,
+    /// A forced promotion (the target may lack acknowledged writes).
+    pub force: bool,
 }
 
 /// This node's fencing state, as status shows it.
@@ -221,8 +276,16 @@ pub struct ClusterNode {
     fencing_now: BTreeMap<NodeId, u64>,
     /// After a failed fence: not before this time again.
     fence_retry: BTreeMap<NodeId, Millis>,
-    /// Operator moves taken here: service → (target, end).
-    moves: BTreeMap<usize, (NodeId, Option<Millis>)>,
+    /// Operator moves taken here: service → (target, end, forced).
+    moves: BTreeMap<usize, (NodeId, Option<Millis>, bool)>,
+    /// The promoted role of each promotable service here.
+    roles: Vec<Role>,
+    /// Where each promotable service's role should be, and why.
+    promotions: Vec<Placement>,
+    /// Each promotable service's score here, from the last monitor of its replica.
+    scores: Vec<Option<Promotion>>,
+    /// The highest acknowledged position known, per service.
+    acknowledged: Vec<Option<ScoreKey>>,
     /// The acknowledgements published at the last tick.
     last_acks: Vec<Ack>,
     /// Whether a claim of this node lacked acknowledgements at the last tick.
@@ -251,7 +314,7 @@ impl ClusterNode {
             ),
             quorum: cluster.quorum.clone(),
             phases: vec![Phase::Stopped; n],
-            placements: vec![undecided; n],
+            placements: vec![undecided.clone(); n],
             services: cluster.services.clone(),
             bounds: cluster.bounds,
             nodes: cluster.nodes.clone(),
@@ -278,6 +341,10 @@ impl ClusterNode {
             fencing_now: BTreeMap::new(),
             fence_retry: BTreeMap::new(),
             moves: BTreeMap::new(),
+            roles: vec![Role::Replica; n],
+            promotions: vec![undecided.clone(); n],
+            scores: vec![None; n],
+            acknowledged: vec![None; n],
             last_acks: Vec::new(),
             awaiting_acks: false,
             claim_acks: true,
@@ -320,6 +387,95 @@ impl ClusterNode {
     /// The last placement of each service, with its reason.
     pub fn placements(&self) -> &[Placement] {
         &self.placements
+    }
+
+    /// The promoted role of each service here (always [`Role::Replica`] for a
+    /// service that is not promotable).
+    pub fn roles(&self) -> &[Role] {
+        &self.roles
+    }
+
+    /// Where each promotable service's role should be, with the reason.
+    pub fn promotions(&self) -> &[Placement] {
+        &self.promotions
+    }
+
+    /// The highest acknowledged position known of service `i`.
+    pub fn acknowledged(&self, i: usize) -> Option<ScoreKey> {
+        self.acknowledged[i]
+    }
+
+    /// The scores of service `i`'s replicas in the current view, by node.
+    pub fn scores(&self, i: usize) -> BTreeMap<NodeId, ScoreKey> {
+        let me = self.membership.me();
+        self.membership
+            .view()
+            .1
+            .iter()
+            .filter_map(|n| {
+                let s = if *n == me {
+                    self.scores[i].map(|p| p.key())
+                } else {
+                    self.membership.report_of(*n).and_then(|(r, _)| {
+                        r.scores
+                            .iter()
+                            .find(|s| usize::from(s.service) == i)
+                            .map(|s| (s.generation, s.position))
+                    })
+                };
+                s.map(|s| (*n, s))
+            })
+            .collect()
+    }
+
+    /// The last monitor of service `i`'s replica here gave `score` (`None`: no
+    /// score). A promoted instance's acknowledged position raises the one every
+    /// member keeps.
+    pub fn set_promotion(&mut self, i: usize, score: Option<Promotion>) {
+        if self.phases[i] != Phase::Running {
+            return;
+        }
+        self.scores[i] = score;
+        if let Some(p) = score
+            && let Some(a) = p.acknowledged
+            && matches!(self.roles[i], Role::Promoted)
+        {
+            let a = (p.generation, a);
+            self.acknowledged[i] = self.acknowledged[i].max(Some(a));
+        }
+    }
+
+    /// A promotion finished; on failure the service stops here (the failure
+    /// counts as a monitor failure would) and its role is released once stopped.
+    pub fn promote_done(
+        &mut self,
+        service: usize,
+        result: Result<(), Recovery>,
+        now: Millis,
+    ) -> Vec<Command> {
+        if self.roles[service] != Role::Promoting {
+            return Vec::new();
+        }
+        match result {
+            Ok(()) => {
+                self.roles[service] = Role::Promoted;
+                Vec::new()
+            }
+            Err(recovery) => self.service_failed(service, now, recovery),
+        }
+    }
+
+    /// A demotion finished; a failed one stops the whole service here (it may
+    /// still act as promoted until stopped), and the role is released once stopped.
+    pub fn demote_done(&mut self, service: usize, ok: bool, now: Millis) -> Vec<Command> {
+        if self.roles[service] != Role::Demoting {
+            return Vec::new();
+        }
+        if ok {
+            self.roles[service] = Role::Replica;
+            return Vec::new();
+        }
+        self.service_failed(service, now, Recovery::RestartHere)
     }
 
     /// Who holds a valid witness lease (`None`: nobody, or no witness). Whether this
@@ -377,6 +533,8 @@ impl ClusterNode {
             return Vec::new();
         }
         if self.phases[service] == Phase::Stopping {
+            self.roles[service] = Role::Replica;
+            self.scores[service] = None;
             if std::mem::take(&mut self.restart[service])
                 && self.quorum_state.as_ref().is_some_and(|q| q.quorate)
             {
@@ -448,18 +606,27 @@ impl ClusterNode {
     }
 
     /// An operator's move of `service` to `to`, until `until` (`None`: until cleared
-    /// or `to` leaves the view). Refused with the reason unless this partition is
-    /// quorate, `to` is a member and the service runs on one node.
+    /// or `to` leaves the view); for a promotable service, a promotion of its
+    /// replica on `to`, which `force` makes even if that replica lacks
+    /// acknowledged writes. Refused with the reason unless this partition is
+    /// quorate, `to` is a member and the service is not a clone.
     pub fn move_service(
         &mut self,
         service: usize,
         to: NodeId,
         until: Option<Millis>,
+        force: bool,
     ) -> Result<(), String> {
         let spec = &self.services[service];
         if spec.strategy == Strategy::Clone {
             return Err(format!(
                 "{} is a clone: it runs on every member, so it cannot move",
+                spec.name
+            ));
+        }
+        if force && spec.strategy != Strategy::Promotable {
+            return Err(format!(
+                "{} is not promotable: --force is only for promoting a replica that is behind",
                 spec.name
             ));
         }
@@ -471,7 +638,7 @@ impl ClusterNode {
         if !self.membership.view().1.contains(&to) {
             return Err(format!("node {to} is not a member of the current view"));
         }
-        self.moves.insert(service, (to, until));
+        self.moves.insert(service, (to, until, force));
         Ok(())
     }
 
@@ -497,11 +664,12 @@ impl ClusterNode {
         let mut out: Vec<ActiveMove> = self
             .moves
             .iter()
-            .map(|(s, (to, until))| ActiveMove {
+            .map(|(s, (to, until, force))| ActiveMove {
                 service: *s,
                 to: *to,
                 issuer: me,
                 until: *until,
+                force: *force,
             })
             .collect();
         for n in self.membership.view().1.iter().filter(|n| **n != me) {
@@ -517,6 +685,7 @@ impl ClusterNode {
                         to: m.to,
                         issuer: *n,
                         until,
+                        force: m.force,
                     });
                 }
             }
@@ -665,17 +834,27 @@ impl ClusterNode {
     /// event, so ticking on it never busy-loops; a claim then takes one round
     /// trip instead of a few heartbeat intervals.
     pub fn claim_news(&self) -> bool {
-        self.phases.iter().any(|p| match *p {
-            Phase::Claiming { version, .. } => {
-                self.awaiting_acks && self.claim_acknowledged(version)
-            }
-            _ => false,
-        }) || self.acks().any(|a| {
+        self.claim_versions()
+            .any(|version| self.awaiting_acks && self.claim_acknowledged(version))
+            || self.acks().any(|a| {
             !self
                 .last_acks
                 .iter()
                 .any(|l| l.node == a.node && l.incarnation == a.incarnation)
         })
+    }
+
+    /// The report versions of this node's pending claims (services and roles).
+    fn claim_versions(&self) -> impl Iterator<Item = u64> + '_ {
+        let services = self.phases.iter().filter_map(|p| match *p {
+            Phase::Claiming { version, .. } => Some(version),
+            _ => None,
+        });
+        let roles = self.roles.iter().filter_map(|r| match *r {
+            Role::Claiming { version, .. } => Some(version),
+            _ => None,
+        });
+        services.chain(roles)
     }
 
     /// The acknowledgements this node publishes: the newest report it has of every
@@ -703,7 +882,8 @@ impl ClusterNode {
             pending: self
                 .phases
                 .iter()
-                .any(|p| matches!(p, Phase::Claiming { .. })),
+                .any(|p| matches!(p, Phase::Claiming { .. }))
+                || self.roles.iter().any(|r| matches!(r, Role::Claiming { .. })),
             acks: self.acks().collect(),
             banned,
             blocked: self.blocked,
@@ -720,14 +900,52 @@ impl ClusterNode {
             moves: self
                 .moves
                 .iter()
-                .map(|(s, (to, until))| Move {
+                .map(|(s, (to, until, force))| Move {
                     service: *s as u8,
                     to: *to,
+                    force: *force,
                     remaining_ms: until.map_or(Move::UNTIL_CLEARED, |u| {
                         u.saturating_sub(now)
                             .min(Millis::from(Move::UNTIL_CLEARED - 1))
                             as u32
                     }),
+                })
+                .collect(),
+            replicas: self
+                .phases
+                .iter()
+                .zip(&self.services)
+                .enumerate()
+                .filter(|(_, (p, s))| **p == Phase::Running && s.strategy == Strategy::Promotable)
+                .fold(0, |acc, (i, _)| acc | (1 << i)),
+            promoted: self
+                .roles
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.claims())
+                .fold(0, |acc, (i, _)| acc | (1 << i)),
+            scores: self
+                .scores
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| {
+                    p.map(|p| Score {
+                        service: i as u8,
+                        generation: p.generation,
+                        position: p.position,
+                    })
+                })
+                .collect(),
+            acknowledged: self
+                .acknowledged
+                .iter()
+                .enumerate()
+                .filter_map(|(i, a)| {
+                    a.map(|(generation, position)| Score {
+                        service: i as u8,
+                        generation,
+                        position,
+                    })
                 })
                 .collect(),
             ..Report::default()
@@ -749,7 +967,7 @@ impl ClusterNode {
     pub fn tick(&mut self, now: Millis) -> (Vec<Heartbeat>, Vec<Command>) {
         let banned_here = self.banned_bits(now);
         self.moves
-            .retain(|_, (_, until)| until.is_none_or(|u| u > now));
+            .retain(|_, (_, until, _)| until.is_none_or(|u| u > now));
         self.membership.advance(now);
         let me = self.membership.me();
         let view = self.membership.view().1.clone();
@@ -780,7 +998,7 @@ impl ClusterNode {
                     .is_none_or(|(r, _)| r.incarnation <= *inc)
         });
         // A move ends when its target leaves: no constraint outlives its reason.
-        self.moves.retain(|_, (to, _)| view.contains(to));
+        self.moves.retain(|_, (to, _, _)| view.contains(to));
         if view.len() == self.nodes.len() {
             self.seen_all = true;
         }
@@ -828,6 +1046,7 @@ impl ClusterNode {
                         .is_some_and(|(r, _)| !r.quorate)
             })
             .collect();
+        self.merge_acknowledged(&view);
         for i in 0..self.services.len() {
             let spec = &self.services[i];
             let others: BTreeSet<NodeId> = view
@@ -841,11 +1060,31 @@ impl ClusterNode {
                             .is_some_and(|c| c & (1 << i) != 0)
                 })
                 .collect();
+            let replicated = spec.strategy == Strategy::Promotable;
+            let everywhere = spec.strategy == Strategy::Clone || replicated;
             // A clone that shares nothing may keep running without quorum (it
             // starts only with quorum).
             let kept = !quorate
                 && spec.keep_without_quorum
                 && matches!(self.phases[i], Phase::Starting | Phase::Running);
+            let mut excluded: BTreeMap<NodeId, &str> = view
+                .iter()
+                .copied()
+                .filter(|n| {
+                    let bits = if *n == me {
+                        Some(banned_here)
+                    } else {
+                        self.membership.banned_of(*n)
+                    };
+                    bits.is_some_and(|b| b & (1 << i) != 0)
+                })
+                .map(|n| (n, "is excluded after failures"))
+                .collect();
+            for n in &without_quorum {
+                excluded.entry(*n).or_insert(
+                    "has no quorum of its own (it cannot reach the witness, or is just joining)",
+                );
+            }
             let mine = if let Some((_, by)) = blocked.iter().find(|(s, _)| *s == i) {
                 Placement {
                     owner: None,
@@ -858,11 +1097,14 @@ impl ClusterNode {
                         spec.name
                     ),
                 }
-            } else if spec.strategy == Strategy::Clone {
+            } else if everywhere {
+                let banned = excluded.contains_key(&me) && replicated;
                 Placement {
-                    owner: (quorate || kept).then_some(me),
+                    owner: ((quorate || kept) && !banned).then_some(me),
                     why: if kept {
                         "clone: keeps running here without quorum (without_quorum = keep)".into()
+                    } else if replicated {
+                        "promotable: a replica runs on every member".into()
                     } else {
                         "clone: runs on every member".into()
                     },
@@ -874,24 +1116,6 @@ impl ClusterNode {
                 let mut holders = others.clone();
                 if self.phases[i].holds() {
                     holders.insert(me);
-                }
-                let mut excluded: BTreeMap<NodeId, &str> = view
-                    .iter()
-                    .copied()
-                    .filter(|n| {
-                        let bits = if *n == me {
-                            Some(banned_here)
-                        } else {
-                            self.membership.banned_of(*n)
-                        };
-                        bits.is_some_and(|b| b & (1 << i) != 0)
-                    })
-                    .map(|n| (n, "is excluded after failures"))
-                    .collect();
-                for n in &without_quorum {
-                    excluded.entry(*n).or_insert(
-                        "has no quorum of its own (it cannot reach the witness, or is just joining)",
-                    );
                 }
                 match moves.iter().find(|m| m.service == i) {
                     Some(m) if view.contains(&m.to) && !excluded.contains_key(&m.to) => Placement {
@@ -923,7 +1147,7 @@ impl ClusterNode {
                     ),
                 }
             };
-            let exclusive = spec.strategy != Strategy::Clone;
+            let exclusive = !everywhere;
             let phase = self.phases[i];
             match phase {
                 // Claiming is harmless (nothing starts), so the members acknowledge the
@@ -956,17 +1180,160 @@ impl ClusterNode {
                 }
                 _ => {}
             }
+            if replicated {
+                let operator = moves
+                    .iter()
+                    .find(|m| m.service == i)
+                    .map(|m| (m.to, m.force));
+                commands.extend(self.tick_role(i, quorate, &excluded, operator, lost_nodes_safe, now));
+            }
         }
-        self.awaiting_acks = self.phases.iter().any(|p| match *p {
-            Phase::Claiming { version, .. } => !self.claim_acknowledged(version),
-            _ => false,
-        });
+        let awaiting = self
+            .claim_versions()
+            .any(|version| !self.claim_acknowledged(version));
+        self.awaiting_acks = awaiting;
         // The report follows this tick's decisions: a new claim, quorum, and the
         // acknowledgements of the claims seen so far go out at once.
         let published = self.published(now, banned_here);
         self.last_acks = published.acks.clone();
         let packets = self.membership.publish(published);
         (packets, commands)
+    }
+
+    /// Raise the acknowledged positions known here to the highest a member of
+    /// `view` publishes.
+    fn merge_acknowledged(&mut self, view: &BTreeSet<NodeId>) {
+        let me = self.membership.me();
+        for n in view.iter().filter(|n| **n != me) {
+            if let Some((r, _)) = self.membership.report_of(*n) {
+                for a in &r.acknowledged {
+                    if let Some(known) = self.acknowledged.get_mut(usize::from(a.service)) {
+                        *known = (*known).max(Some((a.generation, a.position)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// What promotion knows of promotable service `i` in this node's view.
+    fn replicas(&self, i: usize, operator: Option<(NodeId, bool)>) -> Replicas {
+        let me = self.membership.me();
+        let bit = 1u64 << i;
+        let mut r = Replicas {
+            acknowledged: self.acknowledged[i],
+            operator,
+            ..Replicas::default()
+        };
+        for n in self.membership.view().1 {
+            let (running, starting, promoted, score) = if *n == me {
+                (
+                    self.phases[i] == Phase::Running,
+                    self.phases[i] == Phase::Starting,
+                    self.roles[i].claims(),
+                    self.scores[i].map(|p| p.key()),
+                )
+            } else {
+                let Some((rep, _)) = self.membership.report_of(*n) else {
+                    continue;
+                };
+                let running = rep.replicas & bit != 0;
+                (
+                    running,
+                    !running && rep.claims & bit != 0 && rep.stop_failed & bit == 0,
+                    rep.promoted & bit != 0,
+                    rep.scores
+                        .iter()
+                        .find(|s| usize::from(s.service) == i)
+                        .map(|s| (s.generation, s.position)),
+                )
+            };
+            if running {
+                r.running.insert(*n, score);
+            } else if starting {
+                r.starting.insert(*n);
+            }
+            if promoted && r.holder.is_none() {
+                r.holder = Some(*n);
+            }
+        }
+        r
+    }
+
+    /// Move the promoted role of service `i` on: claim it when promotion names
+    /// this node and nobody holds it, promote once the claim is acknowledged and
+    /// lost nodes are safe, demote when promotion names another node (or a
+    /// lower node claims it too). Only while the replica runs here: a stop of
+    /// the service takes the role down with it.
+    fn tick_role(
+        &mut self,
+        i: usize,
+        quorate: bool,
+        excluded: &BTreeMap<NodeId, &str>,
+        operator: Option<(NodeId, bool)>,
+        lost_nodes_safe: bool,
+        now: Millis,
+    ) -> Vec<Command> {
+        let me = self.membership.me();
+        let replicas = self.replicas(i, operator);
+        let bit = 1u64 << i;
+        let others: Vec<NodeId> = self
+            .membership
+            .view()
+            .1
+            .iter()
+            .copied()
+            .filter(|n| {
+                *n != me
+                    && self
+                        .membership
+                        .report_of(*n)
+                        .is_some_and(|(r, _)| r.promoted & bit != 0)
+            })
+            .collect();
+        self.promotions[i] = if quorate {
+            promote(&self.services[i], &replicas, excluded)
+        } else {
+            self.placements[i].clone()
+        };
+        // A one-time promotion ends once its target holds the role.
+        if let Some((to, ..)) = self.moves.get(&i)
+            && replicas.holder == Some(*to)
+            && (*to != me || self.roles[i] == Role::Promoted)
+        {
+            self.moves.remove(&i);
+        }
+        if self.phases[i] != Phase::Running {
+            if matches!(self.roles[i], Role::Claiming { .. }) {
+                self.roles[i] = Role::Replica;
+            }
+            return Vec::new();
+        }
+        let wanted = quorate && self.promotions[i].owner == Some(me);
+        let lower_claims = others.iter().any(|o| *o < me);
+        match self.roles[i] {
+            Role::Replica if wanted && others.is_empty() => {
+                self.roles[i] = Role::Claiming {
+                    since: now,
+                    version: self.membership.version() + 1,
+                };
+                Vec::new()
+            }
+            Role::Claiming { .. } if !wanted || lower_claims => {
+                self.roles[i] = Role::Replica;
+                Vec::new()
+            }
+            Role::Claiming { version, .. }
+                if others.is_empty() && lost_nodes_safe && self.claim_acknowledged(version) =>
+            {
+                self.roles[i] = Role::Promoting;
+                vec![Command::Promote(i)]
+            }
+            Role::Promoting | Role::Promoted if !wanted || lower_claims => {
+                self.roles[i] = Role::Demoting;
+                vec![Command::Demote(i)]
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// The fences this node should start now: a node left the view and is not yet
@@ -1132,6 +1499,7 @@ mod tests {
 mod cluster_tests {
     use super::*;
     use crate::placement::FailurePolicy;
+    use baton_plugin_api::Promotion;
 
     /// Three nodes on a perfect network, ticking together every 20 ms; agents answer
     /// at once. `down` nodes neither tick nor receive (crashed).
@@ -1146,6 +1514,8 @@ mod cluster_tests {
         spec: ClusterSpec,
         /// A node whose reports reach the others without their acknowledgements.
         no_acks_from: Option<NodeId>,
+        /// Each node's data for a promotable service 0: (generation, position).
+        data: BTreeMap<NodeId, (u64, u64)>,
     }
 
     impl Trio {
@@ -1178,7 +1548,27 @@ mod cluster_tests {
                 started: BTreeMap::new(),
                 spec,
                 no_acks_from: None,
+                data: BTreeMap::new(),
             }
+        }
+
+        /// The same trio with service 0 promotable.
+        fn promotable() -> Trio {
+            let mut t = Trio::new(false);
+            t.spec.services[0].strategy = Strategy::Promotable;
+            t.nodes = (1..=3)
+                .map(|id| ClusterNode::new(&t.spec, id, 1, 0))
+                .collect();
+            t
+        }
+
+        fn promoted(&self) -> Vec<NodeId> {
+            (1..=3)
+                .filter(|id| {
+                    !self.down.contains(id)
+                        && self.nodes[*id as usize - 1].roles()[0] == Role::Promoted
+                })
+                .collect()
         }
 
         fn run(&mut self, ms: Millis) {
@@ -1190,6 +1580,17 @@ mod cluster_tests {
                     let id = k as NodeId + 1;
                     if self.down.contains(&id) {
                         continue;
+                    }
+                    if let Some(&(generation, position)) = self.data.get(&id) {
+                        let promoted = self.nodes[k].roles()[0] == Role::Promoted;
+                        self.nodes[k].set_promotion(
+                            0,
+                            Some(Promotion {
+                                generation,
+                                position,
+                                acknowledged: promoted.then_some(position),
+                            }),
+                        );
                     }
                     let (hbs, commands) = self.nodes[k].tick(self.now);
                     packets.extend(hbs);
@@ -1219,6 +1620,8 @@ mod cluster_tests {
                         self.nodes[k].start_done(s, Ok(()), self.now)
                     }
                     Command::Stop(s) => self.nodes[k].stop_done(s, true),
+                    Command::Promote(s) => self.nodes[k].promote_done(s, Ok(()), self.now),
+                    Command::Demote(s) => self.nodes[k].demote_done(s, true, self.now),
                     Command::Fence { node, incarnation } => {
                         self.fences.push((id, node, incarnation));
                         Vec::new()
@@ -1412,13 +1815,72 @@ mod cluster_tests {
     }
 
     #[test]
+    fn a_promotable_service_promotes_the_best_replica_and_never_one_behind() {
+        let mut t = Trio::promotable();
+        t.data = BTreeMap::from([(1, (1, 100)), (2, (1, 90)), (3, (1, 100))]);
+        t.run(1_000);
+        // Replicas everywhere; node 1 and 3 tie on data, node 1 is preferred.
+        assert_eq!(t.runs(), [1, 2, 3]);
+        assert_eq!(t.promoted(), [1]);
+        // Node 1 writes and acknowledges up to 150; only node 3 follows.
+        t.data.insert(1, (1, 150));
+        t.data.insert(3, (1, 150));
+        t.run(200);
+        assert_eq!(t.nodes[1].acknowledged(0), Some((1, 150)));
+        // Node 1 dies: node 3 has every acknowledged write, node 2 does not.
+        t.down.insert(1);
+        t.run(2_000);
+        assert_eq!(t.promoted(), [3]);
+        // Node 3 dies too: node 2 alone lacks acknowledged writes; nothing is promoted.
+        t.down.remove(&1);
+        t.nodes[0] = ClusterNode::new(&t.spec, 1, 2, t.now);
+        t.data.insert(1, (1, 120));
+        t.down.insert(3);
+        t.run(2_000);
+        assert_eq!(t.promoted(), Vec::<NodeId>::new());
+        let why = &t.nodes[1].promotions()[0].why;
+        assert!(
+            why.contains("behind the acknowledged 1/96") && why.contains("--force"),
+            "{why}"
+        );
+        // An operator forces node 2: it is promoted and the move ends.
+        t.nodes[1].move_service(0, 2, None, false).unwrap();
+        t.run(1_000);
+        assert_eq!(t.promoted(), Vec::<NodeId>::new(), "refused without --force");
+        t.nodes[1].clear_move(0);
+        t.nodes[1].move_service(0, 2, None, true).unwrap();
+        t.run(1_000);
+        assert_eq!(t.promoted(), [2]);
+        assert!(t.nodes[1].active_moves(t.now).is_empty());
+    }
+
+    #[test]
+    fn a_promoted_node_that_loses_quorum_stops_and_a_quorate_partition_promotes() {
+        let mut t = Trio::promotable();
+        t.data = BTreeMap::from([(1, (1, 10)), (2, (1, 10)), (3, (1, 10))]);
+        t.run(1_000);
+        assert_eq!(t.promoted(), [1]);
+        // Nodes 2 and 3 go down: node 1 loses quorum and stops everything.
+        t.down.extend([2, 3]);
+        t.run(1_000);
+        assert_eq!(t.nodes[0].phases()[0], Phase::Stopped);
+        assert_eq!(t.nodes[0].roles()[0], Role::Replica);
+        // Only node 2 and 3 come back (node 1 cut off): they promote one of them.
+        t.down = BTreeSet::from([1]);
+        t.nodes[1] = ClusterNode::new(&t.spec, 2, 2, t.now);
+        t.nodes[2] = ClusterNode::new(&t.spec, 3, 2, t.now);
+        t.run(3_000);
+        assert_eq!(t.promoted(), [2]);
+    }
+
+    #[test]
     fn a_move_switches_over_and_ends_by_itself() {
         let mut t = Trio::new(false);
         t.run(1_000);
         assert_eq!(t.runs(), [1]);
         let until = t.now + 2_000;
         // Taken on node 2, to node 3; refused for a non-member.
-        t.nodes[1].move_service(0, 3, Some(until)).unwrap();
+        t.nodes[1].move_service(0, 3, Some(until), false).unwrap();
         t.run(1_000);
         assert_eq!(t.runs(), [3]);
         let moves = t.nodes[0].active_moves(t.now);
@@ -1436,11 +1898,11 @@ mod cluster_tests {
         // A move to a node that is down is refused; a move whose target leaves ends.
         t.down.insert(3);
         t.run(500);
-        let e = t.nodes[0].move_service(0, 3, None).unwrap_err();
+        let e = t.nodes[0].move_service(0, 3, None, false).unwrap_err();
         assert!(e.contains("not a member"), "{e}");
         t.down.remove(&3);
         t.run(1_000);
-        t.nodes[0].move_service(0, 3, None).unwrap();
+        t.nodes[0].move_service(0, 3, None, false).unwrap();
         t.run(1_000);
         assert_eq!(t.runs(), [3]);
         t.down.insert(3);

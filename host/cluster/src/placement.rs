@@ -20,6 +20,10 @@ pub enum Strategy {
     Rotating,
     /// Runs on every member (a parallel database, a monitoring agent).
     Clone,
+    /// Runs on every member as a replica, and exactly one member is promoted (a
+    /// replicated database's primary): the most up-to-date replica, never one
+    /// that lacks an acknowledged write unless an operator forces it.
+    Promotable,
 }
 
 /// How failures of a service on a node are handled.
@@ -117,6 +121,137 @@ pub fn place(
     Placement {
         owner: None,
         why: "no member may run it".into(),
+    }
+}
+
+/// A score as promotion compares it: (generation, position).
+pub type ScoreKey = (u64, u64);
+
+/// Show a score as `generation/position` (position in hex, as databases print
+/// log positions).
+pub fn show_score(s: ScoreKey) -> String {
+    format!("{}/{:X}", s.0, s.1)
+}
+
+/// What promotion knows of one promotable service in a partition.
+#[derive(Clone, Debug, Default)]
+pub struct Replicas {
+    /// Members whose replica runs, with the score of their last monitor (`None`:
+    /// the agent gave none).
+    pub running: BTreeMap<NodeId, Option<ScoreKey>>,
+    /// Members whose replica is starting: promotion waits for their score.
+    pub starting: BTreeSet<NodeId>,
+    /// The member holding (or claiming) the promoted role, if any.
+    pub holder: Option<NodeId>,
+    /// The highest acknowledged position known: a replica below it would lose
+    /// acknowledged writes.
+    pub acknowledged: Option<ScoreKey>,
+    /// An operator's promotion in effect: (target, forced).
+    pub operator: Option<(NodeId, bool)>,
+}
+
+/// Which member holds the promoted role of a promotable service, and why.
+///
+/// The holder keeps it while its replica runs (no failback: a switch of primary
+/// is never free). Otherwise the replica with the highest score is promoted,
+/// once every replica that is starting has reported, and only if its score is
+/// at least the acknowledged position. An operator's promotion moves the role
+/// to its target; a forced one skips the acknowledged check.
+pub fn promote(
+    spec: &ServiceSpec,
+    r: &Replicas,
+    excluded: &BTreeMap<NodeId, &str>,
+) -> Placement {
+    let usable = |n: &NodeId| r.running.contains_key(n) && !excluded.contains_key(n);
+    let score = |n: &NodeId| r.running.get(n).copied().flatten();
+    let safe = |n: &NodeId| match (score(n), r.acknowledged) {
+        (_, None) => true,
+        (Some(s), Some(a)) => s >= a,
+        (None, Some(_)) => false,
+    };
+    let behind = |n: &NodeId| match (score(n), r.acknowledged) {
+        (Some(s), Some(a)) => format!(
+            "node {n} at {} is behind the acknowledged {} and would lose acknowledged writes",
+            show_score(s),
+            show_score(a)
+        ),
+        _ => format!("node {n} reports no score"),
+    };
+    let force_hint = format!(
+        "`baton promote {} --on NODE --force` accepts the loss",
+        spec.name
+    );
+    let held = r.holder.filter(usable);
+    if let Some((t, force)) = r.operator {
+        if usable(&t) && (held.is_some() || force || safe(&t)) {
+            return Placement {
+                owner: Some(t),
+                why: format!(
+                    "promoted on node {t} by an operator{}",
+                    if force { " (forced)" } else { "" }
+                ),
+            };
+        }
+        let refused = if usable(&t) {
+            format!("{}; {force_hint}", behind(&t))
+        } else {
+            format!("node {t} runs no usable replica")
+        };
+        return Placement {
+            owner: held,
+            why: format!(
+                "the operator's promotion of node {t} waits: {refused}{}",
+                held.map_or(String::new(), |h| format!("; node {h} stays promoted"))
+            ),
+        };
+    }
+    if let Some(h) = held {
+        return Placement {
+            owner: Some(h),
+            why: format!("promoted on node {h}, where it stays while its replica runs"),
+        };
+    }
+    if let Some(s) = r.starting.iter().find(|n| !excluded.contains_key(n)) {
+        return Placement {
+            owner: None,
+            why: format!("waiting for the replica on node {s} to start and report its score"),
+        };
+    }
+    let rank = |n: &NodeId| {
+        spec.preferred
+            .iter()
+            .position(|p| p == n)
+            .unwrap_or(spec.preferred.len())
+    };
+    let best = r
+        .running
+        .keys()
+        .filter(|n| usable(n) && score(n).is_some())
+        .max_by(|a, b| {
+            score(a)
+                .cmp(&score(b))
+                .then(rank(b).cmp(&rank(a)))
+                .then(b.cmp(a))
+        });
+    match best {
+        None => Placement {
+            owner: None,
+            why: "no replica runs with a score yet".into(),
+        },
+        Some(b) if !safe(b) => Placement {
+            owner: None,
+            why: format!(
+                "not promoted: the best replica, {}; {force_hint}",
+                behind(b),
+            ),
+        },
+        Some(b) => Placement {
+            owner: Some(*b),
+            why: format!(
+                "promoted on node {b}: the most up-to-date replica ({})",
+                score(b).map(show_score).unwrap_or_default()
+            ),
+        },
     }
 }
 

@@ -26,19 +26,22 @@ use std::collections::HashMap;
 use std::fmt;
 
 const MAGIC: &[u8; 4] = b"BTN1";
-/// The wire version this build speaks (3: reports carry blocks, failed stops, fence
-/// confirmations, moves and claim acknowledgements). Nodes of different wire
-/// versions do not hear each other: upgrade every node of a cluster together.
-pub const VERSION: u8 = 3;
+/// The wire version this build speaks (4: reports carry blocks, failed stops, fence
+/// confirmations, moves, claim acknowledgements, and promotable services'
+/// replicas, promoted role, scores and acknowledged positions). Nodes of different
+/// wire versions do not hear each other: upgrade every node of a cluster together.
+pub const VERSION: u8 = 4;
 const HEADER: usize = 4 + 1 + 1 + 4 + 2 + 1 + 8 + 8 + 2;
 const TAG: usize = 16;
 /// The largest node id (node ids are 1..=MAX_NODES; reachability is a 64-bit set).
 pub const MAX_NODES: u16 = 64;
-/// The fixed part of a report; fence confirmations, moves and acknowledgements follow it.
-const REPORT: usize = 2 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 1 + 1 + 1 + 1;
+/// The fixed part of a report; fence confirmations, moves, acknowledgements,
+/// scores and acknowledged positions follow it.
+const REPORT: usize = 2 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 1 + 1 + 1 + 1 + 1 + 1;
 const FENCED: usize = 2 + 8;
-const MOVE: usize = 1 + 2 + 4;
+const MOVE: usize = 1 + 2 + 4 + 1;
 const ACK: usize = 2 + 8 + 8;
+const SCORE: usize = 1 + 8 + 8;
 /// Report flags.
 const QUORATE: u8 = 1;
 const PENDING: u8 = 2;
@@ -105,6 +108,9 @@ pub struct Move {
     pub to: NodeId,
     /// How much longer the move holds, in ms; [`Move::UNTIL_CLEARED`] for no end.
     pub remaining_ms: u32,
+    /// For a promotable service: promote there even if its replica is behind the
+    /// acknowledged position (the operator accepts losing those writes).
+    pub force: bool,
 }
 
 impl Move {
@@ -123,6 +129,18 @@ pub struct Ack {
     pub incarnation: u64,
     /// The version of its report seen.
     pub version: u64,
+}
+
+/// A promotable service's score on one node, or the acknowledged position a
+/// node knows of (see `baton_plugin_api::Promotion`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Score {
+    /// The service's index.
+    pub service: u8,
+    /// Which history the data is on.
+    pub generation: u64,
+    /// How far along it.
+    pub position: u64,
 }
 
 /// One node's view of whom it hears directly, and what it holds, versioned by the
@@ -159,6 +177,15 @@ pub struct Report {
     pub moves: Vec<Move>,
     /// The pending claims this node has seen: the newest report of each claimer.
     pub acks: Vec<Ack>,
+    /// Bit `i` set: the replica of promotable service `i` runs here.
+    pub replicas: u64,
+    /// Bit `i` set: the node claims the promoted role of service `i` (promoting,
+    /// promoted or demoting it).
+    pub promoted: u64,
+    /// The scores of the replicas running here, from their last monitor.
+    pub scores: Vec<Score>,
+    /// The highest acknowledged position this node knows of, per promotable service.
+    pub acknowledged: Vec<Score>,
 }
 
 impl Report {
@@ -237,6 +264,7 @@ pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
                     + r.fenced.len().min(255) * FENCED
                     + r.moves.len().min(255) * MOVE
                     + r.acks.len().min(255) * ACK
+                    + (r.scores.len().min(255) + r.acknowledged.len().min(255)) * SCORE
             })
             .sum::<usize>();
     let mut out = Vec::with_capacity(HEADER + body_len + TAG);
@@ -260,13 +288,19 @@ pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
         out.extend_from_slice(&r.banned.to_be_bytes());
         out.extend_from_slice(&r.blocked.to_be_bytes());
         out.extend_from_slice(&r.stop_failed.to_be_bytes());
+        out.extend_from_slice(&r.replicas.to_be_bytes());
+        out.extend_from_slice(&r.promoted.to_be_bytes());
         out.push(if r.quorate { QUORATE } else { 0 } | if r.pending { PENDING } else { 0 });
         let fenced = &r.fenced[..r.fenced.len().min(255)];
         let moves = &r.moves[..r.moves.len().min(255)];
         let acks = &r.acks[..r.acks.len().min(255)];
+        let scores = &r.scores[..r.scores.len().min(255)];
+        let acknowledged = &r.acknowledged[..r.acknowledged.len().min(255)];
         out.push(fenced.len() as u8);
         out.push(moves.len() as u8);
         out.push(acks.len() as u8);
+        out.push(scores.len() as u8);
+        out.push(acknowledged.len() as u8);
         for f in fenced {
             out.extend_from_slice(&f.node.to_be_bytes());
             out.extend_from_slice(&f.incarnation.to_be_bytes());
@@ -275,11 +309,17 @@ pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
             out.push(m.service);
             out.extend_from_slice(&m.to.to_be_bytes());
             out.extend_from_slice(&m.remaining_ms.to_be_bytes());
+            out.push(u8::from(m.force));
         }
         for a in acks {
             out.extend_from_slice(&a.node.to_be_bytes());
             out.extend_from_slice(&a.incarnation.to_be_bytes());
             out.extend_from_slice(&a.version.to_be_bytes());
+        }
+        for sc in scores.iter().chain(acknowledged) {
+            out.push(sc.service);
+            out.extend_from_slice(&sc.generation.to_be_bytes());
+            out.extend_from_slice(&sc.position.to_be_bytes());
         }
     }
     let tag = key.mac(&out).finalize().into_bytes();
@@ -361,6 +401,8 @@ pub fn decode(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, Drop> {
             banned: r.u64()?,
             blocked: r.u64()?,
             stop_failed: r.u64()?,
+            replicas: r.u64()?,
+            promoted: r.u64()?,
             ..Report::default()
         };
         let flags = r.u8()?;
@@ -372,6 +414,8 @@ pub fn decode(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, Drop> {
         let fenced = r.u8()?;
         let moves = r.u8()?;
         let acks = r.u8()?;
+        let scores = r.u8()?;
+        let acknowledged = r.u8()?;
         for _ in 0..fenced {
             report.fenced.push(Fenced {
                 node: r.u16()?,
@@ -383,6 +427,11 @@ pub fn decode(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, Drop> {
                 service: r.u8()?,
                 to: r.u16()?,
                 remaining_ms: r.u32()?,
+                force: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(Drop::Garbled),
+                },
             });
         }
         for _ in 0..acks {
@@ -391,6 +440,21 @@ pub fn decode(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, Drop> {
                 incarnation: r.u64()?,
                 version: r.u64()?,
             });
+        }
+        for k in 0..usize::from(scores) + usize::from(acknowledged) {
+            let score = Score {
+                service: r.u8()?,
+                generation: r.u64()?,
+                position: r.u64()?,
+            };
+            if score.service >= 64 {
+                return Err(Drop::Garbled);
+            }
+            if k < usize::from(scores) {
+                report.scores.push(score);
+            } else {
+                report.acknowledged.push(score);
+            }
         }
         if !valid(report.node)
             || report.fenced.iter().any(|f| !valid(f.node))
@@ -469,6 +533,19 @@ mod tests {
                         service: 0,
                         to: 3,
                         remaining_ms: 60_000,
+                        force: true,
+                    }],
+                    replicas: 1,
+                    promoted: 1,
+                    scores: vec![Score {
+                        service: 0,
+                        generation: 2,
+                        position: 0x3000_0060,
+                    }],
+                    acknowledged: vec![Score {
+                        service: 0,
+                        generation: 2,
+                        position: 0x3000_0028,
                     }],
                     ..Report::default()
                 },

@@ -11,7 +11,7 @@ use crate::agent_host::{AgentKind, Backend, Failure, FailureCause};
 use crate::process_group;
 use baton_plugin_api::{
     Action, ActionSpec, AgentError, Capability, CapabilitySet, ContractVersion, ErrorClass, Grant,
-    Metadata, MonitorState, Outcome, ParamSpec, ParamType, Request, service,
+    Metadata, MonitorState, Outcome, ParamSpec, ParamType, Promotion, Request, service,
 };
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -36,6 +36,14 @@ mod v1_0 {
 mod v1_1 {
     wasmtime::component::bindgen!({
         path: "../plugin-api/wit/v1.1",
+        world: "resource-agent",
+        imports: { default: trappable },
+    });
+}
+
+mod v1_2 {
+    wasmtime::component::bindgen!({
+        path: "../plugin-api/wit/v1.2",
         world: "resource-agent",
         imports: { default: trappable },
     });
@@ -454,11 +462,13 @@ macro_rules! contract_version {
 
 contract_version!(v1_0);
 contract_version!(v1_1);
+contract_version!(v1_2);
 
 /// Calls into one instance, by contract version.
 enum Instance {
     V1_0(v1_0::ResourceAgent),
     V1_1(v1_1::ResourceAgent),
+    V1_2(v1_2::ResourceAgent),
 }
 
 /// A component ready to instantiate, by contract version.
@@ -466,6 +476,7 @@ enum Instance {
 enum Prepared {
     V1_0(v1_0::ResourceAgentPre<HostState>),
     V1_1(v1_1::ResourceAgentPre<HostState>),
+    V1_2(v1_2::ResourceAgentPre<HostState>),
 }
 
 /// The engine and linkers shared by every WebAssembly agent in a process.
@@ -473,6 +484,7 @@ pub struct WasmRuntime {
     engine: Engine,
     linker_1_0: Linker<HostState>,
     linker_1_1: Linker<HostState>,
+    linker_1_2: Linker<HostState>,
     limits: WasmLimits,
 }
 
@@ -492,6 +504,10 @@ impl WasmRuntime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker_1_1).map_err(werr)?;
         v1_1::ResourceAgent::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker_1_1, |s| s)
             .map_err(werr)?;
+        let mut linker_1_2 = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker_1_2).map_err(werr)?;
+        v1_2::ResourceAgent::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker_1_2, |s| s)
+            .map_err(werr)?;
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("wasm-epoch".into())
@@ -506,6 +522,7 @@ impl WasmRuntime {
             engine,
             linker_1_0,
             linker_1_1,
+            linker_1_2,
             limits,
         }))
     }
@@ -613,13 +630,21 @@ impl WasmRuntime {
             Ok(Prepared::V1_0(
                 v1_0::ResourceAgentPre::new(pre).map_err(missing)?,
             ))
-        } else {
+        } else if contract == ContractVersion::new(1, 1) {
             let pre = self
                 .linker_1_1
                 .instantiate_pre(component)
                 .map_err(missing)?;
             Ok(Prepared::V1_1(
                 v1_1::ResourceAgentPre::new(pre).map_err(missing)?,
+            ))
+        } else {
+            let pre = self
+                .linker_1_2
+                .instantiate_pre(component)
+                .map_err(missing)?;
+            Ok(Prepared::V1_2(
+                v1_2::ResourceAgentPre::new(pre).map_err(missing)?,
             ))
         }
     }
@@ -729,6 +754,10 @@ impl WasmBackend {
                 .baton_agent_agent()
                 .call_metadata(&mut live.store)
                 .map(|m| m.into_contract(contract)),
+            Instance::V1_2(b) => b
+                .baton_agent_agent()
+                .call_metadata(&mut live.store)
+                .map(|m| m.into_contract(contract)),
         };
         let metadata = raw
             .map_err(|e| format!("{}: meta-data trapped: {}", origin.display(), e))?
@@ -768,6 +797,7 @@ impl WasmBackend {
         let instance = match &self.prepared {
             Prepared::V1_0(pre) => pre.instantiate(&mut store).map(Instance::V1_0),
             Prepared::V1_1(pre) => pre.instantiate(&mut store).map(Instance::V1_1),
+            Prepared::V1_2(pre) => pre.instantiate(&mut store).map(Instance::V1_2),
         }
         .map_err(|e| {
             Failure::host(
@@ -873,10 +903,11 @@ macro_rules! call_export {
             Action::Validate => done(a.call_validate(&mut $store, &$wreq)),
             Action::Start => done(a.call_start(&mut $store, &$wreq)),
             Action::Stop => done(a.call_stop(&mut $store, &$wreq)),
-            Action::Monitor => a.call_monitor(&mut $store, &$wreq).map(|r| {
-                r.map(|s| Outcome::State(s.into_contract()))
-                    .map_err(IntoContract::into_contract)
-            }),
+            Action::Monitor => match a.call_monitor(&mut $store, &$wreq) {
+                Ok(Ok(s)) => score!(a, $store, $wreq, s.into_contract()),
+                Ok(Err(e)) => Ok(Err(e.into_contract())),
+                Err(trap) => Err(trap),
+            },
             Action::Promote => done(a.call_promote(&mut $store, &$wreq)),
             Action::Demote => done(a.call_demote(&mut $store, &$wreq)),
             Action::Notify => done(a.call_notify(&mut $store, &$wreq)),
@@ -945,6 +976,11 @@ impl Backend for WasmBackend {
                         Ok(Err(AgentError::unimplemented(Action::Recover)))
                     };
                 }
+                macro_rules! score {
+                    ($a:ident, $s:expr, $w:expr, $state:expr) => {
+                        Ok(Ok(Outcome::State($state)))
+                    };
+                }
                 call_export!(b, live.store, req, wreq)
             }
             Instance::V1_1(b) => {
@@ -953,6 +989,43 @@ impl Backend for WasmBackend {
                     ($a:ident, $s:expr, $w:expr) => {
                         done($a.call_recover(&mut $s, &$w))
                     };
+                }
+                macro_rules! score {
+                    ($a:ident, $s:expr, $w:expr, $state:expr) => {
+                        Ok(Ok(Outcome::State($state)))
+                    };
+                }
+                call_export!(b, live.store, req, wreq)
+            }
+            Instance::V1_2(b) => {
+                let wreq = v1_2::baton::agent::types::Request::from(req);
+                macro_rules! recover {
+                    ($a:ident, $s:expr, $w:expr) => {
+                        done($a.call_recover(&mut $s, &$w))
+                    };
+                }
+                // The score is asked only of an active instance of an agent
+                // that can be promoted, as the native dispatch does.
+                macro_rules! score {
+                    ($a:ident, $s:expr, $w:expr, $state:expr) => {{
+                        let state: MonitorState = $state;
+                        if !state.is_active() || !self.metadata.implements(Action::Promote) {
+                            Ok(Ok(Outcome::State(state)))
+                        } else {
+                            $a.call_promotion_score(&mut $s, &$w).map(|r| match r {
+                                Ok(Some(p)) => Ok(Outcome::Scored {
+                                    state,
+                                    promotion: Promotion {
+                                        generation: p.generation,
+                                        position: p.position,
+                                        acknowledged: p.acknowledged,
+                                    },
+                                }),
+                                Ok(None) => Ok(Outcome::State(state)),
+                                Err(e) => Err(e.into_contract()),
+                            })
+                        }
+                    }};
                 }
                 call_export!(b, live.store, req, wreq)
             }
