@@ -6,11 +6,15 @@
 //! through the service address; then every acknowledged row must be in the
 //! table, one node must have mounted the disk at a time and the filesystem must
 //! check clean. DATABASE is `postgresql` (the native adapter) or `mariadb` (the
-//! WebAssembly adapter). As root:
+//! WebAssembly adapter). `postgresql-replication` runs PostgreSQL with
+//! synchronous streaming replication instead: a promotable service, a data
+//! directory per node, the address following the promoted standby; then one
+//! node must have been primary at a time. As root:
 //!
 //! ```text
 //! scripts/build-wasm-agents && cargo build --locked --workspace --examples
 //! target/debug/examples/database_audit postgresql 21
+//! target/debug/examples/database_audit postgresql-replication 21
 //! target/debug/examples/database_audit mariadb 12
 //! ```
 
@@ -62,6 +66,17 @@ fn main() -> anyhow::Result<()> {
                 let lab = db_lab::DbLab::postgresql(&prefix, &baton, &adapter)?;
                 (lab, Box::new(db_lab::Postgres::default()), adapter)
             }
+            "postgresql-replication" => {
+                let adapter = profile.join("libbaton_postgresql.so");
+                ensure_built(&baton, &adapter)?;
+                let lab = db_lab::DbLab::replicated_postgresql(
+                    &prefix,
+                    &baton,
+                    &adapter,
+                    "synchronous_standby_names=* synchronous_commit=on wal_keep_size=256MB",
+                )?;
+                (lab, Box::new(db_lab::Postgres::default()), adapter)
+            }
             "mariadb" => {
                 let adapter =
                     repo.join("wasm-agents/target/wasm32-wasip2/release/baton_mariadb.wasm");
@@ -69,13 +84,15 @@ fn main() -> anyhow::Result<()> {
                 let lab = db_lab::DbLab::mariadb(&prefix, &baton, &adapter)?;
                 (lab, Box::new(db_lab::MariaDb), adapter)
             }
-            _ => anyhow::bail!("usage: database_audit postgresql|mariadb [ROUNDS]"),
+            _ => anyhow::bail!(
+                "usage: database_audit postgresql|postgresql-replication|mariadb [ROUNDS]"
+            ),
         };
     eprintln!("{database} ({}), {rounds} rounds", adapter.display());
     lab.start_client(client);
     let faults = (0..rounds).map(|i| [Fault::Kill, Fault::Isolate, Fault::KillDaemon][i % 3]);
     let mut n = 0;
-    let done = lab.rounds(faults, Duration::from_secs(60), |lab, r| {
+    let done = lab.rounds(faults, Duration::from_secs(90), |lab, r| {
         n += 1;
         eprintln!(
             "round {n}/{rounds} {:?}: takeover {} ms, write gap {} ms, {} writes acknowledged so far",
@@ -115,14 +132,19 @@ fn main() -> anyhow::Result<()> {
             percentile(&takeovers, 0.5)
         );
     }
+    let intervals = if database == "postgresql-replication" {
+        format!("{mounts} primary intervals, never two at once")
+    } else {
+        format!("{mounts} mount intervals, never two at once; fsck clean")
+    };
     println!(
-        "\n{acked} transactions acknowledged, {} lost{}; {mounts} mount intervals, never two at once; fsck clean",
+        "\n{acked} transactions acknowledged, {} lost{}; {intervals}",
         lost.len(),
         if lost.is_empty() {
             String::new()
         } else {
             format!(": {lost:?}")
-        }
+        },
     );
     anyhow::ensure!(lost.is_empty(), "acknowledged transactions were lost");
     Ok(())

@@ -285,7 +285,7 @@ fn load_service(
     for (j, r) in s.resources.iter().enumerate() {
         let handle = agent_for(catalog, &r.agent, shared)
             .with_context(|| format!("service[{i}].resource[{j}].agent ({})", s.name))?;
-        let params = ClusterConfig::params(&r.params);
+        let params = ClusterConfig::params_on(&r.params, node);
         let problems = catalog.resource_problems(&handle, &params);
         if !problems.is_empty() {
             bail!(

@@ -7,8 +7,9 @@
 //! filesystem must check clean, and the mount ledger must show one mount at a
 //! time. Used by the lab test (a few rounds) and the audit example (20+).
 
-use crate::lab::{ClusterLab, LabSpec, Lan};
-use anyhow::{Context, bail, ensure};
+pub use crate::lab::Fault;
+use crate::lab::{ClusterLab, LabSpec};
+use anyhow::{Context, ensure};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
@@ -129,16 +130,15 @@ pub struct SharedDiskLab {
     pub disk: LoopDisk,
 }
 
-/// How the owner fails in a round.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// kill -9 of the daemon and the service, network off (a power failure).
-    Kill,
-    /// Both LANs cut: the owner loses quorum and must unmount by itself.
-    Isolate,
-    /// kill -9 of the owner's daemon alone, no fence agent: its guardian must end
-    /// the writer, unmount the disk and remove the address.
-    KillDaemon,
+/// Whether node `n`'s daemon has `mnt` mounted (in its own mount namespace).
+fn mounted(cluster: &ClusterLab, n: usize, mnt: &Path) -> bool {
+    let Some(pid) = cluster.daemon_pid(n) else {
+        return false;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap_or("")))
+    })
 }
 
 impl SharedDiskLab {
@@ -195,78 +195,37 @@ impl SharedDiskLab {
     /// Whether node `n`'s daemon has the shared filesystem mounted (in its own
     /// mount namespace).
     pub fn mounted_on(&self, n: usize) -> bool {
-        let Some(pid) = self.cluster.daemon_pid(n) else {
-            return false;
-        };
-        let mnt = self.cluster.dir.path().join("mnt");
-        std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).is_ok_and(|t| {
-            t.lines()
-                .any(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap_or("")))
-        })
+        mounted(&self.cluster, n, &self.cluster.dir.path().join("mnt"))
     }
 
-    /// One round: fault the node that serves, wait until another one serves
-    /// at the virtual address, then bring the faulted node back (heal its
-    /// links, or boot it) and wait until it is a member again. Returns the
-    /// client-visible gap in ms.
+    /// One round ([`ClusterLab::round`]), with the disk's checks: after a
+    /// killed daemon its guardian unmounted the disk; an isolated owner
+    /// unmounts it by itself before its links heal.
     pub fn round(&mut self, fault: Fault, limit: Duration) -> anyhow::Result<u64> {
-        let owner = self
-            .cluster
-            .vip_server(limit, |_| true)?
-            .context("nobody serves before the fault")?;
-        let t = Instant::now();
-        match fault {
-            Fault::Kill => self.cluster.kill_node(owner),
-            Fault::KillDaemon => self.cluster.kill_daemon(owner),
-            Fault::Isolate => {
-                self.cluster.lab.cut(owner, Lan::Private)?;
-                self.cluster.lab.cut(owner, Lan::Service)?;
-            }
-        }
-        if self
-            .cluster
-            .vip_server(limit, move |n| n != owner)?
-            .is_none()
-        {
-            bail!("no other node took over from n{owner} after {fault:?}");
-        }
-        let gap = t.elapsed().as_millis() as u64;
-        if fault == Fault::KillDaemon {
-            let log =
-                std::fs::read_to_string(self.cluster.dir.path().join(format!("n{owner}.log")))?;
-            ensure!(
-                log.contains("baton guardian: unmounted"),
-                "the guardian of n{owner} did not unmount the disk"
-            );
-        }
-        if fault == Fault::Isolate {
-            // Without quorum, the owner stopped everything: the disk is no longer
-            // mounted there.
-            let deadline = Instant::now() + limit;
-            while self.mounted_on(owner) {
+        let mnt = self.cluster.dir.path().join("mnt");
+        self.cluster.round(fault, limit, |cluster, owner| {
+            if fault == Fault::KillDaemon {
+                let log =
+                    std::fs::read_to_string(cluster.dir.path().join(format!("n{owner}.log")))?;
                 ensure!(
-                    Instant::now() < deadline,
-                    "the isolated n{owner} still has the disk mounted"
+                    log.contains("baton guardian: unmounted"),
+                    "the guardian of n{owner} did not unmount the disk"
                 );
-                std::thread::sleep(Duration::from_millis(20));
             }
-            self.cluster.lab.heal(owner, Lan::Private)?;
-            self.cluster.lab.heal(owner, Lan::Service)?;
-        } else {
-            self.cluster.start_node(owner)?;
-        }
-        let nodes = self.cluster.nodes();
-        let deadline = Instant::now() + limit;
-        while (1..=nodes).any(|n| {
-            self.cluster
-                .status(n)
-                .and_then(|s| s["members"].as_array().map(Vec::len))
-                != Some(nodes)
-        }) {
-            ensure!(Instant::now() < deadline, "n{owner} did not rejoin");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(gap)
+            if fault == Fault::Isolate {
+                // Without quorum, the owner stopped everything: the disk is no
+                // longer mounted there.
+                let deadline = Instant::now() + limit;
+                while mounted(cluster, owner, &mnt) {
+                    ensure!(
+                        Instant::now() < deadline,
+                        "the isolated n{owner} still has the disk mounted"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            Ok(())
+        })
     }
 
     /// The checks after the rounds: one mount and one owner at a time (the

@@ -449,6 +449,18 @@ pub fn ledger_overlaps(dir: &Path) -> anyhow::Result<(Vec<String>, usize)> {
     Ok((baton_agents::ledger::overlaps(&intervals), intervals.len()))
 }
 
+/// How the serving node fails in a round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// kill -9 of the daemon and the service, network off (a power failure).
+    Kill,
+    /// Both LANs cut: the owner loses quorum and must stop by itself.
+    Isolate,
+    /// kill -9 of the owner's daemon alone, no fence agent: its guardian must end
+    /// the service's processes and remove the address.
+    KillDaemon,
+}
+
 /// `[cluster]` lines for the `lab-fence` agent (kills a lost node's daemon and its
 /// agents' process groups, recorded under the lab's run directory).
 pub const LAB_FENCING: &str = "[cluster.fencing]\nagent = \"lab-fence\"\nparams = { state_dir = \"RUN_DIR\" }\ntimeout_ms = 5000\n";
@@ -775,6 +787,55 @@ impl ClusterLab {
             }
             true
         })
+    }
+
+    /// One round: fault the node that serves at the virtual address, wait
+    /// until another one serves there, run `check` (with the faulted node),
+    /// then bring the faulted node back (heal its links, or boot it) and wait
+    /// until every node is a member again. Returns the client-visible gap in ms.
+    pub fn round(
+        &mut self,
+        fault: Fault,
+        limit: Duration,
+        check: impl FnOnce(&ClusterLab, usize) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
+        let owner = self
+            .vip_server(limit, |_| true)?
+            .context("nobody serves before the fault")?;
+        let t = std::time::Instant::now();
+        match fault {
+            Fault::Kill => self.kill_node(owner),
+            Fault::KillDaemon => self.kill_daemon(owner),
+            Fault::Isolate => {
+                self.lab.cut(owner, Lan::Private)?;
+                self.lab.cut(owner, Lan::Service)?;
+            }
+        }
+        if self.vip_server(limit, move |n| n != owner)?.is_none() {
+            anyhow::bail!("no other node took over from n{owner} after {fault:?}");
+        }
+        let gap = t.elapsed().as_millis() as u64;
+        check(self, owner)?;
+        if fault == Fault::Isolate {
+            self.lab.heal(owner, Lan::Private)?;
+            self.lab.heal(owner, Lan::Service)?;
+        } else {
+            self.start_node(owner)?;
+        }
+        let nodes = self.nodes();
+        let deadline = std::time::Instant::now() + limit;
+        while (1..=nodes).any(|n| {
+            self.status(n)
+                .and_then(|s| s["members"].as_array().map(Vec::len))
+                != Some(nodes)
+        }) {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "n{owner} did not rejoin"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(gap)
     }
 
     /// Wait (at most `limit`) until exactly the nodes `want` answer clients.

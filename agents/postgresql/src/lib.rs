@@ -11,14 +11,22 @@
 //! - `monitor` connects and queries (`pg_is_in_recovery()`); at depth 1 it also
 //!   writes (a row in `baton_monitor`) on a primary, so a full disk or a broken WAL
 //!   shows as a failure.
+//!
+//! With `primary_host` set, the resource is one replica of a streaming-replication
+//! cluster (a `promotable` service): `start` starts a standby that streams from
+//! `primary_host` (rewinding a former primary with `pg_rewind` first), `promote`
+//! is `pg_promote()`, `demote` restarts it as a standby, and the monitor reports
+//! the promotion score: the timeline and log position, and on the primary the
+//! position its synchronous standbys confirmed (see replication.rs).
 
 mod params;
 mod probe;
+mod replication;
 mod server;
 
 use baton_plugin_api::{
     Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamSpec, ParamType,
-    Request, ResourceAgent, service,
+    Promotion, Request, ResourceAgent, service,
 };
 use params::Settings;
 
@@ -37,7 +45,11 @@ impl ResourceAgent for Postgresql {
                        query; stop is a fast shutdown, then an immediate one, then SIGKILL; \
                        monitor connects and queries (depth 1 also writes a row in \
                        `baton_monitor` on a primary). For a shared disk, put the data \
-                       directory on the `filesystem` resource before this one."
+                       directory on the `filesystem` resource before this one. For \
+                       streaming replication, set primary_host to the service address \
+                       and use a promotable service: every node runs a standby, the \
+                       most up-to-date one is promoted, a former primary rejoins with \
+                       pg_rewind."
                 .into(),
             parameters: vec![
                 ParamSpec::new(
@@ -115,7 +127,23 @@ impl ResourceAgent for Postgresql {
                     String,
                     false,
                     Some(""),
-                    "Where the server's output goes; empty: PGDATA/baton-postgresql.log",
+                    "Where the server's output goes; empty: PGDATA/baton-postgresql.log, \
+                     or PGDATA.log beside it with primary_host (pg_rewind copies PGDATA)",
+                ),
+                ParamSpec::new(
+                    "primary_host",
+                    String,
+                    false,
+                    Some(""),
+                    "Streaming replication: the address standbys stream from (the service \
+                     address that follows the promoted instance); empty: one server",
+                ),
+                ParamSpec::new(
+                    "replication_user",
+                    String,
+                    false,
+                    Some("postgres"),
+                    "Role standbys and pg_rewind connect to primary_host as",
                 ),
             ],
             actions: vec![
@@ -123,6 +151,8 @@ impl ResourceAgent for Postgresql {
                 ActionSpec::new(Action::Start, 120_000),
                 ActionSpec::new(Action::Stop, 120_000),
                 ActionSpec::monitor(20_000, 10_000),
+                ActionSpec::new(Action::Promote, 60_000),
+                ActionSpec::new(Action::Demote, 120_000),
             ],
             capabilities: vec![],
         }
@@ -144,7 +174,38 @@ impl ResourceAgent for Postgresql {
             // Started before (start is idempotent): wait until it answers.
             return server::wait_until_ready(req, &settings, None);
         }
+        if settings.primary_host.is_some() {
+            replication::prepare_standby(req, &settings, &install)?;
+        }
         server::start(req, &settings, &install)
+    }
+
+    fn promote(&self, req: &Request) -> Result<(), AgentError> {
+        let settings = replication::settings(req, Action::Promote)?;
+        replication::promote(req, &settings)
+    }
+
+    fn demote(&self, req: &Request) -> Result<(), AgentError> {
+        let settings = replication::settings(req, Action::Demote)?;
+        if replication::role(&settings, req.context.timeout()) == Some(probe::Role::Replica) {
+            return Ok(());
+        }
+        // A primary restarts as a standby: a fast shutdown streams its last
+        // records to the standbys, so it can follow whichever is promoted next.
+        server::stop(req, &settings)?;
+        let install = settings.check_installation()?;
+        replication::prepare_standby(req, &settings, &install)?;
+        server::start(req, &settings, &install)
+    }
+
+    fn promotion_score(&self, req: &Request) -> Result<Option<Promotion>, AgentError> {
+        let settings = Settings::read(req)?;
+        if settings.primary_host.is_none() {
+            return Ok(None);
+        }
+        replication::score(&settings, req.context.timeout())
+            .map(Some)
+            .map_err(|e| AgentError::generic(format!("postgres runs but {e}")))
     }
 
     fn stop(&self, req: &Request) -> Result<(), AgentError> {
@@ -160,7 +221,14 @@ impl ResourceAgent for Postgresql {
         let role = probe::check(&settings, req.context.timeout(), req.depth > 0)
             .map_err(|e| AgentError::generic(format!("postgres runs but {e}")))?;
         Ok(match role {
-            probe::Role::Primary | probe::Role::Replica => MonitorState::Running,
+            probe::Role::Primary if settings.primary_host.is_some() => MonitorState::Promoted,
+            probe::Role::Primary => MonitorState::Running,
+            probe::Role::Replica => {
+                if settings.primary_host.is_some() {
+                    replication::check_following(req, &settings)?;
+                }
+                MonitorState::Running
+            }
         })
     }
 }

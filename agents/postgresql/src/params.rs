@@ -21,6 +21,11 @@ pub struct Settings {
     /// `NAME=VALUE` server settings.
     pub options: Vec<String>,
     pub log_file: PathBuf,
+    /// Streaming replication: the address replicas stream from (the promoted
+    /// instance's service address); `None`: a single server (shared disk).
+    pub primary_host: Option<String>,
+    /// The role replicas connect as (REPLICATION, and for pg_rewind a superuser).
+    pub replication_user: String,
 }
 
 /// This node's PostgreSQL installation.
@@ -84,15 +89,26 @@ impl Settings {
                 "parameter user: give the OS user the server runs as (PostgreSQL refuses root), e.g. postgres",
             ));
         }
+        let primary_host = Some(text(req, "primary_host").trim())
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned);
+        // pg_rewind copies every file of the source's data directory: a
+        // replica's log lives beside its data directory, not in it.
+        let default_log = if primary_host.is_some() {
+            pgdata.with_extension("log")
+        } else {
+            pgdata.join("baton-postgresql.log")
+        };
         Ok(Settings {
-            log_file: optional_path("log_file")?
-                .unwrap_or_else(|| pgdata.join("baton-postgresql.log")),
+            log_file: optional_path("log_file")?.unwrap_or(default_log),
             bindir: optional_path("bindir")?,
             socket_dir: absolute("socket_dir", text(req, "socket_dir"))?,
             listen_addresses: text(req, "listen_addresses").to_owned(),
             monitor_user: text(req, "monitor_user").to_owned(),
             dbname: text(req, "dbname").to_owned(),
             password_file: optional_path("password_file")?,
+            primary_host,
+            replication_user: text(req, "replication_user").to_owned(),
             pgdata,
             port,
             user,

@@ -13,9 +13,9 @@ pub enum Role {
     Replica,
 }
 
-/// Connect, ask whether the server is in recovery, and with `write` (on a
-/// primary) update a row of `baton_monitor`. The error says what failed.
-pub fn check(settings: &Settings, timeout: Duration, write: bool) -> Result<Role, String> {
+/// A session with the local server over its unix socket, as the monitor role,
+/// with statements bounded by `timeout`.
+pub fn connect(settings: &Settings, timeout: Duration) -> Result<postgres::Client, String> {
     let mut config = postgres::Config::new();
     config
         .host_path(&settings.socket_dir)
@@ -42,6 +42,13 @@ pub fn check(settings: &Settings, timeout: Duration, write: bool) -> Result<Role
     client
         .batch_execute(&format!("SET statement_timeout = {ms}"))
         .map_err(|e| format!("refused a setting: {}", describe(&e)))?;
+    Ok(client)
+}
+
+/// Connect, ask whether the server is in recovery, and with `write` (on a
+/// primary) update a row of `baton_monitor`. The error says what failed.
+pub fn check(settings: &Settings, timeout: Duration, write: bool) -> Result<Role, String> {
+    let mut client = connect(settings, timeout)?;
     let in_recovery: bool = client
         .query_one("SELECT pg_is_in_recovery()", &[])
         .and_then(|row| row.try_get(0))
@@ -63,7 +70,7 @@ pub fn check(settings: &Settings, timeout: Duration, write: bool) -> Result<Role
 
 /// The server's own message when there is one (`FATAL: the database system is
 /// starting up`), else the client's.
-fn describe(e: &postgres::Error) -> String {
+pub fn describe(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
         None => {

@@ -19,7 +19,10 @@ pub fn start(req: &Request, settings: &Settings, install: &Install) -> Result<()
         .arg(&settings.socket_dir)
         .arg("-c")
         .arg(format!("listen_addresses={}", settings.listen_addresses));
-    for option in &settings.options {
+    for option in crate::replication::server_options(req, settings)
+        .iter()
+        .chain(&settings.options)
+    {
         cmd.arg("-c").arg(option);
     }
     cmd.current_dir(&settings.pgdata)

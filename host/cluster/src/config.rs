@@ -575,6 +575,16 @@ impl ClusterConfig {
             .filter_map(|(k, v)| param_text(v).map(|t| (k.clone(), t)))
             .collect()
     }
+
+    /// A resource's parameters on node `node`: `{node}` in a value becomes the
+    /// node's name (a data directory of its own, on a node that shares a
+    /// filesystem with others, or a per-node replica name).
+    pub fn params_on(params: &BTreeMap<String, toml::Value>, node: &str) -> Params {
+        ClusterConfig::params(params)
+            .into_iter()
+            .map(|(k, v)| (k, v.replace("{node}", node)))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -837,11 +837,11 @@ impl ClusterNode {
         self.claim_versions()
             .any(|version| self.awaiting_acks && self.claim_acknowledged(version))
             || self.acks().any(|a| {
-            !self
-                .last_acks
-                .iter()
-                .any(|l| l.node == a.node && l.incarnation == a.incarnation)
-        })
+                !self
+                    .last_acks
+                    .iter()
+                    .any(|l| l.node == a.node && l.incarnation == a.incarnation)
+            })
     }
 
     /// The report versions of this node's pending claims (services and roles).
@@ -883,7 +883,10 @@ impl ClusterNode {
                 .phases
                 .iter()
                 .any(|p| matches!(p, Phase::Claiming { .. }))
-                || self.roles.iter().any(|r| matches!(r, Role::Claiming { .. })),
+                || self
+                    .roles
+                    .iter()
+                    .any(|r| matches!(r, Role::Claiming { .. })),
             acks: self.acks().collect(),
             banned,
             blocked: self.blocked,
@@ -1185,7 +1188,14 @@ impl ClusterNode {
                     .iter()
                     .find(|m| m.service == i)
                     .map(|m| (m.to, m.force));
-                commands.extend(self.tick_role(i, quorate, &excluded, operator, lost_nodes_safe, now));
+                commands.extend(self.tick_role(
+                    i,
+                    quorate,
+                    &excluded,
+                    operator,
+                    lost_nodes_safe,
+                    now,
+                ));
             }
         }
         let awaiting = self
@@ -1846,7 +1856,11 @@ mod cluster_tests {
         // An operator forces node 2: it is promoted and the move ends.
         t.nodes[1].move_service(0, 2, None, false).unwrap();
         t.run(1_000);
-        assert_eq!(t.promoted(), Vec::<NodeId>::new(), "refused without --force");
+        assert_eq!(
+            t.promoted(),
+            Vec::<NodeId>::new(),
+            "refused without --force"
+        );
         t.nodes[1].clear_move(0);
         t.nodes[1].move_service(0, 2, None, true).unwrap();
         t.run(1_000);

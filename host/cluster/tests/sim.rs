@@ -678,7 +678,8 @@ impl Sim {
                         panic!("a failure only stops")
                     };
                     node.pending.retain(|p| p.0 != s);
-                    node.pending.push((s, now + 1 + self.rng.below(50), Work::Stop));
+                    node.pending
+                        .push((s, now + 1 + self.rng.below(50), Work::Stop));
                 }
                 format!("service {svc} fails on {a}: {recovery}")
             }
@@ -998,4 +999,3 @@ fn skipping_the_claim_acknowledgement_gives_two_owners_or_a_stale_promotion() {
         }
     }
 }
-

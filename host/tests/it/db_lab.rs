@@ -7,11 +7,18 @@
 //! answered). After the failovers every acknowledged id must be in the table.
 //! PostgreSQL (the native adapter) and MariaDB (the WebAssembly adapter).
 //!
+//! PostgreSQL also runs with streaming replication: a `promotable` service
+//! `[postgresql, responder, ipaddr, owners ledger]` whose database runs as a
+//! standby on every node (each its own data directory) and is promoted on one;
+//! the responder and the address follow the promoted role, and the standbys
+//! stream from that address.
+//!
 //! Shared by the tests (a few rounds) and the audit example (20+), which
 //! includes this file.
 
-use baton::disk_lab::{Fault, LoopDisk, SharedDiskLab};
-use baton::lab::VIP;
+pub use baton::disk_lab::Fault;
+use baton::disk_lab::{LoopDisk, SharedDiskLab};
+use baton::lab::{ClusterLab, LabSpec, VIP};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -29,9 +36,17 @@ pub trait Database: Send + 'static {
     fn ids(&mut self) -> Result<BTreeSet<i64>, String>;
 }
 
+/// Where the database keeps its data.
+pub enum Storage {
+    /// One data directory on the shared disk.
+    Shared(SharedDiskLab),
+    /// A data directory per node, kept by streaming replication.
+    Replicated(ClusterLab),
+}
+
 /// The lab and its client.
 pub struct DbLab {
-    pub lab: SharedDiskLab,
+    pub storage: Storage,
     acks: Arc<Mutex<Vec<(i64, Instant)>>>,
     stop: Arc<AtomicBool>,
     client: Option<JoinHandle<anyhow::Result<Box<dyn Database>>>>,
@@ -79,6 +94,99 @@ fn open_lab_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(std::fs::set_permissions(dir, perms)?)
 }
 
+/// The processes under `dir/nN/pgdata`'s postmaster whose command line starts
+/// with `what` (e.g. `postgres: walreceiver`).
+fn postgres_children(dir: &Path, n: usize, what: &str) -> Vec<i32> {
+    let pid_file = dir.join(format!("n{n}/pgdata/postmaster.pid"));
+    let Some(postmaster) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
+    else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(postmaster) && cmdline.starts_with(what.as_bytes()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Wait (at most `limit`) until every node runs its replica again: the
+/// faulted primary came back as a standby (rewound if it had diverged) and
+/// reports its score.
+fn standbys_rejoined(cluster: &ClusterLab, limit: Duration) -> anyhow::Result<()> {
+    let nodes = cluster.nodes();
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = cluster.status(1).unwrap_or_default();
+        let promotion = &status["services"][0]["promotion"];
+        if promotion["scores"].as_object().map(|s| s.len()) == Some(nodes)
+            && promotion["promoted"].is_string()
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "not every node runs its standby again: {promotion}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What the asynchronous-replication run showed.
+pub struct Refusal {
+    /// The node that served when it was killed.
+    pub primary: usize,
+    /// Why the survivors promoted nobody, as their status said.
+    pub why: String,
+    /// The node promoted with `--force` afterwards.
+    pub forced: usize,
+}
+
+/// Seed `nodes` replicas under `dir`: `initdb` for n1, a server on it (unix
+/// socket only) for `pg_basebackup` of n2, n3, ..., then stopped.
+fn seed_replicas(dir: &Path, bin: &Path, nodes: usize) -> anyhow::Result<()> {
+    let first = dir.join("n1");
+    let mut script = format!(
+        "set -e; B={bin}; D={d}; \
+         for n in $(seq 1 {nodes}); do mkdir -p $D/n$n; chown postgres:postgres $D/n$n; done; \
+         runuser -u postgres -- $B/initdb --data-checksums --auth=trust --username=postgres -D $D/n1/pgdata >/dev/null; \
+         echo 'host all all 198.18.0.0/15 trust' >> $D/n1/pgdata/pg_hba.conf; \
+         echo 'host replication all 198.18.0.0/15 trust' >> $D/n1/pgdata/pg_hba.conf; \
+         runuser -u postgres -- $B/pg_ctl -D $D/n1/pgdata -w -l $D/n1/seed.log \
+           -o \"-c listen_addresses='' -k {first} -c wal_log_hints=on\" start >/dev/null; ",
+        bin = bin.display(),
+        d = dir.display(),
+        first = first.display(),
+    );
+    for n in 2..=nodes {
+        script += &format!(
+            "runuser -u postgres -- $B/pg_basebackup -h {first} -U postgres -D $D/n{n}/pgdata -X stream; ",
+            first = first.display()
+        );
+    }
+    script += "runuser -u postgres -- $B/pg_ctl -D $D/n1/pgdata -w -m fast stop >/dev/null";
+    let out = Command::new("sh").args(["-c", &script]).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "seeding the replicas: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// The newest installed `bin` directory of PostgreSQL.
 pub fn pg_bindir() -> anyhow::Result<std::path::PathBuf> {
     let mut dirs: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")?
@@ -92,9 +200,9 @@ pub fn pg_bindir() -> anyhow::Result<std::path::PathBuf> {
 }
 
 impl DbLab {
-    fn new(lab: SharedDiskLab) -> DbLab {
+    fn new(storage: Storage) -> DbLab {
         DbLab {
-            lab,
+            storage,
             acks: Arc::default(),
             stop: Arc::default(),
             client: None,
@@ -125,7 +233,147 @@ impl DbLab {
                 ),
             )
         })?;
-        Ok(DbLab::new(lab))
+        Ok(DbLab::new(Storage::Shared(lab)))
+    }
+
+    /// PostgreSQL with streaming replication through `adapter`: `initdb` in
+    /// n1's directory, base backups of it for n2 and n3, clients and standbys of
+    /// the lab's networks trusted; `options` are the servers' settings
+    /// (`synchronous_standby_names=*` for synchronous replication).
+    pub fn replicated_postgresql(
+        prefix: &str,
+        baton: &Path,
+        adapter: &Path,
+        options: &str,
+    ) -> anyhow::Result<DbLab> {
+        let before = format!(
+            "[[service.resource]]\nagent = {adapter:?}\nmonitor_ms = 1000\n\
+             params = {{ pgdata = \"LAB_DIR/{{node}}/pgdata\", socket_dir = \"LAB_DIR/{{node}}\", \
+             listen_addresses = \"*\", primary_host = \"{VIP}\", options = \"{options}\" }}\n",
+            adapter = adapter.display().to_string(),
+        );
+        let spec = LabSpec {
+            strategy: "promotable",
+            cluster_extra: "self_fence_ms = 500",
+            before_process: &before,
+            ..LabSpec::default()
+        };
+        let bin = pg_bindir()?;
+        let cluster = ClusterLab::start_spec_with(prefix, baton, &spec, |dir, _| {
+            open_lab_dir(dir)?;
+            seed_replicas(dir, &bin, 3)
+        })?;
+        Ok(DbLab::new(Storage::Replicated(cluster)))
+    }
+
+    /// With asynchronous replication: the standbys fall behind (the primary's
+    /// WAL senders paused, as on a slow link) while the primary acknowledges
+    /// writes; the primary's node is killed; the survivors must promote
+    /// nobody, and say why; then an operator forces the best one
+    /// (`baton promote --force`) and writes flow again. What the forced
+    /// promotion lost shows in [`DbLab::verify`].
+    pub fn refused_then_forced(&mut self, baton: &Path) -> anyhow::Result<Refusal> {
+        let limit = Duration::from_secs(60);
+        self.wait_for_writes(20, limit)?;
+        let Storage::Replicated(cluster) = &mut self.storage else {
+            anyhow::bail!("only a replicated lab has standbys");
+        };
+        let primary = cluster
+            .vip_server(limit, |_| true)?
+            .ok_or_else(|| anyhow::anyhow!("nobody serves"))?;
+        let dir = cluster.dir.path().to_owned();
+        let standbys: Vec<usize> = (1..=cluster.nodes()).filter(|n| *n != primary).collect();
+        // The primary's WAL senders stop sending (as on a slow link), so what it
+        // acknowledges from now on never reaches a standby.
+        let senders = postgres_children(&dir, primary, "postgres: walsender");
+        anyhow::ensure!(!senders.is_empty(), "no WAL sender runs on the primary");
+        for pid in &senders {
+            // SAFETY: kill(2) of a WAL sender of a server this lab started.
+            unsafe {
+                libc::kill(*pid, libc::SIGSTOP);
+            }
+        }
+        // The primary goes on acknowledging; its monitor (every second) publishes
+        // how far.
+        self.wait_for_writes(100, limit)?;
+        std::thread::sleep(Duration::from_millis(2500));
+        let Storage::Replicated(cluster) = &mut self.storage else {
+            unreachable!()
+        };
+        cluster.kill_node(primary);
+        let survivor = standbys[0];
+        let deadline = Instant::now() + limit;
+        let why = loop {
+            let status = cluster.status(survivor).unwrap_or_default();
+            let promotion = &status["services"][0]["promotion"];
+            let why = promotion["why"].as_str().unwrap_or("").to_string();
+            if status["members"].as_array().map(Vec::len) == Some(2)
+                && why.contains("would lose acknowledged writes")
+            {
+                anyhow::ensure!(
+                    promotion["promoted"].is_null(),
+                    "a standby that is behind was promoted: {promotion}"
+                );
+                break why;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "n{survivor} never refused to promote: {promotion}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // Hold still: nobody is promoted while the operator decides.
+        std::thread::sleep(Duration::from_secs(2));
+        anyhow::ensure!(
+            cluster
+                .vip_server(Duration::from_millis(500), |_| true)?
+                .is_none(),
+            "somebody serves without a promotion"
+        );
+        let scores =
+            cluster.status(survivor).unwrap_or_default()["services"][0]["promotion"]["scores"]
+                .clone();
+        let forced = standbys
+            .iter()
+            .copied()
+            .max_by_key(|n| {
+                let text = scores[format!("n{n}")].as_str().unwrap_or("").to_string();
+                let (generation, position) = text.split_once('/').unwrap_or(("0", "0"));
+                (
+                    generation.parse::<u64>().unwrap_or(0),
+                    u64::from_str_radix(position, 16).unwrap_or(0),
+                )
+            })
+            .unwrap_or(survivor);
+        let out = Command::new(baton)
+            .args(["promote", "web", "--on", &format!("n{forced}"), "--force"])
+            .arg("--socket")
+            .arg(cluster.socket(survivor))
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "baton promote --force: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        anyhow::ensure!(
+            cluster.wait_vip(forced, limit)?,
+            "n{forced} did not serve after the forced promotion"
+        );
+        self.wait_for_writes(20, limit)?;
+        Ok(Refusal {
+            primary,
+            why,
+            forced,
+        })
+    }
+
+    /// The cluster.
+    pub fn cluster(&self) -> &ClusterLab {
+        match &self.storage {
+            Storage::Shared(lab) => &lab.cluster,
+            Storage::Replicated(cluster) => cluster,
+        }
     }
 
     /// MariaDB through `adapter` (the built component) and its grants:
@@ -162,7 +410,7 @@ impl DbLab {
                 )
             },
         )?;
-        Ok(DbLab::new(lab))
+        Ok(DbLab::new(Storage::Shared(lab)))
     }
 
     /// Start the client: a transaction per id through the service address,
@@ -172,7 +420,7 @@ impl DbLab {
         let acks = Arc::clone(&self.acks);
         let stop = Arc::clone(&self.stop);
         let last_error = Arc::clone(&self.last_error);
-        self.client = Some(self.lab.cluster.lab.spawn_client(move || {
+        self.client = Some(self.cluster().lab.spawn_client(move || {
             let mut next: i64 = 0;
             while !stop.load(Ordering::SeqCst) {
                 next += 1;
@@ -219,7 +467,14 @@ impl DbLab {
     pub fn round(&mut self, fault: Fault, limit: Duration) -> anyhow::Result<Round> {
         self.wait_for_writes(20, limit)?;
         let at = Instant::now();
-        let takeover_ms = self.lab.round(fault, limit)?;
+        let takeover_ms = match &mut self.storage {
+            Storage::Shared(lab) => lab.round(fault, limit)?,
+            Storage::Replicated(cluster) => {
+                let gap = cluster.round(fault, limit, |_, _| Ok(()))?;
+                standbys_rejoined(cluster, limit)?;
+                gap
+            }
+        };
         self.wait_for_writes(20, limit)?;
         let acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
         let write_gap_ms = acks
@@ -251,7 +506,7 @@ impl DbLab {
                     done.push(round);
                 }
                 Err(e) => {
-                    let kept = self.lab.cluster.keep_logs();
+                    let kept = self.cluster().keep_logs();
                     anyhow::bail!(
                         "round {} ({fault:?}): {e:#}; logs kept in {}",
                         i + 1,
@@ -289,8 +544,7 @@ impl DbLab {
             .join()
             .map_err(|_| anyhow::anyhow!("the client panicked"))??;
         let stored = self
-            .lab
-            .cluster
+            .cluster()
             .lab
             .as_client(move || db.ids())?
             .map_err(|e| anyhow::anyhow!("reading the table: {e}"))?;
@@ -300,8 +554,15 @@ impl DbLab {
             .map(|(id, _)| *id)
             .filter(|id| !stored.contains(id))
             .collect();
-        let mounts = self.lab.verify_ownership()?;
-        Ok((acks.len(), lost, mounts))
+        let intervals = match &mut self.storage {
+            Storage::Shared(lab) => lab.verify_ownership()?,
+            Storage::Replicated(cluster) => {
+                let (overlaps, intervals) = baton::lab::ledger_overlaps(cluster.dir.path())?;
+                anyhow::ensure!(overlaps.is_empty(), "two primaries at once: {overlaps:?}");
+                intervals
+            }
+        };
+        Ok((acks.len(), lost, intervals))
     }
 }
 

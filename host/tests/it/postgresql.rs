@@ -207,3 +207,90 @@ fn postgresql_on_a_shared_disk_fails_over_losing_no_acknowledged_transaction() {
     assert!(acked >= 80, "only {acked} writes acknowledged");
     assert!(mounts >= 4, "only {mounts} mount intervals recorded");
 }
+
+/// Streaming replication as a promotable service, synchronous to one standby:
+/// the three faults in turn, each time the best standby is promoted, the
+/// address follows it and the old primary rejoins as a standby (pg_rewind when
+/// it diverged); every acknowledged write is in the table, and one node was
+/// primary at a time. (20+ rounds: the database_audit example.)
+#[test]
+fn postgresql_streaming_replication_promotes_a_standby_losing_no_acknowledged_transaction() {
+    if !baton::lab::Lab::possible() {
+        eprintln!("lab tests need root and iproute2; skipped");
+        return;
+    }
+    let prefix = format!("pr{}", std::process::id() % 1000);
+    let mut lab = crate::db_lab::DbLab::replicated_postgresql(
+        &prefix,
+        &crate::support::baton_exe(),
+        &native_lib("baton-postgresql"),
+        "synchronous_standby_names=* synchronous_commit=on wal_keep_size=256MB",
+    )
+    .unwrap();
+    lab.start_client(Box::new(crate::db_lab::Postgres::default()));
+    let faults = [
+        crate::db_lab::Fault::Kill,
+        crate::db_lab::Fault::Isolate,
+        crate::db_lab::Fault::KillDaemon,
+    ];
+    lab.rounds(faults, std::time::Duration::from_secs(90), |_, r| {
+        eprintln!(
+            "{:?}: takeover {} ms, write gap {} ms",
+            r.fault, r.takeover_ms, r.write_gap_ms
+        )
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    // Every node runs the database again: one promoted, the others standbys
+    // that report a score.
+    let status = lab.cluster().status(1).unwrap();
+    let promotion = &status["services"][0]["promotion"];
+    assert_eq!(
+        promotion["scores"].as_object().map(|s| s.len()),
+        Some(3),
+        "{promotion}"
+    );
+    assert!(promotion["acknowledged"].is_string(), "{promotion}");
+    let (acked, lost, primaries) = lab.verify().unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        lost.is_empty(),
+        "{} of {acked} acknowledged writes lost: {lost:?}",
+        lost.len()
+    );
+    assert!(acked >= 80, "only {acked} writes acknowledged");
+    assert!(
+        primaries >= 4,
+        "only {primaries} primary intervals recorded"
+    );
+}
+
+/// Asynchronous replication with standbys that fell behind: when the primary's
+/// node dies, baton promotes nobody and says why (they would lose acknowledged
+/// writes); `baton promote --force` then promotes the best standby, and the
+/// writes it lacked are lost, as the operator accepted.
+#[test]
+fn asynchronous_standbys_that_are_behind_are_not_promoted_unless_forced() {
+    if !baton::lab::Lab::possible() {
+        eprintln!("lab tests need root and iproute2; skipped");
+        return;
+    }
+    let prefix = format!("pa{}", std::process::id() % 1000);
+    let baton = crate::support::baton_exe();
+    let mut lab = crate::db_lab::DbLab::replicated_postgresql(
+        &prefix,
+        &baton,
+        &native_lib("baton-postgresql"),
+        "synchronous_commit=on wal_keep_size=256MB",
+    )
+    .unwrap();
+    lab.start_client(Box::new(crate::db_lab::Postgres::default()));
+    let refusal = lab
+        .refused_then_forced(&baton)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(refusal.why.contains("--force"), "{}", refusal.why);
+    assert_ne!(refusal.forced, refusal.primary);
+    let (acked, lost, _) = lab.verify().unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        !lost.is_empty(),
+        "the forced standby lacked none of the {acked} acknowledged writes"
+    );
+}

@@ -1,0 +1,268 @@
+//! Streaming replication: every node runs a standby that streams from
+//! `primary_host` (the service address, which follows the promoted instance),
+//! one is promoted with `pg_promote()`, and a former primary rejoins as a
+//! standby after `pg_rewind` has cut off the records nobody acknowledged.
+//!
+//! The promotion score is the timeline (generation) and the log position a
+//! server holds: on a standby the newest timeline it knows (its WAL receiver's,
+//! its last checkpoint's, or the newest history file it fetched) and what it has
+//! received and flushed; on the primary its timeline and what it has flushed. The primary also reports the acknowledged position: with
+//! synchronous replication (`synchronous_standby_names` set and
+//! `synchronous_commit` on, remote_write or remote_apply) the highest position its
+//! synchronous standbys confirmed, the most a commit can have been acknowledged
+//! at; with asynchronous replication its own flushed position, as every local
+//! commit is acknowledged.
+
+use crate::params::{Install, Settings};
+use crate::probe::{self, Role, describe};
+use baton_plugin_api::{Action, AgentError, Promotion, Request};
+use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a standby may go without streaming, while `primary_host` runs as a
+/// primary, before its monitor fails it (its restart rewinds it and reconnects).
+const NOT_FOLLOWING_FOR: Duration = Duration::from_secs(20);
+
+/// Since when each resource's standby has not been streaming.
+static NOT_STREAMING: Mutex<Option<HashMap<String, Instant>>> = Mutex::new(None);
+
+/// The settings of a replicated resource; promote and demote need `primary_host`.
+pub fn settings(req: &Request, action: Action) -> Result<Settings, AgentError> {
+    let settings = Settings::read(req)?;
+    if settings.primary_host.is_none() {
+        return Err(AgentError::misconfigured(format!(
+            "{action} needs streaming replication: set primary_host to the service address \
+             and use strategy = \"promotable\" (a single server is never promoted)"
+        )));
+    }
+    Ok(settings)
+}
+
+/// The `-c` settings a replicated server starts with: where to stream from, and
+/// what pg_rewind and a quick reconnection after a failover need.
+pub fn server_options(req: &Request, settings: &Settings) -> Vec<String> {
+    let Some(host) = &settings.primary_host else {
+        return Vec::new();
+    };
+    vec![
+        format!(
+            "primary_conninfo=host={host} port={} user={} application_name={} connect_timeout=2",
+            settings.port, settings.replication_user, req.context.node
+        ),
+        "wal_log_hints=on".into(),
+        "hot_standby=on".into(),
+        "wal_retrieve_retry_interval=1s".into(),
+        "recovery_target_timeline=latest".into(),
+    ]
+}
+
+/// The local server's role, if it answers.
+pub fn role(settings: &Settings, timeout: Duration) -> Option<Role> {
+    probe::check(settings, timeout, false).ok()
+}
+
+/// Make the data directory a standby's: when `primary_host` answers as a primary,
+/// rewind this directory to its history first (a no-op unless this server wrote
+/// records the primary does not have: a former primary that crashed or was cut
+/// off); then `standby.signal`.
+pub fn prepare_standby(
+    req: &Request,
+    settings: &Settings,
+    install: &Install,
+) -> Result<(), AgentError> {
+    let signal = settings.pgdata.join("standby.signal");
+    let host = settings.primary_host.as_deref().unwrap_or_default();
+    if primary_answers(settings, Duration::from_secs(3)) {
+        // pg_rewind's crash recovery runs a single-user server, which refuses standby mode.
+        let _ = std::fs::remove_file(&signal);
+        rewind(req, settings, install)?;
+        eprintln!(
+            "{}: rewound from the primary at {host}",
+            req.context.resource
+        );
+    } else {
+        eprintln!(
+            "{}: no primary answers at {host}; starting as a standby without pg_rewind",
+            req.context.resource
+        );
+    }
+    std::fs::write(&signal, b"")
+        .and_then(|()| std::os::unix::fs::chown(&signal, Some(install.uid), Some(install.gid)))
+        .map_err(|e| AgentError::generic(format!("cannot write {}: {e}", signal.display())))
+}
+
+/// Whether `primary_host` accepts a connection and is not in recovery.
+fn primary_answers(settings: &Settings, timeout: Duration) -> bool {
+    let Some(host) = &settings.primary_host else {
+        return false;
+    };
+    let mut config = postgres::Config::new();
+    config
+        .host(host)
+        .port(settings.port)
+        .user(&settings.replication_user)
+        .dbname(&settings.dbname)
+        .application_name("baton-monitor")
+        .connect_timeout(timeout);
+    let Ok(mut client) = config.connect(postgres::NoTls) else {
+        return false;
+    };
+    client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .and_then(|row| row.try_get::<_, bool>(0))
+        .is_ok_and(|in_recovery| !in_recovery)
+}
+
+/// `pg_rewind` from `primary_host`, as the server's user.
+fn rewind(req: &Request, settings: &Settings, install: &Install) -> Result<(), AgentError> {
+    let host = settings.primary_host.as_deref().unwrap_or_default();
+    let out = Command::new(install.bindir.join("pg_rewind"))
+        .arg("-D")
+        .arg(&settings.pgdata)
+        .arg(format!(
+            "--source-server=host={host} port={} user={} dbname={} connect_timeout=5",
+            settings.port, settings.replication_user, settings.dbname
+        ))
+        .current_dir(&settings.pgdata)
+        .uid(install.uid)
+        .gid(install.gid)
+        .env("HOME", &settings.pgdata)
+        .output()
+        .map_err(|e| {
+            AgentError::not_installed(format!(
+                "cannot run {}/pg_rewind: {e}",
+                install.bindir.display()
+            ))
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr);
+    Err(AgentError::generic(format!(
+        "pg_rewind of {} from {host} failed ({}): {}; {} stays stopped until it can rejoin",
+        settings.pgdata.display(),
+        out.status,
+        text.trim()
+            .lines()
+            .filter(|l| !l.contains("Command was"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        req.context.resource
+    )))
+}
+
+/// `pg_promote()`, waiting up to the action's time.
+pub fn promote(req: &Request, settings: &Settings) -> Result<(), AgentError> {
+    let timeout = req.context.timeout();
+    let mut client = probe::connect(settings, timeout)
+        .map_err(|e| AgentError::generic(format!("cannot promote: postgres {e}")))?;
+    let in_recovery: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| AgentError::generic(format!("cannot promote: {}", describe(&e))))?;
+    if !in_recovery {
+        return Ok(());
+    }
+    let wait_s = (timeout.as_secs().saturating_sub(2)).max(1) as i32;
+    let promoted: bool = client
+        .query_one("SELECT pg_promote(true, $1)", &[&wait_s])
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| AgentError::generic(format!("pg_promote() failed: {}", describe(&e))))?;
+    if promoted {
+        // A checkpoint puts the new timeline in the control file now, not when
+        // the promotion's own (spread) checkpoint ends: pg_rewind of a former
+        // primary reads it from here.
+        client.batch_execute("CHECKPOINT").map_err(|e| {
+            AgentError::generic(format!("CHECKPOINT after promotion: {}", describe(&e)))
+        })
+    } else {
+        Err(AgentError::generic(format!(
+            "pg_promote() did not finish within {wait_s} s; see {}",
+            settings.log_file.display()
+        )))
+    }
+}
+
+/// The promotion score of the local server.
+pub fn score(settings: &Settings, timeout: Duration) -> Result<Promotion, String> {
+    let mut client = probe::connect(settings, timeout)?;
+    let ask = |client: &mut postgres::Client, sql: &str| {
+        client
+            .query_one(sql, &[])
+            .map_err(|e| format!("did not answer a replication query: {}", describe(&e)))
+    };
+    let in_recovery: bool = ask(&mut client, "SELECT pg_is_in_recovery()")?
+        .try_get(0)
+        .map_err(|e| e.to_string())?;
+    let row = if in_recovery {
+        ask(
+            &mut client,
+            "SELECT GREATEST((SELECT received_tli FROM pg_stat_wal_receiver),
+                             (pg_control_checkpoint()).timeline_id,
+                             (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int)
+                                FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{8}\\.history$'))::bigint,
+                    (GREATEST(COALESCE(pg_last_wal_receive_lsn(), '0/0'),
+                              COALESCE(pg_last_wal_replay_lsn(), '0/0')) - '0/0')::bigint,
+                    NULL::bigint",
+        )?
+    } else {
+        ask(
+            &mut client,
+            "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint,
+                    (pg_current_wal_flush_lsn() - '0/0')::bigint,
+                    CASE WHEN current_setting('synchronous_standby_names') = ''
+                           OR current_setting('synchronous_commit') IN ('off', 'local')
+                         THEN (pg_current_wal_flush_lsn() - '0/0')::bigint
+                         ELSE (SELECT (max(CASE current_setting('synchronous_commit')
+                                             WHEN 'remote_write' THEN write_lsn
+                                             WHEN 'remote_apply' THEN replay_lsn
+                                             ELSE flush_lsn END) - '0/0')::bigint
+                               FROM pg_stat_replication
+                               WHERE sync_state IN ('sync', 'quorum'))
+                    END",
+        )?
+    };
+    let get =
+        |k: usize| -> Result<Option<i64>, String> { row.try_get(k).map_err(|e| e.to_string()) };
+    Ok(Promotion {
+        generation: get(0)?.unwrap_or(0) as u64,
+        position: get(1)?.unwrap_or(0) as u64,
+        acknowledged: get(2)?.map(|a| a as u64),
+    })
+}
+
+/// A standby's monitor: fail it when it has not streamed for
+/// [`NOT_FOLLOWING_FOR`] while `primary_host` runs as a primary (it diverged, or
+/// lost its connection for good); its restart rewinds it and reconnects.
+pub fn check_following(req: &Request, settings: &Settings) -> Result<(), AgentError> {
+    let streaming = probe::connect(settings, req.context.timeout())
+        .ok()
+        .and_then(|mut c| {
+            c.query_opt("SELECT status FROM pg_stat_wal_receiver", &[])
+                .ok()
+        })
+        .flatten()
+        .is_some_and(|row| row.try_get::<_, String>(0).is_ok_and(|s| s == "streaming"));
+    let mut since = NOT_STREAMING.lock().unwrap_or_else(|e| e.into_inner());
+    let since = since.get_or_insert_with(HashMap::new);
+    if streaming {
+        since.remove(&req.context.resource);
+        return Ok(());
+    }
+    let first = *since
+        .entry(req.context.resource.clone())
+        .or_insert_with(Instant::now);
+    if first.elapsed() >= NOT_FOLLOWING_FOR && primary_answers(settings, Duration::from_secs(2)) {
+        since.remove(&req.context.resource);
+        return Err(AgentError::generic(format!(
+            "this standby has not streamed from {} for {} s while it runs as primary; \
+             restarting it rewinds it (pg_rewind) and reconnects",
+            settings.primary_host.as_deref().unwrap_or_default(),
+            first.elapsed().as_secs()
+        )));
+    }
+    Ok(())
+}
