@@ -213,7 +213,7 @@ fn a_library_built_for_contract_2_is_refused_naming_both_versions() {
     );
     assert!(e.contains("libnative_future.so"), "{e}");
     assert!(
-        e.contains("built for contract 2.0") && e.contains("supports contracts 1.0..=1.1"),
+        e.contains("built for contract 2.0") && e.contains("supports contracts 1.0..=1.2"),
         "{e}"
     );
 }

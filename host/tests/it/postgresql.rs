@@ -90,9 +90,17 @@ impl Cluster {
     }
 }
 
+/// The whole run, promote and demote included: a standby with no primary to
+/// follow (`primary_host` answers nothing: the server listens on no TCP
+/// address), promoted with `pg_promote()`, demoted to a standby again. Its
+/// monitor reports the promotion score. (Without `primary_host`, promote and
+/// demote answer `misconfigured`, naming it.)
 #[test]
 fn a_real_postgresql_passes_the_conformance_test() {
-    let pg = Cluster::new("pg-conformance");
+    let mut pg = Cluster::new("pg-conformance");
+    pg.subject
+        .params
+        .push(("primary_host".into(), "127.0.0.1".into()));
     let report = pg.conformance();
     assert!(failed_steps(&report).is_empty(), "{report:#?}");
     assert!(
@@ -102,6 +110,23 @@ fn a_real_postgresql_passes_the_conformance_test() {
             .any(|s| s.name.contains("agent's process restarted") && s.passed),
         "{report:#?}"
     );
+    let promoted = report
+        .steps
+        .iter()
+        .find(|s| s.name.starts_with("monitor after promote"))
+        .unwrap();
+    assert!(
+        promoted.got.starts_with("promoted, score ") && promoted.got.contains("acknowledged"),
+        "{promoted:?}"
+    );
+}
+
+#[test]
+fn promote_without_streaming_replication_names_primary_host() {
+    let pg = Cluster::new("pg-single");
+    let e = pg.call(Action::Promote, 10_000).result.unwrap_err();
+    assert_eq!(e.class, ErrorClass::Misconfigured);
+    assert!(e.reason.contains("set primary_host"), "{}", e.reason);
 }
 
 /// What failover on a shared disk does: the node that ran the server died with

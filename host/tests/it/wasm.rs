@@ -4,7 +4,7 @@
 use crate::support::{call, catalog, wasm};
 use baton::agent_host::{AgentHandle, AgentKind, FailureCause};
 use baton::conformance;
-use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome, Recovery};
+use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome, Promotion, Recovery};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -198,6 +198,64 @@ fn the_agent_keeps_serving_other_resources_while_one_misbehaves() {
     assert_eq!(r.result.unwrap(), Outcome::State(MonitorState::Running));
 }
 
+/// A component built for contract 1.2 reports its promotion score with its
+/// monitor state, in one answer; the promoted instance adds its acknowledged
+/// position. It loads beside the 1.0 and 1.1 ones.
+#[test]
+fn a_component_for_contract_1_2_reports_its_promotion_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(dir.path(), "");
+    let replica = cat.load(wasm("replica_1_2").to_str().unwrap()).unwrap();
+    assert_eq!(replica.metadata().contract.to_string(), "1.2");
+    let params = [
+        ("generation", "3"),
+        ("position", "4096"),
+        ("acknowledged", "4000"),
+    ];
+    assert!(
+        call(&replica, Action::Start, "r", &params, 2000)
+            .result
+            .is_ok()
+    );
+    let score = |state, acknowledged| Outcome::Scored {
+        state,
+        promotion: Promotion {
+            generation: 3,
+            position: 4096,
+            acknowledged,
+        },
+    };
+    assert_eq!(
+        call(&replica, Action::Monitor, "r", &params, 2000)
+            .result
+            .unwrap(),
+        score(MonitorState::Running, None)
+    );
+    assert!(
+        call(&replica, Action::Promote, "r", &params, 2000)
+            .result
+            .is_ok()
+    );
+    assert_eq!(
+        call(&replica, Action::Monitor, "r", &params, 2000)
+            .result
+            .unwrap(),
+        score(MonitorState::Promoted, Some(4000))
+    );
+    // Not running: a state, no score.
+    assert!(
+        call(&replica, Action::Stop, "r", &params, 2000)
+            .result
+            .is_ok()
+    );
+    assert_eq!(
+        call(&replica, Action::Monitor, "r", &params, 2000)
+            .result
+            .unwrap(),
+        Outcome::State(MonitorState::NotRunning)
+    );
+}
+
 #[test]
 fn agents_built_for_1_0_and_1_1_load_side_by_side() {
     let dir = tempfile::tempdir().unwrap();
@@ -257,7 +315,7 @@ fn a_component_for_contract_2_is_refused_naming_both_versions() {
     );
     assert!(e.contains("future_2_0.wasm"), "{e}");
     assert!(
-        e.contains("built for contract 2.0") && e.contains("1.0..=1.1"),
+        e.contains("built for contract 2.0") && e.contains("1.0..=1.2"),
         "{e}"
     );
 }
