@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -703,6 +703,35 @@ fn monitor_service(svc: &LoadedService, promoted: bool) -> Round {
     }
 }
 
+/// A stop that began while this node was quorate (a monitor failure a moment
+/// before a partition) has its full time; once quorum has been gone for the
+/// self-fence bound, the survivors may take over, so whatever of the service
+/// still runs here is ended now: every process tagged with its resources (the
+/// stop then finds nothing left). Once per stop.
+fn end_overrunning_stops(services: &[LoadedService], phases: &[Phase], ended: &mut [bool]) {
+    let host = service::host_id();
+    for (i, svc) in services.iter().enumerate() {
+        if phases[i] != Phase::Stopping {
+            ended[i] = false;
+            continue;
+        }
+        if std::mem::replace(&mut ended[i], true) {
+            continue;
+        }
+        for (_, req) in &svc.resources {
+            match service::end(&host, Some(&req.context.resource), Duration::ZERO) {
+                Ok(0) => {}
+                Ok(n) => tracing::error!(
+                    service = %svc.name,
+                    resource = %req.context.resource,
+                    "no quorum for the self-fence bound and the stop still runs: killed {n} of its processes"
+                ),
+                Err(e) => tracing::error!(service = %svc.name, "cannot end its processes: {e}"),
+            }
+        }
+    }
+}
+
 /// Stop resources in reverse order; false if any stop failed (it may still run).
 fn stop_resources(
     resources: &[(Arc<AgentHandle>, Request)],
@@ -1013,6 +1042,9 @@ pub fn run(
         .collect();
     // When this node last had quorum (for the watchdog's self-fence bound).
     let mut quorate_at = 0u64;
+    // Services whose stop overran the self-fence bound without quorum, and
+    // whose resources' processes were ended for it.
+    let mut ended = vec![false; services.len()];
     // The witness's holder as the state machine last heard it.
     let mut witness_holder = None;
     let mut buf = [0u8; 65536];
@@ -1252,6 +1284,11 @@ pub fn run(
             }
             if quorate {
                 quorate_at = now;
+            }
+            if !quorate && now.saturating_sub(quorate_at) >= self_fence_ms {
+                end_overrunning_stops(&services, node.phases(), &mut ended);
+            } else {
+                ended.iter_mut().for_each(|e| *e = false);
             }
             guardian.renew(&services, node.phases(), now);
             if let Some(dog) = watchdog.as_mut() {

@@ -75,6 +75,8 @@ pub fn prepare_standby(
 ) -> Result<(), AgentError> {
     let signal = settings.pgdata.join("standby.signal");
     let host = settings.primary_host.as_deref().unwrap_or_default();
+    // pg_rewind's crash recovery refuses a lock file left by a dead server.
+    crate::server::remove_stale_lock(settings)?;
     if primary_answers(settings, Duration::from_secs(3)) {
         // pg_rewind's crash recovery runs a single-user server, which refuses standby mode.
         let _ = std::fs::remove_file(&signal);

@@ -112,16 +112,23 @@ fn postmaster_pid(settings: &Settings) -> Option<u32> {
 }
 
 /// A `postmaster.pid` left by a server that died with its node (on a shared
-/// disk, the pid in it means nothing here): removed when no process of that pid
-/// runs here, so PostgreSQL does not refuse to start. The caller has checked
-/// that no process of this resource runs.
-fn remove_stale_lock(settings: &Settings) -> Result<(), AgentError> {
+/// disk, the pid in it means nothing here): removed unless a `postgres` of that
+/// pid runs here in this data directory, so PostgreSQL (and pg_rewind's crash
+/// recovery) does not refuse to start. The caller has checked that no process
+/// of this resource runs.
+pub fn remove_stale_lock(settings: &Settings) -> Result<(), AgentError> {
     let lock = settings.pgdata.join("postmaster.pid");
     let Some(pid) = postmaster_pid(settings) else {
         return Ok(());
     };
+    // A postmaster works in its data directory: a live `postgres` elsewhere
+    // merely got the dead one's pid (another node's server, on a shared machine).
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if service::alive(pid) && comm.trim() == "postgres" {
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    let same_dir = cwd.is_some_and(|c| {
+        c == settings.pgdata || std::fs::canonicalize(&settings.pgdata).is_ok_and(|d| c == d)
+    });
+    if service::alive(pid) && comm.trim() == "postgres" && same_dir {
         return Err(AgentError::generic(format!(
             "a postgres (pid {pid}) not started by this resource holds {}; stop it first",
             settings.pgdata.display()

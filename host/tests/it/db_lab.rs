@@ -470,7 +470,17 @@ impl DbLab {
         let takeover_ms = match &mut self.storage {
             Storage::Shared(lab) => lab.round(fault, limit)?,
             Storage::Replicated(cluster) => {
-                let gap = cluster.round(fault, limit, |_, _| Ok(()))?;
+                let gap = cluster.round(fault, limit, |c, owner| {
+                    // Another node serves: whatever the faulted one still ran is gone.
+                    let host = format!("lab/n{owner}@{}", c.socket(owner).display());
+                    let left = baton_plugin_api::service::tagged(&host, None);
+                    anyhow::ensure!(
+                        left.is_empty(),
+                        "n{owner} still runs {} processes of the service after {fault:?}",
+                        left.len()
+                    );
+                    Ok(())
+                })?;
                 standbys_rejoined(cluster, limit)?;
                 gap
             }
