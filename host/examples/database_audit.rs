@@ -16,7 +16,14 @@
 //! target/debug/examples/database_audit postgresql 21
 //! target/debug/examples/database_audit postgresql-replication 21
 //! target/debug/examples/database_audit mariadb 12
+//! target/debug/examples/database_audit postgresql-async 5
 //! ```
+//!
+//! `postgresql-async` runs asynchronous replication instead, in rounds of: the
+//! primary's WAL senders paused while it acknowledges writes, its node killed,
+//! baton refusing to promote the standbys that are behind, an operator's
+//! `baton promote --force`, and the old primary rejoining; it reports the
+//! refusals and the acknowledged writes the forced promotions lost.
 
 // The lab the tests use; their one-call helper is not needed here.
 #[allow(dead_code)]
@@ -77,6 +84,17 @@ fn main() -> anyhow::Result<()> {
                 )?;
                 (lab, Box::new(db_lab::Postgres::default()), adapter)
             }
+            "postgresql-async" => {
+                let adapter = profile.join("libbaton_postgresql.so");
+                ensure_built(&baton, &adapter)?;
+                let lab = db_lab::DbLab::replicated_postgresql(
+                    &prefix,
+                    &baton,
+                    &adapter,
+                    "synchronous_commit=on wal_keep_size=256MB",
+                )?;
+                (lab, Box::new(db_lab::Postgres::default()), adapter)
+            }
             "mariadb" => {
                 let adapter =
                     repo.join("wasm-agents/target/wasm32-wasip2/release/baton_mariadb.wasm");
@@ -85,10 +103,13 @@ fn main() -> anyhow::Result<()> {
                 (lab, Box::new(db_lab::MariaDb), adapter)
             }
             _ => anyhow::bail!(
-                "usage: database_audit postgresql|postgresql-replication|mariadb [ROUNDS]"
+                "usage: database_audit postgresql|postgresql-replication|postgresql-async|mariadb [ROUNDS]"
             ),
         };
     eprintln!("{database} ({}), {rounds} rounds", adapter.display());
+    if database == "postgresql-async" {
+        return refusals(lab, client, &baton, rounds);
+    }
     lab.start_client(client);
     let faults = (0..rounds).map(|i| [Fault::Kill, Fault::Isolate, Fault::KillDaemon][i % 3]);
     let mut n = 0;
@@ -147,5 +168,37 @@ fn main() -> anyhow::Result<()> {
         },
     );
     anyhow::ensure!(lost.is_empty(), "acknowledged transactions were lost");
+    Ok(())
+}
+
+/// The asynchronous-replication rounds: each a refusal, then a forced promotion.
+fn refusals(
+    mut lab: db_lab::DbLab,
+    client: Box<dyn db_lab::Database>,
+    baton: &Path,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    lab.start_client(client);
+    let mut lost_before = 0;
+    println!(
+        "| round | primary killed | refused, as status said | forced | acknowledged writes lost |"
+    );
+    println!("|---:|---|---|---|---:|");
+    for n in 1..=rounds {
+        let r = lab.refused_then_forced(baton)?;
+        let why = r.why.split("; `baton promote").next().unwrap_or("");
+        println!(
+            "| {n} | n{} | {why} | n{} | {} |",
+            r.primary,
+            r.forced,
+            r.lost - lost_before
+        );
+        lost_before = r.lost;
+    }
+    let (acked, lost, primaries) = lab.verify()?;
+    println!(
+        "\n{rounds} of {rounds} promotions refused until forced; {acked} transactions acknowledged, {} lost by the forced promotions; {primaries} primary intervals, never two at once",
+        lost.len()
+    );
     Ok(())
 }

@@ -31,6 +31,20 @@ impl Cli {
             Command::Agent(AgentCommand::Run { .. } | AgentCommand::Test { .. })
         )
     }
+
+    /// Whether this command only prints and exits, so a closed stdout (`baton
+    /// agent list | head`) should end it quietly, as it ends other tools. Not
+    /// the daemon, its guardian and runners (their sockets and pipes close
+    /// routinely), nor the demo (it must tear its lab down).
+    pub fn quits_on_closed_stdout(&self) -> bool {
+        !matches!(
+            self.command,
+            Command::Run { .. }
+                | Command::Guardian { .. }
+                | Command::AgentRunner { .. }
+                | Command::Demo(_)
+        )
+    }
 }
 
 /// Top-level commands.

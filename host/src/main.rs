@@ -3,6 +3,12 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = baton::cli::Cli::parse();
+    if cli.quits_on_closed_stdout() {
+        // SAFETY: restoring the default action of SIGPIPE before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // BATON_LOG=debug shows every agent call with its deadline and result. By
     // default only warnings, except that `agent run` and `agent test` show what
     // the agent itself logs at info, as a vendor trying it expects.

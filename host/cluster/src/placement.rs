@@ -153,9 +153,9 @@ pub struct Replicas {
 /// Which member holds the promoted role of a promotable service, and why.
 ///
 /// The holder keeps it while its replica runs (no failback: a switch of primary
-/// is never free). Otherwise the replica with the highest score is promoted
-/// (at a cold start, once every replica that is starting has reported), and
-/// only if its score is at least the acknowledged position. An operator's promotion moves the role
+/// is never free). Otherwise the replica with the highest score is promoted,
+/// once every replica that is starting has reported, and only if its score is
+/// at least the acknowledged position. An operator's promotion moves the role
 /// to its target; a forced one skips the acknowledged check.
 pub fn promote(spec: &ServiceSpec, r: &Replicas, excluded: &BTreeMap<NodeId, &str>) -> Placement {
     let usable = |n: &NodeId| r.running.contains_key(n) && !excluded.contains_key(n);
@@ -207,14 +207,11 @@ pub fn promote(spec: &ServiceSpec, r: &Replicas, excluded: &BTreeMap<NodeId, &st
             why: format!("promoted on node {h}, where it stays while its replica runs"),
         };
     }
-    // Without a known acknowledged position (a cold start), the best replica can
-    // only be told once every replica has reported; with one, any replica that
-    // holds it is safe, and a replica that cannot start must not block.
-    if let Some(s) = r
-        .starting
-        .iter()
-        .find(|n| r.acknowledged.is_none() && !excluded.contains_key(n))
-    {
+    // The best replica can only be told once every replica has reported: the
+    // acknowledged position known here may be a moment older than the last
+    // write a starting replica holds. A replica whose start keeps failing is
+    // excluded after its restarts, and stops blocking.
+    if let Some(s) = r.starting.iter().find(|n| !excluded.contains_key(n)) {
         return Placement {
             owner: None,
             why: format!("waiting for the replica on node {s} to start and report its score"),

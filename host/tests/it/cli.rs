@@ -558,3 +558,30 @@ params = {{ dir = {data_dir:?} }}
         "{text}"
     );
 }
+
+/// `baton agent list | head` and the like: a closed stdout ends a printing
+/// command quietly (killed by SIGPIPE, as other tools are), never with a panic.
+#[test]
+fn a_closed_stdout_ends_a_printing_command_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [
+        &["agent", "list"][..],
+        &["agent", "info", "process"],
+        &["agent", "info", "process", "--format", "ocf-xml"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(baton_exe())
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -153,6 +153,9 @@ pub struct Refusal {
     pub why: String,
     /// The node promoted with `--force` afterwards.
     pub forced: usize,
+    /// Acknowledged writes missing from the table after it (counting earlier
+    /// forced promotions' too).
+    pub lost: usize,
 }
 
 /// Seed `nodes` replicas under `dir`: `initdb` for n1, a server on it (unix
@@ -270,8 +273,8 @@ impl DbLab {
     /// WAL senders paused, as on a slow link) while the primary acknowledges
     /// writes; the primary's node is killed; the survivors must promote
     /// nobody, and say why; then an operator forces the best one
-    /// (`baton promote --force`) and writes flow again. What the forced
-    /// promotion lost shows in [`DbLab::verify`].
+    /// (`baton promote --force`), writes flow again, and the old primary
+    /// rejoins as a standby. Returns what the forced promotion lost.
     pub fn refused_then_forced(&mut self, baton: &Path) -> anyhow::Result<Refusal> {
         let limit = Duration::from_secs(60);
         self.wait_for_writes(20, limit)?;
@@ -285,8 +288,21 @@ impl DbLab {
         let standbys: Vec<usize> = (1..=cluster.nodes()).filter(|n| *n != primary).collect();
         // The primary's WAL senders stop sending (as on a slow link), so what it
         // acknowledges from now on never reaches a standby.
-        let senders = postgres_children(&dir, primary, "postgres: walsender");
-        anyhow::ensure!(!senders.is_empty(), "no WAL sender runs on the primary");
+        // Every standby streams (a former primary may still be rejoining).
+        let deadline = Instant::now() + limit;
+        let senders = loop {
+            let senders = postgres_children(&dir, primary, "postgres: walsender");
+            if senders.len() == standbys.len() {
+                break senders;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} of {} standbys stream from n{primary}",
+                senders.len(),
+                standbys.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
         for pid in &senders {
             // SAFETY: kill(2) of a WAL sender of a server this lab started.
             unsafe {
@@ -361,10 +377,30 @@ impl DbLab {
             "n{forced} did not serve after the forced promotion"
         );
         self.wait_for_writes(20, limit)?;
+        // What the forced promotion lost, so far: acknowledged ids not in the table.
+        let stored = self
+            .cluster()
+            .lab
+            .as_client(|| Postgres::default().ids())?
+            .map_err(|e| anyhow::anyhow!("reading the table: {e}"))?;
+        let lost = self
+            .acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(id, _)| !stored.contains(id))
+            .count();
+        // The old primary comes back and rejoins as a standby (rewound).
+        let Storage::Replicated(cluster) = &mut self.storage else {
+            unreachable!()
+        };
+        cluster.start_node(primary)?;
+        standbys_rejoined(cluster, limit)?;
         Ok(Refusal {
             primary,
             why,
             forced,
+            lost,
         })
     }
 
