@@ -32,6 +32,11 @@ impl Cli {
         )
     }
 
+    /// Whether this is the daemon (`run`).
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.command, Command::Run { .. })
+    }
+
     /// Whether this command only prints and exits, so a closed stdout (`baton
     /// agent list | head`) should end it quietly, as it ends other tools. Not
     /// the daemon, its guardian and runners (their sockets and pipes close
@@ -67,6 +72,30 @@ pub enum Command {
         /// Write `PID START_TIME` here (what the lab fence agent reads).
         #[arg(long, value_name = "FILE")]
         pid_file: Option<PathBuf>,
+        /// The event history (default: beside --socket as SOCKET.history, else
+        /// /var/lib/baton/NODE.history).
+        #[arg(long, value_name = "FILE")]
+        history_file: Option<PathBuf>,
+    },
+    /// The node's event history: every membership, quorum, link, fencing and
+    /// placement decision, start, stop, failure, promotion and operator request,
+    /// with its time and reason.
+    History {
+        /// Only events since this long ago (90s, 10m, 2h, 3d).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// Only events of this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// The history file (default /var/lib/baton/NODE.history with --node).
+        #[arg(long, value_name = "FILE", required_unless_present = "node")]
+        file: Option<PathBuf>,
+        /// The node whose default history file to read.
+        #[arg(long)]
+        node: Option<String>,
+        /// Print JSON (one array).
+        #[arg(long)]
+        json: bool,
     },
     /// Show a node's status: members, links, quorum, fencing, services and why they are where they are.
     Status {
@@ -342,6 +371,18 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             ..
         } => return status_from_file(file, *json),
+        Command::History {
+            since,
+            service,
+            file,
+            node,
+            json,
+        } => {
+            let path = file.clone().unwrap_or_else(|| {
+                crate::daemon::default_history(node.as_deref().unwrap_or_default())
+            });
+            return print_history(&path, since.as_deref(), service.as_deref(), *json);
+        }
         Command::Status { daemon, json, .. } => {
             let reply = crate::control::ask(&daemon.path()?, &ControlRequest::Status)?;
             let status = reply.status.unwrap_or_default();
@@ -411,16 +452,19 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             status_file,
             socket,
             pid_file,
+            history_file,
         } => {
             let paths = crate::daemon::RunPaths {
                 status_file,
                 socket,
                 pid_file,
+                history_file,
             };
             crate::daemon::run(config, &node, runner_exe()?, paths)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { .. }
+        | Command::History { .. }
         | Command::Move { .. }
         | Command::Promote { .. }
         | Command::Clear { .. } => {
@@ -650,24 +694,60 @@ fn print_status(s: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Every service resource's agent loaded as `run` loads it, and every problem with
-/// its parameters (meta-data, capabilities that name parameters) by path.
+/// `baton history`: the events of the history at `path`, as a table or JSON.
+fn print_history(
+    path: &std::path::Path,
+    since: Option<&str>,
+    service: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let since_ms = since
+        .map(crate::control::parse_duration)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--since {e}"))?
+        .map(|d| crate::daemon::unix_ms().saturating_sub(d.as_millis() as u64));
+    let events = crate::history::read(path, since_ms, service)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&events)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for e in &events {
+        println!(
+            "{} {} {:<10} {}{}",
+            crate::history::local_time(e.at_ms),
+            e.node,
+            e.kind,
+            e.service
+                .as_deref()
+                .map(|s| format!("{s}: "))
+                .unwrap_or_default(),
+            e.text
+        );
+    }
+    if events.is_empty() {
+        eprintln!(
+            "no events{}",
+            since
+                .map(|s| format!(" in the last {s}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every problem `run` would refuse the config for, on any of its nodes
+/// (`{node}` in parameter values differs per node), by path, each once.
 fn resource_problems(config: &Config) -> anyhow::Result<Vec<String>> {
     let Some(cluster) = &config.cluster else {
         return Ok(Vec::new());
     };
     let catalog = AgentCatalog::new(config.clone(), runner_exe()?);
-    let mut problems = Vec::new();
-    for (i, s) in cluster.services.iter().enumerate() {
-        for (j, r) in s.resources.iter().enumerate() {
-            let at = format!("service[{i}].resource[{j}]");
-            match catalog.load(&r.agent) {
-                Err(e) => problems.push(format!("{at}.agent ({}): {e:#}", s.name)),
-                Ok(handle) => {
-                    let params = crate::cluster::config::ClusterConfig::params(&r.params);
-                    for p in catalog.resource_problems(&handle, &params) {
-                        problems.push(format!("{at}.params ({}): {p}", s.name));
-                    }
+    let mut problems: Vec<String> = Vec::new();
+    for node in &cluster.nodes {
+        if let Err(found) = crate::daemon::load_all(cluster, &catalog, &node.name) {
+            for p in found {
+                if !problems.contains(&p) {
+                    problems.push(p);
                 }
             }
         }

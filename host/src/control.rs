@@ -50,6 +50,19 @@ pub enum ControlRequest {
     },
 }
 
+impl ControlRequest {
+    /// The service a request concerns.
+    pub fn service(&self) -> Option<&str> {
+        match self {
+            ControlRequest::Status => None,
+            ControlRequest::Move { service, .. }
+            | ControlRequest::Promote { service, .. }
+            | ControlRequest::Unmove { service }
+            | ControlRequest::Clear { service } => Some(service),
+        }
+    }
+}
+
 /// The daemon's answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ControlReply {

@@ -47,7 +47,7 @@ extern "C" fn on_term(_: libc::c_int) {
 }
 
 /// A service's resources, loaded.
-struct LoadedService {
+pub struct LoadedService {
     name: String,
     resources: Vec<(Arc<AgentHandle>, Request)>,
     /// How often to monitor the running service (the shortest resource interval; 0: never).
@@ -141,7 +141,7 @@ struct Local {
 }
 
 /// The fence agent, loaded, with its configured parameters.
-struct Fencer {
+pub struct Fencer {
     handle: AgentHandle,
     base: Request,
 }
@@ -245,17 +245,34 @@ struct PromotionStatus<'a> {
     acknowledged: Option<String>,
 }
 
-fn load_services(
+/// Load every service's resources and the fence agent as `run` does, on node
+/// `node`: the loaded services and fencer, or every problem, by path (agents
+/// that do not load, parameters their meta-data refuses, a promotable service
+/// without a resource that can be promoted, a fence agent that is not one).
+/// `baton config check` reports the same list.
+pub fn load_all(
     cluster: &ClusterConfig,
     catalog: &AgentCatalog,
     node: &str,
-) -> anyhow::Result<Vec<LoadedService>> {
-    let mut out = Vec::new();
+) -> Result<(Vec<LoadedService>, Option<Fencer>), Vec<String>> {
+    let mut services = Vec::new();
+    let mut problems = Vec::new();
     let mut shared = BTreeMap::new();
     for (i, s) in cluster.services.iter().enumerate() {
-        out.push(load_service(i, s, catalog, node, &mut shared)?);
+        match load_service(i, s, catalog, node, &mut shared) {
+            Ok(svc) => services.push(svc),
+            Err(p) => problems.extend(p),
+        }
     }
-    Ok(out)
+    let fencer = load_fencer(cluster, catalog, node).unwrap_or_else(|p| {
+        problems.extend(p);
+        None
+    });
+    if problems.is_empty() {
+        Ok((services, fencer))
+    } else {
+        Err(problems)
+    }
 }
 
 /// The loaded agent for `name`: one per agent type, shared by its resources (a
@@ -280,19 +297,26 @@ fn load_service(
     catalog: &AgentCatalog,
     node: &str,
     shared: &mut BTreeMap<String, Arc<AgentHandle>>,
-) -> anyhow::Result<LoadedService> {
+) -> Result<LoadedService, Vec<String>> {
     let mut resources = Vec::new();
+    let mut problems = Vec::new();
     for (j, r) in s.resources.iter().enumerate() {
-        let handle = agent_for(catalog, &r.agent, shared)
-            .with_context(|| format!("service[{i}].resource[{j}].agent ({})", s.name))?;
+        let handle = match agent_for(catalog, &r.agent, shared) {
+            Ok(h) => h,
+            Err(e) => {
+                problems.push(format!(
+                    "service[{i}].resource[{j}].agent ({}): {e:#}",
+                    s.name
+                ));
+                continue;
+            }
+        };
         let params = ClusterConfig::params_on(&r.params, node);
-        let problems = catalog.resource_problems(&handle, &params);
-        if !problems.is_empty() {
-            bail!(
-                "service[{i}].resource[{j}].params ({}): {}",
-                s.name,
-                problems.join("; ")
-            );
+        for p in catalog.resource_problems(&handle, &params) {
+            problems.push(format!(
+                "service[{i}].resource[{j}].params ({}): {p}",
+                s.name
+            ));
         }
         let mut req = Request::new(Action::Start, params);
         req.context.node = node.to_string();
@@ -307,6 +331,9 @@ fn load_service(
             })
             .unwrap_or(20_000);
         resources.push((handle, req));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
     }
     let monitor_every = s
         .resources
@@ -334,7 +361,7 @@ fn load_service(
         Vec::new()
     };
     if s.strategy == "promotable" && !replicated.contains(&true) {
-        bail!(
+        return Err(vec![format!(
             "service[{i}] ({}) is promotable, but none of its resources' agents implements promote ({}); use strategy = \"clone\" or add the replicated resource",
             s.name,
             s.resources
@@ -342,7 +369,7 @@ fn load_service(
                 .map(|r| r.agent.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
+        )]);
     }
     Ok(LoadedService {
         name: s.name.clone(),
@@ -764,24 +791,33 @@ fn load_fencer(
     cluster: &ClusterConfig,
     catalog: &AgentCatalog,
     node: &str,
-) -> anyhow::Result<Option<Fencer>> {
+) -> Result<Option<Fencer>, Vec<String>> {
     let Some(f) = &cluster.cluster.fencing else {
         return Ok(None);
     };
     let handle = catalog
         .load(&f.agent)
-        .with_context(|| format!("cluster.fencing.agent ({})", f.agent))?;
+        .map_err(|e| vec![format!("cluster.fencing.agent ({}): {e:#}", f.agent)])?;
+    let mut problems = Vec::new();
     if handle.metadata().parameter("target").is_none() {
-        bail!(
+        problems.push(format!(
             "cluster.fencing.agent: {} has no `target` parameter, so it is not a fence agent (see docs/agents.md, fence agents)",
             f.agent
+        ));
+    }
+    let mut params = ClusterConfig::params_on(&f.params, node);
+    params.insert("target".into(), "check".into());
+    if let Err(bad) = baton_plugin_api::check_params(handle.metadata(), &params) {
+        problems.extend(
+            bad.iter()
+                .map(|p| p.to_string())
+                // Said above: the agent has no `target`.
+                .filter(|p| !p.starts_with("parameter target:"))
+                .map(|p| format!("cluster.fencing.params: {p}")),
         );
     }
-    let mut params = ClusterConfig::params(&f.params);
-    params.insert("target".into(), "check".into());
-    if let Err(problems) = baton_plugin_api::check_params(handle.metadata(), &params) {
-        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-        bail!("cluster.fencing.params: {}", text.join("; "));
+    if !problems.is_empty() {
+        return Err(problems);
     }
     params.remove("target");
     let mut base = Request::new(Action::Start, params);
@@ -876,6 +912,14 @@ pub struct RunPaths {
     pub socket: Option<PathBuf>,
     /// `PID START_TIME` of the daemon, for a fence agent that kills it (the lab's).
     pub pid_file: Option<PathBuf>,
+    /// The event history (default: beside the control socket when one is
+    /// given, else [`default_history`]).
+    pub history_file: Option<PathBuf>,
+}
+
+/// Where node `node` keeps its event history by default.
+pub fn default_history(node: &str) -> PathBuf {
+    PathBuf::from(format!("/var/lib/baton/{node}.history"))
 }
 
 /// Run node `node_name` until SIGTERM/SIGINT; then stop its services, tell the
@@ -932,8 +976,15 @@ pub fn run(
     let mut policy = catalog.runner_policy().clone();
     policy.long_lived = true;
     catalog.set_runner_policy(policy);
-    let services: Arc<Vec<LoadedService>> = Arc::new(load_services(&cluster, &catalog, node_name)?);
-    let fencer: Option<Arc<Fencer>> = load_fencer(&cluster, &catalog, node_name)?.map(Arc::new);
+    let (services, fencer) = load_all(&cluster, &catalog, node_name).map_err(|problems| {
+        anyhow::anyhow!(
+            "the config has {} problem(s); nothing was started:\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        )
+    })?;
+    let services: Arc<Vec<LoadedService>> = Arc::new(services);
+    let fencer: Option<Arc<Fencer>> = fencer.map(Arc::new);
     let mut sockets = Vec::new();
     for (i, addr) in cluster.addresses[&me.id].iter().enumerate() {
         let s = UdpSocket::bind(addr)
@@ -952,6 +1003,25 @@ pub fn run(
         .iter()
         .map(|n| (n.id, n.name.clone()))
         .collect();
+    let history = paths
+        .history_file
+        .clone()
+        .or_else(|| paths.socket.as_ref().map(|s| s.with_extension("history")))
+        .unwrap_or_else(|| default_history(node_name));
+    let journal = crate::history::Journal::open(&history, crate::history::LIMIT)
+        .map_err(|e| {
+            tracing::error!(
+                "the event history {} cannot be opened ({e}); decisions are only logged",
+                history.display()
+            )
+        })
+        .ok();
+    let mut decisions = crate::decisions::Decisions::new(
+        node_name,
+        names.clone(),
+        cluster.services.iter().map(|s| s.name.clone()).collect(),
+        journal,
+    );
     let peers: Vec<(NodeId, Vec<SocketAddr>)> = cluster
         .addresses
         .iter()
@@ -1149,6 +1219,11 @@ pub fn run(
                     local[i].states = round.states;
                     monitors.schedule(i, now + services[i].monitor_every);
                     let result = round.result.map_err(|(recovery, failure)| {
+                        decisions.record(
+                            "failure",
+                            Some(i),
+                            format!("start failed here: {failure}; recovery {recovery}"),
+                        );
                         local[i].last_failure = Some(failure);
                         recovery
                     });
@@ -1164,6 +1239,11 @@ pub fn run(
                     local_changes += 1;
                     local[i].states = round.states;
                     let result = round.result.map_err(|(recovery, failure)| {
+                        decisions.record(
+                            "failure",
+                            Some(i),
+                            format!("promotion failed here: {failure}; recovery {recovery}"),
+                        );
                         local[i].last_failure = Some(failure);
                         recovery
                     });
@@ -1188,7 +1268,11 @@ pub fn run(
                         match round.result {
                             Ok(()) => Vec::new(),
                             Err((recovery, failure)) => {
-                                tracing::warn!(service = %services[i].name, %recovery, "service failed here: {failure}");
+                                decisions.record(
+                                    "failure",
+                                    Some(i),
+                                    format!("failed here: {failure}; recovery {recovery}"),
+                                );
                                 local[i].last_failure = Some(failure);
                                 node.service_failed(i, now, recovery)
                             }
@@ -1196,6 +1280,16 @@ pub fn run(
                     }
                 }
                 Done::Fenced(target, inc, ok) => {
+                    let name = names.get(&target).cloned().unwrap_or_default();
+                    decisions.record(
+                        "fence",
+                        None,
+                        if ok {
+                            format!("{name} fenced: the fence agent confirmed it off")
+                        } else {
+                            format!("the fence of {name} failed; it is tried again in a second")
+                        },
+                    );
                     node.fence_done(target, inc, ok, now);
                     // A confirmed fence may free a service: decide now.
                     next_tick = 0;
@@ -1205,6 +1299,7 @@ pub fn run(
             for c in commands {
                 run_command(c, &done_tx, quorate_now(&node), &local);
             }
+            decisions.observe(&node);
         }
         // A claim moves on at once (published, acknowledged, started), and a
         // change of the witness's holder counts at once, not at the next heartbeat.
@@ -1219,6 +1314,10 @@ pub fn run(
             let now = now_ms();
             let answer = match control_request(&mut node, &req, &cluster, &names, now) {
                 Ok((message, commands)) => {
+                    if req != ControlRequest::Status {
+                        let service = req.service().and_then(|s| service_index(&cluster, s).ok());
+                        decisions.record("operator", service, format!("by an operator: {message}"));
+                    }
                     for c in commands {
                         run_command(c, &done_tx, quorate_now(&node), &local);
                     }
@@ -1259,7 +1358,7 @@ pub fn run(
                     "the monitor of {} did not answer within {ms} ms (an agent that runs in baton's process ignored its deadline)",
                     services[i].name
                 );
-                tracing::error!(service = %services[i].name, "{failure}");
+                decisions.record("failure", Some(i), failure.clone());
                 local[i].last_failure = Some(failure);
                 for c in node.service_failed(i, now, Recovery::RestartHere) {
                     run_command(c, &done_tx, quorate_now(&node), &local);
@@ -1278,6 +1377,17 @@ pub fn run(
             }
             let (packets, commands) = node.tick(now);
             send(packets);
+            for c in &commands {
+                if let Command::Fence { node: target, .. } = c {
+                    let name = names.get(target).cloned().unwrap_or_default();
+                    decisions.record(
+                        "fence",
+                        None,
+                        format!("fencing {name}: it left the membership while it may hold services, or its stop failed"),
+                    );
+                }
+            }
+            decisions.observe(&node);
             let quorate = quorate_now(&node);
             for c in commands {
                 run_command(c, &done_tx, quorate, &local);

@@ -11,9 +11,13 @@ fn main() -> ExitCode {
     }
     // BATON_LOG=debug shows every agent call with its deadline and result. By
     // default only warnings, except that `agent run` and `agent test` show what
-    // the agent itself logs at info, as a vendor trying it expects.
+    // the agent itself logs at info, as a vendor trying it expects, and the
+    // daemon logs its decisions.
     let default = if cli.tries_an_agent() {
         "warn,baton::agent=info"
+    } else if cli.is_daemon() {
+        // Every decision, with its reason (what the event history records).
+        "warn,baton=info"
     } else {
         "warn"
     };

@@ -585,3 +585,65 @@ fn a_closed_stdout_ends_a_printing_command_without_a_panic() {
         );
     }
 }
+
+/// `config check` loads every agent as `run` does and reports every problem at
+/// once (a misspelled parameter, a missing required one, a fence agent that is
+/// not one); `run` refuses the same config with the same full list, starting
+/// nothing.
+#[test]
+fn config_check_and_run_report_every_problem_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("key"), [7u8; 32]).unwrap();
+    let config = d.join("bad.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agents]\nstore = {store:?}\n[cluster]\nname = \"c\"\nkey_file = {key:?}\n\
+             [cluster.fencing]\nagent = \"process\"\nparams = {{}}\n\
+             [[node]]\nname = \"n1\"\nid = 1\nlinks = [\"127.0.0.1:0\"]\n\
+             [[node]]\nname = \"n2\"\nid = 2\nlinks = [\"127.0.0.1:0\"]\n\
+             [[service]]\nname = \"web\"\nstrategy = \"standby\"\npreferred = [\"n1\", \"n2\"]\n\
+             [[service.resource]]\nagent = \"ipaddr\"\nparams = {{ adress = \"198.18.0.100/24\" }}\n",
+            store = d.join("store").display().to_string(),
+            key = d.join("key").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let expected = [
+        "service[0].resource[0].params (web): parameter adress: unknown to agent ipaddr; did you mean \"address\"?",
+        "service[0].resource[0].params (web): parameter address: required by agent ipaddr but not set",
+        "cluster.fencing.agent: process has no `target` parameter, so it is not a fence agent",
+        "cluster.fencing.params: parameter command: required by agent process but not set",
+    ];
+    let check = Command::new(baton_exe())
+        .args(["config", "check"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = output_text(&check);
+    assert_eq!(check.status.code(), Some(1), "{text}");
+    for e in expected {
+        assert!(text.contains(e), "config check misses {e:?}:\n{text}");
+    }
+    let run = Command::new(baton_exe())
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--node", "n1", "--socket"])
+        .arg(d.join("n1.sock"))
+        .output()
+        .unwrap();
+    let text = output_text(&run);
+    assert!(!run.status.success(), "{text}");
+    assert!(
+        text.contains("the config has 4 problem(s); nothing was started"),
+        "{text}"
+    );
+    for e in expected {
+        assert!(text.contains(e), "run misses {e:?}:\n{text}");
+    }
+    assert!(
+        !d.join("n1.sock").exists(),
+        "run started its control socket"
+    );
+}

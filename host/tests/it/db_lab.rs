@@ -377,19 +377,21 @@ impl DbLab {
             "n{forced} did not serve after the forced promotion"
         );
         self.wait_for_writes(20, limit)?;
-        // What the forced promotion lost, so far: acknowledged ids not in the table.
+        // What the forced promotion lost, so far: ids acknowledged before the
+        // table is read that are not in it.
+        let acked: Vec<i64> = self
+            .acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, _)| *id)
+            .collect();
         let stored = self
             .cluster()
             .lab
             .as_client(|| Postgres::default().ids())?
             .map_err(|e| anyhow::anyhow!("reading the table: {e}"))?;
-        let lost = self
-            .acks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|(id, _)| !stored.contains(id))
-            .count();
+        let lost = acked.iter().filter(|id| !stored.contains(id)).count();
         // The old primary comes back and rejoins as a standby (rewound).
         let Storage::Replicated(cluster) = &mut self.storage else {
             unreachable!()

@@ -125,6 +125,35 @@ fn an_isolated_owner_stops_and_exactly_one_other_node_serves() {
     let s1 = c.status(1).unwrap();
     assert_eq!(s1["quorate"], false);
     assert_eq!(s1["services"][0]["here"], "stopped");
+    // Each node's history says what it decided and why.
+    let history = |n: usize, service: Option<&str>| {
+        let mut cmd = std::process::Command::new(crate::support::baton_exe());
+        cmd.args(["history", "--json", "--file"])
+            .arg(c.dir.path().join(format!("n{n}.history")));
+        if let Some(s) = service {
+            cmd.args(["--service", s]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            crate::support::output_text(&out)
+        );
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    };
+    let has = |events: &[serde_json::Value], kind: &str, text: &str| {
+        events
+            .iter()
+            .any(|e| e["kind"] == kind && e["text"].as_str().unwrap_or("").contains(text))
+    };
+    let n1 = history(1, None);
+    assert!(has(&n1, "quorum", "no quorum"), "{n1:#?}");
+    assert!(has(&n1, "stop", "stopping here"), "{n1:#?}");
+    let n2 = history(2, Some("web"));
+    assert!(has(&n2, "placement", "should run on n2"), "{n2:#?}");
+    assert!(has(&n2, "start", "running here"), "{n2:#?}");
+    assert!(n2.iter().all(|e| e["service"] == "web"), "{n2:#?}");
+    assert!(has(&history(2, None), "membership", "left: n1"));
     // Healed, n1 rejoins; one node serves. (Whether n1 gets the service back
     // depends on whether its address monitor saw the cut interface before it saw
     // the lost quorum: such failures count against it until they expire.)
