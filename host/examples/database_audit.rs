@@ -73,25 +73,20 @@ fn main() -> anyhow::Result<()> {
                 let lab = db_lab::DbLab::postgresql(&prefix, &baton, &adapter)?;
                 (lab, Box::new(db_lab::Postgres::default()), adapter)
             }
-            "postgresql-replication" => {
+            "postgresql-replication" | "postgresql-async" => {
                 let adapter = profile.join("libbaton_postgresql.so");
                 ensure_built(&baton, &adapter)?;
+                // Synchronous to one standby, or asynchronous.
+                let sync = if database == "postgresql-replication" {
+                    "synchronous_standby_names=* "
+                } else {
+                    ""
+                };
                 let lab = db_lab::DbLab::replicated_postgresql(
                     &prefix,
                     &baton,
                     &adapter,
-                    "synchronous_standby_names=* synchronous_commit=on wal_keep_size=256MB",
-                )?;
-                (lab, Box::new(db_lab::Postgres::default()), adapter)
-            }
-            "postgresql-async" => {
-                let adapter = profile.join("libbaton_postgresql.so");
-                ensure_built(&baton, &adapter)?;
-                let lab = db_lab::DbLab::replicated_postgresql(
-                    &prefix,
-                    &baton,
-                    &adapter,
-                    "synchronous_commit=on wal_keep_size=256MB",
+                    &format!("{sync}synchronous_commit=on wal_keep_size=256MB"),
                 )?;
                 (lab, Box::new(db_lab::Postgres::default()), adapter)
             }

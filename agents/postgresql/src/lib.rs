@@ -34,7 +34,7 @@ struct Postgresql;
 
 impl ResourceAgent for Postgresql {
     fn metadata(&self) -> Metadata {
-        use ParamType::{Integer, String};
+        use ParamType::{Boolean, Integer, String};
         Metadata {
             name: "postgresql".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -144,6 +144,15 @@ impl ResourceAgent for Postgresql {
                     false,
                     Some("postgres"),
                     "Role standbys and pg_rewind connect to primary_host as",
+                ),
+                ParamSpec::new(
+                    "rebuild_on_rewind_failure",
+                    Boolean,
+                    false,
+                    Some("true"),
+                    "When pg_rewind cannot rejoin this standby to the primary, empty pgdata \
+                     and clone the primary with pg_basebackup (a standby holds nothing the \
+                     primary lacks that was acknowledged)",
                 ),
             ],
             actions: vec![

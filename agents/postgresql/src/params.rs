@@ -26,6 +26,8 @@ pub struct Settings {
     pub primary_host: Option<String>,
     /// The role replicas connect as (REPLICATION, and for pg_rewind a superuser).
     pub replication_user: String,
+    /// When pg_rewind cannot rejoin a standby, clone it afresh from the primary.
+    pub rebuild: bool,
 }
 
 /// This node's PostgreSQL installation.
@@ -109,6 +111,15 @@ impl Settings {
             password_file: optional_path("password_file")?,
             primary_host,
             replication_user: text(req, "replication_user").to_owned(),
+            rebuild: match text(req, "rebuild_on_rewind_failure") {
+                "" | "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                other => {
+                    return Err(AgentError::misconfigured(format!(
+                        "parameter rebuild_on_rewind_failure = {other:?}: use true or false"
+                    )));
+                }
+            },
             pgdata,
             port,
             user,

@@ -80,11 +80,20 @@ pub fn prepare_standby(
     if primary_answers(settings, Duration::from_secs(3)) {
         // pg_rewind's crash recovery runs a single-user server, which refuses standby mode.
         let _ = std::fs::remove_file(&signal);
-        rewind(req, settings, install)?;
-        eprintln!(
-            "{}: rewound from the primary at {host}",
-            req.context.resource
-        );
+        match rewind(req, settings, install) {
+            Ok(()) => eprintln!(
+                "{}: rewound from the primary at {host}",
+                req.context.resource
+            ),
+            Err(e) if settings.rebuild => {
+                eprintln!(
+                    "{}: {}; cloning the primary at {host} instead (rebuild_on_rewind_failure)",
+                    req.context.resource, e.reason
+                );
+                rebuild(settings, install)?;
+            }
+            Err(e) => return Err(e),
+        }
     } else {
         eprintln!(
             "{}: no primary answers at {host}; starting as a standby without pg_rewind",
@@ -153,6 +162,60 @@ fn rewind(req: &Request, settings: &Settings, install: &Install) -> Result<(), A
             .collect::<Vec<_>>()
             .join(" | "),
         req.context.resource
+    )))
+}
+
+/// Empty the data directory and clone the primary into it with
+/// `pg_basebackup`, as the server's user: for a standby pg_rewind cannot bring
+/// back (its own WAL unreadable before the divergence, or the WAL it needs
+/// already gone from the primary).
+fn rebuild(settings: &Settings, install: &Install) -> Result<(), AgentError> {
+    let host = settings.primary_host.as_deref().unwrap_or_default();
+    let entries = std::fs::read_dir(&settings.pgdata).map_err(|e| {
+        AgentError::generic(format!("cannot list {}: {e}", settings.pgdata.display()))
+    })?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let removed = if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| {
+            AgentError::generic(format!("cannot empty {}: {e}", settings.pgdata.display()))
+        })?;
+    }
+    let out = Command::new(install.bindir.join("pg_basebackup"))
+        .arg("-D")
+        .arg(&settings.pgdata)
+        .args(["-h", host, "-p", &settings.port.to_string()])
+        .args([
+            "-U",
+            &settings.replication_user,
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+        ])
+        .current_dir(&settings.pgdata)
+        .uid(install.uid)
+        .gid(install.gid)
+        .env("HOME", &settings.pgdata)
+        .output()
+        .map_err(|e| {
+            AgentError::not_installed(format!(
+                "cannot run {}/pg_basebackup: {e}",
+                install.bindir.display()
+            ))
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(AgentError::generic(format!(
+        "pg_basebackup of {} from {host} failed ({}): {}",
+        settings.pgdata.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
     )))
 }
 

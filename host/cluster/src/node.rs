@@ -1038,31 +1038,11 @@ impl ClusterNode {
         let blocked = self.blocked_by();
         // Members whose own last decision was "no quorum" (they run nothing, so they
         // are given nothing): one cut off from a witness its partition needs.
-        let without_quorum: BTreeSet<NodeId> = view
-            .iter()
-            .copied()
-            .filter(|n| {
-                *n != me
-                    && self
-                        .membership
-                        .report_of(*n)
-                        .is_some_and(|(r, _)| !r.quorate)
-            })
-            .collect();
+        let without_quorum = self.members_reporting(|r| !r.quorate);
         self.merge_acknowledged(&view);
         for i in 0..self.services.len() {
             let spec = &self.services[i];
-            let others: BTreeSet<NodeId> = view
-                .iter()
-                .copied()
-                .filter(|n| {
-                    *n != me
-                        && self
-                            .membership
-                            .claims_of(*n)
-                            .is_some_and(|c| c & (1 << i) != 0)
-                })
-                .collect();
+            let others = self.members_reporting(|r| r.claims & (1 << i) != 0);
             let replicated = spec.strategy == Strategy::Promotable;
             let everywhere = spec.strategy == Strategy::Clone || replicated;
             // A clone that shares nothing may keep running without quorum (it
@@ -1210,6 +1190,18 @@ impl ClusterNode {
         (packets, commands)
     }
 
+    /// The other members of the view whose latest report satisfies `what`.
+    fn members_reporting(&self, what: impl Fn(&Report) -> bool) -> BTreeSet<NodeId> {
+        let me = self.membership.me();
+        self.membership
+            .view()
+            .1
+            .iter()
+            .copied()
+            .filter(|n| *n != me && self.membership.report_of(*n).is_some_and(|(r, _)| what(r)))
+            .collect()
+    }
+
     /// Raise the acknowledged positions known here to the highest a member of
     /// `view` publishes.
     fn merge_acknowledged(&mut self, view: &BTreeSet<NodeId>) {
@@ -1286,20 +1278,7 @@ impl ClusterNode {
         let me = self.membership.me();
         let replicas = self.replicas(i, operator);
         let bit = 1u64 << i;
-        let others: Vec<NodeId> = self
-            .membership
-            .view()
-            .1
-            .iter()
-            .copied()
-            .filter(|n| {
-                *n != me
-                    && self
-                        .membership
-                        .report_of(*n)
-                        .is_some_and(|(r, _)| r.promoted & bit != 0)
-            })
-            .collect();
+        let others = self.members_reporting(|r| r.promoted & bit != 0);
         self.promotions[i] = if quorate {
             promote(&self.services[i], &replicas, excluded)
         } else {

@@ -169,7 +169,7 @@ fn seed_replicas(dir: &Path, bin: &Path, nodes: usize) -> anyhow::Result<()> {
          echo 'host all all 198.18.0.0/15 trust' >> $D/n1/pgdata/pg_hba.conf; \
          echo 'host replication all 198.18.0.0/15 trust' >> $D/n1/pgdata/pg_hba.conf; \
          runuser -u postgres -- $B/pg_ctl -D $D/n1/pgdata -w -l $D/n1/seed.log \
-           -o \"-c listen_addresses='' -k {first} -c wal_log_hints=on\" start >/dev/null; ",
+           -o \"-c listen_addresses='' -k {first} -c wal_keep_size=256MB\" start >/dev/null; ",
         bin = bin.display(),
         d = dir.display(),
         first = first.display(),

@@ -212,11 +212,7 @@ fn a_component_for_contract_1_2_reports_its_promotion_score() {
         ("position", "4096"),
         ("acknowledged", "4000"),
     ];
-    assert!(
-        call(&replica, Action::Start, "r", &params, 2000)
-            .result
-            .is_ok()
-    );
+    let run = |action| call(&replica, action, "r", &params, 2000).result;
     let score = |state, acknowledged| Outcome::Scored {
         state,
         promotion: Promotion {
@@ -225,33 +221,20 @@ fn a_component_for_contract_1_2_reports_its_promotion_score() {
             acknowledged,
         },
     };
+    assert!(run(Action::Start).is_ok());
     assert_eq!(
-        call(&replica, Action::Monitor, "r", &params, 2000)
-            .result
-            .unwrap(),
+        run(Action::Monitor).unwrap(),
         score(MonitorState::Running, None)
     );
-    assert!(
-        call(&replica, Action::Promote, "r", &params, 2000)
-            .result
-            .is_ok()
-    );
+    assert!(run(Action::Promote).is_ok());
     assert_eq!(
-        call(&replica, Action::Monitor, "r", &params, 2000)
-            .result
-            .unwrap(),
+        run(Action::Monitor).unwrap(),
         score(MonitorState::Promoted, Some(4000))
     );
     // Not running: a state, no score.
-    assert!(
-        call(&replica, Action::Stop, "r", &params, 2000)
-            .result
-            .is_ok()
-    );
+    assert!(run(Action::Stop).is_ok());
     assert_eq!(
-        call(&replica, Action::Monitor, "r", &params, 2000)
-            .result
-            .unwrap(),
+        run(Action::Monitor).unwrap(),
         Outcome::State(MonitorState::NotRunning)
     );
 }
