@@ -140,8 +140,8 @@ impl Decisions {
             .filter(|(k, up)| self.links.get(k) != Some(up))
             .collect();
         for ((peer, link), up) in changed {
-            let known = self.links.insert((peer, link), up).is_some();
-            if known || !up {
+            // A link's first state (down until heard) is not news; its changes are.
+            if self.links.insert((peer, link), up).is_some() {
                 let text = format!(
                     "link {link} to {} {}",
                     self.name(peer),
@@ -167,7 +167,7 @@ impl Decisions {
         if phase != self.phases[i] {
             self.phases[i] = phase;
             let kind = match phase {
-                Phase::Starting | Phase::Running => "start",
+                Phase::Claiming { .. } | Phase::Starting | Phase::Running => "start",
                 Phase::StopFailed => "failure",
                 _ => "stop",
             };
