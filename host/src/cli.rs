@@ -774,9 +774,10 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
                 Some(c) => {
                     let b = c.spec().bounds;
                     println!(
-                        "{}: ok — cluster {}, {} nodes, {} links, {} services; timing {}: a link is down after {} ms, survivors take over a lost node's services after {} ms without a fence confirmation",
+                        "{}: ok — cluster {}, config {:016x}, {} nodes, {} links, {} services; timing {}: a link is down after {} ms, survivors take over a lost node's services after {} ms without a fence confirmation",
                         file.display(),
                         c.cluster.name,
+                        c.fingerprint,
                         c.nodes.len(),
                         c.spec().links,
                         c.services.len(),

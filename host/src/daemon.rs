@@ -153,6 +153,11 @@ struct Status<'a> {
     id: NodeId,
     epoch: u64,
     members: Vec<&'a str>,
+    /// This node's config fingerprint (hex).
+    config: String,
+    /// Nodes heard that run another config: not admitted to the membership.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    other_configs: Vec<String>,
     quorate: bool,
     quorum: String,
     witness_held: bool,
@@ -1299,7 +1304,7 @@ pub fn run(
             for c in commands {
                 run_command(c, &done_tx, quorate_now(&node), &local);
             }
-            decisions.observe(&node);
+            decisions.observe(&node, now_ms());
         }
         // A claim moves on at once (published, acknowledged, started), and a
         // change of the witness's holder counts at once, not at the next heartbeat.
@@ -1387,7 +1392,7 @@ pub fn run(
                     );
                 }
             }
-            decisions.observe(&node);
+            decisions.observe(&node, now_ms());
             let quorate = quorate_now(&node);
             for c in commands {
                 run_command(c, &done_tx, quorate, &local);
@@ -1648,6 +1653,24 @@ fn control_request(
     }
 }
 
+/// Why nodes that run another config are not members, in words.
+pub(crate) fn other_configs(
+    node: &ClusterNode,
+    names: &BTreeMap<NodeId, String>,
+    now: u64,
+) -> Vec<String> {
+    node.foreign_configs(now)
+        .into_iter()
+        .map(|(id, config)| {
+            format!(
+                "{} runs config {config:016x}, this node {:016x}: it is not admitted; deploy the same config (less [agents] and per-node paths) to every node",
+                names.get(&id).map(String::as_str).unwrap_or("?"),
+                node.config()
+            )
+        })
+        .collect()
+}
+
 fn status<'a>(
     node: &ClusterNode,
     name: &'a str,
@@ -1668,6 +1691,8 @@ fn status<'a>(
         id: me,
         epoch,
         members: view.iter().map(n).collect(),
+        config: format!("{:016x}", node.config()),
+        other_configs: other_configs(node, names, now),
         quorate: quorum.is_some_and(|q| q.quorate),
         quorum: quorum.map(|q| q.reason.clone()).unwrap_or_default(),
         witness_held: quorum.is_some_and(|q| q.witness_held),

@@ -22,6 +22,8 @@ pub struct Decisions {
     phases: Vec<Phase>,
     roles: Vec<Role>,
     promoted: Vec<Option<(Option<NodeId>, String)>>,
+    /// Nodes last seen running another config.
+    foreign: BTreeSet<NodeId>,
     journal: Option<Journal>,
 }
 
@@ -46,6 +48,7 @@ impl Decisions {
             phases: vec![Phase::Stopped; n],
             roles: vec![Role::Replica; n],
             promoted: vec![None; n],
+            foreign: BTreeSet::new(),
             journal,
         }
     }
@@ -82,7 +85,8 @@ impl Decisions {
     }
 
     /// Compare the state machine with what was seen last; record each change.
-    pub fn observe(&mut self, node: &ClusterNode) {
+    pub fn observe(&mut self, node: &ClusterNode, now: u64) {
+        self.configs(node, now);
         self.membership(node);
         self.quorum(node);
         self.links(node);
@@ -110,6 +114,22 @@ impl Decisions {
             text += &format!("; left: {left}");
         }
         self.record("membership", None, text);
+    }
+
+    fn configs(&mut self, node: &ClusterNode, now: u64) {
+        let foreign: BTreeSet<NodeId> = node
+            .foreign_configs(now)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        if foreign == self.foreign {
+            return;
+        }
+        let texts = crate::daemon::other_configs(node, &self.names, now);
+        self.foreign = foreign;
+        for text in texts {
+            self.record("config", None, text);
+        }
     }
 
     fn quorum(&mut self, node: &ClusterNode) {

@@ -9,6 +9,7 @@ use super::quorum::QuorumPolicy;
 use super::wire::NodeId;
 use baton_plugin_api::Params;
 use serde::Deserialize;
+use sha2::Digest;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -265,6 +266,12 @@ pub struct ClusterConfig {
     pub addresses: BTreeMap<NodeId, Vec<SocketAddr>>,
     /// The timing profile.
     pub timing: Timing,
+    /// The fingerprint of the cluster-wide config: every table but `[agents]`,
+    /// less what may differ per node (`key_file`'s path, `watchdog`, `health`,
+    /// the witness's `file` and `disk` paths), in canonical form, SHA-256,
+    /// first 8 bytes. Heartbeats carry it; nodes of different fingerprints do
+    /// not form one membership.
+    pub fingerprint: u64,
 }
 
 #[derive(Deserialize)]
@@ -294,6 +301,25 @@ impl std::fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// See [`ClusterConfig::fingerprint`].
+fn fingerprint_of(table: &toml::Table) -> u64 {
+    let mut wide = table.clone();
+    if let Some(toml::Value::Table(cluster)) = wide.get_mut("cluster") {
+        for local in ["key_file", "watchdog", "health"] {
+            cluster.remove(local);
+        }
+        if let Some(toml::Value::Table(witness)) = cluster.get_mut("witness") {
+            witness.remove("file");
+            witness.remove("disk");
+        }
+    }
+    let canonical = toml::to_string(&wide).unwrap_or_default();
+    let digest = sha2::Sha256::digest(canonical.as_bytes());
+    u64::from_be_bytes([
+        digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
+    ])
+}
+
 fn strategy(name: &str) -> Option<Strategy> {
     Some(match name {
         "standby" => Strategy::Standby,
@@ -322,10 +348,12 @@ impl ClusterConfig {
     /// Parse the cluster sections of a config file's text. `Ok(None)` when the file
     /// has no `[cluster]` (an agents-only config).
     pub fn parse(text: &str) -> Result<Option<ClusterConfig>, ConfigErrors> {
+        let mut fingerprint = 0;
         let raw: Raw = toml::from_str::<toml::Table>(text)
             .map_err(|e| ConfigErrors(vec![e.to_string().trim_end().to_string()]))
             .and_then(|mut table| {
                 table.remove("agents");
+                fingerprint = fingerprint_of(&table);
                 toml::Value::Table(table)
                     .try_into()
                     .map_err(|e: toml::de::Error| {
@@ -523,6 +551,7 @@ impl ClusterConfig {
                 services: raw.service,
                 addresses,
                 timing,
+                fingerprint,
             }))
         } else {
             Err(ConfigErrors(errors))
@@ -565,6 +594,7 @@ impl ClusterConfig {
                 })
                 .collect(),
             fencing: self.cluster.fencing.is_some(),
+            config: self.fingerprint,
         }
     }
 
@@ -618,6 +648,26 @@ preferred = ["n1", "n2"]
 agent = "process"
 params = { command = "sleep 100", stop_grace_ms = 500 }
 "#;
+
+    #[test]
+    fn the_fingerprint_covers_the_cluster_wide_part_only() {
+        let fp = |text: &str| ClusterConfig::parse(text).unwrap().unwrap().fingerprint;
+        let base = fp(GOOD);
+        assert_eq!(
+            base,
+            ClusterConfig::parse(GOOD).unwrap().unwrap().spec().config
+        );
+        // Per-node parts: the agents' table, the key file's path, comments, order.
+        let local = GOOD
+            .replace("store = \"/tmp/x\"", "store = \"/var/lib/other\"")
+            .replace("/etc/baton/key", "/srv/keys/lab.key")
+            .replace("timing = \"fast\"", "# the lab\ntiming = \"fast\"");
+        assert_eq!(fp(&local), base);
+        // Cluster-wide parts: a resource parameter, the timing, a node.
+        assert_ne!(fp(&GOOD.replace("sleep 100", "sleep 200")), base);
+        assert_ne!(fp(&GOOD.replace("\"fast\"", "\"default\"")), base);
+        assert_ne!(fp(&GOOD.replace("198.18.2.12", "198.18.2.13")), base);
+    }
 
     #[test]
     fn a_good_config_becomes_a_cluster_spec() {

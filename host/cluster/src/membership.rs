@@ -252,6 +252,7 @@ impl Membership {
                 incarnation: self.incarnation,
                 seq: self.seq,
                 epoch: self.epoch,
+                config: 0,
                 reports: reports.clone(),
             })
             .collect()

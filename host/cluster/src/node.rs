@@ -202,6 +202,9 @@ pub struct ClusterSpec {
     pub services: Vec<ServiceSpec>,
     /// Whether a fence agent is configured (the fencer fences lost nodes).
     pub fencing: bool,
+    /// The fingerprint of the cluster-wide config (see
+    /// `ClusterConfig::fingerprint`): heartbeats of another are not admitted.
+    pub config: u64,
 }
 
 /// How long a failed fence waits before it is tried again.
@@ -293,6 +296,10 @@ pub struct ClusterNode {
     /// Whether a claim waits for the members' acknowledgements (always, except in
     /// the simulation's check that the acknowledgement is what keeps owners single).
     claim_acks: bool,
+    /// This node's config fingerprint.
+    config: u64,
+    /// Nodes heard running another config: their fingerprint, and when last heard.
+    foreign: BTreeMap<NodeId, (u64, Millis)>,
 }
 
 impl ClusterNode {
@@ -348,6 +355,8 @@ impl ClusterNode {
             last_acks: Vec::new(),
             awaiting_acks: false,
             claim_acks: true,
+            config: cluster.config,
+            foreign: BTreeMap::new(),
         }
     }
 
@@ -501,7 +510,29 @@ impl ClusterNode {
 
     /// A heartbeat arrived (already authenticated and replay-checked).
     pub fn on_heartbeat(&mut self, now: Millis, hb: &Heartbeat) {
+        if hb.config != self.config {
+            // One cluster, one config: a node that runs another is not admitted.
+            self.foreign.insert(hb.sender, (hb.config, now));
+            return;
+        }
+        self.foreign.remove(&hb.sender);
         self.membership.on_heartbeat(now, hb);
+    }
+
+    /// This node's config fingerprint.
+    pub fn config(&self) -> u64 {
+        self.config
+    }
+
+    /// The nodes heard within the link timeout that run another config, with
+    /// their fingerprints: they are not admitted to the membership.
+    pub fn foreign_configs(&self, now: Millis) -> Vec<(NodeId, u64)> {
+        let recent = ms(self.bounds.membership.link_timeout);
+        self.foreign
+            .iter()
+            .filter(|(_, (_, at))| now.saturating_sub(*at) <= recent)
+            .map(|(n, (c, _))| (*n, *c))
+            .collect()
     }
 
     /// A start finished; `ok` false means it failed: the failure is counted and the
@@ -962,6 +993,7 @@ impl ClusterNode {
         for hb in &mut hbs {
             hb.reports.truncate(1);
             hb.reports[0].heard = 0;
+            hb.config = self.config;
         }
         hbs
     }
@@ -1186,7 +1218,10 @@ impl ClusterNode {
         // acknowledgements of the claims seen so far go out at once.
         let published = self.published(now, banned_here);
         self.last_acks = published.acks.clone();
-        let packets = self.membership.publish(published);
+        let mut packets = self.membership.publish(published);
+        for hb in &mut packets {
+            hb.config = self.config;
+        }
         (packets, commands)
     }
 
@@ -1401,6 +1436,7 @@ mod tests {
                 keep_without_quorum: false,
             }],
             fencing: false,
+            config: 0,
         };
         ClusterNode::new(&spec, 1, 1, 0)
     }
@@ -1526,6 +1562,7 @@ mod cluster_tests {
                     keep_without_quorum: false,
                 }],
                 fencing,
+                config: 0,
             };
             Trio {
                 nodes: (1..=3)
@@ -1867,6 +1904,32 @@ mod cluster_tests {
     }
 
     #[test]
+    fn a_node_that_runs_another_config_is_not_admitted_and_both_sides_say_so() {
+        let mut t = Trio::new(false);
+        let mut other = t.spec.clone();
+        other.config = 0x91c0;
+        t.spec.config = 0x5be1;
+        t.nodes = (1..=3)
+            .map(|id| ClusterNode::new(if id == 3 { &other } else { &t.spec }, id, 1, 0))
+            .collect();
+        t.run(1_000);
+        let view = |t: &Trio, k: usize| t.nodes[k].membership().view().1.clone();
+        assert_eq!(view(&t, 0), BTreeSet::from([1, 2]));
+        assert_eq!(view(&t, 2), BTreeSet::from([3]));
+        assert_eq!(t.runs(), [1], "the quorate side runs the service");
+        assert_eq!(t.nodes[0].foreign_configs(t.now), [(3, 0x91c0)]);
+        assert_eq!(
+            t.nodes[2].foreign_configs(t.now),
+            [(1, 0x5be1), (2, 0x5be1)]
+        );
+        // Redeployed with the same config, node 3 joins.
+        t.nodes[2] = ClusterNode::new(&t.spec, 3, 2, t.now);
+        t.run(1_000);
+        assert_eq!(view(&t, 0), BTreeSet::from([1, 2, 3]));
+        assert!(t.nodes[0].foreign_configs(t.now + 10_000).is_empty());
+    }
+
+    #[test]
     fn a_move_switches_over_and_ends_by_itself() {
         let mut t = Trio::new(false);
         t.run(1_000);
@@ -1933,6 +1996,7 @@ mod witness_tests {
                 keep_without_quorum: false,
             }],
             fencing: false,
+            config: 0,
         };
         let mut nodes = [
             ClusterNode::new(&spec, 1, 1, 0),

@@ -13,7 +13,8 @@
 //! ([`ReplayGuard`]): forged, replayed, truncated or garbled packets are dropped and
 //! counted, never acted on.
 //!
-//! The heartbeat body carries the sender's membership epoch and the reports it knows
+//! The heartbeat body carries the sender's membership epoch, its config
+//! fingerprint, and the reports it knows
 //! ([`Report`]: whom a node hears, which services it claims, refuses or blocks, the
 //! nodes it confirmed fenced, the operator moves it carries, and the pending claims
 //! of others it has seen): its own, and the
@@ -26,9 +27,10 @@ use std::collections::HashMap;
 use std::fmt;
 
 const MAGIC: &[u8; 4] = b"BTN1";
-/// The wire version this build speaks (4: reports carry blocks, failed stops, fence
-/// confirmations, moves, claim acknowledgements, and promotable services'
-/// replicas, promoted role, scores and acknowledged positions). Nodes of different
+/// The wire version this build speaks (4: the sender's config fingerprint, and
+/// reports carry blocks, failed stops, fence confirmations, moves, claim
+/// acknowledgements, and promotable services' replicas, promoted role, scores
+/// and acknowledged positions). Nodes of different
 /// wire versions do not hear each other: upgrade every node of a cluster together.
 pub const VERSION: u8 = 4;
 const HEADER: usize = 4 + 1 + 1 + 4 + 2 + 1 + 8 + 8 + 2;
@@ -208,6 +210,9 @@ pub struct Heartbeat {
     pub seq: u64,
     /// The sender's membership epoch.
     pub epoch: u64,
+    /// The fingerprint of the sender's cluster-wide config: a node is heard only
+    /// by nodes that run the same config.
+    pub config: u64,
     /// Reachability reports the sender knows (its own first).
     pub reports: Vec<Report>,
 }
@@ -256,6 +261,7 @@ impl Drop {
 pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
     let reports = &hb.reports[..hb.reports.len().min(MAX_NODES as usize)];
     let body_len = 8
+        + 8
         + 1
         + reports
             .iter()
@@ -278,6 +284,7 @@ pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
     out.extend_from_slice(&hb.seq.to_be_bytes());
     out.extend_from_slice(&(body_len as u16).to_be_bytes());
     out.extend_from_slice(&hb.epoch.to_be_bytes());
+    out.extend_from_slice(&hb.config.to_be_bytes());
     out.push(reports.len() as u8);
     for r in reports {
         out.extend_from_slice(&r.node.to_be_bytes());
@@ -388,6 +395,7 @@ pub fn decode(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, Drop> {
         return Err(Drop::UnknownSender);
     }
     let epoch = r.u64()?;
+    let config = r.u64()?;
     let count = r.u8()? as usize;
     let valid = |n: NodeId| (1..=MAX_NODES).contains(&n);
     let mut reports = Vec::with_capacity(count);
@@ -474,6 +482,7 @@ pub fn decode(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, Drop> {
         incarnation,
         seq,
         epoch,
+        config,
         reports,
     })
 }
@@ -516,6 +525,7 @@ mod tests {
             incarnation: 77,
             seq: 5,
             epoch: 9,
+            config: 0x5be1_c0de_0000_0001,
             reports: vec![
                 Report {
                     node: 2,

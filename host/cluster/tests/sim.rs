@@ -238,6 +238,7 @@ impl Sim {
             },
             services: services(),
             fencing: self.fencing,
+            config: 7,
         };
         let mut state = ClusterNode::new(&spec, id, incarnation, self.now);
         if self.skip_claim_acks {

@@ -698,3 +698,70 @@ fn a_service_moved_away_during_its_start_leaves_nothing_behind() {
     assert!(c.served_only_by(2, Duration::from_secs(1)).unwrap());
     assert_one_owner_at_a_time(&c, 1);
 }
+
+/// One cluster, one config: a node restarted with a changed cluster-wide config
+/// is not admitted, and both sides' status says why; rolled out node by node
+/// (as docs/operations.md describes), the service stays with the side that
+/// holds quorum and everyone is a member again at the end.
+#[test]
+fn a_config_change_rolled_out_node_by_node() {
+    let Some(mut c) = start("rc") else { return };
+    assert!(c.wait_vip(1, Duration::from_secs(20)).unwrap());
+    let changed = |text: String| {
+        text.replace(
+            "strategy = \"standby\"",
+            "strategy = \"standby\"\nmax_restarts = 5",
+        )
+    };
+    let members = |c: &ClusterLab, n: usize| {
+        c.status(n)
+            .and_then(|s| s["members"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
+    let wait = |c: &ClusterLab, what: &dyn Fn(&ClusterLab) -> bool, about: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !what(c) {
+            assert!(Instant::now() < deadline, "{about}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // n3 first: it runs alone; n1 and n2 keep quorum and the service.
+    c.kill_node(3);
+    c.use_config(3, changed).unwrap();
+    c.start_node(3).unwrap();
+    wait(
+        &c,
+        &|c: &ClusterLab| {
+            c.status(1).is_some_and(|s| {
+                s["other_configs"][0]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("n3 runs config"))
+            }) && c
+                .status(3)
+                .is_some_and(|s| s["other_configs"].as_array().map(Vec::len) == Some(2))
+        },
+        "neither side says n3 runs another config",
+    );
+    assert_eq!(members(&c, 1), 2);
+    assert_eq!(members(&c, 3), 1);
+    assert!(c.served_only_by(1, Duration::from_secs(1)).unwrap());
+    // n2 next: n2 and n3 are the majority on the new config; n1 stops, n2 serves.
+    c.kill_node(2);
+    c.use_config(2, changed).unwrap();
+    c.start_node(2).unwrap();
+    assert!(
+        c.wait_vip(2, Duration::from_secs(30)).unwrap(),
+        "n2 did not take over"
+    );
+    // n1 last: everyone is a member again.
+    c.kill_node(1);
+    c.use_config(1, changed).unwrap();
+    c.start_node(1).unwrap();
+    wait(
+        &c,
+        &|c: &ClusterLab| (1..=3).all(|n| members(c, n) == 3),
+        "the nodes did not all join on the new config",
+    );
+    assert!(c.status(1).unwrap()["other_configs"].is_null());
+    assert_one_owner_at_a_time(&c, 2);
+}
