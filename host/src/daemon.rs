@@ -411,6 +411,15 @@ fn call(
 /// resource's state in words.
 fn judge(report: &CallReport) -> (Result<(), Recovery>, String) {
     let action = report.action;
+    crate::metrics::agent_call(
+        &report.agent,
+        action.name(),
+        match &report.result {
+            Ok(_) => "ok",
+            Err(f) => f.class.name(),
+        },
+        report.elapsed.as_secs_f64(),
+    );
     match report.result.as_ref().map(|o| (o.state(), o)) {
         Ok((Some(s), outcome)) if s.is_active() && s != MonitorState::FailedPromoted => {
             (Ok(()), outcome.to_string())
@@ -1021,6 +1030,17 @@ pub fn run(
             )
         })
         .ok();
+    let metrics = match &me.http {
+        Some(addr) => {
+            let at: SocketAddr = addr
+                .parse()
+                .with_context(|| format!("node {node_name}: http {addr}"))?;
+            Some(crate::metrics::serve(at).with_context(|| {
+                format!("node {node_name}: cannot serve HTTP on {addr} (http in its [[node]])")
+            })?)
+        }
+        None => None,
+    };
     let mut decisions = crate::decisions::Decisions::new(
         node_name,
         names.clone(),
@@ -1393,6 +1413,9 @@ pub fn run(
                 }
             }
             decisions.observe(&node, now_ms());
+            if let Some(m) = &metrics {
+                m.observe(&node, &names, now);
+            }
             let quorate = quorate_now(&node);
             for c in commands {
                 run_command(c, &done_tx, quorate, &local);

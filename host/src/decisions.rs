@@ -63,6 +63,7 @@ impl Decisions {
     /// Log and record one event; `warn` for what needs a look (failures, fences).
     pub fn record(&mut self, kind: &str, service: Option<usize>, text: String) {
         let service = service.and_then(|i| self.services.get(i).cloned());
+        crate::metrics::decision(kind);
         if matches!(kind, "failure" | "fence") {
             tracing::warn!(target: "baton::decision", kind, service = service.as_deref().unwrap_or(""), "{text}");
         } else {

@@ -24,6 +24,7 @@ pub mod guardian;
 pub mod health;
 pub mod history;
 pub mod lab;
+pub mod metrics;
 pub mod process_group;
 pub mod runner;
 pub mod scaffold;

@@ -187,6 +187,9 @@ pub struct NodeSection {
     /// Its votes.
     #[serde(default = "one")]
     pub votes: u32,
+    /// Where its daemon serves HTTP (`/metrics`), `ADDRESS:PORT`; none: off.
+    #[serde(default)]
+    pub http: Option<String>,
 }
 
 fn one() -> u32 {
@@ -422,6 +425,13 @@ impl ClusterConfig {
                 }
             }
             addresses.insert(n.id, parsed);
+            if let Some(http) = &n.http
+                && http.parse::<SocketAddr>().is_err()
+            {
+                errors.push(format!(
+                    "node[{i}].http: {http:?} is not ADDRESS:PORT (where this node serves /metrics)"
+                ));
+            }
         }
         let names: Vec<&str> = raw.node.iter().map(|n| n.name.as_str()).collect();
         for (i, s) in raw.service.iter().enumerate() {
@@ -648,6 +658,19 @@ preferred = ["n1", "n2"]
 agent = "process"
 params = { command = "sleep 100", stop_grace_ms = 500 }
 "#;
+
+    #[test]
+    fn a_node_http_address_that_is_not_one_is_an_error_by_path() {
+        let bad = GOOD.replace("id = 2\n", "id = 2\nhttp = \"port 9100\"\n");
+        let e = ClusterConfig::parse(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("node[1].http: \"port 9100\" is not ADDRESS:PORT"),
+            "{e}"
+        );
+        let good = GOOD.replace("id = 2\n", "id = 2\nhttp = \"198.18.1.12:9100\"\n");
+        let c = ClusterConfig::parse(&good).unwrap().unwrap();
+        assert_eq!(c.nodes[1].http.as_deref(), Some("198.18.1.12:9100"));
+    }
 
     #[test]
     fn the_fingerprint_covers_the_cluster_wide_part_only() {

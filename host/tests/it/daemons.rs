@@ -5,6 +5,7 @@
 
 use crate::support::{baton_at, baton_exe};
 use baton::lab::{ServiceSpec, write_cluster_config};
+use std::io::{Read, Write};
 use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -516,4 +517,62 @@ fn a_stalled_witness_stalls_no_daemon() {
         c.status(1)
             .is_some_and(|s| s["witness_held"] == true && s["witness_problem"].is_null())
     });
+}
+
+/// `/metrics` on the address in a node's `http`: membership, quorum, where the
+/// service runs and why it is there, and the agent calls, counted and timed.
+#[test]
+fn a_node_serves_prometheus_metrics_on_its_http_address() {
+    let mut c = Cluster::new("standby");
+    // The same config on every node, with n1's HTTP address in its [[node]].
+    for n in 1..=3 {
+        c.kill_node(n);
+    }
+    let port = std::net::TcpListener::bind("127.0.0.11:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(&c.config).unwrap().replacen(
+        "id = 1\n",
+        &format!("id = 1\nhttp = \"127.0.0.11:{port}\"\n"),
+        1,
+    );
+    std::fs::write(&c.config, text).unwrap();
+    for n in 1..=3 {
+        c.start(n);
+    }
+    c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
+        c.owners() == [1]
+    });
+    let get = || -> String {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.11", port)) else {
+            return String::new();
+        };
+        let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: n1\r\n\r\n");
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut body = get();
+    while !(body.contains("baton_members 3") && body.contains("action=\"monitor\"")) {
+        assert!(Instant::now() < deadline, "no complete metrics:\n{body}");
+        std::thread::sleep(Duration::from_millis(50));
+        body = get();
+    }
+    for line in [
+        " 200 OK",
+        "baton_quorate 1",
+        "baton_service_here{service=\"web\",phase=\"running\"} 1",
+        "baton_service_here{service=\"web\",phase=\"stopped\"} 0",
+        "baton_service_owner{service=\"web\",node=\"n1\"} 1",
+        "baton_service_owner{service=\"web\",node=\"n2\"} 0",
+        "baton_link_up{peer=\"n2\",link=\"0\"} 1",
+        "baton_agent_calls_total{agent=\"process\",action=\"start\",result=\"ok\"} 1",
+        "baton_agent_call_seconds_count{agent=\"process\",action=\"start\"} 1",
+        "baton_decisions_total{kind=\"membership\"}",
+    ] {
+        assert!(body.contains(line), "missing {line:?} in:\n{body}");
+    }
 }

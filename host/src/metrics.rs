@@ -1,0 +1,309 @@
+//! Prometheus metrics of a node, served over HTTP at `/metrics` when its
+//! `[[node]]` has `http = "ADDRESS:PORT"` (off otherwise). The daemon updates
+//! the gauges from the state machine after each tick; agent calls are counted
+//! and timed where the daemon judges them. The server is axum on a
+//! current-thread tokio runtime of its own thread, so the daemon's loop never
+//! waits for a client.
+//!
+//! Names (all prefixed `baton_`): `members`, `quorate`, `witness_held`,
+//! `link_up{peer,link}`, `service_here{service,phase}` (1 for this node's phase),
+//! `service_owner{service,node}` (1 where placement puts it),
+//! `service_promoted{service,node}`, `service_failures{service}` (unexpired, here),
+//! `fence_waiting`, `agent_calls_total{agent,action,result}` (result: ok or the
+//! error class), `agent_call_seconds{agent,action}` (histogram),
+//! `decisions_total{kind}`.
+
+use crate::cluster::node::ClusterNode;
+use crate::cluster::wire::NodeId;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Link {
+    peer: String,
+    link: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServicePhase {
+    service: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceNode {
+    service: String,
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Service {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Call {
+    agent: String,
+    action: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallTime {
+    agent: String,
+    action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: String,
+}
+
+const PHASES: [&str; 6] = [
+    "stopped",
+    "claiming",
+    "starting",
+    "running",
+    "stopping",
+    "stop-failed",
+];
+
+/// The node's metrics.
+pub struct Metrics {
+    registry: Registry,
+    members: Gauge,
+    quorate: Gauge,
+    witness_held: Gauge,
+    link_up: Family<Link, Gauge>,
+    service_here: Family<ServicePhase, Gauge>,
+    service_owner: Family<ServiceNode, Gauge>,
+    service_promoted: Family<ServiceNode, Gauge>,
+    service_failures: Family<Service, Gauge>,
+    fence_waiting: Gauge,
+    agent_calls: Family<Call, Counter>,
+    agent_call_seconds: Family<CallTime, Histogram>,
+    decisions: Family<Kind, Counter>,
+}
+
+/// The daemon's metrics, once it serves them (agent calls are counted from
+/// wherever the daemon judges them).
+static METRICS: OnceLock<Arc<Metrics>> = OnceLock::new();
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("baton"),
+            members: Gauge::default(),
+            quorate: Gauge::default(),
+            witness_held: Gauge::default(),
+            link_up: Family::default(),
+            service_here: Family::default(),
+            service_owner: Family::default(),
+            service_promoted: Family::default(),
+            service_failures: Family::default(),
+            fence_waiting: Gauge::default(),
+            agent_calls: Family::default(),
+            agent_call_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 4.0, 10))
+            }),
+            decisions: Family::default(),
+        };
+        let r = &mut m.registry;
+        r.register("members", "Members of this node's view", m.members.clone());
+        r.register(
+            "quorate",
+            "1 when this node's partition is quorate",
+            m.quorate.clone(),
+        );
+        r.register(
+            "witness_held",
+            "1 when this partition holds the witness",
+            m.witness_held.clone(),
+        );
+        r.register(
+            "link_up",
+            "1 when heartbeats arrive from the peer on the link",
+            m.link_up.clone(),
+        );
+        r.register(
+            "service_here",
+            "1 for the service's phase on this node",
+            m.service_here.clone(),
+        );
+        r.register(
+            "service_owner",
+            "1 for the node placement puts the service on",
+            m.service_owner.clone(),
+        );
+        r.register(
+            "service_promoted",
+            "1 for the node a promotable service should be promoted on",
+            m.service_promoted.clone(),
+        );
+        r.register(
+            "service_failures",
+            "Unexpired failures of the service on this node",
+            m.service_failures.clone(),
+        );
+        r.register(
+            "fence_waiting",
+            "Lost nodes not yet known safe (fence wait or fence pending)",
+            m.fence_waiting.clone(),
+        );
+        r.register(
+            "agent_calls",
+            "Agent calls by agent, action and result (ok or error class)",
+            m.agent_calls.clone(),
+        );
+        r.register(
+            "agent_call_seconds",
+            "Agent call durations",
+            m.agent_call_seconds.clone(),
+        );
+        r.register(
+            "decisions",
+            "Decisions recorded in the history, by kind",
+            m.decisions.clone(),
+        );
+        m
+    }
+
+    /// Set the gauges from the state machine at `now` (its clock).
+    pub fn observe(&self, node: &ClusterNode, names: &BTreeMap<NodeId, String>, now: u64) {
+        let name = |id: &NodeId| names.get(id).cloned().unwrap_or_else(|| id.to_string());
+        self.members.set(node.membership().view().1.len() as i64);
+        let q = node.quorum();
+        self.quorate.set(i64::from(q.is_some_and(|q| q.quorate)));
+        self.witness_held
+            .set(i64::from(q.is_some_and(|q| q.witness_held)));
+        for ((peer, link), s) in node.membership().links() {
+            self.link_up
+                .get_or_create(&Link {
+                    peer: name(peer),
+                    link: link.to_string(),
+                })
+                .set(i64::from(s.up));
+        }
+        let failures = node.failure_counts(now);
+        for (i, spec) in node.services().iter().enumerate() {
+            let here = node.phases()[i];
+            for phase in PHASES {
+                self.service_here
+                    .get_or_create(&ServicePhase {
+                        service: spec.name.clone(),
+                        phase: phase.into(),
+                    })
+                    .set(i64::from(here.name() == phase));
+            }
+            for (family, owner) in [
+                (&self.service_owner, node.placements()[i].owner),
+                (&self.service_promoted, node.promotions()[i].owner),
+            ] {
+                for id in names.keys() {
+                    family
+                        .get_or_create(&ServiceNode {
+                            service: spec.name.clone(),
+                            node: name(id),
+                        })
+                        .set(i64::from(owner == Some(*id)));
+                }
+            }
+            self.service_failures
+                .get_or_create(&Service {
+                    service: spec.name.clone(),
+                })
+                .set(failures[i] as i64);
+        }
+        self.fence_waiting
+            .set(node.fence_state(now).waiting.len() as i64);
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Count and time one agent call, when the daemon serves metrics.
+pub fn agent_call(agent: &str, action: &str, result: &str, seconds: f64) {
+    if let Some(m) = METRICS.get() {
+        m.agent_calls
+            .get_or_create(&Call {
+                agent: agent.into(),
+                action: action.into(),
+                result: result.into(),
+            })
+            .inc();
+        m.agent_call_seconds
+            .get_or_create(&CallTime {
+                agent: agent.into(),
+                action: action.into(),
+            })
+            .observe(seconds);
+    }
+}
+
+/// Count one recorded decision, when the daemon serves metrics.
+pub fn decision(kind: &str) {
+    if let Some(m) = METRICS.get() {
+        m.decisions.get_or_create(&Kind { kind: kind.into() }).inc();
+    }
+}
+
+/// Serve `/metrics` on `addr` from a thread of its own; the metrics to update.
+/// Fails when the address cannot be bound (the daemon refuses to start then).
+pub fn serve(addr: SocketAddr) -> std::io::Result<Arc<Metrics>> {
+    let metrics = Arc::clone(METRICS.get_or_init(|| Arc::new(Metrics::new())));
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let served = Arc::clone(&metrics);
+    std::thread::Builder::new()
+        .name("http".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("the HTTP server cannot start: {e}");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let app = axum::Router::new().route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let m = Arc::clone(&served);
+                        async move {
+                            (
+                                [(
+                                    axum::http::header::CONTENT_TYPE,
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                )],
+                                m.encode(),
+                            )
+                        }
+                    }),
+                );
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => {
+                        if let Err(e) = axum::serve(l, app).await {
+                            tracing::error!("the HTTP server stopped: {e}");
+                        }
+                    }
+                    Err(e) => tracing::error!("the HTTP server cannot listen: {e}"),
+                }
+            });
+        })?;
+    Ok(metrics)
+}
