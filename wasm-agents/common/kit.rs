@@ -105,6 +105,9 @@ pub fn wait_port(port: u16, open: bool, limit: Duration) -> Result<bool, AgentEr
 pub fn run_failure(e: &str) -> ErrorClass {
     if e.contains("No such file") || e.contains("not found") {
         ErrorClass::NotInstalled
+    } else if e.contains("ran past") {
+        // It ran, but not within its time: trying again may work.
+        ErrorClass::Generic
     } else {
         ErrorClass::Permission
     }

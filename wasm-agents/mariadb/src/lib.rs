@@ -213,10 +213,18 @@ impl Guest for MariaDb {
             return Ok(());
         }
         let half = Duration::from_millis(req.timeout_ms / 2);
-        let (status, text) = admin(&req, &["shutdown"], (req.timeout_ms / 2) as u32)?;
-        if status == Some(0) && kit::wait_port(port(&req), false, half / 2)? {
-            return Ok(());
-        }
+        // A shutdown that fails, or runs past half the stop's time (a stop
+        // bounded by the self-fence bound is short), ends in a kill.
+        let text = match admin(&req, &["shutdown"], (req.timeout_ms / 2) as u32) {
+            Ok((Some(0), text)) => {
+                if kit::wait_port(port(&req), false, half / 2)? {
+                    return Ok(());
+                }
+                text
+            }
+            Ok((_, text)) => text,
+            Err(e) => e.reason,
+        };
         let pid = capabilities::read_file(&format!("{}/mariadb.pid", datadir(&req)))
             .map(|b| String::from_utf8_lossy(&b).trim().to_string())
             .unwrap_or_default();
@@ -225,7 +233,7 @@ impl Guest for MariaDb {
                 program: param(&req, "kill").into(),
                 args: vec!["-KILL".into(), pid],
                 env: vec![],
-                timeout_ms: 5_000,
+                timeout_ms: (req.timeout_ms / 4).clamp(50, 5_000) as u32,
             });
         }
         if kit::wait_port(port(&req), false, Duration::from_millis(req.timeout_ms / 8))? {
