@@ -127,16 +127,16 @@ fn primary_answers(settings: &Settings, timeout: Duration) -> bool {
         .is_ok_and(|in_recovery| !in_recovery)
 }
 
-/// `pg_rewind` from `primary_host`, as the server's user.
-fn rewind(req: &Request, settings: &Settings, install: &Install) -> Result<(), AgentError> {
-    let host = settings.primary_host.as_deref().unwrap_or_default();
-    let out = Command::new(install.bindir.join("pg_rewind"))
-        .arg("-D")
-        .arg(&settings.pgdata)
-        .arg(format!(
-            "--source-server=host={host} port={} user={} dbname={} connect_timeout=5",
-            settings.port, settings.replication_user, settings.dbname
-        ))
+/// Run PostgreSQL tool `tool` (from `bindir`) on the data directory as the
+/// server's user; its stderr on one line when it fails.
+fn as_user(
+    settings: &Settings,
+    install: &Install,
+    tool: &str,
+    args: &[String],
+) -> Result<Result<(), String>, AgentError> {
+    let out = Command::new(install.bindir.join(tool))
+        .args(args)
         .current_dir(&settings.pgdata)
         .uid(install.uid)
         .gid(install.gid)
@@ -144,25 +144,43 @@ fn rewind(req: &Request, settings: &Settings, install: &Install) -> Result<(), A
         .output()
         .map_err(|e| {
             AgentError::not_installed(format!(
-                "cannot run {}/pg_rewind: {e}",
+                "cannot run {}/{tool}: {e}",
                 install.bindir.display()
             ))
         })?;
     if out.status.success() {
-        return Ok(());
+        return Ok(Ok(()));
     }
     let text = String::from_utf8_lossy(&out.stderr);
-    Err(AgentError::generic(format!(
-        "pg_rewind of {} from {host} failed ({}): {}; {} stays stopped until it can rejoin",
-        settings.pgdata.display(),
+    Ok(Err(format!(
+        "{}: {}",
         out.status,
         text.trim()
             .lines()
             .filter(|l| !l.contains("Command was"))
             .collect::<Vec<_>>()
-            .join(" | "),
-        req.context.resource
+            .join(" | ")
     )))
+}
+
+/// `pg_rewind` from `primary_host`, as the server's user.
+fn rewind(req: &Request, settings: &Settings, install: &Install) -> Result<(), AgentError> {
+    let host = settings.primary_host.as_deref().unwrap_or_default();
+    let args = [
+        "-D".to_string(),
+        settings.pgdata.display().to_string(),
+        format!(
+            "--source-server=host={host} port={} user={} dbname={} connect_timeout=5",
+            settings.port, settings.replication_user, settings.dbname
+        ),
+    ];
+    as_user(settings, install, "pg_rewind", &args)?.map_err(|e| {
+        AgentError::generic(format!(
+            "pg_rewind of {} from {host} failed ({e}); {} stays stopped until it can rejoin",
+            settings.pgdata.display(),
+            req.context.resource
+        ))
+    })
 }
 
 /// Empty the data directory and clone the primary into it with
@@ -185,38 +203,29 @@ fn rebuild(settings: &Settings, install: &Install) -> Result<(), AgentError> {
             AgentError::generic(format!("cannot empty {}: {e}", settings.pgdata.display()))
         })?;
     }
-    let out = Command::new(install.bindir.join("pg_basebackup"))
-        .arg("-D")
-        .arg(&settings.pgdata)
-        .args(["-h", host, "-p", &settings.port.to_string()])
-        .args([
-            "-U",
-            &settings.replication_user,
-            "-X",
-            "stream",
-            "-c",
-            "fast",
-        ])
-        .current_dir(&settings.pgdata)
-        .uid(install.uid)
-        .gid(install.gid)
-        .env("HOME", &settings.pgdata)
-        .output()
-        .map_err(|e| {
-            AgentError::not_installed(format!(
-                "cannot run {}/pg_basebackup: {e}",
-                install.bindir.display()
-            ))
-        })?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(AgentError::generic(format!(
-        "pg_basebackup of {} from {host} failed ({}): {}",
-        settings.pgdata.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    )))
+    let args: Vec<String> = [
+        "-D",
+        &settings.pgdata.display().to_string(),
+        "-h",
+        host,
+        "-p",
+        &settings.port.to_string(),
+        "-U",
+        &settings.replication_user,
+        "-X",
+        "stream",
+        "-c",
+        "fast",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    as_user(settings, install, "pg_basebackup", &args)?.map_err(|e| {
+        AgentError::generic(format!(
+            "pg_basebackup of {} from {host} failed ({e})",
+            settings.pgdata.display()
+        ))
+    })
 }
 
 /// `pg_promote()`, waiting up to the action's time.
