@@ -42,6 +42,9 @@ const STATUS_STEADY_MS: u64 = 1000;
 /// than the list are found by their resource tags when the guardian fences.
 const GROUPS_EVERY_MS: u64 = 2000;
 
+/// How often the metrics' gauges are set from the state machine.
+const METRICS_EVERY_MS: u64 = 500;
+
 extern "C" fn on_term(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
@@ -442,6 +445,24 @@ fn judge(report: &CallReport) -> (Result<(), Recovery>, String) {
             (Err(report.recovery), format!("{action} failed: {f}"))
         }
     }
+}
+
+/// A failed start or promotion of service `i`: recorded with its recovery,
+/// kept for status; the recovery it asks for.
+fn round_failed(
+    decisions: &mut crate::decisions::Decisions,
+    local: &mut Local,
+    i: usize,
+    what: &str,
+    (recovery, failure): (Recovery, String),
+) -> Recovery {
+    decisions.record(
+        "failure",
+        Some(i),
+        format!("{what} failed here: {failure}; recovery {recovery}"),
+    );
+    local.last_failure = Some(failure);
+    recovery
 }
 
 /// The more drastic of two recoveries (stop-everywhere > move > restart-here).
@@ -1041,6 +1062,7 @@ pub fn run(
         }
         None => None,
     };
+    let mut next_metrics = 0u64;
     let mut decisions = crate::decisions::Decisions::new(
         node_name,
         names.clone(),
@@ -1243,15 +1265,9 @@ pub fn run(
                     local_changes += 1;
                     local[i].states = round.states;
                     monitors.schedule(i, now + services[i].monitor_every);
-                    let result = round.result.map_err(|(recovery, failure)| {
-                        decisions.record(
-                            "failure",
-                            Some(i),
-                            format!("start failed here: {failure}; recovery {recovery}"),
-                        );
-                        local[i].last_failure = Some(failure);
-                        recovery
-                    });
+                    let result = round
+                        .result
+                        .map_err(|f| round_failed(&mut decisions, &mut local[i], i, "start", f));
                     node.start_done(i, result, now)
                 }
                 Done::Stopped(i, ok, states) => {
@@ -1263,14 +1279,8 @@ pub fn run(
                     guardian.next_scan = 0;
                     local_changes += 1;
                     local[i].states = round.states;
-                    let result = round.result.map_err(|(recovery, failure)| {
-                        decisions.record(
-                            "failure",
-                            Some(i),
-                            format!("promotion failed here: {failure}; recovery {recovery}"),
-                        );
-                        local[i].last_failure = Some(failure);
-                        recovery
+                    let result = round.result.map_err(|f| {
+                        round_failed(&mut decisions, &mut local[i], i, "promotion", f)
                     });
                     node.promote_done(i, result, now)
                 }
@@ -1413,7 +1423,10 @@ pub fn run(
                 }
             }
             decisions.observe(&node, now_ms());
-            if let Some(m) = &metrics {
+            // Scrapers read every few seconds: the gauges follow the state
+            // machine twice a second, not at every heartbeat.
+            if let Some(m) = metrics.as_ref().filter(|_| now >= next_metrics) {
+                next_metrics = now + METRICS_EVERY_MS;
                 m.observe(&node, &names, now);
             }
             let quorate = quorate_now(&node);

@@ -98,10 +98,10 @@ impl Decisions {
 
     fn membership(&mut self, node: &ClusterNode) {
         let (epoch, view) = node.membership().view();
-        let before = self.view.replace(view.clone()).unwrap_or_default();
-        if before == *view {
+        if self.view.as_ref() == Some(view) {
             return;
         }
+        let before = self.view.replace(view.clone()).unwrap_or_default();
         let list = |ids: &mut dyn Iterator<Item = &NodeId>| {
             ids.map(|n| self.name(*n)).collect::<Vec<_>>().join(", ")
         };

@@ -17,10 +17,10 @@
 //! that command exits, after which it expires.
 
 use crate::lease::{Block, LeaseArea, Record};
-use crate::reading::{param, required, text, whole};
+use crate::reading::{required, text, whole};
 use baton_plugin_api::{
-    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamType, Request,
-    ResourceAgent,
+    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamSpec, ParamType,
+    Request, ResourceAgent,
 };
 use std::collections::HashMap;
 use std::path::Path;
@@ -257,7 +257,7 @@ fn warn(message: &str) {
 
 impl ResourceAgent for DiskLeaseAgent {
     fn metadata(&self) -> Metadata {
-        let p = param;
+        let p = ParamSpec::new;
         Metadata {
             name: "disk-lease".into(),
             version: env!("CARGO_PKG_VERSION").into(),

@@ -11,10 +11,10 @@
 //! `not-running` when it points elsewhere or nowhere, an error when the server
 //! does not answer.
 
-use crate::reading::{millis, param, required, text, whole};
+use crate::reading::{millis, required, text, whole};
 use baton_plugin_api::{
-    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamType, Request,
-    ResourceAgent,
+    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamSpec, ParamType,
+    Request, ResourceAgent,
 };
 use hickory_proto::op::{Message, OpCode, Query, ResponseCode, UpdateMessage};
 use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
@@ -377,7 +377,7 @@ fn udp_exchange(
 
 impl ResourceAgent for DnsNameAgent {
     fn metadata(&self) -> Metadata {
-        let p = param;
+        let p = ParamSpec::new;
         Metadata {
             name: "dns-name".into(),
             version: env!("CARGO_PKG_VERSION").into(),

@@ -13,10 +13,10 @@
 //! from the `disk-lease` resource before it in the service (and, for ext4, from
 //! multi-mount protection: `tune2fs -O mmp`, which makes a second mount fail).
 
-use crate::reading::{param, required, text};
+use crate::reading::{required, text};
 use baton_plugin_api::{
-    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamType, Request,
-    ResourceAgent,
+    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamSpec, ParamType,
+    Request, ResourceAgent,
 };
 use std::ffi::CString;
 use std::fs;
@@ -321,7 +321,7 @@ impl FilesystemAgent {
 
 impl ResourceAgent for FilesystemAgent {
     fn metadata(&self) -> Metadata {
-        let p = param;
+        let p = ParamSpec::new;
         Metadata {
             name: "filesystem".into(),
             version: env!("CARGO_PKG_VERSION").into(),

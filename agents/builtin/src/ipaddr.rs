@@ -13,10 +13,10 @@
 
 use crate::announce::{self, mac_text};
 use crate::netlink::{Address, Link, Netlink};
-use crate::reading::{param, required, text, whole};
+use crate::reading::{required, text, whole};
 use baton_plugin_api::{
-    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamType, Request,
-    ResourceAgent,
+    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamSpec, ParamType,
+    Request, ResourceAgent,
 };
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -314,7 +314,7 @@ impl IpAddrAgent {
 
 impl ResourceAgent for IpAddrAgent {
     fn metadata(&self) -> Metadata {
-        let p = param;
+        let p = ParamSpec::new;
         Metadata {
             name: "ipaddr".into(),
             version: env!("CARGO_PKG_VERSION").into(),

@@ -18,10 +18,10 @@
 //! A production fence agent does the same with a power switch: start powers the
 //! target off and returns once the switch reports it off (see docs/agents.md).
 
-use crate::reading::{param, required, text};
+use crate::reading::{required, text};
 use baton_plugin_api::{
-    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamType, Request,
-    ResourceAgent,
+    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamSpec, ParamType,
+    Request, ResourceAgent,
 };
 use std::fs;
 use std::path::Path;
@@ -170,14 +170,14 @@ impl ResourceAgent for LabFenceAgent {
             shortdesc: "Fences a lab node by killing its daemon and agents' process groups".into(),
             longdesc: "For clusters whose nodes share one machine (network-namespace labs). start with target=NODE takes the network of the node's namespace (named by the path in state_dir/NODE.netns, else that of a recorded process still alive) off (addresses removed, links down), kills the node's daemon and every process group recorded under state_dir, and returns once they are gone.".into(),
             parameters: vec![
-                param(
+                ParamSpec::new(
                     "target",
                     ParamType::String,
                     false,
                     None,
                     "Node to fence (set by the daemon for each fence)",
                 ),
-                param(
+                ParamSpec::new(
                     "state_dir",
                     ParamType::String,
                     false,

@@ -14,10 +14,10 @@
 //! "not running" and writes nothing. [`overlaps`] reads a ledger and lists every
 //! overlap.
 
-use crate::reading::{ensure_dir, param, required, state_file};
+use crate::reading::{ensure_dir, required, state_file};
 use baton_plugin_api::{
-    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamType, Request,
-    ResourceAgent,
+    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamSpec, ParamType,
+    Request, ResourceAgent,
 };
 use std::collections::BTreeMap;
 use std::fs;
@@ -120,14 +120,14 @@ impl ResourceAgent for LedgerAgent {
             shortdesc: "Test resource: records owner intervals in a shared file".into(),
             longdesc: "start, monitor and stop append start/alive/stop lines with the monotonic clock to a file every node shares; a test reads it to prove no two nodes ran the resource at once.".into(),
             parameters: vec![
-                param(
+                ParamSpec::new(
                     "file",
                     ParamType::String,
                     true,
                     None,
                     "The shared ledger file",
                 ),
-                param(
+                ParamSpec::new(
                     "state_dir",
                     ParamType::String,
                     false,

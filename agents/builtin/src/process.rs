@@ -8,10 +8,10 @@
 //! stop: SIGTERM to the whole process group, SIGKILL to the group after
 //! `stop_grace_ms`, and success only once no process of the group is left.
 
-use crate::reading::{ensure_dir, millis, param, required, state_file, text};
+use crate::reading::{ensure_dir, millis, required, state_file, text};
 use baton_plugin_api::{
-    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamType, Request,
-    ResourceAgent, service,
+    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamSpec, ParamType,
+    Request, ResourceAgent, service,
 };
 use std::collections::HashMap;
 use std::fs;
@@ -130,42 +130,42 @@ impl ResourceAgent for ProcessAgent {
                        BATON_RESOURCE in its environment."
                 .into(),
             parameters: vec![
-                param(
+                ParamSpec::new(
                     "command",
                     ParamType::String,
                     true,
                     None,
                     "Shell command to run (exec'd by /bin/sh -c)",
                 ),
-                param(
+                ParamSpec::new(
                     "cwd",
                     ParamType::String,
                     false,
                     Some("/"),
                     "Working directory of the command",
                 ),
-                param(
+                ParamSpec::new(
                     "log_file",
                     ParamType::String,
                     false,
                     Some("/dev/null"),
                     "File that receives the command's stdout and stderr (appended)",
                 ),
-                param(
+                ParamSpec::new(
                     "ready_tcp",
                     ParamType::String,
                     false,
                     None,
                     "HOST:PORT that must accept connections before start returns; monitor checks it too",
                 ),
-                param(
+                ParamSpec::new(
                     "stop_grace_ms",
                     ParamType::Integer,
                     false,
                     Some("5000"),
                     "Time between SIGTERM and SIGKILL to the process group on stop",
                 ),
-                param(
+                ParamSpec::new(
                     "state_dir",
                     ParamType::String,
                     false,

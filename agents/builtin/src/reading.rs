@@ -1,7 +1,7 @@
 //! Reading parameters the same way in every built-in agent: the value the
 //! administrator set, else the default the meta-data advertises.
 
-use baton_plugin_api::{AgentError, Metadata, ParamSpec, ParamType, Request};
+use baton_plugin_api::{AgentError, Metadata, Request};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -86,15 +86,4 @@ pub(crate) fn ensure_dir(path: &std::path::Path) -> Result<(), AgentError> {
         })?;
     }
     Ok(())
-}
-
-/// A parameter of a built-in agent's meta-data (never `unique`).
-pub(crate) fn param(
-    name: &str,
-    kind: ParamType,
-    required: bool,
-    default: Option<&str>,
-    description: &str,
-) -> ParamSpec {
-    ParamSpec::new(name, kind, required, default, description)
 }

@@ -5,10 +5,10 @@
 //! the resource active; monitor checks it again (with `send`/`expect`, that the
 //! reply starts with the expected text); stop only clears the mark.
 
-use crate::reading::{ensure_dir, millis, param, required, state_file, text};
+use crate::reading::{ensure_dir, millis, required, state_file, text};
 use baton_plugin_api::{
-    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamType, Request,
-    ResourceAgent,
+    Action, ActionSpec, AgentError, CONTRACT_VERSION, Metadata, MonitorState, ParamSpec, ParamType,
+    Request, ResourceAgent,
 };
 use std::fs;
 use std::io::{Read, Write};
@@ -68,7 +68,7 @@ impl TcpCheckAgent {
 
 impl ResourceAgent for TcpCheckAgent {
     fn metadata(&self) -> Metadata {
-        let p = param;
+        let p = ParamSpec::new;
         Metadata {
             name: "tcp-check".into(),
             version: env!("CARGO_PKG_VERSION").into(),

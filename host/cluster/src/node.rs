@@ -416,25 +416,24 @@ impl ClusterNode {
 
     /// The scores of service `i`'s replicas in the current view, by node.
     pub fn scores(&self, i: usize) -> BTreeMap<NodeId, ScoreKey> {
-        let me = self.membership.me();
         self.membership
             .view()
             .1
             .iter()
-            .filter_map(|n| {
-                let s = if *n == me {
-                    self.scores[i].map(|p| p.key())
-                } else {
-                    self.membership.report_of(*n).and_then(|(r, _)| {
-                        r.scores
-                            .iter()
-                            .find(|s| usize::from(s.service) == i)
-                            .map(|s| (s.generation, s.position))
-                    })
-                };
-                s.map(|s| (*n, s))
-            })
+            .filter_map(|n| self.score_of(*n, i).map(|s| (*n, s)))
             .collect()
+    }
+
+    /// Node `n`'s score for service `i`: this node's own, or from `n`'s report.
+    fn score_of(&self, n: NodeId, i: usize) -> Option<ScoreKey> {
+        if n == self.membership.me() {
+            return self.scores[i].map(|p| p.key());
+        }
+        let (r, _) = self.membership.report_of(n)?;
+        r.scores
+            .iter()
+            .find(|s| usize::from(s.service) == i)
+            .map(|s| (s.generation, s.position))
     }
 
     /// The last monitor of service `i`'s replica here gave `score` (`None`: no
@@ -1262,12 +1261,11 @@ impl ClusterNode {
             ..Replicas::default()
         };
         for n in self.membership.view().1 {
-            let (running, starting, promoted, score) = if *n == me {
+            let (running, starting, promoted) = if *n == me {
                 (
                     self.phases[i] == Phase::Running,
                     self.phases[i] == Phase::Starting,
                     self.roles[i].claims(),
-                    self.scores[i].map(|p| p.key()),
                 )
             } else {
                 let Some((rep, _)) = self.membership.report_of(*n) else {
@@ -1278,14 +1276,10 @@ impl ClusterNode {
                     running,
                     !running && rep.claims & bit != 0 && rep.stop_failed & bit == 0,
                     rep.promoted & bit != 0,
-                    rep.scores
-                        .iter()
-                        .find(|s| usize::from(s.service) == i)
-                        .map(|s| (s.generation, s.position)),
                 )
             };
             if running {
-                r.running.insert(*n, score);
+                r.running.insert(*n, self.score_of(*n, i));
             } else if starting {
                 r.starting.insert(*n);
             }
