@@ -1689,24 +1689,6 @@ fn control_request(
     }
 }
 
-/// Why nodes that run another config are not members, in words.
-pub(crate) fn other_configs(
-    node: &ClusterNode,
-    names: &BTreeMap<NodeId, String>,
-    now: u64,
-) -> Vec<String> {
-    node.foreign_configs(now)
-        .into_iter()
-        .map(|(id, config)| {
-            format!(
-                "{} runs config {config:016x}, this node {:016x}: it is not admitted; deploy the same config (less [agents] and per-node paths) to every node",
-                names.get(&id).map(String::as_str).unwrap_or("?"),
-                node.config()
-            )
-        })
-        .collect()
-}
-
 fn status<'a>(
     node: &ClusterNode,
     name: &'a str,
@@ -1728,7 +1710,7 @@ fn status<'a>(
         epoch,
         members: view.iter().map(n).collect(),
         config: format!("{:016x}", node.config()),
-        other_configs: other_configs(node, names, now),
+        other_configs: crate::cluster::changes::other_configs(node, names, now),
         quorate: quorum.is_some_and(|q| q.quorate),
         quorum: quorum.map(|q| q.reason.clone()).unwrap_or_default(),
         witness_held: quorum.is_some_and(|q| q.witness_held),

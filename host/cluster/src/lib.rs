@@ -3,10 +3,12 @@
 //! service ownership protocol ([`node::ClusterNode`]). Pure code driven by packets and clock ticks, so the
 //! daemon and the deterministic simulation run the same logic.
 
+pub mod changes;
 pub mod config;
 pub mod membership;
 pub mod node;
 pub mod placement;
 pub mod quorum;
+pub mod sim;
 pub mod wire;
 pub mod witness;

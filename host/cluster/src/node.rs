@@ -822,6 +822,18 @@ impl ClusterNode {
             .collect()
     }
 
+    /// The services this node is banned from at `now` (bit `i`: service `i`),
+    /// after failures.
+    pub fn banned(&self, now: Millis) -> u64 {
+        self.banned_bits(now)
+    }
+
+    /// The services stopped everywhere until an operator clears them (bit
+    /// `i`: service `i`), as this node knows it.
+    pub fn blocked(&self) -> u64 {
+        self.blocked
+    }
+
     fn banned_bits(&self, now: Millis) -> u64 {
         self.failure_counts(now)
             .iter()
