@@ -34,11 +34,11 @@ use baton_plugin_api::{Promotion, Recovery};
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 /// SplitMix64: a tiny deterministic generator, so a seed replays exactly.
-pub struct Rng(pub u64);
+struct Rng(u64);
 
 impl Rng {
     /// The next number.
-    pub fn next(&mut self) -> u64 {
+    fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -46,11 +46,11 @@ impl Rng {
         z ^ (z >> 31)
     }
     /// A number below `n` (`n` > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+    fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
     }
     /// True with a chance of `percent` %.
-    pub fn chance(&mut self, percent: u64) -> bool {
+    fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
 }
