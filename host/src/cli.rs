@@ -58,6 +58,10 @@ pub enum Command {
     /// Work with resource agents: list, inspect, run, test, install.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Design a cluster: write a scenario from a strategy template, check it,
+    /// simulate faults on it, view it, compile each node's config.
+    #[command(subcommand)]
+    Scenario(ScenarioCommand),
     /// Run this node of the cluster (the daemon).
     Run {
         /// Which [[node]] of the config this is.
@@ -221,6 +225,70 @@ impl DaemonAddress {
     }
 }
 
+/// `baton scenario ...`.
+#[derive(Subcommand, Debug)]
+pub enum ScenarioCommand {
+    /// Write a commented scenario from a template: the strategy part, and a site
+    /// part (nodes, links, addresses, witness, fencing) to fill in.
+    New {
+        /// standby, mutual, n-to-1, rotating, clone or promotable.
+        #[arg(long)]
+        template: String,
+        /// The file to write (it must not exist).
+        file: PathBuf,
+    },
+    /// Every problem `baton run` would refuse the scenario's config for, on any
+    /// node, by path.
+    Check {
+        /// The scenario.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write each node's config (NODE.toml) and the cluster-wide fingerprint.
+    Compile {
+        /// The scenario.
+        file: PathBuf,
+        /// The directory to write into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the cluster's real state machines on a virtual clock under a fault
+    /// script, or seeded random faults, and print every decision with its reason.
+    Simulate {
+        /// The scenario.
+        file: PathBuf,
+        /// Steps separated by ';': kill n1; wait 5s; cut n2 link 0; heal; start n1; ...
+        #[arg(long, value_name = "SCRIPT", conflicts_with = "random")]
+        fault: Option<String>,
+        /// Run this many random fault schedules and check the invariants.
+        #[arg(long, value_name = "N")]
+        random: Option<u32>,
+        /// The first schedule's seed (the others follow it).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the console's screen for the scenario, before it runs: the layout,
+    /// and the simulated timeline of a fault script to step through.
+    View {
+        /// The scenario.
+        file: PathBuf,
+        /// The HTML file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// A fault script to simulate (see simulate).
+        #[arg(long, value_name = "SCRIPT")]
+        fault: Option<String>,
+    },
+}
+
 /// `baton config ...`.
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
@@ -365,6 +433,9 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Config(ConfigCommand::Check { file }) = &cli.command {
         return config_check(file);
     }
+    if let Command::Scenario(cmd) = &cli.command {
+        return scenario(cmd);
+    }
     match &cli.command {
         Command::Status {
             status_file: Some(file),
@@ -443,7 +514,10 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::AgentRunner { .. } | Command::Guardian { .. } | Command::Config(_) => {
+        Command::AgentRunner { .. }
+        | Command::Guardian { .. }
+        | Command::Config(_)
+        | Command::Scenario(_) => {
             unreachable!("handled above")
         }
         Command::Demo(args) => crate::demo::run(args, config, runner_exe()?),
@@ -737,7 +811,7 @@ fn print_history(
 
 /// Every problem `run` would refuse the config for, on any of its nodes
 /// (`{node}` in parameter values differs per node), by path, each once.
-fn resource_problems(config: &Config) -> anyhow::Result<Vec<String>> {
+pub(crate) fn resource_problems(config: &Config) -> anyhow::Result<Vec<String>> {
     let Some(cluster) = &config.cluster else {
         return Ok(Vec::new());
     };
@@ -753,6 +827,38 @@ fn resource_problems(config: &Config) -> anyhow::Result<Vec<String>> {
         }
     }
     Ok(problems)
+}
+
+fn scenario(cmd: &ScenarioCommand) -> anyhow::Result<ExitCode> {
+    use crate::scenario;
+    match cmd {
+        ScenarioCommand::New { template, file } => {
+            let text = scenario::new_scenario(template)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(file)
+                .with_context(|| format!("cannot create {} (it must not exist)", file.display()))?;
+            std::io::Write::write_all(&mut f, text.as_bytes())?;
+            println!(
+                "wrote {}: fill in its site part, then: baton scenario check {0}",
+                file.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ScenarioCommand::Check { file, json } => scenario::check(file, *json),
+        ScenarioCommand::Compile { file, out, json } => scenario::compile(file, out, *json),
+        ScenarioCommand::Simulate {
+            file,
+            fault,
+            random,
+            seed,
+            json,
+        } => scenario::simulate(file, fault.as_deref(), *random, *seed, *json),
+        ScenarioCommand::View { file, out, fault } => {
+            crate::console::write_view(file, out, fault.as_deref())
+        }
+    }
 }
 
 fn config_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {

@@ -212,35 +212,15 @@ pub fn ask(path: &Path, req: &ControlRequest) -> anyhow::Result<ControlReply> {
         .with_context(|| format!("{}: the reply is not JSON: {reply:?}", path.display()))
 }
 
-/// Parse a duration: `90s`, `10m`, `2h`, `500ms`, `1d`.
+/// Parse a `--for` duration: `90s`, `10m`, `2h`, `500ms`, `1d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration; write e.g. 90s, 10m, 2h"))?;
-    let ms = match unit {
-        "ms" => 1,
-        "s" | "" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?}; use ms, s, m, h or d"
-            ));
-        }
-    };
-    if n == 0 {
+    let d = crate::cluster::script::parse_duration(text)?;
+    if d.is_zero() {
         return Err(format!(
             "{text:?}: a move for no time; leave out --for to move until cleared"
         ));
     }
-    n.checked_mul(ms)
-        .filter(|v| *v < u64::from(u32::MAX))
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("{text:?} is too long; at most 49 days"))
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -252,7 +232,7 @@ mod tests {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert!(parse_duration("soon").unwrap_err().contains("e.g. 90s"));
+        assert!(parse_duration("soon").unwrap_err().contains("e.g. 500ms"));
         assert!(parse_duration("3w").unwrap_err().contains("unknown unit"));
         assert!(
             parse_duration("0s")

@@ -5,7 +5,7 @@
 
 use crate::agent_host::{AgentHandle, CallReport};
 use crate::catalog::AgentCatalog;
-use crate::cluster::config::{ClusterConfig, ServiceSection};
+use crate::cluster::config::{ClusterConfig, NodeSection, ServiceSection};
 use crate::cluster::node::{ClusterNode, Command, Phase, Role};
 use crate::cluster::placement::show_score;
 use crate::cluster::wire::{ClusterKey, Drop, NodeId, ReplayGuard, decode, encode};
@@ -263,11 +263,22 @@ pub fn load_all(
     catalog: &AgentCatalog,
     node: &str,
 ) -> Result<(Vec<LoadedService>, Option<Fencer>), Vec<String>> {
+    let Some(me) = cluster.node(node) else {
+        return Err(vec![format!(
+            "--node {node}: no [[node]] is named {node:?} (nodes: {})",
+            cluster
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )]);
+    };
     let mut services = Vec::new();
     let mut problems = Vec::new();
     let mut shared = BTreeMap::new();
     for (i, s) in cluster.services.iter().enumerate() {
-        match load_service(i, s, catalog, node, &mut shared) {
+        match load_service(i, s, catalog, me, &mut shared) {
             Ok(svc) => services.push(svc),
             Err(p) => problems.extend(p),
         }
@@ -303,7 +314,7 @@ fn load_service(
     i: usize,
     s: &ServiceSection,
     catalog: &AgentCatalog,
-    node: &str,
+    me: &NodeSection,
     shared: &mut BTreeMap<String, Arc<AgentHandle>>,
 ) -> Result<LoadedService, Vec<String>> {
     let mut resources = Vec::new();
@@ -319,7 +330,7 @@ fn load_service(
                 continue;
             }
         };
-        let params = ClusterConfig::params_on(&r.params, node);
+        let params = me.params(&r.params);
         for p in catalog.resource_problems(&handle, &params) {
             problems.push(format!(
                 "service[{i}].resource[{j}].params ({}): {p}",
@@ -327,7 +338,7 @@ fn load_service(
             ));
         }
         let mut req = Request::new(Action::Start, params);
-        req.context.node = node.to_string();
+        req.context.node = me.name.clone();
         req.context.resource = format!("{}-{j}", s.name);
         req.context.timeout_ms = r
             .timeout_ms
@@ -840,7 +851,10 @@ fn load_fencer(
             f.agent
         ));
     }
-    let mut params = ClusterConfig::params_on(&f.params, node);
+    let mut params = match cluster.node(node) {
+        Some(me) => me.params(&f.params),
+        None => ClusterConfig::params(&f.params),
+    };
     params.insert("target".into(), "check".into());
     if let Err(bad) = baton_plugin_api::check_params(handle.metadata(), &params) {
         problems.extend(

@@ -190,6 +190,78 @@ pub struct NodeSection {
     /// Where its daemon serves HTTP (`/metrics`), `ADDRESS:PORT`; none: off.
     #[serde(default)]
     pub http: Option<String>,
+    /// Site data of this node: `{KEY}` in a parameter value becomes this
+    /// node's value of KEY (its interface name, its data directory); `{node}`
+    /// is its name.
+    #[serde(default)]
+    pub site: BTreeMap<String, toml::Value>,
+}
+
+impl NodeSection {
+    /// A resource's parameters on this node: `{node}` in a value becomes the
+    /// node's name, `{KEY}` its site value of KEY.
+    pub fn params(&self, params: &BTreeMap<String, toml::Value>) -> Params {
+        ClusterConfig::params(params)
+            .into_iter()
+            .map(|(k, v)| (k, self.resolve(&v)))
+            .collect()
+    }
+
+    fn resolve(&self, value: &str) -> String {
+        let mut out = value.replace("{node}", &self.name);
+        for (key, v) in &self.site {
+            if let Some(text) = param_text(v) {
+                out = out.replace(&format!("{{{key}}}"), &text);
+            }
+        }
+        out
+    }
+}
+
+/// The `{KEY}` references in a parameter value.
+fn references(value: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = value;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else { break };
+        let key = &after[..close];
+        if !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            out.push(key);
+        }
+        rest = &after[close + 1..];
+    }
+    out
+}
+
+/// Problems with `{KEY}` in the parameter `path` = `value`: every node must
+/// have KEY in its site data.
+fn site_problems(path: &str, value: &toml::Value, nodes: &[NodeSection]) -> Vec<String> {
+    let Some(text) = param_text(value) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for key in references(&text) {
+        if key == "node" {
+            continue;
+        }
+        let missing: Vec<&str> = nodes
+            .iter()
+            .filter(|n| !n.site.contains_key(key))
+            .map(|n| n.name.as_str())
+            .collect();
+        if !missing.is_empty() {
+            out.push(format!(
+                "{path}: {{{key}}} is not in the site data of {}; add {key} = \"...\" to their [node.site] (or write the value itself)",
+                missing.join(", ")
+            ));
+        }
+    }
+    out
 }
 
 fn one() -> u32 {
@@ -425,6 +497,13 @@ impl ClusterConfig {
                 }
             }
             addresses.insert(n.id, parsed);
+            for (k, v) in &n.site {
+                if param_text(v).is_none() {
+                    errors.push(format!(
+                        "node[{i}].site.{k}: arrays and tables are not site values; write a string"
+                    ));
+                }
+            }
             if let Some(http) = &n.http
                 && http.parse::<SocketAddr>().is_err()
             {
@@ -481,6 +560,11 @@ impl ClusterConfig {
                             "service[{i}].resource[{j}].params.{k}: arrays and tables are not parameter values; write a string"
                         ));
                     }
+                    errors.extend(site_problems(
+                        &format!("service[{i}].resource[{j}].params.{k}"),
+                        v,
+                        &raw.node,
+                    ));
                 }
             }
         }
@@ -494,6 +578,12 @@ impl ClusterConfig {
                 } else if param_text(v).is_none() {
                     errors.push(format!(
                         "cluster.fencing.params.{k}: arrays and tables are not parameter values; write a string"
+                    ));
+                } else {
+                    errors.extend(site_problems(
+                        &format!("cluster.fencing.params.{k}"),
+                        v,
+                        &raw.node,
                     ));
                 }
             }
@@ -613,16 +703,6 @@ impl ClusterConfig {
         params
             .iter()
             .filter_map(|(k, v)| param_text(v).map(|t| (k.clone(), t)))
-            .collect()
-    }
-
-    /// A resource's parameters on node `node`: `{node}` in a value becomes the
-    /// node's name (a data directory of its own, on a node that shares a
-    /// filesystem with others, or a per-node replica name).
-    pub fn params_on(params: &BTreeMap<String, toml::Value>, node: &str) -> Params {
-        ClusterConfig::params(params)
-            .into_iter()
-            .map(|(k, v)| (k, v.replace("{node}", node)))
             .collect()
     }
 }

@@ -9,6 +9,7 @@ pub mod membership;
 pub mod node;
 pub mod placement;
 pub mod quorum;
+pub mod script;
 pub mod sim;
 pub mod wire;
 pub mod witness;
