@@ -1,7 +1,314 @@
-pub fn write_view(
-    _f: &std::path::Path,
-    _o: &std::path::Path,
-    _s: Option<&str>,
-) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("x")
+//! The web console: one page (console/index.html) served on a node's `http`
+//! address beside `/metrics` when `[cluster.console]` is configured, with the
+//! node's status (what `baton status` shows, polled every second), its event
+//! history, and operator actions (move, clear) that need a token from a
+//! root-only file and a confirmation, and are recorded with the token's name.
+//! `baton scenario view` writes the same page for a scenario that does not run
+//! yet, with the simulator's frames and timeline in it.
+
+use crate::cluster::config::ConsoleSection;
+use crate::control::{Asker, ControlReply, ControlRequest};
+use anyhow::{Context, bail};
+use axum::extract::{ConnectInfo, Json, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Html;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// The page.
+pub const PAGE: &str = include_str!("../console/index.html");
+
+/// Operators' tokens: name and SHA-256 of the token.
+pub struct Tokens(Vec<(String, [u8; 32])>);
+
+impl Tokens {
+    /// Read `path`: `NAME TOKEN` per line, `#` comments; refused unless only
+    /// its owner (root or this daemon's user) can read it.
+    pub fn load(path: &Path) -> anyhow::Result<Tokens> {
+        let meta = std::fs::metadata(path).with_context(|| {
+            format!(
+                "cluster.console.tokens_file {}: cannot read it; create it with `NAME TOKEN` lines and chmod 600",
+                path.display()
+            )
+        })?;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if meta.mode() & 0o077 != 0 {
+            bail!(
+                "cluster.console.tokens_file {}: mode {:o} lets others read it; chmod 600 {0}",
+                path.display(),
+                meta.mode() & 0o777
+            );
+        }
+        if meta.uid() != 0 && meta.uid() != me {
+            bail!(
+                "cluster.console.tokens_file {}: owned by uid {}; it must belong to root (chown root {0})",
+                path.display(),
+                meta.uid()
+            );
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cluster.console.tokens_file {}", path.display()))?;
+        let mut tokens = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut words = line.split_whitespace();
+            let (Some(name), Some(token), None) = (words.next(), words.next(), words.next())
+            else {
+                bail!(
+                    "cluster.console.tokens_file {} line {}: write NAME TOKEN (two words)",
+                    path.display(),
+                    i + 1
+                );
+            };
+            if token.len() < 16 {
+                bail!(
+                    "cluster.console.tokens_file {} line {}: the token of {name} is shorter than 16 characters; use e.g. head -c 24 /dev/urandom | base64",
+                    path.display(),
+                    i + 1
+                );
+            }
+            tokens.push((name.to_string(), Sha256::digest(token.as_bytes()).into()));
+        }
+        if tokens.is_empty() {
+            bail!(
+                "cluster.console.tokens_file {}: no tokens; add a line NAME TOKEN",
+                path.display()
+            );
+        }
+        Ok(Tokens(tokens))
+    }
+
+    /// The name of the operator whose token `headers` carry.
+    fn who(&self, headers: &HeaderMap) -> Option<&str> {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")?;
+        let digest: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
+        self.0
+            .iter()
+            .find(|(_, d)| *d == digest)
+            .map(|(n, _)| n.as_str())
+    }
+}
+
+struct Console {
+    tokens: Tokens,
+    open_view: bool,
+    asker: Asker,
+    history: PathBuf,
+}
+
+type Reply = (StatusCode, Json<Value>);
+
+fn refuse(code: StatusCode, message: impl Into<String>) -> Reply {
+    (code, Json(json!({"ok": false, "message": message.into()})))
+}
+
+impl Console {
+    fn may_view(&self, headers: &HeaderMap) -> Result<(), Reply> {
+        if self.open_view || self.tokens.who(headers).is_some() {
+            Ok(())
+        } else {
+            Err(unauthorized(headers))
+        }
+    }
+}
+
+fn unauthorized(headers: &HeaderMap) -> Reply {
+    let why = if headers.contains_key(axum::http::header::AUTHORIZATION) {
+        "the token is not one of cluster.console.tokens_file's"
+    } else {
+        "no token: give an operator's token (Authorization: Bearer TOKEN)"
+    };
+    refuse(StatusCode::UNAUTHORIZED, why)
+}
+
+/// The console's routes, for the node's HTTP server. Fails (and the daemon
+/// does not start) when the tokens file is unsafe or malformed.
+pub fn routes(
+    section: &ConsoleSection,
+    asker: Asker,
+    history: PathBuf,
+) -> anyhow::Result<axum::Router> {
+    let console = Arc::new(Console {
+        tokens: Tokens::load(&section.tokens_file)?,
+        open_view: section.view == "open",
+        asker,
+        history,
+    });
+    Ok(axum::Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/api/status", get(status))
+        .route("/api/history", get(history_events))
+        .route("/api/action", post(action))
+        .with_state(console))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+async fn status(State(c): State<Arc<Console>>, headers: HeaderMap) -> Reply {
+    if let Err(r) = c.may_view(&headers) {
+        return r;
+    }
+    let asker = c.asker.clone();
+    match blocking(move || asker.ask(ControlRequest::Status, "the console".into())).await {
+        Some(ControlReply {
+            ok: true,
+            status: Some(st),
+            ..
+        }) => (StatusCode::OK, Json(json!({"ok": true, "status": st}))),
+        Some(r) => refuse(StatusCode::SERVICE_UNAVAILABLE, r.message),
+        None => refuse(StatusCode::SERVICE_UNAVAILABLE, "the daemon did not answer"),
+    }
+}
+
+async fn history_events(State(c): State<Arc<Console>>, headers: HeaderMap) -> Reply {
+    if let Err(r) = c.may_view(&headers) {
+        return r;
+    }
+    let path = c.history.clone();
+    let since = crate::daemon::unix_ms().saturating_sub(24 * 3_600_000);
+    match blocking(move || crate::history::read(&path, Some(since), None)).await {
+        Some(Ok(mut events)) => {
+            let keep = events.len().saturating_sub(200);
+            events.drain(..keep);
+            (StatusCode::OK, Json(json!({"ok": true, "events": events})))
+        }
+        Some(Err(e)) => refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        None => refuse(StatusCode::SERVICE_UNAVAILABLE, "the history cannot be read"),
+    }
+}
+
+/// An operator action as the page sends it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Action {
+    /// `move`, `unmove` or `clear`.
+    op: String,
+    service: String,
+    /// The target node of a move.
+    to: Option<String>,
+    /// How long a move holds (`30m`); none: until cleared.
+    #[serde(rename = "for")]
+    for_: Option<String>,
+    /// The service's name again: the operator confirmed this action.
+    confirm: Option<String>,
+}
+
+impl Action {
+    fn request(self) -> Result<ControlRequest, String> {
+        if self.confirm.as_deref() != Some(self.service.as_str()) {
+            return Err(format!(
+                "confirm: an action needs the operator's confirmation (confirm = {:?})",
+                self.service
+            ));
+        }
+        match self.op.as_str() {
+            "move" => {
+                let to = self
+                    .to
+                    .ok_or("to: a move needs the target node")?;
+                let for_ms = match self.for_.as_deref() {
+                    None | Some("") => None,
+                    Some(d) => Some(crate::control::parse_duration(d)?.as_millis() as u64),
+                };
+                Ok(ControlRequest::Move {
+                    service: self.service,
+                    to,
+                    for_ms,
+                })
+            }
+            "unmove" => Ok(ControlRequest::Unmove {
+                service: self.service,
+            }),
+            "clear" => Ok(ControlRequest::Clear {
+                service: self.service,
+            }),
+            other => Err(format!("op: {other:?}; use move, unmove or clear")),
+        }
+    }
+}
+
+async fn action(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Reply {
+    let Some(name) = c.tokens.who(&headers) else {
+        tracing::warn!(target: "baton::decision", "console action from {peer} refused: bad or missing token");
+        return unauthorized(&headers);
+    };
+    let request = match serde_json::from_slice::<Action>(&body)
+        .map_err(|e| format!("not an action ({e}); send {{\"op\":\"move\",\"service\":S,\"to\":N,\"confirm\":S}}"))
+        .and_then(Action::request)
+    {
+        Ok(r) => r,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
+    };
+    let who = format!("{name} on the console from {peer}");
+    let asker = c.asker.clone();
+    match blocking(move || asker.ask(request, who)).await {
+        Some(r) if r.ok => (StatusCode::OK, Json(json!({"ok": true, "message": r.message}))),
+        Some(r) => refuse(StatusCode::CONFLICT, r.message),
+        None => refuse(StatusCode::SERVICE_UNAVAILABLE, "the daemon did not answer"),
+    }
+}
+
+/// `baton scenario view`: the console's page for a scenario, with the
+/// simulator's frames (the status of a quorate node after start-up and after
+/// each fault step) and its timeline.
+pub fn write_view(file: &Path, out: &Path, fault: Option<&str>) -> anyhow::Result<ExitCode> {
+    let scenario = crate::scenario::load(file)?;
+    let faults = crate::scenario::parse_script(&scenario, fault.unwrap_or(""))?;
+    let cluster = scenario.cluster();
+    let names = scenario.names();
+    let mut labels = vec!["started and settled".to_string()];
+    labels.extend(fault.unwrap_or("").split([';', '\n']).map(str::trim).filter(|s| !s.is_empty() && !s.starts_with('#')).map(|s| format!("after: {s}")));
+    labels.push("settled".into());
+    let mut frames: Vec<Value> = Vec::new();
+    let result = crate::scenario::simulate_script(&scenario, &faults, 1, |sim| {
+        let label = labels.get(frames.len()).cloned().unwrap_or_default();
+        if let Some(frame) = crate::daemon::simulated_status(sim, cluster, &names) {
+            let (status, down) = frame;
+            frames.push(json!({"at_ms": sim.now(), "label": label, "status": status, "down": down}));
+        }
+    });
+    let data = json!({
+        "scenario": file.display().to_string(),
+        "frames": frames,
+        "timeline": result.timeline,
+        "violation": result.violation,
+    });
+    let page = PAGE.replace(
+        "/*BATON_VIEW*/null",
+        &serde_json::to_string(&data)?.replace("</", "<\\/"),
+    );
+    std::fs::write(out, page).with_context(|| format!("cannot write {}", out.display()))?;
+    println!(
+        "wrote {}: the console's screen for {} ({} frames; open it in a browser)",
+        out.display(),
+        file.display(),
+        frames.len()
+    );
+    if let Some(v) = &result.violation {
+        println!("CHECK FAILED in the simulation: {v}");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -86,8 +86,49 @@ impl ControlReply {
     }
 }
 
-/// A request waiting for the main loop, with where to send the reply.
-pub type Pending = (ControlRequest, mpsc::Sender<ControlReply>);
+/// A request waiting for the main loop: what is asked, who asks (recorded in
+/// the history with each action), and where to send the reply.
+pub struct Pending {
+    /// The request.
+    pub request: ControlRequest,
+    /// Who asks, in words.
+    pub who: String,
+    /// Where the reply goes.
+    pub reply: mpsc::Sender<ControlReply>,
+}
+
+/// Where requests for the main loop go, and how to wake it.
+#[derive(Clone)]
+pub struct Asker {
+    tx: mpsc::Sender<Pending>,
+    bell: crate::wake::Bell,
+}
+
+impl Asker {
+    /// Ask the main loop and wait up to 5 s for its answer.
+    pub fn ask(&self, request: ControlRequest, who: String) -> ControlReply {
+        let (reply, reply_rx) = mpsc::channel();
+        let pending = Pending {
+            request,
+            who,
+            reply,
+        };
+        if self.tx.send(pending).is_err() {
+            return ControlReply::refused("the daemon is stopping");
+        }
+        self.bell.ring();
+        reply_rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| ControlReply::refused("the daemon did not answer within 5 s"))
+    }
+}
+
+/// A channel for requests to the main loop: the asking side (the control
+/// socket and the console hold clones) and the main loop's side.
+pub fn channel(bell: crate::wake::Bell) -> (Asker, mpsc::Receiver<Pending>) {
+    let (tx, rx) = mpsc::channel();
+    (Asker { tx, bell }, rx)
+}
 
 /// The default socket of node `node`.
 pub fn default_socket(node: &str) -> PathBuf {
@@ -114,9 +155,9 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
     (r == 0).then_some(cred.uid)
 }
 
-/// Bind `path` (refusing if another daemon answers there) and serve it on a thread;
-/// requests arrive on the returned channel for the main loop to answer.
-pub fn serve(path: &Path, bell: crate::wake::Bell) -> anyhow::Result<mpsc::Receiver<Pending>> {
+/// Bind `path` (refusing if another daemon answers there) and serve it on a
+/// thread; requests go to the main loop through `asker`.
+pub fn serve(path: &Path, asker: Asker) -> anyhow::Result<()> {
     if UnixStream::connect(path).is_ok() {
         bail!(
             "control socket {}: another baton daemon answers there; stop it, or give this one --socket",
@@ -132,25 +173,23 @@ pub fn serve(path: &Path, bell: crate::wake::Bell) -> anyhow::Result<mpsc::Recei
         .with_context(|| format!("control socket {}: cannot bind", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("control socket {}: chmod 0600", path.display()))?;
-    let (tx, rx) = mpsc::channel::<Pending>();
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                let tx = tx.clone();
-                let bell = bell.clone();
+                let asker = asker.clone();
                 // One thread per connection, so a stuck client blocks nobody.
-                std::thread::spawn(move || handle(stream, &tx, &bell, me));
+                std::thread::spawn(move || handle(stream, &asker, me));
             }
         })?;
-    Ok(rx)
+    Ok(())
 }
 
-fn handle(mut stream: UnixStream, tx: &mpsc::Sender<Pending>, bell: &crate::wake::Bell, me: u32) {
+fn handle(mut stream: UnixStream, asker: &Asker, me: u32) {
     let reply = match peer_uid(&stream) {
-        Some(uid) if uid == 0 || uid == me => read_and_ask(&stream, tx, bell),
+        Some(uid) if uid == 0 || uid == me => read_and_ask(&stream, asker, uid),
         Some(uid) => ControlReply::refused(format!(
             "uid {uid} may not control this daemon; run as root"
         )),
@@ -162,11 +201,7 @@ fn handle(mut stream: UnixStream, tx: &mpsc::Sender<Pending>, bell: &crate::wake
     }
 }
 
-fn read_and_ask(
-    stream: &UnixStream,
-    tx: &mpsc::Sender<Pending>,
-    bell: &crate::wake::Bell,
-) -> ControlReply {
+fn read_and_ask(stream: &UnixStream, asker: &Asker, uid: u32) -> ControlReply {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let mut line = String::new();
     // Requests are small: read at most 64 KiB.
@@ -182,14 +217,12 @@ fn read_and_ask(
             ));
         }
     };
-    let (reply_tx, reply_rx) = mpsc::channel();
-    if tx.send((req, reply_tx)).is_err() {
-        return ControlReply::refused("the daemon is stopping");
-    }
-    bell.ring();
-    reply_rx
-        .recv_timeout(Duration::from_secs(5))
-        .unwrap_or_else(|_| ControlReply::refused("the daemon did not answer within 5 s"))
+    let who = if uid == 0 {
+        "root on the control socket".to_string()
+    } else {
+        format!("uid {uid} on the control socket")
+    };
+    asker.ask(req, who)
 }
 
 /// Send `req` to the daemon at `path` and return its reply.

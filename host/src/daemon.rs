@@ -152,6 +152,8 @@ pub struct Fencer {
 /// What `baton status` reads.
 #[derive(Serialize)]
 struct Status<'a> {
+    /// The cluster's name.
+    cluster: &'a str,
     node: &'a str,
     id: NodeId,
     epoch: u64,
@@ -164,6 +166,8 @@ struct Status<'a> {
     quorate: bool,
     quorum: String,
     witness_held: bool,
+    /// The witness's votes (0: no witness).
+    witness_votes: u32,
     /// Why the witness lease could not be read or renewed just now (storage
     /// stalled or failing); the witness counts as not held meanwhile.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1042,7 +1046,8 @@ pub fn run(
         sockets.push(s);
     }
     let (bell, ear) = crate::wake::pair().context("cannot create the loop's wake-up pipe")?;
-    let control = crate::control::serve(&socket_path, bell.clone())?;
+    let (asker, control) = crate::control::channel(bell.clone());
+    crate::control::serve(&socket_path, asker.clone())?;
     if let Some(p) = &paths.pid_file {
         write_pid_file(p)?;
     }
@@ -1070,7 +1075,11 @@ pub fn run(
             let at: SocketAddr = addr
                 .parse()
                 .with_context(|| format!("node {node_name}: http {addr}"))?;
-            Some(crate::metrics::serve(at).with_context(|| {
+            let console = match &cluster.cluster.console {
+                Some(c) => Some(crate::console::routes(c, asker.clone(), history.clone())?),
+                None => None,
+            };
+            Some(crate::metrics::serve(at, console).with_context(|| {
                 format!("node {node_name}: cannot serve HTTP on {addr} (http in its [[node]])")
             })?)
         }
@@ -1359,13 +1368,18 @@ pub fn run(
             next_tick = 0;
         }
         // Operator requests.
-        while let Ok((req, reply)) = control.try_recv() {
+        while let Ok(crate::control::Pending {
+            request: req,
+            who,
+            reply,
+        }) = control.try_recv()
+        {
             let now = now_ms();
             let answer = match control_request(&mut node, &req, &cluster, &names, now) {
                 Ok((message, commands)) => {
                     if req != ControlRequest::Status {
                         let service = req.service().and_then(|s| service_index(&cluster, s).ok());
-                        decisions.record("operator", service, format!("by an operator: {message}"));
+                        decisions.record("operator", service, format!("by {who}: {message}"));
                     }
                     for c in commands {
                         run_command(c, &done_tx, quorate_now(&node), &local);
@@ -1385,7 +1399,11 @@ pub fn run(
                         status,
                     }
                 }
-                Err(e) => ControlReply::refused(e),
+                Err(e) => {
+                    let service = req.service().and_then(|s| service_index(&cluster, s).ok());
+                    decisions.record("operator", service, format!("refused for {who}: {e}"));
+                    ControlReply::refused(e)
+                }
             };
             let _ = reply.send(answer);
         }
@@ -1703,6 +1721,56 @@ fn control_request(
     }
 }
 
+/// The status a simulated cluster's first quorate live node (else its first
+/// live node) would show, as `baton status --json` prints it, and the nodes
+/// that are down; `None` when every node is down. Resources show the phase of
+/// their service.
+pub(crate) fn simulated_status(
+    sim: &crate::cluster::sim::Sim,
+    cluster: &ClusterConfig,
+    names: &BTreeMap<NodeId, String>,
+) -> Option<(serde_json::Value, Vec<String>)> {
+    let live: Vec<NodeId> = names
+        .keys()
+        .copied()
+        .filter(|id| sim.node(*id).is_some())
+        .collect();
+    let judge = live
+        .iter()
+        .copied()
+        .find(|id| {
+            sim.node(*id)
+                .and_then(|n| n.quorum())
+                .is_some_and(|q| q.quorate)
+        })
+        .or(live.first().copied())?;
+    let node = sim.node(judge)?;
+    let local: Vec<Local> = cluster
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Local {
+            states: vec![node.phases()[i].name().to_string(); s.resources.len()],
+            last_failure: None,
+        })
+        .collect();
+    let st = status(
+        node,
+        &names[&judge],
+        names,
+        cluster,
+        &BTreeMap::new(),
+        sim.now(),
+        &local,
+    );
+    let down = names
+        .iter()
+        .filter(|(id, _)| !live.contains(id))
+        .map(|(_, n)| n.clone())
+        .collect();
+    Some((serde_json::to_value(&st).ok()?, down))
+}
+
 fn status<'a>(
     node: &ClusterNode,
     name: &'a str,
@@ -1719,6 +1787,7 @@ fn status<'a>(
     let moves = node.active_moves(now);
     let me = node.membership().me();
     Status {
+        cluster: &cluster.cluster.name,
         node: name,
         id: me,
         epoch,
@@ -1728,6 +1797,7 @@ fn status<'a>(
         quorate: quorum.is_some_and(|q| q.quorate),
         quorum: quorum.map(|q| q.reason.clone()).unwrap_or_default(),
         witness_held: quorum.is_some_and(|q| q.witness_held),
+        witness_votes: cluster.cluster.witness.as_ref().map_or(0, |w| w.votes),
         witness_problem: None,
         health: None,
         links: node

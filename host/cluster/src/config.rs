@@ -45,6 +45,26 @@ pub struct ClusterSection {
     /// and does not hold the witness).
     #[serde(default)]
     pub health: Option<HealthSection>,
+    /// The web console on each node's `http` address (off without this).
+    #[serde(default)]
+    pub console: Option<ConsoleSection>,
+}
+
+/// `[cluster.console]`: the web console, served on a node's `http` address.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSection {
+    /// Operators' tokens, one `NAME TOKEN` per line (TOKEN at least 16
+    /// characters); root-only (mode 0600). NAME is recorded with each action.
+    pub tokens_file: PathBuf,
+    /// `token` (the default): viewing needs a token too; `open`: anyone who
+    /// reaches the address may view, actions still need a token.
+    #[serde(default = "default_console_view")]
+    pub view: String,
+}
+
+fn default_console_view() -> String {
+    "token".into()
 }
 
 /// `[cluster.health]`: checks every node runs; failing them (`fail_after` rounds
@@ -342,7 +362,7 @@ pub struct ClusterConfig {
     /// The timing profile.
     pub timing: Timing,
     /// The fingerprint of the cluster-wide config: every table but `[agents]`,
-    /// less what may differ per node (`key_file`'s path, `watchdog`, `health`,
+    /// less what may differ per node (`key_file`'s path, `watchdog`, `health`, `console`,
     /// the witness's `file` and `disk` paths), in canonical form, SHA-256,
     /// first 8 bytes. Heartbeats carry it; nodes of different fingerprints do
     /// not form one membership.
@@ -380,7 +400,7 @@ impl std::error::Error for ConfigErrors {}
 fn fingerprint_of(table: &toml::Table) -> u64 {
     let mut wide = table.clone();
     if let Some(toml::Value::Table(cluster)) = wide.get_mut("cluster") {
-        for local in ["key_file", "watchdog", "health"] {
+        for local in ["key_file", "watchdog", "health", "console"] {
             cluster.remove(local);
         }
         if let Some(toml::Value::Table(witness)) = cluster.get_mut("witness") {
@@ -626,6 +646,15 @@ impl ClusterConfig {
                     h.timeout_ms, h.interval_ms
                 ));
             }
+        }
+        if let Some(c) = &cluster.console
+            && c.view != "token"
+            && c.view != "open"
+        {
+            errors.push(format!(
+                "cluster.console.view: {:?}; use \"token\" (viewing needs a token) or \"open\" (anyone who reaches the address may view)",
+                c.view
+            ));
         }
         if let Some(w) = &cluster.witness {
             if w.votes == 0 {
