@@ -63,8 +63,7 @@ impl Tokens {
                 continue;
             }
             let mut words = line.split_whitespace();
-            let (Some(name), Some(token), None) = (words.next(), words.next(), words.next())
-            else {
+            let (Some(name), Some(token), None) = (words.next(), words.next(), words.next()) else {
                 bail!(
                     "cluster.console.tokens_file {} line {}: write NAME TOKEN (two words)",
                     path.display(),
@@ -190,7 +189,10 @@ async fn history_events(State(c): State<Arc<Console>>, headers: HeaderMap) -> Re
             (StatusCode::OK, Json(json!({"ok": true, "events": events})))
         }
         Some(Err(e)) => refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        None => refuse(StatusCode::SERVICE_UNAVAILABLE, "the history cannot be read"),
+        None => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the history cannot be read",
+        ),
     }
 }
 
@@ -220,9 +222,7 @@ impl Action {
         }
         match self.op.as_str() {
             "move" => {
-                let to = self
-                    .to
-                    .ok_or("to: a move needs the target node")?;
+                let to = self.to.ok_or("to: a move needs the target node")?;
                 let for_ms = match self.for_.as_deref() {
                     None | Some("") => None,
                     Some(d) => Some(crate::control::parse_duration(d)?.as_millis() as u64),
@@ -255,7 +255,11 @@ async fn action(
         return unauthorized(&headers);
     };
     let request = match serde_json::from_slice::<Action>(&body)
-        .map_err(|e| format!("not an action ({e}); send {{\"op\":\"move\",\"service\":S,\"to\":N,\"confirm\":S}}"))
+        .map_err(|e| {
+            format!(
+                "not an action ({e}); send {{\"op\":\"move\",\"service\":S,\"to\":N,\"confirm\":S}}"
+            )
+        })
         .and_then(Action::request)
     {
         Ok(r) => r,
@@ -264,7 +268,10 @@ async fn action(
     let who = format!("{name} on the console from {peer}");
     let asker = c.asker.clone();
     match blocking(move || asker.ask(request, who)).await {
-        Some(r) if r.ok => (StatusCode::OK, Json(json!({"ok": true, "message": r.message}))),
+        Some(r) if r.ok => (
+            StatusCode::OK,
+            Json(json!({"ok": true, "message": r.message})),
+        ),
         Some(r) => refuse(StatusCode::CONFLICT, r.message),
         None => refuse(StatusCode::SERVICE_UNAVAILABLE, "the daemon did not answer"),
     }
@@ -279,14 +286,22 @@ pub fn write_view(file: &Path, out: &Path, fault: Option<&str>) -> anyhow::Resul
     let cluster = scenario.cluster();
     let names = scenario.names();
     let mut labels = vec!["started and settled".to_string()];
-    labels.extend(fault.unwrap_or("").split([';', '\n']).map(str::trim).filter(|s| !s.is_empty() && !s.starts_with('#')).map(|s| format!("after: {s}")));
+    labels.extend(
+        fault
+            .unwrap_or("")
+            .split([';', '\n'])
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && !s.starts_with('#'))
+            .map(|s| format!("after: {s}")),
+    );
     labels.push("settled".into());
     let mut frames: Vec<Value> = Vec::new();
     let result = crate::scenario::simulate_script(&scenario, &faults, 1, |sim| {
         let label = labels.get(frames.len()).cloned().unwrap_or_default();
         if let Some(frame) = crate::daemon::simulated_status(sim, cluster, &names) {
             let (status, down) = frame;
-            frames.push(json!({"at_ms": sim.now(), "label": label, "status": status, "down": down}));
+            frames
+                .push(json!({"at_ms": sim.now(), "label": label, "status": status, "down": down}));
         }
     });
     let data = json!({
@@ -311,4 +326,85 @@ pub fn write_view(file: &Path, out: &Path, fault: Option<&str>) -> anyhow::Resul
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("tokens");
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            axum::http::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn a_tokens_file_others_can_read_or_with_short_tokens_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = "# ops\nalice 0123456789abcdef0\nbob  fedcba98765432100\n";
+        let e = Tokens::load(&write(dir.path(), good, 0o644)).err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("mode 644 lets others read it; chmod 600"),
+            "{e}"
+        );
+        let e = Tokens::load(&write(dir.path(), "alice short\n", 0o600))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("line 1: the token of alice is shorter than 16"),
+            "{e}"
+        );
+        let e = Tokens::load(&write(dir.path(), "alice\n", 0o600))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("line 1: write NAME TOKEN"), "{e}");
+        let e = Tokens::load(&dir.path().join("missing")).err().unwrap();
+        assert!(e.to_string().contains("cannot read it"), "{e}");
+        let tokens = Tokens::load(&write(dir.path(), good, 0o600)).unwrap();
+        assert_eq!(tokens.who(&bearer("fedcba98765432100")), Some("bob"));
+        assert_eq!(tokens.who(&bearer("fedcba98765432101")), None);
+        assert_eq!(tokens.who(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn an_action_needs_its_confirmation_and_good_fields() {
+        let action = |json: &str| serde_json::from_str::<Action>(json).unwrap().request();
+        assert_eq!(
+            action(r#"{"op":"move","service":"web","to":"n2","for":"30m","confirm":"web"}"#),
+            Ok(ControlRequest::Move {
+                service: "web".into(),
+                to: "n2".into(),
+                for_ms: Some(1_800_000)
+            })
+        );
+        let e = action(r#"{"op":"move","service":"web","to":"n2","confirm":"db"}"#).unwrap_err();
+        assert!(
+            e.starts_with("confirm: an action needs the operator's confirmation"),
+            "{e}"
+        );
+        let e = action(r#"{"op":"move","service":"web","confirm":"web"}"#).unwrap_err();
+        assert!(e.contains("to: a move needs the target node"), "{e}");
+        let e = action(r#"{"op":"move","service":"web","to":"n2","for":"soon","confirm":"web"}"#)
+            .unwrap_err();
+        assert!(e.contains("not a duration"), "{e}");
+        let e = action(r#"{"op":"reboot","service":"web","confirm":"web"}"#).unwrap_err();
+        assert!(e.contains("use move, unmove or clear"), "{e}");
+        assert!(
+            serde_json::from_str::<Action>(r#"{"op":"clear","service":"web","as":"root"}"#)
+                .is_err()
+        );
+    }
 }

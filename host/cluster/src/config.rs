@@ -815,6 +815,41 @@ params = { command = "sleep 100", stop_grace_ms = 500 }
     }
 
     #[test]
+    fn site_data_fills_in_each_nodes_parameters() {
+        let text = GOOD
+            .replace(
+                "id = 1\n",
+                "id = 1\nsite = { dir = \"/srv/a\", port = 5432 }\n",
+            )
+            .replace(
+                "id = 2\n",
+                "id = 2\nsite = { dir = \"/srv/b\", port = 5433 }\n",
+            )
+            .replace(
+                "sleep 100",
+                "server --data {dir}/{node} --port {port} {not a key}",
+            );
+        let c = ClusterConfig::parse(&text).unwrap().unwrap();
+        let params = &c.services[0].resources[0].params;
+        assert_eq!(
+            c.nodes[0].params(params)["command"],
+            "server --data /srv/a/n1 --port 5432 {not a key}"
+        );
+        assert_eq!(
+            c.nodes[1].params(params)["command"],
+            "server --data /srv/b/n2 --port 5433 {not a key}"
+        );
+        let partial = text.replace(", port = 5433", "");
+        let e = ClusterConfig::parse(&partial).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "service[0].resource[0].params.command: {port} is not in the site data of n2"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn an_agents_only_config_has_no_cluster() {
         assert!(
             ClusterConfig::parse("[agents]\nstore = \"/x\"\n")

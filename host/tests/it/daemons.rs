@@ -11,10 +11,19 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Cluster {
-    dir: tempfile::TempDir,
-    config: PathBuf,
+pub(crate) struct Cluster {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) config: PathBuf,
     daemons: Vec<Option<Child>>,
+}
+
+/// A TCP port free on `ip` just now.
+pub(crate) fn free_tcp_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn free_port(ip: &str) -> u16 {
@@ -26,7 +35,7 @@ fn free_port(ip: &str) -> u16 {
 }
 
 impl Cluster {
-    fn new(strategy: &str) -> Cluster {
+    pub(crate) fn new(strategy: &str) -> Cluster {
         Cluster::with(strategy, "")
     }
 
@@ -80,7 +89,7 @@ impl Cluster {
         self.dir.path().join(format!("n{n}.json"))
     }
 
-    fn start(&mut self, n: usize) {
+    pub(crate) fn start(&mut self, n: usize) {
         let child = Command::new(baton_exe())
             .arg("--config")
             .arg(&self.config)
@@ -95,12 +104,12 @@ impl Cluster {
         self.daemons[n - 1] = Some(child);
     }
 
-    fn status(&self, n: usize) -> Option<serde_json::Value> {
+    pub(crate) fn status(&self, n: usize) -> Option<serde_json::Value> {
         serde_json::from_slice(&std::fs::read(self.status_file(n)).ok()?).ok()
     }
 
     /// The nodes whose status says the service runs there.
-    fn owners(&self) -> Vec<usize> {
+    pub(crate) fn owners(&self) -> Vec<usize> {
         (1..=3)
             .filter(|n| self.daemons[n - 1].is_some())
             .filter(|n| {
@@ -117,7 +126,7 @@ impl Cluster {
         text.split_whitespace().next()?.parse().ok()
     }
 
-    fn wait_for(&self, what: &str, limit: Duration, cond: impl Fn(&Cluster) -> bool) {
+    pub(crate) fn wait_for(&self, what: &str, limit: Duration, cond: impl Fn(&Cluster) -> bool) {
         let deadline = Instant::now() + limit;
         while !cond(self) {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -125,8 +134,20 @@ impl Cluster {
         }
     }
 
+    /// Restart every daemon with the config `edit` makes of the current one.
+    pub(crate) fn reconfigure(&mut self, edit: impl Fn(String) -> String) {
+        for n in 1..=3 {
+            self.kill_node(n);
+        }
+        let text = edit(std::fs::read_to_string(&self.config).unwrap());
+        std::fs::write(&self.config, text).unwrap();
+        for n in 1..=3 {
+            self.start(n);
+        }
+    }
+
     /// kill -9 the node's daemon and its service's process group.
-    fn kill_node(&mut self, n: usize) {
+    pub(crate) fn kill_node(&mut self, n: usize) {
         if let Some(mut child) = self.daemons[n - 1].take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -525,23 +546,14 @@ fn a_stalled_witness_stalls_no_daemon() {
 fn a_node_serves_prometheus_metrics_on_its_http_address() {
     let mut c = Cluster::new("standby");
     // The same config on every node, with n1's HTTP address in its [[node]].
-    for n in 1..=3 {
-        c.kill_node(n);
-    }
-    let port = std::net::TcpListener::bind("127.0.0.11:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let text = std::fs::read_to_string(&c.config).unwrap().replacen(
-        "id = 1\n",
-        &format!("id = 1\nhttp = \"127.0.0.11:{port}\"\n"),
-        1,
-    );
-    std::fs::write(&c.config, text).unwrap();
-    for n in 1..=3 {
-        c.start(n);
-    }
+    let port = free_tcp_port("127.0.0.11");
+    c.reconfigure(|text| {
+        text.replacen(
+            "id = 1\n",
+            &format!("id = 1\nhttp = \"127.0.0.11:{port}\"\n"),
+            1,
+        )
+    });
     c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
         c.owners() == [1]
     });

@@ -2,6 +2,7 @@
 
 mod builtin;
 mod cli;
+mod console;
 mod daemons;
 mod db_lab;
 mod disk;
@@ -14,6 +15,7 @@ mod native;
 mod ocf;
 mod oracle;
 mod postgresql;
+mod scenario;
 mod sqlserver;
 mod store;
 mod support;

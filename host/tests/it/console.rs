@@ -1,0 +1,257 @@
+//! The web console in headless Chromium (Debian's chromium, driven through
+//! chromedriver): the page renders the three-node loopback cluster, an operator
+//! with a token clicks a move through its confirmation and the service moves,
+//! and actions without a token, with a wrong one or without the confirmation
+//! are refused with nothing moved. With `BATON_SCREENSHOTS=DIR` the test keeps
+//! its screenshots there (docs/console-*.png come from it).
+
+use crate::daemons::{Cluster, free_tcp_port};
+use fantoccini::{Client, ClientBuilder, Locator};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "alice-0123456789abcdef";
+
+/// chromedriver, stopped (by PID) when dropped.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_driver() -> (Driver, u16) {
+    let port = free_tcp_port("127.0.0.1");
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver (Debian's chromium-driver, installed by scripts/setup)");
+    let driver = Driver(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "chromedriver did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (driver, port)
+}
+
+async fn browser(driver_port: u16, profile: &std::path::Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,900",
+                     format!("--user-data-dir={}", profile.display())],
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{driver_port}"))
+        .await
+        .expect("a chromium session")
+}
+
+/// Wait until `script` (a JavaScript expression) is true on the page.
+async fn until(client: &Client, what: &str, script: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = client
+            .execute(&format!("return !!({script});"), vec![])
+            .await
+            .unwrap();
+        if v == serde_json::Value::Bool(true) {
+            return;
+        }
+        if Instant::now() > deadline {
+            let body = client
+                .execute("return document.body.innerText;", vec![])
+                .await
+                .unwrap();
+            panic!("timed out waiting for {what}; the page reads:\n{body}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn screenshot(client: &Client, name: &str) {
+    if let Ok(dir) = std::env::var("BATON_SCREENSHOTS") {
+        let png = client.screenshot().await.unwrap();
+        std::fs::write(std::path::Path::new(&dir).join(name), png).unwrap();
+    }
+}
+
+/// An action POSTed from the page's context with `token`; its HTTP status.
+async fn post_action(client: &Client, token: &str, body: serde_json::Value) -> u64 {
+    client
+        .execute_async(
+            "const [token, body, done] = arguments; \
+             fetch('api/action', {method: 'POST', headers: token ? {'Authorization': 'Bearer ' + token, 'Content-Type': 'application/json'} : {'Content-Type': 'application/json'}, body: JSON.stringify(body)}) \
+               .then(r => done(r.status), e => done(String(e)));",
+            vec![token.into(), body],
+        )
+        .await
+        .unwrap()
+        .as_u64()
+        .expect("an HTTP status")
+}
+
+#[test]
+fn the_console_shows_the_cluster_and_moves_a_service_for_an_operator_with_a_token() {
+    let mut c = Cluster::new("standby");
+    let port = free_tcp_port("127.0.0.11");
+    let tokens = c.dir.path().join("console.tokens");
+    std::fs::write(&tokens, format!("# operators\nalice {TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    c.reconfigure(|text| {
+        text.replacen(
+            "id = 1\n",
+            &format!("id = 1\nhttp = \"127.0.0.11:{port}\"\n"),
+            1,
+        )
+        .replacen(
+            "[cluster]\n",
+            &format!(
+                "[cluster]\nconsole = {{ tokens_file = {:?} }}\n",
+                tokens.display().to_string()
+            ),
+            1,
+        )
+    });
+    c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
+        c.owners() == [1]
+    });
+    let (_driver, driver_port) = start_driver();
+    let profile = c.dir.path().join("chromium");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = browser(driver_port, &profile).await;
+        client
+            .goto(&format!("http://127.0.0.11:{port}/"))
+            .await
+            .unwrap();
+        // Viewing needs a token too (the default): the page says so.
+        until(
+            &client,
+            "the refusal",
+            "document.getElementById('message').textContent.includes('no token')",
+        )
+        .await;
+        client
+            .find(Locator::Id("token"))
+            .await
+            .unwrap()
+            .send_keys(TOKEN)
+            .await
+            .unwrap();
+        client
+            .find(Locator::Id("token-save"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until(
+            &client,
+            "web on n1 in the grid",
+            "document.querySelector(\"tr[data-service='web'] td.owner[data-node='n1']\")",
+        )
+        .await;
+        until(
+            &client,
+            "three members",
+            "document.querySelectorAll('#links .badge.ok').length === 4",
+        )
+        .await;
+        screenshot(&client, "console-cluster.png").await;
+
+        // Refused, nothing moved: no token, a wrong token, no confirmation.
+        let move_to_n3 =
+            serde_json::json!({"op": "move", "service": "web", "to": "n3", "confirm": "web"});
+        assert_eq!(post_action(&client, "", move_to_n3.clone()).await, 401);
+        assert_eq!(
+            post_action(&client, "mallory-0123456789abcdef", move_to_n3).await,
+            401
+        );
+        let unconfirmed = serde_json::json!({"op": "move", "service": "web", "to": "n3"});
+        assert_eq!(post_action(&client, TOKEN, unconfirmed).await, 400);
+        assert_eq!(c.owners(), [1], "a refused action moved the service");
+
+        // The move, clicked through its confirmation.
+        client
+            .find(Locator::Css("button.move[data-service='web']"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until(
+            &client,
+            "the dialog",
+            "document.getElementById('dialog').open",
+        )
+        .await;
+        client
+            .find(Locator::Id("move-to"))
+            .await
+            .unwrap()
+            .select_by_value("n2")
+            .await
+            .unwrap();
+        client
+            .find(Locator::Id("move-for"))
+            .await
+            .unwrap()
+            .send_keys("10m")
+            .await
+            .unwrap();
+        screenshot(&client, "console-move.png").await;
+        client
+            .find(Locator::Id("dialog-confirm"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until(
+            &client,
+            "the answer",
+            "document.getElementById('message').textContent.includes('moving web to n2')",
+        )
+        .await;
+        until(
+            &client,
+            "web on n2 in the grid",
+            "document.querySelector(\"tr[data-service='web'] td.owner.running[data-node='n2']\")",
+        )
+        .await;
+        until(
+            &client,
+            "the move in the history",
+            "document.getElementById('history').textContent.includes('alice on the console')",
+        )
+        .await;
+        screenshot(&client, "console-moved.png").await;
+        client.close().await.unwrap();
+    });
+    c.wait_for("n2 to run the service", Duration::from_secs(20), |c| {
+        c.owners() == [2]
+    });
+    let history = std::fs::read_to_string(c.dir.path().join("n1.history")).unwrap();
+    assert!(
+        history.contains("by alice on the console from 127.0.0.1")
+            && history.contains("moving web to n2 for 600 s"),
+        "{history}"
+    );
+}

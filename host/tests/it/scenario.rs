@@ -1,0 +1,253 @@
+//! `baton scenario` as an administrator uses it: a scenario from each
+//! template, filled in with per-node site data, checked, compiled into each
+//! node's config (accepted by `config check`, with one fingerprint), simulated
+//! under a fault script and random schedules, and viewed; bad templates,
+//! scripts and site data are errors that name the place and the fix.
+
+use crate::support::{baton_exe, output_text};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn baton(dir: &Path, args: &[&str]) -> Output {
+    Command::new(baton_exe())
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A standby scenario with its site part filled in: a store, and n2 on
+/// another interface name and data directory.
+fn standby(dir: &Path) -> std::path::PathBuf {
+    let out = baton(dir, &["scenario", "new", "--template", "standby", "s.toml"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let path = dir.join("s.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text
+        .replacen(
+            "[scenario]",
+            &format!(
+                "[agents]\nstore = {:?}\n\n[scenario]",
+                dir.join("store").display().to_string()
+            ),
+            1,
+        )
+        .replace(
+            "service_if = \"eth1\"              # the interface facing clients\n\n# ----",
+            "service_if = \"ens4\"\n\n# ----",
+        );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn every_template_makes_a_scenario_that_checks_and_simulates_a_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    for t in [
+        "standby",
+        "mutual",
+        "n-to-1",
+        "rotating",
+        "clone",
+        "promotable",
+    ] {
+        let file = format!("{t}.toml");
+        let out = baton(dir.path(), &["scenario", "new", "--template", t, &file]);
+        assert!(out.status.success(), "{t}: {}", output_text(&out));
+        let out = baton(
+            dir.path(),
+            &[
+                "scenario",
+                "simulate",
+                &file,
+                "--fault",
+                "kill n1; wait 20s; start n1",
+                "--json",
+            ],
+        );
+        let text = output_text(&out);
+        assert!(out.status.success(), "{t}: {text}");
+        let sim: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(sim["violation"].is_null(), "{t}: {text}");
+        // Every service runs at the end, and n1's loss moved what it ran.
+        for s in sim["placement"].as_array().unwrap() {
+            assert!(!s["running_on"].as_array().unwrap().is_empty(), "{t}: {s}");
+        }
+        let timeline = sim["timeline"].as_array().unwrap();
+        assert!(
+            timeline
+                .iter()
+                .any(|e| e["kind"] == "fault" && e["text"] == "kill n1"),
+            "{t}"
+        );
+        assert!(
+            timeline
+                .iter()
+                .any(|e| e["kind"] == "membership"
+                    && e["text"].as_str().unwrap().contains("left: n1")),
+            "{t}: no node saw n1 leave"
+        );
+    }
+    // A second `new` never overwrites.
+    let out = baton(
+        dir.path(),
+        &["scenario", "new", "--template", "standby", "standby.toml"],
+    );
+    assert!(
+        output_text(&out).contains("it must not exist"),
+        "{}",
+        output_text(&out)
+    );
+}
+
+#[test]
+fn a_scenario_compiles_into_each_nodes_config_with_its_site_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = standby(dir.path());
+    let out = baton(dir.path(), &["scenario", "check", "s.toml"]);
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ok — template standby"), "{text}");
+    let out = baton(
+        dir.path(),
+        &[
+            "scenario", "compile", "s.toml", "--out", "compiled", "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let compiled: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fp = compiled["config"].as_str().unwrap().to_string();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("compiled/fingerprint")).unwrap(),
+        format!("{fp}\n")
+    );
+    let n1 = std::fs::read_to_string(dir.path().join("compiled/n1.toml")).unwrap();
+    let n2 = std::fs::read_to_string(dir.path().join("compiled/n2.toml")).unwrap();
+    assert!(n1.contains("run --node n1") && n2.contains("run --node n2"));
+    // Each node's resources get its own site data.
+    assert!(n1.contains("interface = \"eth1\""), "{n1}");
+    assert!(n2.contains("interface = \"ens4\""), "{n2}");
+    // Both files are valid configs with the scenario's fingerprint.
+    for n in ["n1", "n2"] {
+        let file = dir.path().join(format!("compiled/{n}.toml"));
+        let out = Command::new(baton_exe())
+            .args(["config", "check"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let text = output_text(&out);
+        assert!(out.status.success(), "{n}: {text}");
+        assert!(text.contains(&format!("config {fp}")), "{n}: {text}");
+    }
+    drop(path);
+}
+
+#[test]
+fn bad_templates_scripts_and_site_data_are_named_with_their_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = standby(dir.path());
+    let out = baton(
+        dir.path(),
+        &["scenario", "new", "--template", "active-active", "x.toml"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("\"active-active\" is not a template; use one of standby, mutual, n-to-1, rotating, clone, promotable"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(!dir.path().join("x.toml").exists());
+    let out = baton(
+        dir.path(),
+        &[
+            "scenario",
+            "simulate",
+            "s.toml",
+            "--fault",
+            "kill n1; cut n2 lnk 0",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains(
+            "fault script, step 2 (\"cut n2 lnk 0\"): \"lnk\" is not a node (nodes: n1, n2)"
+        ),
+        "{}",
+        output_text(&out)
+    );
+    // A {KEY} some node lacks, and an unknown template in the file.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("label = \"app\"", "label = \"{vlan}\"")
+            .replace("template = \"standby\"", "template = \"failover\""),
+    )
+    .unwrap();
+    let out = baton(dir.path(), &["scenario", "check", "s.toml"]);
+    assert!(
+        output_text(&out).contains("scenario.template: \"failover\" is not a template"),
+        "{}",
+        output_text(&out)
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("\"failover\"", "\"standby\"")).unwrap();
+    let out = baton(dir.path(), &["scenario", "check", "s.toml"]);
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("service[0].resource[1].params.label: {vlan} is not in the site data of n1, n2; add vlan = \"...\" to their [node.site]"),
+        "{}",
+        output_text(&out)
+    );
+}
+
+#[test]
+fn random_schedules_check_the_invariants_and_print_their_seeds() {
+    let dir = tempfile::tempdir().unwrap();
+    standby(dir.path());
+    let out = baton(
+        dir.path(),
+        &[
+            "scenario", "simulate", "s.toml", "--random", "3", "--seed", "40", "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs["ok"], true);
+    let seeds: Vec<u64> = runs["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["seed"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seeds, [40, 41, 42]);
+}
+
+#[test]
+fn the_design_view_is_the_consoles_page_with_the_simulated_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    standby(dir.path());
+    let out = baton(
+        dir.path(),
+        &[
+            "scenario",
+            "view",
+            "s.toml",
+            "--out",
+            "view.html",
+            "--fault",
+            "kill n1; wait 10s",
+        ],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let page = std::fs::read_to_string(dir.path().join("view.html")).unwrap();
+    let start = page.find("const VIEW = ").unwrap() + "const VIEW = ".len();
+    let end = start + page[start..].find(";\n").unwrap();
+    let view: serde_json::Value = serde_json::from_str(&page[start..end]).unwrap();
+    let frames = view["frames"].as_array().unwrap();
+    // Settled, after each of the two steps, settled again.
+    assert_eq!(frames.len(), 4);
+    assert_eq!(frames[0]["status"]["services"][0]["owner"], "n1");
+    assert_eq!(frames[3]["status"]["services"][0]["owner"], "n2");
+    assert_eq!(frames[3]["down"], serde_json::json!(["n1"]));
+    assert!(page.contains("Services × nodes"));
+}
