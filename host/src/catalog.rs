@@ -227,6 +227,36 @@ impl AgentCatalog {
         }
     }
 
+    /// What agent `name` is on this node, to compare between nodes: a
+    /// built-in with baton's version, or the SHA-256 of the agent's file
+    /// (installed library or component, OCF script, file path).
+    pub fn identity(&self, name: &str) -> Result<String, String> {
+        if baton_agents::builtin_agent(name).is_some() {
+            return Ok(format!("built-in (baton {})", env!("CARGO_PKG_VERSION")));
+        }
+        let file = if let Some(rest) = name.strip_prefix("ocf:") {
+            let rel = rest.replacen(':', "/", 1);
+            self.config
+                .agents
+                .ocf_dirs()
+                .into_iter()
+                .map(|d| d.join(&rel))
+                .find(|p| p.is_file())
+                .ok_or_else(|| format!("{name}: no such OCF agent here"))?
+        } else if name.contains('/') || name.ends_with(".so") || name.ends_with(".wasm") {
+            PathBuf::from(name)
+        } else {
+            let m = self
+                .store
+                .manifest(name)
+                .map_err(|e| format!("{name}: {e:#}"))?;
+            return Ok(format!("sha256 {}", m.sha256));
+        };
+        crate::store::sha256_file(&file)
+            .map(|h| format!("sha256 {h}"))
+            .map_err(|e| format!("{e:#}"))
+    }
+
     fn load_file(&self, path: &Path) -> anyhow::Result<AgentHandle> {
         let source = format!("file {}", path.display());
         if is_script(path) {

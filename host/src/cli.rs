@@ -275,6 +275,19 @@ pub enum ScenarioCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check the live site against the scenario: every node answers and runs its
+    /// config, one key, every link between every pair of nodes, agents the same
+    /// everywhere, the fence agent's monitor, the witness's storage.
+    Validate {
+        /// The scenario.
+        file: PathBuf,
+        /// A file with an operator's token (when the nodes have a console).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the console's screen for the scenario, before it runs: the layout,
     /// and the simulated timeline of a fault script to step through.
     View {
@@ -855,6 +868,11 @@ fn scenario(cmd: &ScenarioCommand) -> anyhow::Result<ExitCode> {
             seed,
             json,
         } => scenario::simulate(file, fault.as_deref(), *random, *seed, *json),
+        ScenarioCommand::Validate {
+            file,
+            token_file,
+            json,
+        } => crate::validate::run(file, token_file.as_deref(), *json),
         ScenarioCommand::View { file, out, fault } => {
             crate::console::write_view(file, out, fault.as_deref())
         }

@@ -103,11 +103,28 @@ impl Tokens {
     }
 }
 
+/// The fence agent's monitor on this node.
+pub type FenceCheck = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// What a node tells `baton scenario validate` beyond its status.
+pub struct Facts {
+    /// The node's name.
+    pub node: String,
+    /// Its key's check value (`ClusterKey::check`).
+    pub key: String,
+    /// Each agent the config uses: what it is here, or why it is missing.
+    pub agents: std::collections::BTreeMap<String, Result<String, String>>,
+    /// The fence agent's name and its monitor, when fencing is configured.
+    pub fence: Option<(String, FenceCheck)>,
+}
+
 struct Console {
-    tokens: Tokens,
+    /// `None`: no console; only validation is served, to anyone.
+    tokens: Option<Tokens>,
     open_view: bool,
     asker: Asker,
     history: PathBuf,
+    facts: Facts,
 }
 
 type Reply = (StatusCode, Json<Value>);
@@ -118,10 +135,10 @@ fn refuse(code: StatusCode, message: impl Into<String>) -> Reply {
 
 impl Console {
     fn may_view(&self, headers: &HeaderMap) -> Result<(), Reply> {
-        if self.open_view || self.tokens.who(headers).is_some() {
-            Ok(())
-        } else {
-            Err(unauthorized(headers))
+        match &self.tokens {
+            None => Ok(()),
+            Some(t) if self.open_view || t.who(headers).is_some() => Ok(()),
+            Some(_) => Err(unauthorized(headers)),
         }
     }
 }
@@ -135,25 +152,78 @@ fn unauthorized(headers: &HeaderMap) -> Reply {
     refuse(StatusCode::UNAUTHORIZED, why)
 }
 
-/// The console's routes, for the node's HTTP server. Fails (and the daemon
-/// does not start) when the tokens file is unsafe or malformed.
+/// The node's HTTP routes beside `/metrics`: `/api/validate` always (behind
+/// the console's tokens when there is a console), and the console's page and
+/// API when `section` configures it. Fails (and the daemon does not start)
+/// when the tokens file is unsafe or malformed.
 pub fn routes(
-    section: &ConsoleSection,
+    section: Option<&ConsoleSection>,
     asker: Asker,
     history: PathBuf,
+    facts: Facts,
 ) -> anyhow::Result<axum::Router> {
     let console = Arc::new(Console {
-        tokens: Tokens::load(&section.tokens_file)?,
-        open_view: section.view == "open",
+        tokens: section.map(|s| Tokens::load(&s.tokens_file)).transpose()?,
+        open_view: section.is_some_and(|s| s.view == "open"),
         asker,
         history,
+        facts,
     });
-    Ok(axum::Router::new()
+    let validate = axum::Router::new().route("/api/validate", get(validate));
+    if section.is_none() {
+        return Ok(validate.with_state(console));
+    }
+    Ok(validate
         .route("/", get(|| async { Html(PAGE) }))
         .route("/api/status", get(status))
         .route("/api/history", get(history_events))
         .route("/api/action", post(action))
         .with_state(console))
+}
+
+/// What `baton scenario validate` reads of a node: its status, its key's
+/// check value, its agents, and its fence agent's monitor run now.
+async fn validate(State(c): State<Arc<Console>>, headers: HeaderMap) -> Reply {
+    if let Err(r) = c.may_view(&headers) {
+        return r;
+    }
+    let console = Arc::clone(&c);
+    let answer = blocking(move || {
+        let reply = console
+            .asker
+            .ask(ControlRequest::Status, "validation".into());
+        let facts = &console.facts;
+        let agents: serde_json::Map<String, Value> = facts
+            .agents
+            .iter()
+            .map(|(name, id)| {
+                let v = match id {
+                    Ok(id) => json!({"ok": true, "identity": id}),
+                    Err(e) => json!({"ok": false, "problem": e}),
+                };
+                (name.clone(), v)
+            })
+            .collect();
+        let fence = facts.fence.as_ref().map(|(agent, check)| match check() {
+            Ok(state) => json!({"agent": agent, "ok": true, "monitor": state}),
+            Err(e) => json!({"agent": agent, "ok": false, "monitor": e}),
+        });
+        json!({
+            "node": facts.node,
+            "key": facts.key,
+            "agents": agents,
+            "fence": fence,
+            "status": reply.status,
+        })
+    })
+    .await;
+    match answer {
+        Some(v) => (StatusCode::OK, Json(v)),
+        None => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the validation did not finish",
+        ),
+    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
@@ -250,7 +320,7 @@ async fn action(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Reply {
-    let Some(name) = c.tokens.who(&headers) else {
+    let Some(name) = c.tokens.as_ref().and_then(|t| t.who(&headers)) else {
         tracing::warn!(target: "baton::decision", "console action from {peer} refused: bad or missing token");
         return unauthorized(&headers);
     };

@@ -912,6 +912,39 @@ fn clean_up_leftovers(services: &[LoadedService]) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl Fencer {
+    /// The fence agent's monitor for `target` (is the fence device there and
+    /// answering?), as `baton scenario validate` asks it.
+    pub(crate) fn check(&self, target: &str) -> Result<String, String> {
+        let mut req = self.base.clone();
+        req.action = Action::Monitor;
+        req.params.insert("target".into(), target.to_string());
+        let report = self.handle.call(&req);
+        match &report.result {
+            Ok(outcome) => Ok(format!("{outcome:?}")),
+            Err(f) => Err(f.to_string()),
+        }
+    }
+}
+
+/// What each agent the config uses is on this node (see
+/// `AgentCatalog::identity`).
+fn agent_identities(
+    cluster: &ClusterConfig,
+    catalog: &AgentCatalog,
+) -> BTreeMap<String, Result<String, String>> {
+    cluster
+        .services
+        .iter()
+        .flat_map(|s| s.resources.iter().map(|r| r.agent.clone()))
+        .chain(cluster.cluster.fencing.iter().map(|f| f.agent.clone()))
+        .map(|a| {
+            let id = catalog.identity(&a);
+            (a, id)
+        })
+        .collect()
+}
+
 /// Fence `target` with the fence agent: its start with `target=NODE`.
 fn fence(fencer: &Fencer, target: &str) -> bool {
     let mut req = fencer.base.clone();
@@ -1075,11 +1108,29 @@ pub fn run(
             let at: SocketAddr = addr
                 .parse()
                 .with_context(|| format!("node {node_name}: http {addr}"))?;
-            let console = match &cluster.cluster.console {
-                Some(c) => Some(crate::console::routes(c, asker.clone(), history.clone())?),
-                None => None,
+            let facts = crate::console::Facts {
+                node: node_name.to_string(),
+                key: key.check(),
+                agents: agent_identities(&cluster, &catalog),
+                fence: fencer.clone().map(|f| {
+                    let target = node_name.to_string();
+                    let agent = cluster
+                        .cluster
+                        .fencing
+                        .as_ref()
+                        .map(|c| c.agent.clone())
+                        .unwrap_or_default();
+                    let check: crate::console::FenceCheck = Box::new(move || f.check(&target));
+                    (agent, check)
+                }),
             };
-            Some(crate::metrics::serve(at, console).with_context(|| {
+            let routes = crate::console::routes(
+                cluster.cluster.console.as_ref(),
+                asker.clone(),
+                history.clone(),
+                facts,
+            )?;
+            Some(crate::metrics::serve(at, routes).with_context(|| {
                 format!("node {node_name}: cannot serve HTTP on {addr} (http in its [[node]])")
             })?)
         }

@@ -31,6 +31,7 @@ pub mod runner;
 pub mod scaffold;
 pub mod scenario;
 pub mod store;
+pub mod validate;
 pub mod wake;
 pub mod watchdog;
 pub mod witness_worker;

@@ -259,10 +259,10 @@ pub fn decision(kind: &str) {
     }
 }
 
-/// Serve `/metrics` on `addr` from a thread of its own, with the console's
-/// routes when it is configured; the metrics to update. Fails when the address
+/// Serve `/metrics` on `addr` from a thread of its own, with `routes` (the
+/// console's and validation's); the metrics to update. Fails when the address
 /// cannot be bound (the daemon refuses to start then).
-pub fn serve(addr: SocketAddr, console: Option<axum::Router>) -> std::io::Result<Arc<Metrics>> {
+pub fn serve(addr: SocketAddr, routes: axum::Router) -> std::io::Result<Arc<Metrics>> {
     let metrics = Arc::clone(METRICS.get_or_init(|| Arc::new(Metrics::new())));
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
@@ -296,10 +296,7 @@ pub fn serve(addr: SocketAddr, console: Option<axum::Router>) -> std::io::Result
                         }
                     }),
                 );
-                let app = match console {
-                    Some(c) => app.merge(c),
-                    None => app,
-                };
+                let app = app.merge(routes);
                 let app = app.into_make_service_with_connect_info::<SocketAddr>();
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => {

@@ -85,6 +85,14 @@ impl ClusterKey {
         })
     }
 
+    /// A check value of the key (HMAC-SHA256 of a fixed text, first 8 bytes,
+    /// hex): equal on two nodes when their keys are equal, and it tells
+    /// nothing about the key. `baton scenario validate` compares it.
+    pub fn check(&self) -> String {
+        let tag = self.mac(b"baton key check").finalize().into_bytes();
+        tag[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     fn mac(&self, bytes: &[u8]) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
         mac.update(bytes);

@@ -104,20 +104,25 @@ async fn post_action(client: &Client, token: &str, body: serde_json::Value) -> u
         .expect("an HTTP status")
 }
 
-#[test]
-fn the_console_shows_the_cluster_and_moves_a_service_for_an_operator_with_a_token() {
-    let mut c = Cluster::new("standby");
-    let port = free_tcp_port("127.0.0.11");
+/// Restart the cluster with an HTTP address on every node (the ports, by
+/// node) and a console whose tokens file (0600) holds alice's token.
+pub(crate) fn with_console(c: &mut Cluster) -> (Vec<u16>, std::path::PathBuf) {
+    let ports: Vec<u16> = (1..=3)
+        .map(|n| free_tcp_port(&format!("127.0.0.{}", 10 + n)))
+        .collect();
     let tokens = c.dir.path().join("console.tokens");
     std::fs::write(&tokens, format!("# operators\nalice {TOKEN}\n")).unwrap();
     std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
-    c.reconfigure(|text| {
+    c.reconfigure(|mut text| {
+        for (i, port) in ports.iter().enumerate() {
+            let n = i + 1;
+            text = text.replacen(
+                &format!("id = {n}\n"),
+                &format!("id = {n}\nhttp = \"127.0.0.{}:{port}\"\n", 10 + n),
+                1,
+            );
+        }
         text.replacen(
-            "id = 1\n",
-            &format!("id = 1\nhttp = \"127.0.0.11:{port}\"\n"),
-            1,
-        )
-        .replacen(
             "[cluster]\n",
             &format!(
                 "[cluster]\nconsole = {{ tokens_file = {:?} }}\n",
@@ -126,6 +131,13 @@ fn the_console_shows_the_cluster_and_moves_a_service_for_an_operator_with_a_toke
             1,
         )
     });
+    (ports, tokens)
+}
+
+#[test]
+fn the_console_shows_the_cluster_and_moves_a_service_for_an_operator_with_a_token() {
+    let mut c = Cluster::new("standby");
+    let port = with_console(&mut c).0[0];
     c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
         c.owners() == [1]
     });

@@ -90,9 +90,15 @@ impl Cluster {
     }
 
     pub(crate) fn start(&mut self, n: usize) {
+        let config = self.config.clone();
+        self.start_with_config(n, &config);
+    }
+
+    /// Start node `n` with its own config file.
+    pub(crate) fn start_with_config(&mut self, n: usize, config: &std::path::Path) {
         let child = Command::new(baton_exe())
             .arg("--config")
-            .arg(&self.config)
+            .arg(config)
             .args(["run", "--node", &format!("n{n}"), "--status-file"])
             .arg(self.status_file(n))
             .arg("--socket")

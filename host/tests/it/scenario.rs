@@ -4,9 +4,11 @@
 //! under a fault script and random schedules, and viewed; bad templates,
 //! scripts and site data are errors that name the place and the fix.
 
+use crate::daemons::Cluster;
 use crate::support::{baton_exe, output_text};
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 fn baton(dir: &Path, args: &[&str]) -> Output {
     Command::new(baton_exe())
@@ -250,4 +252,109 @@ fn the_design_view_is_the_consoles_page_with_the_simulated_frames() {
     assert_eq!(frames[3]["status"]["services"][0]["owner"], "n2");
     assert_eq!(frames[3]["down"], serde_json::json!(["n1"]));
     assert!(page.contains("Services × nodes"));
+}
+
+fn validate(dir: &Path, extra: &[&str]) -> (bool, serde_json::Value) {
+    let mut args = vec!["scenario", "validate", "site.toml", "--json"];
+    args.extend(extra);
+    let out = baton(dir, &args);
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", output_text(&out)));
+    (out.status.success(), report)
+}
+
+fn outcome<'a>(report: &'a serde_json::Value, check: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == check)
+        .unwrap_or_else(|| panic!("no check {check:?} in {report}"))
+}
+
+/// The live loopback cluster validated against its scenario: all passes;
+/// without a token every node refuses; with another key on n3, the key and
+/// n3's links fail, and say why.
+#[test]
+fn validate_checks_a_live_site_and_names_what_differs() {
+    let mut c = Cluster::new("standby");
+    let (_, tokens) = crate::console::with_console(&mut c);
+    let dir = c.dir.path().to_owned();
+    let config = std::fs::read_to_string(&c.config).unwrap();
+    std::fs::write(
+        dir.join("site.toml"),
+        format!("{config}\n[scenario]\ntemplate = \"standby\"\n"),
+    )
+    .unwrap();
+    c.wait_for("three members everywhere", Duration::from_secs(20), |c| {
+        (1..=3).all(|n| {
+            c.status(n)
+                .is_some_and(|s| s["members"].as_array().unwrap().len() == 3)
+        })
+    });
+    let token = tokens.display().to_string();
+    let (ok, report) = validate(&dir, &["--token-file", &token]);
+    assert!(ok, "{report}");
+    for name in [
+        "n3 runs the scenario's config",
+        "the key is the same on every node",
+        "n1 ⇄ n3 on link 1",
+        "n2 sees every node as a member",
+        "agent process is the same on every node",
+    ] {
+        assert_eq!(outcome(&report, name)["ok"], true, "{name}: {report}");
+    }
+    let (ok, report) = validate(&dir, &[]);
+    assert!(!ok);
+    let refused = outcome(&report, "n1 answers");
+    assert!(
+        refused["detail"].as_str().unwrap().contains("no token"),
+        "{refused}"
+    );
+
+    // n3 comes back with another key: it runs the same config (the key file is
+    // per node) but nobody hears it.
+    c.kill_node(3);
+    std::fs::write(dir.join("other.key"), [9u8; 32]).unwrap();
+    let other = dir.join("n3.toml");
+    std::fs::write(
+        &other,
+        config.replace(
+            &format!("{:?}", dir.join("key").display().to_string()),
+            &format!("{:?}", dir.join("other.key").display().to_string()),
+        ),
+    )
+    .unwrap();
+    c.start_with_config(3, &other);
+    c.wait_for("n1 to lose n3", Duration::from_secs(20), |c| {
+        c.status(1)
+            .is_some_and(|s| s["members"].as_array().unwrap().len() == 2)
+            && c.status(3)
+                .is_some_and(|s| s["members"].as_array().unwrap().len() == 1)
+    });
+    let (ok, report) = validate(&dir, &["--token-file", &token]);
+    assert!(!ok, "{report}");
+    let key = outcome(&report, "the key is the same on every node");
+    assert_eq!(key["ok"], false);
+    assert!(
+        key["detail"]
+            .as_str()
+            .unwrap()
+            .contains("copy one key_file to every node"),
+        "{key}"
+    );
+    let link = outcome(&report, "n1 ⇄ n3 on link 0");
+    assert_eq!(link["ok"], false);
+    assert!(
+        link["detail"]
+            .as_str()
+            .unwrap()
+            .contains("n1 does not hear n3"),
+        "{link}"
+    );
+    assert_eq!(
+        outcome(&report, "n3 runs the scenario's config")["ok"],
+        true
+    );
+    assert_eq!(outcome(&report, "n1 ⇄ n2 on link 0")["ok"], true);
 }
