@@ -675,6 +675,26 @@ fn print_status(s: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
             checks.join("; ")
         );
     }
+    let links: Vec<String> = s["links"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            let state = match (l["up"].as_bool(), l["rtt_ms"].as_f64()) {
+                (Some(true), Some(rtt)) => format!("{rtt:.2} ms"),
+                (Some(true), None) => "up".into(),
+                _ => "down".into(),
+            };
+            format!(
+                "{}/{} {state}",
+                l["peer"].as_str().unwrap_or("?"),
+                l["link"]
+            )
+        })
+        .collect();
+    if !links.is_empty() {
+        println!("links (peer/link round trip): {}", links.join(", "));
+    }
     for l in s["links"].as_array().into_iter().flatten() {
         if l["up"].as_bool() != Some(true) {
             println!(

@@ -218,6 +218,8 @@ struct LinkStatus<'a> {
     link: u8,
     up: bool,
     since_ms: u64,
+    /// The smoothed round trip of heartbeats, ms (`None` until measured).
+    rtt_ms: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -1860,6 +1862,10 @@ fn status<'a>(
                 link: *link,
                 up: s.up,
                 since_ms: s.since,
+                rtt_ms: node
+                    .membership()
+                    .rtt(*peer, *link)
+                    .map(|r| (r * 100.0).round() / 100.0),
             })
             .collect(),
         fencing: FencingStatus {

@@ -6,7 +6,7 @@
 //! waits for a client.
 //!
 //! Names (all prefixed `baton_`): `members`, `quorate`, `witness_held`,
-//! `link_up{peer,link}`, `service_here{service,phase}` (1 for this node's phase),
+//! `link_up{peer,link}`, `link_rtt_seconds{peer,link}`, `service_here{service,phase}` (1 for this node's phase),
 //! `service_owner{service,node}` (1 where placement puts it),
 //! `service_promoted{service,node}`, `service_failures{service}` (unexpired, here),
 //! `fence_waiting`, `agent_calls_total{agent,action,result}` (result: ok or the
@@ -82,6 +82,7 @@ pub struct Metrics {
     quorate: Gauge,
     witness_held: Gauge,
     link_up: Family<Link, Gauge>,
+    link_rtt: Family<Link, Gauge<f64, std::sync::atomic::AtomicU64>>,
     service_here: Family<ServicePhase, Gauge>,
     service_owner: Family<ServiceNode, Gauge>,
     service_promoted: Family<ServiceNode, Gauge>,
@@ -104,6 +105,7 @@ impl Metrics {
             quorate: Gauge::default(),
             witness_held: Gauge::default(),
             link_up: Family::default(),
+            link_rtt: Family::default(),
             service_here: Family::default(),
             service_owner: Family::default(),
             service_promoted: Family::default(),
@@ -131,6 +133,11 @@ impl Metrics {
             "link_up",
             "1 when heartbeats arrive from the peer on the link",
             m.link_up.clone(),
+        );
+        r.register(
+            "link_rtt_seconds",
+            "Smoothed round trip of heartbeats to the peer on the link",
+            m.link_rtt.clone(),
         );
         r.register(
             "service_here",
@@ -190,6 +197,14 @@ impl Metrics {
                     link: link.to_string(),
                 })
                 .set(i64::from(s.up));
+            if let Some(ms) = node.membership().rtt(*peer, *link) {
+                self.link_rtt
+                    .get_or_create(&Link {
+                        peer: name(peer),
+                        link: link.to_string(),
+                    })
+                    .set(ms / 1000.0);
+            }
         }
         let failures = node.failure_counts(now);
         for (i, spec) in node.services().iter().enumerate() {

@@ -15,7 +15,7 @@
 //! that can reach each other converge on the same view; the epoch is raised on every
 //! change and the highest epoch seen wins, so they converge on the same epoch too.
 
-use super::wire::{Heartbeat, MAX_NODES, NodeId, Report};
+use super::wire::{Echo, Heartbeat, MAX_NODES, NodeId, Report};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
@@ -85,6 +85,13 @@ pub struct Membership {
     view: BTreeSet<NodeId>,
     /// Recent view changes (epoch, members), newest last, for status.
     history: VecDeque<(u64, Millis, BTreeSet<NodeId>)>,
+    /// The latest heartbeat from (peer, link): its send time on the peer's
+    /// clock, and when it arrived here (echoed back for the peer's round trip).
+    echo: BTreeMap<(NodeId, u8), (u32, Millis)>,
+    /// Smoothed round trip to (peer, link), ms.
+    rtt: BTreeMap<(NodeId, u8), f64>,
+    /// The clock at the last advance.
+    now: Millis,
 }
 
 fn bit(node: NodeId) -> u64 {
@@ -117,6 +124,9 @@ impl Membership {
             epoch: 0,
             view: view.clone(),
             history: VecDeque::from([(0, 0, view)]),
+            echo: BTreeMap::new(),
+            rtt: BTreeMap::new(),
+            now: 0,
         }
     }
 
@@ -145,6 +155,12 @@ impl Membership {
         &self.link_state
     }
 
+    /// The smoothed round trip to `peer` on `link`, ms (the heartbeats' echoes
+    /// on this node's clock; `None` until measured).
+    pub fn rtt(&self, peer: NodeId, link: u8) -> Option<f64> {
+        self.rtt.get(&(peer, link)).copied()
+    }
+
     /// The services `node` claims, from its freshest report (`None` if not known).
     pub fn claims_of(&self, node: NodeId) -> Option<u64> {
         self.reports.get(&node).map(|(r, _)| r.claims)
@@ -165,6 +181,21 @@ impl Membership {
         self.history.iter()
     }
 
+    /// The echoes to send on `link`: each peer's latest heartbeat there that
+    /// is still fresh (within the link timeout).
+    fn echoes(&self, link: u8) -> Vec<Echo> {
+        let fresh = Timing::ms(self.timing.link_timeout);
+        self.echo
+            .iter()
+            .filter(|((_, l), (_, at))| *l == link && self.now.saturating_sub(*at) <= fresh)
+            .map(|((peer, _), (sent, at))| Echo {
+                node: *peer,
+                sent_ms: *sent,
+                held_ms: self.now.saturating_sub(*at).min(u64::from(u16::MAX - 1)) as u16,
+            })
+            .collect()
+    }
+
     /// Take in an authenticated, non-replayed heartbeat received at `now`.
     pub fn on_heartbeat(&mut self, now: Millis, hb: &Heartbeat) {
         if hb.sender == self.me
@@ -174,6 +205,21 @@ impl Membership {
             return;
         }
         self.heard.insert((hb.sender, hb.link), now);
+        self.echo.insert((hb.sender, hb.link), (hb.sent_ms, now));
+        if let Some(e) = hb.echoes.iter().find(|e| e.node == self.me) {
+            let sample = (now as u32)
+                .wrapping_sub(e.sent_ms)
+                .wrapping_sub(u32::from(e.held_ms));
+            // An echo of a heartbeat from before a restart, or held past the
+            // u16 range, is no measurement.
+            if sample < 60_000 && e.held_ms < u16::MAX {
+                let rtt = self
+                    .rtt
+                    .entry((hb.sender, hb.link))
+                    .or_insert(f64::from(sample));
+                *rtt += (f64::from(sample) - *rtt) / 8.0;
+            }
+        }
         for r in &hb.reports {
             if r.node == self.me || !self.peers.contains(&r.node) {
                 continue;
@@ -206,6 +252,7 @@ impl Membership {
     /// The first half of a tick: update link states and recompute the view at
     /// `now`. [`Membership::publish`] then sends the report that follows from it.
     pub fn advance(&mut self, now: Millis) {
+        self.now = now;
         let link_timeout = Timing::ms(self.timing.link_timeout);
         let mut heard_set = 0u64;
         for &peer in &self.peers {
@@ -253,6 +300,8 @@ impl Membership {
                 seq: self.seq,
                 epoch: self.epoch,
                 config: 0,
+                sent_ms: self.now as u32,
+                echoes: self.echoes(link),
                 reports: reports.clone(),
             })
             .collect()
@@ -303,6 +352,38 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echoes_measure_the_round_trip_on_each_link() {
+        let ids = [1, 2];
+        let mut a = Membership::new(1, 1, &ids, 2, Timing::FAST);
+        let mut b = Membership::new(2, 1, &ids, 2, Timing::FAST);
+        // a sends at 1000; link 0 takes 5 ms each way, link 1 takes 20 ms.
+        let from_a = a.tick(1000);
+        b.on_heartbeat(1005, &from_a[0]);
+        b.on_heartbeat(1020, &from_a[1]);
+        // b answers at 1030, having held a's heartbeats 25 and 10 ms.
+        let from_b = b.tick(1030);
+        assert_eq!(
+            from_b[0].echoes,
+            [Echo {
+                node: 1,
+                sent_ms: 1000,
+                held_ms: 25
+            }]
+        );
+        a.on_heartbeat(1035, &from_b[0]);
+        a.on_heartbeat(1050, &from_b[1]);
+        assert_eq!(a.rtt(2, 0), Some(10.0));
+        assert_eq!(a.rtt(2, 1), Some(40.0));
+        assert_eq!(b.rtt(1, 0), None, "b has no echo of its own yet");
+        // Smoothed: a later sample of 18 ms moves the estimate by an eighth.
+        let from_a = a.tick(2000);
+        b.on_heartbeat(2009, &from_a[0]);
+        let from_b = b.tick(2009);
+        a.on_heartbeat(2018, &from_b[0]);
+        assert_eq!(a.rtt(2, 0), Some(11.0));
+    }
 
     /// Three nodes, two links, a virtual clock and a network where links can be cut.
     struct Net {

@@ -27,12 +27,13 @@ use std::collections::HashMap;
 use std::fmt;
 
 const MAGIC: &[u8; 4] = b"BTN1";
-/// The wire version this build speaks (4: the sender's config fingerprint, and
-/// reports carry blocks, failed stops, fence confirmations, moves, claim
-/// acknowledgements, and promotable services' replicas, promoted role, scores
-/// and acknowledged positions). Nodes of different
-/// wire versions do not hear each other: upgrade every node of a cluster together.
-pub const VERSION: u8 = 4;
+/// The wire version this build speaks (5: the sender's config fingerprint, its
+/// send time and the echoes that measure round trips, and reports carry
+/// blocks, failed stops, fence confirmations, moves, claim acknowledgements,
+/// and promotable services' replicas, promoted role, scores and acknowledged
+/// positions). Nodes of different wire versions do not hear each other:
+/// upgrade every node of a cluster together.
+pub const VERSION: u8 = 5;
 const HEADER: usize = 4 + 1 + 1 + 4 + 2 + 1 + 8 + 8 + 2;
 const TAG: usize = 16;
 /// The largest node id (node ids are 1..=MAX_NODES; reachability is a 64-bit set).
@@ -44,6 +45,7 @@ const FENCED: usize = 2 + 8;
 const MOVE: usize = 1 + 2 + 4 + 1;
 const ACK: usize = 2 + 8 + 8;
 const SCORE: usize = 1 + 8 + 8;
+const ECHO: usize = 2 + 4 + 2;
 /// Report flags.
 const QUORATE: u8 = 1;
 const PENDING: u8 = 2;
@@ -221,8 +223,25 @@ pub struct Heartbeat {
     /// The fingerprint of the sender's cluster-wide config: a node is heard only
     /// by nodes that run the same config.
     pub config: u64,
+    /// The sender's clock when it sent this, ms (wrapping).
+    pub sent_ms: u32,
+    /// For each peer heard on this link: the send time of its latest
+    /// heartbeat and how long the sender held it, so the peer measures the
+    /// round trip on its own clock.
+    pub echoes: Vec<Echo>,
     /// Reachability reports the sender knows (its own first).
     pub reports: Vec<Report>,
+}
+
+/// The echo of a peer's heartbeat (see [`Heartbeat::echoes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Echo {
+    /// The peer whose heartbeat is echoed.
+    pub node: NodeId,
+    /// That heartbeat's `sent_ms`.
+    pub sent_ms: u32,
+    /// How long ago it arrived, ms (at most 65535).
+    pub held_ms: u16,
 }
 
 /// Why a packet was dropped. Each is counted in status.
@@ -268,8 +287,12 @@ impl Drop {
 /// Encode a heartbeat.
 pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
     let reports = &hb.reports[..hb.reports.len().min(MAX_NODES as usize)];
+    let echoes = &hb.echoes[..hb.echoes.len().min(MAX_NODES as usize)];
     let body_len = 8
         + 8
+        + 4
+        + 1
+        + echoes.len() * ECHO
         + 1
         + reports
             .iter()
@@ -293,6 +316,13 @@ pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
     out.extend_from_slice(&(body_len as u16).to_be_bytes());
     out.extend_from_slice(&hb.epoch.to_be_bytes());
     out.extend_from_slice(&hb.config.to_be_bytes());
+    out.extend_from_slice(&hb.sent_ms.to_be_bytes());
+    out.push(echoes.len() as u8);
+    for e in echoes {
+        out.extend_from_slice(&e.node.to_be_bytes());
+        out.extend_from_slice(&e.sent_ms.to_be_bytes());
+        out.extend_from_slice(&e.held_ms.to_be_bytes());
+    }
     out.push(reports.len() as u8);
     for r in reports {
         out.extend_from_slice(&r.node.to_be_bytes());
@@ -404,8 +434,21 @@ pub fn decode(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, Drop> {
     }
     let epoch = r.u64()?;
     let config = r.u64()?;
-    let count = r.u8()? as usize;
+    let sent_ms = r.u32()?;
     let valid = |n: NodeId| (1..=MAX_NODES).contains(&n);
+    let mut echoes = Vec::new();
+    for _ in 0..r.u8()? {
+        let echo = Echo {
+            node: r.u16()?,
+            sent_ms: r.u32()?,
+            held_ms: r.u16()?,
+        };
+        if !valid(echo.node) {
+            return Err(Drop::Garbled);
+        }
+        echoes.push(echo);
+    }
+    let count = r.u8()? as usize;
     let mut reports = Vec::with_capacity(count);
     for _ in 0..count {
         let mut report = Report {
@@ -491,6 +534,8 @@ pub fn decode(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, Drop> {
         seq,
         epoch,
         config,
+        sent_ms,
+        echoes,
         reports,
     })
 }
@@ -534,6 +579,19 @@ mod tests {
             seq: 5,
             epoch: 9,
             config: 0x5be1_c0de_0000_0001,
+            sent_ms: 0xfff0_0001,
+            echoes: vec![
+                Echo {
+                    node: 1,
+                    sent_ms: 4_000_000_000,
+                    held_ms: 12,
+                },
+                Echo {
+                    node: 3,
+                    sent_ms: 7,
+                    held_ms: 65535,
+                },
+            ],
             reports: vec![
                 Report {
                     node: 2,

@@ -587,6 +587,7 @@ fn a_node_serves_prometheus_metrics_on_its_http_address() {
         "baton_service_owner{service=\"web\",node=\"n1\"} 1",
         "baton_service_owner{service=\"web\",node=\"n2\"} 0",
         "baton_link_up{peer=\"n2\",link=\"0\"} 1",
+        "baton_link_rtt_seconds{peer=\"n2\",link=\"0\"} ",
         "baton_agent_calls_total{agent=\"process\",action=\"start\",result=\"ok\"} 1",
         "baton_agent_call_seconds_count{agent=\"process\",action=\"start\"} 1",
         "baton_decisions_total{kind=\"membership\"}",
