@@ -1274,10 +1274,13 @@ impl ClusterNode {
         };
         for n in self.membership.view().1 {
             let (running, starting, promoted) = if *n == me {
+                // This node's own claim does not make it the holder: a claimer
+                // still compares its score with the scores in the members'
+                // acknowledgements, and gives the claim up to a better replica.
                 (
                     self.phases[i] == Phase::Running,
                     self.phases[i] == Phase::Starting,
-                    self.roles[i].claims(),
+                    self.roles[i].claims() && !matches!(self.roles[i], Role::Claiming { .. }),
                 )
             } else {
                 let Some((rep, _)) = self.membership.report_of(*n) else {

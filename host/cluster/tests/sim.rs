@@ -48,17 +48,26 @@ fn services() -> Vec<ServiceSpec> {
 }
 
 /// The cluster of seed `seed`: 3 to 5 nodes, fencing on even seeds, a witness
-/// of N−1 votes on seeds divisible by 3.
+/// of N−1 votes on seeds divisible by 3, the fast timing.
 fn spec(seed: u64) -> (ClusterSpec, BTreeMap<NodeId, String>) {
+    spec_with(seed, Timing::FAST, 200, 15)
+}
+
+fn spec_with(
+    seed: u64,
+    timing: Timing,
+    self_fence_ms: u64,
+    max_delay_ms: u64,
+) -> (ClusterSpec, BTreeMap<NodeId, String>) {
     let n = 3 + (seed % 3) as u16;
     let ids: Vec<NodeId> = (1..=n).collect();
     let spec = ClusterSpec {
         nodes: ids.clone(),
         links: 2,
         bounds: Bounds {
-            membership: Timing::FAST,
-            self_fence: Duration::from_millis(200),
-            max_delay: Duration::from_millis(15),
+            membership: timing,
+            self_fence: Duration::from_millis(self_fence_ms),
+            max_delay: Duration::from_millis(max_delay_ms),
         },
         quorum: QuorumPolicy {
             witness_votes: if seed.is_multiple_of(3) {
@@ -78,7 +87,14 @@ fn spec(seed: u64) -> (ClusterSpec, BTreeMap<NodeId, String>) {
 
 /// Run one seeded schedule of 12 faults; the number of promotions it made.
 fn run_schedule(seed: u64, skip_claim_acks: bool) -> Result<u64, String> {
-    let (spec, names) = spec(seed);
+    run_spec(spec(seed), seed, skip_claim_acks)
+}
+
+fn run_spec(
+    (spec, names): (ClusterSpec, BTreeMap<NodeId, String>),
+    seed: u64,
+    skip_claim_acks: bool,
+) -> Result<u64, String> {
     let mut sim = if skip_claim_acks {
         Sim::without_claim_acks(&spec, names, seed)
     } else {
@@ -110,20 +126,33 @@ fn never_two_owners_and_quorate_partitions_run_everything_under_200_random_fault
     );
 }
 
-/// The claim acknowledgement is what keeps simultaneous claims apart, and
-/// what makes a promotion see every replica's latest score: with it skipped (a
-/// node starts, or promotes, in the tick it claims, once lost nodes are safe),
-/// some schedules give two owners of one service and others a stale
-/// promotion; with it, the same schedules pass. (A change to the simulation
-/// reshuffles the schedules: then take the first seeds of 1..=200 that fail
-/// each way with it skipped.)
+/// The default timing (heartbeats every 100 ms, a 2 s self-fence bound): a
+/// primary that stops slowly keeps writing until its stop completes, and the
+/// replicas' last scores reach a claimer a heartbeat later. A claimer must
+/// still give its claim up when a member's acknowledgement shows a better
+/// replica (without that, seed 33 promoted a replica one write behind
+/// another).
 #[test]
-fn skipping_the_claim_acknowledgement_gives_two_owners_or_a_stale_promotion() {
-    for (seed, failure) in [(58, "held by nodes"), (44, "but node 4 has")] {
-        let err = run_schedule(seed, true).expect_err("a failure without acknowledgements");
-        assert!(err.contains(failure), "seed {seed}: {err}");
-        if let Err(e) = run_schedule(seed, false) {
-            panic!("seed {seed} with acknowledgements:\n{e}");
+fn the_default_timing_under_60_random_fault_schedules() {
+    for seed in 1..=60 {
+        let cluster = spec_with(seed, Timing::DEFAULT, 2000, 5);
+        if let Err(e) = run_spec(cluster, seed, false) {
+            panic!("default timing, seed {seed}:\n{e}");
         }
+    }
+}
+
+/// The claim acknowledgement is what keeps simultaneous claims apart: with it
+/// skipped (a node starts, or promotes, in the tick it claims, once lost nodes
+/// are safe), seed 58's schedule has nodes 2 and 3 both start `db`, 16 s in;
+/// with it, the schedule passes. (A change to the simulation reshuffles the
+/// schedules: then take the first seed of 1..=200 that fails with it skipped.)
+#[test]
+fn skipping_the_claim_acknowledgement_gives_two_owners() {
+    let seed = 58;
+    let err = run_schedule(seed, true).expect_err("a failure without acknowledgements");
+    assert!(err.contains("held by nodes"), "seed {seed}: {err}");
+    if let Err(e) = run_schedule(seed, false) {
+        panic!("seed {seed} with acknowledgements:\n{e}");
     }
 }
