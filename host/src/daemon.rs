@@ -269,17 +269,7 @@ pub fn load_all(
     catalog: &AgentCatalog,
     node: &str,
 ) -> Result<(Vec<LoadedService>, Option<Fencer>), Vec<String>> {
-    let Some(me) = cluster.node(node) else {
-        return Err(vec![format!(
-            "--node {node}: no [[node]] is named {node:?} (nodes: {})",
-            cluster
-                .nodes
-                .iter()
-                .map(|n| n.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )]);
-    };
+    let me = cluster.this_node(node).map_err(|e| vec![e])?;
     let mut services = Vec::new();
     let mut problems = Vec::new();
     let mut shared = BTreeMap::new();
@@ -1023,18 +1013,8 @@ pub fn run(
         .clone()
         .context("the config has no [cluster] section; `baton run` needs nodes and services")?;
     let me = cluster
-        .node(node_name)
-        .with_context(|| {
-            format!(
-                "--node {node_name}: no [[node]] is named so (nodes: {})",
-                cluster
-                    .nodes
-                    .iter()
-                    .map(|n| n.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })?
+        .this_node(node_name)
+        .map_err(anyhow::Error::msg)?
         .clone();
     let key_bytes = std::fs::read(&cluster.cluster.key_file)
         .with_context(|| format!("cluster.key_file {}", cluster.cluster.key_file.display()))?;
@@ -1783,20 +1763,8 @@ pub(crate) fn simulated_status(
     cluster: &ClusterConfig,
     names: &BTreeMap<NodeId, String>,
 ) -> Option<(serde_json::Value, Vec<String>)> {
-    let live: Vec<NodeId> = names
-        .keys()
-        .copied()
-        .filter(|id| sim.node(*id).is_some())
-        .collect();
-    let judge = live
-        .iter()
-        .copied()
-        .find(|id| {
-            sim.node(*id)
-                .and_then(|n| n.quorum())
-                .is_some_and(|q| q.quorate)
-        })
-        .or(live.first().copied())?;
+    let live = sim.live();
+    let judge = sim.judge()?;
     let node = sim.node(judge)?;
     let local: Vec<Local> = cluster
         .services

@@ -417,21 +417,8 @@ fn timeline(scenario: &Scenario, sim: &Sim) -> Vec<TimelineEntry> {
 fn placement(scenario: &Scenario, sim: &Sim) -> Vec<FinalService> {
     let names = scenario.names();
     let cluster = scenario.cluster();
-    let live: Vec<NodeId> = cluster
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .filter(|id| sim.node(*id).is_some())
-        .collect();
-    let judge = live
-        .iter()
-        .copied()
-        .find(|id| {
-            sim.node(*id)
-                .and_then(|n| n.quorum())
-                .is_some_and(|q| q.quorate)
-        })
-        .or(live.first().copied());
+    let live = sim.live();
+    let judge = sim.judge();
     cluster
         .services
         .iter()

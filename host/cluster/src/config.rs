@@ -692,6 +692,20 @@ impl ClusterConfig {
         self.nodes.iter().find(|n| n.name == name)
     }
 
+    /// The node named `name` for `baton run --node`, or why there is none.
+    pub fn this_node(&self, name: &str) -> Result<&NodeSection, String> {
+        self.node(name).ok_or_else(|| {
+            format!(
+                "--node {name}: no [[node]] is named {name:?} (nodes: {})",
+                self.nodes
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+
     /// The pure cluster description every node's state machine gets.
     pub fn spec(&self) -> ClusterSpec {
         let id_of = |name: &str| self.node(name).map(|n| n.id);

@@ -304,6 +304,25 @@ impl Sim {
         (!self.crashed.contains(&id)).then(|| &self.nodes[&id].state)
     }
 
+    /// The nodes that are up, in id order.
+    pub fn live(&self) -> Vec<NodeId> {
+        self.ids
+            .iter()
+            .copied()
+            .filter(|id| !self.crashed.contains(id))
+            .collect()
+    }
+
+    /// The node whose view stands for the cluster's: the first live quorate
+    /// node, else the first live node.
+    pub fn judge(&self) -> Option<NodeId> {
+        let live = self.live();
+        live.iter()
+            .copied()
+            .find(|id| self.nodes[id].state.quorum().is_some_and(|q| q.quorate))
+            .or(live.first().copied())
+    }
+
     /// Whether loss or duplication is on (views may flap; [`Sim::check`] holds
     /// only without).
     pub fn lossy(&self) -> bool {

@@ -82,6 +82,20 @@ async fn until(client: &Client, what: &str, script: &str) {
     }
 }
 
+async fn click(client: &Client, at: Locator<'_>) {
+    client.find(at).await.unwrap().click().await.unwrap();
+}
+
+async fn type_in(client: &Client, at: Locator<'_>, text: &str) {
+    client
+        .find(at)
+        .await
+        .unwrap()
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
 async fn screenshot(client: &Client, name: &str) {
     if let Ok(dir) = std::env::var("BATON_SCREENSHOTS") {
         let png = client.screenshot().await.unwrap();
@@ -160,20 +174,8 @@ fn the_console_shows_the_cluster_and_moves_a_service_for_an_operator_with_a_toke
             "document.getElementById('message').textContent.includes('no token')",
         )
         .await;
-        client
-            .find(Locator::Id("token"))
-            .await
-            .unwrap()
-            .send_keys(TOKEN)
-            .await
-            .unwrap();
-        client
-            .find(Locator::Id("token-save"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        type_in(&client, Locator::Id("token"), TOKEN).await;
+        click(&client, Locator::Id("token-save")).await;
         until(
             &client,
             "web on n1 in the grid",
@@ -201,13 +203,7 @@ fn the_console_shows_the_cluster_and_moves_a_service_for_an_operator_with_a_toke
         assert_eq!(c.owners(), [1], "a refused action moved the service");
 
         // The move, clicked through its confirmation.
-        client
-            .find(Locator::Css("button.move[data-service='web']"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&client, Locator::Css("button.move[data-service='web']")).await;
         until(
             &client,
             "the dialog",
@@ -221,21 +217,9 @@ fn the_console_shows_the_cluster_and_moves_a_service_for_an_operator_with_a_toke
             .select_by_value("n2")
             .await
             .unwrap();
-        client
-            .find(Locator::Id("move-for"))
-            .await
-            .unwrap()
-            .send_keys("10m")
-            .await
-            .unwrap();
+        type_in(&client, Locator::Id("move-for"), "10m").await;
         screenshot(&client, "console-move.png").await;
-        client
-            .find(Locator::Id("dialog-confirm"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&client, Locator::Id("dialog-confirm")).await;
         until(
             &client,
             "the answer",
