@@ -265,7 +265,7 @@ mod tests {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert!(parse_duration("soon").unwrap_err().contains("e.g. 500ms"));
+        assert!(parse_duration("soon").unwrap_err().contains("e.g. 90s"));
         assert!(parse_duration("3w").unwrap_err().contains("unknown unit"));
         assert!(
             parse_duration("0s")

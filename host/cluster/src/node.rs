@@ -1328,10 +1328,18 @@ impl ClusterNode {
         } else {
             self.placements[i].clone()
         };
-        // A one-time promotion ends once its target holds the role.
+        // A one-time promotion ends once its target holds the role: promoted
+        // here, or, for another target, its report shows the role and no
+        // pending claim (a claimer still needs the operator's word).
         if let Some((to, ..)) = self.moves.get(&i)
             && replicas.holder == Some(*to)
-            && (*to != me || self.roles[i] == Role::Promoted)
+            && if *to == me {
+                self.roles[i] == Role::Promoted
+            } else {
+                self.membership
+                    .report_of(*to)
+                    .is_some_and(|(r, _)| !r.pending)
+            }
         {
             self.moves.remove(&i);
         }
@@ -1886,10 +1894,13 @@ mod cluster_tests {
             Vec::<NodeId>::new(),
             "refused without --force"
         );
+        // Forced from another node (node 1): the move stays while node 2 only
+        // claims the role, so node 2 keeps the operator's word until promoted.
         t.nodes[1].clear_move(0);
-        t.nodes[1].move_service(0, 2, None, true).unwrap();
+        t.nodes[0].move_service(0, 2, None, true).unwrap();
         t.run(1_000);
         assert_eq!(t.promoted(), [2]);
+        assert!(t.nodes[0].active_moves(t.now).is_empty());
         assert!(t.nodes[1].active_moves(t.now).is_empty());
     }
 

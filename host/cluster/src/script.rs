@@ -26,7 +26,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration; write e.g. 500ms, 90s, 10m, 2h"))?;
+        .map_err(|_| format!("{text:?} is not a duration; write e.g. 90s, 10m, 2h or 500ms"))?;
     let ms = match unit {
         "ms" => 1,
         "s" | "" => 1_000,
@@ -253,6 +253,6 @@ mod tests {
             "{e}"
         );
         let e = parse("wait soon", &n).unwrap_err();
-        assert!(e.contains("e.g. 500ms"), "{e}");
+        assert!(e.contains("e.g. 90s"), "{e}");
     }
 }
