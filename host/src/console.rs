@@ -118,9 +118,15 @@ pub struct Facts {
     pub fence: Option<(String, FenceCheck)>,
 }
 
+/// Refused actions go to the history at most once per this many seconds (with
+/// the count since), so unauthenticated requests cannot flush it.
+const REFUSALS_EVERY_S: u64 = 10;
+
 struct Console {
     /// `None`: no console; only validation is served, to anyone.
     tokens: Option<Tokens>,
+    /// When a refusal was last recorded, and refusals not recorded since.
+    refusals: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
     open_view: bool,
     asker: Asker,
     history: PathBuf,
@@ -164,6 +170,7 @@ pub fn routes(
 ) -> anyhow::Result<axum::Router> {
     let console = Arc::new(Console {
         tokens: section.map(|s| Tokens::load(&s.tokens_file)).transpose()?,
+        refusals: std::sync::Mutex::new((None, 0)),
         open_view: section.is_some_and(|s| s.view == "open"),
         asker,
         history,
@@ -266,6 +273,37 @@ async fn history_events(State(c): State<Arc<Console>>, headers: HeaderMap) -> Re
     }
 }
 
+impl Console {
+    /// Record an unauthenticated action in the history, at most once per
+    /// REFUSALS_EVERY_S, with the number left unrecorded since.
+    async fn record_refusal(self: &Arc<Self>, peer: SocketAddr, why: String) {
+        let suppressed = {
+            let mut r = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            if r.0
+                .is_some_and(|t| now.duration_since(t).as_secs() < REFUSALS_EVERY_S)
+            {
+                r.1 += 1;
+                return;
+            }
+            let suppressed = r.1;
+            *r = (Some(now), 0);
+            suppressed
+        };
+        let more = if suppressed > 0 {
+            format!(" ({suppressed} more refused before it, not recorded)")
+        } else {
+            String::new()
+        };
+        let request = ControlRequest::Refused {
+            why: format!("an action without a valid token: {why}{more}"),
+        };
+        let asker = self.asker.clone();
+        let who = format!("the console from {peer}");
+        blocking(move || asker.ask(request, who)).await;
+    }
+}
+
 /// An operator action as the page sends it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -321,8 +359,11 @@ async fn action(
     body: axum::body::Bytes,
 ) -> Reply {
     let Some(name) = c.tokens.as_ref().and_then(|t| t.who(&headers)) else {
-        tracing::warn!(target: "baton::decision", "console action from {peer} refused: bad or missing token");
-        return unauthorized(&headers);
+        let reply = unauthorized(&headers);
+        let why = reply.1["message"].as_str().unwrap_or_default().to_string();
+        tracing::warn!("console action from {peer} refused: {why}");
+        c.record_refusal(peer, why).await;
+        return reply;
     };
     let request = match serde_json::from_slice::<Action>(&body)
         .map_err(|e| {

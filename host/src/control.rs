@@ -48,13 +48,19 @@ pub enum ControlRequest {
         /// The service's name.
         service: String,
     },
+    /// A request refused before it reached the daemon (the console's
+    /// authentication): recorded in the history, nothing else.
+    Refused {
+        /// Why it was refused.
+        why: String,
+    },
 }
 
 impl ControlRequest {
     /// The service a request concerns.
     pub fn service(&self) -> Option<&str> {
         match self {
-            ControlRequest::Status => None,
+            ControlRequest::Status | ControlRequest::Refused { .. } => None,
             ControlRequest::Move { service, .. }
             | ControlRequest::Promote { service, .. }
             | ControlRequest::Unmove { service }

@@ -1751,6 +1751,7 @@ fn control_request(
                 commands,
             ))
         }
+        ControlRequest::Refused { why } => Err(why.clone()),
     }
 }
 

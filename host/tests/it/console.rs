@@ -250,4 +250,10 @@ fn the_console_shows_the_cluster_and_moves_a_service_for_an_operator_with_a_toke
             && history.contains("moving web to n2 for 600 s"),
         "{history}"
     );
+    // The unauthenticated attempt is in the history too (at most one per 10 s).
+    assert!(
+        history.contains("refused for the console from 127.0.0.1")
+            && history.contains("an action without a valid token: no token"),
+        "{history}"
+    );
 }

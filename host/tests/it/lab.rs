@@ -125,6 +125,19 @@ fn an_isolated_owner_stops_and_exactly_one_other_node_serves() {
     let s1 = c.status(1).unwrap();
     assert_eq!(s1["quorate"], false);
     assert_eq!(s1["services"][0]["here"], "stopped");
+    // The address answers as soon as it is added, a moment before n2's
+    // daemon takes the start's completion in and records it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c
+        .status(2)
+        .is_none_or(|s| s["services"][0]["here"] != "running")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n2 serves but does not say it runs the service"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Each node's history says what it decided and why.
     let history = |n: usize, service: Option<&str>| {
         let mut cmd = std::process::Command::new(crate::support::baton_exe());
