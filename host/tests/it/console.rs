@@ -49,7 +49,7 @@ async fn browser(driver_port: u16, profile: &std::path::Path) -> Client {
         "goog:chromeOptions".into(),
         serde_json::json!({
             "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,900",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,900",
                      format!("--user-data-dir={}", profile.display())],
         }),
     );
