@@ -8,17 +8,22 @@
 use crate::daemons::{Cluster, free_tcp_port};
 use fantoccini::{Client, ClientBuilder, Locator};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "alice-0123456789abcdef";
 
-/// chromedriver, stopped (by PID) when dropped.
+/// chromedriver in a process group of its own with the browsers it starts,
+/// all stopped (by the group's PID) when dropped, also when a test fails.
 struct Driver(Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // SAFETY: signalling the process group this test created.
+        unsafe {
+            libc::kill(-(self.0.id() as i32), libc::SIGKILL);
+        }
         let _ = self.0.wait();
     }
 }
@@ -27,6 +32,7 @@ fn start_driver() -> (Driver, u16) {
     let port = free_tcp_port("127.0.0.1");
     let child = Command::new("chromedriver")
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
