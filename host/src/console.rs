@@ -397,14 +397,8 @@ pub fn write_view(file: &Path, out: &Path, fault: Option<&str>) -> anyhow::Resul
     let cluster = scenario.cluster();
     let names = scenario.names();
     let mut labels = vec!["started and settled".to_string()];
-    labels.extend(
-        fault
-            .unwrap_or("")
-            .split([';', '\n'])
-            .map(str::trim)
-            .filter(|s| !s.is_empty() && !s.starts_with('#'))
-            .map(|s| format!("after: {s}")),
-    );
+    labels
+        .extend(crate::cluster::script::steps(fault.unwrap_or("")).map(|s| format!("after: {s}")));
     labels.push("settled".into());
     let mut frames: Vec<Value> = Vec::new();
     let result = crate::scenario::simulate_script(&scenario, &faults, 1, |sim| {

@@ -98,13 +98,19 @@ fn percent(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is not a percentage; write e.g. 5%"))
 }
 
-/// Parse a whole script; an error names the step by number and text, what is
-/// wrong, and the steps there are.
-pub fn parse(script: &str, names: &Names) -> Result<Vec<Fault>, String> {
+/// A script's steps as written: split at `;` and new lines, trimmed, without
+/// empty steps and `#` comments.
+pub fn steps(script: &str) -> impl Iterator<Item = &str> {
     script
         .split([';', '\n'])
         .map(str::trim)
         .filter(|s| !s.is_empty() && !s.starts_with('#'))
+}
+
+/// Parse a whole script; an error names the step by number and text, what is
+/// wrong, and the steps there are.
+pub fn parse(script: &str, names: &Names) -> Result<Vec<Fault>, String> {
+    steps(script)
         .enumerate()
         .map(|(i, step)| {
             parse_step(step, names)
