@@ -5,6 +5,7 @@ use crate::catalog::AgentCatalog;
 use crate::config::Config;
 use crate::conformance;
 use crate::control::ControlRequest;
+use crate::status::Status;
 use anyhow::{Context, bail};
 use baton_plugin_api::{Action, Outcome, Params};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -469,7 +470,9 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { daemon, json, .. } => {
             let reply = crate::control::ask(&daemon.path()?, &ControlRequest::Status)?;
-            let status = reply.status.unwrap_or_default();
+            let status = reply
+                .status
+                .context("the daemon answered without a status")?;
             return print_status(&status, *json);
         }
         Command::Move {
@@ -614,60 +617,48 @@ fn status_from_file(file: &std::path::Path, json: bool) -> anyhow::Result<ExitCo
             file.display()
         )
     })?;
-    let s: serde_json::Value = serde_json::from_str(&text)
+    let s: Status = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a status file", file.display()))?;
     print_status(&s, json)
 }
 
-fn print_status(s: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
+fn print_status(s: &Status, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(s)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
         "node {} (id {}), epoch {}, members: {}",
-        s["node"].as_str().unwrap_or("?"),
-        s["id"],
-        s["epoch"],
-        s["members"]
-            .as_array()
-            .map(|m| m
-                .iter()
-                .filter_map(|v| v.as_str())
-                .collect::<Vec<_>>()
-                .join(", "))
-            .unwrap_or_default()
+        s.node,
+        s.id,
+        s.epoch,
+        s.members.join(", ")
     );
     println!(
         "quorum: {} — {}{}",
-        if s["quorate"].as_bool() == Some(true) {
-            "yes"
-        } else {
-            "NO"
-        },
-        s["quorum"].as_str().unwrap_or(""),
-        if s["witness_held"].as_bool() == Some(true) {
+        if s.quorate { "yes" } else { "NO" },
+        s.quorum,
+        if s.witness_held {
             " (witness held)"
         } else {
             ""
         }
     );
-    if let Some(problem) = s["witness_problem"].as_str() {
+    if let Some(problem) = &s.witness_problem {
         println!("WARNING: witness not counted: {problem}");
     }
-    if let Some(h) = s.get("health").filter(|h| !h.is_null()) {
-        let checks: Vec<String> = h["checks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|c| match c["detail"].as_str() {
-                Some(d) => format!("{}: FAILED ({d})", c["check"].as_str().unwrap_or("?")),
-                None => format!("{}: ok", c["check"].as_str().unwrap_or("?")),
+    if let Some(h) = &s.health {
+        let checks: Vec<String> = h
+            .checks
+            .iter()
+            .map(|c| match &c.detail {
+                Some(d) => format!("{}: FAILED ({d})", c.check),
+                None => format!("{}: ok", c.check),
             })
             .collect();
         println!(
             "health: {} — {}",
-            if h["healthy"].as_bool() == Some(true) {
+            if h.healthy {
                 "ok"
             } else {
                 "FAILING: this node runs nothing and holds no witness"
@@ -675,60 +666,55 @@ fn print_status(s: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
             checks.join("; ")
         );
     }
-    let links: Vec<String> = s["links"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    print_links(s);
+    print_fencing(s);
+    if let Some(w) = &s.watchdog {
+        println!("watchdog: {w} armed");
+    }
+    for svc in &s.services {
+        print_service(svc);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_links(s: &Status) {
+    let links: Vec<String> = s
+        .links
+        .iter()
         .map(|l| {
-            let state = match (l["up"].as_bool(), l["rtt_ms"].as_f64()) {
-                (Some(true), Some(rtt)) => format!("{rtt:.2} ms"),
-                (Some(true), None) => "up".into(),
+            let state = match (l.up, l.rtt_ms) {
+                (true, Some(rtt)) => format!("{rtt:.2} ms"),
+                (true, None) => "up".into(),
                 _ => "down".into(),
             };
-            format!(
-                "{}/{} {state}",
-                l["peer"].as_str().unwrap_or("?"),
-                l["link"]
-            )
+            format!("{}/{} {state}", l.peer, l.link)
         })
         .collect();
     if !links.is_empty() {
         println!("links (peer/link round trip): {}", links.join(", "));
     }
-    for l in s["links"].as_array().into_iter().flatten() {
-        if l["up"].as_bool() != Some(true) {
-            println!(
-                "WARNING: link {} to {} is down since {} ms",
-                l["link"],
-                l["peer"].as_str().unwrap_or("?"),
-                l["since_ms"]
-            );
-        }
+    for l in s.links.iter().filter(|l| !l.up) {
+        println!(
+            "WARNING: link {} to {} is down since {} ms",
+            l.link, l.peer, l.since_ms
+        );
     }
-    let f = &s["fencing"];
-    let names = |v: &serde_json::Value| {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default()
-    };
+}
+
+fn print_fencing(s: &Status) {
+    let f = &s.fencing;
     println!(
         "fencing: {}; fence wait {} ms{}{}",
-        f["agent"]
-            .as_str()
+        f.agent
+            .as_ref()
             .map(|a| format!("agent {a}"))
             .unwrap_or_else(|| "no agent (survivors wait the fence wait)".into()),
-        f["fence_wait_ms"],
-        Some(names(&f["confirmed"]))
+        f.fence_wait_ms,
+        Some(f.confirmed.join(", "))
             .filter(|t| !t.is_empty())
             .map(|t| format!("; fenced: {t}"))
             .unwrap_or_default(),
-        f["waiting"]
-            .as_object()
+        Some(&f.waiting)
             .filter(|w| !w.is_empty())
             .map(|w| format!(
                 "; waiting for: {}",
@@ -739,66 +725,50 @@ fn print_status(s: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
             ))
             .unwrap_or_default()
     );
-    if let Some(w) = s["watchdog"].as_str() {
-        println!("watchdog: {w} armed");
-    }
-    for svc in s["services"].as_array().into_iter().flatten() {
+}
+
+fn print_service(svc: &crate::status::ServiceStatus) {
+    println!(
+        "service {}: {} here; owner {}: {}",
+        svc.name,
+        svc.here,
+        svc.owner.as_deref().unwrap_or("none"),
+        svc.why
+    );
+    if let Some(m) = &svc.moving {
         println!(
-            "service {}: {} here; owner {}: {}",
-            svc["name"].as_str().unwrap_or("?"),
-            svc["here"].as_str().unwrap_or("?"),
-            svc["owner"].as_str().unwrap_or("none"),
-            svc["why"].as_str().unwrap_or("")
+            "  move to {} (by {}) {}",
+            m.to,
+            m.by,
+            m.ends_in_ms
+                .map(|ms| format!("ends in {} s", ms.div_ceil(1000)))
+                .unwrap_or_else(|| "until cleared".into())
         );
-        let m = &svc["move"];
-        if m.is_object() {
-            println!(
-                "  move to {} (by {}) {}",
-                m["to"].as_str().unwrap_or("?"),
-                m["by"].as_str().unwrap_or("?"),
-                m["ends_in_ms"]
-                    .as_u64()
-                    .map(|ms| format!("ends in {} s", ms.div_ceil(1000)))
-                    .unwrap_or_else(|| "until cleared".into())
-            );
-        }
-        let p = &svc["promotion"];
-        if p.is_object() {
-            println!(
-                "  {} here; promoted {}: {}",
-                p["here"].as_str().unwrap_or("?"),
-                p["promoted"].as_str().unwrap_or("nowhere"),
-                p["why"].as_str().unwrap_or("")
-            );
-            let scores: Vec<String> = p["scores"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(n, sc)| format!("{n} {}", sc.as_str().unwrap_or("?")))
-                .collect();
-            println!(
-                "  scores: {}; acknowledged {}",
-                if scores.is_empty() {
-                    "none".into()
-                } else {
-                    scores.join(", ")
-                },
-                p["acknowledged"].as_str().unwrap_or("unknown")
-            );
-        }
-        if svc["failures"].as_u64().unwrap_or(0) > 0 {
-            println!("  failures here: {}", svc["failures"]);
-        }
-        for r in svc["resources"].as_array().into_iter().flatten() {
-            println!(
-                "  {} ({}): {}",
-                r["name"].as_str().unwrap_or("?"),
-                r["agent"].as_str().unwrap_or("?"),
-                r["state"].as_str().unwrap_or("?")
-            );
-        }
     }
-    Ok(ExitCode::SUCCESS)
+    if let Some(p) = &svc.promotion {
+        println!(
+            "  {} here; promoted {}: {}",
+            p.here,
+            p.promoted.as_deref().unwrap_or("nowhere"),
+            p.why
+        );
+        let scores: Vec<String> = p.scores.iter().map(|(n, sc)| format!("{n} {sc}")).collect();
+        println!(
+            "  scores: {}; acknowledged {}",
+            if scores.is_empty() {
+                "none".into()
+            } else {
+                scores.join(", ")
+            },
+            p.acknowledged.as_deref().unwrap_or("unknown")
+        );
+    }
+    if svc.failures > 0 {
+        println!("  failures here: {}", svc.failures);
+    }
+    for r in &svc.resources {
+        println!("  {} ({}): {}", r.name, r.agent, r.state);
+    }
 }
 
 /// `baton history`: the events of the history at `path`, as a table or JSON.
@@ -851,7 +821,7 @@ pub(crate) fn resource_problems(config: &Config) -> anyhow::Result<Vec<String>> 
     let catalog = AgentCatalog::new(config.clone(), runner_exe()?);
     let mut problems: Vec<String> = Vec::new();
     for node in &cluster.nodes {
-        if let Err(found) = crate::daemon::load_all(cluster, &catalog, &node.name) {
+        if let Err(found) = crate::services::load_all(cluster, &catalog, &node.name) {
             for p in found {
                 if !problems.contains(&p) {
                     problems.push(p);

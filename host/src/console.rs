@@ -403,7 +403,7 @@ pub fn write_view(file: &Path, out: &Path, fault: Option<&str>) -> anyhow::Resul
     let mut frames: Vec<Value> = Vec::new();
     let result = crate::scenario::simulate_script(&scenario, &faults, 1, |sim| {
         let label = labels.get(frames.len()).cloned().unwrap_or_default();
-        if let Some(frame) = crate::daemon::simulated_status(sim, cluster, &names) {
+        if let Some(frame) = crate::status::simulated(sim, cluster, &names) {
             let (status, down) = frame;
             frames
                 .push(json!({"at_ms": sim.now(), "label": label, "status": status, "down": down}));

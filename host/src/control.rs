@@ -78,7 +78,7 @@ pub struct ControlReply {
     pub message: String,
     /// The status, for `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<serde_json::Value>,
+    pub status: Option<crate::status::Status>,
 }
 
 impl ControlReply {

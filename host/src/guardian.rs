@@ -160,22 +160,31 @@ fn fence(charge: &Charge, host: &str) {
             libc::kill(-g, libc::SIGKILL);
         }
     }
-    for dir in &charge.mounts {
+    let mounts: Vec<_> = charge.mounts.iter().cloned().collect();
+    let addresses: Vec<_> = charge.addresses.iter().copied().collect();
+    release(&mounts, &addresses);
+}
+
+/// Unmount `mounts` (once their users are gone; detached if they stay busy) and
+/// remove `addresses`: what a service holds besides its processes. The
+/// guardian's fence and the daemon's stop cap both end a service this way.
+pub fn release(mounts: &[std::path::PathBuf], addresses: &[IpAddr]) {
+    for dir in mounts {
         unmount(dir);
     }
-    if charge.addresses.is_empty() {
+    if addresses.is_empty() {
         return;
     }
     match baton_agents::netlink::Netlink::open() {
         Ok(mut nl) => {
-            for ip in &charge.addresses {
+            for ip in addresses {
                 if let Ok(Some(a)) = nl.find(*ip) {
-                    eprintln!("baton guardian: removing address {ip}");
+                    eprintln!("baton: removing address {ip}");
                     let _ = nl.delete(a.index, a.ip, a.prefix);
                 }
             }
         }
-        Err(e) => eprintln!("baton guardian: netlink: {e}; addresses left in place"),
+        Err(e) => eprintln!("baton: netlink: {e}; addresses left in place"),
     }
 }
 

@@ -9,7 +9,7 @@
 //! quorum of its own (see `ClusterNode::set_healthy`).
 
 use crate::cluster::config::{Check, HealthSection};
-use serde::Serialize;
+use crate::status::{CheckStatus, HealthStatus};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,27 +35,25 @@ fn run(check: &Check, timeout: Duration) -> Result<(), String> {
     }
 }
 
-/// One check's latest result, for status.
-#[derive(Clone, Debug, Serialize)]
-pub struct CheckStatus {
-    /// The check as configured.
-    pub check: String,
-    /// Whether it passed last time.
-    pub ok: bool,
-    /// Why it failed, if it did.
-    pub detail: Option<String>,
-}
-
 /// The node's health, for the daemon's loop and status.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Health {
     /// Whether the node counts as healthy (after hysteresis).
     pub healthy: bool,
     /// Each check's latest result.
     pub checks: Vec<CheckStatus>,
     /// When the last round in which every check passed began.
-    #[serde(skip)]
     pub last_pass: Option<std::time::Instant>,
+}
+
+impl Health {
+    /// What status shows of it.
+    pub fn status(&self) -> HealthStatus {
+        HealthStatus {
+            healthy: self.healthy,
+            checks: self.checks.clone(),
+        }
+    }
 }
 
 /// Start the checks of `section` on a thread; the returned state is updated

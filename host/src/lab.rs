@@ -188,6 +188,49 @@ impl Lab {
         }
     }
 
+    /// Wait (at most `limit`) for a process this lab started to exit; its exit
+    /// status, or `None` while it still runs.
+    pub fn wait(&mut self, pid: u32, limit: Duration) -> Option<std::process::ExitStatus> {
+        let i = self.children.iter().position(|c| c.id() == pid)?;
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.children[i].try_wait() {
+                // Reaped by try_wait: nothing is left to wait for.
+                drop(self.children.remove(i));
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Every process in node `n`'s namespace: its daemon, guardian, agents and
+    /// services (all started by this lab).
+    pub fn pids(&self, n: usize) -> Vec<i32> {
+        Command::new("ip")
+            .args(["netns", "pids", &self.node_ns(n)])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Send `signal` to every process in node `n`'s namespace.
+    pub fn signal_all(&self, n: usize, signal: i32) {
+        for pid in self.pids(n) {
+            // SAFETY: signalling a process in a namespace this lab created.
+            unsafe {
+                libc::kill(pid, signal);
+            }
+        }
+    }
+
     /// Take `lan` of node `n` down (its own end of the link).
     pub fn cut(&self, n: usize, lan: Lan) -> anyhow::Result<()> {
         self.in_ns(
@@ -735,6 +778,44 @@ impl ClusterLab {
         if let Some(pid) = self.daemons[n - 1].take() {
             self.lab.kill(pid);
         }
+    }
+
+    /// Node `n` freezes whole, as a paused VM or SIGSTOP of every process does:
+    /// its daemon, guardian, agents and services stop where they are.
+    pub fn freeze_node(&self, n: usize) {
+        self.lab.signal_all(n, libc::SIGSTOP);
+    }
+
+    /// Node `n` runs again after [`ClusterLab::freeze_node`] (what a fence left).
+    pub fn thaw_node(&self, n: usize) {
+        self.lab.signal_all(n, libc::SIGCONT);
+    }
+
+    /// Stop node `n`'s daemon process alone (SIGSTOP), or let it go on (SIGCONT):
+    /// its guardian and services run on meanwhile.
+    pub fn pause_daemon(&self, n: usize, paused: bool) {
+        if let Some(pid) = self.daemons[n - 1] {
+            let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: signalling the daemon this lab started.
+            unsafe {
+                libc::kill(pid as i32, signal);
+            }
+        }
+    }
+
+    /// SIGTERM to node `n`'s daemon (a clean stop), then wait (at most `limit`)
+    /// until it exits; its exit status, or `None` if it still runs.
+    pub fn stop_daemon(&mut self, n: usize, limit: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.daemons[n - 1]?;
+        // SAFETY: signalling the daemon this lab started.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+        let status = self.lab.wait(pid, limit);
+        if status.is_some() {
+            self.daemons[n - 1] = None;
+        }
+        status
     }
 
     /// Node `n` fails as a server does when its power goes: kill -9 of its daemon,

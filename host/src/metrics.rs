@@ -66,13 +66,14 @@ struct Kind {
     kind: String,
 }
 
-const PHASES: [&str; 6] = [
+const PHASES: [&str; 7] = [
     "stopped",
     "claiming",
     "starting",
     "running",
     "stopping",
     "stop-failed",
+    "restarting",
 ];
 
 /// The node's metrics.
@@ -206,9 +207,9 @@ impl Metrics {
                     .set(ms / 1000.0);
             }
         }
-        let failures = node.failure_counts(now);
-        for (i, spec) in node.services().iter().enumerate() {
-            let here = node.phases()[i];
+        for s in node.services() {
+            let spec = s.spec();
+            let here = s.phase();
             for phase in PHASES {
                 self.service_here
                     .get_or_create(&ServicePhase {
@@ -218,8 +219,8 @@ impl Metrics {
                     .set(i64::from(here.name() == phase));
             }
             for (family, owner) in [
-                (&self.service_owner, node.placements()[i].owner),
-                (&self.service_promoted, node.promotions()[i].owner),
+                (&self.service_owner, s.placement().owner),
+                (&self.service_promoted, s.promotion().owner),
             ] {
                 for id in names.keys() {
                     family
@@ -234,7 +235,7 @@ impl Metrics {
                 .get_or_create(&Service {
                     service: spec.name.clone(),
                 })
-                .set(failures[i] as i64);
+                .set(s.failures(now) as i64);
         }
         self.fence_waiting
             .set(node.fence_state(now).waiting.len() as i64);

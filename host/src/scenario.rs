@@ -376,7 +376,14 @@ pub fn simulate_script(
     mut frame: impl FnMut(&Sim),
 ) -> Simulation {
     let names = scenario.names();
-    let mut sim = Sim::new(&scenario.cluster().spec(), names.clone(), seed, false);
+    let cluster = scenario.cluster();
+    let mut sim = Sim::new(
+        &cluster.spec(),
+        cluster.shells(),
+        names.clone(),
+        seed,
+        false,
+    );
     sim.record_timeline();
     let quiet = sim.quiet_ms();
     sim.run(quiet);
@@ -427,8 +434,9 @@ fn placement(scenario: &Scenario, sim: &Sim) -> Vec<FinalService> {
             let running_on = live
                 .iter()
                 .filter(|id| {
-                    sim.node(**id)
-                        .is_some_and(|n| n.phases()[i] == crate::cluster::node::Phase::Running)
+                    sim.node(**id).is_some_and(|n| {
+                        n.service(i).phase() == crate::cluster::node::Phase::Running
+                    })
                 })
                 .map(|id| name_of(&names, *id))
                 .collect();
@@ -437,7 +445,7 @@ fn placement(scenario: &Scenario, sim: &Sim) -> Vec<FinalService> {
                     live.iter()
                         .find(|id| {
                             sim.node(**id).is_some_and(|n| {
-                                n.roles()[i] == crate::cluster::node::Role::Promoted
+                                n.service(i).role() == crate::cluster::node::Role::Promoted
                             })
                         })
                         .map(|id| name_of(&names, *id))
@@ -445,7 +453,7 @@ fn placement(scenario: &Scenario, sim: &Sim) -> Vec<FinalService> {
                 .flatten();
             let why = judge
                 .and_then(|j| sim.node(j))
-                .map(|n| n.placements()[i].why.clone())
+                .map(|n| n.service(i).placement().why.clone())
                 .unwrap_or_else(|| "every node is down".into());
             FinalService {
                 name: s.name.clone(),
@@ -554,7 +562,8 @@ fn simulate_random(scenario: &Scenario, n: u32, seed: u64, json: bool) -> anyhow
     let mut failed = None;
     for k in 0..u64::from(n) {
         let s = seed + k;
-        let mut sim = Sim::new(&spec, scenario.names(), s, true);
+        let shells = scenario.cluster().shells();
+        let mut sim = Sim::new(&spec, shells, scenario.names(), s, true);
         let outcome = random_schedule(&mut sim, 12);
         let (ok, text) = match &outcome {
             Ok(done) => (

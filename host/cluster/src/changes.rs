@@ -99,7 +99,7 @@ impl Observer {
         self.quorum(node);
         self.links(node);
         for i in 0..self.phases.len() {
-            self.service(node, i);
+            self.service(node, i, now);
         }
         std::mem::take(&mut self.out)
     }
@@ -175,8 +175,8 @@ impl Observer {
         }
     }
 
-    fn service(&mut self, node: &ClusterNode, i: usize) {
-        let p = &node.placements()[i];
+    fn service(&mut self, node: &ClusterNode, i: usize, now: Millis) {
+        let p = node.service(i).placement();
         if self.owners[i] != Some(p.owner) {
             let text = match p.owner {
                 Some(o) => format!("should run on {}: {}", self.name(o), p.why),
@@ -185,7 +185,7 @@ impl Observer {
             self.owners[i] = Some(p.owner);
             self.push("placement", Some(i), text);
         }
-        let phase = node.phases()[i];
+        let phase = node.service(i).phase();
         if phase != self.phases[i] {
             self.phases[i] = phase;
             let kind = match phase {
@@ -195,16 +195,20 @@ impl Observer {
             };
             let text = match phase {
                 Phase::StopFailed => "stop failed here: it may still run; it stays blocked until this node is fenced or cleared".to_string(),
+                Phase::Restarting { at } => format!(
+                    "restarting here in {} ms: restarts back off after repeated failures",
+                    at.saturating_sub(now)
+                ),
                 p => format!("{} here", p.name()),
             };
             self.push(kind, Some(i), text);
         }
-        let role = node.roles()[i];
+        let role = node.service(i).role();
         if role != self.roles[i] {
             self.roles[i] = role;
             self.push("promotion", Some(i), format!("{} here", role.name()));
         }
-        let promo = &node.promotions()[i];
+        let promo = node.service(i).promotion();
         if promo.why != "not decided yet" && self.promoted[i] != Some(promo.owner) {
             let text = match promo.owner {
                 Some(o) => format!("to be promoted on {}: {}", self.name(o), promo.why),

@@ -308,6 +308,13 @@ pub struct ServiceSection {
     /// A failure stops counting after this many seconds.
     #[serde(default = "default_failure_expiry")]
     pub failure_expiry_s: u64,
+    /// The wait before the second restart in a row on a node, ms (the first is
+    /// at once); it doubles with every further failure.
+    #[serde(default = "default_restart_backoff")]
+    pub restart_backoff_ms: u64,
+    /// The longest wait before a restart, ms.
+    #[serde(default = "default_restart_backoff_max")]
+    pub restart_backoff_max_ms: u64,
     /// What a node that loses quorum does with it: `stop` (the default, and the
     /// only choice for a service that runs on one node) or `keep` (a clone that
     /// shares nothing, such as a server behind a virtual address).
@@ -326,6 +333,17 @@ fn default_max_restarts() -> u32 {
 fn default_failure_expiry() -> u64 {
     600
 }
+
+fn default_restart_backoff() -> u64 {
+    1000
+}
+
+fn default_restart_backoff_max() -> u64 {
+    60_000
+}
+
+/// A call's deadline when neither the config nor the agent gives one, ms.
+pub const DEFAULT_TIMEOUT_MS: u64 = 20_000;
 
 /// `[[service.resource]]`.
 #[derive(Clone, Debug, Deserialize)]
@@ -732,13 +750,47 @@ impl ClusterConfig {
                     failures: FailurePolicy {
                         max_restarts: s.max_restarts.max(1),
                         expiry: Duration::from_secs(s.failure_expiry_s),
+                        backoff: Duration::from_millis(s.restart_backoff_ms),
+                        backoff_max: Duration::from_millis(
+                            s.restart_backoff_max_ms.max(s.restart_backoff_ms),
+                        ),
                     },
                     keep_without_quorum: s.without_quorum == "keep",
+                    // The agents' own start deadlines replace this once loaded
+                    // (`ClusterSpec` users that load agents set it).
+                    start_timeout: Duration::from_millis(
+                        s.resources
+                            .iter()
+                            .map(|r| r.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS))
+                            .sum(),
+                    ),
                 })
                 .collect(),
             fencing: self.cluster.fencing.is_some(),
             config: self.fingerprint,
         }
+    }
+
+    /// How the node driver monitors each service, from the config alone (the
+    /// daemon uses its agents' advertised deadlines where the config gives none).
+    pub fn shells(&self) -> Vec<crate::driver::ServiceShell> {
+        self.services
+            .iter()
+            .map(|s| crate::driver::ServiceShell {
+                monitor_every: s
+                    .resources
+                    .iter()
+                    .map(|r| r.monitor_ms)
+                    .filter(|m| *m > 0)
+                    .min()
+                    .unwrap_or(0),
+                monitor_budget: s
+                    .resources
+                    .iter()
+                    .map(|r| r.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS))
+                    .sum(),
+            })
+            .collect()
     }
 
     /// A resource's parameters as text.

@@ -1,10 +1,13 @@
-//! The cluster core: the heartbeat wire format, the
-//! membership state machine, quorum, the witness lease, placement and the
-//! service ownership protocol ([`node::ClusterNode`]). Pure code driven by packets and clock ticks, so the
-//! daemon and the deterministic simulation run the same logic.
+//! The cluster core: the heartbeat wire format, the membership state machine,
+//! quorum, the witness lease, placement and the service ownership protocol
+//! ([`node::ClusterNode`]), and the node driver around it ([`driver::Driver`]),
+//! which does all its I/O through a trait. Pure code driven by packets, clock
+//! ticks and completions, so the daemon and the deterministic simulation run
+//! the same logic.
 
 pub mod changes;
 pub mod config;
+pub mod driver;
 pub mod membership;
 pub mod node;
 pub mod placement;

@@ -1,14 +1,14 @@
 //! One node's cluster logic, without I/O: membership, quorum, placement and the
-//! service ownership protocol. The daemon feeds it packets, clock ticks and agent
-//! completions and carries out the commands it returns; the simulation does the
-//! same on a virtual clock.
+//! service ownership protocol. The node driver ([`crate::driver`]) feeds it
+//! packets, clock ticks and agent completions and carries out the commands it
+//! returns, in the daemon and in the simulator alike.
 //!
 //! Ownership protocol for a service that must run on one node only:
 //!
 //! 1. A node runs services only while its partition is quorate. When it loses
 //!    quorum it stops them at once (self-fencing); stopping takes at most the
-//!    configured `self_fence` bound (the daemon kills the agents' process groups
-//!    if a stop overruns). Only a clone marked `keep_without_quorum` (it shares
+//!    configured `self_fence` bound (the driver ends the agents' processes if a
+//!    stop overruns). Only a clone marked `keep_without_quorum` (it shares
 //!    nothing) keeps running; it still starts only with quorum.
 //! 2. A node *claims* a service (publishes it in its report) when placement names
 //!    it and no member claims the service.
@@ -16,23 +16,32 @@
 //!    claim (a member's report names the claimer's report that first carried it, or
 //!    a newer one: that member has seen the claim, so it will not claim the service
 //!    itself, and any claim of its own made before is in the same report), and
-//!    every node outside its view has been
-//!    outside for at least `fence_wait` (the longest a lost node can take to notice
-//!    and finish self-fencing), counted from when this partition last gained quorum
-//!    if that is later (another partition may have just lost it, e.g. the witness
-//!    lease moved); it backs off if another member claimed the service meanwhile
-//!    (the lower node id keeps its claim).
+//!    every node outside its view has been outside for at least `fence_wait` (the
+//!    longest a lost node can take to notice and finish self-fencing), counted from
+//!    when this partition last gained quorum if that is later (another partition
+//!    may have just lost it, e.g. the witness lease moved); it backs off if another
+//!    member claimed the service meanwhile (the lower node id keeps its claim).
 //! 4. It stops when placement moves the service away (switchover, failback, an
-//!    operator's move), and the next owner starts only once no member claims it.
+//!    operator's move, this node leaving cleanly), and the next owner starts only
+//!    once no member claims it.
 //!
 //! Fencing shortens step 3: when a fence agent is configured, the partition's
-//! fencer (its lowest quorate member other than the target)
-//! fences every node that left the view while it may have held something, and
-//! every member whose stop failed, and publishes the confirmation
-//! (node and incarnation); a lost node confirmed fenced by any member needs no
-//! fence wait. A node that left cleanly (its last report hears nobody and holds
-//! nothing) needs neither. A failed stop keeps the service claimed (nobody else may
-//! start it) until the node is fenced or an operator clears it.
+//! fencer (its lowest quorate member other than the target) fences every node
+//! that left the view while it may have held something, and every member whose
+//! stop failed, and publishes the confirmation (node and incarnation); a lost node
+//! confirmed fenced by any member needs no fence wait. A node that left cleanly
+//! (its last report hears nobody and holds nothing) needs neither, nor does an
+//! incarnation that a newer one of the same node replaced (a daemon stops its
+//! predecessor's leftovers before it sends anything). A failed stop keeps the
+//! service claimed (nobody else may start it) until the node is fenced or an
+//! operator clears it.
+//!
+//! The witness: a partition's leader (its lowest member that passes its health
+//! checks and reached the witness's storage) takes or renews the lease only when
+//! the witness would make the partition quorate, and lets it go when it cannot
+//! (see [`WitnessTask`]). A partition that needs the witness while its holder,
+//! outside the partition, has stopped renewing it may fence that holder: the
+//! confirmation frees the lease at once instead of after its lease time.
 //!
 //! A promotable service runs a replica on every quorate member, like a clone, and
 //! its promoted role is held by one node at a time under the same rules as a
@@ -73,6 +82,12 @@ pub enum Phase {
     /// A stop failed: the resources may still run here. The claim stays until the
     /// node is fenced or an operator clears it (`baton clear`, which retries the stop).
     StopFailed,
+    /// Stopped after a failure and claimed still: it starts here again at `at`
+    /// (restarts back off, see `FailurePolicy::restart_delay`).
+    Restarting {
+        /// When the restart is due.
+        at: Millis,
+    },
 }
 
 impl Phase {
@@ -93,6 +108,7 @@ impl Phase {
             Phase::Running => "running",
             Phase::Stopping => "stopping",
             Phase::StopFailed => "stop-failed",
+            Phase::Restarting { .. } => "restarting",
         }
     }
 
@@ -181,6 +197,19 @@ impl Bounds {
         let t = self.membership;
         t.link_timeout + t.report_timeout + 2 * t.interval + self.max_delay + self.self_fence
     }
+
+    /// The witness lease's time: twice the link timeout. A holder counts the
+    /// witness for half of it after each renewal it asked for; another
+    /// partition takes a lease only after seeing it unchanged this long.
+    pub fn witness_lease(&self) -> Duration {
+        2 * self.membership.link_timeout
+    }
+
+    /// How long the guardian waits for a renewal before it ends this node's
+    /// services: half the self-fence bound.
+    pub fn guardian_lease(&self) -> Duration {
+        self.self_fence / 2
+    }
 }
 
 fn ms(d: Duration) -> Millis {
@@ -210,6 +239,12 @@ pub struct ClusterSpec {
 /// How long a failed fence waits before it is tried again.
 const FENCE_RETRY_MS: Millis = 1_000;
 
+/// Why a member is given nothing: it reports no quorum of its own.
+const NO_QUORUM_OF_ITS_OWN: &str =
+    "has no quorum of its own (it cannot reach the witness, or is just joining)";
+/// Why a member is given nothing: it is stopping cleanly.
+const LEAVING: &str = "is leaving (a clean stop)";
+
 /// An operator move in effect, as status shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ActiveMove {
@@ -236,12 +271,166 @@ pub struct FenceState {
     pub waiting: Vec<(NodeId, Millis)>,
 }
 
+/// What this node knows of the witness lease, from its latest lease
+/// operation that is still fresh (the driver keeps that rule).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WitnessSight {
+    /// Who holds a live lease (its record keeps changing as it renews).
+    pub holder: Option<NodeId>,
+    /// Who holds a lease that stopped changing: dead, frozen, or cut off from
+    /// the storage. A partition that needs the witness may fence it.
+    pub stalled: Option<NodeId>,
+    /// Whether this node's last operation reached the storage.
+    pub reachable: bool,
+}
+
+impl Default for WitnessSight {
+    fn default() -> Self {
+        WitnessSight {
+            holder: None,
+            stalled: None,
+            // Until the first answer: a node may lead, and learns otherwise.
+            reachable: true,
+        }
+    }
+}
+
+/// What this node should do with the witness lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WitnessTask {
+    /// Only read it (a member that does not lead).
+    Look,
+    /// Take or renew it: this node leads its partition's witness, and the
+    /// witness would make the partition quorate.
+    Lead,
+    /// Let it go if held: this node leads a partition that cannot be quorate
+    /// even with the witness, or it fails its health checks alone.
+    Release,
+}
+
+/// One service on this node: its spec and everything this node decided about it.
+#[derive(Clone, Debug)]
+pub struct Service {
+    spec: ServiceSpec,
+    phase: Phase,
+    role: Role,
+    placement: Placement,
+    promotion: Placement,
+    /// Failure times here (for restart limits, backoff and bans).
+    failures: Vec<Millis>,
+    /// Restart here when the current stop completes.
+    restart: bool,
+    /// Kept off this node until then (an error local to this node).
+    ban_until: Option<Millis>,
+    /// An agent reported it misconfigured here: stopped on every node.
+    blocked: bool,
+    /// Its replica's score here, from the last monitor (promotable services).
+    score: Option<Promotion>,
+    /// The highest acknowledged position known (promotable services).
+    acknowledged: Option<ScoreKey>,
+    /// When each member was first seen starting its replica (promotion waits
+    /// for it, within the start timeout).
+    starting_since: BTreeMap<NodeId, Millis>,
+    /// When the monitor round that gave `score` began.
+    scored_at: Option<Millis>,
+}
+
+impl Service {
+    fn new(spec: ServiceSpec) -> Service {
+        let undecided = Placement {
+            owner: None,
+            why: "not decided yet".into(),
+        };
+        Service {
+            spec,
+            phase: Phase::Stopped,
+            role: Role::Replica,
+            placement: undecided.clone(),
+            promotion: undecided,
+            failures: Vec::new(),
+            restart: false,
+            ban_until: None,
+            blocked: false,
+            score: None,
+            acknowledged: None,
+            starting_since: BTreeMap::new(),
+            scored_at: None,
+        }
+    }
+
+    /// Its spec.
+    pub fn spec(&self) -> &ServiceSpec {
+        &self.spec
+    }
+
+    /// Its phase here.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Its promoted role here ([`Role::Replica`] unless promotable).
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Where it should run, and why.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// Where its promoted role should be, and why (promotable services).
+    pub fn promotion(&self) -> &Placement {
+        &self.promotion
+    }
+
+    /// The highest acknowledged position known (promotable services).
+    pub fn acknowledged(&self) -> Option<ScoreKey> {
+        self.acknowledged
+    }
+
+    /// Unexpired failures here at `now`.
+    pub fn failures(&self, now: Millis) -> usize {
+        let expiry = ms(self.spec.failures.expiry);
+        self.failures
+            .iter()
+            .filter(|t| now.saturating_sub(**t) < expiry)
+            .count()
+    }
+
+    fn banned(&self, now: Millis) -> bool {
+        self.failures(now) as u32 >= self.spec.failures.max_restarts
+            || self.ban_until.is_some_and(|u| u > now)
+    }
+
+    fn replicated(&self) -> bool {
+        self.spec.strategy == Strategy::Promotable
+    }
+
+    /// Runs on every member (a clone, or a promotable service's replicas).
+    fn everywhere(&self) -> bool {
+        matches!(self.spec.strategy, Strategy::Clone | Strategy::Promotable)
+    }
+}
+
+/// What one tick decided before it turns to the services.
+struct Round {
+    now: Millis,
+    me: NodeId,
+    view: BTreeSet<NodeId>,
+    quorate: bool,
+    banned_here: u64,
+    lost_nodes_safe: bool,
+    moves: Vec<ActiveMove>,
+    blocked: Vec<(usize, Vec<NodeId>)>,
+    /// Members that are given nothing, with why.
+    unable: BTreeMap<NodeId, &'static str>,
+}
+
 /// One node's cluster state machine.
 pub struct ClusterNode {
     membership: Membership,
     quorum: QuorumPolicy,
-    services: Vec<ServiceSpec>,
-    phases: Vec<Phase>,
+    services: Vec<Service>,
     bounds: Bounds,
     nodes: Vec<NodeId>,
     /// When each node was last seen leaving this node's view (boot time for nodes
@@ -254,41 +443,26 @@ pub struct ClusterNode {
     /// The incarnation of each member of the current view.
     member_incarnation: BTreeMap<NodeId, u64>,
     seen_all: bool,
-    /// Who holds a valid witness lease, as last read (the daemon polls the lease).
-    witness_holder: Option<NodeId>,
-    /// Whether this node passes its health checks (the daemon runs them).
+    witness: WitnessSight,
+    /// Whether this node passes its health checks (the driver runs them).
     healthy: bool,
     /// When the last passing round of health checks began (`None`: no checks).
     health_pass: Option<Millis>,
     /// The current view, and since when it has been the view.
     view_since: (BTreeSet<NodeId>, Millis),
     quorum_state: Option<QuorumState>,
-    placements: Vec<Placement>,
-    /// Failure times per service (for restart limits and bans).
-    failures: Vec<Vec<Millis>>,
-    /// Per service: restart here when the current stop completes.
-    restart: Vec<bool>,
-    /// Per service: kept off this node until then (an error local to this node).
-    ban_until: Vec<Option<Millis>>,
-    /// Services an agent reported misconfigured here: stopped on every node.
-    blocked: u64,
     fencing: bool,
     /// Fences this node confirmed, kept until the node boots again.
     fenced: BTreeMap<NodeId, u64>,
+    /// When this node first knew each lost node confirmed fenced (by itself or
+    /// a member), for the witness: a lease that node left is free from then.
+    fence_known: BTreeMap<NodeId, Millis>,
     /// Fences under way from here, by node: the incarnation being fenced.
     fencing_now: BTreeMap<NodeId, u64>,
     /// After a failed fence: not before this time again.
     fence_retry: BTreeMap<NodeId, Millis>,
     /// Operator moves taken here: service → (target, end, forced).
     moves: BTreeMap<usize, (NodeId, Option<Millis>, bool)>,
-    /// The promoted role of each promotable service here.
-    roles: Vec<Role>,
-    /// Where each promotable service's role should be, and why.
-    promotions: Vec<Placement>,
-    /// Each promotable service's score here, from the last monitor of its replica.
-    scores: Vec<Option<Promotion>>,
-    /// The highest acknowledged position known, per service.
-    acknowledged: Vec<Option<ScoreKey>>,
     /// The acknowledgements published at the last tick.
     last_acks: Vec<Ack>,
     /// Whether a claim of this node lacked acknowledgements at the last tick.
@@ -300,17 +474,19 @@ pub struct ClusterNode {
     config: u64,
     /// Nodes heard running another config: their fingerprint, and when last heard.
     foreign: BTreeMap<NodeId, (u64, Millis)>,
+    /// This node stops cleanly: it gives up every service and claims nothing.
+    leaving: bool,
+    /// Claims of a promoted role by members, by (claimer, service), with when
+    /// this node first saw each: it acknowledges such a claim only with a score
+    /// of its own replica measured after that, so the claimer compares fresh
+    /// scores (see [`ClusterNode::wants_fresh_score`]).
+    role_claims: BTreeMap<(NodeId, usize), Millis>,
 }
 
 impl ClusterNode {
     /// Node `me` of `cluster`, booting at `now` as `incarnation`.
     pub fn new(cluster: &ClusterSpec, me: NodeId, incarnation: u64, now: Millis) -> ClusterNode {
-        let n = cluster.services.len();
-        assert!(n <= 64, "at most 64 services");
-        let undecided = Placement {
-            owner: None,
-            why: "not decided yet".into(),
-        };
+        assert!(cluster.services.len() <= 64, "at most 64 services");
         ClusterNode {
             membership: Membership::new(
                 me,
@@ -320,9 +496,7 @@ impl ClusterNode {
                 cluster.bounds.membership,
             ),
             quorum: cluster.quorum.clone(),
-            phases: vec![Phase::Stopped; n],
-            placements: vec![undecided.clone(); n],
-            services: cluster.services.clone(),
+            services: cluster.services.iter().cloned().map(Service::new).collect(),
             bounds: cluster.bounds,
             nodes: cluster.nodes.clone(),
             absent_since: cluster
@@ -334,29 +508,24 @@ impl ClusterNode {
             lost_incarnation: BTreeMap::new(),
             member_incarnation: BTreeMap::new(),
             seen_all: cluster.nodes.len() == 1,
-            witness_holder: None,
+            witness: WitnessSight::default(),
             healthy: true,
             health_pass: None,
             view_since: (BTreeSet::new(), 0),
             quorum_state: None,
-            failures: vec![Vec::new(); n],
-            restart: vec![false; n],
-            ban_until: vec![None; n],
-            blocked: 0,
             fencing: cluster.fencing,
             fenced: BTreeMap::new(),
+            fence_known: BTreeMap::new(),
             fencing_now: BTreeMap::new(),
             fence_retry: BTreeMap::new(),
             moves: BTreeMap::new(),
-            roles: vec![Role::Replica; n],
-            promotions: vec![undecided.clone(); n],
-            scores: vec![None; n],
-            acknowledged: vec![None; n],
             last_acks: Vec::new(),
             awaiting_acks: false,
             claim_acks: true,
             config: cluster.config,
             foreign: BTreeMap::new(),
+            leaving: false,
+            role_claims: BTreeMap::new(),
         }
     }
 
@@ -373,9 +542,14 @@ impl ClusterNode {
         &self.bounds
     }
 
-    /// The services' specs, in index order.
-    pub fn services(&self) -> &[ServiceSpec] {
+    /// The services, in index order.
+    pub fn services(&self) -> &[Service] {
         &self.services
+    }
+
+    /// Service `i`.
+    pub fn service(&self, i: usize) -> &Service {
+        &self.services[i]
     }
 
     /// The membership state machine.
@@ -383,9 +557,14 @@ impl ClusterNode {
         &self.membership
     }
 
-    /// Each service's phase here.
-    pub fn phases(&self) -> &[Phase] {
-        &self.phases
+    /// Each service's phase here, in index order.
+    pub fn phases(&self) -> Vec<Phase> {
+        self.services.iter().map(|s| s.phase).collect()
+    }
+
+    /// Each service's promoted role here, in index order.
+    pub fn roles(&self) -> Vec<Role> {
+        self.services.iter().map(|s| s.role).collect()
     }
 
     /// The last quorum decision.
@@ -393,25 +572,9 @@ impl ClusterNode {
         self.quorum_state.as_ref()
     }
 
-    /// The last placement of each service, with its reason.
-    pub fn placements(&self) -> &[Placement] {
-        &self.placements
-    }
-
-    /// The promoted role of each service here (always [`Role::Replica`] for a
-    /// service that is not promotable).
-    pub fn roles(&self) -> &[Role] {
-        &self.roles
-    }
-
-    /// Where each promotable service's role should be, with the reason.
-    pub fn promotions(&self) -> &[Placement] {
-        &self.promotions
-    }
-
-    /// The highest acknowledged position known of service `i`.
-    pub fn acknowledged(&self, i: usize) -> Option<ScoreKey> {
-        self.acknowledged[i]
+    /// Whether this node's partition was quorate at the last tick.
+    pub fn quorate(&self) -> bool {
+        self.quorum_state.as_ref().is_some_and(|q| q.quorate)
     }
 
     /// The scores of service `i`'s replicas in the current view, by node.
@@ -427,7 +590,7 @@ impl ClusterNode {
     /// Node `n`'s score for service `i`: this node's own, or from `n`'s report.
     fn score_of(&self, n: NodeId, i: usize) -> Option<ScoreKey> {
         if n == self.membership.me() {
-            return self.scores[i].map(|p| p.key());
+            return self.services[i].score.map(|p| p.key());
         }
         let (r, _) = self.membership.report_of(n)?;
         r.scores
@@ -436,21 +599,40 @@ impl ClusterNode {
             .map(|s| (s.generation, s.position))
     }
 
-    /// The last monitor of service `i`'s replica here gave `score` (`None`: no
-    /// score). A promoted instance's acknowledged position raises the one every
-    /// member keeps.
-    pub fn set_promotion(&mut self, i: usize, score: Option<Promotion>) {
-        if self.phases[i] != Phase::Running {
+    /// The monitor round of service `i`'s replica here that began at
+    /// `measured` gave `score` (`None`: no score). A promoted instance's
+    /// acknowledged position raises the one every member keeps.
+    pub fn set_promotion(&mut self, i: usize, score: Option<Promotion>, measured: Millis) {
+        let s = &mut self.services[i];
+        if s.phase != Phase::Running {
             return;
         }
-        self.scores[i] = score;
+        s.score = score;
+        s.scored_at = Some(measured);
         if let Some(p) = score
             && let Some(a) = p.acknowledged
-            && matches!(self.roles[i], Role::Promoted)
+            && s.role == Role::Promoted
         {
-            let a = (p.generation, a);
-            self.acknowledged[i] = self.acknowledged[i].max(Some(a));
+            s.acknowledged = s.acknowledged.max(Some((p.generation, a)));
         }
+    }
+
+    /// Whether service `i`'s replica here should be monitored now for a fresh
+    /// score: a member (or this node) claims the promoted role and the score
+    /// here is older than the claim. Positions stop moving once the old holder
+    /// released the role, so scores measured after a claim are what the
+    /// claimer compares: it promotes only if it is still the best.
+    pub fn wants_fresh_score(&self, i: usize) -> bool {
+        let s = &self.services[i];
+        if s.phase != Phase::Running || !s.replicated() {
+            return false;
+        }
+        let older = |since: Millis| s.scored_at.is_none_or(|t| t < since);
+        let mine = matches!(s.role, Role::Claiming { since, .. } if older(since));
+        mine || self
+            .role_claims
+            .iter()
+            .any(|((_, svc), since)| *svc == i && older(*since))
     }
 
     /// A promotion finished; on failure the service stops here (the failure
@@ -461,12 +643,12 @@ impl ClusterNode {
         result: Result<(), Recovery>,
         now: Millis,
     ) -> Vec<Command> {
-        if self.roles[service] != Role::Promoting {
+        if self.services[service].role != Role::Promoting {
             return Vec::new();
         }
         match result {
             Ok(()) => {
-                self.roles[service] = Role::Promoted;
+                self.services[service].role = Role::Promoted;
                 Vec::new()
             }
             Err(recovery) => self.service_failed(service, now, recovery),
@@ -476,21 +658,64 @@ impl ClusterNode {
     /// A demotion finished; a failed one stops the whole service here (it may
     /// still act as promoted until stopped), and the role is released once stopped.
     pub fn demote_done(&mut self, service: usize, ok: bool, now: Millis) -> Vec<Command> {
-        if self.roles[service] != Role::Demoting {
+        if self.services[service].role != Role::Demoting {
             return Vec::new();
         }
         if ok {
-            self.roles[service] = Role::Replica;
+            self.services[service].role = Role::Replica;
             return Vec::new();
         }
         self.service_failed(service, now, Recovery::RestartHere)
     }
 
-    /// Who holds a valid witness lease (`None`: nobody, or no witness). Whether this
-    /// partition holds it is decided in [`ClusterNode::tick`] against the view it
+    /// What the latest fresh witness operation saw. Whether this partition
+    /// holds the witness is decided in [`ClusterNode::tick`] against the view it
     /// computes there, never against an older view.
-    pub fn set_witness_holder(&mut self, holder: Option<NodeId>) {
-        self.witness_holder = holder;
+    pub fn set_witness(&mut self, sight: WitnessSight) {
+        self.witness = sight;
+    }
+
+    /// What this node knows of the witness.
+    pub fn witness(&self) -> WitnessSight {
+        self.witness
+    }
+
+    /// What this node should do with the witness lease now (`None`: no witness).
+    ///
+    /// The leader of a partition is its lowest member that passes its health
+    /// checks and reached the witness's storage at its last try. It takes or
+    /// renews the lease only when the witness would make the partition quorate
+    /// (so a lone node of three with a one-vote witness never keeps it from the
+    /// other two), and otherwise lets it go. A node that fails its health
+    /// checks alone lets it go too, so a healthy partition need not wait for
+    /// the lease to run out. In a larger partition a non-leader never lets go:
+    /// members may count the lease the old leader renewed until the new leader
+    /// takes it over.
+    pub fn witness_task(&self) -> Option<WitnessTask> {
+        if self.quorum.witness_votes == 0 {
+            return None;
+        }
+        let me = self.membership.me();
+        let view = self.membership.view().1;
+        let capable = |n: NodeId| {
+            if n == me {
+                self.healthy && self.witness.reachable
+            } else {
+                self.membership.report_of(n).is_some_and(|(r, _)| r.witness)
+            }
+        };
+        let leader = view.iter().copied().find(|n| capable(*n));
+        Some(if leader == Some(me) {
+            if self.quorum.decide(view, true, true).quorate {
+                WitnessTask::Lead
+            } else {
+                WitnessTask::Release
+            }
+        } else if !self.healthy && view.len() == 1 {
+            WitnessTask::Release
+        } else {
+            WitnessTask::Look
+        })
     }
 
     /// This node's health checks: whether it passes them, and when the last
@@ -542,9 +767,9 @@ impl ClusterNode {
         result: Result<(), Recovery>,
         now: Millis,
     ) -> Vec<Command> {
-        if self.phases[service] == Phase::Starting {
+        if self.services[service].phase == Phase::Starting {
             match result {
-                Ok(()) => self.phases[service] = Phase::Running,
+                Ok(()) => self.services[service].phase = Phase::Running,
                 Err(recovery) => return self.service_failed(service, now, recovery),
             }
         }
@@ -554,24 +779,38 @@ impl ClusterNode {
     /// A stop finished; `ok` false means it failed, so the resources may still run:
     /// the service stays claimed here ([`Phase::StopFailed`]) until this node is
     /// fenced or an operator clears it. After a failure under the restart limit, the
-    /// service starts again here at once: the claim was never released, so no one
-    /// else may have it.
-    pub fn stop_done(&mut self, service: usize, ok: bool) -> Vec<Command> {
-        if !ok && self.phases[service].holds() {
-            self.phases[service] = Phase::StopFailed;
-            self.restart[service] = false;
+    /// service starts again here, at once after the first failure and after a
+    /// growing wait after more ([`Phase::Restarting`]): the claim is never
+    /// released meanwhile, so no one else may have it.
+    pub fn stop_done(&mut self, service: usize, ok: bool, now: Millis) -> Vec<Command> {
+        let quorate = self.quorate();
+        let s = &mut self.services[service];
+        if !ok && s.phase.holds() {
+            s.phase = Phase::StopFailed;
+            s.restart = false;
             return Vec::new();
         }
-        if self.phases[service] == Phase::Stopping {
-            self.roles[service] = Role::Replica;
-            self.scores[service] = None;
-            if std::mem::take(&mut self.restart[service])
-                && self.quorum_state.as_ref().is_some_and(|q| q.quorate)
-            {
-                self.phases[service] = Phase::Starting;
+        if ok && s.phase == Phase::StopFailed {
+            // Found stopped after all (the stop cap ended what was left).
+            s.phase = Phase::Stopped;
+            s.role = Role::Replica;
+            s.score = None;
+            return Vec::new();
+        }
+        if s.phase != Phase::Stopping {
+            return Vec::new();
+        }
+        s.role = Role::Replica;
+        s.score = None;
+        s.phase = Phase::Stopped;
+        if std::mem::take(&mut s.restart) && quorate {
+            let delay = ms(s.spec.failures.restart_delay(s.failures(now)));
+            if delay > 0 {
+                s.phase = Phase::Restarting { at: now + delay };
+            } else {
+                s.phase = Phase::Starting;
                 return vec![Command::Start(service)];
             }
-            self.phases[service] = Phase::Stopped;
         }
         Vec::new()
     }
@@ -580,9 +819,9 @@ impl ClusterNode {
     /// error class asks for `recovery` ([`baton_plugin_api::recovery_for`]):
     ///
     /// - restart-here: failures expire after `failure_expiry`; below `max_restarts`
-    ///   unexpired failures the service is restarted in place, at the limit this node
-    ///   bans itself for the service (all members see the ban and place it elsewhere)
-    ///   until the failures expire;
+    ///   unexpired failures the service is restarted in place (backing off after
+    ///   the first), at the limit this node bans itself for the service (all
+    ///   members see the ban and place it elsewhere) until the failures expire;
     /// - move: the problem is local to this node (not installed, no permission): the
     ///   node bans itself at once, for the failure expiry;
     /// - stop-everywhere: the configuration is wrong, so it is wrong everywhere: the
@@ -595,28 +834,28 @@ impl ClusterNode {
         now: Millis,
         recovery: Recovery,
     ) -> Vec<Command> {
-        let policy = self.services[service].failures;
-        let list = &mut self.failures[service];
-        list.push(now);
-        list.retain(|t| now.saturating_sub(*t) < ms(policy.expiry));
-        let mut restart = (list.len() as u32) < policy.max_restarts;
+        let s = &mut self.services[service];
+        let expiry = ms(s.spec.failures.expiry);
+        s.failures.push(now);
+        s.failures.retain(|t| now.saturating_sub(*t) < expiry);
+        let mut restart = (s.failures.len() as u32) < s.spec.failures.max_restarts;
         match recovery {
             Recovery::None | Recovery::RestartHere => {}
             Recovery::Move => {
-                self.ban_until[service] = Some(now + ms(policy.expiry));
+                s.ban_until = Some(now + expiry);
                 restart = false;
             }
             Recovery::StopEverywhere => {
-                self.blocked |= 1 << service;
+                s.blocked = true;
                 restart = false;
             }
-            Recovery::Fence => return self.stop_done(service, false),
+            Recovery::Fence => return self.stop_done(service, false, now),
         }
-        if !matches!(self.phases[service], Phase::Starting | Phase::Running) {
+        if !matches!(s.phase, Phase::Starting | Phase::Running) {
             return Vec::new();
         }
-        self.phases[service] = Phase::Stopping;
-        self.restart[service] = restart;
+        s.phase = Phase::Stopping;
+        s.restart = restart;
         vec![Command::Stop(service)]
     }
 
@@ -624,12 +863,13 @@ impl ClusterNode {
     /// of the service on this node and any move taken here; after a failed stop, try
     /// the stop again.
     pub fn clear(&mut self, service: usize) -> Vec<Command> {
-        self.failures[service].clear();
-        self.ban_until[service] = None;
-        self.blocked &= !(1 << service);
         self.moves.remove(&service);
-        if self.phases[service] == Phase::StopFailed {
-            self.phases[service] = Phase::Stopping;
+        let s = &mut self.services[service];
+        s.failures.clear();
+        s.ban_until = None;
+        s.blocked = false;
+        if s.phase == Phase::StopFailed {
+            s.phase = Phase::Stopping;
             return vec![Command::Stop(service)];
         }
         Vec::new()
@@ -647,7 +887,7 @@ impl ClusterNode {
         until: Option<Millis>,
         force: bool,
     ) -> Result<(), String> {
-        let spec = &self.services[service];
+        let spec = &self.services[service].spec;
         if spec.strategy == Strategy::Clone {
             return Err(format!(
                 "{} is a clone: it runs on every member, so it cannot move",
@@ -660,7 +900,7 @@ impl ClusterNode {
                 spec.name
             ));
         }
-        if !self.quorum_state.as_ref().is_some_and(|q| q.quorate) {
+        if !self.quorate() {
             return Err(
                 "this node's partition has no quorum; run the move on a quorate node".into(),
             );
@@ -682,10 +922,37 @@ impl ClusterNode {
         self.fencing_now.remove(&node);
         if ok {
             self.fenced.insert(node, incarnation);
+            self.fence_known.entry(node).or_insert(now);
             self.fence_retry.remove(&node);
         } else {
             self.fence_retry.insert(node, now + FENCE_RETRY_MS);
         }
+    }
+
+    /// Lost nodes confirmed fenced (by this node or a member), with when this
+    /// node first knew it: a witness lease such a node holds, unchanged since
+    /// before then, is free (the node can no longer renew it).
+    pub fn fenced_since(&self) -> Vec<(NodeId, Millis)> {
+        self.fence_known.iter().map(|(n, t)| (*n, *t)).collect()
+    }
+
+    /// Stop cleanly: this node gives up every service (its members place them
+    /// elsewhere as its stops complete) and claims nothing more. See
+    /// [`ClusterNode::left`] and [`ClusterNode::leave`].
+    pub fn begin_leaving(&mut self) {
+        self.leaving = true;
+    }
+
+    /// Whether this node is stopping cleanly.
+    pub fn leaving(&self) -> bool {
+        self.leaving
+    }
+
+    /// Whether nothing is held or claimed here any more (all stopped).
+    pub fn holds_nothing(&self) -> bool {
+        self.services
+            .iter()
+            .all(|s| s.phase == Phase::Stopped && s.role == Role::Replica)
     }
 
     /// The moves in effect here (taken here or carried by a member), at `now`.
@@ -730,6 +997,7 @@ impl ClusterNode {
     /// reporting it.
     pub fn blocked_by(&self) -> Vec<(usize, Vec<NodeId>)> {
         let me = self.membership.me();
+        let blocked = self.blocked();
         (0..self.services.len())
             .filter_map(|i| {
                 let nodes: Vec<NodeId> = self
@@ -740,7 +1008,7 @@ impl ClusterNode {
                     .copied()
                     .filter(|n| {
                         let bits = if *n == me {
-                            Some(self.blocked)
+                            Some(blocked)
                         } else {
                             self.membership.report_of(*n).map(|(r, _)| r.blocked)
                         };
@@ -774,8 +1042,10 @@ impl ClusterNode {
         }
     }
 
-    /// Whether lost node `n` can no longer run anything: it left cleanly, a member
-    /// confirmed it fenced, or the fence wait since it left has passed.
+    /// Whether lost node `n` can no longer run anything: it left cleanly, a newer
+    /// incarnation of it reports (which stopped whatever its predecessor left
+    /// before it sent anything), a member confirmed it fenced, or the fence wait
+    /// since it left has passed.
     fn lost_node_safe(&self, n: NodeId, now: Millis) -> bool {
         let Some(since) = self.absent_since.get(&n) else {
             return true;
@@ -787,14 +1057,24 @@ impl ClusterNode {
         let Some(&lost) = self.lost_incarnation.get(&n) else {
             return false;
         };
-        if let Some((last, _)) = self.membership.report_of(n)
-            && last.incarnation == lost
-            && last.heard == 0
-            && last.claims == 0
-            && last.stop_failed == 0
-        {
-            return true;
+        if let Some((last, _)) = self.membership.report_of(n) {
+            if last.incarnation > lost {
+                return true;
+            }
+            if last.incarnation == lost
+                && last.heard == 0
+                && last.claims == 0
+                && last.stop_failed == 0
+            {
+                return true;
+            }
         }
+        self.confirmed_fenced(n, lost)
+    }
+
+    /// Whether this node or a member confirmed `n` fenced in incarnation `lost`
+    /// (or a later one).
+    fn confirmed_fenced(&self, n: NodeId, lost: u64) -> bool {
         let me = self.membership.me();
         let confirmed =
             |fenced: &[Fenced]| fenced.iter().any(|f| f.node == n && f.incarnation >= lost);
@@ -811,46 +1091,26 @@ impl ClusterNode {
 
     /// Unexpired failures of each service on this node.
     pub fn failure_counts(&self, now: Millis) -> Vec<usize> {
-        self.failures
-            .iter()
-            .zip(&self.services)
-            .map(|(f, s)| {
-                f.iter()
-                    .filter(|t| now.saturating_sub(**t) < ms(s.failures.expiry))
-                    .count()
-            })
-            .collect()
+        self.services.iter().map(|s| s.failures(now)).collect()
     }
 
     /// The services this node is banned from at `now` (bit `i`: service `i`),
     /// after failures.
     pub fn banned(&self, now: Millis) -> u64 {
-        self.banned_bits(now)
+        self.bits(|s| s.banned(now))
     }
 
     /// The services stopped everywhere until an operator clears them (bit
     /// `i`: service `i`), as this node knows it.
     pub fn blocked(&self) -> u64 {
-        self.blocked
+        self.bits(|s| s.blocked)
     }
 
-    fn banned_bits(&self, now: Millis) -> u64 {
-        self.failure_counts(now)
-            .iter()
-            .zip(&self.services)
-            .zip(&self.ban_until)
-            .enumerate()
-            .filter(|(_, ((count, s), until))| {
-                **count as u32 >= s.failures.max_restarts || until.is_some_and(|u| u > now)
-            })
-            .fold(0, |acc, (i, _)| acc | (1 << i))
-    }
-
-    fn phase_bits(&self, wanted: impl Fn(Phase) -> bool) -> u64 {
-        self.phases
+    fn bits(&self, wanted: impl Fn(&Service) -> bool) -> u64 {
+        self.services
             .iter()
             .enumerate()
-            .filter(|(_, p)| wanted(**p))
+            .filter(|(_, s)| wanted(s))
             .fold(0, |acc, (i, _)| acc | (1 << i))
     }
 
@@ -888,21 +1148,29 @@ impl ClusterNode {
 
     /// The report versions of this node's pending claims (services and roles).
     fn claim_versions(&self) -> impl Iterator<Item = u64> + '_ {
-        let services = self.phases.iter().filter_map(|p| match *p {
-            Phase::Claiming { version, .. } => Some(version),
-            _ => None,
-        });
-        let roles = self.roles.iter().filter_map(|r| match *r {
-            Role::Claiming { version, .. } => Some(version),
-            _ => None,
-        });
-        services.chain(roles)
+        self.services.iter().flat_map(|s| {
+            let service = match s.phase {
+                Phase::Claiming { version, .. } => Some(version),
+                _ => None,
+            };
+            let role = match s.role {
+                Role::Claiming { version, .. } => Some(version),
+                _ => None,
+            };
+            service.into_iter().chain(role)
+        })
     }
 
     /// The acknowledgements this node publishes: the newest report it has of every
-    /// member whose claim is pending.
+    /// member whose claim is pending, once this node's scores are fresher than
+    /// any promoted role that member claims.
     fn acks(&self) -> impl Iterator<Item = Ack> + '_ {
         let me = self.membership.me();
+        let stale_for = move |claimer: NodeId| {
+            self.role_claims.iter().any(|((n, i), since)| {
+                *n == claimer && self.services[*i].scored_at.is_none_or(|t| t < *since)
+            })
+        };
         self.membership
             .view()
             .1
@@ -910,6 +1178,7 @@ impl ClusterNode {
             .filter(move |n| **n != me)
             .filter_map(|n| self.membership.report_of(*n))
             .filter(|(r, _)| r.pending)
+            .filter(move |(r, _)| !stale_for(r.node))
             .map(|(r, _)| Ack {
                 node: r.node,
                 incarnation: r.incarnation,
@@ -919,21 +1188,29 @@ impl ClusterNode {
 
     /// What this node publishes in its report at `now`.
     fn published(&self, now: Millis, banned: u64) -> Report {
-        Report {
-            claims: self.phase_bits(Phase::claims),
-            pending: self
-                .phases
+        let scores = |which: fn(&Service) -> Option<ScoreKey>| {
+            self.services
                 .iter()
-                .any(|p| matches!(p, Phase::Claiming { .. }))
-                || self
-                    .roles
-                    .iter()
-                    .any(|r| matches!(r, Role::Claiming { .. })),
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    which(s).map(|(generation, position)| Score {
+                        service: i as u8,
+                        generation,
+                        position,
+                    })
+                })
+                .collect()
+        };
+        Report {
+            claims: self.bits(|s| s.phase.claims()),
+            pending: self.claim_versions().next().is_some(),
             acks: self.acks().collect(),
             banned,
-            blocked: self.blocked,
-            stop_failed: self.phase_bits(|p| p == Phase::StopFailed),
-            quorate: self.quorum_state.as_ref().is_some_and(|q| q.quorate),
+            blocked: self.blocked(),
+            stop_failed: self.bits(|s| s.phase == Phase::StopFailed),
+            quorate: self.quorate(),
+            leaving: self.leaving,
+            witness: self.healthy && self.witness.reachable,
             fenced: self
                 .fenced
                 .iter()
@@ -956,43 +1233,10 @@ impl ClusterNode {
                     }),
                 })
                 .collect(),
-            replicas: self
-                .phases
-                .iter()
-                .zip(&self.services)
-                .enumerate()
-                .filter(|(_, (p, s))| **p == Phase::Running && s.strategy == Strategy::Promotable)
-                .fold(0, |acc, (i, _)| acc | (1 << i)),
-            promoted: self
-                .roles
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.claims())
-                .fold(0, |acc, (i, _)| acc | (1 << i)),
-            scores: self
-                .scores
-                .iter()
-                .enumerate()
-                .filter_map(|(i, p)| {
-                    p.map(|p| Score {
-                        service: i as u8,
-                        generation: p.generation,
-                        position: p.position,
-                    })
-                })
-                .collect(),
-            acknowledged: self
-                .acknowledged
-                .iter()
-                .enumerate()
-                .filter_map(|(i, a)| {
-                    a.map(|(generation, position)| Score {
-                        service: i as u8,
-                        generation,
-                        position,
-                    })
-                })
-                .collect(),
+            replicas: self.bits(|s| s.phase == Phase::Running && s.replicated()),
+            promoted: self.bits(|s| s.role.claims()),
+            scores: scores(|s| s.score.map(|p| p.key())),
+            acknowledged: scores(|s| s.acknowledged),
             ..Report::default()
         }
     }
@@ -1000,7 +1244,17 @@ impl ClusterNode {
     /// The heartbeats a node sends as it leaves cleanly (after stopping everything):
     /// it hears nobody and holds nothing, so the others need neither fence nor wait.
     pub fn leave(&mut self, now: Millis) -> Vec<Heartbeat> {
-        let mut hbs = self.membership.tick_with(now, Report::default());
+        debug_assert!(
+            self.holds_nothing(),
+            "a node leaves cleanly only holding nothing"
+        );
+        let mut hbs = self.membership.tick_with(
+            now,
+            Report {
+                leaving: true,
+                ..Report::default()
+            },
+        );
         for hb in &mut hbs {
             hb.reports.truncate(1);
             hb.reports[0].heard = 0;
@@ -1009,28 +1263,61 @@ impl ClusterNode {
         hbs
     }
 
-    /// Advance the clock: returns the heartbeats to send and the commands to carry out.
+    /// Advance the clock: returns the heartbeats to send and the commands to carry
+    /// out. In phases: follow the membership, decide quorum, start the fences this
+    /// node owes, decide each service (placement, then its phase and role here),
+    /// and publish the report that follows from those decisions.
     pub fn tick(&mut self, now: Millis) -> (Vec<Heartbeat>, Vec<Command>) {
-        let banned_here = self.banned_bits(now);
+        let banned_here = self.banned(now);
         self.moves
             .retain(|_, (_, until, _)| until.is_none_or(|u| u > now));
+        self.follow_membership(now);
+        let quorate = self.decide_quorum(now);
+        let mut commands = self.fences_to_run(now);
+        let round = self.round(now, quorate, banned_here);
+        for i in 0..self.services.len() {
+            commands.extend(self.tick_service(i, &round));
+        }
+        debug_assert!(
+            quorate
+                || commands
+                    .iter()
+                    .all(|c| !matches!(c, Command::Start(_) | Command::Promote(_))),
+            "a node without quorum starts and promotes nothing"
+        );
+        debug_assert!(
+            !self.leaving
+                || self
+                    .services
+                    .iter()
+                    .all(|s| !matches!(s.phase, Phase::Claiming { .. } | Phase::Starting)),
+            "a leaving node claims and starts nothing"
+        );
+        let packets = self.publish_report(now, banned_here);
+        (packets, commands)
+    }
+
+    /// Membership phase: the view at `now`, who left (and as which
+    /// incarnation), which fence confirmations still stand, and the moves
+    /// whose target left.
+    fn follow_membership(&mut self, now: Millis) {
         self.membership.advance(now);
         let me = self.membership.me();
         let view = self.membership.view().1.clone();
-        for n in &self.nodes {
-            if *n == me {
+        for &n in &self.nodes {
+            if n == me {
                 continue;
             }
-            if view.contains(n) {
-                self.absent_since.remove(n);
-                self.lost_incarnation.remove(n);
-                if let Some((r, _)) = self.membership.report_of(*n) {
-                    self.member_incarnation.insert(*n, r.incarnation);
+            if view.contains(&n) {
+                self.absent_since.remove(&n);
+                self.lost_incarnation.remove(&n);
+                if let Some((r, _)) = self.membership.report_of(n) {
+                    self.member_incarnation.insert(n, r.incarnation);
                 }
             } else {
-                self.absent_since.entry(*n).or_insert(now);
-                if let Some(inc) = self.member_incarnation.remove(n) {
-                    self.lost_incarnation.insert(*n, inc);
+                self.absent_since.entry(n).or_insert(now);
+                if let Some(inc) = self.member_incarnation.remove(&n) {
+                    self.lost_incarnation.insert(n, inc);
                 }
             }
         }
@@ -1043,22 +1330,67 @@ impl ClusterNode {
                     .report_of(*n)
                     .is_none_or(|(r, _)| r.incarnation <= *inc)
         });
+        let known: Vec<NodeId> = self
+            .lost_incarnation
+            .iter()
+            .filter(|(n, inc)| self.confirmed_fenced(**n, **inc))
+            .map(|(n, _)| *n)
+            .collect();
+        self.fence_known.retain(|n, _| known.contains(n));
+        for n in known {
+            self.fence_known.entry(n).or_insert(now);
+        }
+        self.follow_role_claims(now);
         // A move ends when its target leaves: no constraint outlives its reason.
         self.moves.retain(|_, (to, _, _)| view.contains(to));
         if view.len() == self.nodes.len() {
             self.seen_all = true;
         }
-        let witness_held = self.witness_holder.is_some_and(|h| view.contains(&h));
         if self.view_since.0 != view {
             self.view_since = (view.clone(), now);
         }
-        let mut quorum = self.quorum.decide(&view, witness_held, self.seen_all);
+        debug_assert!(view.contains(&me), "a node is always in its own view");
+        debug_assert!(
+            self.absent_since.keys().all(|n| !view.contains(n)),
+            "no member is absent"
+        );
+    }
+
+    /// The members' pending claims of a promoted role of a service whose
+    /// replica runs here, and since when this node has seen each.
+    fn follow_role_claims(&mut self, now: Millis) {
+        let me = self.membership.me();
+        let mut claims = BTreeMap::new();
+        for n in self.membership.view().1.iter().filter(|n| **n != me) {
+            let Some((r, _)) = self.membership.report_of(*n) else {
+                continue;
+            };
+            for (i, s) in self.services.iter().enumerate() {
+                if r.pending
+                    && r.promoted & (1 << i) != 0
+                    && s.replicated()
+                    && s.phase == Phase::Running
+                {
+                    let since = self.role_claims.get(&(*n, i)).copied().unwrap_or(now);
+                    claims.insert((*n, i), since);
+                }
+            }
+        }
+        self.role_claims = claims;
+    }
+
+    /// Quorum phase: whether this partition may run services now. Gaining
+    /// quorum restarts the fence wait for every absent node.
+    fn decide_quorum(&mut self, now: Millis) -> bool {
+        let view = self.membership.view().1;
+        let witness_held = self.witness.holder.is_some_and(|h| view.contains(&h));
+        let mut quorum = self.quorum.decide(view, witness_held, self.seen_all);
         if !self.healthy && quorum.quorate {
             quorum.quorate = false;
             quorum.reason += ", but this node fails its health checks";
         }
         let quorate = quorum.quorate;
-        let was_quorate = self.quorum_state.as_ref().is_some_and(|q| q.quorate);
+        let was_quorate = self.quorate();
         self.quorum_state = Some(quorum);
         if quorate && !was_quorate {
             // Gaining quorum (the witness lease passed to this partition, a node came
@@ -1068,159 +1400,229 @@ impl ClusterNode {
                 *since = now;
             }
         }
-        let mut commands = Vec::new();
-        let checked_since_view = self.health_pass.is_none_or(|t| t >= self.view_since.1);
-        if quorate && self.fencing && checked_since_view {
-            commands.extend(self.fences_to_run(&view, now));
+        debug_assert!(
+            self.healthy || !quorate,
+            "an unhealthy node is never quorate"
+        );
+        quorate
+    }
+
+    /// What every service's decision this tick shares.
+    fn round(&mut self, now: Millis, quorate: bool, banned_here: u64) -> Round {
+        let me = self.membership.me();
+        let view = self.membership.view().1.clone();
+        // Members given nothing: those whose own last decision was "no quorum"
+        // (one cut off from a witness its partition needs) and those leaving.
+        let mut unable: BTreeMap<NodeId, &'static str> = self
+            .members_reporting(|r| !r.quorate)
+            .into_iter()
+            .map(|n| (n, NO_QUORUM_OF_ITS_OWN))
+            .collect();
+        for n in self.members_reporting(|r| r.leaving) {
+            unable.insert(n, LEAVING);
         }
-        let lost_nodes_safe = self
-            .absent_since
-            .keys()
-            .all(|n| self.lost_node_safe(*n, now));
-        let moves = self.active_moves(now);
-        let blocked = self.blocked_by();
-        // Members whose own last decision was "no quorum" (they run nothing, so they
-        // are given nothing): one cut off from a witness its partition needs.
-        let without_quorum = self.members_reporting(|r| !r.quorate);
+        if self.leaving {
+            unable.insert(me, LEAVING);
+        }
         self.merge_acknowledged(&view);
-        for i in 0..self.services.len() {
-            let spec = &self.services[i];
-            let others = self.members_reporting(|r| r.claims & (1 << i) != 0);
-            let replicated = spec.strategy == Strategy::Promotable;
-            let everywhere = spec.strategy == Strategy::Clone || replicated;
-            // A clone that shares nothing may keep running without quorum (it
-            // starts only with quorum).
-            let kept = !quorate
-                && spec.keep_without_quorum
-                && matches!(self.phases[i], Phase::Starting | Phase::Running);
-            let mut excluded: BTreeMap<NodeId, &str> = view
-                .iter()
-                .copied()
-                .filter(|n| {
-                    let bits = if *n == me {
-                        Some(banned_here)
-                    } else {
-                        self.membership.banned_of(*n)
-                    };
-                    bits.is_some_and(|b| b & (1 << i) != 0)
-                })
-                .map(|n| (n, "is excluded after failures"))
-                .collect();
-            for n in &without_quorum {
-                excluded.entry(*n).or_insert(
-                    "has no quorum of its own (it cannot reach the witness, or is just joining)",
-                );
-            }
-            let mine = if let Some((_, by)) = blocked.iter().find(|(s, _)| *s == i) {
-                Placement {
-                    owner: None,
-                    why: format!(
-                        "stopped everywhere: an agent reported its configuration wrong on node {}; fix the config, then `baton clear {}` there",
-                        by.iter()
-                            .map(|n| n.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", node "),
-                        spec.name
-                    ),
-                }
-            } else if everywhere {
-                let banned = excluded.contains_key(&me) && replicated;
-                Placement {
-                    owner: ((quorate || kept) && !banned).then_some(me),
-                    why: if kept {
-                        "clone: keeps running here without quorum (without_quorum = keep)".into()
-                    } else if replicated {
-                        "promotable: a replica runs on every member".into()
-                    } else {
-                        "clone: runs on every member".into()
-                    },
-                }
-            } else {
-                // A rotating service stays where it runs; this node's own claim
-                // that has not started yet does not hold it there (a member that
-                // was just joining may be the better place).
-                let mut holders = others.clone();
-                if self.phases[i].holds() {
-                    holders.insert(me);
-                }
-                match moves.iter().find(|m| m.service == i) {
-                    Some(m) if view.contains(&m.to) && !excluded.contains_key(&m.to) => Placement {
-                        owner: Some(m.to),
-                        why: format!(
-                            "moved to node {} by an operator on node {} ({})",
-                            m.to,
-                            m.issuer,
-                            m.until.map_or("until cleared or node leaves".into(), |u| {
-                                format!("for {} s more", u.saturating_sub(now).div_ceil(1000))
-                            })
-                        ),
-                    },
-                    _ => place(spec, &view, &holders, &excluded),
-                }
-            };
-            let wanted_here = (quorate || kept) && mine.owner == Some(me);
-            self.placements[i] = if quorate || kept {
-                mine
-            } else {
-                Placement {
-                    owner: None,
-                    why: format!(
-                        "no quorum: {}",
-                        self.quorum_state
-                            .as_ref()
-                            .map(|q| q.reason.as_str())
-                            .unwrap_or("")
-                    ),
-                }
-            };
-            let exclusive = !everywhere;
-            let phase = self.phases[i];
-            match phase {
-                // Claiming is harmless (nothing starts), so the members acknowledge the
-                // claim while the fence wait for lost nodes runs down.
-                Phase::Stopped if wanted_here && (!exclusive || others.is_empty()) => {
-                    if exclusive && (self.claim_acks || !lost_nodes_safe) {
-                        self.phases[i] = Phase::Claiming {
-                            since: now,
-                            version: self.membership.version() + 1,
-                        };
-                    } else {
-                        self.phases[i] = Phase::Starting;
-                        commands.push(Command::Start(i));
-                    }
-                }
-                Phase::Claiming { .. } if !wanted_here || others.iter().any(|o| *o < me) => {
-                    self.phases[i] = Phase::Stopped;
-                }
-                Phase::Claiming { version, .. }
-                    if others.is_empty() && lost_nodes_safe && self.claim_acknowledged(version) =>
-                {
-                    self.phases[i] = Phase::Starting;
-                    commands.push(Command::Start(i));
-                }
-                Phase::Starting | Phase::Running
-                    if !wanted_here || (exclusive && others.iter().any(|o| *o < me)) =>
-                {
-                    self.phases[i] = Phase::Stopping;
-                    commands.push(Command::Stop(i));
-                }
-                _ => {}
-            }
-            if replicated {
-                let operator = moves
-                    .iter()
-                    .find(|m| m.service == i)
-                    .map(|m| (m.to, m.force));
-                commands.extend(self.tick_role(
-                    i,
-                    quorate,
-                    &excluded,
-                    operator,
-                    lost_nodes_safe,
-                    now,
-                ));
-            }
+        Round {
+            now,
+            me,
+            quorate,
+            banned_here,
+            lost_nodes_safe: self
+                .absent_since
+                .keys()
+                .all(|n| self.lost_node_safe(*n, now)),
+            moves: self.active_moves(now),
+            blocked: self.blocked_by(),
+            unable,
+            view,
         }
+    }
+
+    /// Service phase for service `i`: where it should run, then what this node
+    /// does about it (claim, start, stop, restart), then its promoted role.
+    fn tick_service(&mut self, i: usize, round: &Round) -> Vec<Command> {
+        let others = self.members_reporting(|r| r.claims & (1 << i) != 0);
+        let excluded = self.excluded(i, round);
+        let s = &self.services[i];
+        // A clone that shares nothing may keep running without quorum (it
+        // starts only with quorum).
+        let kept = !round.quorate
+            && !self.leaving
+            && s.spec.keep_without_quorum
+            && matches!(s.phase, Phase::Starting | Phase::Running);
+        let placement = if round.quorate || kept {
+            self.place_service(i, round, &excluded, &others, kept)
+        } else {
+            Placement {
+                owner: None,
+                why: format!(
+                    "no quorum: {}",
+                    self.quorum_state
+                        .as_ref()
+                        .map(|q| q.reason.as_str())
+                        .unwrap_or("")
+                ),
+            }
+        };
+        let wanted_here = (round.quorate || kept) && placement.owner == Some(round.me);
+        self.services[i].placement = placement;
+        let mut commands = self.step_phase(i, round, wanted_here, &others);
+        if self.services[i].replicated() {
+            let operator = round
+                .moves
+                .iter()
+                .find(|m| m.service == i)
+                .map(|m| (m.to, m.force));
+            commands.extend(self.tick_role(i, round, &excluded, operator));
+        }
+        commands
+    }
+
+    /// The members service `i` must avoid, each with why.
+    fn excluded(&self, i: usize, round: &Round) -> BTreeMap<NodeId, &'static str> {
+        let mut excluded: BTreeMap<NodeId, &'static str> = round
+            .view
+            .iter()
+            .copied()
+            .filter(|n| {
+                let bits = if *n == round.me {
+                    Some(round.banned_here)
+                } else {
+                    self.membership.banned_of(*n)
+                };
+                bits.is_some_and(|b| b & (1 << i) != 0)
+            })
+            .map(|n| (n, "is excluded after failures"))
+            .collect();
+        for (n, why) in &round.unable {
+            excluded.entry(*n).or_insert(why);
+        }
+        excluded
+    }
+
+    /// Where service `i` should run in a quorate partition (or here, for a clone
+    /// kept without quorum), and why.
+    fn place_service(
+        &self,
+        i: usize,
+        round: &Round,
+        excluded: &BTreeMap<NodeId, &str>,
+        others: &BTreeSet<NodeId>,
+        kept: bool,
+    ) -> Placement {
+        let s = &self.services[i];
+        let spec = &s.spec;
+        if let Some((_, by)) = round.blocked.iter().find(|(b, _)| *b == i) {
+            return Placement {
+                owner: None,
+                why: format!(
+                    "stopped everywhere: an agent reported its configuration wrong on node {}; fix the config, then `baton clear {}` there",
+                    by.iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", node "),
+                    spec.name
+                ),
+            };
+        }
+        if s.everywhere() {
+            let excluded_here = excluded.get(&round.me).copied().filter(|why| {
+                // A clone's ban does not keep it off (it runs everywhere); leaving does.
+                s.replicated() || *why == LEAVING
+            });
+            return Placement {
+                owner: excluded_here.is_none().then_some(round.me),
+                why: match excluded_here {
+                    Some(why) => format!("not here: this node {why}"),
+                    None if kept => {
+                        "clone: keeps running here without quorum (without_quorum = keep)".into()
+                    }
+                    None if s.replicated() => "promotable: a replica runs on every member".into(),
+                    None => "clone: runs on every member".into(),
+                },
+            };
+        }
+        // A rotating service stays where it runs; this node's own claim that has
+        // not started yet does not hold it there (a member that was just joining
+        // may be the better place).
+        let mut holders = others.clone();
+        if s.phase.holds() {
+            holders.insert(round.me);
+        }
+        match round.moves.iter().find(|m| m.service == i) {
+            Some(m) if round.view.contains(&m.to) && !excluded.contains_key(&m.to) => Placement {
+                owner: Some(m.to),
+                why: format!(
+                    "moved to node {} by an operator on node {} ({})",
+                    m.to,
+                    m.issuer,
+                    m.until.map_or("until cleared or node leaves".into(), |u| {
+                        format!("for {} s more", u.saturating_sub(round.now).div_ceil(1000))
+                    })
+                ),
+            },
+            _ => place(spec, &round.view, &holders, excluded),
+        }
+    }
+
+    /// What this node does about service `i` given whether placement wants it
+    /// here and which other members claim it.
+    fn step_phase(
+        &mut self,
+        i: usize,
+        round: &Round,
+        wanted_here: bool,
+        others: &BTreeSet<NodeId>,
+    ) -> Vec<Command> {
+        let me = round.me;
+        let claim_acks = self.claim_acks;
+        let version = self.membership.version() + 1;
+        let acknowledged = |v: u64| self.claim_acknowledged(v);
+        let s = &self.services[i];
+        let exclusive = !s.everywhere();
+        let lower_claims = exclusive && others.iter().any(|o| *o < me);
+        let next = match s.phase {
+            // Claiming is harmless (nothing starts), so the members acknowledge the
+            // claim while the fence wait for lost nodes runs down.
+            Phase::Stopped if wanted_here && (!exclusive || others.is_empty()) => {
+                if exclusive && (claim_acks || !round.lost_nodes_safe) {
+                    Some(Phase::Claiming {
+                        since: round.now,
+                        version,
+                    })
+                } else {
+                    Some(Phase::Starting)
+                }
+            }
+            Phase::Claiming { .. } if !wanted_here || lower_claims => Some(Phase::Stopped),
+            Phase::Claiming { version, .. }
+                if others.is_empty() && round.lost_nodes_safe && acknowledged(version) =>
+            {
+                Some(Phase::Starting)
+            }
+            Phase::Restarting { .. } if !wanted_here || lower_claims => Some(Phase::Stopped),
+            Phase::Restarting { at } if round.now >= at => Some(Phase::Starting),
+            Phase::Starting | Phase::Running if !wanted_here || lower_claims => {
+                Some(Phase::Stopping)
+            }
+            _ => None,
+        };
+        let Some(next) = next else {
+            return Vec::new();
+        };
+        self.services[i].phase = next;
+        match next {
+            Phase::Starting => vec![Command::Start(i)],
+            Phase::Stopping => vec![Command::Stop(i)],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Publish phase: this node's report, which carries this tick's decisions.
+    fn publish_report(&mut self, now: Millis, banned_here: u64) -> Vec<Heartbeat> {
         let awaiting = self
             .claim_versions()
             .any(|version| !self.claim_acknowledged(version));
@@ -1233,7 +1635,7 @@ impl ClusterNode {
         for hb in &mut packets {
             hb.config = self.config;
         }
-        (packets, commands)
+        packets
     }
 
     /// The other members of the view whose latest report satisfies `what`.
@@ -1255,32 +1657,36 @@ impl ClusterNode {
         for n in view.iter().filter(|n| **n != me) {
             if let Some((r, _)) = self.membership.report_of(*n) {
                 for a in &r.acknowledged {
-                    if let Some(known) = self.acknowledged.get_mut(usize::from(a.service)) {
-                        *known = (*known).max(Some((a.generation, a.position)));
+                    if let Some(s) = self.services.get_mut(usize::from(a.service)) {
+                        s.acknowledged = s.acknowledged.max(Some((a.generation, a.position)));
                     }
                 }
             }
         }
     }
 
-    /// What promotion knows of promotable service `i` in this node's view.
-    fn replicas(&self, i: usize, operator: Option<(NodeId, bool)>) -> Replicas {
+    /// What promotion knows of promotable service `i` in this node's view at
+    /// `now`; remembers since when each member has been starting its replica.
+    fn replicas(&mut self, i: usize, now: Millis, operator: Option<(NodeId, bool)>) -> Replicas {
         let me = self.membership.me();
         let bit = 1u64 << i;
+        let wait = ms(self.services[i].spec.start_timeout);
         let mut r = Replicas {
-            acknowledged: self.acknowledged[i],
+            acknowledged: self.services[i].acknowledged,
             operator,
             ..Replicas::default()
         };
+        let mut starting = BTreeSet::new();
         for n in self.membership.view().1 {
-            let (running, starting, promoted) = if *n == me {
+            let (running, start, promoted) = if *n == me {
                 // This node's own claim does not make it the holder: a claimer
                 // still compares its score with the scores in the members'
                 // acknowledgements, and gives the claim up to a better replica.
+                let s = &self.services[i];
                 (
-                    self.phases[i] == Phase::Running,
-                    self.phases[i] == Phase::Starting,
-                    self.roles[i].claims() && !matches!(self.roles[i], Role::Claiming { .. }),
+                    s.phase == Phase::Running,
+                    s.phase == Phase::Starting,
+                    s.role.claims() && !matches!(s.role, Role::Claiming { .. }),
                 )
             } else {
                 let Some((rep, _)) = self.membership.report_of(*n) else {
@@ -1295,11 +1701,20 @@ impl ClusterNode {
             };
             if running {
                 r.running.insert(*n, self.score_of(*n, i));
-            } else if starting {
-                r.starting.insert(*n);
+            } else if start {
+                starting.insert(*n);
             }
             if promoted && r.holder.is_none() {
                 r.holder = Some(*n);
+            }
+        }
+        let since = &mut self.services[i].starting_since;
+        since.retain(|n, _| starting.contains(n));
+        for n in starting {
+            let at = *since.entry(n).or_insert(now);
+            let left = (at + wait).saturating_sub(now);
+            if left > 0 {
+                r.starting.insert(n, left);
             }
         }
         r
@@ -1313,20 +1728,19 @@ impl ClusterNode {
     fn tick_role(
         &mut self,
         i: usize,
-        quorate: bool,
+        round: &Round,
         excluded: &BTreeMap<NodeId, &str>,
         operator: Option<(NodeId, bool)>,
-        lost_nodes_safe: bool,
-        now: Millis,
     ) -> Vec<Command> {
-        let me = self.membership.me();
-        let replicas = self.replicas(i, operator);
+        let me = round.me;
+        let replicas = self.replicas(i, round.now, operator);
         let bit = 1u64 << i;
         let others = self.members_reporting(|r| r.promoted & bit != 0);
-        self.promotions[i] = if quorate {
-            promote(&self.services[i], &replicas, excluded)
+        let s = &self.services[i];
+        let promotion = if round.quorate {
+            promote(&s.spec, &replicas, excluded)
         } else {
-            self.placements[i].clone()
+            s.placement.clone()
         };
         // A one-time promotion ends once its target holds the role: promoted
         // here, or, for another target, its report shows the role and no
@@ -1334,7 +1748,7 @@ impl ClusterNode {
         if let Some((to, ..)) = self.moves.get(&i)
             && replicas.holder == Some(*to)
             && if *to == me {
-                self.roles[i] == Role::Promoted
+                s.role == Role::Promoted
             } else {
                 self.membership
                     .report_of(*to)
@@ -1343,48 +1757,87 @@ impl ClusterNode {
         {
             self.moves.remove(&i);
         }
-        if self.phases[i] != Phase::Running {
-            if matches!(self.roles[i], Role::Claiming { .. }) {
-                self.roles[i] = Role::Replica;
-            }
-            return Vec::new();
-        }
-        let wanted = quorate && self.promotions[i].owner == Some(me);
+        let version = self.membership.version() + 1;
+        let acknowledged = |v: u64| self.claim_acknowledged(v);
+        let s = &self.services[i];
+        let wanted = round.quorate && promotion.owner == Some(me);
         let lower_claims = others.iter().any(|o| *o < me);
-        match self.roles[i] {
-            Role::Replica if wanted && others.is_empty() => {
-                self.roles[i] = Role::Claiming {
-                    since: now,
-                    version: self.membership.version() + 1,
-                };
-                Vec::new()
+        let (role, command) = if s.phase != Phase::Running {
+            let role = if matches!(s.role, Role::Claiming { .. }) {
+                Role::Replica
+            } else {
+                s.role
+            };
+            (role, None)
+        } else {
+            match s.role {
+                Role::Replica if wanted && others.is_empty() => (
+                    Role::Claiming {
+                        since: round.now,
+                        version,
+                    },
+                    None,
+                ),
+                Role::Claiming { .. } if !wanted || lower_claims => (Role::Replica, None),
+                Role::Claiming { version, since }
+                    if others.is_empty()
+                        && round.lost_nodes_safe
+                        && acknowledged(version)
+                        && s.scored_at.is_some_and(|t| t >= since) =>
+                {
+                    (Role::Promoting, Some(Command::Promote(i)))
+                }
+                Role::Promoting | Role::Promoted if !wanted || lower_claims => {
+                    (Role::Demoting, Some(Command::Demote(i)))
+                }
+                role => (role, None),
             }
-            Role::Claiming { .. } if !wanted || lower_claims => {
-                self.roles[i] = Role::Replica;
-                Vec::new()
-            }
-            Role::Claiming { version, .. }
-                if others.is_empty() && lost_nodes_safe && self.claim_acknowledged(version) =>
-            {
-                self.roles[i] = Role::Promoting;
-                vec![Command::Promote(i)]
-            }
-            Role::Promoting | Role::Promoted if !wanted || lower_claims => {
-                self.roles[i] = Role::Demoting;
-                vec![Command::Demote(i)]
-            }
-            _ => Vec::new(),
-        }
+        };
+        let s = &mut self.services[i];
+        s.promotion = promotion;
+        s.role = role;
+        command.into_iter().collect()
     }
 
-    /// The fences this node should start now: a node left the view and is not yet
-    /// safe, or a member's stop failed, no fence of it is confirmed, and this node is
-    /// its fencer (the lowest quorate member other than the target).
-    fn fences_to_run(&mut self, view: &BTreeSet<NodeId>, now: Millis) -> Vec<Command> {
+    /// Fence phase: the fences this node should start now. With quorum: a node
+    /// left the view and is not yet safe, or a member's stop failed, no fence of
+    /// it is confirmed, and this node is its fencer (the lowest quorate member
+    /// other than the target). Without quorum: the holder of the witness this
+    /// partition needs, if it stopped renewing the lease and this node leads the
+    /// partition's witness (the confirmation frees the lease at once).
+    fn fences_to_run(&mut self, now: Millis) -> Vec<Command> {
+        let checked_since_view = self.health_pass.is_none_or(|t| t >= self.view_since.1);
+        if !self.fencing || !checked_since_view {
+            return Vec::new();
+        }
+        let targets = if self.quorate() {
+            self.fence_targets(now)
+        } else {
+            self.stalled_witness_holder(now).into_iter().collect()
+        };
+        let targets: Vec<(NodeId, u64)> = targets
+            .into_iter()
+            .filter(|(n, _)| !self.fencing_now.contains_key(n))
+            .filter(|(n, _)| self.fence_retry.get(n).is_none_or(|t| now >= *t))
+            .filter(|(n, inc)| self.fenced.get(n).is_none_or(|f| f < inc))
+            .collect();
+        targets
+            .into_iter()
+            .map(|(node, incarnation)| {
+                self.fencing_now.insert(node, incarnation);
+                Command::Fence { node, incarnation }
+            })
+            .collect()
+    }
+
+    /// The nodes this quorate node fences: lost members not yet safe, and
+    /// members whose stop failed, each by its fencer.
+    fn fence_targets(&self, now: Millis) -> Vec<(NodeId, u64)> {
         let me = self.membership.me();
+        let view = self.membership.view().1;
         let stop_failed = |n: NodeId| {
             if n == me {
-                self.phases.contains(&Phase::StopFailed)
+                self.services.iter().any(|s| s.phase == Phase::StopFailed)
             } else {
                 self.membership
                     .report_of(n)
@@ -1392,8 +1845,13 @@ impl ClusterNode {
             }
         };
         // Each target's fencer is the lowest quorate member other than the target.
-        let quorate_member =
-            |m: NodeId| m == me || self.membership.report_of(m).is_some_and(|(r, _)| r.quorate);
+        let quorate_member = |m: NodeId| {
+            m == me
+                || self
+                    .membership
+                    .report_of(m)
+                    .is_some_and(|(r, _)| r.quorate && !r.leaving)
+        };
         let fencer_of = |t: NodeId| view.iter().copied().find(|m| *m != t && quorate_member(*m));
         // Lost members, as the incarnation that left the view (never a new boot).
         let lost = self
@@ -1410,23 +1868,26 @@ impl ClusterNode {
                     .report_of(n)
                     .map(|(r, _)| (n, r.incarnation))
             });
-        let targets: Vec<(NodeId, u64)> = lost
-            .chain(failed_members)
+        lost.chain(failed_members)
             .filter(|(n, _)| fencer_of(*n) == Some(me))
-            .filter(|(n, _)| !self.fencing_now.contains_key(n))
-            .filter(|(n, _)| self.fence_retry.get(n).is_none_or(|t| now >= *t))
-            .filter(|(n, inc)| self.fenced.get(n).is_none_or(|f| f < inc))
-            .collect();
-        targets
-            .into_iter()
-            .map(|(node, incarnation)| {
-                self.fencing_now.insert(node, incarnation);
-                Command::Fence { node, incarnation }
-            })
             .collect()
     }
-}
 
+    /// The witness holder this partition may fence to free the witness: it is
+    /// outside the view (a member that left it, as that incarnation), its
+    /// lease stopped changing, this node leads the witness for a partition the
+    /// witness would make quorate, and the holder is not already known safe.
+    fn stalled_witness_holder(&self, now: Millis) -> Option<(NodeId, u64)> {
+        let holder = self.witness.stalled?;
+        if self.membership.view().1.contains(&holder)
+            || self.witness_task() != Some(WitnessTask::Lead)
+            || self.lost_node_safe(holder, now)
+        {
+            return None;
+        }
+        Some((holder, *self.lost_incarnation.get(&holder)?))
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1449,8 +1910,11 @@ mod tests {
                 failures: FailurePolicy {
                     max_restarts,
                     expiry: Duration::from_secs(10),
+                    backoff: Duration::ZERO,
+                    ..FailurePolicy::default()
                 },
                 keep_without_quorum: false,
+                start_timeout: Duration::from_secs(20),
             }],
             fencing: false,
             config: 0,
@@ -1482,7 +1946,7 @@ mod tests {
                 [Command::Stop(0)]
             );
             assert_eq!(
-                node.stop_done(0, true),
+                node.stop_done(0, true, now),
                 [Command::Start(0)],
                 "round {round}: restart here"
             );
@@ -1496,16 +1960,19 @@ mod tests {
             node.service_failed(0, now, Recovery::RestartHere),
             [Command::Stop(0)]
         );
-        assert!(node.stop_done(0, true).is_empty());
+        assert!(node.stop_done(0, true, now).is_empty());
         for _ in 0..20 {
             now += 20;
             assert!(node.tick(now).1.is_empty());
         }
-        assert_eq!(node.placements()[0].owner, None);
+        assert_eq!(node.service(0).placement().owner, None);
         assert!(
-            node.placements()[0].why.contains("no member may run it"),
+            node.service(0)
+                .placement()
+                .why
+                .contains("no member may run it"),
             "{}",
-            node.placements()[0].why
+            node.service(0).placement().why
         );
         // Failures expire: the node may run the service again.
         run_until_running(&mut node, now + 10_000);
@@ -1528,7 +1995,7 @@ mod tests {
                         node.start_done(0, Err(Recovery::RestartHere), now),
                         [Command::Stop(0)]
                     );
-                    assert_eq!(node.stop_done(0, true), [Command::Start(0)]);
+                    assert_eq!(node.stop_done(0, true, now), [Command::Start(0)]);
                 }
                 assert!(node.start_done(0, Ok(()), now).is_empty());
             }
@@ -1577,6 +2044,7 @@ mod cluster_tests {
                     preferred: vec![1, 2, 3],
                     failures: FailurePolicy::default(),
                     keep_without_quorum: false,
+                    start_timeout: Duration::from_secs(20),
                 }],
                 fencing,
                 config: 0,
@@ -1633,6 +2101,7 @@ mod cluster_tests {
                                 position,
                                 acknowledged: promoted.then_some(position),
                             }),
+                            self.now,
                         );
                     }
                     let (hbs, commands) = self.nodes[k].tick(self.now);
@@ -1662,7 +2131,7 @@ mod cluster_tests {
                         self.started.insert(id, self.now);
                         self.nodes[k].start_done(s, Ok(()), self.now)
                     }
-                    Command::Stop(s) => self.nodes[k].stop_done(s, true),
+                    Command::Stop(s) => self.nodes[k].stop_done(s, true, self.now),
                     Command::Promote(s) => self.nodes[k].promote_done(s, Ok(()), self.now),
                     Command::Demote(s) => self.nodes[k].demote_done(s, true, self.now),
                     Command::Fence { node, incarnation } => {
@@ -1715,11 +2184,12 @@ mod cluster_tests {
             [Phase::Running, Phase::Stopped, Phase::Stopped]
         );
         assert!(
-            n1.placements()[0]
+            n1.service(0)
+                .placement()
                 .why
                 .contains("keeps running here without quorum"),
             "{}",
-            n1.placements()[0].why
+            n1.service(0).placement().why
         );
     }
 
@@ -1813,7 +2283,7 @@ mod cluster_tests {
             t.nodes[0].service_failed(0, t.now, Recovery::RestartHere),
             [Command::Stop(0)]
         );
-        assert!(t.nodes[0].stop_done(0, false).is_empty());
+        assert!(t.nodes[0].stop_done(0, false, t.now).is_empty());
         assert_eq!(t.nodes[0].phases()[0], Phase::StopFailed);
         t.run(1_000);
         // Nobody else starts it while node 1 may still run it; node 2 fences node 1.
@@ -1835,10 +2305,13 @@ mod cluster_tests {
             t.nodes[0].service_failed(0, t.now, Recovery::StopEverywhere),
             [Command::Stop(0)]
         );
-        assert!(t.nodes[0].stop_done(0, true).is_empty(), "no restart");
+        assert!(
+            t.nodes[0].stop_done(0, true, t.now).is_empty(),
+            "no restart"
+        );
         t.run(1_000);
         assert!(t.runs().is_empty(), "stopped on every node");
-        let why = &t.nodes[2].placements()[0].why;
+        let why = &t.nodes[2].service(0).placement().why;
         assert!(
             why.contains("stopped everywhere") && why.contains("baton clear db"),
             "{why}"
@@ -1851,7 +2324,7 @@ mod cluster_tests {
             t.nodes[0].service_failed(0, t.now, Recovery::Move),
             [Command::Stop(0)]
         );
-        assert!(t.nodes[0].stop_done(0, true).is_empty());
+        assert!(t.nodes[0].stop_done(0, true, t.now).is_empty());
         t.run(1_000);
         assert_eq!(t.runs(), [2]);
         assert_eq!(t.nodes[0].failure_counts(t.now), [1]);
@@ -1869,7 +2342,7 @@ mod cluster_tests {
         t.data.insert(1, (1, 150));
         t.data.insert(3, (1, 150));
         t.run(200);
-        assert_eq!(t.nodes[1].acknowledged(0), Some((1, 150)));
+        assert_eq!(t.nodes[1].service(0).acknowledged(), Some((1, 150)));
         // Node 1 dies: node 3 has every acknowledged write, node 2 does not.
         t.down.insert(1);
         t.run(2_000);
@@ -1881,7 +2354,7 @@ mod cluster_tests {
         t.down.insert(3);
         t.run(2_000);
         assert_eq!(t.promoted(), Vec::<NodeId>::new());
-        let why = &t.nodes[1].promotions()[0].why;
+        let why = &t.nodes[1].service(0).promotion().why;
         assert!(
             why.contains("behind the acknowledged 1/96") && why.contains("--force"),
             "{why}"
@@ -1963,7 +2436,9 @@ mod cluster_tests {
         assert_eq!(moves.len(), 1, "every member sees it");
         assert_eq!((moves[0].to, moves[0].issuer), (3, 2));
         assert!(
-            t.nodes[0].placements()[0]
+            t.nodes[0]
+                .service(0)
+                .placement()
                 .why
                 .contains("moved to node 3 by an operator")
         );
@@ -2014,6 +2489,7 @@ mod witness_tests {
                 preferred: vec![1, 2],
                 failures: FailurePolicy::default(),
                 keep_without_quorum: false,
+                start_timeout: Duration::from_secs(20),
             }],
             fencing: false,
             config: 0,
@@ -2043,7 +2519,10 @@ mod witness_tests {
         };
         // Node 1 holds the witness and runs db.
         for n in &mut nodes {
-            n.set_witness_holder(Some(1));
+            n.set_witness(WitnessSight {
+                holder: Some(1),
+                ..WitnessSight::default()
+            });
         }
         while nodes[0].phases()[0] != Phase::Running {
             now += 20;
@@ -2062,13 +2541,16 @@ mod witness_tests {
         }
         assert_eq!(nodes[0].phases()[0], Phase::Running);
         // Node 1 loses the witness's storage: it stops db, slowly (up to self_fence).
-        nodes[0].set_witness_holder(None);
+        nodes[0].set_witness(WitnessSight::default());
         now += 20;
         let lost_at = now;
         assert_eq!(step(&mut nodes, now, connected), [(0, Command::Stop(0))]);
         // The lease expires and node 2 takes it: quorate, it must still not start db
         // before node 1's stop bound has passed.
-        nodes[1].set_witness_holder(Some(2));
+        nodes[1].set_witness(WitnessSight {
+            holder: Some(2),
+            ..WitnessSight::default()
+        });
         let mut started_at = None;
         while started_at.is_none() {
             now += 20;

@@ -4,6 +4,7 @@
 
 use super::wire::NodeId;
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 /// How a service maps to nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,15 +34,39 @@ pub struct FailurePolicy {
     /// for the service and it moves.
     pub max_restarts: u32,
     /// A failure stops counting after this long (failure counts expire by default).
-    pub expiry: std::time::Duration,
+    pub expiry: Duration,
+    /// The wait before the second restart in a row (the first is at once); it
+    /// doubles with every further unexpired failure.
+    pub backoff: Duration,
+    /// The longest wait before a restart.
+    pub backoff_max: Duration,
 }
 
 impl Default for FailurePolicy {
     fn default() -> Self {
         FailurePolicy {
             max_restarts: 3,
-            expiry: std::time::Duration::from_secs(600),
+            expiry: Duration::from_secs(600),
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
         }
+    }
+}
+
+impl FailurePolicy {
+    /// How long to wait before restarting after the `failures`-th unexpired
+    /// failure: nothing after the first, then `backoff`, doubling, at most
+    /// `backoff_max`. *Rationale:* a one-off crash is restarted at once; a
+    /// start that fails at once is not retried in a loop that excludes every
+    /// node within a second.
+    pub fn restart_delay(&self, failures: usize) -> Duration {
+        if failures <= 1 {
+            return Duration::ZERO;
+        }
+        let doublings = (failures - 2).min(31) as u32;
+        self.backoff
+            .saturating_mul(1u32 << doublings)
+            .min(self.backoff_max)
     }
 }
 
@@ -59,6 +84,9 @@ pub struct ServiceSpec {
     /// A clone that keeps running on a node that lost quorum (it shares
     /// nothing); it still starts only with quorum.
     pub keep_without_quorum: bool,
+    /// The longest a start of its resources may take (their start deadlines
+    /// together): how long a promotion waits for a replica that is starting.
+    pub start_timeout: Duration,
 }
 
 /// The owner a non-clone service should have, and why.
@@ -120,8 +148,35 @@ pub fn place(
     }
     Placement {
         owner: None,
-        why: "no member may run it".into(),
+        why: nobody_may(spec, view, excluded),
     }
+}
+
+/// Why no member may run a service, and what lets one run it again.
+fn nobody_may(
+    spec: &ServiceSpec,
+    view: &BTreeSet<NodeId>,
+    excluded: &BTreeMap<NodeId, &str>,
+) -> String {
+    let reasons: Vec<String> = view
+        .iter()
+        .filter_map(|n| excluded.get(n).map(|r| format!("node {n} {r}")))
+        .collect();
+    let failed: Vec<String> = view
+        .iter()
+        .filter(|n| excluded.get(n).is_some_and(|r| r.contains("failures")))
+        .map(|n| n.to_string())
+        .collect();
+    let mut why = format!("no member may run it: {}", reasons.join(", "));
+    if !failed.is_empty() {
+        why += &format!(
+            "; once the cause is fixed, `baton clear {}` on node {} lets it run there again (failures also expire after {} s)",
+            spec.name,
+            failed.join(", node "),
+            spec.failures.expiry.as_secs()
+        );
+    }
+    why
 }
 
 /// A score as promotion compares it: (generation, position).
@@ -139,8 +194,10 @@ pub struct Replicas {
     /// Members whose replica runs, with the score of their last monitor (`None`:
     /// the agent gave none).
     pub running: BTreeMap<NodeId, Option<ScoreKey>>,
-    /// Members whose replica is starting: promotion waits for their score.
-    pub starting: BTreeSet<NodeId>,
+    /// Members whose replica is starting, with how much longer (ms) promotion
+    /// waits for their score; one that has started for longer than the
+    /// service's start timeout is not waited for.
+    pub starting: BTreeMap<NodeId, u64>,
     /// The member holding (or claiming) the promoted role, if any.
     pub holder: Option<NodeId>,
     /// The highest acknowledged position known: a replica below it would lose
@@ -209,12 +266,16 @@ pub fn promote(spec: &ServiceSpec, r: &Replicas, excluded: &BTreeMap<NodeId, &st
     }
     // The best replica can only be told once every replica has reported: the
     // acknowledged position known here may be a moment older than the last
-    // write a starting replica holds. A replica whose start keeps failing is
-    // excluded after its restarts, and stops blocking.
-    if let Some(s) = r.starting.iter().find(|n| !excluded.contains_key(n)) {
+    // write a starting replica holds. The wait is bounded by the start
+    // timeout: a replica whose start hangs is then passed over, as long as a
+    // running one holds every acknowledged write.
+    if let Some((s, left)) = r.starting.iter().find(|(n, _)| !excluded.contains_key(n)) {
         return Placement {
             owner: None,
-            why: format!("waiting for the replica on node {s} to start and report its score"),
+            why: format!(
+                "waiting for the replica on node {s} to start and report its score (at most {} s more)",
+                left.div_ceil(1000)
+            ),
         };
     }
     let rank = |n: &NodeId| {
@@ -276,6 +337,7 @@ mod tests {
             preferred: preferred.to_vec(),
             failures: FailurePolicy::default(),
             keep_without_quorum: false,
+            start_timeout: Duration::from_secs(20),
         }
     }
 
@@ -310,6 +372,44 @@ mod tests {
         let p = place(&s, &set(&[1, 3]), &set(&[]), &failed(&[1]));
         assert_eq!(p.owner, Some(3));
         assert!(p.why.contains("excluded after failures"), "{}", p.why);
-        assert_eq!(place(&s, &set(&[1]), &set(&[]), &failed(&[1])).owner, None);
+        let nobody = place(&s, &set(&[1]), &set(&[]), &failed(&[1]));
+        assert_eq!(nobody.owner, None);
+        assert_eq!(
+            nobody.why,
+            "no member may run it: node 1 is excluded after failures; once the cause is fixed, `baton clear db` on node 1 lets it run there again (failures also expire after 600 s)"
+        );
+    }
+
+    #[test]
+    fn restarts_back_off_after_the_first() {
+        let p = FailurePolicy {
+            backoff: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(3),
+            ..FailurePolicy::default()
+        };
+        let waits: Vec<u128> = (1..=6).map(|k| p.restart_delay(k).as_millis()).collect();
+        assert_eq!(waits, [0, 500, 1000, 2000, 3000, 3000]);
+        assert_eq!(p.restart_delay(1000), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_starting_replica_is_waited_for_only_within_its_bound() {
+        let s = spec(Strategy::Promotable, &[1, 2, 3]);
+        let mut r = Replicas {
+            running: BTreeMap::from([(1, Some((1, 10))), (2, Some((1, 10)))]),
+            starting: BTreeMap::from([(3, 4_500)]),
+            acknowledged: Some((1, 10)),
+            ..Replicas::default()
+        };
+        let waiting = promote(&s, &r, &failed(&[]));
+        assert_eq!(waiting.owner, None);
+        assert!(
+            waiting.why.contains("node 3") && waiting.why.contains("at most 5 s more"),
+            "{}",
+            waiting.why
+        );
+        // Past its bound the starting replica is not in the list: the best running one is promoted.
+        r.starting.clear();
+        assert_eq!(promote(&s, &r, &failed(&[])).owner, Some(1));
     }
 }

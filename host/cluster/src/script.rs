@@ -2,8 +2,10 @@
 //! separated by `;` or new lines, each naming nodes and services by name.
 //!
 //! ```text
-//! kill n1; wait 5s; start n1; cut n2 link 0; cut n1 n3; cut n1->n2 link 1;
-//! isolate n3; heal; pause n2 300ms; fail web on n1 move; unhealthy n2;
+//! kill n1; wait 5s; start n1; stop n2; wait 3s; start n2; cut n2 link 0;
+//! cut n1 n3; cut n1->n2 link 1; isolate n3; heal; pause n2 300ms;
+//! freeze n3 2s; fail web on n1 move; hang web on n2; break web on n3;
+//! unhealthy n2;
 //! healthy n2; witness lost n1; witness lost; witness back;
 //! move web to n2 for 10m; weather loss 5% dup 1% delay 10ms
 //! ```
@@ -16,7 +18,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Every step a script may use, for error messages.
-pub const STEPS: &str = "kill N, start N, isolate N, cut N link L, cut A B [link L], cut A->B [link L], heal, pause N DURATION, fail SERVICE on N [restart|move|stop-everywhere|fence], unhealthy N, healthy N, witness lost [N], witness back, move SERVICE to N [for DURATION], weather loss P% dup P% delay DURATION, wait DURATION";
+pub const STEPS: &str = "kill N, stop N, start N, isolate N, cut N link L, cut A B [link L], cut A->B [link L], heal, pause N DURATION, freeze N DURATION, fail SERVICE on N [restart|move|stop-everywhere|fence], hang SERVICE on N [once], break SERVICE on N, unhealthy N, healthy N, witness lost [N], witness back, move SERVICE to N [for DURATION], weather loss P% dup P% delay DURATION, wait DURATION";
 
 /// Parse a duration: `90s`, `10m`, `2h`, `500ms`, `1d` (a bare number is
 /// seconds).
@@ -123,6 +125,7 @@ fn parse_step(step: &str, names: &Names) -> Result<Fault, String> {
     let words: Vec<&str> = step.split_whitespace().collect();
     let fault = match words.as_slice() {
         ["kill", n] => Fault::Kill(names.node(n)?),
+        ["stop", n] => Fault::Stop(names.node(n)?),
         ["start", n] => Fault::Start(names.node(n)?),
         ["isolate", n] => Fault::Isolate(names.node(n)?),
         ["cut", pair, rest @ ..] if pair.contains("->") => {
@@ -143,6 +146,10 @@ fn parse_step(step: &str, names: &Names) -> Result<Fault, String> {
         },
         ["heal"] => Fault::Heal,
         ["pause", n, d] => Fault::Pause(names.node(n)?, ms(d)?),
+        ["freeze", n, d] => Fault::Freeze(names.node(n)?, ms(d)?),
+        ["hang", s, "on", n] => Fault::Hang(names.service(s)?, names.node(n)?, false),
+        ["hang", s, "on", n, "once"] => Fault::Hang(names.service(s)?, names.node(n)?, true),
+        ["break", s, "on", n] => Fault::Break(names.service(s)?, names.node(n)?),
         ["fail", s, "on", n, rest @ ..] => {
             let recovery = match rest {
                 [] | ["restart"] => Recovery::RestartHere,
@@ -216,9 +223,10 @@ mod tests {
         let script = "kill n1; wait 5s\nstart n1; cut n2 link 0; cut n1 n3; cut n1->n2 link 1;\
              isolate n3; heal; pause n2 300ms; fail db on n1 move; unhealthy n2; healthy n2;\
              witness lost n1; witness lost; witness back; move web to n2 for 10m;\
-             weather loss 5% dup 1% delay 10ms # a comment";
+             weather loss 5% dup 1% delay 10ms; stop n3; freeze n1 2s; hang web on n2;\
+             break db on n1 # a comment";
         let faults = parse(&script.replace(" # a comment", ""), &n).unwrap();
-        assert_eq!(faults.len(), 17);
+        assert_eq!(faults.len(), 21);
         assert_eq!(faults[0], Fault::Kill(1));
         assert_eq!(faults[1], Fault::Wait(5000));
         assert_eq!(faults[3], Fault::CutLink(2, 0));
@@ -233,6 +241,10 @@ mod tests {
         );
         assert_eq!(faults[9], Fault::Fail(1, 1, Recovery::Move));
         assert_eq!(faults[15], Fault::Move(0, 2, Some(600_000)));
+        assert_eq!(faults[17], Fault::Stop(3));
+        assert_eq!(faults[18], Fault::Freeze(1, 2000));
+        assert_eq!(faults[19], Fault::Hang(0, 2, false));
+        assert_eq!(faults[20], Fault::Break(1, 1));
     }
 
     #[test]

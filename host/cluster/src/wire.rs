@@ -27,13 +27,14 @@ use std::collections::HashMap;
 use std::fmt;
 
 const MAGIC: &[u8; 4] = b"BTN1";
-/// The wire version this build speaks (5: the sender's config fingerprint, its
+/// The wire version this build speaks (6: the sender's config fingerprint, its
 /// send time and the echoes that measure round trips, and reports carry
 /// blocks, failed stops, fence confirmations, moves, claim acknowledgements,
-/// and promotable services' replicas, promoted role, scores and acknowledged
-/// positions). Nodes of different wire versions do not hear each other:
+/// promotable services' replicas, promoted role, scores and acknowledged
+/// positions, and whether the node is leaving cleanly or may lead the
+/// witness). Nodes of different wire versions do not hear each other:
 /// upgrade every node of a cluster together.
-pub const VERSION: u8 = 5;
+pub const VERSION: u8 = 6;
 const HEADER: usize = 4 + 1 + 1 + 4 + 2 + 1 + 8 + 8 + 2;
 const TAG: usize = 16;
 /// The largest node id (node ids are 1..=MAX_NODES; reachability is a 64-bit set).
@@ -49,6 +50,8 @@ const ECHO: usize = 2 + 4 + 2;
 /// Report flags.
 const QUORATE: u8 = 1;
 const PENDING: u8 = 2;
+const LEAVING: u8 = 4;
+const WITNESS: u8 = 8;
 
 /// A node's id in the cluster (1..=64).
 pub type NodeId = u16;
@@ -183,6 +186,12 @@ pub struct Report {
     pub quorate: bool,
     /// Whether a claim of this node waits for every member's acknowledgement.
     pub pending: bool,
+    /// The node is stopping cleanly (SIGTERM): it is given nothing, and its
+    /// services move once its stops complete.
+    pub leaving: bool,
+    /// The node reached the witness's storage at its last try and passes its
+    /// health checks: it may lead the witness lease for its partition.
+    pub witness: bool,
     /// Nodes this node's fence agent confirmed off (until they boot again).
     pub fenced: Vec<Fenced>,
     /// Operator moves issued on this node.
@@ -335,7 +344,18 @@ pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
         out.extend_from_slice(&r.stop_failed.to_be_bytes());
         out.extend_from_slice(&r.replicas.to_be_bytes());
         out.extend_from_slice(&r.promoted.to_be_bytes());
-        out.push(if r.quorate { QUORATE } else { 0 } | if r.pending { PENDING } else { 0 });
+        let flags = [
+            (r.quorate, QUORATE),
+            (r.pending, PENDING),
+            (r.leaving, LEAVING),
+            (r.witness, WITNESS),
+        ];
+        out.push(
+            flags
+                .iter()
+                .filter(|(on, _)| *on)
+                .fold(0, |a, (_, f)| a | f),
+        );
         let fenced = &r.fenced[..r.fenced.len().min(255)];
         let moves = &r.moves[..r.moves.len().min(255)];
         let acks = &r.acks[..r.acks.len().min(255)];
@@ -465,11 +485,13 @@ pub fn decode(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, Drop> {
             ..Report::default()
         };
         let flags = r.u8()?;
-        if flags & !(QUORATE | PENDING) != 0 {
+        if flags & !(QUORATE | PENDING | LEAVING | WITNESS) != 0 {
             return Err(Drop::Garbled);
         }
         report.quorate = flags & QUORATE != 0;
         report.pending = flags & PENDING != 0;
+        report.leaving = flags & LEAVING != 0;
+        report.witness = flags & WITNESS != 0;
         let fenced = r.u8()?;
         let moves = r.u8()?;
         let acks = r.u8()?;
@@ -633,6 +655,8 @@ mod tests {
                     banned: 2,
                     blocked: 4,
                     stop_failed: 1,
+                    leaving: true,
+                    witness: true,
                     acks: vec![Ack {
                         node: 2,
                         incarnation: 77,

@@ -17,7 +17,7 @@ use baton_cluster::membership::Timing;
 use baton_cluster::node::{Bounds, ClusterSpec};
 use baton_cluster::placement::{FailurePolicy, ServiceSpec, Strategy};
 use baton_cluster::quorum::QuorumPolicy;
-use baton_cluster::sim::{Sim, random_schedule};
+use baton_cluster::sim::{Sim, default_shells, random_schedule};
 use baton_cluster::wire::NodeId;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -31,8 +31,11 @@ fn services() -> Vec<ServiceSpec> {
         failures: FailurePolicy {
             max_restarts: 3,
             expiry: Duration::from_millis(1200),
+            backoff: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(400),
         },
         keep_without_quorum: false,
+        start_timeout: Duration::from_millis(600),
     };
     vec![
         s("db", Strategy::Standby, &[1, 2]),
@@ -48,7 +51,8 @@ fn services() -> Vec<ServiceSpec> {
 }
 
 /// The cluster of seed `seed`: 3 to 5 nodes, fencing on even seeds, a witness
-/// of N−1 votes on seeds divisible by 3, the fast timing.
+/// on seeds divisible by 3 (of N−1 votes on even ones, of one vote on odd
+/// ones), the fast timing.
 fn spec(seed: u64) -> (ClusterSpec, BTreeMap<NodeId, String>) {
     spec_with(seed, Timing::FAST, 200, 15)
 }
@@ -70,10 +74,10 @@ fn spec_with(
             max_delay: Duration::from_millis(max_delay_ms),
         },
         quorum: QuorumPolicy {
-            witness_votes: if seed.is_multiple_of(3) {
-                u32::from(n) - 1
-            } else {
-                0
+            witness_votes: match (seed.is_multiple_of(3), seed.is_multiple_of(2)) {
+                (true, true) => u32::from(n) - 1,
+                (true, false) => 1,
+                _ => 0,
             },
             ..QuorumPolicy::majority(&ids)
         },
@@ -95,10 +99,11 @@ fn run_spec(
     seed: u64,
     skip_claim_acks: bool,
 ) -> Result<u64, String> {
+    let shells = default_shells(&spec);
     let mut sim = if skip_claim_acks {
-        Sim::without_claim_acks(&spec, names, seed)
+        Sim::without_claim_acks(&spec, shells, names, seed)
     } else {
-        Sim::new(&spec, names, seed, true)
+        Sim::new(&spec, shells, names, seed, true)
     };
     random_schedule(&mut sim, 12).map(|s| s.promotions)
 }
@@ -144,15 +149,307 @@ fn the_default_timing_under_60_random_fault_schedules() {
 
 /// The claim acknowledgement is what keeps simultaneous claims apart: with it
 /// skipped (a node starts, or promotes, in the tick it claims, once lost nodes
-/// are safe), seed 58's schedule has nodes 2 and 3 both start `db`, 16 s in;
-/// with it, the schedule passes. (A change to the simulation reshuffles the
-/// schedules: then take the first seed of 1..=200 that fails with it skipped.)
+/// are safe), some schedule among the first 200 seeds has two nodes start one
+/// service at once (seed 31 did when this was written; a change to the
+/// simulation reshuffles the schedules, so the test takes the first that
+/// fails); with the acknowledgement, that schedule passes.
 #[test]
 fn skipping_the_claim_acknowledgement_gives_two_owners() {
-    let seed = 58;
-    let err = run_schedule(seed, true).expect_err("a failure without acknowledgements");
-    assert!(err.contains("held by nodes"), "seed {seed}: {err}");
+    let seed = (1..=200)
+        .find(|seed| run_schedule(*seed, true).is_err_and(|e| e.contains("held by nodes")))
+        .expect("no schedule of the first 200 gives two owners without acknowledgements");
     if let Err(e) = run_schedule(seed, false) {
         panic!("seed {seed} with acknowledgements:\n{e}");
+    }
+}
+
+/// The outages a partition could have served, each as its own scenario: a
+/// cluster, a fault script, and what a user relies on afterwards.
+mod outages {
+    use baton_cluster::changes::Change;
+    use baton_cluster::membership::{Millis, Timing};
+    use baton_cluster::node::{Bounds, ClusterSpec, Phase, Role};
+    use baton_cluster::placement::{FailurePolicy, ServiceSpec, Strategy};
+    use baton_cluster::quorum::QuorumPolicy;
+    use baton_cluster::script::{Names, parse};
+    use baton_cluster::sim::{Event, Sim, default_shells};
+    use baton_cluster::wire::NodeId;
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    fn service(name: &str, strategy: Strategy, preferred: &[NodeId]) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            strategy,
+            preferred: preferred.to_vec(),
+            failures: FailurePolicy::default(),
+            keep_without_quorum: false,
+            start_timeout: Duration::from_secs(2),
+        }
+    }
+
+    fn cluster(
+        nodes: u16,
+        witness_votes: u32,
+        fencing: bool,
+        services: Vec<ServiceSpec>,
+    ) -> ClusterSpec {
+        let ids: Vec<NodeId> = (1..=nodes).collect();
+        ClusterSpec {
+            nodes: ids.clone(),
+            links: 2,
+            bounds: Bounds {
+                membership: Timing::FAST,
+                self_fence: Duration::from_millis(300),
+                max_delay: Duration::from_millis(5),
+            },
+            quorum: QuorumPolicy {
+                witness_votes,
+                ..QuorumPolicy::majority(&ids)
+            },
+            services,
+            fencing,
+            config: 1,
+        }
+    }
+
+    /// Boot `spec` with `seed`, let it settle, run `script`; the simulation.
+    fn run(spec: &ClusterSpec, seed: u64, script: &str) -> Sim {
+        let names: BTreeMap<NodeId, String> = spec
+            .nodes
+            .iter()
+            .map(|id| (*id, format!("n{id}")))
+            .collect();
+        let by_name = names.iter().map(|(id, n)| (n.clone(), *id)).collect();
+        let services: Vec<String> = spec.services.iter().map(|s| s.name.clone()).collect();
+        let faults = parse(
+            script,
+            &Names {
+                nodes: &by_name,
+                services: &services,
+                links: spec.links,
+            },
+        )
+        .unwrap();
+        let mut sim = Sim::new(spec, default_shells(spec), names, seed, false);
+        sim.record_timeline();
+        sim.run(sim.quiet_ms());
+        for f in &faults {
+            sim.apply(f);
+        }
+        assert_eq!(sim.violation(), None, "seed {seed}");
+        sim
+    }
+
+    /// When `node` first decided `text` about service `service`, after `from`.
+    fn when(sim: &Sim, from: Millis, node: NodeId, service: usize, text: &str) -> Option<Millis> {
+        sim.timeline()
+            .iter()
+            .find(|e| {
+                e.at >= from
+                    && e.node == Some(node)
+                    && e.change.service == Some(service)
+                    && e.change.text.contains(text)
+            })
+            .map(|e| e.at)
+    }
+
+    fn fault_at(sim: &Sim, text: &str) -> Millis {
+        sim.timeline()
+            .iter()
+            .find(|e| e.change.kind == "fault" && e.change.text.contains(text))
+            .map(|e| e.at)
+            .unwrap_or_else(|| panic!("no fault {text:?}"))
+    }
+
+    fn events<'a>(sim: &'a Sim, kind: &'a str) -> impl Iterator<Item = &'a Event> + 'a {
+        sim.timeline().iter().filter(move |e| e.change.kind == kind)
+    }
+
+    fn show(sim: &Sim) -> String {
+        sim.timeline()
+            .iter()
+            .map(
+                |Event {
+                     at,
+                     node,
+                     change:
+                         Change {
+                             kind,
+                             service,
+                             text,
+                         },
+                 }| { format!("{at:>7} {node:?} {kind} {service:?} {text}") },
+            )
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Two nodes, a witness and a fence agent; the owner's whole machine
+    /// freezes (as SIGSTOP of every process does, or a VM pause), at ten
+    /// moments relative to its witness renewals. The survivor fences the
+    /// frozen holder, whose lease stopped changing, takes the witness at once
+    /// and serves: every time, within 250 ms (170–220 ms; waiting out the lease
+    /// instead takes 280–330 ms).
+    #[test]
+    fn a_frozen_witness_holder_is_fenced_and_the_survivor_serves() {
+        let mut server = service("server", Strategy::Clone, &[]);
+        server.keep_without_quorum = true;
+        let spec = cluster(
+            2,
+            1,
+            true,
+            vec![server, service("address", Strategy::Standby, &[1, 2])],
+        );
+        for seed in 1..=10 {
+            let sim = run(&spec, seed, "freeze n1 5s; wait 2s");
+            let frozen = fault_at(&sim, "freeze n1");
+            let took = when(&sim, frozen, 2, 1, "running here").map(|t| t - frozen);
+            assert!(
+                took.is_some_and(|t| t < 250),
+                "seed {seed}: n2 ran the address {took:?} ms after the freeze\n{}",
+                show(&sim)
+            );
+            assert!(
+                events(&sim, "fence")
+                    .any(|e| e.node == Some(2) && e.change.text.contains("n1 fenced"))
+            );
+        }
+    }
+
+    /// Three nodes and a one-vote witness (a partition needs 3 of 4 votes):
+    /// the isolated owner cannot be quorate even with the witness, so it lets
+    /// the witness go and the other two take it and serve.
+    #[test]
+    fn a_lone_node_lets_the_witness_go_to_the_partition_it_makes_quorate() {
+        let spec = cluster(
+            3,
+            1,
+            false,
+            vec![service("web", Strategy::Standby, &[1, 2, 3])],
+        );
+        let sim = run(&spec, 1, "isolate n1; wait 3s");
+        if let Err(e) = sim.check() {
+            panic!("{e}\n{}", show(&sim));
+        }
+        assert_eq!(sim.node(2).unwrap().service(0).phase(), Phase::Running);
+    }
+
+    /// A clean stop (SIGTERM) of the owner moves its service without a fence,
+    /// and its daemon started again three seconds later (within the fence wait
+    /// of the default timing, 4 s) is not fenced either.
+    #[test]
+    fn a_clean_stop_moves_services_without_a_fence_and_a_restart_is_not_fenced() {
+        let mut spec = cluster(
+            3,
+            0,
+            true,
+            vec![service("db", Strategy::Standby, &[1, 2, 3])],
+        );
+        spec.bounds.membership = Timing::DEFAULT;
+        spec.bounds.self_fence = Duration::from_secs(2);
+        let sim = run(&spec, 1, "stop n1; wait 3s; start n1; wait 5s");
+        let stopped = fault_at(&sim, "stop n1");
+        assert!(
+            when(&sim, stopped, 2, 0, "running here").is_some(),
+            "db did not move\n{}",
+            show(&sim)
+        );
+        assert_eq!(events(&sim, "fence").count(), 0, "{}", show(&sim));
+        assert_eq!(events(&sim, "guardian").count(), 0, "{}", show(&sim));
+        assert!(
+            events(&sim, "daemon")
+                .any(|e| e.node == Some(1)
+                    && e.change.text.contains("left the cluster holding nothing")),
+            "{}",
+            show(&sim)
+        );
+        // Standby fails back to the restarted n1.
+        assert_eq!(sim.node(1).unwrap().service(0).phase(), Phase::Running);
+    }
+
+    /// A replica whose start hangs again and again does not hold the promotion:
+    /// once its start timeout has passed, the running replica that holds every
+    /// acknowledged write is promoted.
+    #[test]
+    fn a_stuck_replica_does_not_hold_the_promotion_past_its_start_timeout() {
+        let mut pg = service("pg", Strategy::Promotable, &[1, 2, 3]);
+        pg.failures.max_restarts = 20;
+        let spec = cluster(3, 0, true, vec![pg]);
+        let sim = run(
+            &spec,
+            1,
+            "hang pg on n2; kill n2; wait 1s; start n2; wait 500ms; kill n1; wait 5s",
+        );
+        let killed = fault_at(&sim, "kill n1");
+        let promoted = when(&sim, killed, 3, 0, "promoted here");
+        assert!(
+            promoted.is_some_and(|t| t - killed < 2_500 + 1_000),
+            "n3 promoted at {promoted:?}, n1 killed at {killed}\n{}",
+            show(&sim)
+        );
+        assert_eq!(sim.node(3).unwrap().service(0).role(), Role::Promoted);
+    }
+
+    /// A service whose starts fail at once on every node: restarts on a node
+    /// back off (here 1 s before the second), and once no member may run it
+    /// its status names the command that recovers it.
+    #[test]
+    fn restarts_back_off_and_a_service_nobody_may_run_names_the_fix() {
+        let spec = cluster(
+            3,
+            0,
+            false,
+            vec![service("web", Strategy::Standby, &[1, 2, 3])],
+        );
+        let sim = run(
+            &spec,
+            1,
+            "break web on n1; break web on n2; break web on n3; fail web on n1; wait 10s",
+        );
+        let failures: Vec<Millis> = events(&sim, "failure")
+            .filter(|e| e.node == Some(1) && e.change.text.contains("failed here"))
+            .map(|e| e.at)
+            .collect();
+        assert!(failures.len() >= 3, "{failures:?}\n{}", show(&sim));
+        assert!(
+            failures[2] - failures[1] >= 1_000,
+            "the second restart came {} ms after the failure before it\n{}",
+            failures[2] - failures[1],
+            show(&sim)
+        );
+        let why = &sim.node(2).unwrap().service(0).placement().why;
+        assert!(
+            why.contains("no member may run it") && why.contains("baton clear web"),
+            "{why}"
+        );
+    }
+
+    /// Three nodes and no fence device; the owner's daemon alone is frozen for
+    /// 2.3 s. Its guardian ends the service; once the daemon resumes, its stop
+    /// finds nothing left and completes, and the service runs on some node.
+    #[test]
+    fn after_a_daemon_freeze_the_service_runs_somewhere_and_nothing_is_blocked() {
+        let spec = cluster(
+            3,
+            0,
+            false,
+            vec![service("web", Strategy::Standby, &[1, 2, 3])],
+        );
+        for seed in 1..=5 {
+            let sim = run(&spec, seed, "pause n1 2300ms; wait 3s");
+            if let Err(e) = sim.check() {
+                panic!("seed {seed}: {e}\n{}", show(&sim));
+            }
+            let phases: Vec<Phase> = (1..=3)
+                .map(|n| sim.node(n).unwrap().service(0).phase())
+                .collect();
+            assert!(phases.contains(&Phase::Running), "seed {seed}: {phases:?}");
+            assert!(
+                !phases.contains(&Phase::StopFailed),
+                "seed {seed}: {phases:?}\n{}",
+                show(&sim)
+            );
+        }
     }
 }

@@ -492,13 +492,20 @@ fn a_stalled_witness_stalls_no_daemon() {
         |c| c.owners() == [1] && c.status(1).is_some_and(|s| s["witness_held"] == true),
     );
     let epoch = c.status(2).unwrap()["epoch"].clone();
-    // The storage stalls: someone holds the lease lock and does not let go.
-    let lock = std::fs::File::create(c.dir.path().join("run/witness.lock")).unwrap();
-    // SAFETY: flock on a file this test owns.
-    assert_eq!(
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
-        0
-    );
+    // The storage stalls: the lease file becomes a FIFO with no writer, so
+    // every read of it blocks (as a hung NFS server or a SAN path failover
+    // does), and a write cannot replace it (its temporary name is taken by a
+    // directory).
+    let witness = c.dir.path().join("run/witness");
+    let tmp = c.dir.path().join("run/witness.tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let saved = c.dir.path().join("run/witness.saved");
+    let fifo = c.dir.path().join("run/witness.fifo");
+    let cpath = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path in the test's directory.
+    assert_eq!(unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) }, 0);
+    std::fs::rename(&witness, &saved).unwrap();
+    std::fs::hard_link(&fifo, &witness).unwrap();
     let uptime = |n: usize| {
         c.status(n)
             .and_then(|s| s["uptime_ms"].as_u64())
@@ -539,7 +546,21 @@ fn a_stalled_witness_stalls_no_daemon() {
     // Three nodes are a majority without the witness: nothing moved.
     assert_eq!(c.status(2).unwrap()["epoch"], epoch);
     assert_eq!(c.owners(), [1]);
-    drop(lock);
+    // The storage answers again: the lease file is back, and a writer that
+    // opens the FIFO (without blocking: only while a reader waits) and closes it
+    // lets the blocked reads end.
+    std::fs::remove_dir(&tmp).unwrap();
+    std::fs::rename(&saved, &witness).unwrap();
+    for _ in 0..20 {
+        use std::os::unix::fs::OpenOptionsExt;
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo);
+        if opened.is_err() {
+            break; // ENXIO: nobody waits on it any more
+        }
+    }
     c.wait_for("the witness to count again", Duration::from_secs(20), |c| {
         c.status(1)
             .is_some_and(|s| s["witness_held"] == true && s["witness_problem"].is_null())

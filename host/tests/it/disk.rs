@@ -328,46 +328,70 @@ fn a_shared_disk_follows_its_service_one_mount_at_a_time_losing_no_acknowledged_
 /// member that only reads stops counting a holder that stopped renewing.
 #[test]
 fn a_disk_witness_passes_to_another_partition_only_after_its_holder_stops_renewing() {
-    use baton::witness_worker::{DiskStore, WitnessStore};
+    use baton::cluster::witness::{DeltaLease, LeaseOp};
+    use baton::witness_worker::{DiskBlock, operate};
     let Some(disk) = loop_disk() else { return };
     let lease = Duration::from_millis(400);
     let device = Path::new(&disk.whole);
+    let epoch = Instant::now();
+    let now = move || epoch.elapsed().as_millis() as u64;
+    let run = |l: &mut DeltaLease, d: &mut DiskBlock, op: LeaseOp, cluster: &str| {
+        operate(l, d, op, now(), cluster, 400, &now).map(|s| s.holder)
+    };
+    let lead = |n: u16| LeaseOp::Lead {
+        view: [n].into(),
+        fenced: Vec::new(),
+    };
     let (mut a, mut b, mut reader) = (
-        DiskStore::new(device, 1, "lab", 400),
-        DiskStore::new(device, 1, "lab", 400),
-        DiskStore::new(device, 1, "lab", 400),
+        DeltaLease::new(1, 400, 1),
+        DeltaLease::new(2, 400, 2),
+        DeltaLease::new(3, 400, 3),
     );
-    let holder = |s: Option<baton::witness_worker::Sighting>| s.map(|s| s.holder);
-    assert_eq!(holder(a.lead(1, &[1].into()).unwrap()), Some(1));
+    let (mut da, mut db, mut dr) = (
+        DiskBlock::new(device, 1),
+        DiskBlock::new(device, 1),
+        DiskBlock::new(device, 1),
+    );
+    assert_eq!(run(&mut a, &mut da, lead(1), "lab").unwrap(), Some(1));
+    // A first sight tells nothing; from the next read on, the renewals show.
+    run(&mut b, &mut db, LeaseOp::Look, "lab").unwrap();
+    run(&mut reader, &mut dr, LeaseOp::Look, "lab").unwrap();
     // While 1 renews (every 20 ms, like a fast-profile tick), 2 never gets it.
     let until = Instant::now() + lease * 3;
     let mut last_renewal = Instant::now();
     while Instant::now() < until {
-        assert_eq!(holder(a.lead(1, &[1].into()).unwrap()), Some(1));
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(run(&mut a, &mut da, lead(1), "lab").unwrap(), Some(1));
         last_renewal = Instant::now();
         assert_eq!(
-            holder(b.lead(2, &[2].into()).unwrap()),
+            run(&mut b, &mut db, lead(2), "lab").unwrap(),
             Some(1),
             "taken while renewed"
         );
-        assert_eq!(holder(reader.look().unwrap()), Some(1));
-        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            run(&mut reader, &mut dr, LeaseOp::Look, "lab").unwrap(),
+            Some(1)
+        );
     }
     // 1 stops renewing: the reader stops counting it, and 2 takes it after a lease.
     let stopped = last_renewal;
     let mut reader_stopped = None;
     loop {
-        if reader_stopped.is_none() && holder(reader.look().unwrap()).is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+        if reader_stopped.is_none()
+            && run(&mut reader, &mut dr, LeaseOp::Look, "lab")
+                .unwrap()
+                .is_none()
+        {
             reader_stopped = Some(stopped.elapsed());
         }
-        if holder(b.lead(2, &[2].into()).unwrap()) == Some(2) {
+        if run(&mut b, &mut db, lead(2), "lab").unwrap() == Some(2) {
             break;
         }
         assert!(
             stopped.elapsed() < lease * 10,
             "2 never took the abandoned witness"
         );
-        std::thread::sleep(Duration::from_millis(20));
     }
     let taken = stopped.elapsed();
     assert!(
@@ -380,9 +404,9 @@ fn a_disk_witness_passes_to_another_partition_only_after_its_holder_stops_renewi
         "the reader counted 1 until {reader_stopped:?}, 2 took it at {taken:?}"
     );
     // Another cluster's (or a resource's) lease in the slot is refused, not overwritten.
-    let mut other = DiskStore::new(device, 1, "other", 400);
-    let e = other.lead(1, &[1].into()).unwrap_err();
-    assert!(e.to_string().contains("not this cluster's witness"), "{e}");
+    let mut other = DeltaLease::new(1, 400, 9);
+    let e = run(&mut other, &mut DiskBlock::new(device, 1), lead(1), "other").unwrap_err();
+    assert!(e.contains("not this cluster's witness"), "{e}");
 }
 
 /// The seed's configuration: two servers and a shared disk, no file server. The
