@@ -899,6 +899,13 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
                         b.membership.link_timeout.as_millis(),
                         b.fence_wait().as_millis()
                     );
+                    let arithmetic = c.spec().quorum.arithmetic();
+                    for line in &arithmetic.lines {
+                        println!("{line}");
+                    }
+                    for w in &arithmetic.warnings {
+                        println!("WARNING: {w}");
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -218,10 +218,17 @@ fn report(
     let fingerprint = scenario
         .filter(|_| problems.is_empty())
         .map(|s| format!("{:016x}", s.cluster().fingerprint));
+    let arithmetic = scenario.map(|s| s.cluster().spec().quorum.arithmetic());
     if json {
         println!(
             "{}",
-            serde_json::json!({"ok": problems.is_empty(), "problems": problems, "config": fingerprint})
+            serde_json::json!({
+                "ok": problems.is_empty(),
+                "problems": problems,
+                "config": fingerprint,
+                "quorum": arithmetic.as_ref().map(|a| &a.lines),
+                "warnings": arithmetic.as_ref().map(|a| &a.warnings),
+            })
         );
     } else if let (Some(s), Some(fp)) = (scenario, &fingerprint) {
         let c = s.cluster();
@@ -233,6 +240,12 @@ fn report(
             c.nodes.len(),
             c.services.len()
         );
+        for line in arithmetic.iter().flat_map(|a| &a.lines) {
+            println!("{line}");
+        }
+        for w in arithmetic.iter().flat_map(|a| &a.warnings) {
+            println!("WARNING: {w}");
+        }
     } else {
         for p in problems {
             println!("{p}");

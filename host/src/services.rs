@@ -660,3 +660,55 @@ pub fn clean_up_leftovers(services: &[LoadedService]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const CONFIG: &str = r#"
+[cluster]
+name = "t"
+key_file = "/nonexistent"
+[[node]]
+name = "n1"
+id = 1
+links = ["127.0.0.1:5405"]
+[[service]]
+name = "web"
+strategy = "standby"
+[[service.resource]]
+agent = "ipaddr"
+params = { address = "198.18.2.100/24", interface = "svc" }
+[[service.resource]]
+agent = "ipaddr"
+params = { address = "198.18.2.101/24", interface = "svc" }
+timeout_ms = 3000
+"#;
+
+    /// Each call waits its own action's deadline: `ipaddr` advertises 10 s for
+    /// start and 5 s for monitor, and a monitor round is given the monitors'
+    /// deadlines, not the starts'; the config's `timeout_ms` holds for every
+    /// action of its resource.
+    #[test]
+    fn every_action_has_its_own_deadline() {
+        let config = Config::parse(CONFIG).unwrap();
+        let catalog = AgentCatalog::new(config.clone(), PathBuf::from("/nonexistent"));
+        let (services, _) = load_all(config.cluster.as_ref().unwrap(), &catalog, "n1").unwrap();
+        let [advertised, configured] = &services[0].resources[..] else {
+            panic!("two resources")
+        };
+        assert_eq!(advertised.timeout_ms(Action::Start), 10_000);
+        assert_eq!(advertised.timeout_ms(Action::Monitor), 5_000);
+        assert_eq!(advertised.timeout_ms(Action::Stop), 5_000);
+        assert_eq!(configured.timeout_ms(Action::Start), 3_000);
+        assert_eq!(configured.timeout_ms(Action::Monitor), 3_000);
+        assert_eq!(services[0].shell().monitor_budget, 5_000 + 3_000);
+        assert_eq!(services[0].start_budget(), Duration::from_millis(13_000));
+        assert_eq!(
+            advertised.request(Action::Stop, Some(300)).context.timeout_ms,
+            300,
+            "without quorum a stop is capped at the self-fence bound"
+        );
+    }
+}

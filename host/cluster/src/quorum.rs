@@ -107,6 +107,86 @@ impl QuorumPolicy {
     }
 }
 
+/// What `config check` says of a quorum policy: what a partition of each
+/// size needs, and the splits in two that leave no side able to be quorate.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Arithmetic {
+    /// The explanation, a line each.
+    pub lines: Vec<String>,
+    /// Designs in which a split leaves no partition quorate, with the fix.
+    pub warnings: Vec<String>,
+}
+
+impl QuorumPolicy {
+    /// The quorum arithmetic of this policy, in words: for a partition of each
+    /// possible weight, whether it is quorate on its own, only with the witness,
+    /// or never; and every split in two after which no side can be quorate.
+    /// (A partition takes the witness only when it makes it quorate, so with a
+    /// witness one side of any split in two can always be.)
+    pub fn arithmetic(&self) -> Arithmetic {
+        let total = self.total();
+        let nodes: Vec<u32> = self.votes.values().copied().collect();
+        let node_votes: u32 = nodes.iter().sum();
+        let uniform = nodes.iter().all(|v| *v == 1);
+        let size = |v: u32| {
+            if uniform {
+                format!("{v} node{}", if v == 1 { "" } else { "s" })
+            } else {
+                format!("a partition of {v} vote{}", if v == 1 { "" } else { "s" })
+            }
+        };
+        let w = self.witness_votes;
+        let mut lines = vec![format!(
+            "quorum: {total} votes in all ({} nodes{}, {}); a partition is quorate with {}",
+            nodes.len(),
+            if uniform { " of 1 vote" } else { "" },
+            if w == 0 {
+                "no witness".to_string()
+            } else {
+                format!("a witness of {w}")
+            },
+            total / 2 + 1
+        )];
+        // Every weight a set of nodes can have (subset sums), heaviest first.
+        let mut sums = std::collections::BTreeSet::from([0u32]);
+        for v in &nodes {
+            let next: Vec<u32> = sums.iter().map(|s| s + v).collect();
+            sums.extend(next);
+        }
+        for v in sums.iter().rev().filter(|v| **v > 0) {
+            let what = if 2 * v > total {
+                "quorate on its own".to_string()
+            } else if w > 0 && 2 * (v + w) > total {
+                format!("quorate only with the witness ({v} + {w} of {total})")
+            } else if w > 0 {
+                format!("never quorate ({} of {total} even with the witness)", v + w)
+            } else {
+                format!("never quorate ({v} of {total})")
+            };
+            lines.push(format!("  {}: {what}", size(*v)));
+        }
+        let mut warnings = Vec::new();
+        for a in sums.iter().filter(|a| **a > 0 && 2 * **a <= node_votes) {
+            let b = node_votes - a;
+            let able = |v: u32| 2 * v > total || (w > 0 && 2 * (v + w) > total);
+            if !able(*a) && !able(b) {
+                warnings.push(format!(
+                    "a split into {} and {} leaves no partition quorate, so nothing runs on either side; give the cluster a witness of 1 vote (the side that takes it runs the services), or one node one more vote",
+                    size(*a),
+                    size(b)
+                ));
+            }
+        }
+        if w > 0 {
+            lines.push(
+                "  after any split in two, the side the witness makes quorate takes it (a side it cannot make quorate lets it go)"
+                    .into(),
+            );
+        }
+        Arithmetic { lines, warnings }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +247,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_arithmetic_says_what_each_partition_needs_and_warns_of_splits_nobody_survives() {
+        let three_and_one = with_witness(3, 1, false).arithmetic();
+        assert_eq!(
+            three_and_one.lines[..4],
+            [
+                "quorum: 4 votes in all (3 nodes of 1 vote, a witness of 1); a partition is quorate with 3",
+                "  3 nodes: quorate on its own",
+                "  2 nodes: quorate only with the witness (2 + 1 of 4)",
+                "  1 node: never quorate (2 of 4 even with the witness)",
+            ]
+        );
+        assert!(three_and_one.warnings.is_empty());
+        let four = with_witness(4, 0, false).arithmetic();
+        assert_eq!(four.warnings.len(), 1);
+        assert!(
+            four.warnings[0].starts_with("a split into 2 nodes and 2 nodes leaves no partition quorate")
+                && four.warnings[0].contains("witness of 1 vote"),
+            "{:?}",
+            four.warnings
+        );
+        assert!(with_witness(4, 1, false).arithmetic().warnings.is_empty());
+        assert!(with_witness(3, 0, false).arithmetic().warnings.is_empty());
     }
 
     #[test]

@@ -227,7 +227,45 @@ fn the_shared_devices_example_in_the_operations_guide_checks() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("2 nodes"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("2 nodes"), "{text}");
+    // The quorum arithmetic of two nodes and a witness.
+    assert!(
+        text.contains("quorum: 3 votes in all (2 nodes of 1 vote, a witness of 1)")
+            && text.contains("1 node: quorate only with the witness (1 + 1 of 3)"),
+        "{text}"
+    );
+}
+
+/// `config check` explains the quorum arithmetic, and warns of a design in
+/// which a split leaves no partition able to be quorate, with the fix.
+#[test]
+fn config_check_warns_of_a_split_that_leaves_no_partition_quorate() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, b"a cluster key of thirty-two bytes").unwrap();
+    let mut text = format!(
+        "[cluster]\nname = \"c\"\nkey_file = {key:?}\n[[service]]\nname = \"web\"\nstrategy = \"standby\"\n\
+         [[service.resource]]\nagent = \"process\"\nparams = {{ command = \"sleep 60\" }}\n"
+    );
+    for n in 1..=4 {
+        text += &format!("[[node]]\nname = \"n{n}\"\nid = {n}\nlinks = [\"127.0.0.1:{}\"]\n", 5400 + n);
+    }
+    let config = dir.path().join("baton.toml");
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new(crate::support::baton_exe())
+        .args(["config", "check"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(stdout.contains("2 nodes: never quorate (2 of 4)"), "{stdout}");
+    assert!(
+        stdout.contains("WARNING: a split into 2 nodes and 2 nodes leaves no partition quorate")
+            && stdout.contains("witness of 1 vote"),
+        "{stdout}"
+    );
 }
 
 /// `agent list` shows each OCF agent's own version and its OCF API version, as
