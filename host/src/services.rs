@@ -399,12 +399,15 @@ impl LoadedService {
         }
     }
 
-    /// The longest a start of its resources may take.
+    /// The longest a start round may take: its resources' start deadlines (of
+    /// a promotable service, its replicas' only; the rest start on promotion).
     pub fn start_budget(&self) -> Duration {
         Duration::from_millis(
             self.resources
                 .iter()
-                .map(|r| r.timeout_ms(Action::Start))
+                .enumerate()
+                .filter(|(k, _)| !self.follows_role(*k))
+                .map(|(_, r)| r.timeout_ms(Action::Start))
                 .sum(),
         )
     }
@@ -706,7 +709,10 @@ timeout_ms = 3000
         assert_eq!(services[0].shell().monitor_budget, 5_000 + 3_000);
         assert_eq!(services[0].start_budget(), Duration::from_millis(13_000));
         assert_eq!(
-            advertised.request(Action::Stop, Some(300)).context.timeout_ms,
+            advertised
+                .request(Action::Stop, Some(300))
+                .context
+                .timeout_ms,
             300,
             "without quorum a stop is capped at the self-fence bound"
         );

@@ -757,7 +757,7 @@ impl ClusterConfig {
                     },
                     keep_without_quorum: s.without_quorum == "keep",
                     // The agents' own start deadlines replace this once loaded
-                    // (`ClusterSpec` users that load agents set it).
+                    // (the daemon sets it from them).
                     start_timeout: Duration::from_millis(
                         s.resources
                             .iter()

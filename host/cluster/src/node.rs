@@ -1682,10 +1682,12 @@ impl ClusterNode {
                 // This node's own claim does not make it the holder: a claimer
                 // still compares its score with the scores in the members'
                 // acknowledgements, and gives the claim up to a better replica.
+                // Starting as the members see it in this node's report: claimed,
+                // not running, not blocked by a failed stop.
                 let s = &self.services[i];
                 (
                     s.phase == Phase::Running,
-                    s.phase == Phase::Starting,
+                    s.phase.claims() && !matches!(s.phase, Phase::Running | Phase::StopFailed),
                     s.role.claims() && !matches!(s.role, Role::Claiming { .. }),
                 )
             } else {

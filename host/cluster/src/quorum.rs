@@ -265,7 +265,8 @@ mod tests {
         let four = with_witness(4, 0, false).arithmetic();
         assert_eq!(four.warnings.len(), 1);
         assert!(
-            four.warnings[0].starts_with("a split into 2 nodes and 2 nodes leaves no partition quorate")
+            four.warnings[0]
+                .starts_with("a split into 2 nodes and 2 nodes leaves no partition quorate")
                 && four.warnings[0].contains("witness of 1 vote"),
             "{:?}",
             four.warnings

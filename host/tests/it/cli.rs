@@ -249,7 +249,10 @@ fn config_check_warns_of_a_split_that_leaves_no_partition_quorate() {
          [[service.resource]]\nagent = \"process\"\nparams = {{ command = \"sleep 60\" }}\n"
     );
     for n in 1..=4 {
-        text += &format!("[[node]]\nname = \"n{n}\"\nid = {n}\nlinks = [\"127.0.0.1:{}\"]\n", 5400 + n);
+        text += &format!(
+            "[[node]]\nname = \"n{n}\"\nid = {n}\nlinks = [\"127.0.0.1:{}\"]\n",
+            5400 + n
+        );
     }
     let config = dir.path().join("baton.toml");
     std::fs::write(&config, text).unwrap();
@@ -260,7 +263,10 @@ fn config_check_warns_of_a_split_that_leaves_no_partition_quorate() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", output_text(&out));
-    assert!(stdout.contains("2 nodes: never quorate (2 of 4)"), "{stdout}");
+    assert!(
+        stdout.contains("2 nodes: never quorate (2 of 4)"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("WARNING: a split into 2 nodes and 2 nodes leaves no partition quorate")
             && stdout.contains("witness of 1 vote"),

@@ -249,9 +249,24 @@ impl DbLab {
         adapter: &Path,
         options: &str,
     ) -> anyhow::Result<DbLab> {
+        DbLab::replicated_postgresql_with(prefix, baton, adapter, options, "")
+    }
+
+    /// [`DbLab::replicated_postgresql`] with `extra` lines in the database's
+    /// `[[service.resource]]` table (e.g. a `timeout_ms`). Each node's servers
+    /// run from `LAB_DIR/bin-NODE`, a link to the installed binaries (so a test
+    /// may give one node binaries of its own).
+    pub fn replicated_postgresql_with(
+        prefix: &str,
+        baton: &Path,
+        adapter: &Path,
+        options: &str,
+        extra: &str,
+    ) -> anyhow::Result<DbLab> {
         let before = format!(
-            "[[service.resource]]\nagent = {adapter:?}\nmonitor_ms = 1000\n\
+            "[[service.resource]]\nagent = {adapter:?}\nmonitor_ms = 1000\n{extra}\
              params = {{ pgdata = \"LAB_DIR/{{node}}/pgdata\", socket_dir = \"LAB_DIR/{{node}}\", \
+             bindir = \"LAB_DIR/bin-{{node}}\", \
              listen_addresses = \"*\", primary_host = \"{VIP}\", options = \"{options}\" }}\n",
             adapter = adapter.display().to_string(),
         );
@@ -264,6 +279,9 @@ impl DbLab {
         let bin = pg_bindir()?;
         let cluster = ClusterLab::start_spec_with(prefix, baton, &spec, |dir, _| {
             open_lab_dir(dir)?;
+            for n in 1..=3 {
+                std::os::unix::fs::symlink(&bin, dir.join(format!("bin-n{n}")))?;
+            }
             seed_replicas(dir, &bin, 3)
         })?;
         Ok(DbLab::new(Storage::Replicated(cluster)))
@@ -411,6 +429,14 @@ impl DbLab {
         match &self.storage {
             Storage::Shared(lab) => &lab.cluster,
             Storage::Replicated(cluster) => cluster,
+        }
+    }
+
+    /// The replicated lab's cluster, to act on.
+    pub fn cluster_mut(&mut self) -> &mut ClusterLab {
+        match &mut self.storage {
+            Storage::Replicated(c) => c,
+            Storage::Shared(lab) => &mut lab.cluster,
         }
     }
 

@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// A fresh cluster owned by `postgres`, and the adapter loaded in its runner.
 struct Cluster {
@@ -258,7 +259,7 @@ fn postgresql_streaming_replication_promotes_a_standby_losing_no_acknowledged_tr
         crate::db_lab::Fault::Isolate,
         crate::db_lab::Fault::KillDaemon,
     ];
-    lab.rounds(faults, std::time::Duration::from_secs(90), |_, r| {
+    lab.rounds(faults, Duration::from_secs(90), |_, r| {
         eprintln!(
             "{:?}: takeover {} ms, write gap {} ms",
             r.fault, r.takeover_ms, r.write_gap_ms
@@ -320,4 +321,120 @@ fn asynchronous_standbys_that_are_behind_are_not_promoted_unless_forced() {
     let (acked, lost, primaries) = lab.verify().unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(lost.len(), refusal.lost, "of {acked} acknowledged");
     assert!(primaries >= 2, "{primaries} primary intervals");
+}
+
+/// A standby whose start hangs (its server never accepts a connection: "the
+/// database system is starting up", as with hot_standby off) does not hold the
+/// promotion: when the primary's node dies, the synchronous standby, which
+/// holds every acknowledged write, is promoted once the hung start has had its
+/// start timeout (20 s here), not after it failed again and again.
+#[test]
+fn a_standby_whose_start_hangs_does_not_hold_the_promotion() {
+    if !baton::lab::Lab::possible() {
+        eprintln!("lab tests need root and iproute2; skipped");
+        return;
+    }
+    let prefix = format!("ph{}", std::process::id() % 1000);
+    // n3 is the synchronous standby (first in the list), n2 a potential one.
+    let mut lab = crate::db_lab::DbLab::replicated_postgresql_with(
+        &prefix,
+        &crate::support::baton_exe(),
+        &native_lib("baton-postgresql"),
+        "synchronous_standby_names=n3,n2,n1 synchronous_commit=on wal_keep_size=256MB",
+        "timeout_ms = 20000\n",
+    )
+    .unwrap();
+    lab.start_client(Box::new(crate::db_lab::Postgres::default()));
+    lab.wait_for_writes(20, Duration::from_secs(60)).unwrap();
+    let cluster = lab.cluster_mut();
+    let dir = cluster.dir.path().to_owned();
+    // n2's daemon stops cleanly; its servers now start with hot_standby off.
+    assert!(
+        cluster
+            .stop_daemon(2, Duration::from_secs(60))
+            .is_some_and(|e| e.success())
+    );
+    hang_standby_starts(&dir.join("bin-n2")).unwrap();
+    cluster.start_node(2).unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "n2's replica to be starting",
+        || {
+            cluster
+                .status(2)
+                .is_some_and(|s| s["services"][0]["here"] == "starting")
+        },
+    );
+    cluster.kill_node(1);
+    let killed = Instant::now();
+    let promoted = wait_for(Duration::from_secs(45), || {
+        cluster
+            .status(3)
+            .is_some_and(|s| s["services"][0]["promotion"]["here"] == "promoted")
+    });
+    assert!(
+        promoted,
+        "n3 was not promoted: {}\nn2: {}\nlogs in {}",
+        cluster.status(3).unwrap_or_default()["services"][0],
+        cluster.status(2).unwrap_or_default()["services"][0],
+        cluster.keep_logs().display()
+    );
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(35),
+        "promoted {took:?} after the primary died: the hung standby held it past its start timeout"
+    );
+    let (acked, lost, _) = lab.verify().unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        lost.is_empty(),
+        "{} of {acked} acknowledged writes lost",
+        lost.len()
+    );
+}
+
+/// Make the servers started from `bin` never accept a connection (hot_standby
+/// off, the last `-c` wins): a copy of `pg_ctl` (which runs the `postgres`
+/// beside itself) and a `postgres` that adds the setting, links for the rest.
+fn hang_standby_starts(bin: &std::path::Path) -> std::io::Result<()> {
+    let real = std::fs::read_link(bin)?;
+    std::fs::remove_file(bin)?;
+    std::fs::create_dir(bin)?;
+    for entry in std::fs::read_dir(&real)? {
+        let name = entry?.file_name();
+        let (from, to) = (real.join(&name), bin.join(&name));
+        match name.to_str() {
+            Some("pg_ctl") => {
+                std::fs::copy(&from, &to)?;
+            }
+            Some("postgres") => {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::write(
+                    &to,
+                    format!(
+                        "#!/bin/sh\nexec {} \"$@\" -c hot_standby=off\n",
+                        from.display()
+                    ),
+                )?;
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))?;
+            }
+            _ => std::os::unix::fs::symlink(&from, &to)?,
+        }
+    }
+    Ok(())
+}
+
+/// Whether `done` holds within `limit` (checked every 100 ms).
+fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
+}
+
+fn wait_until(limit: Duration, what: &str, done: impl FnMut() -> bool) {
+    assert!(wait_for(limit, done), "waited {limit:?} for {what}");
 }
