@@ -189,7 +189,7 @@ fn tour(repo: &Path, work: &Path, catalog: &AgentCatalog) -> anyhow::Result<Exit
         .next()
         .unwrap_or("0")
         .parse()?;
-    crate::process_group::signal_group(pid as u32, libc::SIGKILL);
+    baton_plugin_api::process::signal_group(pid as u32, libc::SIGKILL);
     let killed = Instant::now();
     let detect = loop {
         let r = process.call(&request(Action::Monitor, "web", &params, 2_000));

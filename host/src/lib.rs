@@ -27,7 +27,6 @@ pub mod history;
 pub mod lab;
 pub mod metrics;
 pub mod operator;
-pub mod process_group;
 pub mod runner;
 pub mod scaffold;
 pub mod scenario;

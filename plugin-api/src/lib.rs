@@ -15,7 +15,9 @@
 //! [`ErrorClass`], not the number 6.
 //!
 //! [`service`] starts a resource's long-lived process so that it outlives the
-//! agent's own process, and finds it again by its tags.
+//! agent's own process, and finds it again by its tags; [`process`] runs a
+//! short-lived program (a product's tool) in a process group of its own,
+//! bounded in time and output.
 //!
 //! Rationale for the shape of this crate: it depends on `serde` (and `libc` on Unix) only. The native ABI
 //! (abi_stable), the WIT package (wasmtime) and the host's runtime (threads,
@@ -27,6 +29,8 @@ mod capability;
 mod metadata;
 mod outcome;
 mod params;
+#[cfg(unix)]
+pub mod process;
 mod recovery;
 #[cfg(unix)]
 pub mod service;

@@ -1,12 +1,11 @@
 //! Running Oracle's command-line tools as the Oracle owner, with the
 //! resource's tags, bounded in time and output.
 
-use baton_plugin_api::{AgentError, ErrorClass, Request, service};
-use std::io::{Read, Write};
+use baton_plugin_api::{AgentError, ErrorClass, Request, process, service};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// Where the tools are and whom they run as.
 #[derive(Clone, Debug)]
@@ -86,12 +85,9 @@ impl Oracle {
             .env(service::RESOURCE_VAR, &req.context.resource)
             .current_dir(&self.home)
             .uid(self.uid)
-            .gid(self.gid)
-            .process_group(0)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| {
+            .gid(self.gid);
+        let input = input.unwrap_or_default().as_bytes().to_vec();
+        let done = process::run_with_input(cmd, Some(input), timeout, 64 << 10).map_err(|e| {
             let class = if e.kind() == std::io::ErrorKind::NotFound {
                 ErrorClass::NotInstalled
             } else {
@@ -105,52 +101,11 @@ impl Oracle {
                 ),
             )
         })?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(input.unwrap_or_default().as_bytes());
-        }
-        let readers: Vec<_> = [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        .map(|mut pipe| {
-            std::thread::spawn(move || {
-                let mut text = Vec::new();
-                let _ = (&mut pipe).take(64 << 10).read_to_end(&mut text);
-                // Drain the rest so the tool never blocks on a full pipe.
-                let _ = std::io::copy(&mut pipe, &mut std::io::sink());
-                String::from_utf8_lossy(&text).into_owned()
-            })
+        let output = String::from_utf8_lossy(&[done.stdout, done.stderr].concat()).into_owned();
+        Ok(Run {
+            output,
+            code: done.status.and_then(|s| s.code()),
         })
-        .collect();
-        let deadline = Instant::now() + timeout;
-        let code = loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                break status.code();
-            }
-            if Instant::now() >= deadline {
-                // SAFETY: kill(2) on the process group this call created.
-                unsafe {
-                    libc::kill(-(child.id() as i32), libc::SIGKILL);
-                }
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let output = readers
-            .into_iter()
-            .map(|r| r.join().unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("");
-        Ok(Run { output, code })
     }
 }
 

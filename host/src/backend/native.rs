@@ -2,9 +2,9 @@
 //! in-process when the administrator marks the library trusted.
 
 use crate::agent_host::{AgentKind, Backend, Failure, FailureCause, WorkerPool};
-use crate::process_group::{describe_status, signal_group};
 use crate::runner::{MAX_FRAME, PROTOCOL, RunnerMessage, write_frame};
 use baton_agent_abi::NativeLibrary;
+use baton_plugin_api::process::{describe_status, signal_group};
 use baton_plugin_api::{Action, ErrorClass, Metadata, Outcome, Request, service};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -7,7 +7,7 @@
 //! (`reference/ocf.md`, exit codes).
 
 use crate::agent_host::{AgentKind, Backend, Failure, FailureCause};
-use crate::process_group::{self, describe_status};
+use baton_plugin_api::process::{self, describe_status};
 use baton_plugin_api::{
     Action, ActionSpec, ContractVersion, ErrorClass, Metadata, MonitorState, Outcome, ParamSpec,
     ParamType, Request, service,
@@ -161,13 +161,13 @@ impl OcfBackend {
         action: &str,
         req: &Request,
         timeout: Duration,
-    ) -> std::io::Result<process_group::Finished> {
+    ) -> std::io::Result<process::Finished> {
         let mut cmd = Command::new(&self.path);
         cmd.arg(action).env_clear();
         for (k, v) in self.environment(action, req, timeout) {
             cmd.env(k, v);
         }
-        process_group::run(cmd, timeout, OUTPUT_LIMIT)
+        process::run(cmd, timeout, OUTPUT_LIMIT)
     }
 
     /// The environment Pacemaker's executor gives an OCF agent (`reference/ocf.md`, c.2).

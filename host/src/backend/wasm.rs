@@ -8,7 +8,7 @@
 //! Host imports check the [`CapabilitySet`] (requested ∩ granted) on every use.
 
 use crate::agent_host::{AgentKind, Backend, Failure, FailureCause};
-use crate::process_group;
+use baton_plugin_api::process;
 use baton_plugin_api::{
     Action, ActionSpec, AgentError, Capability, CapabilitySet, ContractVersion, ErrorClass, Grant,
     Metadata, MonitorState, Outcome, ParamSpec, ParamType, Promotion, Request, service,
@@ -158,10 +158,10 @@ impl HostState {
             .envs(env.iter().cloned())
             .env(service::HOST_VAR, service::host_id())
             .env(service::RESOURCE_VAR, &self.resource);
-        if let Err(why) = process_group::run_as(&mut cmd, user.as_deref()) {
+        if let Err(why) = process::run_as(&mut cmd, user.as_deref()) {
             return Ok(Err(format!("cannot run {program}: {why}")));
         }
-        match process_group::run(cmd, limit, 1 << 20) {
+        match process::run(cmd, limit, 1 << 20) {
             Ok(f) if f.timed_out && limit == remaining => {
                 Err(self.out_of_time(&format!("run({program})")))
             }
@@ -189,8 +189,7 @@ impl HostState {
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .envs(env.iter().cloned());
-        process_group::run_as(&mut cmd, user)
-            .map_err(|why| format!("cannot start {program}: {why}"))?;
+        process::run_as(&mut cmd, user).map_err(|why| format!("cannot start {program}: {why}"))?;
         let mut req = Request::new(Action::Start, Default::default());
         req.context.resource.clone_from(&self.resource);
         service::start_detached(&req, &mut cmd, None)

@@ -99,6 +99,24 @@ fn a_hung_shutdown_immediate_escalates_to_shutdown_abort() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// A listener that keeps `lsnrctl`'s output open (a daemon that forgot to
+/// close it) does not hold the start: the tool's output is read until the tool
+/// itself exits, then a short grace, as for every program baton runs.
+#[test]
+fn a_daemon_that_keeps_a_tools_output_open_does_not_hold_the_call() {
+    let home = oracle_home("ora-pipes", "ORPIPE");
+    home.tools.mode("listener-keeps-output");
+    let start = home.call(Action::Start, 20_000);
+    assert!(start.result.is_ok(), "{:?}", start.result);
+    assert!(
+        start.elapsed < std::time::Duration::from_secs(10),
+        "the start waited {:?} for the listener's pipes",
+        start.elapsed
+    );
+    home.tools.mode("");
+    assert!(home.call(Action::Stop, 20_000).result.is_ok());
+}
+
 #[test]
 fn each_tool_failure_maps_to_its_error_class() {
     let home = oracle_home("ora-errors", "ORERR");

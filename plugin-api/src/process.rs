@@ -1,8 +1,10 @@
 //! Running an external program the way an HA host must: in its own process group,
-//! stdin closed, output captured up to a bound, and SIGKILL to the whole group when
-//! the deadline passes (after Pacemaker's `child_timeout_callback`).
+//! with a given input (or none) on stdin, output captured up to a bound, and
+//! SIGKILL to the whole group when the deadline passes (after Pacemaker's
+//! `child_timeout_callback`). The host's OCF bridge and WebAssembly exec calls
+//! use it, and so may an agent that runs its product's tools.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -92,7 +94,7 @@ pub fn run_as(cmd: &mut Command, user: Option<&str>) -> Result<(), String> {
 
 /// A user's uid, primary gid and home directory, from the system's user database.
 fn lookup_user(name: &str) -> Result<(u32, u32, String), String> {
-    baton_plugin_api::service::user(name)
+    crate::service::user(name)
         .map(|u| (u.uid, u.gid, u.home))
         .ok_or_else(|| {
             format!(
@@ -108,14 +110,35 @@ fn lookup_user(name: &str) -> Result<(u32, u32, String), String> {
 /// A program that leaves a daemon behind (which keeps the output pipes open) is
 /// fine: after the program itself exits, output is collected for a short grace and
 /// the daemon is left alone.
-pub fn run(mut cmd: Command, timeout: Duration, limit: usize) -> std::io::Result<Finished> {
+pub fn run(cmd: Command, timeout: Duration, limit: usize) -> std::io::Result<Finished> {
+    run_with_input(cmd, None, timeout, limit)
+}
+
+/// [`run`], with `input` written to the program's stdin (then closed) on a
+/// thread of its own, so a program that does not read it cannot block the
+/// caller past the deadline.
+pub fn run_with_input(
+    mut cmd: Command,
+    input: Option<Vec<u8>>,
+    timeout: Duration,
+    limit: usize,
+) -> std::io::Result<Finished> {
     let started = Instant::now();
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0);
     let mut child = cmd.spawn()?;
     let pgid = child.id();
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
     let (chunks_tx, chunks_rx) = mpsc::channel::<(usize, Option<Vec<u8>>)>();
     let streams: [Option<Box<dyn Read + Send>>; 2] = [
         child
@@ -269,6 +292,29 @@ mod tests {
         .unwrap();
         assert_eq!(f.stdout.len(), 1000);
         assert!(f.truncated);
+    }
+
+    #[test]
+    fn input_reaches_the_program_and_one_that_ignores_it_is_still_cut_at_its_deadline() {
+        let f = run_with_input(
+            sh("cat"),
+            Some(b"script\n".to_vec()),
+            Duration::from_secs(10),
+            1024,
+        )
+        .unwrap();
+        assert_eq!(f.stdout, b"script\n");
+        // A big input the program never reads: the deadline still holds.
+        let started = Instant::now();
+        let f = run_with_input(
+            sh("sleep 30"),
+            Some(vec![b'x'; 1 << 20]),
+            Duration::from_millis(300),
+            1024,
+        )
+        .unwrap();
+        assert!(f.timed_out);
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
