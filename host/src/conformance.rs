@@ -1,4 +1,4 @@
-//! `baton agent test`: the ocf-tester sequence (`reference/ocf.md`, c.8), run on
+//! `baton agent test`: the ocf-tester sequence (docs/agents.md, "OCF agents through the bridge"), run on
 //! any kind of agent through the same handle the failover engine uses.
 
 use crate::agent_host::{AgentHandle, CallReport};

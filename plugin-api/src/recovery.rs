@@ -59,7 +59,7 @@ pub fn recovery_for_state(state: MonitorState) -> Recovery {
 /// agent's code reaches here as [`ErrorClass::Generic`]).
 ///
 /// Rationale: this follows what Pacemaker's scheduler code does (not its docs, which
-/// disagree, see `reference/ocf.md`), with two deliberate changes: a failed `stop`
+/// disagree, see docs/agents.md, "Errors and recovery"), with two deliberate changes: a failed `stop`
 /// always means fencing, whatever the class, because the resource may still be
 /// running; and `unimplemented` on an optional action needs no recovery at all.
 pub fn recovery_for(action: Action, error: &AgentError) -> Recovery {

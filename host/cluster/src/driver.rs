@@ -345,6 +345,9 @@ impl Driver {
     /// round or deadline, or witness answer going stale.
     pub fn next_wakeup(&self) -> Millis {
         let mut at = if self.tick_soon { 0 } else { self.next_tick };
+        if let Some(expiry) = self.node.membership().next_expiry() {
+            at = at.min(expiry);
+        }
         for i in 0..self.shells.len() {
             at = at.min(match self.monitors.running[i] {
                 Some((_, _, deadline)) => deadline + 1,
@@ -372,10 +375,15 @@ impl Driver {
     pub fn turn(&mut self, io: &mut impl NodeIo) {
         let now = io.now();
         self.notice_freeze(now);
-        if self.witness_news(now) || self.node.claim_news() {
+        let expired = self
+            .node
+            .membership()
+            .next_expiry()
+            .is_some_and(|t| now >= t);
+        if self.witness_news(now) || self.node.claim_news() || self.node.membership().news() {
             self.tick_soon = true;
         }
-        if self.tick_soon || now >= self.next_tick {
+        if self.tick_soon || expired || now >= self.next_tick {
             self.tick(io, now);
         }
         if !self.resumed {
@@ -509,11 +517,14 @@ impl Driver {
         }
     }
 
-    /// Whether the witness's holder changed since the state machine last heard.
+    /// Whether the witness's holder (live or stalled) changed since the state
+    /// machine last heard.
     fn witness_news(&self, now: Millis) -> bool {
-        self.witness
-            .as_ref()
-            .is_some_and(|w| w.sight(now).holder != self.node.witness().holder)
+        let known = self.node.witness();
+        self.witness.as_ref().is_some_and(|w| {
+            let sight = w.sight(now);
+            sight.holder != known.holder || sight.stalled != known.stalled
+        })
     }
 
     fn tick(&mut self, io: &mut impl NodeIo, now: Millis) {

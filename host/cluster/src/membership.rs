@@ -92,6 +92,8 @@ pub struct Membership {
     rtt: BTreeMap<(NodeId, u8), f64>,
     /// The clock at the last advance.
     now: Millis,
+    /// A report whose reachability changed arrived since the last advance.
+    news: bool,
 }
 
 fn bit(node: NodeId) -> u64 {
@@ -127,6 +129,7 @@ impl Membership {
             echo: BTreeMap::new(),
             rtt: BTreeMap::new(),
             now: 0,
+            news: false,
         }
     }
 
@@ -174,6 +177,31 @@ impl Membership {
     /// `node`'s freshest report and when that version was first seen here.
     pub fn report_of(&self, node: NodeId) -> Option<(&Report, Millis)> {
         self.reports.get(&node).map(|(r, seen)| (r, *seen))
+    }
+
+    /// Whether a report that changes who hears whom arrived since the last
+    /// advance: the view may change now, not at the next heartbeat (a node
+    /// that lost its link to a peer says so a tick before this one would).
+    pub fn news(&self) -> bool {
+        self.news
+    }
+
+    /// The earliest time a link that is up goes down, or a fresh report goes
+    /// stale, if nothing arrives before: when the view may change next.
+    pub fn next_expiry(&self) -> Option<Millis> {
+        let link = Timing::ms(self.timing.link_timeout);
+        let report = Timing::ms(self.timing.report_timeout);
+        let links = self
+            .heard
+            .values()
+            .map(|t| t + link + 1)
+            .filter(|t| *t > self.now);
+        let reports = self
+            .reports
+            .values()
+            .map(|(_, seen)| seen + report + 1)
+            .filter(|t| *t > self.now);
+        links.chain(reports).min()
     }
 
     /// Recent view changes, oldest first.
@@ -229,6 +257,10 @@ impl Membership {
                 None => true,
             };
             if newer {
+                let changed = self.reports.get(&r.node).is_none_or(|(known, _)| {
+                    known.heard != r.heard || known.incarnation != r.incarnation
+                });
+                self.news |= changed;
                 self.reports.insert(r.node, (r.clone(), now));
             }
         }
@@ -253,6 +285,7 @@ impl Membership {
     /// `now`. [`Membership::publish`] then sends the report that follows from it.
     pub fn advance(&mut self, now: Millis) {
         self.now = now;
+        self.news = false;
         let link_timeout = Timing::ms(self.timing.link_timeout);
         let mut heard_set = 0u64;
         for &peer in &self.peers {

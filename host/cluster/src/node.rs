@@ -450,6 +450,8 @@ pub struct ClusterNode {
     health_pass: Option<Millis>,
     /// The current view, and since when it has been the view.
     view_since: (BTreeSet<NodeId>, Millis),
+    /// When this node's partition last gained quorum.
+    quorate_since: Option<Millis>,
     quorum_state: Option<QuorumState>,
     fencing: bool,
     /// Fences this node confirmed, kept until the node boots again.
@@ -512,6 +514,7 @@ impl ClusterNode {
             healthy: true,
             health_pass: None,
             view_since: (BTreeSet::new(), 0),
+            quorate_since: None,
             quorum_state: None,
             fencing: cluster.fencing,
             fenced: BTreeMap::new(),
@@ -1392,6 +1395,11 @@ impl ClusterNode {
         let quorate = quorum.quorate;
         let was_quorate = self.quorate();
         self.quorum_state = Some(quorum);
+        if !quorate {
+            self.quorate_since = None;
+        } else if !was_quorate {
+            self.quorate_since = Some(now);
+        }
         if quorate && !was_quorate {
             // Gaining quorum (the witness lease passed to this partition, a node came
             // back) may mean another partition just lost it and is still stopping:
@@ -1578,7 +1586,8 @@ impl ClusterNode {
         others: &BTreeSet<NodeId>,
     ) -> Vec<Command> {
         let me = round.me;
-        let claim_acks = self.claim_acks;
+        // Alone in its view, nobody needs to acknowledge a claim.
+        let claim_acks = self.claim_acks && round.view.len() > 1;
         let version = self.membership.version() + 1;
         let acknowledged = |v: u64| self.claim_acknowledged(v);
         let s = &self.services[i];
@@ -1808,14 +1817,27 @@ impl ClusterNode {
     /// partition needs, if it stopped renewing the lease and this node leads the
     /// partition's witness (the confirmation frees the lease at once).
     fn fences_to_run(&mut self, now: Millis) -> Vec<Command> {
-        let checked_since_view = self.health_pass.is_none_or(|t| t >= self.view_since.1);
-        if !self.fencing || !checked_since_view {
+        if !self.fencing {
             return Vec::new();
         }
-        let targets = if self.quorate() {
+        // A node that kept quorum through a change of its view fences only after
+        // a round of health checks that began after the change has passed: a
+        // node cut off from its clients (holding the witness) notices the
+        // partition before its checks fail, and must not fence the healthy
+        // standby meanwhile. A node that gained quorum after its view changed
+        // took the witness from a holder that let it go (failing its checks)
+        // or stopped renewing it, so it fences at once; and a stalled witness
+        // holder is fenced at once too: it lost the witness anyway, and only a
+        // healthy node leads the witness.
+        let view_began = self.view_since.1;
+        let checked_since_view = self.health_pass.is_none_or(|t| t >= view_began)
+            || self.quorate_since.is_some_and(|t| t > view_began);
+        let targets = if self.quorate() && checked_since_view {
             self.fence_targets(now)
-        } else {
+        } else if !self.quorate() {
             self.stalled_witness_holder(now).into_iter().collect()
+        } else {
+            Vec::new()
         };
         let targets: Vec<(NodeId, u64)> = targets
             .into_iter()

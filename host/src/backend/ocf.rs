@@ -4,7 +4,7 @@
 //! Each call is a fork/exec in a new process group with the full OCF environment,
 //! stdin closed, output captured up to a bound, SIGKILL to the group at the deadline,
 //! the `ocf-exit-reason:` line parsed, and the exit code mapped to a typed result
-//! (`reference/ocf.md`, exit codes).
+//! (docs/agents.md, "OCF agents through the bridge").
 
 use crate::agent_host::{AgentKind, Backend, Failure, FailureCause};
 use baton_plugin_api::process::{self, describe_status};
@@ -170,7 +170,7 @@ impl OcfBackend {
         process::run(cmd, timeout, OUTPUT_LIMIT)
     }
 
-    /// The environment Pacemaker's executor gives an OCF agent (`reference/ocf.md`, c.2).
+    /// The environment Pacemaker's executor gives an OCF agent (docs/agents.md, "OCF agents through the bridge").
     fn environment(&self, action: &str, req: &Request, timeout: Duration) -> Vec<(String, String)> {
         let meta = |k: &str, v: String| (format!("OCF_RESKEY_CRM_meta_{}", k.replace('-', "_")), v);
         let interval = if req.action == Action::Monitor && !req.probe {
@@ -241,7 +241,7 @@ fn exit_reason(stderr: &[u8]) -> Option<String> {
         .filter(|r| !r.is_empty())
 }
 
-/// Map an OCF exit code to a typed result (`reference/ocf.md`, c.4).
+/// Map an OCF exit code to a typed result (the table in docs/agents.md, "OCF agents through the bridge").
 pub fn map_exit(
     action: Action,
     probe: bool,
@@ -398,7 +398,7 @@ pub const XML_OPTIONS: roxmltree::ParsingOptions = roxmltree::ParsingOptions {
     nodes_limit: 1_000_000,
 };
 
-/// Parse OCF resource-agent meta-data XML (`reference/ocf.md`, c.6).
+/// Parse OCF resource-agent meta-data XML (docs/agents.md, "OCF agents through the bridge").
 pub fn parse_metadata(xml: &str) -> Result<Metadata, String> {
     let doc = roxmltree::Document::parse_with_options(xml, crate::backend::ocf::XML_OPTIONS)
         .map_err(|e| e.to_string())?;

@@ -263,7 +263,7 @@ impl NativeLibrary {
         };
         // Per library, `lib_header_from_path` + `init_root_module`: the cached
         // `RootModule::load_from_file` would hand back the first library's module
-        // for every later one (see reference/plugin-host.md, pitfall 7).
+        // for every later one.
         let header: &'static LibHeader =
             lib_header_from_path(path).map_err(|e| not_agent(describe_library_error(&e)))?;
         let module = header

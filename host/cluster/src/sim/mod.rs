@@ -117,8 +117,10 @@ pub struct Sim {
     /// A start hangs (or hung) since the last quiet period: the next one
     /// covers its timeout.
     hung: bool,
-    /// Incarnations that stopped cleanly: never to be fenced.
-    left_clean: BTreeSet<(NodeId, u64)>,
+    /// Incarnations that stopped cleanly, with the members that heard them
+    /// leave: those never fence them (a node cut off from the leaver cannot
+    /// tell a clean stop from a freeze).
+    left_clean: BTreeMap<(NodeId, u64), BTreeSet<NodeId>>,
 }
 
 /// Monitor every service every ten heartbeat intervals, each round allowed a
@@ -191,7 +193,7 @@ impl Sim {
             promotions: 0,
             timeline: None,
             hung: false,
-            left_clean: BTreeSet::new(),
+            left_clean: BTreeMap::new(),
         };
         for id in ids {
             sim.boot(id, 1);
@@ -436,7 +438,11 @@ impl Sim {
         let events = node.driver.take_events();
         let exited = node.driver.exit();
         for (target, inc) in fenced {
-            if self.left_clean.contains(&(target, inc)) && self.violation.is_none() {
+            let heard = self
+                .left_clean
+                .get(&(target, inc))
+                .is_some_and(|members| members.contains(&id));
+            if heard && self.violation.is_none() {
                 self.violation = Some(format!(
                     "t={} node {id} fenced node {target} (incarnation {inc}), which had stopped cleanly",
                     self.world.now
@@ -471,7 +477,8 @@ impl Sim {
         if let Some(exit) = exited {
             let node = self.nodes.get_mut(&id).expect("a node");
             if exit == crate::driver::Exit::Clean {
-                self.left_clean.insert((id, node.incarnation));
+                let members = node.driver.node().membership().view().1.clone();
+                self.left_clean.insert((id, node.incarnation), members);
             }
             // The process exits; a guardian that was not dismissed ends what is left.
             node.local.watch(self.world.now, 0, true);
