@@ -8,8 +8,8 @@
 //! Prints a markdown table: per-call cost of a trivial monitor on each kind of
 //! agent, load/instantiate times, and memory per WebAssembly instance.
 
-use baton::agent_host::AgentHandle;
-use baton::catalog::AgentCatalog;
+use baton::agent::catalog::AgentCatalog;
+use baton::agent::host::AgentHandle;
 use baton::config::Config;
 use baton_plugin_api::{Action, Params, Request};
 use std::path::Path;

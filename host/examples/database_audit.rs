@@ -30,7 +30,7 @@
 #[path = "../tests/it/db_lab.rs"]
 mod db_lab;
 
-use baton::disk_lab::Fault;
+use baton::lab::disk::Fault;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

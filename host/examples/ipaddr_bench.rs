@@ -13,7 +13,7 @@
 //! not probe), so the figures compare the agents' own cost; `ipaddr`'s default
 //! probe adds its 100 ms of listening to start. Prints a markdown table.
 
-use baton::catalog::AgentCatalog;
+use baton::agent::catalog::AgentCatalog;
 use baton::config::Config;
 use baton::lab::Lab;
 use baton_plugin_api::{Action, Params, Request};

@@ -9,7 +9,7 @@
 //! cargo build --locked -p baton && cargo run --locked --example shared_disk_audit -- 20
 //! ```
 
-use baton::disk_lab::{Fault, SharedDiskLab};
+use baton::lab::disk::{Fault, SharedDiskLab};
 use std::time::Duration;
 
 fn main() -> anyhow::Result<()> {

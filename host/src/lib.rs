@@ -1,42 +1,17 @@
-//! baton's host: the daemon and CLI.
-//!
-//! The agent side reads as one line: [`catalog`] finds an agent by name and loads
-//! it through one of the [`backend`]s; [`agent_host::AgentHandle`] checks each
-//! call, owns its deadline and maps its result to a recovery; [`conformance`] runs
-//! the ocf-tester sequence over the same handle.
+//! baton's host: the daemon and the CLI, in four parts with arrows one way:
+//! the CLI uses the design tools, the node's shell and the agent host; the
+//! design tools use the node's shell; the node's shell uses the agent host and
+//! the cluster core; the labs build clusters of real daemons for the demo, the
+//! tests and the benchmarks.
 
 /// The cluster core, its own crate (`host/cluster`): pure decisions, no plugin host.
 pub use baton_cluster as cluster;
-pub mod agent_host;
-pub mod backend;
-pub mod catalog;
+pub mod agent;
 pub mod cli;
 pub mod config;
-pub mod conformance;
-pub mod console;
-pub mod control;
-pub mod cpu;
-pub mod crew;
-pub mod daemon;
-pub mod decisions;
-pub mod demo;
-pub mod disk_lab;
-pub mod guardian;
-pub mod health;
-pub mod history;
+pub mod design;
 pub mod lab;
-pub mod metrics;
-pub mod operator;
-pub mod runner;
-pub mod scaffold;
-pub mod scenario;
-pub mod services;
-pub mod status;
-pub mod store;
-pub mod validate;
-pub mod wake;
-pub mod watchdog;
-pub mod witness_worker;
+pub mod node;
 
 // Link the built-in agents so their inventory registrations are kept.
 use baton_agents as _;

@@ -1,8 +1,8 @@
 //! The built-in agents pass the same conformance run as every other kind.
 
 use crate::support::catalog;
-use baton::agent_host::AgentKind;
-use baton::conformance;
+use baton::agent::conformance;
+use baton::agent::host::AgentKind;
 use std::net::TcpListener;
 
 #[test]

@@ -16,8 +16,8 @@
 //! Shared by the tests (a few rounds) and the audit example (20+), which
 //! includes this file.
 
-pub use baton::disk_lab::Fault;
-use baton::disk_lab::{LoopDisk, SharedDiskLab};
+pub use baton::lab::disk::Fault;
+use baton::lab::disk::{LoopDisk, SharedDiskLab};
 use baton::lab::{ClusterLab, LabSpec, VIP};
 use std::collections::BTreeSet;
 use std::path::Path;

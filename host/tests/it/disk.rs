@@ -4,8 +4,8 @@
 //! a service on a shared disk failing over in the namespace lab.
 
 use crate::support::{baton_exe, catalog, request};
-use baton::disk_lab::{Fault, LoopDisk, SharedDiskLab};
 use baton::lab::Lab;
+use baton::lab::disk::{Fault, LoopDisk, SharedDiskLab};
 use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -203,10 +203,10 @@ fn fs_params(disk: &LoopDisk, mnt: &Path) -> Vec<(String, String)> {
 }
 
 fn fs_call(
-    agent: &baton::agent_host::AgentHandle,
+    agent: &baton::agent::host::AgentHandle,
     params: &[(String, String)],
     action: Action,
-) -> Result<Outcome, baton::agent_host::Failure> {
+) -> Result<Outcome, baton::agent::host::Failure> {
     let kv: Vec<(&str, &str)> = params
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -329,7 +329,7 @@ fn a_shared_disk_follows_its_service_one_mount_at_a_time_losing_no_acknowledged_
 #[test]
 fn a_disk_witness_passes_to_another_partition_only_after_its_holder_stops_renewing() {
     use baton::cluster::witness::{DeltaLease, LeaseOp};
-    use baton::witness_worker::{DiskBlock, operate};
+    use baton::node::witness_worker::{DiskBlock, operate};
     let Some(disk) = loop_disk() else { return };
     let lease = Duration::from_millis(400);
     let device = Path::new(&disk.whole);

@@ -479,7 +479,7 @@ fn a_killed_daemons_guardian_ends_its_services_without_a_fence_agent() {
     let Some(mut c) = start("bg") else { return };
     let service = c.service_pid(1).unwrap();
     let daemon = c.daemon_pid(1).unwrap();
-    let groups = baton::guardian::descendant_groups(daemon, &[]);
+    let groups = baton::node::guardian::descendant_groups(daemon, &[]);
     assert!(
         groups.contains(&service),
         "the daemon's descendants {groups:?} miss {service}"

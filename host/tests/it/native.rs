@@ -2,9 +2,9 @@
 //! are checked; trusted libraries run in-process.
 
 use crate::support::{call, catalog, native_lib};
-use baton::agent_host::{AgentKind, FailureCause};
-use baton::backend::native::RunnerPolicy;
-use baton::conformance;
+use baton::agent::backend::native::RunnerPolicy;
+use baton::agent::conformance;
+use baton::agent::host::{AgentKind, FailureCause};
 use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome, Recovery};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ fn fast_policy() -> RunnerPolicy {
     p
 }
 
-fn hostile() -> (tempfile::TempDir, baton::agent_host::AgentHandle) {
+fn hostile() -> (tempfile::TempDir, baton::agent::host::AgentHandle) {
     let dir = tempfile::tempdir().unwrap();
     let mut cat = catalog(dir.path(), "");
     cat.set_runner_policy(fast_policy());
@@ -262,7 +262,7 @@ fn a_trusted_library_runs_in_process_and_its_panics_are_still_caught() {
     assert!(call(&agent, Action::Start, "r", &[], 2000).result.is_ok());
 }
 
-fn runner_pid(agent: &baton::agent_host::AgentHandle) -> i32 {
+fn runner_pid(agent: &baton::agent::host::AgentHandle) -> i32 {
     let runner = agent
         .health()
         .into_iter()

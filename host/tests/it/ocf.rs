@@ -2,9 +2,9 @@
 //! fixtures that misbehave.
 
 use crate::support::{agents_config, baton_with, call, catalog, gone_within, output_text, repo};
-use baton::agent_host::FailureCause;
-use baton::catalog::AgentCatalog;
-use baton::conformance;
+use baton::agent::catalog::AgentCatalog;
+use baton::agent::conformance;
+use baton::agent::host::FailureCause;
 use baton_plugin_api::{Action, ErrorClass, Recovery};
 use std::time::Duration;
 

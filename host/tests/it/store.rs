@@ -1,7 +1,7 @@
 //! Installing agents: validation, precompilation, hashes, and refusing changed files.
 
 use crate::support::{call, catalog, native_lib, wasm};
-use baton::agent_host::AgentKind;
+use baton::agent::host::AgentKind;
 use baton_plugin_api::{Action, MonitorState, Outcome};
 
 #[test]

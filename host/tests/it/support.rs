@@ -1,7 +1,7 @@
 //! Finding the artifacts the tests load, and building catalogs and requests.
 
-use baton::agent_host::{AgentHandle, CallReport};
-use baton::catalog::AgentCatalog;
+use baton::agent::catalog::AgentCatalog;
+use baton::agent::host::{AgentHandle, CallReport};
 use baton::config::Config;
 use baton_plugin_api::{Action, Params, Request};
 use std::path::{Path, PathBuf};
@@ -182,7 +182,9 @@ pub fn output_text(o: &std::process::Output) -> String {
 }
 
 /// The steps of a conformance run that failed.
-pub fn failed_steps(report: &baton::conformance::Report) -> Vec<&baton::conformance::Step> {
+pub fn failed_steps(
+    report: &baton::agent::conformance::Report,
+) -> Vec<&baton::agent::conformance::Step> {
     report.steps.iter().filter(|s| !s.passed).collect()
 }
 
@@ -251,14 +253,14 @@ pub fn left_after_exit(resource: &str) -> Vec<baton_plugin_api::service::Tagged>
 /// An agent loaded for one resource with its parameters, for the adapter
 /// tests; every process of the resource is ended when it is dropped.
 pub struct Subject {
-    pub agent: baton::agent_host::AgentHandle,
+    pub agent: baton::agent::host::AgentHandle,
     pub resource: String,
     pub params: Vec<(String, String)>,
 }
 
 impl Subject {
     /// `action` with the resource's parameters.
-    pub fn call(&self, action: Action, timeout_ms: u64) -> baton::agent_host::CallReport {
+    pub fn call(&self, action: Action, timeout_ms: u64) -> baton::agent::host::CallReport {
         self.call_with(action, 0, &[], timeout_ms)
     }
 
@@ -269,7 +271,7 @@ impl Subject {
         depth: u32,
         extra: &[(&str, &str)],
         timeout_ms: u64,
-    ) -> baton::agent_host::CallReport {
+    ) -> baton::agent::host::CallReport {
         let mut params: Vec<(&str, &str)> = self
             .params
             .iter()
@@ -283,9 +285,9 @@ impl Subject {
     }
 
     /// `baton agent test` of the resource with its parameters.
-    pub fn conformance(&self) -> baton::conformance::Report {
+    pub fn conformance(&self) -> baton::agent::conformance::Report {
         let params: Params = self.params.iter().cloned().collect();
-        baton::conformance::run(&self.agent, params, &self.resource, "testnode", None)
+        baton::agent::conformance::run(&self.agent, params, &self.resource, "testnode", None)
     }
 }
 

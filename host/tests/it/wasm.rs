@@ -2,8 +2,8 @@
 //! rebuilt instances, and contract versions 1.0 and 1.1 side by side.
 
 use crate::support::{call, catalog, wasm};
-use baton::agent_host::{AgentHandle, AgentKind, FailureCause};
-use baton::conformance;
+use baton::agent::conformance;
+use baton::agent::host::{AgentHandle, AgentKind, FailureCause};
 use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome, Promotion, Recovery};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -25,7 +25,7 @@ fn hostile() -> &'static AgentHandle {
         .1
 }
 
-fn fails_then_recovers(resource: &str, mode: &str, timeout_ms: u64) -> baton::agent_host::Failure {
+fn fails_then_recovers(resource: &str, mode: &str, timeout_ms: u64) -> baton::agent::host::Failure {
     let agent = hostile();
     call(agent, Action::Start, resource, &[], 2000)
         .result

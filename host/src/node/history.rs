@@ -10,6 +10,15 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+/// The wall clock, in milliseconds since the Unix epoch: when things happened,
+/// for the people who read the history (decisions use the monotonic clock).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The size at which the journal is rotated.
 pub const LIMIT: u64 = 8 << 20;
 

@@ -9,7 +9,7 @@
 //! quorum of its own (see `ClusterNode::set_healthy`).
 
 use crate::cluster::config::{Check, HealthSection};
-use crate::status::{CheckStatus, HealthStatus};
+use crate::node::status::{CheckStatus, HealthStatus};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -4,8 +4,8 @@
 
 use crate::cluster::config::ClusterConfig;
 use crate::cluster::driver::{Driver, NodeIo};
-use crate::control::ControlRequest;
-use crate::daemon::service_index;
+use crate::node::control::ControlRequest;
+use crate::node::daemon::service_index;
 
 /// Carry out `req` on `driver`: a message saying what was done, or why not.
 pub fn carry_out(

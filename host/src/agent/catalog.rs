@@ -4,13 +4,13 @@
 //! (`./x.so`, `x.wasm`: loaded directly, for vendors testing before install), then
 //! the agent store.
 
-use crate::agent_host::{AgentHandle, AgentKind};
-use crate::backend::builtin::BuiltinBackend;
-use crate::backend::native::{RunnerBackend, RunnerPolicy, TrustedBackend};
-use crate::backend::ocf::OcfBackend;
-use crate::backend::wasm::{WasmBackend, WasmLimits, WasmRuntime};
+use crate::agent::backend::builtin::BuiltinBackend;
+use crate::agent::backend::native::{RunnerBackend, RunnerPolicy, TrustedBackend};
+use crate::agent::backend::ocf::OcfBackend;
+use crate::agent::backend::wasm::{WasmBackend, WasmLimits, WasmRuntime};
+use crate::agent::host::{AgentHandle, AgentKind};
+use crate::agent::store::{AgentStore, StoredKind, sniff};
 use crate::config::Config;
-use crate::store::{AgentStore, StoredKind, sniff};
 use anyhow::{Context, anyhow, bail};
 use baton_plugin_api::{CapabilitySet, ContractVersion, Grant, Params};
 use serde::Serialize;
@@ -252,7 +252,7 @@ impl AgentCatalog {
                 .map_err(|e| format!("{name}: {e:#}"))?;
             return Ok(format!("sha256 {}", m.sha256));
         };
-        crate::store::sha256_file(&file)
+        crate::agent::store::sha256_file(&file)
             .map(|h| format!("sha256 {h}"))
             .map_err(|e| format!("{e:#}"))
     }
@@ -281,7 +281,7 @@ impl AgentCatalog {
                 // meta-data first, then load again with the grants for that name.
                 let probe = WasmBackend::load(Arc::clone(&rt), &component, path, &[], &self.node)
                     .map_err(anyhow::Error::msg)?;
-                let name = crate::agent_host::Backend::metadata(&probe).name.clone();
+                let name = crate::agent::host::Backend::metadata(&probe).name.clone();
                 drop(probe);
                 let b = WasmBackend::load(rt, &component, path, self.grants(&name), &self.node)
                     .map_err(anyhow::Error::msg)?;
@@ -291,7 +291,7 @@ impl AgentCatalog {
     }
 
     /// Install a `.so` or `.wasm` into the store.
-    pub fn install(&self, path: &Path) -> anyhow::Result<crate::store::Installed> {
+    pub fn install(&self, path: &Path) -> anyhow::Result<crate::agent::store::Installed> {
         let rt = self.wasm_runtime()?;
         self.store.install(path, &self.policy, &rt, &|name| {
             baton_agents::builtin_agent(name).is_some()

@@ -7,7 +7,7 @@
 //! tables are bounded; a trapped instance is dropped and rebuilt on the next call.
 //! Host imports check the [`CapabilitySet`] (requested ∩ granted) on every use.
 
-use crate::agent_host::{AgentKind, Backend, Failure, FailureCause};
+use crate::agent::host::{AgentKind, Backend, Failure, FailureCause};
 use baton_plugin_api::process;
 use baton_plugin_api::{
     Action, ActionSpec, AgentError, Capability, CapabilitySet, ContractVersion, ErrorClass, Grant,

@@ -485,7 +485,7 @@ impl WorkerPool {
         std::thread::Builder::new()
             .name(format!("agent-{}", self.name))
             .spawn(move || {
-                let _ = tid_tx.send(crate::cpu::thread_id());
+                let _ = tid_tx.send(crate::agent::cpu::thread_id());
                 while let Ok(job) = rx.recv() {
                     job();
                 }
@@ -517,9 +517,9 @@ impl WorkerPool {
                 None => self.spawn()?,
             };
             if pin {
-                crate::cpu::follow_caller(worker.tid);
+                crate::agent::cpu::follow_caller(worker.tid);
             } else if worker.pinned {
-                crate::cpu::release(worker.tid);
+                crate::agent::cpu::release(worker.tid);
             }
             worker.pinned = pin;
             match worker.jobs.send(job) {
@@ -536,7 +536,7 @@ impl WorkerPool {
             }
         } else if worker.pinned {
             // Left behind with its call: not confined to one CPU.
-            crate::cpu::release(worker.tid);
+            crate::agent::cpu::release(worker.tid);
             worker.pinned = false;
         }
         result

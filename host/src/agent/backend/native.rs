@@ -1,8 +1,8 @@
 //! Native agent libraries: out of process in a supervised runner (the default), or
 //! in-process when the administrator marks the library trusted.
 
-use crate::agent_host::{AgentKind, Backend, Failure, FailureCause, WorkerPool};
-use crate::runner::{MAX_FRAME, PROTOCOL, RunnerMessage, write_frame};
+use crate::agent::host::{AgentKind, Backend, Failure, FailureCause, WorkerPool};
+use crate::agent::runner::{MAX_FRAME, PROTOCOL, RunnerMessage, write_frame};
 use baton_agent_abi::NativeLibrary;
 use baton_plugin_api::process::{describe_status, signal_group};
 use baton_plugin_api::{Action, ErrorClass, Metadata, Outcome, Request, service};
@@ -517,9 +517,9 @@ impl RunnerBackend {
         };
         let pin = reqs[..sent].iter().all(|r| r.action == Action::Monitor);
         if pin {
-            crate::cpu::follow_caller(process.child.id() as libc::pid_t);
+            crate::agent::cpu::follow_caller(process.child.id() as libc::pid_t);
         } else if process.pinned {
-            crate::cpu::release(process.child.id() as libc::pid_t);
+            crate::agent::cpu::release(process.child.id() as libc::pid_t);
         }
         process.pinned = pin;
         let written = process
@@ -759,7 +759,7 @@ impl Backend for TrustedBackend {
 
     fn call_here(&self, req: &Request) -> Result<Outcome, Failure> {
         let what = format!("trusted native agent {}", self.metadata().name);
-        crate::agent_host::run_here(req, &what, || self.library.call(req))
+        crate::agent::host::run_here(req, &what, || self.library.call(req))
     }
 
     fn metadata(&self) -> &Metadata {

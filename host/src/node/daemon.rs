@@ -8,7 +8,8 @@
 //! turn. Around that: the control socket, the event history, metrics and the
 //! status file.
 
-use crate::catalog::AgentCatalog;
+use crate::agent::catalog::AgentCatalog;
+use crate::agent::crew::Crew;
 use crate::cluster::config::ClusterConfig;
 use crate::cluster::driver::{Done, Driver, Exit, Job, NodeIo, WitnessAnswer};
 use crate::cluster::membership::Millis;
@@ -16,14 +17,13 @@ use crate::cluster::node::Phase;
 use crate::cluster::wire::{ClusterKey, Drop, Heartbeat, NodeId, ReplayGuard, decode, encode};
 use crate::cluster::witness::LeaseOp;
 use crate::config::Config;
-use crate::control::{ControlReply, ControlRequest, Pending};
-use crate::crew::Crew;
-use crate::guardian::{Charge, Guardian, descendant_groups};
-use crate::services::{Fencer, LoadedService, Round, clean_up_leftovers, load_all};
-use crate::status::Status;
-use crate::wake::{Bell, Ear};
-use crate::watchdog::Watchdog;
-use crate::witness_worker::{DiskBlock, FileBlock, WitnessWorker};
+use crate::node::control::{ControlReply, ControlRequest, Pending};
+use crate::node::guardian::{Charge, Guardian, descendant_groups};
+use crate::node::services::{Fencer, LoadedService, Round, clean_up_leftovers, load_all};
+use crate::node::status::Status;
+use crate::node::wake::{Bell, Ear};
+use crate::node::watchdog::Watchdog;
+use crate::node::witness_worker::{DiskBlock, FileBlock, WitnessWorker};
 use anyhow::Context;
 use baton_plugin_api::service;
 use std::collections::{BTreeMap, VecDeque};
@@ -32,7 +32,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -55,14 +55,6 @@ const GROUPS_EVERY_MS: u64 = 2000;
 
 /// How often the metrics' gauges are set from the state machine.
 const METRICS_EVERY_MS: u64 = 500;
-
-/// The milliseconds since the Unix epoch (for records people read).
-pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -211,7 +203,7 @@ struct DaemonIo {
     finished: Reply<Finished>,
     crew: Crew,
     witness: Option<WitnessWorker>,
-    health: Option<Arc<Mutex<crate::health::Health>>>,
+    health: Option<Arc<Mutex<crate::node::health::Health>>>,
     guardian: Option<Guarded>,
     watchdog: Option<Watchdog>,
     /// Each resource's state after its last call, in words, per service.
@@ -399,8 +391,8 @@ pub struct Daemon {
     replay: ReplayGuard,
     dropped: BTreeMap<&'static str, u64>,
     buf: Vec<u8>,
-    decisions: crate::decisions::Decisions,
-    metrics: Option<Arc<crate::metrics::Metrics>>,
+    decisions: crate::node::decisions::Decisions,
+    metrics: Option<Arc<crate::node::metrics::Metrics>>,
     next_metrics: u64,
     status_file: Option<StatusFile>,
     socket_path: PathBuf,
@@ -493,9 +485,9 @@ fn start_witness(
 /// The node's HTTP server (metrics, console, validation), if it has `http`.
 fn serve_http(
     loaded: &Loaded,
-    asker: crate::control::Asker,
+    asker: crate::node::control::Asker,
     history: &Path,
-) -> anyhow::Result<Option<Arc<crate::metrics::Metrics>>> {
+) -> anyhow::Result<Option<Arc<crate::node::metrics::Metrics>>> {
     let (cluster, me) = (&loaded.cluster, &loaded.me);
     let Some(addr) = &me.http else {
         return Ok(None);
@@ -503,10 +495,10 @@ fn serve_http(
     let at: SocketAddr = addr
         .parse()
         .with_context(|| format!("node {}: http {addr}", me.name))?;
-    let facts = crate::console::Facts {
+    let facts = crate::node::console::Facts {
         node: me.name.clone(),
         key: loaded.key.check(),
-        agents: crate::services::agent_identities(cluster, &loaded.catalog),
+        agents: crate::node::services::agent_identities(cluster, &loaded.catalog),
         fence: loaded.fencer.clone().map(|f| {
             let target = me.name.clone();
             let agent = cluster
@@ -515,17 +507,17 @@ fn serve_http(
                 .as_ref()
                 .map(|c| c.agent.clone())
                 .unwrap_or_default();
-            let check: crate::console::FenceCheck = Box::new(move || f.check(&target));
+            let check: crate::node::console::FenceCheck = Box::new(move || f.check(&target));
             (agent, check)
         }),
     };
-    let routes = crate::console::routes(
+    let routes = crate::node::console::routes(
         cluster.cluster.console.as_ref(),
         asker,
         history.to_path_buf(),
         facts,
     )?;
-    crate::metrics::serve(at, routes)
+    crate::node::metrics::serve(at, routes)
         .map(Some)
         .with_context(|| {
             format!(
@@ -548,7 +540,7 @@ impl Daemon {
         let socket_path = paths
             .socket
             .clone()
-            .unwrap_or_else(|| crate::control::default_socket(node_name));
+            .unwrap_or_else(|| crate::node::control::default_socket(node_name));
         // Every process started for a resource carries this host's identity (see
         // plugin_api::service): the same node keeps it across restarts, and no other
         // daemon on this machine can share its control socket.
@@ -568,9 +560,10 @@ impl Daemon {
             s.set_nonblocking(true)?;
             sockets.push(s);
         }
-        let (bell, ear) = crate::wake::pair().context("cannot create the loop's wake-up pipe")?;
-        let (asker, control) = crate::control::channel(bell.clone());
-        crate::control::serve(&socket_path, asker.clone())?;
+        let (bell, ear) =
+            crate::node::wake::pair().context("cannot create the loop's wake-up pipe")?;
+        let (asker, control) = crate::node::control::channel(bell.clone());
+        crate::node::control::serve(&socket_path, asker.clone())?;
         if let Some(p) = &paths.pid_file {
             write_pid_file(p)?;
         }
@@ -580,7 +573,7 @@ impl Daemon {
             .or_else(|| paths.socket.as_ref().map(|s| s.with_extension("history")))
             .unwrap_or_else(|| default_history(node_name));
         let metrics = serve_http(&loaded, asker, &history)?;
-        let journal = crate::history::Journal::open(&history, crate::history::LIMIT)
+        let journal = crate::node::history::Journal::open(&history, crate::node::history::LIMIT)
             .map_err(|e| {
                 tracing::error!(
                     "the event history {} cannot be opened ({e}); decisions are only logged",
@@ -601,7 +594,7 @@ impl Daemon {
             .iter()
             .map(|n| (n.id, n.name.clone()))
             .collect();
-        let decisions = crate::decisions::Decisions::new(
+        let decisions = crate::node::decisions::Decisions::new(
             node_name,
             cluster.services.iter().map(|s| s.name.clone()).collect(),
             journal,
@@ -623,7 +616,11 @@ impl Daemon {
         // for half the self-fence bound (see guardian.rs).
         let guardian = Guardian::spawn(&runner_exe, spec.bounds.guardian_lease())
             .context("cannot start the guardian (baton guardian)")?;
-        let health = cluster.cluster.health.as_ref().map(crate::health::start);
+        let health = cluster
+            .cluster
+            .health
+            .as_ref()
+            .map(crate::node::health::start);
         // Armed last, once nothing else can fail: an armed watchdog resets the machine.
         let watchdog = match &cluster.cluster.watchdog {
             Some(w) => Some(Watchdog::open(&w.device, w.timeout_s)?),
@@ -632,7 +629,7 @@ impl Daemon {
         for (s, loaded) in spec.services.iter_mut().zip(&services) {
             s.start_timeout = loaded.start_budget();
         }
-        let incarnation = unix_ms();
+        let incarnation = crate::node::history::unix_ms();
         let driver = Driver::new(
             &spec,
             me.id,
@@ -822,7 +819,7 @@ impl Daemon {
         let service = req
             .service()
             .and_then(|s| service_index(&self.cluster, s).ok());
-        match crate::operator::carry_out(&mut self.driver, &mut self.io, req, &self.cluster) {
+        match crate::node::operator::carry_out(&mut self.driver, &mut self.io, req, &self.cluster) {
             Ok(message) => {
                 self.decisions
                     .record("operator", service, format!("by {who}: {message}"));
@@ -843,13 +840,13 @@ impl Daemon {
     /// This node's status now.
     fn status(&self) -> Status {
         let now = self.io.now();
-        let mut st = crate::status::status(
+        let mut st = crate::node::status::status(
             self.driver.node(),
             &self.node_name,
             &self.io.names,
             &self.cluster,
             now,
-            |i| crate::status::Local {
+            |i| crate::node::status::Local {
                 states: &self.io.states[i],
                 last_failure: self.driver.last_failure(i),
             },

@@ -19,12 +19,15 @@ use std::process::ExitCode;
 
 /// The templates: name, strategy part (with its description and node count).
 pub const TEMPLATES: [(&str, &str); 6] = [
-    ("standby", include_str!("../scenarios/standby.toml")),
-    ("mutual", include_str!("../scenarios/mutual.toml")),
-    ("n-to-1", include_str!("../scenarios/n-to-1.toml")),
-    ("rotating", include_str!("../scenarios/rotating.toml")),
-    ("clone", include_str!("../scenarios/clone.toml")),
-    ("promotable", include_str!("../scenarios/promotable.toml")),
+    ("standby", include_str!("../../scenarios/standby.toml")),
+    ("mutual", include_str!("../../scenarios/mutual.toml")),
+    ("n-to-1", include_str!("../../scenarios/n-to-1.toml")),
+    ("rotating", include_str!("../../scenarios/rotating.toml")),
+    ("clone", include_str!("../../scenarios/clone.toml")),
+    (
+        "promotable",
+        include_str!("../../scenarios/promotable.toml"),
+    ),
 ];
 
 fn template_names() -> String {
@@ -201,7 +204,9 @@ pub fn check(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         Ok(s) => s,
         Err(e) => return report(json, path, &[format!("{e:#}")], None),
     };
-    let problems = crate::cli::resource_problems(&scenario.config)?;
+    let runner = std::env::current_exe()
+        .context("cannot find the baton executable for the native agent runner")?;
+    let problems = crate::node::services::resource_problems(&scenario.config, &runner);
     let problems: Vec<String> = problems
         .iter()
         .map(|p| format!("{}: {p}", path.display()))

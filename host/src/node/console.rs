@@ -3,11 +3,11 @@
 //! node's status (what `baton status` shows, polled every second), its event
 //! history, and operator actions (move, clear) that need a token from a
 //! root-only file and a confirmation, and are recorded with the token's name.
-//! `baton scenario view` writes the same page for a scenario that does not run
-//! yet, with the simulator's frames and timeline in it.
+//! `baton scenario view` (design/view.rs) writes the same page for a scenario
+//! that does not run yet.
 
 use crate::cluster::config::ConsoleSection;
-use crate::control::{Asker, ControlReply, ControlRequest};
+use crate::node::control::{Asker, ControlReply, ControlRequest};
 use anyhow::{Context, bail};
 use axum::extract::{ConnectInfo, Json, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -19,11 +19,10 @@ use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::Arc;
 
 /// The page.
-pub const PAGE: &str = include_str!("../console/index.html");
+pub const PAGE: &str = include_str!("../../console/index.html");
 
 /// Operators' tokens: name and SHA-256 of the token.
 pub struct Tokens(Vec<(String, [u8; 32])>);
@@ -258,8 +257,8 @@ async fn history_events(State(c): State<Arc<Console>>, headers: HeaderMap) -> Re
         return r;
     }
     let path = c.history.clone();
-    let since = crate::daemon::unix_ms().saturating_sub(24 * 3_600_000);
-    match blocking(move || crate::history::read(&path, Some(since), None)).await {
+    let since = crate::node::history::unix_ms().saturating_sub(24 * 3_600_000);
+    match blocking(move || crate::node::history::read(&path, Some(since), None)).await {
         Some(Ok(mut events)) => {
             let keep = events.len().saturating_sub(200);
             events.drain(..keep);
@@ -333,7 +332,7 @@ impl Action {
                 let to = self.to.ok_or("to: a move needs the target node")?;
                 let for_ms = match self.for_.as_deref() {
                     None | Some("") => None,
-                    Some(d) => Some(crate::control::parse_duration(d)?.as_millis() as u64),
+                    Some(d) => Some(crate::node::control::parse_duration(d)?.as_millis() as u64),
                 };
                 Ok(ControlRequest::Move {
                     service: self.service,
@@ -386,51 +385,6 @@ async fn action(
         Some(r) => refuse(StatusCode::CONFLICT, r.message),
         None => refuse(StatusCode::SERVICE_UNAVAILABLE, "the daemon did not answer"),
     }
-}
-
-/// `baton scenario view`: the console's page for a scenario, with the
-/// simulator's frames (the status of a quorate node after start-up and after
-/// each fault step) and its timeline.
-pub fn write_view(file: &Path, out: &Path, fault: Option<&str>) -> anyhow::Result<ExitCode> {
-    let scenario = crate::scenario::load(file)?;
-    let faults = crate::scenario::parse_script(&scenario, fault.unwrap_or(""))?;
-    let cluster = scenario.cluster();
-    let names = scenario.names();
-    let mut labels = vec!["started and settled".to_string()];
-    labels
-        .extend(crate::cluster::script::steps(fault.unwrap_or("")).map(|s| format!("after: {s}")));
-    labels.push("settled".into());
-    let mut frames: Vec<Value> = Vec::new();
-    let result = crate::scenario::simulate_script(&scenario, &faults, 1, |sim| {
-        let label = labels.get(frames.len()).cloned().unwrap_or_default();
-        if let Some(frame) = crate::status::simulated(sim, cluster, &names) {
-            let (status, down) = frame;
-            frames
-                .push(json!({"at_ms": sim.now(), "label": label, "status": status, "down": down}));
-        }
-    });
-    let data = json!({
-        "scenario": file.display().to_string(),
-        "frames": frames,
-        "timeline": result.timeline,
-        "violation": result.violation,
-    });
-    let page = PAGE.replace(
-        "/*BATON_VIEW*/null",
-        &serde_json::to_string(&data)?.replace("</", "<\\/"),
-    );
-    std::fs::write(out, page).with_context(|| format!("cannot write {}", out.display()))?;
-    println!(
-        "wrote {}: the console's screen for {} ({} frames; open it in a browser)",
-        out.display(),
-        file.display(),
-        frames.len()
-    );
-    if let Some(v) = &result.violation {
-        println!("CHECK FAILED in the simulation: {v}");
-        return Ok(ExitCode::from(1));
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -78,7 +78,7 @@ pub struct ControlReply {
     pub message: String,
     /// The status, for `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<crate::status::Status>,
+    pub status: Option<crate::node::status::Status>,
 }
 
 impl ControlReply {
@@ -107,7 +107,7 @@ pub struct Pending {
 #[derive(Clone)]
 pub struct Asker {
     tx: mpsc::Sender<Pending>,
-    bell: crate::wake::Bell,
+    bell: crate::node::wake::Bell,
 }
 
 impl Asker {
@@ -131,7 +131,7 @@ impl Asker {
 
 /// A channel for requests to the main loop: the asking side (the control
 /// socket and the console hold clones) and the main loop's side.
-pub fn channel(bell: crate::wake::Bell) -> (Asker, mpsc::Receiver<Pending>) {
+pub fn channel(bell: crate::node::wake::Bell) -> (Asker, mpsc::Receiver<Pending>) {
     let (tx, rx) = mpsc::channel();
     (Asker { tx, bell }, rx)
 }

@@ -6,7 +6,7 @@
 //! the `ocf-exit-reason:` line parsed, and the exit code mapped to a typed result
 //! (docs/agents.md, "OCF agents through the bridge").
 
-use crate::agent_host::{AgentKind, Backend, Failure, FailureCause};
+use crate::agent::host::{AgentKind, Backend, Failure, FailureCause};
 use baton_plugin_api::process::{self, describe_status};
 use baton_plugin_api::{
     Action, ActionSpec, ContractVersion, ErrorClass, Metadata, MonitorState, Outcome, ParamSpec,
@@ -400,7 +400,7 @@ pub const XML_OPTIONS: roxmltree::ParsingOptions = roxmltree::ParsingOptions {
 
 /// Parse OCF resource-agent meta-data XML (docs/agents.md, "OCF agents through the bridge").
 pub fn parse_metadata(xml: &str) -> Result<Metadata, String> {
-    let doc = roxmltree::Document::parse_with_options(xml, crate::backend::ocf::XML_OPTIONS)
+    let doc = roxmltree::Document::parse_with_options(xml, crate::agent::backend::ocf::XML_OPTIONS)
         .map_err(|e| e.to_string())?;
     let root = doc.root_element();
     if root.tag_name().name() != "resource-agent" {

@@ -5,8 +5,8 @@
 //! nothing is compiled on the failover path). The manifest records each file's
 //! SHA-256; a file changed after install is refused at load.
 
-use crate::backend::native::{RunnerBackend, RunnerPolicy};
-use crate::backend::wasm::{WasmBackend, WasmRuntime};
+use crate::agent::backend::native::{RunnerBackend, RunnerPolicy};
+use crate::agent::backend::wasm::{WasmBackend, WasmRuntime};
 use anyhow::{Context, bail};
 use baton_plugin_api::{ContractVersion, Metadata};
 use serde::{Deserialize, Serialize};
@@ -178,7 +178,10 @@ impl AgentStore {
             StoredKind::Native => {
                 let backend =
                     RunnerBackend::load(path, policy.clone()).map_err(anyhow::Error::msg)?;
-                (crate::agent_host::Backend::metadata(&backend).clone(), None)
+                (
+                    crate::agent::host::Backend::metadata(&backend).clone(),
+                    None,
+                )
             }
             StoredKind::Wasm => {
                 let component = runtime.compile(&bytes, path).map_err(anyhow::Error::msg)?;
@@ -189,7 +192,7 @@ impl AgentStore {
                     .precompile(&bytes, path)
                     .map_err(anyhow::Error::msg)?;
                 (
-                    crate::agent_host::Backend::metadata(&backend).clone(),
+                    crate::agent::host::Backend::metadata(&backend).clone(),
                     Some(pre),
                 )
             }

@@ -8,7 +8,7 @@
 //! on every node, the fence agent's monitor passes, the witness's storage is
 //! read.
 
-use crate::scenario::Scenario;
+use crate::design::scenario::Scenario;
 use anyhow::Context;
 use serde::Serialize;
 use serde_json::Value;
@@ -282,7 +282,7 @@ fn agents(out: &mut Vec<Check>, answers: &BTreeMap<String, Value>) {
 
 /// `baton scenario validate`.
 pub fn run(path: &Path, token_file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
-    let scenario = crate::scenario::load(path)?;
+    let scenario = crate::design::scenario::load(path)?;
     let token = token_file.map(read_token).transpose()?;
     let results = checks(&scenario, token.as_deref());
     let failed = results.iter().filter(|c| !c.ok).count();

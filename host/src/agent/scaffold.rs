@@ -20,9 +20,9 @@ pub enum ProjectKind {
 /// The Rust toolchain pinned for baton (`rust-toolchain.toml`).
 const TOOLCHAIN: &str = "1.95.0";
 
-const NATIVE_SAMPLE: &str = include_str!("../../samples/native-agent/src/lib.rs");
-const WASM_SAMPLE: &str = include_str!("../../samples/wasm-agent/src/lib.rs");
-const WASM_MANIFEST: &str = include_str!("../../samples/wasm-agent/Cargo.toml");
+const NATIVE_SAMPLE: &str = include_str!("../../../samples/native-agent/src/lib.rs");
+const WASM_SAMPLE: &str = include_str!("../../../samples/wasm-agent/src/lib.rs");
+const WASM_MANIFEST: &str = include_str!("../../../samples/wasm-agent/Cargo.toml");
 
 /// The baton checkout this binary was built from (the SDK crates and the WIT
 /// files are there until the crates are published).

@@ -1,6 +1,6 @@
 //! Agents compiled into baton (crate `baton-agents`, registered with `inventory`).
 
-use crate::agent_host::{AgentKind, Backend, Failure, FailureCause, WorkerPool, run_here};
+use crate::agent::host::{AgentKind, Backend, Failure, FailureCause, WorkerPool, run_here};
 use baton_agents::BuiltinAgent;
 use baton_plugin_api::{Action, ErrorClass, Metadata, Outcome, Request, ResourceAgent, dispatch};
 use std::sync::Arc;

@@ -7,6 +7,9 @@
 //! only processes this lab started are stopped, by PID; everything is removed on
 //! drop, also after a failure.
 
+pub mod demo;
+pub mod disk;
+
 use anyhow::{Context, bail};
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};

@@ -1,7 +1,7 @@
 //! `baton agent test`: the ocf-tester sequence (docs/agents.md, "OCF agents through the bridge"), run on
 //! any kind of agent through the same handle the failover engine uses.
 
-use crate::agent_host::{AgentHandle, CallReport};
+use crate::agent::host::{AgentHandle, CallReport};
 use baton_plugin_api::{Action, MonitorState, Outcome, Params, Request, service};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -194,7 +194,8 @@ pub fn run(
     });
     let xml = meta.to_ocf_xml();
     let xml_ok =
-        roxmltree::Document::parse_with_options(&xml, crate::backend::ocf::XML_OPTIONS).is_ok();
+        roxmltree::Document::parse_with_options(&xml, crate::agent::backend::ocf::XML_OPTIONS)
+            .is_ok();
     t.steps.push(Step {
         name: "meta-data renders as OCF XML".into(),
         expect: Expect::Done,

@@ -5,7 +5,7 @@
 //! requests, each logged with its reason and appended to the event history
 //! (history.rs).
 
-use crate::history::{Event, Journal};
+use crate::node::history::{Event, Journal};
 
 /// Where events go.
 pub struct Decisions {
@@ -28,7 +28,7 @@ impl Decisions {
     /// Log and record one event; `warn` for what needs a look (failures, fences).
     pub fn record(&mut self, kind: &str, service: Option<usize>, text: String) {
         let service = service.and_then(|i| self.services.get(i).cloned());
-        crate::metrics::decision(kind);
+        crate::node::metrics::decision(kind);
         if matches!(kind, "failure" | "fence") {
             tracing::warn!(target: "baton::decision", kind, service = service.as_deref().unwrap_or(""), "{text}");
         } else {
@@ -38,7 +38,7 @@ impl Decisions {
             return;
         };
         let event = Event {
-            at_ms: crate::daemon::unix_ms(),
+            at_ms: crate::node::history::unix_ms(),
             node: self.node.clone(),
             kind: kind.to_owned(),
             service,

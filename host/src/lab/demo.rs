@@ -8,10 +8,10 @@
 //! agent behind one contract, a process killed behind baton's back, the sandbox
 //! stopping misbehaving agents, and the conformance run.
 
-use crate::agent_host::AgentHandle;
-use crate::catalog::AgentCatalog;
+use crate::agent::catalog::AgentCatalog;
+use crate::agent::conformance;
+use crate::agent::host::AgentHandle;
 use crate::config::Config;
-use crate::conformance;
 use anyhow::{Context, bail};
 use baton_plugin_api::{Action, MonitorState, Outcome, Params, Request};
 use std::net::TcpListener;
@@ -150,7 +150,7 @@ fn tour(repo: &Path, work: &Path, catalog: &AgentCatalog) -> anyhow::Result<Exit
     let list = catalog.list();
     let ocf = list
         .iter()
-        .filter(|a| a.kind == crate::agent_host::AgentKind::Ocf)
+        .filter(|a| a.kind == crate::agent::host::AgentKind::Ocf)
         .count();
     println!(
         "   available: {} agents ({} OCF agents through the bridge)",
@@ -486,10 +486,10 @@ fn cluster(args: &DemoArgs, baton: &Path) -> anyhow::Result<ExitCode> {
                 // who repaired the network clears that, or the failures would keep
                 // n1 out once they reach max_restarts.
                 if c.node_alive(1) {
-                    let clear = crate::control::ControlRequest::Clear {
+                    let clear = crate::node::control::ControlRequest::Clear {
                         service: "web".into(),
                     };
-                    crate::control::ask(&c.socket(1), &clear)?;
+                    crate::node::control::ask(&c.socket(1), &clear)?;
                 }
                 c.revive(1)?;
             }

@@ -5,8 +5,8 @@
 //! action. `load_all` is the one loader `run`, `config check` and `scenario
 //! check` share.
 
-use crate::agent_host::{AgentHandle, CallReport};
-use crate::catalog::AgentCatalog;
+use crate::agent::catalog::AgentCatalog;
+use crate::agent::host::{AgentHandle, CallReport};
 use crate::cluster::config::{ClusterConfig, DEFAULT_TIMEOUT_MS, NodeSection, ServiceSection};
 use crate::cluster::driver::{Failure, ServiceShell};
 use baton_plugin_api::{Action, MonitorState, Promotion, Recovery, Request, service};
@@ -122,6 +122,30 @@ pub fn load_all(
     } else {
         Err(problems)
     }
+}
+
+/// Every problem `run` would refuse `config` for, on any of its nodes
+/// (`{node}` and site data in parameter values differ per node), by path,
+/// each once: what `config check` and `scenario check` report.
+pub fn resource_problems(
+    config: &crate::config::Config,
+    runner_exe: &std::path::Path,
+) -> Vec<String> {
+    let Some(cluster) = &config.cluster else {
+        return Vec::new();
+    };
+    let catalog = AgentCatalog::new(config.clone(), runner_exe.to_path_buf());
+    let mut problems: Vec<String> = Vec::new();
+    for node in &cluster.nodes {
+        if let Err(found) = load_all(cluster, &catalog, &node.name) {
+            for p in found {
+                if !problems.contains(&p) {
+                    problems.push(p);
+                }
+            }
+        }
+    }
+    problems
 }
 
 /// The loaded agent for `name`: one per agent type, shared by its resources (a
@@ -330,7 +354,7 @@ pub fn agent_identities(
 /// resource's state in words.
 fn judge(report: &CallReport) -> (Result<(), Recovery>, String) {
     let action = report.action;
-    crate::metrics::agent_call(
+    crate::node::metrics::agent_call(
         &report.agent,
         action.name(),
         match &report.result {
@@ -629,7 +653,7 @@ impl LoadedService {
             ended += service::end(&host, Some(r.name()), Duration::ZERO)
                 .map_err(|e| format!("{}: {e}", r.name()))?;
         }
-        crate::guardian::release(&self.mounts, &self.addresses);
+        crate::node::guardian::release(&self.mounts, &self.addresses);
         Ok(ended)
     }
 }

@@ -1,0 +1,232 @@
+//! The commands that talk to a running node: `status`, `history`, `move`,
+//! `promote`, `clear`.
+
+use crate::node::control::ControlRequest;
+use crate::node::status::{ServiceStatus, Status};
+use anyhow::Context;
+use std::process::ExitCode;
+
+/// Send `req` to the daemon at `socket`; print its answer.
+pub fn control_command(
+    socket: &std::path::Path,
+    req: &ControlRequest,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let reply = crate::node::control::ask(socket, req)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+    } else if reply.ok {
+        println!("{}", reply.message);
+    } else {
+        eprintln!("refused: {}", reply.message);
+    }
+    Ok(if reply.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `baton status --status-file FILE`.
+pub fn status_from_file(file: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(file).with_context(|| {
+        format!(
+            "cannot read status file {} (is `baton run --status-file` running?)",
+            file.display()
+        )
+    })?;
+    let s: Status = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a status file", file.display()))?;
+    print_status(&s, json)
+}
+
+/// Print a node's status, for people or as JSON.
+pub fn print_status(s: &Status, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "node {} (id {}), epoch {}, members: {}",
+        s.node,
+        s.id,
+        s.epoch,
+        s.members.join(", ")
+    );
+    println!(
+        "quorum: {} — {}{}",
+        if s.quorate { "yes" } else { "NO" },
+        s.quorum,
+        if s.witness_held {
+            " (witness held)"
+        } else {
+            ""
+        }
+    );
+    if let Some(problem) = &s.witness_problem {
+        println!("WARNING: witness not counted: {problem}");
+    }
+    if let Some(h) = &s.health {
+        let checks: Vec<String> = h
+            .checks
+            .iter()
+            .map(|c| match &c.detail {
+                Some(d) => format!("{}: FAILED ({d})", c.check),
+                None => format!("{}: ok", c.check),
+            })
+            .collect();
+        println!(
+            "health: {} — {}",
+            if h.healthy {
+                "ok"
+            } else {
+                "FAILING: this node runs nothing and holds no witness"
+            },
+            checks.join("; ")
+        );
+    }
+    print_links(s);
+    print_fencing(s);
+    if let Some(w) = &s.watchdog {
+        println!("watchdog: {w} armed");
+    }
+    for svc in &s.services {
+        print_service(svc);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_links(s: &Status) {
+    let links: Vec<String> = s
+        .links
+        .iter()
+        .map(|l| {
+            let state = match (l.up, l.rtt_ms) {
+                (true, Some(rtt)) => format!("{rtt:.2} ms"),
+                (true, None) => "up".into(),
+                _ => "down".into(),
+            };
+            format!("{}/{} {state}", l.peer, l.link)
+        })
+        .collect();
+    if !links.is_empty() {
+        println!("links (peer/link round trip): {}", links.join(", "));
+    }
+    for l in s.links.iter().filter(|l| !l.up) {
+        println!(
+            "WARNING: link {} to {} is down since {} ms",
+            l.link, l.peer, l.since_ms
+        );
+    }
+}
+
+fn print_fencing(s: &Status) {
+    let f = &s.fencing;
+    println!(
+        "fencing: {}; fence wait {} ms{}{}",
+        f.agent
+            .as_ref()
+            .map(|a| format!("agent {a}"))
+            .unwrap_or_else(|| "no agent (survivors wait the fence wait)".into()),
+        f.fence_wait_ms,
+        Some(f.confirmed.join(", "))
+            .filter(|t| !t.is_empty())
+            .map(|t| format!("; fenced: {t}"))
+            .unwrap_or_default(),
+        Some(&f.waiting)
+            .filter(|w| !w.is_empty())
+            .map(|w| format!(
+                "; waiting for: {}",
+                w.iter()
+                    .map(|(k, v)| format!("{k} ({v} ms left)"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .unwrap_or_default()
+    );
+}
+
+fn print_service(svc: &ServiceStatus) {
+    println!(
+        "service {}: {} here; owner {}: {}",
+        svc.name,
+        svc.here,
+        svc.owner.as_deref().unwrap_or("none"),
+        svc.why
+    );
+    if let Some(m) = &svc.moving {
+        println!(
+            "  move to {} (by {}) {}",
+            m.to,
+            m.by,
+            m.ends_in_ms
+                .map(|ms| format!("ends in {} s", ms.div_ceil(1000)))
+                .unwrap_or_else(|| "until cleared".into())
+        );
+    }
+    if let Some(p) = &svc.promotion {
+        println!(
+            "  {} here; promoted {}: {}",
+            p.here,
+            p.promoted.as_deref().unwrap_or("nowhere"),
+            p.why
+        );
+        let scores: Vec<String> = p.scores.iter().map(|(n, sc)| format!("{n} {sc}")).collect();
+        println!(
+            "  scores: {}; acknowledged {}",
+            if scores.is_empty() {
+                "none".into()
+            } else {
+                scores.join(", ")
+            },
+            p.acknowledged.as_deref().unwrap_or("unknown")
+        );
+    }
+    if svc.failures > 0 {
+        println!("  failures here: {}", svc.failures);
+    }
+    for r in &svc.resources {
+        println!("  {} ({}): {}", r.name, r.agent, r.state);
+    }
+}
+
+/// `baton history`: the events of the history at `path`, as a table or JSON.
+pub fn print_history(
+    path: &std::path::Path,
+    since: Option<&str>,
+    service: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let since_ms = since
+        .map(crate::node::control::parse_duration)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--since {e}"))?
+        .map(|d| crate::node::history::unix_ms().saturating_sub(d.as_millis() as u64));
+    let events = crate::node::history::read(path, since_ms, service)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&events)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for e in &events {
+        println!(
+            "{} {} {:<10} {}{}",
+            crate::node::history::local_time(e.at_ms),
+            e.node,
+            e.kind,
+            e.service
+                .as_deref()
+                .map(|s| format!("{s}: "))
+                .unwrap_or_default(),
+            e.text
+        );
+    }
+    if events.is_empty() {
+        eprintln!(
+            "no events{}",
+            since
+                .map(|s| format!(" in the last {s}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
