@@ -527,6 +527,134 @@ fn serve_http(
         })
 }
 
+/// A socket for each of this node's links, bound.
+fn bind_links(loaded: &Loaded) -> anyhow::Result<Vec<UdpSocket>> {
+    let node = &loaded.me.name;
+    let mut sockets = Vec::new();
+    for (i, addr) in loaded.cluster.addresses[&loaded.me.id].iter().enumerate() {
+        let s = UdpSocket::bind(addr)
+            .with_context(|| format!("node {node} link {i}: cannot bind {addr}"))?;
+        s.set_nonblocking(true)?;
+        sockets.push(s);
+    }
+    Ok(sockets)
+}
+
+/// The event history at `path`, or `None` (decisions are then only logged).
+fn open_journal(path: &Path) -> Option<crate::node::history::Journal> {
+    crate::node::history::Journal::open(path, crate::node::history::LIMIT)
+        .map_err(|e| {
+            tracing::error!(
+                "the event history {} cannot be opened ({e}); decisions are only logged",
+                path.display()
+            )
+        })
+        .ok()
+}
+
+/// The node driver and its I/O, with the channels finished work and witness
+/// answers come back on.
+struct Shell {
+    driver: Driver,
+    io: DaemonIo,
+    finished: mpsc::Receiver<Finished>,
+    answers: mpsc::Receiver<WitnessAnswer>,
+}
+
+/// The node's [`Shell`]. Stops what a previous run left before anything else;
+/// starts the witness worker, the guardian, the health checks and, last (an
+/// armed watchdog resets the machine), the watchdog.
+fn shell(
+    loaded: Loaded,
+    sockets: Vec<UdpSocket>,
+    bell: Bell,
+    runner_exe: &Path,
+) -> anyhow::Result<Shell> {
+    let Loaded {
+        cluster,
+        me,
+        key,
+        services,
+        fencer,
+        ..
+    } = loaded;
+    clean_up_leftovers(&services)?;
+    let epoch = Instant::now();
+    let (witness_tx, answers) = mpsc::channel();
+    let witness = start_witness(
+        &cluster,
+        me.id,
+        epoch,
+        Reply {
+            tx: witness_tx,
+            bell: bell.clone(),
+        },
+    );
+    let mut spec = cluster.spec();
+    // The guardian fences this node's services if this process dies or hangs
+    // for half the self-fence bound (see guardian.rs).
+    let guardian = Guardian::spawn(runner_exe, spec.bounds.guardian_lease())
+        .context("cannot start the guardian (baton guardian)")?;
+    let health = cluster
+        .cluster
+        .health
+        .as_ref()
+        .map(crate::node::health::start);
+    let watchdog = match &cluster.cluster.watchdog {
+        Some(w) => Some(Watchdog::open(&w.device, w.timeout_s)?),
+        None => None,
+    };
+    for (s, loaded) in spec.services.iter_mut().zip(&services) {
+        s.start_timeout = loaded.start_budget();
+    }
+    let names: BTreeMap<NodeId, String> = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.id, n.name.clone()))
+        .collect();
+    let shells = services.iter().map(LoadedService::shell).collect();
+    let incarnation = crate::node::history::unix_ms();
+    let driver = Driver::new(&spec, me.id, incarnation, 0, shells, names.clone());
+    let (finished_tx, finished) = mpsc::channel();
+    let io = DaemonIo {
+        epoch,
+        key,
+        peers: cluster
+            .addresses
+            .iter()
+            .filter(|(id, _)| **id != me.id)
+            .map(|(id, a)| (*id, a.clone()))
+            .collect(),
+        sockets,
+        names,
+        states: services
+            .iter()
+            .map(|s| vec!["stopped".to_string(); s.resources.len()])
+            .collect(),
+        services: Arc::new(services),
+        fencer,
+        finished: Reply {
+            tx: finished_tx,
+            bell,
+        },
+        crew: Crew::new("monitor"),
+        witness,
+        health,
+        guardian: Some(Guarded {
+            guardian,
+            charge: Charge::default(),
+            next_scan: 0,
+        }),
+        watchdog,
+    };
+    Ok(Shell {
+        driver,
+        io,
+        finished,
+        answers,
+    })
+}
+
 impl Daemon {
     /// Load the config and agents, open every socket, stop what a previous run
     /// left, start the guardian: a node ready to run, or why not (nothing of
@@ -553,13 +681,7 @@ impl Daemon {
         // SAFETY: no other thread exists yet (the agents, workers and sockets start below).
         unsafe { std::env::set_var(service::HOST_VAR, &host) };
         let loaded = load(config, node_name, runner_exe.clone())?;
-        let mut sockets = Vec::new();
-        for (i, addr) in loaded.cluster.addresses[&loaded.me.id].iter().enumerate() {
-            let s = UdpSocket::bind(addr)
-                .with_context(|| format!("node {node_name} link {i}: cannot bind {addr}"))?;
-            s.set_nonblocking(true)?;
-            sockets.push(s);
-        }
+        let sockets = bind_links(&loaded)?;
         let (bell, ear) =
             crate::node::wake::pair().context("cannot create the loop's wake-up pipe")?;
         let (asker, control) = crate::node::control::channel(bell.clone());
@@ -573,103 +695,23 @@ impl Daemon {
             .or_else(|| paths.socket.as_ref().map(|s| s.with_extension("history")))
             .unwrap_or_else(|| default_history(node_name));
         let metrics = serve_http(&loaded, asker, &history)?;
-        let journal = crate::node::history::Journal::open(&history, crate::node::history::LIMIT)
-            .map_err(|e| {
-                tracing::error!(
-                    "the event history {} cannot be opened ({e}); decisions are only logged",
-                    history.display()
-                )
-            })
-            .ok();
-        let Loaded {
-            cluster,
-            me,
-            key,
-            services,
-            fencer,
-            ..
-        } = loaded;
-        let names: BTreeMap<NodeId, String> = cluster
-            .nodes
-            .iter()
-            .map(|n| (n.id, n.name.clone()))
-            .collect();
         let decisions = crate::node::decisions::Decisions::new(
             node_name,
-            cluster.services.iter().map(|s| s.name.clone()).collect(),
-            journal,
-        );
-        let epoch = Instant::now();
-        let (witness_tx, answers) = mpsc::channel();
-        let witness = start_witness(
-            &cluster,
-            me.id,
-            epoch,
-            Reply {
-                tx: witness_tx,
-                bell: bell.clone(),
-            },
-        );
-        clean_up_leftovers(&services)?;
-        let mut spec = cluster.spec();
-        // The guardian fences this node's services if this process dies or hangs
-        // for half the self-fence bound (see guardian.rs).
-        let guardian = Guardian::spawn(&runner_exe, spec.bounds.guardian_lease())
-            .context("cannot start the guardian (baton guardian)")?;
-        let health = cluster
-            .cluster
-            .health
-            .as_ref()
-            .map(crate::node::health::start);
-        // Armed last, once nothing else can fail: an armed watchdog resets the machine.
-        let watchdog = match &cluster.cluster.watchdog {
-            Some(w) => Some(Watchdog::open(&w.device, w.timeout_s)?),
-            None => None,
-        };
-        for (s, loaded) in spec.services.iter_mut().zip(&services) {
-            s.start_timeout = loaded.start_budget();
-        }
-        let incarnation = crate::node::history::unix_ms();
-        let driver = Driver::new(
-            &spec,
-            me.id,
-            incarnation,
-            0,
-            services.iter().map(LoadedService::shell).collect(),
-            names.clone(),
-        );
-        let (finished_tx, finished) = mpsc::channel();
-        let io = DaemonIo {
-            epoch,
-            key,
-            peers: cluster
-                .addresses
+            loaded
+                .cluster
+                .services
                 .iter()
-                .filter(|(id, _)| **id != me.id)
-                .map(|(id, a)| (*id, a.clone()))
+                .map(|s| s.name.clone())
                 .collect(),
-            sockets,
-            names,
-            states: services
-                .iter()
-                .map(|s| vec!["stopped".to_string(); s.resources.len()])
-                .collect(),
-            services: Arc::new(services),
-            fencer,
-            finished: Reply {
-                tx: finished_tx,
-                bell,
-            },
-            crew: Crew::new("monitor"),
-            witness,
-            health,
-            guardian: Some(Guarded {
-                guardian,
-                charge: Charge::default(),
-                next_scan: 0,
-            }),
-            watchdog,
-        };
+            open_journal(&history),
+        );
+        let cluster = loaded.cluster.clone();
+        let Shell {
+            driver,
+            io,
+            finished,
+            answers,
+        } = shell(loaded, sockets, bell, &runner_exe)?;
         // SAFETY: installing a handler that only stores to an atomic.
         unsafe {
             libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
@@ -677,8 +719,8 @@ impl Daemon {
         }
         tracing::info!(
             node = node_name,
-            id = me.id,
-            incarnation,
+            id = driver.node().membership().me(),
+            incarnation = driver.node().membership().incarnation(),
             socket = %socket_path.display(),
             "baton node running"
         );
