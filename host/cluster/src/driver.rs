@@ -532,6 +532,7 @@ impl Driver {
         self.next_tick = now + self.interval;
         let (healthy, last_pass) = io.health();
         self.node.set_health(healthy, last_pass);
+        self.node.follow_membership(now);
         self.ask_witness(io, now);
         let (packets, commands) = self.node.tick(now);
         io.send(packets);

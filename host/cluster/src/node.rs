@@ -1302,8 +1302,11 @@ impl ClusterNode {
 
     /// Membership phase: the view at `now`, who left (and as which
     /// incarnation), which fence confirmations still stand, and the moves
-    /// whose target left.
-    fn follow_membership(&mut self, now: Millis) {
+    /// whose target left. [`ClusterNode::tick`] begins with it; the driver also
+    /// runs it before it picks the witness operation, so that a view change is
+    /// answered with the witness operation the new view calls for (take it,
+    /// or let it go) in the same tick, not one tick later.
+    pub fn follow_membership(&mut self, now: Millis) {
         self.membership.advance(now);
         let me = self.membership.me();
         let view = self.membership.view().1.clone();
