@@ -1509,7 +1509,12 @@ impl ClusterNode {
             .map(|n| (n, "is excluded after failures"))
             .collect();
         for (n, why) in &round.unable {
-            excluded.entry(*n).or_insert(why);
+            // Leaving outranks failures: a clone's ban does not keep it off, leaving does.
+            if *why == LEAVING {
+                excluded.insert(*n, why);
+            } else {
+                excluded.entry(*n).or_insert(why);
+            }
         }
         excluded
     }

@@ -368,6 +368,31 @@ mod outages {
         assert_eq!(sim.node(1).unwrap().service(0).phase(), Phase::Running);
     }
 
+    /// A clean stop ends a clone this node was excluded from after failures
+    /// (a clone's exclusion does not keep it off; leaving does), and the node
+    /// leaves: the settled-cluster check fails on a node still leaving.
+    #[test]
+    fn a_clean_stop_ends_a_clone_excluded_here_after_a_failure() {
+        let spec = cluster(3, 0, true, vec![service("web", Strategy::Clone, &[])]);
+        let sim = run(&spec, 1, "fail web on n3 move; wait 5s; stop n3; wait 5s");
+        let stopped = fault_at(&sim, "stop n3");
+        assert!(
+            when(&sim, stopped, 3, 0, "stopped here").is_some(),
+            "web did not stop on n3\n{}",
+            show(&sim)
+        );
+        assert!(
+            events(&sim, "daemon")
+                .any(|e| e.node == Some(3)
+                    && e.change.text.contains("left the cluster holding nothing")),
+            "{}",
+            show(&sim)
+        );
+        if let Err(e) = sim.check() {
+            panic!("{e}\n{}", show(&sim));
+        }
+    }
+
     /// A replica whose start hangs again and again does not hold the promotion:
     /// once its start timeout has passed, the running replica that holds every
     /// acknowledged write is promoted.

@@ -43,7 +43,7 @@ fn standby(dir: &Path) -> std::path::PathBuf {
 }
 
 #[test]
-fn every_template_makes_a_scenario_that_checks_and_simulates_a_failover() {
+fn every_template_makes_a_scenario_that_checks_simulates_a_failover_and_passes_random_schedules() {
     let dir = tempfile::tempdir().unwrap();
     for t in [
         "standby",
@@ -89,6 +89,16 @@ fn every_template_makes_a_scenario_that_checks_and_simulates_a_failover() {
                     && e["text"].as_str().unwrap().contains("left: n1")),
             "{t}: no node saw n1 leave"
         );
+        // The template as written passes random fault schedules (hung starts,
+        // clean stops and freezes among them) with the liveness check.
+        let out = baton(
+            dir.path(),
+            &["scenario", "simulate", &file, "--random", "50", "--json"],
+        );
+        let text = output_text(&out);
+        assert!(out.status.success(), "{t}: {text}");
+        let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(runs["ok"], true, "{t}: {text}");
     }
     // A second `new` never overwrites.
     let out = baton(

@@ -7,7 +7,8 @@
 //! when a member can reach the storage), one is, and it runs every service it
 //! can, with one promoted replica wherever a running replica holds the
 //! acknowledged position; nodes without quorum hold nothing (but a failed stop
-//! nobody can fence, and clones kept without quorum).
+//! nobody can fence, and clones kept without quorum); a node stopped cleanly
+//! has left.
 
 use super::Sim;
 use crate::node::{Phase, Role};
@@ -84,6 +85,12 @@ impl Sim {
     /// the first one broken, in words.
     pub fn check(&self) -> Result<(), String> {
         let live = self.live();
+        if let Some(a) = live.iter().find(|a| self.nodes[a].driver.node().leaving()) {
+            return Err(format!(
+                "node {a} was stopped cleanly but has not left: it still holds {:?}",
+                self.nodes[a].local.holding
+            ));
+        }
         for &a in &live {
             let (_, view) = self.nodes[&a].driver.node().membership().view();
             let expected = self.world.component(a);

@@ -114,9 +114,6 @@ pub struct Sim {
     skip_claim_acks: bool,
     promotions: u64,
     timeline: Option<Vec<Event>>,
-    /// A start hangs (or hung) since the last quiet period: the next one
-    /// covers its timeout.
-    hung: bool,
     /// Incarnations that stopped cleanly, with the members that heard them
     /// leave: those never fence them (a node cut off from the leaver cannot
     /// tell a clean stop from a freeze).
@@ -192,7 +189,6 @@ impl Sim {
             skip_claim_acks,
             promotions: 0,
             timeline: None,
-            hung: false,
             left_clean: BTreeMap::new(),
         };
         for id in ids {
@@ -275,7 +271,7 @@ impl Sim {
     /// How long to let the cluster settle after a fault before [`Sim::check`]:
     /// well beyond detection, the fence wait, a stop on a node that lost
     /// quorum, the witness lease, the longest restart backoff before a node
-    /// gives a service up, and a hung start's timeout when one was injected.
+    /// gives a service up, and the timeout of a start that hangs or may hang.
     pub fn quiet_ms(&self) -> Millis {
         let b = &self.spec.bounds;
         let t = b.membership;
@@ -290,7 +286,13 @@ impl Sim {
             })
             .max()
             .unwrap_or(0);
-        let hang = if self.hung {
+        // A start that hangs, or may hang, times out within the period.
+        let armed = self
+            .world
+            .broken
+            .values()
+            .any(|b| matches!(b, Breakage::Hang | Breakage::HangOnce));
+        let hang = if armed {
             self.spec
                 .services
                 .iter()
@@ -299,7 +301,8 @@ impl Sim {
                 .unwrap_or(0)
         } else {
             0
-        };
+        }
+        .max(self.world.hangs_until.saturating_sub(self.world.now));
         let monitors = self
             .shells
             .iter()
@@ -595,7 +598,6 @@ impl Sim {
             }
             Fault::Fail(svc, a, recovery) => self.fail(*svc, *a, *recovery),
             Fault::Hang(svc, a, once) => {
-                self.hung = true;
                 let (breakage, which) = if *once {
                     (Breakage::HangOnce, "the next start")
                 } else {

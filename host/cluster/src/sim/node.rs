@@ -405,6 +405,9 @@ impl NodeIo for SimIo<'_> {
         match job {
             Job::Start(i) => {
                 local.holding.insert(i);
+                if fails && took > 3 {
+                    self.world.hangs_until = self.world.hangs_until.max(now + took);
+                }
             }
             Job::Promote(i) => {
                 local.promoted.insert(i);

@@ -117,7 +117,6 @@ pub fn random_schedule(sim: &mut Sim, faults: usize) -> Result<Schedule, String>
             applied += 1;
         }
         sim.run(sim.quiet_ms());
-        sim.hung = false;
         if let Some(v) = sim.violation() {
             return Err(format!("{v}\nschedule:\n  {}", sim.log.join("\n  ")));
         }

@@ -88,6 +88,8 @@ pub(crate) struct World {
     pub(crate) frozen: BTreeSet<NodeId>,
     /// Starts that hang or fail, by (node, service).
     pub(crate) broken: BTreeMap<(NodeId, usize), Breakage>,
+    /// When the last start that hangs times out.
+    pub(crate) hangs_until: Millis,
 }
 
 impl World {
@@ -114,6 +116,7 @@ impl World {
             down: BTreeSet::new(),
             frozen: BTreeSet::new(),
             broken: BTreeMap::new(),
+            hangs_until: 0,
         }
     }
 
