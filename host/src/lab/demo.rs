@@ -384,6 +384,7 @@ fn wait_status(c: &crate::lab::ClusterLab, n: usize, here: &str) {
 fn cluster(args: &DemoArgs, baton: &Path) -> anyhow::Result<ExitCode> {
     use crate::lab::{ClusterLab, Lan};
     let prefix = format!("bd{}", std::process::id() % 10_000);
+    crate::lab::remove_on_interrupt(&prefix);
     if !args.json {
         println!(
             "baton demo: three nodes in network namespaces {prefix}-n1..n3, each with a private LAN"

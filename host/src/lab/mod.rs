@@ -368,27 +368,74 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Processes that our daemons started inside the namespaces (agents' process
-        // groups) go with the namespaces' PIDs, which only this lab created.
-        for n in 0..=self.nodes {
-            let ns = if n == 0 {
+        let names = (0..=self.nodes).map(|n| {
+            if n == 0 {
                 self.bridge_ns()
             } else {
                 self.node_ns(n)
-            };
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    if let Ok(pid) = pid.parse::<i32>() {
-                        // SAFETY: killing a process inside a namespace this lab created.
-                        unsafe {
-                            libc::kill(pid, libc::SIGKILL);
-                        }
+            }
+        });
+        remove_namespaces(names);
+    }
+}
+
+/// Kill every process in each namespace and delete it. Processes that our
+/// daemons started inside the namespaces (agents' process groups) go with the
+/// namespaces' PIDs; only namespaces this process created are passed here.
+fn remove_namespaces(names: impl IntoIterator<Item = String>) {
+    for ns in names {
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    // SAFETY: killing a process inside a namespace this process created.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
                     }
                 }
             }
-            let _ = ip(&["netns", "del", &ns]);
         }
+        let _ = ip(&["netns", "del", &ns]);
     }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP (an operator's Ctrl-C), remove the namespaces
+/// named `PREFIX-…` and exit with 130, so an interrupted lab leaves nothing
+/// behind. Call it before any other thread starts: the signals are blocked in
+/// this thread, which every later thread inherits, and a thread of its own
+/// waits for them.
+pub fn remove_on_interrupt(prefix: &str) {
+    // SAFETY: a signal set built and used on this stack; blocking signals in
+    // this thread only changes which thread receives them.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let mine = format!("{prefix}-");
+    std::thread::spawn(move || {
+        let mut sig = 0;
+        // SAFETY: waiting on the set blocked above.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        eprintln!("interrupted: removing the lab's namespaces {mine}*");
+        let listed = Command::new("ip").args(["netns", "list"]).output();
+        let names = listed.map_or_else(
+            |_| Vec::new(),
+            |out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|l| l.split_whitespace().next())
+                    .filter(|n| n.starts_with(&mine))
+                    .map(String::from)
+                    .collect()
+            },
+        );
+        remove_namespaces(names);
+        std::process::exit(130);
+    });
 }
 
 /// A responder for the lab's service: answers every connection with "up NODE"
