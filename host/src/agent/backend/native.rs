@@ -62,9 +62,16 @@ impl RunnerPolicy {
     }
 }
 
-/// The last lines a runner wrote to stderr (a Rust allocation failure, a panic),
-/// for the message when it dies.
-type StderrTail = Arc<Mutex<VecDeque<String>>>;
+/// The last lines a runner wrote to stderr (a panic, a backtrace), for the
+/// message when it dies, and the line of a Rust allocation failure however
+/// many lines (a backtrace) followed it.
+#[derive(Default)]
+struct StderrLines {
+    last: VecDeque<String>,
+    allocation_failure: Option<String>,
+}
+
+type StderrTail = Arc<Mutex<StderrLines>>;
 
 /// How many of a runner's last stderr lines are kept.
 const STDERR_LINES: usize = 8;
@@ -131,11 +138,15 @@ impl RunnerProcess {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     tracing::info!(target: "baton::agent", agent = %agent, "{line}");
+                    let line: String = line.chars().take(300).collect();
                     let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
-                    if tail.len() == STDERR_LINES {
-                        tail.pop_front();
+                    if line.contains("memory allocation of") {
+                        tail.allocation_failure = Some(line.clone());
                     }
-                    tail.push_back(line.chars().take(300).collect());
+                    if tail.last.len() == STDERR_LINES {
+                        tail.last.pop_front();
+                    }
+                    tail.last.push_back(line);
                 }
             })
         });
@@ -270,25 +281,24 @@ impl RunnerProcess {
         {
             std::thread::sleep(Duration::from_millis(2));
         }
-        let tail: Vec<String> = self
-            .stderr_tail
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect();
-        let out_of_memory = tail.iter().any(|l| l.contains("memory allocation of"));
-        Some(if out_of_memory && memory_limit_mib > 0 {
-            format!(
-                "{status}: an allocation failed at its memory limit {memory_limit_mib} MiB \
-                 ([agents.native] memory_limit_mib); agent output: {}",
-                tail.join(" | ")
-            )
-        } else if tail.is_empty() {
-            status
-        } else {
-            format!("{status}; agent output: {}", tail.join(" | "))
-        })
+        let lines = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
+        let tail: Vec<&str> = lines.last.iter().map(String::as_str).collect();
+        Some(
+            if let Some(failure) = lines
+                .allocation_failure
+                .as_ref()
+                .filter(|_| memory_limit_mib > 0)
+            {
+                format!(
+                    "{status}: an allocation failed at its memory limit {memory_limit_mib} MiB \
+                 ([agents.native] memory_limit_mib); agent output: {failure}"
+                )
+            } else if tail.is_empty() {
+                status
+            } else {
+                format!("{status}; agent output: {}", tail.join(" | "))
+            },
+        )
     }
 
     /// The runner's exit, if it already ended.
