@@ -2,12 +2,13 @@
 //! machine (the namespace lab, `baton demo`). Fencing node N kills N's daemon and
 //! every process group its agents recorded, then confirms they are gone.
 //!
-//! start (with `target=N`): reads `<state_dir>/N.*.pid` (each `PID START_TIME`, as
-//! the daemon's `--pid-file` and the `process` agent write them), takes the network
+//! start (with `target=N`): reads `<state_dir>/N.*.pid` (the daemon's `--pid-file`,
+//! `PID`, and the `process` agent's records, `PID START_TIME`), takes the network
 //! of the daemon's namespace off (every address removed, links down: a powered-off
 //! node answers for no virtual address), sends SIGKILL to
 //! each recorded process and its process group when the process is still the one
-//! recorded, and returns only when none of them is left (a zombie counts as gone).
+//! recorded (the same start time, or for a bare `PID`, started before its record
+//! was written), and returns only when none of them is left (a zombie counts as gone).
 //! The node's namespace is `<state_dir>/N.netns` when that file names one (a path
 //! such as `/run/netns/lab-n1`: it works after every process of the node died),
 //! else the namespace of any recorded process still alive.
@@ -34,9 +35,64 @@ inventory::submit! {
 /// The `lab-fence` agent.
 pub struct LabFenceAgent;
 
-/// Whether the recorded process is still that one (same start time) and not a zombie.
-fn alive(pid: u32, start_time: u64) -> bool {
-    crate::process::proc_stat(pid).is_some_and(|(t, zombie)| t == start_time && !zombie)
+/// How a record tells its process from a later one that reused the PID.
+#[derive(Clone, Copy)]
+enum Identity {
+    /// `PID START_TIME` (the `process` agent's records): the start time, in
+    /// clock ticks since boot.
+    Started(u64),
+    /// `PID` alone (the daemon's `--pid-file`): the process started before its
+    /// record was written (Unix seconds).
+    StartedBy(u64),
+}
+
+/// When the machine booted, Unix seconds, and the clock ticks per second.
+fn boot_clock() -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let btime = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf only reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some((btime, u64::try_from(ticks).ok().filter(|t| *t > 0)?))
+}
+
+/// Whether the recorded process is still that one and not a zombie.
+fn alive(pid: u32, id: Identity) -> bool {
+    let Some((start, zombie)) = crate::process::proc_stat(pid) else {
+        return false;
+    };
+    !zombie
+        && match id {
+            Identity::Started(t) => start == t,
+            // Boot time is in whole seconds: a second of slack.
+            Identity::StartedBy(written) => {
+                boot_clock().is_some_and(|(btime, hz)| btime + start / hz <= written + 1)
+            }
+        }
+}
+
+/// A record's PID and identity: `PID START_TIME`, or `PID` with the file's
+/// modification time.
+fn record(path: &Path) -> Option<(u32, Identity)> {
+    let text = fs::read_to_string(path).ok()?;
+    let mut it = text.split_whitespace();
+    let pid = it.next()?.parse().ok()?;
+    let id = match it.next() {
+        Some(start) => Identity::Started(start.parse().ok()?),
+        None => {
+            let written = fs::metadata(path).ok()?.modified().ok()?;
+            let secs = written
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_secs();
+            Identity::StartedBy(secs)
+        }
+    };
+    Some((pid, id))
 }
 
 fn kill(pid: u32) {
@@ -106,15 +162,10 @@ impl LabFenceAgent {
             }
             let is_daemon = name == format!("{target}.daemon.pid");
             daemon_seen |= is_daemon;
-            let text = fs::read_to_string(entry.path()).unwrap_or_default();
-            let mut it = text.split_whitespace();
-            if let (Some(Ok(pid)), Some(Ok(start))) = (
-                it.next().map(str::parse::<u32>),
-                it.next().map(str::parse::<u64>),
-            ) {
-                records.push((pid, start));
+            if let Some(r) = record(&entry.path()) {
+                records.push(r);
                 if is_daemon {
-                    daemon = Some((pid, start));
+                    daemon = Some(r);
                 }
             }
         }

@@ -603,6 +603,8 @@ pub struct ClusterLab {
     /// Config, key, logs, status files, agent state.
     pub dir: tempfile::TempDir,
     daemons: Vec<Option<u32>>,
+    /// Node `n`'s name is `names[n - 1]`.
+    names: Vec<String>,
     baton: std::path::PathBuf,
 }
 
@@ -708,9 +710,41 @@ impl ClusterLab {
             lab,
             dir,
             daemons: vec![None; spec.nodes],
+            names: (1..=spec.nodes).map(|n| format!("n{n}")).collect(),
             baton: baton.to_owned(),
         };
         for n in 1..=spec.nodes {
+            c.start_node(n)?;
+        }
+        Ok(c)
+    }
+
+    /// A lab of the nodes `names` (node `n` is `names[n - 1]`, with the lab's
+    /// addresses of node `n`) running `config` as written (its paths and
+    /// addresses already the lab's), after `prepare` with the lab's directory
+    /// and namespaces. The config's key file is the lab's `key` file.
+    pub fn start_config(
+        prefix: &str,
+        baton: &Path,
+        names: &[&str],
+        config: &str,
+        prepare: impl FnOnce(&Path, &Lab) -> anyhow::Result<()>,
+    ) -> anyhow::Result<ClusterLab> {
+        let dir = tempfile::Builder::new().prefix("baton-lab").tempdir()?;
+        let d = dir.path();
+        std::fs::write(d.join("key"), b"lab key lab key lab key lab key!!")?;
+        std::fs::create_dir_all(d.join("run"))?;
+        std::fs::write(d.join("cluster.toml"), config)?;
+        let lab = Lab::up(prefix, names.len())?;
+        prepare(d, &lab)?;
+        let mut c = ClusterLab {
+            lab,
+            dir,
+            daemons: vec![None; names.len()],
+            names: names.iter().map(|n| n.to_string()).collect(),
+            baton: baton.to_owned(),
+        };
+        for n in 1..=names.len() {
             c.start_node(n)?;
         }
         Ok(c)
@@ -751,9 +785,9 @@ impl ClusterLab {
             d.join("cluster.toml")
         };
         let status = d.join(format!("n{n}.json"));
-        let node = format!("n{n}");
+        let node = self.names[n - 1].clone();
         let socket = self.socket(n);
-        let pid_file = d.join(format!("run/n{n}.daemon.pid"));
+        let pid_file = d.join(format!("run/{node}.daemon.pid"));
         let args = [
             "--config",
             cfg.to_str().unwrap_or(""),

@@ -62,14 +62,13 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Write `PID START_TIME` of this process (the format the lab fence agent reads).
+/// Write this process's PID, as a service manager (`PIDFile=`) and `kill $(cat
+/// FILE)` read it.
 fn write_pid_file(path: &Path) -> anyhow::Result<()> {
-    let pid = std::process::id();
-    let (start, _) = baton_agents::proc_stat(pid).context("reading /proc/self/stat")?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("--pid-file {}", dir.display()))?;
     }
-    std::fs::write(path, format!("{pid} {start}\n"))
+    write_atomic(path, format!("{}\n", std::process::id()).as_bytes())
         .with_context(|| format!("--pid-file {}", path.display()))
 }
 
