@@ -203,6 +203,12 @@ pub struct CallContext {
     /// The time the host gives the call. The host enforces it (kills the agent's
     /// code when it runs over); an agent uses it to bound its own waits.
     pub timeout_ms: u64,
+    /// With `start`: the nodes the cluster has confirmed fenced (off, by its
+    /// fence agent) since they last left the membership, by name. A lease or a
+    /// lock such a node holds is free: it can neither renew nor use it again.
+    /// Empty for other actions, without a fence agent, and outside a cluster.
+    #[serde(default)]
+    pub fenced: Vec<String>,
 }
 
 impl Default for CallContext {
@@ -211,6 +217,7 @@ impl Default for CallContext {
             node: "localhost".into(),
             resource: "resource".into(),
             timeout_ms: 20_000,
+            fenced: Vec::new(),
         }
     }
 }

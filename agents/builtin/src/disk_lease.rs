@@ -5,7 +5,8 @@
 //! wrong.
 //!
 //! start: take the lease (wait for a free one, or watch a held one unchanged for
-//! its lease time; give up at the deadline), then renew it from a thread of
+//! its lease time, unless the cluster confirmed its holder fenced; give up at
+//! the deadline), then renew it from a thread of
 //! this process every quarter of the lease time. stop: stop renewing and mark
 //! the lease released (so the next node need not wait). monitor: `running` while
 //! renewals succeed; an error once one has not succeeded for half the lease time
@@ -120,6 +121,7 @@ impl DiskLeaseAgent {
         area: &LeaseArea,
         s: &Settings,
         node: &str,
+        fenced: &[String],
         deadline: Instant,
     ) -> Result<Record, AgentError> {
         let io = |e: std::io::Error| AgentError::generic(format!("lease on {}: {e}", area.device));
@@ -147,6 +149,14 @@ impl DiskLeaseAgent {
                 }
                 Block::Empty => break None,
                 Block::Lease(r) if r.released => break Some(r.clone()),
+                // Its holder is off (a confirmed fence): it renews no more.
+                Block::Lease(r) if fenced.contains(&r.owner) => {
+                    eprintln!(
+                        "disk-lease: the lease on {} is held by node {}, which the cluster fenced: taking it without waiting out its lease",
+                        area.device, r.owner
+                    );
+                    break Some(r.clone());
+                }
                 // A held record is watched for its holder's lease time; one damaged
                 // for good (nobody who renews would leave it so) for our own.
                 Block::Damaged(_) | Block::Lease(_) => {
@@ -340,7 +350,7 @@ impl ResourceAgent for DiskLeaseAgent {
             return Ok(());
         }
         let area = Self::open(&s)?;
-        let record = Self::acquire(&area, &s, &req.context.node, deadline)?;
+        let record = Self::acquire(&area, &s, &req.context.node, &req.context.fenced, deadline)?;
         let holding = Arc::new(Holding {
             area,
             record: Mutex::new(record),

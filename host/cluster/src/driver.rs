@@ -56,8 +56,10 @@ pub type Failure = (Recovery, String);
 /// Agent and fence work the driver asks for; it comes back as a [`Done`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Job {
-    /// Start the service's resources in order (a promotable service's replicas).
-    Start(usize),
+    /// Start the service's resources in order (a promotable service's
+    /// replicas), knowing which lost nodes are confirmed fenced (a lease such a
+    /// node holds is free).
+    Start(usize, Vec<NodeId>),
     /// Stop them in reverse order; `cap`: without quorum, each call's deadline is
     /// at most the self-fence bound.
     Stop {
@@ -589,7 +591,14 @@ impl Driver {
         let quorate = self.node.quorate();
         for c in commands {
             let job = match c {
-                Command::Start(i) => Job::Start(i),
+                Command::Start(i) => Job::Start(
+                    i,
+                    self.node
+                        .fenced_since()
+                        .into_iter()
+                        .map(|(n, _)| n)
+                        .collect(),
+                ),
                 Command::Stop(i) => {
                     self.capped[i] = false;
                     // Without quorum, stops are bounded by the self-fence bound:
@@ -640,6 +649,8 @@ impl Driver {
 
     fn stopped(&mut self, io: &mut impl NodeIo, i: usize, ok: bool, now: Millis) -> Vec<Command> {
         if ok || !self.node.service(i).phase().holds() {
+            // A node without quorum may now let the witness go: decide now.
+            self.tick_soon = true;
             return self.node.stop_done(i, ok, now);
         }
         self.record(

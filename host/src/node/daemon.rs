@@ -257,12 +257,9 @@ impl NodeIo for DaemonIo {
             _ => Vec::new(),
         };
         let fencer = self.fencer.clone();
-        let target = match &job {
-            Job::Fence { node, .. } => self.names.get(node).cloned().unwrap_or_default(),
-            _ => String::new(),
-        };
+        let names = self.names.clone();
         std::thread::spawn(move || {
-            reply.send(work(job, &services, fencer.as_deref(), &target, states))
+            reply.send(work(job, &services, fencer.as_deref(), &names, states))
         });
     }
 
@@ -312,11 +309,15 @@ fn work(
     job: Job,
     services: &[LoadedService],
     fencer: Option<&Fencer>,
-    target: &str,
+    names: &BTreeMap<NodeId, String>,
     states: Vec<String>,
 ) -> Finished {
+    let name = |n: &NodeId| names.get(n).cloned().unwrap_or_else(|| n.to_string());
     match job {
-        Job::Start(i) => Finished::round(i, services[i].start(), |r| Done::Started(i, r.result)),
+        Job::Start(i, fenced) => {
+            let fenced = fenced.iter().map(name).collect();
+            Finished::round(i, services[i].start(fenced), |r| Done::Started(i, r.result))
+        }
         Job::Stop { service: i, cap } => {
             let (ok, states) = services[i].stop(cap);
             Finished {
@@ -345,7 +346,11 @@ fn work(
             }
         }
         Job::Fence { node, incarnation } => Finished {
-            done: Done::Fenced(node, incarnation, fencer.is_some_and(|f| f.fence(target))),
+            done: Done::Fenced(
+                node,
+                incarnation,
+                fencer.is_some_and(|f| f.fence(&name(&node))),
+            ),
             states: None,
         },
         Job::Monitor { .. } => unreachable!("monitor rounds run on the crew"),

@@ -437,12 +437,15 @@ impl LoadedService {
     }
 
     /// Start the resources in order (of a promotable service, its replicas);
-    /// on a failure, stop the ones started, in reverse.
-    pub fn start(&self) -> Round {
+    /// on a failure, stop the ones started, in reverse. `fenced`: the nodes
+    /// confirmed fenced, for the agents' [`CallContext::fenced`].
+    ///
+    /// [`CallContext::fenced`]: baton_plugin_api::CallContext::fenced
+    pub fn start(&self, fenced: Vec<String>) -> Round {
         let _round = self.round.lock().unwrap_or_else(|e| e.into_inner());
         self.abort.store(false, Ordering::SeqCst);
         let mut states = vec!["stopped".to_string(); self.resources.len()];
-        let result = self.start_resources(&mut states, |k| !self.follows_role(k));
+        let result = self.start_resources(&mut states, &fenced, |k| !self.follows_role(k));
         if result.is_ok() {
             tracing::info!(service = %self.name, "started");
         }
@@ -476,7 +479,7 @@ impl LoadedService {
             }
             states[k] = "promoted".into();
         }
-        let result = self.start_resources(&mut states, |k| self.follows_role(k));
+        let result = self.start_resources(&mut states, &[], |k| self.follows_role(k));
         if result.is_ok() {
             tracing::info!(service = %self.name, "promoted");
         }
@@ -520,6 +523,7 @@ impl LoadedService {
     fn start_resources(
         &self,
         states: &mut [String],
+        fenced: &[String],
         which: impl Fn(usize) -> bool,
     ) -> Result<(), Failure> {
         let mut started = Vec::new();
@@ -534,7 +538,9 @@ impl LoadedService {
                     format!("start of {} given up for a stop", self.name),
                 ));
             }
-            let (result, state) = call(r, Action::Start, None);
+            let mut req = r.request(Action::Start, None);
+            req.context.fenced = fenced.to_vec();
+            let (result, state) = judge(&r.handle.call(&req));
             states[k] = state;
             if let Err(recovery) = result {
                 let failure = format!("{}: {}", r.name(), states[k]);

@@ -192,7 +192,7 @@ impl Local {
     fn complete(&mut self, p: Pending, world: &mut World, spec: &ClusterSpec) -> Done {
         let failure = |what: &str| -> Failure { (Recovery::RestartHere, what.to_string()) };
         match p.job {
-            Job::Start(i) => Done::Started(
+            Job::Start(i, _) => Done::Started(
                 i,
                 if p.fails {
                     Err(failure(
@@ -342,7 +342,7 @@ impl Local {
         self.holding.clear();
         self.promoted.clear();
         for p in &mut self.pending {
-            if matches!(p.job, Job::Start(_) | Job::Promote(_)) {
+            if matches!(p.job, Job::Start(..) | Job::Promote(_)) {
                 p.fails = true;
             }
         }
@@ -374,7 +374,7 @@ impl NodeIo for SimIo<'_> {
         let self_fence = self.spec.bounds.self_fence.as_millis() as u64;
         let local = &mut *self.local;
         let (took, fails) = match &job {
-            Job::Start(i) => match self.world.broken.get(&(local.id, *i)).copied() {
+            Job::Start(i, _) => match self.world.broken.get(&(local.id, *i)).copied() {
                 Some(Breakage::HangOnce) => {
                     self.world.broken.remove(&(local.id, *i));
                     (
@@ -393,7 +393,7 @@ impl NodeIo for SimIo<'_> {
             Job::Stop { service, cap } => {
                 // A stop supersedes a start, promotion or demotion in progress.
                 local.pending.retain(|p| {
-                    !matches!(p.job, Job::Start(s) | Job::Promote(s) | Job::Demote(s) if s == *service)
+                    !matches!(p.job, Job::Start(s, _) | Job::Promote(s) | Job::Demote(s) if s == *service)
                 });
                 let took = 1 + self.world.rng.below(self_fence.max(1));
                 (cap.map_or(took, |c| took.min(c)), false)
@@ -403,7 +403,7 @@ impl NodeIo for SimIo<'_> {
             Job::Fence { .. } => (5 + self.world.rng.below(50), false),
         };
         match job {
-            Job::Start(i) => {
+            Job::Start(i, _) => {
                 local.holding.insert(i);
                 if fails && took > 3 {
                     self.world.hangs_until = self.world.hangs_until.max(now + took);
