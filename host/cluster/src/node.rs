@@ -689,11 +689,11 @@ impl ClusterNode {
     /// checks and reached the witness's storage at its last try. It takes or
     /// renews the lease only when the witness would make the partition quorate
     /// (so a lone node of three with a one-vote witness never keeps it from the
-    /// other two), and otherwise lets it go. A node that fails its health
-    /// checks alone lets it go too, so a healthy partition need not wait for
-    /// the lease to run out. In a larger partition a non-leader never lets go:
-    /// members may count the lease the old leader renewed until the new leader
-    /// takes it over.
+    /// other two), and otherwise lets it go once its services are stopped. A
+    /// node that fails its health checks alone lets it go too, so a healthy
+    /// partition need not wait for the lease to run out. In a larger partition
+    /// a non-leader never lets go: members may count the lease the old leader
+    /// renewed until the new leader takes it over.
     pub fn witness_task(&self) -> Option<WitnessTask> {
         if self.quorum.witness_votes == 0 {
             return None;
@@ -708,17 +708,33 @@ impl ClusterNode {
             }
         };
         let leader = view.iter().copied().find(|n| capable(*n));
+        // Letting go waits for this node's stops: the partition that takes the
+        // witness over fences this node, and should find its services stopped.
+        // The lease runs out meanwhile all the same.
+        let let_go = if self.stopped_for_others() {
+            WitnessTask::Release
+        } else {
+            WitnessTask::Look
+        };
         Some(if leader == Some(me) {
             if self.quorum.decide(view, true, true).quorate {
                 WitnessTask::Lead
             } else {
-                WitnessTask::Release
+                let_go
             }
         } else if !self.healthy && view.len() == 1 {
-            WitnessTask::Release
+            let_go
         } else {
             WitnessTask::Look
         })
+    }
+
+    /// Whether every service another node could take over is stopped here
+    /// (clone replicas do not count: they are nobody else's to take).
+    fn stopped_for_others(&self) -> bool {
+        self.services
+            .iter()
+            .all(|s| s.role == Role::Replica && (s.everywhere() || s.phase == Phase::Stopped))
     }
 
     /// This node's health checks: whether it passes them, and when the last
