@@ -3,13 +3,22 @@
 //! (RFC 8945), built and verified with hickory-proto, over UDP to the zone's
 //! primary server.
 //!
-//! start: replace the name's A/AAAA records with the address (the `address`
-//! parameter, or this node's own address on `interface`), and check the
-//! server's signed answer. stop: delete the records only if they still point
-//! here (a prerequisite of the update), so a stop never erases the next owner's
-//! registration. monitor: ask the server; `running` when the name points here,
-//! `not-running` when it points elsewhere or nowhere, an error when the server
-//! does not answer.
+//! Which node registered the name is kept beside it, in a TXT record at
+//! `_baton-owner.NAME` holding the node's name: with `address` (the service's
+//! virtual address) every node would write the same A record, so the record
+//! alone cannot tell whose it is.
+//!
+//! start: in one update, replace the name's A/AAAA records with the address
+//! (the `address` parameter, or this node's own address on `interface`) and
+//! the owner record with this node, and check the server's signed answer.
+//! stop: remove the owner record if it still names this node (a prerequisite
+//! of the update) and leave the address record for the next owner's start to
+//! replace, so clients never see the name vanish in a switchover; a server it
+//! cannot reach is no failed stop (nothing of a name stays on this node, and
+//! the next owner's start replaces the record). monitor: ask the server;
+//! `running` when the name points here and the owner record names this node,
+//! `not-running` otherwise, `degraded` when the server does not answer (a probe:
+//! `not-running`, as nothing here would need stopping).
 
 use crate::reading::{millis, required, text, whole};
 use baton_plugin_api::{
@@ -18,7 +27,7 @@ use baton_plugin_api::{
 };
 use hickory_proto::op::{Message, OpCode, Query, ResponseCode, UpdateMessage};
 use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
-use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::rdata::{A, AAAA, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType, TSigner};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
@@ -127,7 +136,9 @@ impl DnsNameAgent {
             name,
             ttl,
             key,
-            timeout: millis(&meta, req, "timeout_ms")?.min(req.context.timeout()),
+            // Within the call's deadline, so "no answer" is the agent's verdict,
+            // not the host's timeout.
+            timeout: millis(&meta, req, "timeout_ms")?.min(req.context.timeout().mul_f64(0.8)),
         })
     }
 
@@ -189,7 +200,7 @@ impl DnsNameAgent {
 
     /// Send `message`, signed, and return the server's verified answer (any
     /// response code: the caller decides which ones are success).
-    fn exchange(s: &Settings, mut message: Message) -> Result<Message, AgentError> {
+    fn exchange(s: &Settings, mut message: Message) -> Result<Message, Failure> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -207,7 +218,7 @@ impl DnsNameAgent {
                 Err(e) => {
                     // An unsigned refusal (BADKEY, BADSIG) says more than "bad signature".
                     let plain = Message::from_vec(&reply).ok();
-                    return Err(refusal(s, plain.as_ref(), &e.to_string()));
+                    return Err(refusal(s, plain.as_ref(), &e.to_string()).into());
                 }
             },
             None => Message::from_vec(&reply)
@@ -217,12 +228,12 @@ impl DnsNameAgent {
     }
 
     /// [`DnsNameAgent::exchange`], succeeding on `accept` response codes only.
-    fn update(s: &Settings, message: Message, accept: &[ResponseCode]) -> Result<(), AgentError> {
+    fn update(s: &Settings, message: Message, accept: &[ResponseCode]) -> Result<(), Failure> {
         let answer = Self::exchange(s, message)?;
         if accept.contains(&answer.metadata.response_code) {
             Ok(())
         } else {
-            Err(refusal(s, Some(&answer), ""))
+            Err(refusal(s, Some(&answer), "").into())
         }
     }
 
@@ -246,16 +257,32 @@ impl DnsNameAgent {
         Record::from_rdata(s.name.clone(), s.ttl, data)
     }
 
-    /// The addresses the server has for the name (of `ip`'s family).
-    fn lookup(s: &Settings, ip: IpAddr) -> Result<Vec<IpAddr>, AgentError> {
-        let kind = if ip.is_ipv4() {
-            RecordType::A
-        } else {
-            RecordType::AAAA
-        };
+    /// The name that holds the owner record: `_baton-owner.NAME`.
+    fn owner_name(s: &Settings) -> Result<Name, AgentError> {
+        Name::from_ascii("_baton-owner")
+            .and_then(|label| label.append_name(&s.name))
+            .map_err(|e| {
+                AgentError::misconfigured(format!(
+                    "name: {} has no room for _baton-owner: {e}",
+                    s.name
+                ))
+            })
+    }
+
+    /// The owner record naming `node`.
+    fn owner_record(s: &Settings, node: &str) -> Result<Record, AgentError> {
+        Ok(Record::from_rdata(
+            Self::owner_name(s)?,
+            s.ttl,
+            RData::TXT(TXT::new(vec![node.to_string()])),
+        ))
+    }
+
+    /// The records of `kind` the server has at `name`.
+    fn query(s: &Settings, name: &Name, kind: RecordType) -> Result<Vec<RData>, Failure> {
         let mut m = Message::query();
         m.metadata.recursion_desired = false;
-        m.add_query(Query::query(s.name.clone(), kind));
+        m.add_query(Query::query(name.clone(), kind));
         let bytes = m
             .to_vec()
             .map_err(|e| AgentError::generic(format!("encoding the query: {e}")))?;
@@ -266,20 +293,38 @@ impl DnsNameAgent {
             ResponseCode::NoError | ResponseCode::NXDomain => {}
             code => {
                 return Err(AgentError::generic(format!(
-                    "server {} answered {code} for {}",
-                    s.server, s.name
-                )));
+                    "server {} answered {code} for {name}",
+                    s.server
+                ))
+                .into());
             }
         }
-        Ok(answer
-            .answers
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::A(a) => Some(IpAddr::V4(a.0)),
-                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                _ => None,
-            })
-            .collect())
+        Ok(answer.answers.iter().map(|r| r.data.clone()).collect())
+    }
+
+    /// Whether the server has the name pointing to `ip` and this node as its owner.
+    fn registered_here(s: &Settings, ip: IpAddr, node: &str) -> Result<bool, Failure> {
+        let kind = if ip.is_ipv4() {
+            RecordType::A
+        } else {
+            RecordType::AAAA
+        };
+        let points_here = Self::query(s, &s.name, kind)?.iter().any(|d| match d {
+            RData::A(a) => IpAddr::V4(a.0) == ip,
+            RData::AAAA(a) => IpAddr::V6(a.0) == ip,
+            _ => false,
+        });
+        if !points_here {
+            return Ok(false);
+        }
+        let owners = Self::query(s, &Self::owner_name(s)?, RecordType::TXT)?;
+        Ok(owners.iter().any(|d| match d {
+            RData::TXT(t) => t
+                .txt_data
+                .iter()
+                .any(|part| part.as_ref() == node.as_bytes()),
+            _ => false,
+        }))
     }
 }
 
@@ -292,7 +337,8 @@ pub fn lookup(server: SocketAddr, name: &str, timeout: Duration) -> Result<Vec<I
         let mut m = Message::query();
         m.add_query(Query::query(name.clone(), kind));
         let bytes = m.to_vec().map_err(|e| e.to_string())?;
-        let reply = udp_exchange(server, &bytes, m.metadata.id, timeout).map_err(|e| e.reason)?;
+        let reply = udp_exchange(server, &bytes, m.metadata.id, timeout)
+            .map_err(|e| AgentError::from(e).reason)?;
         let answer = Message::from_vec(&reply).map_err(|e| e.to_string())?;
         found.extend(answer.answers.iter().filter_map(|r| match &r.data {
             RData::A(a) => Some(IpAddr::V4(a.0)),
@@ -330,14 +376,36 @@ fn refusal(s: &Settings, answer: Option<&Message>, detail: &str) -> AgentError {
     }
 }
 
+/// Why a call failed: the server could not be reached (no route, no
+/// answer in time), or it answered and the answer is the failure.
+enum Failure {
+    Unreachable(String),
+    Answered(AgentError),
+}
+
+impl From<AgentError> for Failure {
+    fn from(e: AgentError) -> Failure {
+        Failure::Answered(e)
+    }
+}
+
+impl From<Failure> for AgentError {
+    fn from(f: Failure) -> AgentError {
+        match f {
+            Failure::Unreachable(why) => AgentError::generic(why),
+            Failure::Answered(e) => e,
+        }
+    }
+}
+
 /// One UDP request and its answer (matched by ID), within `timeout`.
 fn udp_exchange(
     server: SocketAddr,
     bytes: &[u8],
     id: u16,
     timeout: Duration,
-) -> Result<Vec<u8>, AgentError> {
-    let io = |e: std::io::Error| AgentError::generic(format!("server {server}: {e}"));
+) -> Result<Vec<u8>, Failure> {
+    let io = |e: std::io::Error| Failure::Unreachable(format!("server {server}: {e}"));
     let bind: SocketAddr = if server.is_ipv4() {
         "0.0.0.0:0".parse().expect("an address")
     } else {
@@ -351,7 +419,7 @@ fn udp_exchange(
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
-            return Err(AgentError::generic(format!(
+            return Err(Failure::Unreachable(format!(
                 "server {server} did not answer within {} ms",
                 timeout.as_millis()
             )));
@@ -384,8 +452,10 @@ impl ResourceAgent for DnsNameAgent {
             contract: CONTRACT_VERSION,
             shortdesc: "A DNS name that points to wherever the service runs".into(),
             longdesc: "RFC 2136 dynamic updates signed with TSIG (hmac-sha256) to the zone's \
-                       primary: start replaces the name's records with this node's address, stop \
-                       removes them only while they still point here, monitor asks the server."
+                       primary: start replaces the name's records with the address and marks \
+                       this node the owner (a TXT record at _baton-owner.NAME), stop gives the \
+                       ownership up and leaves the address for the next owner, monitor asks \
+                       the server."
                 .into(),
             parameters: vec![
                 p(
@@ -468,44 +538,65 @@ impl ResourceAgent for DnsNameAgent {
         let s = self.settings(req)?;
         let ip = self.address(req)?;
         let mut m = Self::update_message(&s);
-        // Replace: delete every record of the type, then add ours, in one update.
+        // Replace: delete every record of the type, then add ours, and the same
+        // for the owner record, in one update.
         let kind = if ip.is_ipv4() {
             RecordType::A
         } else {
             RecordType::AAAA
         };
-        let mut delete = Record::update0(s.name.clone(), 0, kind);
-        delete.dns_class = DNSClass::ANY;
-        m.add_update(delete);
+        let owner = Self::owner_record(&s, &req.context.node)?;
+        for (name, kind) in [
+            (s.name.clone(), kind),
+            (owner.name.clone(), RecordType::TXT),
+        ] {
+            let mut delete = Record::update0(name, 0, kind);
+            delete.dns_class = DNSClass::ANY;
+            m.add_update(delete);
+        }
         m.add_update(Self::record(&s, ip));
-        Self::update(&s, m, &[ResponseCode::NoError])
+        m.add_update(owner);
+        Ok(Self::update(&s, m, &[ResponseCode::NoError])?)
     }
 
     fn stop(&self, req: &Request) -> Result<(), AgentError> {
         let s = self.settings(req)?;
-        let ip = self.address(req)?;
         let mut m = Self::update_message(&s);
-        // Prerequisite: the name still points here (RFC 2136 2.4.2, value-dependent).
-        let mut ours = Self::record(&s, ip);
+        // Prerequisite: this node is still the owner (RFC 2136 2.4.2, value-dependent).
+        let mut ours = Self::owner_record(&s, &req.context.node)?;
         ours.ttl = 0;
         m.add_pre_requisite(ours.clone());
         let mut delete = ours;
         delete.dns_class = DNSClass::NONE;
         m.add_update(delete);
-        // NXRRSET: it no longer points here (another node took it, or it was
-        // removed already): nothing to remove.
-        Self::update(&s, m, &[ResponseCode::NoError, ResponseCode::NXRRSet])
+        // NXRRSET: another node registered it since, or it was given up already.
+        match Self::update(&s, m, &[ResponseCode::NoError, ResponseCode::NXRRSet]) {
+            Err(Failure::Unreachable(why)) => {
+                // The next owner's start replaces the record: not a failed stop.
+                eprintln!(
+                    "dns-name: {why}; the owner record of {} is left for the next owner to replace",
+                    s.name
+                );
+                Ok(())
+            }
+            r => Ok(r?),
+        }
     }
 
     fn monitor(&self, req: &Request) -> Result<MonitorState, AgentError> {
         let s = self.settings(req)?;
         let ip = self.address(req)?;
-        let found = Self::lookup(&s, ip)?;
-        Ok(if found.contains(&ip) {
-            MonitorState::Running
-        } else {
-            MonitorState::NotRunning
-        })
+        match Self::registered_here(&s, ip, &req.context.node) {
+            Ok(true) => Ok(MonitorState::Running),
+            Ok(false) => Ok(MonitorState::NotRunning),
+            // Nothing of a name would need stopping here.
+            Err(Failure::Unreachable(_)) if req.probe => Ok(MonitorState::NotRunning),
+            Err(Failure::Unreachable(why)) => {
+                eprintln!("dns-name: {why}: the name of {} is not checked", s.name);
+                Ok(MonitorState::Degraded)
+            }
+            Err(Failure::Answered(e)) => Err(e),
+        }
     }
 }
 
