@@ -121,6 +121,69 @@ pub fn decode(b: &[u8]) -> Block {
     })
 }
 
+/// What a block that is not a lease seems to hold, for messages.
+pub fn looks_like(b: &[u8]) -> &'static str {
+    let at = |i: usize, bytes: &[u8]| b.len() >= i + bytes.len() && &b[i..i + bytes.len()] == bytes;
+    if at(512, b"EFI PART") {
+        "a GPT partition table"
+    } else if at(510, &[0x55, 0xAA]) {
+        "a partition table or boot sector (MBR)"
+    } else if at(1024 + 56, &[0x53, 0xEF]) {
+        "an ext2/3/4 superblock"
+    } else if at(0, b"XFSB") {
+        "an XFS superblock"
+    } else if at(0, b"LVM2") || at(512 + 24, b"LVM2") {
+        "an LVM label"
+    } else {
+        "data that is not a baton lease"
+    }
+}
+
+/// Check, before use, the block that `slot` of `device` gives a lease for
+/// `purpose` (`witness` or `lease`) of `cluster`: never written, or a record of
+/// this cluster for the same purpose. The problem otherwise, with the fix.
+/// `Ok(false)`: the device is not there to look at (not on this machine).
+pub fn check_slot(device: &Path, slot: u64, cluster: &str, purpose: &str) -> Result<bool, String> {
+    use std::os::unix::fs::FileExt;
+    let name = device.display();
+    let Ok(file) = File::open(device) else {
+        return Ok(false);
+    };
+    let mut b = vec![0u8; BLOCK];
+    let offset = slot * BLOCK as u64;
+    let n = file
+        .read_at(&mut b, offset)
+        .map_err(|e| format!("{name}: {e}"))?;
+    if n < BLOCK {
+        return Err(format!(
+            "{name} ends before slot {slot} (bytes {offset}..{}); give a slot inside the device",
+            offset + BLOCK as u64
+        ));
+    }
+    let fix = "use a slot of its own in the space before partition 1 (with partition 1 at 1 MiB, slots 16 to 255 are free); see docs/operations.md, \"Preparing a shared disk\"";
+    match decode(&b) {
+        Block::Empty => Ok(true),
+        Block::Lease(r) if r.cluster != cluster => Err(format!(
+            "slot {slot} of {name} holds a lease of cluster {:?}, not {cluster:?}; {fix}",
+            r.cluster
+        )),
+        Block::Lease(r) if r.name != purpose => Err(format!(
+            "slot {slot} of {name} holds this cluster's {}, not its {purpose}; {fix}",
+            if r.name == "witness" {
+                "witness"
+            } else {
+                "resource lease"
+            }
+        )),
+        Block::Lease(_) | Block::Damaged(_) => Ok(true),
+        Block::Foreign => Err(format!(
+            "slot {slot} of {name} (bytes {offset}..{}) holds {}, which baton never overwrites; {fix}",
+            offset + BLOCK as u64,
+            looks_like(&b)
+        )),
+    }
+}
+
 /// A random token for a new holding (from getrandom; odd, so never 0).
 pub fn random_token() -> u64 {
     let mut b = [0u8; 8];
