@@ -161,7 +161,7 @@ fn takeover_lines(c: &crate::cluster::config::ClusterConfig) -> Vec<String> {
     };
     let mut lines = vec![if c.cluster.fencing.is_some() {
         format!(
-            "after a crash, survivors start its services {} ms after it (to notice{}) plus the fence agent's time, or {} ms after it left the view when the fence fails",
+            "after a crash, survivors start its services at most {} ms after it (to notice{}) plus the fence agent's time, or {} ms after it left the view when the fence fails",
             before_fence.as_millis(),
             if needs_witness {
                 ", and its witness lease to run out"

@@ -16,7 +16,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A file-backed disk: the whole file as one loop device (lease slots in its
-/// first MiB) and an ext4 filesystem after the first MiB as a second one.
+/// first MiB) and an ext4 filesystem after the first MiB, as a second loop
+/// device or as the disk's partition 1.
 pub struct LoopDisk {
     _file: tempfile::NamedTempFile,
     /// The whole disk (lease area at its start).
@@ -66,6 +67,33 @@ impl LoopDisk {
         })
     }
 
+    /// A 64 MiB disk prepared as docs/operations.md says ("Preparing a shared
+    /// disk"): a GPT label, partition 1 from 1 MiB to the end, ext4 on it; `fs`
+    /// is the partition's device (needs root, parted, losetup, partx, mkfs.ext4).
+    pub fn partitioned() -> anyhow::Result<LoopDisk> {
+        let file = tempfile::Builder::new().prefix("baton-disk").tempfile()?;
+        file.as_file().set_len(64 << 20)?;
+        let path = file.path().to_str().context("temp path")?.to_string();
+        run(
+            "parted",
+            &[
+                "-s", &path, "mklabel", "gpt", "mkpart", "db", "ext4", "1MiB", "100%",
+            ],
+        )?;
+        let whole = run("losetup", &["-f", "--show", "-P", "--direct-io=on", &path])?;
+        let disk = LoopDisk {
+            _file: file,
+            fs: format!("{whole}p1"),
+            whole,
+        };
+        // Without udev the partition's device node may not appear by itself.
+        if !Path::new(&disk.fs).exists() {
+            run("partx", &["-a", &disk.whole])?;
+        }
+        run("mkfs.ext4", &["-q", "-F", "-L", "db", &disk.fs])?;
+        Ok(disk)
+    }
+
     /// `fsck -n` of the filesystem passes (nothing mounts it).
     pub fn check_clean(&self) -> anyhow::Result<()> {
         run("e2fsck", &["-f", "-n", &self.fs]).map(drop)
@@ -85,9 +113,15 @@ impl LoopDisk {
 
 impl Drop for LoopDisk {
     fn drop(&mut self) {
-        let _ = Command::new("losetup")
-            .args(["-d", &self.fs, &self.whole])
-            .output();
+        if self.fs.starts_with(&self.whole) {
+            // A partition of the whole disk: it goes with it.
+            let _ = Command::new("partx").args(["-d", &self.whole]).output();
+            let _ = Command::new("losetup").args(["-d", &self.whole]).output();
+        } else {
+            let _ = Command::new("losetup")
+                .args(["-d", &self.fs, &self.whole])
+                .output();
+        }
     }
 }
 

@@ -9,6 +9,8 @@
 
 pub mod demo;
 pub mod disk;
+pub mod named;
+pub mod shared_devices;
 
 use anyhow::{Context, bail};
 use std::io::Read;
@@ -118,6 +120,25 @@ impl Lab {
             }
         }
         Ok(lab)
+    }
+
+    /// Give the clients' side of the service LAN (the bridge namespace) the
+    /// address `address` too, for a server of the lab's own (a DNS server).
+    pub fn add_client_address(&self, address: &str) -> anyhow::Result<()> {
+        if address == "198.18.2.254" {
+            return Ok(());
+        }
+        self.in_ns(
+            &self.bridge_ns(),
+            &[
+                "ip",
+                "addr",
+                "replace",
+                &format!("{address}/24"),
+                "dev",
+                "bsvc",
+            ],
+        )
     }
 
     /// The namespace of node `n` (1-based).
@@ -448,8 +469,9 @@ s.bind(('0.0.0.0', 8080))\ns.listen(64)\nwhile True:\n    c, _ = s.accept()\n   
 /// single-owner service), on the service LAN.
 pub const VIP: &str = "198.18.2.100";
 
-/// Which node answers at the virtual address (`up nN` from the responder), if
-/// any, within `timeout` (call from a client thread, see [`Lab::as_client`]).
+/// Which node answers at the virtual address (`up nN`, or `up dbN`, from the
+/// responder), if any, within `timeout` (call from a client thread, see
+/// [`Lab::as_client`]).
 pub fn vip_answer(timeout: Duration) -> Option<usize> {
     let addr: SocketAddr = format!("{VIP}:8080").parse().expect("lab address");
     let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
@@ -459,7 +481,8 @@ pub fn vip_answer(timeout: Duration) -> Option<usize> {
     std::str::from_utf8(&buf[..n])
         .ok()?
         .trim()
-        .strip_prefix("up n")?
+        .strip_prefix("up ")?
+        .trim_start_matches(|c: char| c.is_ascii_alphabetic())
         .parse()
         .ok()
 }
@@ -720,9 +743,9 @@ impl ClusterLab {
     }
 
     /// A lab of the nodes `names` (node `n` is `names[n - 1]`, with the lab's
-    /// addresses of node `n`) running `config` as written (its paths and
-    /// addresses already the lab's), after `prepare` with the lab's directory
-    /// and namespaces. The config's key file is the lab's `key` file.
+    /// addresses of node `n`) running `config` (`LAB_DIR` in it replaced by
+    /// the lab's directory), after `prepare` with the lab's directory and
+    /// namespaces. The lab writes a `key` file for the config to name.
     pub fn start_config(
         prefix: &str,
         baton: &Path,
@@ -734,7 +757,10 @@ impl ClusterLab {
         let d = dir.path();
         std::fs::write(d.join("key"), b"lab key lab key lab key lab key!!")?;
         std::fs::create_dir_all(d.join("run"))?;
-        std::fs::write(d.join("cluster.toml"), config)?;
+        std::fs::write(
+            d.join("cluster.toml"),
+            config.replace("LAB_DIR", &d.display().to_string()),
+        )?;
         let lab = Lab::up(prefix, names.len())?;
         prepare(d, &lab)?;
         let mut c = ClusterLab {
@@ -776,6 +802,11 @@ impl ClusterLab {
     /// taken it), then its daemon.
     pub fn start_node(&mut self, n: usize) -> anyhow::Result<()> {
         self.lab.power_on(n)?;
+        self.start_daemon(n)
+    }
+
+    /// Start node `n`'s daemon, its network as it is now.
+    pub fn start_daemon(&mut self, n: usize) -> anyhow::Result<()> {
         let d = self.dir.path();
         // A node given a config of its own (`use_config`) runs that one.
         let own = d.join(format!("cluster-n{n}.toml"));
@@ -785,6 +816,8 @@ impl ClusterLab {
             d.join("cluster.toml")
         };
         let status = d.join(format!("n{n}.json"));
+        // The previous run's status is not this one's.
+        let _ = std::fs::remove_file(&status);
         let node = self.names[n - 1].clone();
         let socket = self.socket(n);
         let pid_file = d.join(format!("run/{node}.daemon.pid"));

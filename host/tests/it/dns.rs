@@ -5,94 +5,19 @@
 //! owner.
 
 use crate::support::{baton_exe, output_text};
+use baton::lab::named::{KEY_NAME, Named, SECRET, installed, key_text};
 use baton::lab::{ClusterLab, Lab, LabSpec, Lan};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const ZONE: &str = "lab.test";
 const NAME: &str = "db.lab.test";
 /// BIND listens on the client's address of the service LAN.
 const SERVER: &str = "198.18.2.254";
-const SECRET: &str = "YmF0b24tbGFiLXRzaWcta2V5LTMyLWJ5dGVzLWxvbmc=";
-
-/// A BIND 9 in the lab's client namespace; stopped (by PID) on drop.
-struct Named {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-fn key_text(name: &str, secret: &str) -> String {
-    format!("key \"{name}\" {{\n\talgorithm hmac-sha256;\n\tsecret \"{secret}\";\n}};\n")
-}
-
-impl Named {
-    fn start(lab: &Lab) -> Named {
-        let dir = tempfile::Builder::new()
-            .prefix("baton-named")
-            .tempdir()
-            .unwrap();
-        let d = dir.path();
-        std::fs::write(d.join("baton.key"), key_text("baton-lab", SECRET)).unwrap();
-        std::fs::write(
-            d.join("zone"),
-            format!(
-                "$TTL 30\n@ IN SOA ns.{ZONE}. admin.{ZONE}. 1 60 60 600 30\n@ IN NS ns.{ZONE}.\nns IN A {SERVER}\n"
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            d.join("named.conf"),
-            format!(
-                "options {{ directory \"{dir}\"; pid-file \"{dir}/named.pid\"; listen-on port 53 {{ {SERVER}; }};\n\
-                 listen-on-v6 {{ none; }}; recursion no; dnssec-validation no; }};\n\
-                 include \"{dir}/baton.key\";\n\
-                 zone \"{ZONE}\" {{ type primary; file \"{dir}/zone\"; allow-update {{ key \"baton-lab\"; }}; }};\n",
-                dir = d.display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(d.join("named.log")).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &lab.bridge_ns(), "named", "-g", "-c"])
-            .arg(d.join("named.conf"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("named (install bind9: scripts/setup does)");
-        let named = Named { child, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let log =
-                std::fs::read_to_string(named.dir.path().join("named.log")).unwrap_or_default();
-            // Not just "running": named's first line is "running as: named …",
-            // long before the zone is loaded.
-            if log.contains("all zones loaded") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "named did not start:\n{log}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        named
-    }
-
-    /// A key file with `secret` for the key named `name`.
-    fn key_file(&self, file: &str, name: &str, secret: &str) -> PathBuf {
-        let path = self.dir.path().join(file);
-        std::fs::write(&path, key_text(name, secret)).unwrap();
-        path
-    }
-}
-
-impl Drop for Named {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn lab(prefix: &str) -> Option<Lab> {
-    if !Lab::possible() || Command::new("named").arg("-v").output().is_err() {
+    if !Lab::possible() || !installed() {
         eprintln!("dns tests need root, iproute2 and bind9; skipped");
         return None;
     }
@@ -137,8 +62,8 @@ fn resolve(lab: &Lab) -> Vec<String> {
 #[test]
 fn dns_name_passes_the_conformance_run_against_bind_and_names_a_wrong_key() {
     let Some(lab) = lab("na") else { return };
-    let named = Named::start(&lab);
-    let key = named.key_file("good.key", "baton-lab", SECRET);
+    let named = Named::start(&lab, SERVER, ZONE).unwrap();
+    let key = named.key_file("good.key", KEY_NAME, SECRET).unwrap();
     let out = agent_in(&lab, 1, &["test", "dns-name"], &key, SERVER);
     assert!(out.status.success(), "{}", output_text(&out));
 
@@ -151,11 +76,13 @@ fn dns_name_passes_the_conformance_run_against_bind_and_names_a_wrong_key() {
     assert_eq!(resolve(&lab), [Lab::address(1, Lan::Service)]);
 
     // A wrong secret: refused, with the server and the key named.
-    let wrong = named.key_file(
-        "wrong.key",
-        "baton-lab",
-        "d3Jvbmcgc2VjcmV0IGZvciB0aGUga2V5IQ==",
-    );
+    let wrong = named
+        .key_file(
+            "wrong.key",
+            KEY_NAME,
+            "d3Jvbmcgc2VjcmV0IGZvciB0aGUga2V5IQ==",
+        )
+        .unwrap();
     let out = agent_in(&lab, 2, &["run", "dns-name", "start"], &wrong, SERVER);
     assert!(!out.status.success());
     let said = output_text(&out);
@@ -183,13 +110,13 @@ fn dns_name_passes_the_conformance_run_against_bind_and_names_a_wrong_key() {
 /// name gets the new owner's address.
 #[test]
 fn after_a_failover_clients_resolve_the_name_to_the_new_owner() {
-    if !Lab::possible() || Command::new("named").arg("-v").output().is_err() {
+    if !Lab::possible() || !installed() {
         eprintln!("dns tests need root, iproute2 and bind9; skipped");
         return;
     }
     let key_dir = tempfile::tempdir().unwrap();
     let key = key_dir.path().join("baton.key");
-    std::fs::write(&key, key_text("baton-lab", SECRET)).unwrap();
+    std::fs::write(&key, key_text(KEY_NAME, SECRET)).unwrap();
     let name = format!(
         "[[service.resource]]\nagent = \"dns-name\"\nmonitor_ms = 1000\n\
          params = {{ server = \"{SERVER}\", zone = \"{ZONE}\", name = \"{NAME}\", interface = \"svc\", key_file = \"{}\" }}\n",
@@ -202,7 +129,7 @@ fn after_a_failover_clients_resolve_the_name_to_the_new_owner() {
     let prefix = format!("nf{}", std::process::id() % 1000);
     let mut named = None;
     let mut c = ClusterLab::start_spec_with(&prefix, &baton_exe(), &spec, |_, lab| {
-        named = Some(Named::start(lab));
+        named = Some(Named::start(lab, SERVER, ZONE)?);
         Ok(())
     })
     .unwrap();

@@ -16,6 +16,7 @@ mod ocf;
 mod oracle;
 mod postgresql;
 mod scenario;
+mod shared_devices;
 mod sqlserver;
 mod store;
 mod support;
