@@ -22,12 +22,7 @@ fn main() -> anyhow::Result<()> {
         .map(|a| a.parse().expect("ROUNDS is a number"))
         .unwrap_or(10);
     anyhow::ensure!(baton::lab::Lab::possible(), "run as root with iproute2");
-    let baton = std::env::current_exe()?
-        .parent()
-        .and_then(|examples| examples.parent())
-        .map(|profile| profile.join("baton"))
-        .filter(|p| p.is_file())
-        .ok_or_else(|| anyhow::anyhow!("build baton first: cargo build --locked -p baton"))?;
+    let baton = baton::lab::baton_beside_examples()?;
     let prefix = format!("sb{}", std::process::id() % 1000);
     let mut lab = SharedDevicesLab::start(&prefix, &baton, DOC)?;
     let limit = Duration::from_secs(60);

@@ -18,12 +18,7 @@ fn main() -> anyhow::Result<()> {
         .map(|a| a.parse().expect("ROUNDS is a number"))
         .unwrap_or(20);
     anyhow::ensure!(baton::lab::Lab::possible(), "run as root with iproute2");
-    let baton = std::env::current_exe()?
-        .parent()
-        .and_then(|examples| examples.parent())
-        .map(|profile| profile.join("baton"))
-        .filter(|p| p.is_file())
-        .ok_or_else(|| anyhow::anyhow!("build baton first: cargo build --locked -p baton"))?;
+    let baton = baton::lab::baton_beside_examples()?;
     let mut lab = SharedDiskLab::start(&format!("sa{}", std::process::id() % 1000), &baton)?;
     let mut gaps = Vec::new();
     for round in 1..=rounds {

@@ -469,6 +469,17 @@ s.bind(('0.0.0.0', 8080))\ns.listen(64)\nwhile True:\n    c, _ = s.accept()\n   
 /// single-owner service), on the service LAN.
 pub const VIP: &str = "198.18.2.100";
 
+/// The `baton` binary of the build an example (a benchmark in `host/examples/`)
+/// belongs to: `target/PROFILE/baton` beside `target/PROFILE/examples/`.
+pub fn baton_beside_examples() -> anyhow::Result<std::path::PathBuf> {
+    std::env::current_exe()?
+        .parent()
+        .and_then(|examples| examples.parent())
+        .map(|profile| profile.join("baton"))
+        .filter(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("build baton first: cargo build --locked -p baton"))
+}
+
 /// Which node answers at the virtual address (`up nN`, or `up dbN`, from the
 /// responder), if any, within `timeout` (call from a client thread, see
 /// [`Lab::as_client`]).
