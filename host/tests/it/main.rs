@@ -3,6 +3,7 @@
 mod builtin;
 mod cli;
 mod console;
+mod containment;
 mod daemons;
 mod db_lab;
 mod disk;

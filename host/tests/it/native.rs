@@ -175,11 +175,14 @@ fn repeated_crashes_quarantine_the_library_while_other_agents_keep_serving() {
     assert_eq!(f.cause, FailureCause::Quarantined, "{f}");
     assert!(
         f.reason.contains("quarantined")
-            && f.reason.contains("failed 3 times")
+            && f.reason.contains("crashed 3 times")
             && f.reason.contains("the next baton command loads it afresh")
             && !f.reason.contains("restart"),
         "a one-shot command's message: {f}"
     );
+    // A stop still runs under quarantine: what the agent started can be stopped.
+    let stop = call(&bad, Action::Stop, "r", &[], 3000);
+    assert!(stop.result.is_ok(), "{:?}", stop.result);
     // In the daemon, the same quarantine points at the daemon.
     let mut policy = fast_policy();
     policy.quarantine_after = 1;
@@ -199,6 +202,55 @@ fn repeated_crashes_quarantine_the_library_while_other_agents_keep_serving() {
             .contains("then restart this node's daemon, or wait"),
         "{f}"
     );
+}
+
+/// A monitor that never answers is its resource's failure alone: however
+/// often it times out (far past the quarantine's five), the library is not
+/// quarantined, and another resource of the same type keeps answering and
+/// stops cleanly.
+#[test]
+fn a_hung_monitor_fails_its_resource_alone_and_never_quarantines_the_library() {
+    let (_d, agent) = hostile();
+    let good = [("mode", "detached")];
+    let bad = [("mode", "hang-monitor")];
+    assert!(
+        call(&agent, Action::Start, "good", &good, 3000)
+            .result
+            .is_ok()
+    );
+    assert!(
+        call(&agent, Action::Start, "bad", &bad, 3000)
+            .result
+            .is_ok()
+    );
+    for round in 0..8 {
+        let f = call(&agent, Action::Monitor, "bad", &bad, 200)
+            .result
+            .unwrap_err();
+        assert_eq!(f.cause, FailureCause::Timeout, "round {round}: {f}");
+        let ok = call(&agent, Action::Monitor, "good", &good, 3000);
+        assert_eq!(
+            ok.result.unwrap(),
+            Outcome::State(MonitorState::Running),
+            "round {round}"
+        );
+    }
+    assert!(!agent.health().iter().any(|(k, _)| k == "quarantined"));
+    for (resource, params) in [("good", good), ("bad", bad)] {
+        let stop = call(&agent, Action::Stop, resource, &params, 3000);
+        assert!(stop.result.is_ok(), "{resource}: {:?}", stop.result);
+        let gone = call(
+            &agent,
+            Action::Monitor,
+            resource,
+            &[("mode", "detached")],
+            3000,
+        );
+        assert_eq!(
+            gone.result.unwrap(),
+            Outcome::State(MonitorState::NotRunning)
+        );
+    }
 }
 
 #[test]

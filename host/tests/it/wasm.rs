@@ -87,6 +87,20 @@ fn unbounded_recursion_overflows_the_stack_limit() {
 }
 
 #[test]
+fn a_sleep_in_the_agent_is_cut_at_the_deadline() {
+    let started = std::time::Instant::now();
+    let f = fails_then_recovers("sleep", "sleep", 300);
+    assert_eq!(f.cause, FailureCause::Timeout, "{f}");
+    assert!(
+        f.reason
+            .contains("while the agent slept (it asked for 3600000 ms"),
+        "{f}"
+    );
+    // The hour's sleep did not hold the call.
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
 fn a_hang_inside_a_host_call_is_cut_at_the_deadline_and_the_command_killed() {
     let started = std::time::Instant::now();
     let f = fails_then_recovers("hang", "hang-host", 300);
@@ -196,6 +210,21 @@ fn the_agent_keeps_serving_other_resources_while_one_misbehaves() {
     let _ = call(agent, Action::Monitor, "noisy", &[("mode", "trap")], 2000);
     let r = call(agent, Action::Monitor, "steady", &[], 2000);
     assert_eq!(r.result.unwrap(), Outcome::State(MonitorState::Running));
+    // A monitor that sleeps past its deadline, again and again, fails its own
+    // resource each time and no other.
+    for round in 0..6 {
+        let f = call(agent, Action::Monitor, "noisy", &[("mode", "sleep")], 200)
+            .result
+            .unwrap_err();
+        assert_eq!(f.cause, FailureCause::Timeout, "round {round}: {f}");
+        let r = call(agent, Action::Monitor, "steady", &[], 2000);
+        assert_eq!(r.result.unwrap(), Outcome::State(MonitorState::Running));
+    }
+    assert!(
+        call(agent, Action::Stop, "steady", &[], 2000)
+            .result
+            .is_ok()
+    );
 }
 
 /// A component built for contract 1.2 reports its promotion score with its

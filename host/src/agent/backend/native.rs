@@ -414,15 +414,23 @@ impl RunnerBackend {
         st.last_crash = Some(what);
     }
 
-    fn ensure_running(&self, st: &mut Supervision, deadline: Instant) -> Result<(), Failure> {
+    /// A runner for `action` in this slot: the one running, or a new one
+    /// (after the backoff). A quarantined library is refused, except for a
+    /// stop: what a resource of that type started can always be stopped.
+    fn ensure_running(
+        &self,
+        st: &mut Supervision,
+        deadline: Instant,
+        action: Action,
+    ) -> Result<(), Failure> {
         if let Some(until) = st.quarantined_until {
-            if Instant::now() < until {
+            if Instant::now() < until && action != Action::Stop {
                 return Err(Failure::host(
                     FailureCause::Quarantined,
                     ErrorClass::Generic,
                     format!(
-                        "native agent {} is quarantined for {} s more after its runner failed {} times \
-                         in {} s (crashes or timeouts; last: {}); {}",
+                        "native agent {} is quarantined for {} s more after its runner crashed {} times \
+                         in {} s (last: {}); {}",
                         self.metadata.name,
                         (until - Instant::now()).as_secs(),
                         st.crashes.len(),
@@ -437,8 +445,10 @@ impl RunnerBackend {
                     ),
                 ));
             }
-            st.quarantined_until = None;
-            st.crashes.clear();
+            if Instant::now() >= until {
+                st.quarantined_until = None;
+                st.crashes.clear();
+            }
         }
         if st.process.is_some() {
             return Ok(());
@@ -506,7 +516,7 @@ impl RunnerBackend {
             )));
             return;
         };
-        if let Err(f) = self.ensure_running(&mut st, Instant::now() + timeout) {
+        if let Err(f) = self.ensure_running(&mut st, Instant::now() + timeout, first.action) {
             answers.push(Err(f));
             return;
         }
@@ -609,7 +619,14 @@ impl RunnerBackend {
                 )
             }
         };
-        self.record_crash(st, what.clone());
+        if cause == FailureCause::Timeout {
+            // The call's own failure (the resource's, which the daemon counts):
+            // the library did not crash, so no backoff and no quarantine.
+            tracing::warn!(agent = %self.metadata.name, "{what}");
+            st.last_crash = Some(what.clone());
+        } else {
+            self.record_crash(st, what.clone());
+        }
         Failure::host(cause, ErrorClass::Generic, what)
     }
 }

@@ -49,6 +49,75 @@ mod v1_2 {
     });
 }
 
+/// The WASI clock interface whose subscriptions (sleeps, poll timeouts) are
+/// bounded by the call's deadline; a component of any 0.2 version of WASI
+/// links to it.
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// The guest's monotonic clock: nanoseconds since its store was made (the host
+/// keeps the origin, to turn an instant the guest names into a wait).
+struct GuestClock(Instant);
+
+impl wasmtime_wasi::HostMonotonicClock for GuestClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// A wake-up at an instant: the pollable behind a bounded sleep.
+struct WakeAt(tokio::time::Instant);
+
+impl wasmtime_wasi::p2::Pollable for WakeAt {
+    fn ready<'a, 'b>(
+        &'a mut self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(tokio::time::sleep_until(self.0))
+    }
+}
+
+/// Replace WASI's clock subscriptions with ones that wake at the call's
+/// deadline at the latest: a sleep in the agent (or a poll with a timeout) is
+/// guest waiting, cut at the deadline like guest code; the epoch deadline then
+/// traps the guest as soon as it runs again.
+fn bound_sleeps(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    fn subscribe(
+        mut store: wasmtime::StoreContextMut<'_, HostState>,
+        asked: Duration,
+    ) -> wasmtime::Result<(wasmtime::component::Resource<wasmtime_wasi::p2::DynPollable>,)> {
+        let state = store.data_mut();
+        let left = state.remaining();
+        if asked > left {
+            state.host_timeout = Some(format!(
+                "the call's deadline passed while the agent slept (it asked for {} ms, {} ms were left)",
+                asked.as_millis(),
+                left.as_millis()
+            ));
+        }
+        let at = tokio::time::Instant::now() + asked.min(left);
+        let wake = state.table.push(WakeAt(at))?;
+        Ok((wasmtime_wasi::p2::subscribe(&mut state.table, wake)?,))
+    }
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    clock.func_wrap("subscribe-duration", |store, (nanos,): (u64,)| {
+        subscribe(store, Duration::from_nanos(nanos))
+    })?;
+    clock.func_wrap("subscribe-instant", |store, (when,): (u64,)| {
+        let now = wasmtime_wasi::HostMonotonicClock::now(&GuestClock(store.data().clock_origin));
+        subscribe(store, Duration::from_nanos(when.saturating_sub(now)))
+    })?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
 /// How often the epoch ticks; deadlines are rounded up to it.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// The guest's stdout/stderr are kept in memory up to this size, then the
@@ -88,6 +157,8 @@ pub struct HostState {
     denials: Vec<String>,
     /// Set when a host call hit the call's deadline.
     host_timeout: Option<String>,
+    /// Where the guest's monotonic clock starts.
+    clock_origin: Instant,
 }
 
 impl WasiView for HostState {
@@ -497,14 +568,17 @@ impl WasmRuntime {
         let engine = Engine::new(&config).map_err(werr)?;
         let mut linker_1_0 = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker_1_0).map_err(werr)?;
+        bound_sleeps(&mut linker_1_0).map_err(werr)?;
         v1_0::ResourceAgent::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker_1_0, |s| s)
             .map_err(werr)?;
         let mut linker_1_1 = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker_1_1).map_err(werr)?;
+        bound_sleeps(&mut linker_1_1).map_err(werr)?;
         v1_1::ResourceAgent::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker_1_1, |s| s)
             .map_err(werr)?;
         let mut linker_1_2 = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker_1_2).map_err(werr)?;
+        bound_sleeps(&mut linker_1_2).map_err(werr)?;
         v1_2::ResourceAgent::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker_1_2, |s| s)
             .map_err(werr)?;
         let weak = engine.weak();
@@ -655,9 +729,11 @@ impl WasmRuntime {
         agent: &str,
         output: &MemoryOutputPipe,
     ) -> Store<HostState> {
+        let clock_origin = Instant::now();
         let wasi = WasiCtxBuilder::new()
             .stdout(output.clone())
             .stderr(output.clone())
+            .monotonic_clock(GuestClock(clock_origin))
             .build();
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
@@ -680,6 +756,7 @@ impl WasmRuntime {
                 deadline: Instant::now(),
                 denials: Vec::new(),
                 host_timeout: None,
+                clock_origin,
             },
         );
         store.limiter(|s| &mut s.limits);
@@ -1030,6 +1107,14 @@ impl Backend for WasmBackend {
             }
         };
         self.log_output(live);
+        // A call whose sleep was cut at the deadline returns too late, whatever
+        // it returns: it timed out, as if the epoch had trapped it.
+        let result = match result {
+            Ok(_) if live.store.data().host_timeout.is_some() => {
+                Err(wasmtime::Error::msg("the call's deadline passed"))
+            }
+            r => r,
+        };
         match result {
             Ok(Ok(outcome)) => {
                 if live.output_seen > OUTPUT_LIMIT / 2 {
