@@ -9,6 +9,12 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+    if let Some(host) = cli.agent_run_host()
+        && std::env::var_os(baton_plugin_api::service::HOST_VAR).is_none()
+    {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var(baton_plugin_api::service::HOST_VAR, host) };
+    }
     // BATON_LOG=debug shows every agent call with its deadline and result. By
     // default only warnings, except that `agent run` and `agent test` show what
     // the agent itself logs at info, as a vendor trying it expects, and the

@@ -74,7 +74,9 @@ pub const RESOURCE_VAR: &str = "BATON_RESOURCE";
 
 /// This host's identity as tagged on the processes it starts: `BATON_HOST` when set
 /// (the daemon sets it to its node and state directory, and passes it to agent
-/// runners), else `pid:PID` of this process (a one-shot `baton agent run`).
+/// runners; `baton agent run` sets it to `cli:uidUID`, the same for each run of
+/// one user, so one run finds what an earlier one started), else `pid:PID` of
+/// this process.
 pub fn host_id() -> String {
     std::env::var(HOST_VAR).unwrap_or_else(|_| format!("pid:{}", std::process::id()))
 }

@@ -37,6 +37,18 @@ impl Cli {
         )
     }
 
+    /// The identity `agent run` tags the processes an agent starts with, unless
+    /// `BATON_HOST` names one: the same for every `agent run` of this user, so
+    /// one call finds (monitors, stops) what an earlier one started for the same
+    /// `--resource`.
+    pub fn agent_run_host(&self) -> Option<String> {
+        if !matches!(self.command, Command::Agent(AgentCommand::Run { .. })) {
+            return None;
+        }
+        // SAFETY: getuid has no preconditions.
+        Some(format!("cli:uid{}", unsafe { libc::getuid() }))
+    }
+
     /// Whether this is the daemon (`run`).
     pub fn is_daemon(&self) -> bool {
         matches!(self.command, Command::Run { .. })

@@ -85,6 +85,43 @@ fn info_renders_ocf_xml() {
     );
 }
 
+/// A server one `agent run … start` started is found by the next `agent run`
+/// of the same resource: monitor says running, stop ends it.
+#[test]
+fn one_agent_run_finds_what_an_earlier_one_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let lib = native_lib("native-hostile");
+    let run = |action: &str| {
+        baton(
+            &cfg,
+            &[
+                "agent",
+                "run",
+                lib.to_str().unwrap(),
+                action,
+                "-p",
+                "mode=detached",
+                "--resource",
+                "cli-finds-it",
+                "--json",
+            ],
+        )
+    };
+    let state = |o: &std::process::Output| {
+        assert!(o.status.success(), "{}", output_text(o));
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        report["result"]["Ok"]["value"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    state(&run("start"));
+    assert_eq!(state(&run("monitor")), "running");
+    state(&run("stop"));
+    assert_eq!(state(&run("monitor")), "not-running");
+}
+
 #[test]
 fn a_failed_call_exits_1_and_names_the_recovery() {
     let dir = tempfile::tempdir().unwrap();
