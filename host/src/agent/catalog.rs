@@ -171,6 +171,12 @@ impl AgentCatalog {
         }
         let as_path = Path::new(name);
         if name.contains('/') || name.ends_with(".so") || name.ends_with(".wasm") {
+            if as_path.is_dir() {
+                bail!(
+                    "agent {name} is a directory; give the agent file: the .so (target/release/lib….so), \
+                     the .wasm (target/wasm32-wasip2/release/….wasm) or, for OCF, the script"
+                );
+            }
             if !as_path.is_file() {
                 bail!("agent file {name} does not exist");
             }
@@ -276,7 +282,9 @@ impl AgentCatalog {
                 let rt = self.wasm_runtime()?;
                 let bytes = std::fs::read(path)
                     .with_context(|| format!("cannot read {}", path.display()))?;
-                let component = rt.compile(&bytes, path).map_err(anyhow::Error::msg)?;
+                let component = rt
+                    .compile_cached(&bytes, path, component_cache().as_deref())
+                    .map_err(anyhow::Error::msg)?;
                 // Grants are by type name, which is only known after loading: read the
                 // meta-data first, then load again with the grants for that name.
                 let probe = WasmBackend::load(Arc::clone(&rt), &component, path, &[], &self.node)
@@ -438,4 +446,17 @@ pub fn ocf_versions(script: &std::path::Path) -> (Option<String>, Option<String>
     });
     let plain = |v: String| (!v.is_empty() && v.len() <= 16 && !v.contains('$')).then_some(v);
     (agent.and_then(plain), api.and_then(plain))
+}
+
+/// Where components loaded by path are kept compiled: `$XDG_CACHE_HOME/baton/
+/// components`, else `~/.cache/baton/components`; `BATON_COMPONENT_CACHE`
+/// overrides it (empty: no cache).
+fn component_cache() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("BATON_COMPONENT_CACHE") {
+        return (!dir.is_empty()).then(|| PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("baton/components"))
 }

@@ -1,6 +1,6 @@
 //! `baton agent new`: a standalone agent project, outside this repository, that
-//! builds and passes `baton agent test` unchanged. The Rust kinds are the
-//! samples in `samples/` (compiled into baton, so a project is always the
+//! builds and passes `baton agent test` unchanged. The Rust and Python kinds are
+//! the samples in `samples/` (compiled into baton, so a project is always the
 //! current sample) with the agent's name and the SDK's location filled in.
 
 use anyhow::{Context, bail};
@@ -13,6 +13,8 @@ pub enum ProjectKind {
     Native,
     /// A Rust WebAssembly component (`wasm32-wasip2`).
     Wasm,
+    /// A Python WebAssembly component (componentize-py).
+    Python,
     /// An OCF shell agent.
     Ocf,
 }
@@ -23,6 +25,8 @@ const TOOLCHAIN: &str = "1.95.0";
 const NATIVE_SAMPLE: &str = include_str!("../../../samples/native-agent/src/lib.rs");
 const WASM_SAMPLE: &str = include_str!("../../../samples/wasm-agent/src/lib.rs");
 const WASM_MANIFEST: &str = include_str!("../../../samples/wasm-agent/Cargo.toml");
+const PYTHON_SAMPLE: &str = include_str!("../../../samples/python-agent/app.py");
+const PYTHON_REQUIREMENTS: &str = include_str!("../../../samples/python-agent/requirements.txt");
 
 /// The baton checkout this binary was built from (the SDK crates and the WIT
 /// files are there until the crates are published).
@@ -62,9 +66,9 @@ pub fn create(
         bail!("{} is not empty; give --dir a new directory", dir.display());
     }
     let sdk = sdk.map(Path::to_path_buf).unwrap_or_else(built_from);
-    if kind != ProjectKind::Ocf && !sdk.join("plugin-api/Cargo.toml").is_file() {
+    if kind != ProjectKind::Ocf && !sdk.join("plugin-api/wit/v1.1").is_dir() {
         bail!(
-            "no baton SDK at {} (plugin-api/Cargo.toml); give --sdk PATH to a baton checkout",
+            "no baton SDK at {} (plugin-api/wit/v1.1); give --sdk PATH to a baton checkout",
             sdk.display()
         );
     }
@@ -87,6 +91,7 @@ pub fn create(
             ));
             f
         }
+        ProjectKind::Python => python(name, &sdk),
         ProjectKind::Ocf => vec![(name.to_string(), ocf(name))],
     };
     std::fs::create_dir_all(dir.join("src"))
@@ -97,10 +102,15 @@ pub fn create(
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         written.push(path);
     }
-    if kind == ProjectKind::Ocf {
+    if matches!(kind, ProjectKind::Ocf | ProjectKind::Python) {
         use std::os::unix::fs::PermissionsExt;
         std::fs::remove_dir(dir.join("src"))?;
-        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o755))?;
+        let script = if kind == ProjectKind::Ocf {
+            dir.join(name)
+        } else {
+            dir.join("build.sh")
+        };
+        std::fs::set_permissions(script, std::fs::Permissions::from_mode(0o755))?;
     }
     let lib = name.replace('-', "_");
     let d = dir.display();
@@ -115,6 +125,10 @@ pub fn create(
             format!(
                 "baton --config {d}/baton.toml agent test {d}/target/wasm32-wasip2/release/{lib}.wasm"
             ),
+        ],
+        ProjectKind::Python => vec![
+            format!("{d}/build.sh"),
+            format!("baton --config {d}/baton.toml agent test {d}/{lib}.wasm"),
         ],
         ProjectKind::Ocf => vec![format!(
             "baton agent test {d}/{name} -p state=/tmp/{name}.state"
@@ -159,18 +173,49 @@ fn wasm(name: &str, sdk: &Path) -> Vec<(String, String)> {
             &format!("\"{}/plugin-api/wit/v1.1\"", sdk.display()),
         )
         .replace("\"sample-wasm\"", &format!("\"{name}\""));
-    // The grants the sample's capabilities need, for `agent test` (an
-    // administrator puts the same line in the node's config).
-    let config = format!(
-        "# What the administrator grants {name}; requests are in its metadata().\n\
-         [agents.grants]\n\
-         {name} = [\"exec:/usr/bin/touch\", \"exec:/usr/bin/rm\", \"read:/tmp\"]\n"
-    );
     vec![
         ("Cargo.toml".into(), manifest),
         ("src/lib.rs".into(), source),
-        ("baton.toml".into(), config),
+        ("baton.toml".into(), grants(name)),
     ]
+}
+
+fn python(name: &str, sdk: &Path) -> Vec<(String, String)> {
+    let lib = name.replace('-', "_");
+    let source = PYTHON_SAMPLE.replace("sample-python", name);
+    // componentize-py from a virtualenv of the project's own (or the one
+    // COMPONENTIZE_PY names), against the SDK's WIT files by absolute path.
+    let build = format!(
+        r#"#!/bin/sh
+# Build {lib}.wasm from app.py with componentize-py (the version in requirements.txt).
+set -e
+cd "$(dirname "$0")"
+tool="${{COMPONENTIZE_PY:-.venv/bin/componentize-py}}"
+if [ ! -x "$tool" ]; then
+	python3 -m venv .venv
+	.venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+fi
+"$tool" -d {sdk}/plugin-api/wit/v1.1 -w resource-agent componentize app -o {lib}.wasm
+echo "built $(pwd)/{lib}.wasm"
+"#,
+        sdk = sdk.display()
+    );
+    vec![
+        ("app.py".into(), source),
+        ("requirements.txt".into(), PYTHON_REQUIREMENTS.into()),
+        ("build.sh".into(), build),
+        ("baton.toml".into(), grants(name)),
+    ]
+}
+
+/// The grants the samples' capabilities need, for `agent test` (an
+/// administrator puts the same line in the node's config).
+fn grants(name: &str) -> String {
+    format!(
+        "# What the administrator grants {name}; requests are in its meta-data.\n\
+         [agents.grants]\n\
+         {name} = [\"exec:/usr/bin/touch\", \"exec:/usr/bin/rm\", \"read:/tmp\"]\n"
+    )
 }
 
 fn ocf(name: &str) -> String {

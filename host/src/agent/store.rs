@@ -64,6 +64,12 @@ pub fn sniff(path: &Path) -> anyhow::Result<StoredKind> {
     match &head[..n] {
         b"\x7fELF" => Ok(StoredKind::Native),
         b"\0asm" => Ok(StoredKind::Wasm),
+        _ if path.extension().is_some_and(|e| e == "py") => bail!(
+            "{} is Python source, not an agent: build it into a WebAssembly component with \
+             componentize-py (the python-agent sample's README and `baton agent new --kind python` \
+             show how), then give the .wasm",
+            path.display()
+        ),
         _ => bail!(
             "{} is neither a native library (ELF) nor a WebAssembly component; give the .so built \
              with baton-agent-abi or the .wasm built for wasm32-wasip2",

@@ -428,6 +428,12 @@ fn a_scaffolded_project_of_each_kind_builds_and_passes_the_conformance_test() {
                 .to_string(),
             "",
         ),
+        (
+            "python",
+            "acme-python",
+            "acme-python/acme_python.wasm".to_string(),
+            "",
+        ),
     ] {
         let project = dir.path().join(name);
         let o = baton(
@@ -443,7 +449,16 @@ fn a_scaffolded_project_of_each_kind_builds_and_passes_the_conformance_test() {
             ],
         );
         assert!(o.status.success(), "{kind}: {}", output_text(&o));
-        if kind != "ocf" {
+        if kind == "python" {
+            // The componentize-py the suite's set-up installed (else build.sh
+            // makes a virtualenv of its own).
+            let tool = crate::support::repo().join("target/python-venv/bin/componentize-py");
+            let b = Command::new(project.join("build.sh"))
+                .env("COMPONENTIZE_PY", tool)
+                .output()
+                .unwrap();
+            assert!(b.status.success(), "{kind} build: {}", output_text(&b));
+        } else if kind != "ocf" {
             let mut build = Command::new("cargo");
             build
                 .args(["build", "--release", "--manifest-path"])
@@ -456,7 +471,7 @@ fn a_scaffolded_project_of_each_kind_builds_and_passes_the_conformance_test() {
             let b = build.output().unwrap();
             assert!(b.status.success(), "{kind} build: {}", output_text(&b));
         }
-        let artifact = if kind == "ocf" {
+        let artifact = if kind == "ocf" || kind == "python" {
             dir.path().join(&artifact).display().to_string()
         } else {
             artifact
@@ -466,9 +481,10 @@ fn a_scaffolded_project_of_each_kind_builds_and_passes_the_conformance_test() {
         if !params.is_empty() {
             args.extend(["-p", param.as_str()]);
         }
-        // A WebAssembly project carries the grants its capabilities need.
+        // A component's project carries the grants its capabilities need.
         let project_cfg = project.join("baton.toml");
-        let t = baton(if kind == "wasm" { &project_cfg } else { &cfg }, &args);
+        let components = kind == "wasm" || kind == "python";
+        let t = baton(if components { &project_cfg } else { &cfg }, &args);
         assert!(t.status.success(), "{kind}: {}", output_text(&t));
         assert!(
             output_text(&t).contains(" passed, 0 failed"),

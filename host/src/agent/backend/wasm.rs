@@ -620,6 +620,44 @@ impl WasmRuntime {
         })
     }
 
+    /// [`WasmRuntime::compile`], through a cache of compiled components in
+    /// `cache` (files named by the SHA-256 of the component's bytes): a
+    /// component given by path is compiled once per content, not on every
+    /// command. Any trouble with the cache (unwritable, a file compiled by
+    /// another baton) falls back to compiling.
+    pub fn compile_cached(
+        &self,
+        bytes: &[u8],
+        origin: &Path,
+        cache: Option<&Path>,
+    ) -> Result<Component, String> {
+        use sha2::Digest;
+        let Some(dir) = cache else {
+            return self.compile(bytes, origin);
+        };
+        let file = dir.join(format!(
+            "{}.cwasm",
+            hex::encode(sha2::Sha256::digest(bytes))
+        ));
+        // SAFETY: the cache holds only what this function wrote (a directory
+        // of this user's), and wasmtime checks that the file was compiled by a
+        // compatible engine.
+        if let Ok(component) = unsafe { self.deserialize(&file) } {
+            return Ok(component);
+        }
+        let compiled = self.precompile(bytes, origin)?;
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        let stored = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&tmp, &compiled))
+            .and_then(|()| std::fs::rename(&tmp, &file));
+        if stored.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+            return self.compile(bytes, origin);
+        }
+        // SAFETY: as above; written just now.
+        unsafe { self.deserialize(&file) }.or_else(|_| self.compile(bytes, origin))
+    }
+
     /// Compile to the engine's native form, for the agent store.
     pub fn precompile(&self, bytes: &[u8], origin: &Path) -> Result<Vec<u8>, String> {
         self.engine
