@@ -20,7 +20,8 @@ fn main() -> ExitCode {
     // the agent itself logs at info, as a vendor trying it expects, and the
     // daemon logs its decisions.
     let default = if cli.tries_an_agent() {
-        "warn,baton::agent=info"
+        // What the agent logs; the calls' failures are in the command's report.
+        "warn,baton::agent=info,baton::agent::host=warn,baton::agent::backend=error"
     } else if cli.is_daemon() {
         // Every decision, with its reason (what the event history records).
         "warn,baton=info"

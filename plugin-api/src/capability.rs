@@ -478,6 +478,24 @@ impl CapabilitySet {
         &self.effective
     }
 
+    /// Each request that names parameters and that a grant of its kind may
+    /// cover, with those grants (`read:{dir} within read:/tmp`): granted per
+    /// resource whose parameters fall inside them.
+    pub fn templates_within(&self) -> Vec<String> {
+        self.templates
+            .iter()
+            .filter_map(|t| {
+                let within: Vec<String> = self
+                    .granted
+                    .iter()
+                    .filter(|g| g.same_kind(t))
+                    .map(|g| g.to_string())
+                    .collect();
+                (!within.is_empty()).then(|| format!("{t} within {}", within.join(" or ")))
+            })
+            .collect()
+    }
+
     /// Requests that name parameters and wait for [`Self::for_params`].
     pub fn templates(&self) -> &[Capability] {
         &self.templates

@@ -256,6 +256,25 @@ impl Metadata {
                 );
             }
         }
+        for (i, c) in self.capabilities.iter().enumerate() {
+            for name in c.parameters() {
+                if self.parameter(name).is_none() {
+                    let known: Vec<&str> =
+                        self.parameters.iter().map(|p| p.name.as_str()).collect();
+                    bad(
+                        format!("capabilities[{i}]"),
+                        format!(
+                            "{c} names {{{name}}}, which is not one of the agent's parameters ({})",
+                            if known.is_empty() {
+                                "it has none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
+                }
+            }
+        }
         // meta-data itself is answered by every agent, so it need not be listed.
         for required in Action::ALL
             .into_iter()
@@ -483,6 +502,21 @@ pub(crate) mod tests {
         assert!(
             all.contains("recover exists since contract 1.1 but the agent declares 1.0"),
             "{all}"
+        );
+    }
+
+    #[test]
+    fn a_capability_that_names_no_parameter_is_refused() {
+        let mut m = sample();
+        m.capabilities = vec![
+            "net:127.0.0.1:{port}".parse().unwrap(),
+            "net:127.0.0.1:{prot}".parse().unwrap(),
+        ];
+        let problems = m.check().unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].to_string(),
+            "meta-data field capabilities[1]: net:127.0.0.1:{prot} names {prot}, which is not one of the agent's parameters (port, mode)"
         );
     }
 

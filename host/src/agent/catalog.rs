@@ -120,6 +120,9 @@ impl AgentCatalog {
         if let Err(problems) = baton_plugin_api::check_params(meta, params) {
             return problems.iter().map(|p| p.to_string()).collect();
         }
+        if !enforces_capabilities(handle.kind()) {
+            return Vec::new();
+        }
         self.resource_capabilities(handle, params)
             .problems()
             .to_vec()
@@ -404,6 +407,15 @@ impl AgentCatalog {
         state: String,
     ) -> AgentSummary {
         let caps = CapabilitySet::new(&meta.capabilities, self.grants(name));
+        let granted = if enforces_capabilities(kind) {
+            caps.effective()
+                .iter()
+                .map(|c| c.to_string())
+                .chain(caps.templates_within())
+                .collect()
+        } else {
+            Vec::new()
+        };
         AgentSummary {
             name: name.into(),
             kind,
@@ -412,7 +424,7 @@ impl AgentCatalog {
             contract: Some(meta.contract),
             source,
             requested: meta.capabilities.iter().map(|c| c.to_string()).collect(),
-            granted: caps.effective().iter().map(|c| c.to_string()).collect(),
+            granted,
             state,
         }
     }
@@ -446,6 +458,15 @@ pub fn ocf_versions(script: &std::path::Path) -> (Option<String>, Option<String>
     });
     let plain = |v: String| (!v.is_empty() && v.len() <= 16 && !v.contains('$')).then_some(v);
     (agent.and_then(plain), api.and_then(plain))
+}
+
+/// Whether agents of `kind` are held to their capabilities. Only WebAssembly
+/// components are: every host call they make is checked against what they
+/// requested and were granted. Native code runs with the daemon's rights (its
+/// requests are declarations to review, never refused or required), built-in
+/// agents are baton's own, and OCF agents declare none.
+pub fn enforces_capabilities(kind: AgentKind) -> bool {
+    kind == AgentKind::Wasm
 }
 
 /// Where components loaded by path are kept compiled: `$XDG_CACHE_HOME/baton/

@@ -21,6 +21,14 @@ fn capability_header(
     if meta.capabilities.is_empty() {
         return;
     }
+    if !crate::agent::catalog::enforces_capabilities(handle.kind()) {
+        eprintln!(
+            "{} capabilities declared (not enforced: a {} agent runs with baton's rights; no grant is needed)",
+            meta.capabilities.len(),
+            handle.kind().name()
+        );
+        return;
+    }
     let set = catalog.resource_capabilities(handle, params);
     eprintln!(
         "{} capabilities requested, {} granted{}",
@@ -81,7 +89,7 @@ fn list(catalog: &AgentCatalog, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else {
         println!(
-            "{:<28} {:<15} {:<10} {:<9} CAPABILITIES (requested / granted)",
+            "{:<28} {:<15} {:<10} {:<9} CAPABILITIES (requested / granted; native: declared)",
             "TYPE", "KIND", "VERSION", "CONTRACT"
         );
         for a in &list {
@@ -91,7 +99,9 @@ fn list(catalog: &AgentCatalog, json: bool) -> anyhow::Result<ExitCode> {
                 format!(
                     "{} / {}",
                     a.requested.join(","),
-                    if a.granted.is_empty() {
+                    if !crate::agent::catalog::enforces_capabilities(a.kind) {
+                        "not enforced".into()
+                    } else if a.granted.is_empty() {
                         "none".into()
                     } else {
                         a.granted.join(",")
@@ -180,6 +190,28 @@ fn info(catalog: &AgentCatalog, agent: &str, format: InfoFormat) -> anyhow::Resu
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
+                if crate::agent::catalog::enforces_capabilities(handle.kind()) {
+                    let set = catalog.capability_set(meta);
+                    let granted: Vec<String> = set
+                        .effective()
+                        .iter()
+                        .map(|c| c.to_string())
+                        .chain(set.templates_within())
+                        .collect();
+                    println!(
+                        "capabilities granted: {}",
+                        if granted.is_empty() {
+                            "none".to_string()
+                        } else {
+                            granted.join(", ")
+                        }
+                    );
+                } else {
+                    println!(
+                        "capabilities are declared, not enforced, for a {} agent",
+                        handle.kind().name()
+                    );
+                }
             }
             for (k, v) in handle.health() {
                 println!("{k}: {v}");
@@ -245,12 +277,23 @@ fn test(
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("conformance test of {} ({})", report.agent, report.kind);
+        // A refused capability fails many steps the same way: each says what
+        // was refused, and the config line that grants it comes once, at the end.
+        const GRANT_HINT: &str = "; to allow it, add to the config: ";
+        let mut grant_hint = None;
         for s in &report.steps {
+            let got = match s.got.split_once(GRANT_HINT) {
+                Some((refused, hint)) => {
+                    grant_hint.get_or_insert_with(|| hint.to_string());
+                    refused
+                }
+                None => s.got.as_str(),
+            };
             println!(
                 "  {} {:<45} {} ({} µs)",
                 if s.passed { "PASS" } else { "FAIL" },
                 s.name,
-                s.got,
+                got,
                 s.micros
             );
         }
@@ -261,6 +304,9 @@ fn test(
             report.steps.len() - failed,
             failed
         );
+        if let Some(hint) = grant_hint {
+            println!("to allow the refused capabilities, add to the config: {hint}");
+        }
     }
     Ok(if report.passed {
         ExitCode::SUCCESS
@@ -312,16 +358,23 @@ fn install(catalog: &AgentCatalog, path: &std::path::Path, json: bool) -> anyhow
         }
         println!("sha256 {}", m.sha256);
         if !m.metadata.capabilities.is_empty() {
-            println!(
-                "requests capabilities: {} — grant them under [agents.grants] {} = [...] in the config",
-                m.metadata
-                    .capabilities
-                    .iter()
-                    .map(|c| c.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                m.name
-            );
+            let listed = m
+                .metadata
+                .capabilities
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            if m.kind == crate::agent::store::StoredKind::Wasm {
+                println!(
+                    "requests capabilities: {listed} — grant them under [agents.grants] {} = [...] in the config",
+                    m.name
+                );
+            } else {
+                println!(
+                    "declares capabilities: {listed} (not enforced: a native agent runs with baton's rights; no grant is needed)"
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

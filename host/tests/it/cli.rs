@@ -122,6 +122,78 @@ fn one_agent_run_finds_what_an_earlier_one_started() {
     assert_eq!(state(&run("monitor")), "not-running");
 }
 
+/// Without its grants, a component fails many conformance steps the same way:
+/// each step says what was refused in a line, and the config line that grants
+/// it comes once; the host's own logs of those calls stay out of the way.
+#[test]
+fn a_refused_capability_is_explained_once_by_agent_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let bare = dir.path().join("bare.toml");
+    std::fs::write(&bare, "[agents]\nnode = \"n1\"\n").unwrap();
+    let o = baton(
+        &bare,
+        &[
+            "agent",
+            "test",
+            wasm("sample_wasm_agent").to_str().unwrap(),
+            "-p",
+            "dir=/tmp",
+        ],
+    );
+    let said = output_text(&o);
+    assert_eq!(o.status.code(), Some(1), "{said}");
+    assert_eq!(
+        said.matches(
+            "to allow the refused capabilities, add to the config: [agents.grants] sample-wasm = ["
+        )
+        .count(),
+        1,
+        "{said}"
+    );
+    assert!(!said.contains("; to allow it, add to the config"), "{said}");
+    assert!(said.lines().count() < 30, "{said}");
+    assert!(said.lines().all(|l| l.chars().count() < 300), "{said}");
+}
+
+/// `agent info` and `agent list` say what is granted, a request that names a
+/// parameter included ("within" its grants), and that a native agent's
+/// requests are not enforced.
+#[test]
+fn agent_info_shows_templated_grants_and_native_declarations() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let o = baton(
+        &cfg,
+        &["agent", "info", wasm("sample_wasm_agent").to_str().unwrap()],
+    );
+    let said = output_text(&o);
+    assert!(o.status.success(), "{said}");
+    let markers = dir.path().join("markers");
+    assert!(
+        said.contains(&format!(
+            "capabilities granted: exec:/usr/bin/touch, exec:/usr/bin/rm, read:{{dir}} within read:{}",
+            markers.display()
+        )),
+        "{said}"
+    );
+    let o = baton(
+        &cfg,
+        &[
+            "agent",
+            "info",
+            native_lib("native-hostile").to_str().unwrap(),
+        ],
+    );
+    let said = output_text(&o);
+    assert!(o.status.success(), "{said}");
+    assert!(
+        said.contains("capabilities requested: exec:/bin/sleep")
+            && said.contains("capabilities are declared, not enforced, for a native agent"),
+        "{said}"
+    );
+    assert!(!said.contains("capabilities granted"), "{said}");
+}
+
 #[test]
 fn a_failed_call_exits_1_and_names_the_recovery() {
     let dir = tempfile::tempdir().unwrap();
@@ -234,44 +306,6 @@ params = { command = "sleep 1", port = { a = 1 } }
     ] {
         assert!(out.contains(wanted), "missing {wanted:?} in {out}");
     }
-}
-
-/// The complete shared-devices service in docs/operations.md is a config that
-/// `baton config check` accepts (with a key file of its own).
-#[test]
-fn the_shared_devices_example_in_the_operations_guide_checks() {
-    let guide = std::fs::read_to_string(crate::support::repo().join("docs/operations.md")).unwrap();
-    let section = &guide[guide.find("## A service on shared devices").unwrap()..];
-    let start = section.find("```toml\n").unwrap() + "```toml\n".len();
-    let toml = &section[start..start + section[start..].find("```").unwrap()];
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("key");
-    std::fs::write(&key, b"a cluster key of thirty-two bytes").unwrap();
-    let config = dir.path().join("baton.toml");
-    std::fs::write(
-        &config,
-        toml.replace("/etc/baton/key", key.to_str().unwrap()),
-    )
-    .unwrap();
-    let out = std::process::Command::new(crate::support::baton_exe())
-        .args(["config", "check"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("2 nodes"), "{text}");
-    // The quorum arithmetic of two nodes and a witness.
-    assert!(
-        text.contains("quorum: 3 votes in all (2 nodes of 1 vote, a witness of 1)")
-            && text.contains("1 node: quorate only with the witness (1 + 1 of 3)"),
-        "{text}"
-    );
 }
 
 /// `config check` explains the quorum arithmetic, and warns of a design in

@@ -46,6 +46,12 @@ fn the_example_checks_with_its_takeover_time_and_a_slot_on_the_partition_table_i
     let out = config_check(&path);
     let said = output_text(&out);
     assert!(out.status.success(), "{said}");
+    // The quorum arithmetic of two nodes and a witness.
+    assert!(
+        said.contains("quorum: 3 votes in all (2 nodes of 1 vote, a witness of 1)")
+            && said.contains("1 node: quorate only with the witness (1 + 1 of 3)"),
+        "{said}"
+    );
     // The bound includes the disk lease: its claim, and the wait without a fence.
     assert!(
         said.contains("service db: + 1000 ms to claim its disk lease; + 8000 ms more (waiting out the lease) when the holder was not fenced"),

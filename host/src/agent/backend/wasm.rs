@@ -645,7 +645,10 @@ impl WasmRuntime {
         if let Ok(component) = unsafe { self.deserialize(&file) } {
             return Ok(component);
         }
-        let compiled = self.precompile(bytes, origin)?;
+        // A file that does not compile gets compile's words for why.
+        let Ok(compiled) = self.precompile(bytes, origin) else {
+            return self.compile(bytes, origin);
+        };
         let tmp = file.with_extension(format!("tmp{}", std::process::id()));
         let stored = std::fs::create_dir_all(dir)
             .and_then(|()| std::fs::write(&tmp, &compiled))
