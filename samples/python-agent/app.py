@@ -6,8 +6,10 @@ through the capabilities it requests in `capabilities` and the administrator
 grants: two programs, and reading below the directory the `dir` parameter names
 (`read:{dir}` is expanded per resource and must fall inside a grant).
 
-The same contract as the Rust samples: plugin-api/wit/v1.1 and docs/agents.md.
+The same contract as the Rust samples: plugin-api/wit/v1.2 and docs/agents.md.
 """
+
+from typing import Optional
 
 from componentize_py_types import Err
 from wit_world import exports
@@ -20,6 +22,7 @@ from wit_world.imports.types import (
     MonitorState,
     ParamSpec,
     ParamType,
+    Promotion,
     Request,
 )
 
@@ -110,3 +113,7 @@ class Agent(exports.Agent):
 
     def recover(self, req: Request) -> None:
         raise fail(ErrorClass.UNIMPLEMENTED, "not supported by this agent")
+
+    def promotion_score(self, req: Request) -> Optional[Promotion]:
+        """Asked only of agents that implement promote: this one has no score."""
+        return None

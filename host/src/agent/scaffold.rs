@@ -66,9 +66,9 @@ pub fn create(
         bail!("{} is not empty; give --dir a new directory", dir.display());
     }
     let sdk = sdk.map(Path::to_path_buf).unwrap_or_else(built_from);
-    if kind != ProjectKind::Ocf && !sdk.join("plugin-api/wit/v1.1").is_dir() {
+    if kind != ProjectKind::Ocf && !sdk.join("plugin-api/wit/v1.2").is_dir() {
         bail!(
-            "no baton SDK at {} (plugin-api/wit/v1.1); give --sdk PATH to a baton checkout",
+            "no baton SDK at {} (plugin-api/wit/v1.2); give --sdk PATH to a baton checkout",
             sdk.display()
         );
     }
@@ -142,7 +142,7 @@ fn native(name: &str, sdk: &Path) -> Vec<(String, String)> {
         "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n\
          [lib]\ncrate-type = [\"cdylib\"]\n\n\
          [dependencies]\n\
-         # From a baton checkout today; once published: baton-plugin-api = \"1.1\", baton-agent-abi = \"1.1\".\n\
+         # From a baton checkout today; once published: baton-plugin-api = \"1.2\", baton-agent-abi = \"1.1\".\n\
          baton-plugin-api = {{ path = \"{sdk}/plugin-api\" }}\n\
          baton-agent-abi = {{ path = \"{sdk}/plugin-api/abi\" }}\n\n\
          # export_agent! turns a panic into an error only when panics unwind.\n\
@@ -169,8 +169,8 @@ fn wasm(name: &str, sdk: &Path) -> Vec<(String, String)> {
         );
     let source = WASM_SAMPLE
         .replace(
-            "\"../../plugin-api/wit/v1.1\"",
-            &format!("\"{}/plugin-api/wit/v1.1\"", sdk.display()),
+            "\"../../plugin-api/wit/v1.2\"",
+            &format!("\"{}/plugin-api/wit/v1.2\"", sdk.display()),
         )
         .replace("\"sample-wasm\"", &format!("\"{name}\""));
     vec![
@@ -195,7 +195,7 @@ if [ ! -x "$tool" ]; then
 	python3 -m venv .venv
 	.venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
 fi
-"$tool" -d {sdk}/plugin-api/wit/v1.1 -w resource-agent componentize app -o {lib}.wasm
+"$tool" -d {sdk}/plugin-api/wit/v1.2 -w resource-agent componentize app -o {lib}.wasm
 echo "built $(pwd)/{lib}.wasm"
 "#,
         sdk = sdk.display()

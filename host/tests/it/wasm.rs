@@ -269,7 +269,7 @@ fn a_component_for_contract_1_2_reports_its_promotion_score() {
 }
 
 #[test]
-fn agents_built_for_1_0_and_1_1_load_side_by_side() {
+fn agents_built_for_1_0_1_1_and_1_2_load_side_by_side() {
     let dir = tempfile::tempdir().unwrap();
     let (grants, markers) = crate::support::sample_wasm_grants(dir.path());
     let cat = catalog(dir.path(), &grants);
@@ -278,7 +278,8 @@ fn agents_built_for_1_0_and_1_1_load_side_by_side() {
         .load(wasm("sample_wasm_agent").to_str().unwrap())
         .unwrap();
     assert_eq!(legacy.metadata().contract.to_string(), "1.0");
-    assert_eq!(current.metadata().contract.to_string(), "1.1");
+    assert_eq!(hostile().metadata().contract.to_string(), "1.1");
+    assert_eq!(current.metadata().contract.to_string(), "1.2");
     assert_eq!(
         (legacy.kind(), current.kind()),
         (AgentKind::Wasm, AgentKind::Wasm)

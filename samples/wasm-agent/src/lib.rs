@@ -7,12 +7,13 @@
 //! here two programs and reading below the directory the `dir` parameter names
 //! (`read:{dir}` is expanded per resource and must fall inside a grant).
 
-wit_bindgen::generate!({ path: "../../plugin-api/wit/v1.1", world: "resource-agent" });
+wit_bindgen::generate!({ path: "../../plugin-api/wit/v1.2", world: "resource-agent" });
 
 use baton::agent::capabilities::{self, Command};
 use baton::agent::host::{self, LogLevel};
 use baton::agent::types::{
-    ActionSpec, AgentError, AgentMetadata, ErrorClass, MonitorState, ParamSpec, ParamType, Request,
+    ActionSpec, AgentError, AgentMetadata, ErrorClass, MonitorState, ParamSpec, ParamType,
+    Promotion, Request,
 };
 use exports::baton::agent::agent::Guest;
 
@@ -167,6 +168,11 @@ impl Guest for Sample {
     }
     fn recover(_: Request) -> Result<(), AgentError> {
         unimplemented()
+    }
+    /// Asked only of agents that implement promote (a replicated database):
+    /// this one never has a score.
+    fn promotion_score(_: Request) -> Result<Option<Promotion>, AgentError> {
+        Ok(None)
     }
 }
 
