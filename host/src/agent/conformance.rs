@@ -1,7 +1,7 @@
 //! `baton agent test`: the ocf-tester sequence (docs/agents.md, "OCF agents through the bridge"), run on
 //! any kind of agent through the same handle the failover engine uses.
 
-use crate::agent::host::{AgentHandle, CallReport};
+use crate::agent::host::{AgentHandle, AgentKind, CallReport};
 use baton_plugin_api::{Action, MonitorState, Outcome, Params, Request, service};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -241,12 +241,20 @@ pub fn run(
         // as a crash or an upgrade would end it (a server started as a plain child
         // of the runner dies with it, and fails this step), and a WebAssembly
         // instance is replaced (state kept in its memory is lost).
-        if agent.restart() {
-            t.monitor(
+        if agent.restart()
+            && !t.monitor(
                 "monitor after the agent's process restarted: running",
                 false,
                 Expect::Running,
-            );
+            )
+            && let Some(step) = t.steps.last_mut()
+            && step.got.starts_with("not-running")
+        {
+            step.got.push_str(if agent.kind() == AgentKind::Wasm {
+                " — likely cause: the agent keeps its resource in the instance's memory,                  which is replaced after a trap or a restart; check the real resource"
+            } else {
+                " — likely cause: the resource died with the agent's process (a server                  started as its plain child); start it with service::start_detached"
+            });
         }
         if meta.implements(Action::Notify) {
             t.action("notify", Action::Notify, Expect::DoneOrUnimplemented);

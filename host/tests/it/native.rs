@@ -61,6 +61,15 @@ fn a_resource_that_dies_with_the_runner_fails_the_conformance_test() {
         ["monitor after the agent's process restarted: running"],
         "{report:#?}"
     );
+    // The failure says what the likely cause is and the fix.
+    let step = crate::support::failed_steps(&report)[0];
+    assert!(
+        step.got
+            .contains("likely cause: the resource died with the agent's process")
+            && step.got.contains("service::start_detached"),
+        "{}",
+        step.got
+    );
 }
 
 #[test]

@@ -343,3 +343,30 @@ fn a_hung_monitor_fails_its_resource_alone() {
         assert!(stop.result.is_ok(), "{resource}: {:?}", stop.result);
     }
 }
+
+/// An agent whose meta-data fails is refused with what it said on stderr (a
+/// missing helper, a syntax error), not only its exit code.
+#[test]
+fn a_failing_meta_data_is_refused_with_what_the_agent_said() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("Broken");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho 'Broken: line 3: ocf-shellfuncs: No such file or directory' >&2\nexit 5\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let e = format!(
+        "{:#}",
+        fixtures(dir.path())
+            .load(script.to_str().unwrap())
+            .err()
+            .unwrap()
+    );
+    assert!(
+        e.contains("meta-data failed (exit code 5)")
+            && e.contains("it said: Broken: line 3: ocf-shellfuncs: No such file or directory"),
+        "{e}"
+    );
+}

@@ -87,6 +87,17 @@ fn unbounded_recursion_overflows_the_stack_limit() {
 }
 
 #[test]
+fn running_off_the_stack_in_linear_memory_is_named_as_a_likely_stack_overflow() {
+    let f = fails_then_recovers("shadow", "shadow-stack", 10_000);
+    assert_eq!(f.cause, FailureCause::Trap, "{f}");
+    assert!(
+        f.reason.contains("out of bounds memory access")
+            && f.reason.contains("most likely a stack overflow"),
+        "{f}"
+    );
+}
+
+#[test]
 fn a_sleep_in_the_agent_is_cut_at_the_deadline() {
     let started = std::time::Instant::now();
     let f = fails_then_recovers("sleep", "sleep", 300);

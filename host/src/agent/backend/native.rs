@@ -62,13 +62,40 @@ impl RunnerPolicy {
     }
 }
 
-/// The last lines a runner wrote to stderr (a panic, a backtrace), for the
-/// message when it dies, and the line of a Rust allocation failure however
-/// many lines (a backtrace) followed it.
+/// The last lines a runner wrote to stderr, for the message when it dies, and
+/// what a backtrace after them would push out of those: the line of a Rust
+/// allocation failure, and a panic's location and message (a library built
+/// with `panic = "abort"` dies of it).
 #[derive(Default)]
 struct StderrLines {
     last: VecDeque<String>,
     allocation_failure: Option<String>,
+    panic: Option<String>,
+    /// The panic's message is the line after its location.
+    panic_message_next: bool,
+}
+
+impl StderrLines {
+    fn push(&mut self, line: String) {
+        if line.contains("memory allocation of") {
+            self.allocation_failure = Some(line.clone());
+        }
+        if self.panic_message_next {
+            self.panic_message_next = false;
+            if let Some(p) = &mut self.panic {
+                p.push_str(": ");
+                p.push_str(&line);
+            }
+        }
+        if let Some(at) = line.find("panicked at") {
+            self.panic = Some(line[at..].trim_end_matches(':').to_string());
+            self.panic_message_next = true;
+        }
+        if self.last.len() == STDERR_LINES {
+            self.last.pop_front();
+        }
+        self.last.push_back(line);
+    }
 }
 
 type StderrTail = Arc<Mutex<StderrLines>>;
@@ -139,14 +166,7 @@ impl RunnerProcess {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     tracing::info!(target: "baton::agent", agent = %agent, "{line}");
                     let line: String = line.chars().take(300).collect();
-                    let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
-                    if line.contains("memory allocation of") {
-                        tail.allocation_failure = Some(line.clone());
-                    }
-                    if tail.last.len() == STDERR_LINES {
-                        tail.last.pop_front();
-                    }
-                    tail.last.push_back(line);
+                    tail.lock().unwrap_or_else(|e| e.into_inner()).push(line);
                 }
             })
         });
@@ -293,6 +313,10 @@ impl RunnerProcess {
                     "{status}: an allocation failed at its memory limit {memory_limit_mib} MiB \
                  ([agents.native] memory_limit_mib); agent output: {failure}"
                 )
+            } else if let Some(panic) = lines.panic.as_ref().filter(|_| status.contains("SIGABRT"))
+            {
+                // A panic kills the runner only with panic = "abort".
+                format!("{status}: the agent {panic}")
             } else if tail.is_empty() {
                 status
             } else {
@@ -832,5 +856,30 @@ impl Backend for TrustedBackend {
                 )
             })?
             .map_err(Failure::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A library built with `panic = "abort"` dies of a panic; with
+    /// RUST_BACKTRACE=1 a backtrace follows its message, longer than the lines
+    /// kept: the location and the message are kept apart.
+    #[test]
+    fn a_panic_is_kept_whatever_follows_it() {
+        let mut lines = StderrLines::default();
+        lines.push("thread '<unnamed>' (4242) panicked at src/lib.rs:12:9:".into());
+        lines.push("the config file is missing".into());
+        lines.push("stack backtrace:".into());
+        for i in 0..40 {
+            lines.push(format!("  {i}: frame"));
+        }
+        assert_eq!(
+            lines.panic.as_deref(),
+            Some("panicked at src/lib.rs:12:9: the config file is missing")
+        );
+        assert_eq!(lines.last.len(), STDERR_LINES);
+        assert_eq!(lines.allocation_failure, None);
     }
 }

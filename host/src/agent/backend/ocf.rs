@@ -128,9 +128,19 @@ impl OcfBackend {
             ));
         }
         if finished.status.and_then(|s| s.code()) != Some(0) {
+            let stderr = String::from_utf8_lossy(&finished.stderr);
+            let said: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
             return Err(format!(
-                "{full_name}: meta-data failed ({}); an OCF agent must print its meta-data and exit 0",
-                finished.status.map(describe_status).unwrap_or_default()
+                "{full_name}: meta-data failed ({}){}; an OCF agent must print its meta-data and exit 0",
+                finished.status.map(describe_status).unwrap_or_default(),
+                if said.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; it said: {}",
+                        said[said.len().saturating_sub(5)..].join(" | ")
+                    )
+                }
             ));
         }
         let xml = String::from_utf8_lossy(&finished.stdout);

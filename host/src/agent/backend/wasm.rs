@@ -973,6 +973,16 @@ impl WasmBackend {
                 FailureCause::Trap,
                 "panicked (unreachable instruction)".to_string(),
             ),
+            // Rust and C keep their stack in linear memory: running off its
+            // end shows as an access below address 0, not as a stack overflow.
+            Some(Trap::MemoryOutOfBounds) => (
+                FailureCause::Trap,
+                "trapped: out of bounds memory access — in a Rust or C component most likely a \
+                 stack overflow (its stack lives in linear memory: 1 MiB unless linked with \
+                 `-C link-arg=-zstack-size=BYTES`; deep or endless recursion, or large locals), \
+                 else a bad pointer"
+                    .to_string(),
+            ),
             Some(trap) => (FailureCause::Trap, format!("trapped: {trap}")),
             None if text.contains("growing memory") || text.contains("growing table") => (
                 FailureCause::Trap,
