@@ -478,6 +478,11 @@ impl CapabilitySet {
         &self.effective
     }
 
+    /// Capabilities that are requested and not granted (expanded ones included).
+    pub fn refused(&self) -> &[Capability] {
+        &self.refused
+    }
+
     /// Each request that names parameters and that a grant of its kind may
     /// cover, with those grants (`read:{dir} within read:/tmp`): granted per
     /// resource whose parameters fall inside them.

@@ -159,6 +159,12 @@ pub trait Backend: Send + Sync {
     fn health(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+    /// What the agent's host calls reached for so far, granted or not, as
+    /// concrete uses (`exec:/usr/bin/touch`); empty for kinds whose
+    /// capabilities are not enforced.
+    fn capabilities_used(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// End the process the agent's code runs in, as a crash or an upgrade would
     /// (the next call starts a new one); `false` when the kind has none of its
     /// own (built-in, OCF: a process per call). For the conformance test: a
@@ -250,6 +256,11 @@ impl AgentHandle {
     /// Backend facts for `baton agent info`.
     pub fn health(&self) -> Vec<(String, String)> {
         self.backend.health()
+    }
+
+    /// What the agent's host calls reached for so far ([`Backend::capabilities_used`]).
+    pub fn capabilities_used(&self) -> Vec<String> {
+        self.backend.capabilities_used()
     }
 
     /// Run `req`: check the parameters and the action, call the backend under the

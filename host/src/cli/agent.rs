@@ -234,6 +234,39 @@ fn parse_action(action: &str) -> anyhow::Result<Action> {
     })
 }
 
+/// What the run reached for (granted or not), and which requests it never
+/// did: a grant for one of those may not be needed.
+fn print_capability_use(set: &baton_plugin_api::CapabilitySet, used: &[String]) {
+    let uses: Vec<baton_plugin_api::Capability> =
+        used.iter().filter_map(|u| u.parse().ok()).collect();
+    let unused = |caps: &[baton_plugin_api::Capability]| -> Vec<String> {
+        caps.iter()
+            .filter(|c| {
+                let grant = c.to_string().parse::<baton_plugin_api::Grant>();
+                !grant.is_ok_and(|g| uses.iter().any(|u| g.covers(u)))
+            })
+            .map(|c| c.to_string())
+            .collect()
+    };
+    if !used.is_empty() {
+        println!(
+            "capabilities the agent reached for in this run: {}",
+            used.join(", ")
+        );
+    }
+    for (caps, what) in [
+        (unused(set.effective()), "granted"),
+        (unused(set.refused()), "not granted"),
+    ] {
+        if !caps.is_empty() {
+            println!(
+                "requested, {what}, and not reached for in this run: {} (needed only where the test does not reach)",
+                caps.join(", ")
+            );
+        }
+    }
+}
+
 /// `agent run`: one call of `req` (its action, parameters, depth, probe and
 /// resource set) on `agent`.
 fn run(
@@ -272,6 +305,7 @@ fn test(
     let params = parse_params(params)?;
     let handle = catalog.load(agent)?;
     capability_header(catalog, &handle, &params);
+    let usable = catalog.resource_capabilities(&handle, &params);
     let report = conformance::run(&handle, params, resource, catalog.node(), timeout);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -306,6 +340,9 @@ fn test(
         );
         if let Some(hint) = grant_hint {
             println!("to allow the refused capabilities, add to the config: {hint}");
+        }
+        if crate::agent::catalog::enforces_capabilities(handle.kind()) {
+            print_capability_use(&usable, &handle.capabilities_used());
         }
     }
     Ok(if report.passed {

@@ -151,6 +151,21 @@ fn a_refused_capability_is_explained_once_by_agent_test() {
         "{said}"
     );
     assert!(!said.contains("; to allow it, add to the config"), "{said}");
+    // What it reached for: the three it requested, so none is "not reached for".
+    assert!(
+        said.contains("capabilities the agent reached for in this run: exec:/usr/bin/rm, exec:/usr/bin/touch, read:/tmp/"),
+        "{said}"
+    );
+    assert!(!said.contains("not reached for"), "{said}");
+    // An agent that requests more than the test makes it use says which.
+    let o = baton(&bare, &["agent", "test", wasm("hostile").to_str().unwrap()]);
+    let said = output_text(&o);
+    assert!(
+        said.contains(
+            "requested, not granted, and not reached for in this run: exec:/bin/sleep, exec:/bin/sh"
+        ),
+        "{said}"
+    );
     assert!(said.lines().count() < 30, "{said}");
     assert!(said.lines().all(|l| l.chars().count() < 300), "{said}");
 }

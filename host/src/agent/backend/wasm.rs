@@ -159,7 +159,13 @@ pub struct HostState {
     host_timeout: Option<String>,
     /// Where the guest's monotonic clock starts.
     clock_origin: Instant,
+    /// What the agent's host calls reached for (shared by its instances).
+    used: Used,
 }
+
+/// The capabilities an agent's host calls reached for, granted or not, each as
+/// the concrete use (`exec:/usr/bin/touch`, `read:/srv/db/marker`).
+type Used = Arc<Mutex<std::collections::BTreeSet<String>>>;
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -173,6 +179,13 @@ impl WasiView for HostState {
 impl HostState {
     fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    fn used(&self, what: String) {
+        self.used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(what);
     }
 
     fn deny(&mut self, why: String) -> String {
@@ -214,8 +227,10 @@ impl HostState {
         if let Ok(user) = self.caps.check_spawn(program)
             && (timeout_ms == 0 || self.caps.check_exec(program).is_err())
         {
+            self.used(format!("spawn:{program}"));
             return Ok(self.spawn(program, args, env, user.as_deref()));
         }
+        self.used(format!("exec:{program}"));
         let user = match self.caps.check_exec(program) {
             Ok(user) => user,
             Err(why) => return Ok(Err(self.deny(why))),
@@ -275,6 +290,7 @@ impl HostState {
         timeout_ms: u32,
         max_reply: u32,
     ) -> wasmtime::Result<Result<Vec<u8>, String>> {
+        self.used(format!("net:{address}"));
         if let Err(why) = self.caps.check_connect(address) {
             return Ok(Err(self.deny(why)));
         }
@@ -314,6 +330,7 @@ impl HostState {
     }
 
     fn read_file(&mut self, path: &str) -> wasmtime::Result<Result<Vec<u8>, String>> {
+        self.used(format!("read:{path}"));
         if let Err(why) = self.caps.check_read(path) {
             return Ok(Err(self.deny(why)));
         }
@@ -798,6 +815,7 @@ impl WasmRuntime {
                 denials: Vec::new(),
                 host_timeout: None,
                 clock_origin,
+                used: Used::default(),
             },
         );
         store.limiter(|s| &mut s.limits);
@@ -821,6 +839,7 @@ pub struct WasmBackend {
     node: String,
     instances: Mutex<HashMap<String, Arc<Mutex<Option<Live>>>>>,
     traps: Mutex<u64>,
+    used: Used,
 }
 
 fn ticks(timeout: Duration) -> u64 {
@@ -856,6 +875,7 @@ impl WasmBackend {
             node: node.to_owned(),
             instances: Mutex::new(HashMap::new()),
             traps: Mutex::new(0),
+            used: Used::default(),
         };
         let mut live = backend
             .instantiate(Duration::from_secs(10))
@@ -911,6 +931,7 @@ impl WasmBackend {
         );
         store.set_epoch_deadline(ticks(timeout));
         store.data_mut().deadline = Instant::now() + timeout;
+        store.data_mut().used = Arc::clone(&self.used);
         let instance = match &self.prepared {
             Prepared::V1_0(pre) => pre.instantiate(&mut store).map(Instance::V1_0),
             Prepared::V1_1(pre) => pre.instantiate(&mut store).map(Instance::V1_1),
@@ -1210,6 +1231,15 @@ impl Backend for WasmBackend {
                 Err(failure)
             }
         }
+    }
+
+    fn capabilities_used(&self) -> Vec<String> {
+        self.used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     fn health(&self) -> Vec<(String, String)> {
