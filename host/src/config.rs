@@ -139,6 +139,27 @@ impl Config {
         Config::parse(&text).with_context(|| format!("config file {}", path.display()))
     }
 
+    /// [`Config::load`] for the `agent` commands, which need only `[agents]`: a
+    /// scenario file (`baton scenario new`) is accepted too, so agents are
+    /// installed into, and tried with, the store its nodes' configs name.
+    pub fn load_agents(path: Option<&Path>) -> anyhow::Result<Config> {
+        if let Some(p) = path
+            && let Ok(text) = std::fs::read_to_string(p)
+            && let Ok(table) = toml::from_str::<toml::Table>(&text)
+            && table.contains_key("scenario")
+        {
+            let agents = table
+                .get("agents")
+                .cloned()
+                .unwrap_or_else(|| toml::Table::new().into());
+            let mut only = toml::Table::new();
+            only.insert("agents".into(), agents);
+            return Config::parse(&toml::to_string(&only)?)
+                .with_context(|| format!("scenario file {}, its [agents]", p.display()));
+        }
+        Config::load(path)
+    }
+
     /// Parse config text; errors name the line, the key and what is expected.
     pub fn parse(text: &str) -> anyhow::Result<Config> {
         let table: toml::Table =

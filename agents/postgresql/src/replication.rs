@@ -29,6 +29,17 @@ const NOT_FOLLOWING_FOR: Duration = Duration::from_secs(20);
 /// Since when each resource's standby has not been streaming.
 static NOT_STREAMING: Mutex<Option<HashMap<String, Instant>>> = Mutex::new(None);
 
+/// The file beside the data directory that says its standby stopped streaming
+/// for good (the monitor failed it): the next start clones the primary instead
+/// of rewinding, since a rewind that finds nothing to cut cannot bring back WAL
+/// the primary no longer has. Beside it, not in it: it outlives the agent's
+/// process, and a clone empties the data directory.
+fn stuck_marker(settings: &Settings) -> std::path::PathBuf {
+    let mut name = settings.pgdata.as_os_str().to_owned();
+    name.push(".baton-not-streaming");
+    name.into()
+}
+
 /// The settings of a replicated resource; promote and demote need `primary_host`.
 pub fn settings(req: &Request, action: Action) -> Result<Settings, AgentError> {
     let settings = Settings::read(req)?;
@@ -48,14 +59,25 @@ pub fn server_options(req: &Request, settings: &Settings) -> Vec<String> {
         return Vec::new();
     };
     vec![
+        // TCP keepalives and a user timeout: a connection to a primary that
+        // vanished (powered off, cut off) fails within seconds, not at the
+        // kernel's retransmission limit.
         format!(
-            "primary_conninfo=host={host} port={} user={} application_name={} connect_timeout=2",
+            "primary_conninfo=host={host} port={} user={} application_name={} connect_timeout=2 \
+             keepalives=1 keepalives_idle=1 keepalives_interval=1 keepalives_count=3 tcp_user_timeout=3000",
             settings.port, settings.replication_user, req.context.node
         ),
         "wal_log_hints=on".into(),
         "hot_standby=on".into(),
         "wal_retrieve_retry_interval=1s".into(),
         "recovery_target_timeline=latest".into(),
+        // After a failover the service address answers from the new primary,
+        // which resets the old stream as soon as the standby sends on it: a
+        // status every second (default 10 s) makes that within a second. A
+        // primary that answers nothing is given up after 3 s (default 60 s);
+        // the receiver pings it at half that, so an idle primary is not.
+        "wal_receiver_status_interval=1s".into(),
+        "wal_receiver_timeout=3s".into(),
     ]
 }
 
@@ -77,7 +99,18 @@ pub fn prepare_standby(
     let host = settings.primary_host.as_deref().unwrap_or_default();
     // pg_rewind's crash recovery refuses a lock file left by a dead server.
     crate::server::remove_stale_lock(settings)?;
-    if primary_answers(settings, Duration::from_secs(3)) {
+    let stuck = stuck_marker(settings);
+    if primary_answers(settings, Duration::from_secs(3)) && settings.rebuild && stuck.exists() {
+        eprintln!(
+            "{}: this standby did not stream after its last start (the WAL it needs may be gone \
+             from the primary: size wal_keep_size for it); cloning the primary at {host} \
+             (rebuild_on_rewind_failure)",
+            req.context.resource
+        );
+        let _ = std::fs::remove_file(&signal);
+        rebuild(settings, install)?;
+        let _ = std::fs::remove_file(&stuck);
+    } else if primary_answers(settings, Duration::from_secs(3)) {
         // pg_rewind's crash recovery runs a single-user server, which refuses standby mode.
         let _ = std::fs::remove_file(&signal);
         match rewind(req, settings, install) {
@@ -310,7 +343,8 @@ pub fn score(settings: &Settings, timeout: Duration) -> Result<Promotion, String
 
 /// A standby's monitor: fail it when it has not streamed for
 /// [`NOT_FOLLOWING_FOR`] while `primary_host` runs as a primary (it diverged, or
-/// lost its connection for good); its restart rewinds it and reconnects.
+/// the WAL it needs is gone); its restart clones the primary (or, without
+/// `rebuild_on_rewind_failure`, rewinds it again).
 pub fn check_following(req: &Request, settings: &Settings) -> Result<(), AgentError> {
     let streaming = probe::connect(settings, req.context.timeout())
         .ok()
@@ -324,6 +358,7 @@ pub fn check_following(req: &Request, settings: &Settings) -> Result<(), AgentEr
     let since = since.get_or_insert_with(HashMap::new);
     if streaming {
         since.remove(&req.context.resource);
+        let _ = std::fs::remove_file(stuck_marker(settings));
         return Ok(());
     }
     let first = *since
@@ -331,11 +366,20 @@ pub fn check_following(req: &Request, settings: &Settings) -> Result<(), AgentEr
         .or_insert_with(Instant::now);
     if first.elapsed() >= NOT_FOLLOWING_FOR && primary_answers(settings, Duration::from_secs(2)) {
         since.remove(&req.context.resource);
+        // Its start rewound it already: the restart clones the primary.
+        let _ = std::fs::write(stuck_marker(settings), b"");
         return Err(AgentError::generic(format!(
             "this standby has not streamed from {} for {} s while it runs as primary; \
-             restarting it rewinds it (pg_rewind) and reconnects",
+             restarting it {}",
             settings.primary_host.as_deref().unwrap_or_default(),
-            first.elapsed().as_secs()
+            first.elapsed().as_secs(),
+            if settings.rebuild {
+                "clones the primary (pg_basebackup): the rewind at its start did not bring \
+                 it back, so the WAL it needs may be gone from the primary"
+            } else {
+                "rewinds it (pg_rewind) and reconnects (rebuild_on_rewind_failure = false: \
+                 it is never cloned)"
+            }
         )));
     }
     Ok(())

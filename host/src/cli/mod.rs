@@ -544,7 +544,11 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
-    let config = Config::load(cli.config.as_deref())?;
+    let config = if matches!(cli.command, Command::Agent(_)) {
+        Config::load_agents(cli.config.as_deref())?
+    } else {
+        Config::load(cli.config.as_deref())?
+    };
     match cli.command {
         Command::AgentRunner { .. }
         | Command::Guardian { .. }

@@ -209,6 +209,37 @@ fn agent_info_shows_templated_grants_and_native_declarations() {
     assert!(!said.contains("capabilities granted"), "{said}");
 }
 
+/// The agent commands take a scenario file as their config (its `[agents]`),
+/// so an agent is installed into the store `scenario check` reads.
+#[test]
+fn agent_install_accepts_a_scenario_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site.toml");
+    let o = Command::new(baton_exe())
+        .args(["scenario", "new", "--template", "standby"])
+        .arg(&site)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    let store = dir.path().join("store");
+    let mut text = std::fs::read_to_string(&site).unwrap();
+    text.push_str(&format!(
+        "\n[agents]\nstore = {:?}\n",
+        store.display().to_string()
+    ));
+    std::fs::write(&site, text).unwrap();
+    let o = baton(
+        &site,
+        &[
+            "agent",
+            "install",
+            wasm("sample_wasm_agent").to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(store.join("sample-wasm").exists(), "{}", output_text(&o));
+}
+
 #[test]
 fn a_failed_call_exits_1_and_names_the_recovery() {
     let dir = tempfile::tempdir().unwrap();
