@@ -424,6 +424,90 @@ fn hang_standby_starts(bin: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// Whether `done` holds within `limit` (checked every 100 ms).
+/// A standby that was away while the primary recycled the WAL it needs cannot
+/// stream after its rewind: its monitor fails it, and its restart clones the
+/// primary, after which it streams again.
+#[test]
+fn a_standby_whose_wal_is_gone_is_cloned_from_the_primary() {
+    if !baton::lab::Lab::possible() {
+        eprintln!("lab tests need root and iproute2; skipped");
+        return;
+    }
+    let prefix = format!("pw{}", std::process::id() % 1000);
+    let mut lab = crate::db_lab::DbLab::replicated_postgresql(
+        &prefix,
+        &crate::support::baton_exe(),
+        &native_lib("baton-postgresql"),
+        "wal_keep_size=0 max_wal_size=32MB min_wal_size=32MB",
+    )
+    .unwrap();
+    let limit = Duration::from_secs(90);
+    let primary = lab
+        .cluster()
+        .vip_server(limit, |_| true)
+        .unwrap()
+        .expect("nobody serves");
+    let standby = if primary == 1 { 2 } else { 1 };
+    let dir = lab.cluster().dir.path().to_owned();
+    // How many standbys stream from the primary (one that reconnects every
+    // second and fails shows as a walsender for a moment: not counted).
+    let streaming = |lab: &baton::lab::Lab| -> i64 {
+        lab.as_client(|| -> Option<i64> {
+            let mut c = postgres::Config::new()
+                .host(baton::lab::VIP)
+                .port(5432)
+                .user("postgres")
+                .dbname("postgres")
+                .connect_timeout(Duration::from_secs(2))
+                .connect(postgres::NoTls)
+                .ok()?;
+            let sql = "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'";
+            c.query_one(sql, &[]).ok().map(|row| row.get(0))
+        })
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+    };
+    wait_until(limit, "both standbys streaming", || {
+        streaming(&lab.cluster().lab) == 2
+    });
+    lab.cluster_mut().kill_node(standby);
+    // WAL far past what the primary keeps (max_wal_size, no wal_keep_size).
+    lab.cluster()
+        .lab
+        .as_client(|| -> Result<(), postgres::Error> {
+            let mut c = postgres::Config::new()
+                .host(baton::lab::VIP)
+                .port(5432)
+                .user("postgres")
+                .dbname("postgres")
+                .connect_timeout(Duration::from_secs(5))
+                .connect(postgres::NoTls)?;
+            c.batch_execute("CREATE TABLE filler (x text)")?;
+            for _ in 0..10 {
+                c.batch_execute(
+                    "INSERT INTO filler SELECT repeat('x', 400) FROM generate_series(1, 10000);
+                     SELECT pg_switch_wal(); CHECKPOINT;",
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap()
+        .unwrap();
+    lab.cluster_mut().start_node(standby).unwrap();
+    wait_until(
+        Duration::from_secs(180),
+        "the standby to stream again",
+        || streaming(&lab.cluster().lab) == 2,
+    );
+    let log = std::fs::read_to_string(dir.join(format!("n{standby}.log"))).unwrap();
+    assert!(
+        log.contains("did not stream after its last start") && log.contains("cloning the primary"),
+        "n{standby} was not cloned; logs in {}",
+        lab.cluster().keep_logs().display()
+    );
+}
+
 fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while !done() {
