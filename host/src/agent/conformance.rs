@@ -110,6 +110,35 @@ impl Tester<'_> {
         passed
     }
 
+    /// Whether promote and demote apply to the resource with these parameters:
+    /// an agent may implement them for one configuration (a replicated
+    /// database) and refuse them as `misconfigured` for another (a single
+    /// server). Both must then say so; the step records it, with the reason.
+    fn promotion_applies(&mut self) -> bool {
+        let refused = |t: &Self, action| {
+            let report = t.agent.call(&t.request(action));
+            match report.result {
+                Err(f) if f.class == baton_plugin_api::ErrorClass::Misconfigured => Some(f.reason),
+                _ => None,
+            }
+        };
+        // Demote first: on a resource it applies to, that is the next step anyway.
+        let Some(demote) = refused(self, Action::Demote) else {
+            return true;
+        };
+        if refused(self, Action::Promote).is_none() {
+            return true;
+        }
+        self.steps.push(Step {
+            name: "promote and demote: not for these parameters".into(),
+            expect: Expect::Done,
+            got: format!("both refused as misconfigured: {demote}"),
+            passed: true,
+            micros: 0,
+        });
+        false
+    }
+
     fn action(&mut self, name: &str, action: Action, expect: Expect) -> bool {
         let req = self.request(action);
         self.run(name, req, expect)
@@ -259,7 +288,10 @@ pub fn run(
         if meta.implements(Action::Notify) {
             t.action("notify", Action::Notify, Expect::DoneOrUnimplemented);
         }
-        if meta.implements(Action::Promote) && meta.implements(Action::Demote) {
+        if meta.implements(Action::Promote)
+            && meta.implements(Action::Demote)
+            && t.promotion_applies()
+        {
             t.action("demote a started resource", Action::Demote, Expect::Done);
             t.action("promote", Action::Promote, Expect::Done);
             t.monitor("monitor after promote: promoted", false, Expect::Promoted);

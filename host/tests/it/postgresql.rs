@@ -122,6 +122,30 @@ fn a_real_postgresql_passes_the_conformance_test() {
     );
 }
 
+/// The single-server mode (no `primary_host`) passes too: the adapter refuses
+/// promote and demote there, and the run says they do not apply.
+#[test]
+fn a_single_server_passes_the_conformance_test_without_promotion() {
+    let mut pg = Cluster::new("pg-single");
+    let report = pg.conformance();
+    assert!(failed_steps(&report).is_empty(), "{report:#?}");
+    let skipped = report
+        .steps
+        .iter()
+        .find(|s| s.name == "promote and demote: not for these parameters")
+        .unwrap_or_else(|| panic!("{report:#?}"));
+    assert!(
+        skipped.got.contains("needs streaming replication"),
+        "{skipped:?}"
+    );
+    assert!(
+        !report
+            .steps
+            .iter()
+            .any(|s| s.name.starts_with("monitor after promote"))
+    );
+}
+
 #[test]
 fn promote_without_streaming_replication_names_primary_host() {
     let pg = Cluster::new("pg-single");
