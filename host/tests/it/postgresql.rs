@@ -126,7 +126,7 @@ fn a_real_postgresql_passes_the_conformance_test() {
 /// promote and demote there, and the run says they do not apply.
 #[test]
 fn a_single_server_passes_the_conformance_test_without_promotion() {
-    let mut pg = Cluster::new("pg-single");
+    let pg = Cluster::new("pg-single");
     let report = pg.conformance();
     assert!(failed_steps(&report).is_empty(), "{report:#?}");
     let skipped = report
