@@ -113,7 +113,7 @@ pub fn prepare_standby(
     } else if primary_answers(settings, Duration::from_secs(3)) {
         // pg_rewind's crash recovery runs a single-user server, which refuses standby mode.
         let _ = std::fs::remove_file(&signal);
-        match rewind(req, settings, install) {
+        match rewind(req, settings, install).and_then(|()| same_history(settings, install)) {
             Ok(()) => eprintln!(
                 "{}: rewound from the primary at {host}",
                 req.context.resource
@@ -138,20 +138,107 @@ pub fn prepare_standby(
         .map_err(|e| AgentError::generic(format!("cannot write {}: {e}", signal.display())))
 }
 
-/// Whether `primary_host` accepts a connection and is not in recovery.
-fn primary_answers(settings: &Settings, timeout: Duration) -> bool {
-    let Some(host) = &settings.primary_host else {
-        return false;
+/// After pg_rewind: prove this data directory's history is the primary's by
+/// its latest checkpoint record, byte for byte, in the primary's WAL. A copy
+/// taken with `pg_basebackup` while the primary ran is recovered by pg_rewind
+/// with records of its own on the primary's timeline, and pg_rewind then finds
+/// "no rewind required": this catches it (a record the primary does not have,
+/// or a checkpoint beyond what the primary flushed). When the primary no
+/// longer has that WAL nothing is proven either way, and streaming decides.
+fn same_history(settings: &Settings, install: &Install) -> Result<(), AgentError> {
+    let (timeline, lsn, segment) = last_checkpoint(settings, install)?;
+    let file = format!(
+        "{timeline:08X}{:08X}{:08X}",
+        lsn >> 32,
+        (lsn & 0xFFFF_FFFF) / segment
+    );
+    let offset = lsn % segment;
+    const LEN: u64 = 64;
+    let mut local = vec![0u8; LEN as usize];
+    let read = std::fs::File::open(settings.pgdata.join("pg_wal").join(&file))
+        .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut local, offset));
+    if read.is_err() {
+        return Ok(());
+    }
+    let Some(mut client) = primary_client(settings, Duration::from_secs(5)) else {
+        return Ok(());
     };
-    let mut config = postgres::Config::new();
-    config
+    let Ok(row) = client.query_one(
+        "SELECT (pg_current_wal_flush_lsn() - '0/0')::bigint,
+                pg_read_binary_file('pg_wal/' || $1, $2, $3, true)",
+        &[&file, &(offset as i64), &(LEN as i64)],
+    ) else {
+        return Ok(());
+    };
+    let flushed: i64 = row.try_get(0).unwrap_or(i64::MAX);
+    let theirs: Option<Vec<u8>> = row.try_get(1).unwrap_or(None);
+    let at = format!(
+        "{:X}/{:X} (timeline {timeline})",
+        lsn >> 32,
+        lsn & 0xFFFF_FFFF
+    );
+    let why = if (flushed as u64) < lsn + LEN {
+        format!("its latest checkpoint at {at} lies beyond what the primary has flushed")
+    } else if theirs.as_deref().is_some_and(|t| t != local.as_slice()) {
+        format!("its latest checkpoint record at {at} is not the primary's")
+    } else {
+        return Ok(());
+    };
+    Err(AgentError::generic(format!(
+        "{} diverged from the primary: {why} (a copy recovered on its own, e.g. a plain \
+         pg_basebackup started while the primary ran)",
+        settings.pgdata.display()
+    )))
+}
+
+/// The latest checkpoint's timeline and location and the WAL segment size, from
+/// `pg_controldata`.
+fn last_checkpoint(settings: &Settings, install: &Install) -> Result<(u32, u64, u64), AgentError> {
+    let out = Command::new(install.bindir.join("pg_controldata"))
+        .arg("-D")
+        .arg(&settings.pgdata)
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| AgentError::generic(format!("cannot run pg_controldata: {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    let lsn = field("Latest checkpoint location:").and_then(|v| {
+        let (hi, lo) = v.split_once('/')?;
+        Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+    });
+    let timeline = field("Latest checkpoint's TimeLineID:").and_then(|v| v.parse().ok());
+    let segment = field("Bytes per WAL segment:").and_then(|v| v.parse().ok());
+    match (timeline, lsn, segment) {
+        (Some(t), Some(l), Some(s)) if s > 0 => Ok((t, l, s)),
+        _ => Err(AgentError::generic(format!(
+            "pg_controldata of {} gave no latest checkpoint: {}",
+            settings.pgdata.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+    }
+}
+
+/// A connection to `primary_host` as the replication user.
+fn primary_client(settings: &Settings, timeout: Duration) -> Option<postgres::Client> {
+    let host = settings.primary_host.as_ref()?;
+    postgres::Config::new()
         .host(host)
         .port(settings.port)
         .user(&settings.replication_user)
         .dbname(&settings.dbname)
         .application_name("baton-monitor")
-        .connect_timeout(timeout);
-    let Ok(mut client) = config.connect(postgres::NoTls) else {
+        .connect_timeout(timeout)
+        .connect(postgres::NoTls)
+        .ok()
+}
+
+/// Whether `primary_host` accepts a connection and is not in recovery.
+fn primary_answers(settings: &Settings, timeout: Duration) -> bool {
+    let Some(mut client) = primary_client(settings, timeout) else {
         return false;
     };
     client

@@ -532,6 +532,80 @@ fn a_standby_whose_wal_is_gone_is_cloned_from_the_primary() {
     );
 }
 
+/// A standby re-seeded with a plain `pg_basebackup` while its primary runs is
+/// recovered by pg_rewind with records of its own on the primary's timeline:
+/// WAL "ahead" of every genuine standby that no primary wrote, and pg_rewind
+/// says "no rewind required". Its start finds its checkpoint record is not
+/// the primary's and clones the primary before it runs as a standby, so it is
+/// never a candidate while diverged; then the primary's node dies, a standby
+/// is promoted, the other follows it, and no acknowledged write is lost.
+#[test]
+fn a_standby_reseeded_while_its_primary_runs_is_cloned_before_it_can_be_promoted() {
+    if !baton::lab::Lab::possible() {
+        eprintln!("lab tests need root and iproute2; skipped");
+        return;
+    }
+    let prefix = format!("ps{}", std::process::id() % 1000);
+    let mut lab = crate::db_lab::DbLab::replicated_postgresql(
+        &prefix,
+        &crate::support::baton_exe(),
+        &native_lib("baton-postgresql"),
+        "synchronous_standby_names=* synchronous_commit=on wal_keep_size=256MB",
+    )
+    .unwrap();
+    let limit = Duration::from_secs(90);
+    let primary = lab
+        .cluster()
+        .vip_server(limit, |_| true)
+        .unwrap()
+        .expect("nobody serves");
+    lab.start_client(Box::new(crate::db_lab::Postgres::default()));
+    lab.wait_for_writes(20, limit).unwrap();
+    let copy = if primary == 1 { 2 } else { 1 };
+    let dir = lab.cluster().dir.path().to_owned();
+    lab.cluster_mut().kill_node(copy);
+    let bin = crate::db_lab::pg_bindir().unwrap();
+    let reseed = format!(
+        "rm -rf {d}/n{copy}/pgdata && runuser -u postgres -- {b}/pg_basebackup -h {d}/n{primary} \
+         -U postgres -D {d}/n{copy}/pgdata -X stream",
+        d = dir.display(),
+        b = bin.display()
+    );
+    let out = Command::new("sh").args(["-c", &reseed]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.cluster_mut().start_node(copy).unwrap();
+    let log = || std::fs::read_to_string(dir.join(format!("n{copy}.log"))).unwrap_or_default();
+    wait_until(limit, "the copy to start as a standby", || {
+        log().contains("started service=web")
+    });
+    let said = log();
+    assert!(
+        said.contains("diverged from the primary: its latest checkpoint record at")
+            && said.contains("cloning the primary"),
+        "the copy was not found diverged; logs in {}",
+        lab.cluster().keep_logs().display()
+    );
+    lab.wait_for_writes(50, limit).unwrap();
+    lab.cluster_mut().kill_node(primary);
+    let promoted = lab
+        .cluster()
+        .vip_server(limit, move |n| n != primary)
+        .unwrap();
+    assert!(promoted.is_some(), "nobody was promoted");
+    lab.wait_for_writes(20, limit).unwrap();
+    let (acked, lost, primaries) = lab.verify().unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        lost.is_empty(),
+        "{} of {acked} acknowledged writes lost: {lost:?}",
+        lost.len()
+    );
+    assert!(primaries >= 2, "{primaries} primary intervals");
+}
+
 fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while !done() {
