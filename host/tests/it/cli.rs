@@ -240,6 +240,32 @@ fn agent_install_accepts_a_scenario_file() {
     assert!(store.join("sample-wasm").exists(), "{}", output_text(&o));
 }
 
+/// A directory or Python source given as an agent gets what to give instead.
+#[test]
+fn a_directory_or_python_source_given_as_an_agent_says_what_to_give() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let project = dir.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let o = baton(&cfg, &["agent", "info", project.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        output_text(&o).contains("is a directory; give the agent file"),
+        "{}",
+        output_text(&o)
+    );
+    let app = project.join("app.py");
+    std::fs::write(&app, "print('hello')\n").unwrap();
+    let o = baton(&cfg, &["agent", "info", app.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        output_text(&o).contains("is Python source, not an agent")
+            && output_text(&o).contains("componentize-py"),
+        "{}",
+        output_text(&o)
+    );
+}
+
 #[test]
 fn a_failed_call_exits_1_and_names_the_recovery() {
     let dir = tempfile::tempdir().unwrap();
