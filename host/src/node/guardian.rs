@@ -240,8 +240,14 @@ pub fn run(lease: Duration, daemon_pid: u32) -> std::io::Result<()> {
             events: libc::POLLIN,
             revents: 0,
         };
-        // SAFETY: poll on one pollfd that lives for the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
+        // A line already read into the buffer (a renewal and the goodbye can
+        // arrive in one read) is there without the descriptor being readable.
+        let n = if lines.buffer().is_empty() {
+            // SAFETY: poll on one pollfd that lives for the call.
+            unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) }
+        } else {
+            1
+        };
         if n == 0 {
             if charge != Charge::default() {
                 eprintln!(

@@ -107,7 +107,10 @@ fn a_sleeping_webassembly_monitor_fails_its_own_service_and_sigterm_still_ends_t
         }
         if Instant::now() >= deadline {
             let _ = daemon.kill();
-            panic!("SIGTERM did not end the daemon within 60 s");
+            panic!(
+                "SIGTERM did not end the daemon within 60 s:\n{}",
+                std::fs::read_to_string(d.join("n1.log")).unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };

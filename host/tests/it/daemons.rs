@@ -616,3 +616,38 @@ fn a_node_serves_prometheus_metrics_on_its_http_address() {
         assert!(body.contains(line), "missing {line:?} in:\n{body}");
     }
 }
+
+/// The guardian reads a renewal and the goodbye that arrive in one write (a
+/// clean stop right after a renewal) and stands down: the daemon waiting for it
+/// to exit is not left hanging.
+#[test]
+fn the_guardian_stands_down_on_a_goodbye_that_arrives_with_a_renewal() {
+    use std::io::Write;
+    let mut guardian = Command::new(baton_exe())
+        .args(["guardian", "--lease-ms", "60000", "--daemon-pid"])
+        .arg(std::process::id().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let renewal = r#"{"groups":[],"addresses":[],"holds":true}"#;
+    let bye = r#"{"groups":[],"addresses":[],"bye":true}"#;
+    let mut stdin = guardian.stdin.take().unwrap();
+    stdin
+        .write_all(format!("{renewal}\n{bye}\n").as_bytes())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = guardian.try_wait().unwrap() {
+            break exit;
+        }
+        if Instant::now() >= deadline {
+            let _ = guardian.kill();
+            panic!("the guardian did not stand down");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit}");
+    drop(stdin);
+}

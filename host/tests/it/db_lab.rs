@@ -304,29 +304,37 @@ impl DbLab {
             .ok_or_else(|| anyhow::anyhow!("nobody serves"))?;
         let dir = cluster.dir.path().to_owned();
         let standbys: Vec<usize> = (1..=cluster.nodes()).filter(|n| *n != primary).collect();
-        // The primary's WAL senders stop sending (as on a slow link), so what it
-        // acknowledges from now on never reaches a standby.
-        // Every standby streams (a former primary may still be rejoining).
+        // The standbys' WAL receivers stop (as on a slow link), so what the
+        // primary acknowledges from now on never reaches a standby. (Stopping the
+        // primary's WAL senders instead would not do: a standby gives up on a
+        // silent sender after wal_receiver_timeout and streams from a new one.)
+        // Every standby streams first (a former primary may still be rejoining).
         let deadline = Instant::now() + limit;
-        let senders = loop {
-            let senders = postgres_children(&dir, primary, "postgres: walsender");
-            if senders.len() == standbys.len() {
-                break senders;
+        let receivers = loop {
+            let receivers: Vec<i32> = standbys
+                .iter()
+                .flat_map(|n| postgres_children(&dir, *n, "postgres: walreceiver"))
+                .collect();
+            let streaming = postgres_children(&dir, primary, "postgres: walsender").len();
+            if receivers.len() == standbys.len() && streaming == standbys.len() {
+                break receivers;
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "{} of {} standbys stream from n{primary}",
-                senders.len(),
+                "{streaming} of {} standbys stream from n{primary}",
                 standbys.len()
             );
             std::thread::sleep(Duration::from_millis(50));
         };
-        for pid in &senders {
-            // SAFETY: kill(2) of a WAL sender of a server this lab started.
-            unsafe {
-                libc::kill(*pid, libc::SIGSTOP);
+        let signal = |signal| {
+            for pid in &receivers {
+                // SAFETY: kill(2) of a WAL receiver of a server this lab started.
+                unsafe {
+                    libc::kill(*pid, signal);
+                }
             }
-        }
+        };
+        signal(libc::SIGSTOP);
         // The primary goes on acknowledging; its monitor (every second) publishes
         // how far.
         self.wait_for_writes(100, limit)?;
@@ -335,6 +343,9 @@ impl DbLab {
             unreachable!()
         };
         cluster.kill_node(primary);
+        // With the primary gone there is nothing left to receive; a promotion
+        // needs the receivers to end when told.
+        signal(libc::SIGCONT);
         let survivor = standbys[0];
         let deadline = Instant::now() + limit;
         let why = loop {

@@ -208,6 +208,9 @@ fn kill_9_of_the_owner_fails_over_and_the_node_rejoins() {
         c.wait_answering(vec![2], Duration::from_secs(20)).unwrap(),
         "n2 did not take over"
     );
+    // n2's start is complete (its ledger, the last resource, recorded it)
+    // before n1 comes back and the service fails back.
+    assert_one_owner_at_a_time(&c, 2);
     c.start_node(1).unwrap();
     assert!(
         c.wait_answering(vec![1], Duration::from_secs(20)).unwrap(),
