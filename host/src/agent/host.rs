@@ -174,6 +174,26 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// `metadata` of the agent loaded from `origin`, checked
+/// ([`Metadata::check`](baton_plugin_api::Metadata::check)): every problem, in one
+/// message that names the file.
+pub fn usable_metadata(
+    metadata: &baton_plugin_api::Metadata,
+    origin: &std::path::Path,
+) -> Result<(), String> {
+    metadata.check().map_err(|problems| {
+        format!(
+            "{} has unusable meta-data: {}",
+            origin.display(),
+            problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })
+}
+
 /// A stop that ran past its deadline leaves the resource's processes to the host:
 /// it ends every process tagged with the resource (`plugin_api::service`) and says
 /// so in the failure. The stop still counts as failed (addresses, mounts and other

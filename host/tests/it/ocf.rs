@@ -5,7 +5,7 @@ use crate::support::{agents_config, baton_with, call, catalog, gone_within, outp
 use baton::agent::catalog::AgentCatalog;
 use baton::agent::conformance;
 use baton::agent::host::FailureCause;
-use baton_plugin_api::{Action, ErrorClass, MonitorState, Outcome, Recovery};
+use baton_plugin_api::{Action, ErrorClass, Recovery};
 use std::time::Duration;
 
 fn fixtures(store: &std::path::Path) -> AgentCatalog {
@@ -316,32 +316,7 @@ fn a_hung_monitor_fails_its_resource_alone() {
     let (good_state, bad_state) = (state("good"), state("bad"));
     let good = [("state", good_state.as_str())];
     let bad = [("state", bad_state.as_str()), ("hang", "yes")];
-    assert!(
-        call(&agent, Action::Start, "good", &good, 3000)
-            .result
-            .is_ok()
-    );
-    assert!(
-        call(&agent, Action::Start, "bad", &bad, 3000)
-            .result
-            .is_ok()
-    );
-    for round in 0..6 {
-        let f = call(&agent, Action::Monitor, "bad", &bad, 300)
-            .result
-            .unwrap_err();
-        assert_eq!(f.cause, FailureCause::Timeout, "round {round}: {f}");
-        let ok = call(&agent, Action::Monitor, "good", &good, 3000);
-        assert_eq!(
-            ok.result.unwrap(),
-            Outcome::State(MonitorState::Running),
-            "round {round}"
-        );
-    }
-    for (resource, params) in [("good", &good[..]), ("bad", &bad[..1])] {
-        let stop = call(&agent, Action::Stop, resource, params, 3000);
-        assert!(stop.result.is_ok(), "{resource}: {:?}", stop.result);
-    }
+    crate::support::a_hung_monitor_fails_alone(&agent, &good, &bad, &bad[..1], 300, 6);
 }
 
 /// An agent whose meta-data fails is refused with what it said on stderr (a

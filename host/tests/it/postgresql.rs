@@ -447,30 +447,40 @@ fn hang_standby_starts(bin: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Whether `done` holds within `limit` (checked every 100 ms).
+/// A replicated lab (names starting with `tag`) with the servers' `options`,
+/// and the node that serves; `None` when not root.
+fn replicated_lab(tag: &str, options: &str) -> Option<(crate::db_lab::DbLab, usize)> {
+    if !baton::lab::Lab::possible() {
+        eprintln!("lab tests need root and iproute2; skipped");
+        return None;
+    }
+    let prefix = format!("{tag}{}", std::process::id() % 1000);
+    let lab = crate::db_lab::DbLab::replicated_postgresql(
+        &prefix,
+        &crate::support::baton_exe(),
+        &native_lib("baton-postgresql"),
+        options,
+    )
+    .unwrap();
+    let primary = lab
+        .cluster()
+        .vip_server(Duration::from_secs(90), |_| true)
+        .unwrap()
+        .expect("nobody serves");
+    Some((lab, primary))
+}
+
 /// A standby that was away while the primary recycled the WAL it needs cannot
 /// stream after its rewind: its monitor fails it, and its restart clones the
 /// primary, after which it streams again.
 #[test]
 fn a_standby_whose_wal_is_gone_is_cloned_from_the_primary() {
-    if !baton::lab::Lab::possible() {
-        eprintln!("lab tests need root and iproute2; skipped");
+    let Some((mut lab, primary)) =
+        replicated_lab("pw", "wal_keep_size=0 max_wal_size=32MB min_wal_size=32MB")
+    else {
         return;
-    }
-    let prefix = format!("pw{}", std::process::id() % 1000);
-    let mut lab = crate::db_lab::DbLab::replicated_postgresql(
-        &prefix,
-        &crate::support::baton_exe(),
-        &native_lib("baton-postgresql"),
-        "wal_keep_size=0 max_wal_size=32MB min_wal_size=32MB",
-    )
-    .unwrap();
+    };
     let limit = Duration::from_secs(90);
-    let primary = lab
-        .cluster()
-        .vip_server(limit, |_| true)
-        .unwrap()
-        .expect("nobody serves");
     let standby = if primary == 1 { 2 } else { 1 };
     let dir = lab.cluster().dir.path().to_owned();
     // How many standbys stream from the primary (one that reconnects every
@@ -541,24 +551,13 @@ fn a_standby_whose_wal_is_gone_is_cloned_from_the_primary() {
 /// is promoted, the other follows it, and no acknowledged write is lost.
 #[test]
 fn a_standby_reseeded_while_its_primary_runs_is_cloned_before_it_can_be_promoted() {
-    if !baton::lab::Lab::possible() {
-        eprintln!("lab tests need root and iproute2; skipped");
-        return;
-    }
-    let prefix = format!("ps{}", std::process::id() % 1000);
-    let mut lab = crate::db_lab::DbLab::replicated_postgresql(
-        &prefix,
-        &crate::support::baton_exe(),
-        &native_lib("baton-postgresql"),
+    let Some((mut lab, primary)) = replicated_lab(
+        "ps",
         "synchronous_standby_names=* synchronous_commit=on wal_keep_size=256MB",
-    )
-    .unwrap();
+    ) else {
+        return;
+    };
     let limit = Duration::from_secs(90);
-    let primary = lab
-        .cluster()
-        .vip_server(limit, |_| true)
-        .unwrap()
-        .expect("nobody serves");
     lab.start_client(Box::new(crate::db_lab::Postgres::default()));
     lab.wait_for_writes(20, limit).unwrap();
     let copy = if primary == 1 { 2 } else { 1 };
@@ -606,6 +605,7 @@ fn a_standby_reseeded_while_its_primary_runs_is_cloned_before_it_can_be_promoted
     assert!(primaries >= 2, "{primaries} primary intervals");
 }
 
+/// Whether `done` holds within `limit` (checked every 100 ms).
 fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while !done() {

@@ -338,3 +338,38 @@ impl WithTools {
         }
     }
 }
+
+/// Two resources of one agent: `bad`'s monitor never answers. For `rounds`
+/// rounds it fails at its `timeout_ms` deadline as a timeout, while `good`'s
+/// monitor answers running; then both stop cleanly (`bad` with `bad_stop`).
+pub fn a_hung_monitor_fails_alone(
+    agent: &AgentHandle,
+    good: &[(&str, &str)],
+    bad: &[(&str, &str)],
+    bad_stop: &[(&str, &str)],
+    timeout_ms: u64,
+    rounds: usize,
+) {
+    use baton::agent::host::FailureCause;
+    use baton_plugin_api::{Action, MonitorState, Outcome};
+    for (resource, params) in [("good", good), ("bad", bad)] {
+        let start = call(agent, Action::Start, resource, params, 3000);
+        assert!(start.result.is_ok(), "{resource}: {:?}", start.result);
+    }
+    for round in 0..rounds {
+        let f = call(agent, Action::Monitor, "bad", bad, timeout_ms)
+            .result
+            .unwrap_err();
+        assert_eq!(f.cause, FailureCause::Timeout, "round {round}: {f}");
+        let ok = call(agent, Action::Monitor, "good", good, 3000);
+        assert_eq!(
+            ok.result.unwrap(),
+            Outcome::State(MonitorState::Running),
+            "round {round}"
+        );
+    }
+    for (resource, params) in [("good", good), ("bad", bad_stop)] {
+        let stop = call(agent, Action::Stop, resource, params, 3000);
+        assert!(stop.result.is_ok(), "{resource}: {:?}", stop.result);
+    }
+}

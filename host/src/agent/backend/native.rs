@@ -384,7 +384,7 @@ impl RunnerBackend {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let (process, metadata) = RunnerProcess::spawn(&policy, library, &name)?;
-        usable(&metadata, library)?;
+        crate::agent::host::usable_metadata(&metadata, library)?;
         let mut slots = vec![Mutex::new(Supervision::new(Some(process)))];
         slots.extend((1..policy.runners.max(1)).map(|_| Mutex::new(Supervision::new(None))));
         Ok(RunnerBackend {
@@ -656,21 +656,6 @@ impl RunnerBackend {
     }
 }
 
-/// `metadata` of the library at `path`, checked ([`Metadata::check`]).
-fn usable(metadata: &Metadata, path: &Path) -> Result<(), String> {
-    metadata.check().map_err(|problems| {
-        format!(
-            "{} has unusable meta-data: {}",
-            path.display(),
-            problems
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        )
-    })
-}
-
 /// The frames of as many of `reqs` as fit in one batch (at least one), and how
 /// many that is.
 ///
@@ -811,7 +796,7 @@ impl TrustedBackend {
     /// Load `path` into this process.
     pub fn load(path: &Path) -> Result<TrustedBackend, String> {
         let library = NativeLibrary::load(path).map_err(|e| e.to_string())?;
-        usable(library.metadata(), path)?;
+        crate::agent::host::usable_metadata(library.metadata(), path)?;
         Ok(TrustedBackend {
             workers: WorkerPool::new(&library.metadata().name),
             library: Arc::new(library),

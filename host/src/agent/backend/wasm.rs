@@ -899,17 +899,7 @@ impl WasmBackend {
         let metadata = raw
             .map_err(|e| format!("{}: meta-data trapped: {}", origin.display(), e))?
             .map_err(|e| format!("{} has unusable meta-data: {e}", origin.display()))?;
-        if let Err(problems) = metadata.check() {
-            return Err(format!(
-                "{} has unusable meta-data: {}",
-                origin.display(),
-                problems
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ));
-        }
+        crate::agent::host::usable_metadata(&metadata, origin)?;
         backend.caps =
             Arc::new(CapabilitySet::new(&metadata.capabilities, granted).for_agent(&metadata.name));
         backend.metadata = metadata;
