@@ -182,12 +182,19 @@ fn keys(out: &mut Vec<Check>, answers: &BTreeMap<String, Value>) {
         .map(|(k, nodes)| format!("{} with key check {k}", nodes.join(", ")))
         .collect::<Vec<_>>()
         .join("; ");
-    let ok = by_key.len() <= 1;
+    // No pass without evidence: a comparison needs two nodes that answered.
+    let ok = by_key.len() == 1 && answers.len() >= 2;
     check(
         out,
         "the key is the same on every node".into(),
         ok,
-        if ok {
+        if answers.len() < 2 {
+            format!(
+                "{} node(s) answered, nothing to compare ({}); see the checks above for why",
+                answers.len(),
+                if detail.is_empty() { "none" } else { &detail }
+            )
+        } else if ok {
             detail
         } else {
             format!("{detail}: copy one key_file to every node")
@@ -313,4 +320,34 @@ pub fn run(path: &Path, token_file: Option<&Path>, json: bool) -> anyhow::Result
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_key_check_passes_without_two_nodes_that_answered() {
+        let run = |answers: &BTreeMap<String, Value>| {
+            let mut out = Vec::new();
+            keys(&mut out, answers);
+            out.remove(0)
+        };
+        let none = run(&BTreeMap::new());
+        assert!(
+            !none.ok && none.detail.starts_with("0 node(s) answered"),
+            "{}",
+            none.detail
+        );
+        let one: BTreeMap<String, Value> =
+            [("n1".to_string(), serde_json::json!({"key": "ab12"}))].into();
+        assert!(!run(&one).ok);
+        let mut two = one.clone();
+        two.insert("n2".into(), serde_json::json!({"key": "ab12"}));
+        let same = run(&two);
+        assert!(same.ok, "{}", same.detail);
+        two.insert("n3".into(), serde_json::json!({"key": "cd34"}));
+        let differ = run(&two);
+        assert!(!differ.ok && differ.detail.ends_with("copy one key_file to every node"));
+    }
 }
