@@ -114,9 +114,28 @@ fn print_links(s: &Status) {
     }
     for l in s.links.iter().filter(|l| !l.up) {
         println!(
-            "WARNING: link {} to {} is down since {} ms",
-            l.link, l.peer, l.since_ms
+            "WARNING: link {} to {} is {}",
+            l.link,
+            l.peer,
+            down_for(s.uptime_ms, l.since_ms, crate::node::history::unix_ms())
         );
+    }
+}
+
+/// How long a link has been down, from the daemon's clock (`since_ms` and
+/// `uptime_ms` are both ms since it started), and since when on the wall clock:
+/// "down for 25 s (since 2026-12-07 23:01:02.000)"; a link never up since the
+/// daemon started says so.
+fn down_for(uptime_ms: u64, since_ms: u64, now_unix_ms: u64) -> String {
+    let for_ms = uptime_ms.saturating_sub(since_ms);
+    let at = crate::node::history::local_time(now_unix_ms.saturating_sub(for_ms));
+    if since_ms == 0 {
+        format!(
+            "down, never up since this daemon started {} s ago ({at})",
+            for_ms / 1000
+        )
+    } else {
+        format!("down for {} s (since {at})", for_ms / 1000)
     }
 }
 
@@ -229,4 +248,25 @@ pub fn print_history(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_down_link_says_for_how_long_and_since_when() {
+        let now = 1_796_619_000_000;
+        let said = down_for(338_640, 313_640, now);
+        assert!(said.starts_with("down for 25 s (since "), "{said}");
+        assert!(
+            said.contains(&crate::node::history::local_time(now - 25_000)),
+            "{said}"
+        );
+        let never = down_for(4_000, 0, now);
+        assert!(
+            never.starts_with("down, never up since this daemon started 4 s ago"),
+            "{never}"
+        );
+    }
 }
