@@ -53,6 +53,7 @@ pub fn config_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
         Ok(config) => {
             let mut problems = crate::node::services::resource_problems(&config, &runner_exe()?);
             if let Some(c) = &config.cluster {
+                problems.extend(crate::node::daemon::site_file_problems(c));
                 problems.extend(slot_problems(c));
             }
             if !problems.is_empty() {

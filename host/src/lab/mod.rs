@@ -1005,7 +1005,9 @@ impl ClusterLab {
         self.lab.as_client(move || {
             let until = std::time::Instant::now() + span;
             while std::time::Instant::now() < until {
-                if answering(nodes, 8080, Duration::from_millis(100)) != [n] {
+                // A second per probe: a busy machine's scheduler must not
+                // pass for an outage.
+                if answering(nodes, 8080, Duration::from_secs(1)) != [n] {
                     return false;
                 }
             }

@@ -415,6 +415,34 @@ struct Loaded {
     fencer: Option<Arc<Fencer>>,
 }
 
+/// The cluster key from `key_file`, checked.
+fn cluster_key(cluster: &ClusterConfig) -> anyhow::Result<ClusterKey> {
+    let file = &cluster.cluster.key_file;
+    let bytes = std::fs::read(file).with_context(|| {
+        format!(
+            "cluster.key_file {}: cannot read it; make one with head -c 32 /dev/urandom > {0} and copy it to every node",
+            file.display()
+        )
+    })?;
+    ClusterKey::new(&cluster.cluster.name, &bytes)
+        .map_err(|e| anyhow::anyhow!("cluster.key_file {}: {e}", file.display()))
+}
+
+/// What `run` would refuse in the files the config names on this machine
+/// (the key file, the console's tokens file), for `config check` to say first.
+pub fn site_file_problems(cluster: &ClusterConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = cluster_key(cluster) {
+        problems.push(format!("{e:#}"));
+    }
+    if let Some(c) = &cluster.cluster.console
+        && let Err(e) = crate::node::console::Tokens::load(&c.tokens_file)
+    {
+        problems.push(format!("{e:#}"));
+    }
+    problems
+}
+
 fn load(config: Config, node_name: &str, runner_exe: PathBuf) -> anyhow::Result<Loaded> {
     let cluster = config
         .cluster
@@ -424,14 +452,10 @@ fn load(config: Config, node_name: &str, runner_exe: PathBuf) -> anyhow::Result<
         .this_node(node_name)
         .map_err(anyhow::Error::msg)?
         .clone();
-    let key_bytes = std::fs::read(&cluster.cluster.key_file)
-        .with_context(|| format!("cluster.key_file {}", cluster.cluster.key_file.display()))?;
-    let key = ClusterKey::new(&cluster.cluster.name, &key_bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "cluster.key_file {}: {e}",
-            cluster.cluster.key_file.display()
-        )
-    })?;
+    let key = cluster_key(&cluster)?;
+    if let Some(c) = &cluster.cluster.console {
+        crate::node::console::Tokens::load(&c.tokens_file)?;
+    }
     let mut agent_config = config;
     agent_config.agents.node = Some(node_name.to_string());
     let mut catalog = AgentCatalog::new(agent_config, runner_exe);

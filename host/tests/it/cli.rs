@@ -380,6 +380,50 @@ params = { command = "sleep 1", port = { a = 1 } }
     }
 }
 
+/// `config check` refuses what `run` would refuse in the files the config names:
+/// a missing key file, a tokens file others can read.
+#[test]
+fn config_check_refuses_the_files_run_would_refuse() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "alice 0123456789abcdef0123\n").unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[cluster]\nname = \"c\"\nkey_file = {key:?}\n[cluster.console]\ntokens_file = {tokens:?}\n\
+             [[node]]\nname = \"n1\"\nid = 1\nlinks = [\"127.0.0.1:5405\"]\n\
+             [[service]]\nname = \"web\"\nstrategy = \"standby\"\n\
+             [[service.resource]]\nagent = \"process\"\nparams = {{ command = \"sleep 60\" }}\n"
+        ),
+    )
+    .unwrap();
+    let o = Command::new(baton_exe())
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = output_text(&o);
+    assert_eq!(o.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("cluster.key_file") && said.contains("cannot read it"),
+        "{said}"
+    );
+    assert!(said.contains("lets others read it; chmod 600"), "{said}");
+    // Both fixed: ok.
+    std::fs::write(&key, b"a cluster key of thirty-two bytes").unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = Command::new(baton_exe())
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+}
+
 /// `config check` explains the quorum arithmetic, and warns of a design in
 /// which a split leaves no partition able to be quorate, with the fix.
 #[test]

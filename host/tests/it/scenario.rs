@@ -116,6 +116,13 @@ fn every_template_makes_a_scenario_that_checks_simulates_a_failover_and_passes_r
 fn a_scenario_compiles_into_each_nodes_config_with_its_site_data() {
     let dir = tempfile::tempdir().unwrap();
     let path = standby(dir.path());
+    // The key file the compiled configs name, on this machine (`config check`
+    // reads it, as `run` does).
+    let key = dir.path().join("key");
+    std::fs::write(&key, b"a cluster key of thirty-two bytes").unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"/etc/baton/key\""));
+    std::fs::write(&path, text.replace("/etc/baton/key", key.to_str().unwrap())).unwrap();
     let out = baton(dir.path(), &["scenario", "check", "s.toml"]);
     let text = output_text(&out);
     assert!(out.status.success(), "{text}");
