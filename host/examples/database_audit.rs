@@ -14,7 +14,8 @@
 //! ```text
 //! scripts/build-wasm-agents && cargo build --locked --workspace --examples
 //! target/debug/examples/database_audit postgresql 21
-//! target/debug/examples/database_audit postgresql-replication 21
+//! target/debug/examples/database_audit postgresql-replication 21      # fast timing
+//! target/debug/examples/database_audit postgresql-replication 60 default fence
 //! target/debug/examples/database_audit mariadb 12
 //! target/debug/examples/database_audit postgresql-async 5
 //! ```
@@ -54,6 +55,14 @@ fn main() -> anyhow::Result<()> {
         .nth(2)
         .map(|a| a.parse().expect("ROUNDS is a number"))
         .unwrap_or(20);
+    // For the replicated runs: the cluster's timing, fast (default) or
+    // default, and `fence` for the lab's fence agent.
+    let timing = std::env::args().nth(3).unwrap_or_else(|| "fast".into());
+    let fencing = std::env::args().nth(4).is_some_and(|a| a == "fence");
+    anyhow::ensure!(
+        ["fast", "default"].contains(&timing.as_str()),
+        "TIMING is fast or default, not {timing}"
+    );
     anyhow::ensure!(baton::lab::Lab::possible(), "run as root with iproute2");
     let profile = std::env::current_exe()?
         .parent()
@@ -82,11 +91,13 @@ fn main() -> anyhow::Result<()> {
                 } else {
                     ""
                 };
-                let lab = db_lab::DbLab::replicated_postgresql(
+                let lab = db_lab::DbLab::replicated_postgresql_timed(
                     &prefix,
                     &baton,
                     &adapter,
                     &format!("{sync}synchronous_commit=on wal_keep_size=256MB"),
+                    "",
+                    (&timing, fencing),
                 )?;
                 (lab, Box::new(db_lab::Postgres::default()), adapter)
             }
@@ -98,7 +109,7 @@ fn main() -> anyhow::Result<()> {
                 (lab, Box::new(db_lab::MariaDb), adapter)
             }
             _ => anyhow::bail!(
-                "usage: database_audit postgresql|postgresql-replication|postgresql-async|mariadb [ROUNDS]"
+                "usage: database_audit postgresql|postgresql-replication|postgresql-async|mariadb [ROUNDS [fast|default [fence]]]"
             ),
         };
     eprintln!("{database} ({}), {rounds} rounds", adapter.display());

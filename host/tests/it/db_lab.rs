@@ -263,6 +263,23 @@ impl DbLab {
         options: &str,
         extra: &str,
     ) -> anyhow::Result<DbLab> {
+        DbLab::replicated_postgresql_timed(prefix, baton, adapter, options, extra, ("fast", false))
+    }
+
+    /// [`DbLab::replicated_postgresql_with`] with the cluster's `timing`
+    /// (`fast` or `default`), and with the lab's fence agent when `fencing`.
+    pub fn replicated_postgresql_timed(
+        prefix: &str,
+        baton: &Path,
+        adapter: &Path,
+        options: &str,
+        extra: &str,
+        (timing, fencing): (&str, bool),
+    ) -> anyhow::Result<DbLab> {
+        let cluster_extra = format!(
+            "self_fence_ms = 500\n{}",
+            if fencing { baton::lab::LAB_FENCING } else { "" }
+        );
         let before = format!(
             "[[service.resource]]\nagent = {adapter:?}\nmonitor_ms = 1000\n{extra}\
              params = {{ pgdata = \"LAB_DIR/{{node}}/pgdata\", socket_dir = \"LAB_DIR/{{node}}\", \
@@ -271,8 +288,9 @@ impl DbLab {
             adapter = adapter.display().to_string(),
         );
         let spec = LabSpec {
+            timing,
             strategy: "promotable",
-            cluster_extra: "self_fence_ms = 500",
+            cluster_extra: &cluster_extra,
             before_process: &before,
             ..LabSpec::default()
         };
