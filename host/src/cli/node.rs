@@ -63,6 +63,10 @@ pub fn print_status(s: &Status, json: bool) -> anyhow::Result<ExitCode> {
             ""
         }
     );
+    for other in &s.other_configs {
+        println!("WARNING: {other}");
+    }
+    print_dropped(s);
     if let Some(problem) = &s.witness_problem {
         println!("WARNING: witness not counted: {problem}");
     }
@@ -165,6 +169,35 @@ fn print_fencing(s: &Status) {
     );
 }
 
+/// Packets dropped, by cause, with what each cause usually means (a wrong
+/// key or another cluster's packets look like a link down otherwise). Replays
+/// and old incarnations are normal after a restart and are not warned of.
+fn print_dropped(s: &Status) {
+    for line in dropped_lines(&s.dropped) {
+        println!("{line}");
+    }
+}
+
+fn dropped_lines(dropped: &std::collections::BTreeMap<String, u64>) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (cause, count) in dropped {
+        let means = match cause.as_str() {
+            "bad-tag" => {
+                "a node with another key_file, or forged packets: copy one key_file to every node"
+            }
+            "other-cluster" => "packets of another cluster (another cluster.name) on these links",
+            "unsupported-version" => "a node running another wire version of baton",
+            "unknown-sender" => "a node or link this config does not list",
+            "replay" | "stale" => continue,
+            _ => "packets that are not baton heartbeats",
+        };
+        lines.push(format!(
+            "WARNING: {count} packets dropped ({cause}): {means}"
+        ));
+    }
+    lines
+}
+
 fn print_service(svc: &ServiceStatus) {
     println!(
         "service {}: {} here; owner {}: {}",
@@ -202,7 +235,14 @@ fn print_service(svc: &ServiceStatus) {
         );
     }
     if svc.failures > 0 {
-        println!("  failures here: {}", svc.failures);
+        println!(
+            "  failures here: {}{}",
+            svc.failures,
+            svc.last_failure
+                .as_deref()
+                .map(|f| format!("; last: {f}"))
+                .unwrap_or_default()
+        );
     }
     for r in &svc.resources {
         println!("  {} ({}): {}", r.name, r.agent, r.state);
@@ -253,6 +293,17 @@ pub fn print_history(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dropped_packets_say_what_they_usually_mean_and_replays_are_quiet() {
+        let dropped = [("bad-tag".to_string(), 12), ("replay".to_string(), 3)].into();
+        assert_eq!(
+            dropped_lines(&dropped),
+            [
+                "WARNING: 12 packets dropped (bad-tag): a node with another key_file, or forged packets: copy one key_file to every node"
+            ]
+        );
+    }
 
     #[test]
     fn a_down_link_says_for_how_long_and_since_when() {
