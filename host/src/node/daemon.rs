@@ -568,6 +568,33 @@ fn bind_links(loaded: &Loaded) -> anyhow::Result<Vec<UdpSocket>> {
     Ok(sockets)
 }
 
+/// What this node's history says of its previous run, for the first record
+/// of this one: a run that ended without a clean stop (a crash, kill -9, a
+/// power failure, a fence) is said so, with its last record.
+fn how_the_previous_run_ended(history: &Path, node: &str) -> String {
+    let last = crate::node::history::read(history, None, None)
+        .ok()
+        .and_then(|events| events.into_iter().rev().find(|e| e.node == node));
+    match last {
+        None => "started".into(),
+        Some(e)
+            if e.kind == "daemon"
+                && (e.text.starts_with("left the cluster holding nothing")
+                    || e.text.starts_with("exiting with a failed stop")) =>
+        {
+            format!(
+                "started; the previous run stopped cleanly at {}",
+                crate::node::history::local_time(e.at_ms)
+            )
+        }
+        Some(e) => format!(
+            "started; the previous run ended without a clean stop (a crash, kill -9, power loss or a fence); its last record, at {}: {}",
+            crate::node::history::local_time(e.at_ms),
+            e.text
+        ),
+    }
+}
+
 /// The event history at `path`, or `None` (decisions are then only logged).
 fn open_journal(path: &Path) -> Option<crate::node::history::Journal> {
     crate::node::history::Journal::open(path, crate::node::history::LIMIT)
@@ -723,7 +750,8 @@ impl Daemon {
             .or_else(|| paths.socket.as_ref().map(|s| s.with_extension("history")))
             .unwrap_or_else(|| default_history(node_name));
         let metrics = serve_http(&loaded, asker, &history)?;
-        let decisions = crate::node::decisions::Decisions::new(
+        let previous = how_the_previous_run_ended(&history, node_name);
+        let mut decisions = crate::node::decisions::Decisions::new(
             node_name,
             loaded
                 .cluster
@@ -733,6 +761,7 @@ impl Daemon {
                 .collect(),
             open_journal(&history),
         );
+        decisions.record("daemon", None, previous);
         let cluster = loaded.cluster.clone();
         let Shell {
             driver,

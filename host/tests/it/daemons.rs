@@ -417,6 +417,20 @@ fn a_restarted_daemon_stops_what_its_killed_predecessor_left_running() {
     c.wait_for("one owner again", Duration::from_secs(20), |c| {
         c.owners().len() == 1
     });
+    // Its history says how the previous run ended.
+    let history = c.dir.path().join("n1.history");
+    let events = baton::node::history::read(&history, None, None).unwrap();
+    let starts: Vec<&str> = events
+        .iter()
+        .filter(|e| e.node == "n1" && e.text.starts_with("started"))
+        .map(|e| e.text.as_str())
+        .collect();
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    assert_eq!(starts[0], "started");
+    assert!(
+        starts[1].starts_with("started; the previous run ended without a clean stop"),
+        "{starts:?}"
+    );
 }
 
 #[test]
