@@ -1045,6 +1045,8 @@ impl ClusterLab {
         if fault == Fault::Isolate {
             self.lab.heal(owner, Lan::Private)?;
             self.lab.heal(owner, Lan::Service)?;
+            // With a fence agent the isolated node was fenced: it boots again.
+            self.revive(owner)?;
         } else {
             self.start_node(owner)?;
         }
