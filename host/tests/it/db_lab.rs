@@ -276,8 +276,11 @@ impl DbLab {
         extra: &str,
         (timing, fencing): (&str, bool),
     ) -> anyhow::Result<DbLab> {
+        // The default timing's own self-fence bound; the guardian's lease is
+        // half of it, which a loaded machine must meet.
+        let self_fence = if timing == "default" { 2000 } else { 500 };
         let cluster_extra = format!(
-            "self_fence_ms = 500\n{}",
+            "self_fence_ms = {self_fence}\n{}",
             if fencing { baton::lab::LAB_FENCING } else { "" }
         );
         let before = format!(
