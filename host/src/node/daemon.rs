@@ -546,7 +546,10 @@ fn serve_http(
         facts,
     )?;
     crate::node::metrics::serve(at, routes)
-        .map(Some)
+        .map(|m| {
+            m.set_info(&me.name, &format!("{:016x}", cluster.fingerprint));
+            Some(m)
+        })
         .with_context(|| {
             format!(
                 "node {}: cannot serve HTTP on {addr} (http in its [[node]])",

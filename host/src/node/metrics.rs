@@ -5,8 +5,15 @@
 //! current-thread tokio runtime of its own thread, so the daemon's loop never
 //! waits for a client.
 //!
-//! Names (all prefixed `baton_`): `members`, `quorate`, `witness_held`,
-//! `link_up{peer,link}`, `link_rtt_seconds{peer,link}`, `service_here{service,phase}` (1 for this node's phase),
+//! The exposition is negotiated as Prometheus's client libraries do:
+//! OpenMetrics when the scraper asks for `application/openmetrics-text`, else
+//! the Prometheus text format 0.0.4 (counters named with `_total` in their HELP
+//! and TYPE lines, as `promtool check metrics` expects).
+//!
+//! Names (all prefixed `baton_`): `node_info{node,version,config}` (1),
+//! `members`, `quorate`, `witness_held`,
+//! `link_up{peer,link}`, `link_rtt_seconds{peer,link}` (only while the link is up),
+//! `service_here{service,phase}` (1 for this node's phase),
 //! `service_owner{service,node}` (1 where placement puts it),
 //! `service_promoted{service,node}`, `service_failures{service}` (unexpired, here),
 //! `fence_waiting`, `agent_calls_total{agent,action,result}` (result: ok or the
@@ -66,6 +73,13 @@ struct Kind {
     kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Info {
+    node: String,
+    version: String,
+    config: String,
+}
+
 const PHASES: [&str; 7] = [
     "stopped",
     "claiming",
@@ -79,6 +93,7 @@ const PHASES: [&str; 7] = [
 /// The node's metrics.
 pub struct Metrics {
     registry: Registry,
+    node_info: Family<Info, Gauge>,
     members: Gauge,
     quorate: Gauge,
     witness_held: Gauge,
@@ -102,6 +117,7 @@ impl Metrics {
     fn new() -> Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix("baton"),
+            node_info: Family::default(),
             members: Gauge::default(),
             quorate: Gauge::default(),
             witness_held: Gauge::default(),
@@ -119,6 +135,11 @@ impl Metrics {
             decisions: Family::default(),
         };
         let r = &mut m.registry;
+        r.register(
+            "node_info",
+            "1, labelled with this node's name, baton's version and the config fingerprint",
+            m.node_info.clone(),
+        );
         r.register("members", "Members of this node's view", m.members.clone());
         r.register(
             "quorate",
@@ -183,6 +204,17 @@ impl Metrics {
         m
     }
 
+    /// Say which node, baton version and config (fingerprint) these are.
+    pub fn set_info(&self, node: &str, config: &str) {
+        self.node_info
+            .get_or_create(&Info {
+                node: node.into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                config: config.into(),
+            })
+            .set(1);
+    }
+
     /// Set the gauges from the state machine at `now` (its clock).
     pub fn observe(&self, node: &ClusterNode, names: &BTreeMap<NodeId, String>, now: u64) {
         let name = |id: &NodeId| names.get(id).cloned().unwrap_or_else(|| id.to_string());
@@ -198,13 +230,18 @@ impl Metrics {
                     link: link.to_string(),
                 })
                 .set(i64::from(s.up));
-            if let Some(ms) = node.membership().rtt(*peer, *link) {
-                self.link_rtt
-                    .get_or_create(&Link {
-                        peer: name(peer),
-                        link: link.to_string(),
-                    })
-                    .set(ms / 1000.0);
+            let key = Link {
+                peer: name(peer),
+                link: link.to_string(),
+            };
+            match node.membership().rtt(*peer, *link).filter(|_| s.up) {
+                Some(ms) => {
+                    self.link_rtt.get_or_create(&key).set(ms / 1000.0);
+                }
+                // A down link has no round trip: its last one is not kept.
+                None => {
+                    self.link_rtt.remove(&key);
+                }
             }
         }
         for s in node.services() {
@@ -241,12 +278,50 @@ impl Metrics {
             .set(node.fence_state(now).waiting.len() as i64);
     }
 
-    /// The text exposition.
+    /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// The exposition for a scraper that sent `accept`, and its content type.
+    pub fn negotiate(&self, accept: &str) -> (&'static str, String) {
+        if accept.contains("application/openmetrics-text") {
+            (OPENMETRICS, self.encode())
+        } else {
+            (PROMETHEUS_TEXT, prometheus_text(&self.encode()))
+        }
+    }
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// OpenMetrics text as the Prometheus text format 0.0.4: a counter's HELP and
+/// TYPE lines name it with `_total` (its samples already do), and there is no
+/// `# EOF` or `# UNIT`.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::BTreeSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 /// Count and time one agent call, when the daemon serves metrics.
@@ -299,16 +374,15 @@ pub fn serve(addr: SocketAddr, routes: axum::Router) -> std::io::Result<Arc<Metr
             runtime.block_on(async move {
                 let app = axum::Router::new().route(
                     "/metrics",
-                    axum::routing::get(move || {
+                    axum::routing::get(move |headers: axum::http::HeaderMap| {
                         let m = Arc::clone(&served);
                         async move {
-                            (
-                                [(
-                                    axum::http::header::CONTENT_TYPE,
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                )],
-                                m.encode(),
-                            )
+                            let accept = headers
+                                .get(axum::http::header::ACCEPT)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("");
+                            let (kind, body) = m.negotiate(accept);
+                            ([(axum::http::header::CONTENT_TYPE, kind)], body)
                         }
                     }),
                 );
@@ -325,4 +399,59 @@ pub fn serve(addr: SocketAddr, routes: axum::Router) -> std::io::Result<Arc<Metr
             });
         })?;
     Ok(metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prometheus_text_names_counters_with_total_and_has_no_eof() {
+        let m = Metrics::new();
+        m.set_info("n1", "5be1c0ffee");
+        m.decisions
+            .get_or_create(&Kind {
+                kind: "fence".into(),
+            })
+            .inc();
+        let (kind, text) = m.negotiate("text/plain;version=0.0.4;q=0.5,*/*;q=0.1");
+        assert_eq!(kind, PROMETHEUS_TEXT);
+        assert!(
+            text.contains("# HELP baton_decisions_total Decisions recorded"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE baton_decisions_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("baton_decisions_total{kind=\"fence\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(
+            text.contains("baton_node_info{node=\"n1\",version=\"")
+                && text.contains("config=\"5be1c0ffee\"} 1"),
+            "{text}"
+        );
+        // Every sample has its HELP and TYPE under its own name.
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|f| text.contains(&format!("# TYPE {f} histogram")))
+                .unwrap_or(name);
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "no HELP for {name}: {text}"
+            );
+        }
+        let (kind, open) = m.negotiate("application/openmetrics-text;version=1.0.0");
+        assert_eq!(kind, OPENMETRICS);
+        assert!(open.trim_end().ends_with("# EOF"), "{open}");
+    }
 }

@@ -626,9 +626,14 @@ fn a_node_serves_prometheus_metrics_on_its_http_address() {
         "baton_agent_calls_total{agent=\"process\",action=\"start\",result=\"ok\"} 1",
         "baton_agent_call_seconds_count{agent=\"process\",action=\"start\"} 1",
         "baton_decisions_total{kind=\"membership\"}",
+        "baton_node_info{node=\"n1\",version=\"",
+        // Without an Accept header: the Prometheus text format.
+        "text/plain; version=0.0.4",
+        "# TYPE baton_agent_calls_total counter",
     ] {
         assert!(body.contains(line), "missing {line:?} in:\n{body}");
     }
+    assert!(!body.contains("# EOF"), "{body}");
 }
 
 /// The guardian reads a renewal and the goodbye that arrive in one write (a
