@@ -100,7 +100,11 @@ impl LeaseBlock for FileBlock {
     }
 
     fn write(&mut self, record: &Record) -> io::Result<()> {
-        let tmp = self.path.with_extension("tmp");
+        // A temporary file of this process's own: nodes writing at once must
+        // not rename (or open) each other's.
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(format!(".tmp{}", std::process::id()));
+        let tmp = PathBuf::from(name);
         std::fs::write(&tmp, record.encode())?;
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, &self.path)
