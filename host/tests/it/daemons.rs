@@ -508,11 +508,18 @@ fn a_stalled_witness_stalls_no_daemon() {
     let epoch = c.status(2).unwrap()["epoch"].clone();
     // The storage stalls: the lease file becomes a FIFO with no writer, so
     // every read of it blocks (as a hung NFS server or a SAN path failover
-    // does), and a write cannot replace it (its temporary name is taken by a
-    // directory).
+    // does), and a write cannot replace it (each daemon's temporary name,
+    // `witness.tmpPID`, is taken by a directory).
     let witness = c.dir.path().join("run/witness");
-    let tmp = c.dir.path().join("run/witness.tmp");
-    std::fs::create_dir(&tmp).unwrap();
+    let tmps: Vec<_> = c
+        .daemons
+        .iter()
+        .flatten()
+        .map(|d| c.dir.path().join(format!("run/witness.tmp{}", d.id())))
+        .collect();
+    for tmp in &tmps {
+        std::fs::create_dir(tmp).unwrap();
+    }
     let saved = c.dir.path().join("run/witness.saved");
     let fifo = c.dir.path().join("run/witness.fifo");
     let cpath = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
@@ -563,7 +570,9 @@ fn a_stalled_witness_stalls_no_daemon() {
     // The storage answers again: the lease file is back, and a writer that
     // opens the FIFO (without blocking: only while a reader waits) and closes it
     // lets the blocked reads end.
-    std::fs::remove_dir(&tmp).unwrap();
+    for tmp in &tmps {
+        std::fs::remove_dir(tmp).unwrap();
+    }
     std::fs::rename(&saved, &witness).unwrap();
     for _ in 0..20 {
         use std::os::unix::fs::OpenOptionsExt;

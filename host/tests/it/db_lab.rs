@@ -325,37 +325,39 @@ impl DbLab {
             .ok_or_else(|| anyhow::anyhow!("nobody serves"))?;
         let dir = cluster.dir.path().to_owned();
         let standbys: Vec<usize> = (1..=cluster.nodes()).filter(|n| *n != primary).collect();
-        // The standbys' WAL receivers stop (as on a slow link), so what the
-        // primary acknowledges from now on never reaches a standby. (Stopping the
-        // primary's WAL senders instead would not do: a standby gives up on a
-        // silent sender after wal_receiver_timeout and streams from a new one.)
+        // The link stalls: the primary's WAL senders stop sending, so what it
+        // acknowledges from now on never reaches a standby, and the standbys'
+        // WAL receivers stop too (otherwise a standby gives up on a silent
+        // sender after wal_receiver_timeout and streams from a new one).
         // Every standby streams first (a former primary may still be rejoining).
         let deadline = Instant::now() + limit;
-        let receivers = loop {
+        let (senders, receivers) = loop {
             let receivers: Vec<i32> = standbys
                 .iter()
                 .flat_map(|n| postgres_children(&dir, *n, "postgres: walreceiver"))
                 .collect();
-            let streaming = postgres_children(&dir, primary, "postgres: walsender").len();
-            if receivers.len() == standbys.len() && streaming == standbys.len() {
-                break receivers;
+            let senders = postgres_children(&dir, primary, "postgres: walsender");
+            if receivers.len() == standbys.len() && senders.len() == standbys.len() {
+                break (senders, receivers);
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "{streaming} of {} standbys stream from n{primary}",
+                "{} of {} standbys stream from n{primary}",
+                senders.len(),
                 standbys.len()
             );
             std::thread::sleep(Duration::from_millis(50));
         };
-        let signal = |signal| {
-            for pid in &receivers {
-                // SAFETY: kill(2) of a WAL receiver of a server this lab started.
+        let signal = |pids: &[i32], signal| {
+            for pid in pids {
+                // SAFETY: kill(2) of a WAL sender or receiver of a server this lab started.
                 unsafe {
                     libc::kill(*pid, signal);
                 }
             }
         };
-        signal(libc::SIGSTOP);
+        signal(&senders, libc::SIGSTOP);
+        signal(&receivers, libc::SIGSTOP);
         // The primary goes on acknowledging; its monitor (every second) publishes
         // how far.
         self.wait_for_writes(100, limit)?;
@@ -364,9 +366,9 @@ impl DbLab {
             unreachable!()
         };
         cluster.kill_node(primary);
-        // With the primary gone there is nothing left to receive; a promotion
-        // needs the receivers to end when told.
-        signal(libc::SIGCONT);
+        // With the primary gone there is nothing left to receive (the senders
+        // stopped first); a promotion needs the receivers to end when told.
+        signal(&receivers, libc::SIGCONT);
         let survivor = standbys[0];
         let deadline = Instant::now() + limit;
         let why = loop {
