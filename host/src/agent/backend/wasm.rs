@@ -167,6 +167,9 @@ pub struct HostState {
 /// the concrete use (`exec:/usr/bin/touch`, `read:/srv/db/marker`).
 type Used = Arc<Mutex<std::collections::BTreeSet<String>>>;
 
+/// How many distinct uses are kept.
+const USED_KEPT: usize = 256;
+
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
@@ -181,11 +184,13 @@ impl HostState {
         self.deadline.saturating_duration_since(Instant::now())
     }
 
+    /// Note a use, for `agent test`'s report; bounded, since a long-lived
+    /// daemon's agents may read ever new paths.
     fn used(&self, what: String) {
-        self.used
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(what);
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        if used.len() < USED_KEPT {
+            used.insert(what);
+        }
     }
 
     fn deny(&mut self, why: String) -> String {
