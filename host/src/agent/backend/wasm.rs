@@ -49,6 +49,26 @@ mod v1_2 {
     });
 }
 
+/// How many compiled components the by-path cache keeps (the newest).
+const CACHE_KEPT: usize = 8;
+
+/// Remove all but the newest [`CACHE_KEPT`] compiled components from `dir`:
+/// each build of an agent under development is a new content.
+fn prune_cache(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, std::path::PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
+    for (_, path) in files.into_iter().skip(CACHE_KEPT) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// The WASI clock interface whose subscriptions (sleeps, poll timeouts) are
 /// bounded by the call's deadline; a component of any 0.2 version of WASI
 /// links to it.
@@ -679,6 +699,7 @@ impl WasmRuntime {
             let _ = std::fs::remove_file(&tmp);
             return self.compile(bytes, origin);
         }
+        prune_cache(dir);
         // SAFETY: as above; written just now.
         unsafe { self.deserialize(&file) }.or_else(|_| self.compile(bytes, origin))
     }
