@@ -116,6 +116,15 @@ impl ResourceAgent for Postgresql {
                     "File holding the monitor role's password (empty: none, e.g. peer or trust)",
                 ),
                 ParamSpec::new(
+                    "passfile",
+                    String,
+                    false,
+                    Some(""),
+                    "libpq password file (HOST:PORT:DATABASE:USER:PASSWORD lines, mode 600, \
+                     owned by user) for the connections to primary_host: the standbys' stream, \
+                     pg_rewind, pg_basebackup and the history check (empty: none, e.g. trust)",
+                ),
+                ParamSpec::new(
                     "options",
                     String,
                     false,

@@ -26,6 +26,8 @@ pub struct Settings {
     pub primary_host: Option<String>,
     /// The role replicas connect as (REPLICATION, and for pg_rewind a superuser).
     pub replication_user: String,
+    /// libpq password file for the connections to `primary_host`.
+    pub passfile: Option<PathBuf>,
     /// When pg_rewind cannot rejoin a standby, clone it afresh from the primary.
     pub rebuild: bool,
 }
@@ -111,6 +113,7 @@ impl Settings {
             password_file: optional_path("password_file")?,
             primary_host,
             replication_user: text(req, "replication_user").to_owned(),
+            passfile: optional_path("passfile")?,
             rebuild: match text(req, "rebuild_on_rewind_failure") {
                 "" | "true" | "1" | "yes" => true,
                 "false" | "0" | "no" => false,
@@ -190,8 +193,74 @@ impl Settings {
                 self.pgdata.display()
             )));
         }
+        self.check_passfile(install)
+    }
+
+    /// The password file, when set, is one libpq reads as the server's user:
+    /// owned by it, and neither group nor others may read it (libpq ignores
+    /// such a file, and the standby's stream would fail to authenticate).
+    fn check_passfile(&self, install: &Install) -> Result<(), AgentError> {
+        let Some(file) = &self.passfile else {
+            return Ok(());
+        };
+        let meta = std::fs::metadata(file).map_err(|e| {
+            AgentError::misconfigured(format!(
+                "parameter passfile: {}: {e}; write it as HOST:PORT:DATABASE:USER:PASSWORD lines \
+                 (e.g. *:*:*:{}:secret)",
+                file.display(),
+                self.replication_user
+            ))
+        })?;
+        if meta.uid() != install.uid || meta.mode() & 0o077 != 0 {
+            return Err(AgentError::misconfigured(format!(
+                "parameter passfile: {} must belong to {} and be private to it \
+                 (libpq ignores it otherwise); chown {} {1} && chmod 600 {1}",
+                file.display(),
+                self.user,
+                self.user
+            )));
+        }
         Ok(())
     }
+
+    /// The password for `user` at `host`:`port`, database `db`, from the
+    /// password file (libpq's `.pgpass` format: `*` matches anything, `\`
+    /// escapes `:` and `\`; the first matching line wins).
+    pub fn password_for(&self, host: &str, port: u16, db: &str, user: &str) -> Option<String> {
+        let text = std::fs::read_to_string(self.passfile.as_ref()?).ok()?;
+        pgpass_lookup(&text, host, port, db, user)
+    }
+}
+
+/// The password in `text` (a `.pgpass` file) for `user` at `host`:`port`,
+/// database `db`.
+fn pgpass_lookup(text: &str, host: &str, port: u16, db: &str, user: &str) -> Option<String> {
+    let port = port.to_string();
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(pgpass_fields)
+        .find(|f| {
+            f.len() == 5
+                && [host, port.as_str(), db, user]
+                    .iter()
+                    .zip(f)
+                    .all(|(want, got)| got == "*" || got == want)
+        })
+        .map(|mut f| f.remove(4))
+}
+
+/// The fields of one `.pgpass` line, unescaped.
+fn pgpass_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => fields.last_mut().unwrap().extend(chars.next()),
+            ':' if fields.len() < 5 => fields.push(String::new()),
+            c => fields.last_mut().unwrap().push(c),
+        }
+    }
+    fields
 }
 
 /// The newest `/usr/lib/postgresql/N/bin` with a `postgres` in it.
@@ -238,4 +307,28 @@ fn user_ids(user: &str) -> Result<(u32, u32), AgentError> {
             "parameter user: no OS user {user:?} on this node; create it or name the user that owns pgdata"
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pgpass_lookup;
+
+    #[test]
+    fn a_password_file_is_read_as_libpq_reads_it() {
+        let file = "# the cluster's roles\n\
+                    198.18.2.100:5432:postgres:monitor:m0n\n\
+                    *:*:*:postgres:s\\:e\\\\cret\n\
+                    *:*:*:postgres:second\n";
+        let find = |host, port, user| pgpass_lookup(file, host, port, "postgres", user);
+        assert_eq!(
+            find("198.18.2.100", 5432, "monitor").as_deref(),
+            Some("m0n")
+        );
+        assert_eq!(find("198.18.2.101", 5432, "monitor"), None);
+        // Escaped ':' and '\\'; the first matching line wins.
+        assert_eq!(
+            find("198.18.2.100", 5433, "postgres").as_deref(),
+            Some("s:e\\cret")
+        );
+    }
 }

@@ -58,13 +58,21 @@ pub fn server_options(req: &Request, settings: &Settings) -> Vec<String> {
     let Some(host) = &settings.primary_host else {
         return Vec::new();
     };
+    let passfile = settings.passfile.as_ref().map_or(String::new(), |f| {
+        let quoted = f
+            .display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('\'', "\\'");
+        format!(" passfile='{quoted}'")
+    });
     vec![
         // TCP keepalives and a user timeout: a connection to a primary that
         // vanished (powered off, cut off) fails within seconds, not at the
         // kernel's retransmission limit.
         format!(
             "primary_conninfo=host={host} port={} user={} application_name={} connect_timeout=2 \
-             keepalives=1 keepalives_idle=1 keepalives_interval=1 keepalives_count=3 tcp_user_timeout=3000",
+             keepalives=1 keepalives_idle=1 keepalives_interval=1 keepalives_count=3 tcp_user_timeout=3000{passfile}",
             settings.port, settings.replication_user, req.context.node
         ),
         "wal_log_hints=on".into(),
@@ -225,15 +233,23 @@ fn last_checkpoint(settings: &Settings, install: &Install) -> Result<(u32, u64, 
 /// A connection to `primary_host` as the replication user.
 fn primary_client(settings: &Settings, timeout: Duration) -> Option<postgres::Client> {
     let host = settings.primary_host.as_ref()?;
-    postgres::Config::new()
+    let mut config = postgres::Config::new();
+    config
         .host(host)
         .port(settings.port)
         .user(&settings.replication_user)
         .dbname(&settings.dbname)
         .application_name("baton-monitor")
-        .connect_timeout(timeout)
-        .connect(postgres::NoTls)
-        .ok()
+        .connect_timeout(timeout);
+    if let Some(password) = settings.password_for(
+        host,
+        settings.port,
+        &settings.dbname,
+        &settings.replication_user,
+    ) {
+        config.password(password);
+    }
+    config.connect(postgres::NoTls).ok()
 }
 
 /// Whether `primary_host` accepts a connection and is not in recovery.
@@ -255,19 +271,21 @@ fn as_user(
     tool: &str,
     args: &[String],
 ) -> Result<Result<(), String>, AgentError> {
-    let out = Command::new(install.bindir.join(tool))
-        .args(args)
+    let mut cmd = Command::new(install.bindir.join(tool));
+    cmd.args(args)
         .current_dir(&settings.pgdata)
         .uid(install.uid)
         .gid(install.gid)
-        .env("HOME", &settings.pgdata)
-        .output()
-        .map_err(|e| {
-            AgentError::not_installed(format!(
-                "cannot run {}/{tool}: {e}",
-                install.bindir.display()
-            ))
-        })?;
+        .env("HOME", &settings.pgdata);
+    if let Some(file) = &settings.passfile {
+        cmd.env("PGPASSFILE", file);
+    }
+    let out = cmd.output().map_err(|e| {
+        AgentError::not_installed(format!(
+            "cannot run {}/{tool}: {e}",
+            install.bindir.display()
+        ))
+    })?;
     if out.status.success() {
         return Ok(Ok(()));
     }

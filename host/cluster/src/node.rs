@@ -412,6 +412,65 @@ impl Service {
     }
 }
 
+/// The members a clone or replica runs on every one of but those listed, with
+/// why each is not: `" but node 3 (is excluded after failures)"`.
+fn everywhere_but(s: &Service, me: NodeId, excluded: &BTreeMap<NodeId, &str>) -> String {
+    let off: Vec<String> = excluded
+        .iter()
+        .filter(|(n, why)| **n != me && (s.replicated() || **why == LEAVING))
+        .map(|(n, why)| format!("node {n} ({why})"))
+        .collect();
+    if off.is_empty() {
+        String::new()
+    } else {
+        format!(" but {}", off.join(", "))
+    }
+}
+
+/// What this node's failures of `s` mean at `now`, for its placement's why:
+/// how many, the restart they wait for, the ban they caused and how it ends.
+fn failures_here(s: &Service, now: Millis, banned: bool) -> String {
+    let count = s.failures(now);
+    let name = &s.spec.name;
+    if banned && s.banned(now) {
+        let expiry = ms(s.spec.failures.expiry);
+        // Below max_restarts once enough of the oldest failures expire; after
+        // an error local to this node, not before its ban ends.
+        let mut expiring: Vec<Millis> = s
+            .failures
+            .iter()
+            .map(|t| t + expiry)
+            .filter(|t| *t > now)
+            .collect();
+        expiring.sort_unstable();
+        let over = (count + 1).saturating_sub(s.spec.failures.max_restarts as usize);
+        let by_count = over
+            .checked_sub(1)
+            .and_then(|k| expiring.get(k).copied())
+            .unwrap_or(now);
+        let ends = by_count.max(s.ban_until.unwrap_or(now));
+        return format!(
+            ": {count} failure(s) here within failure_expiry ({} s; max_restarts = {}); \
+             it may run here again in {} s, or at once after `baton clear {name}` on this node",
+            expiry / 1000,
+            s.spec.failures.max_restarts,
+            (ends - now).div_ceil(1000)
+        );
+    }
+    match s.phase {
+        Phase::Restarting { at } => format!(
+            "; here it failed {count} time(s) and restarts in {} s (restart_backoff_ms doubles with each failure; {} more and this node is excluded)",
+            at.saturating_sub(now).div_ceil(1000),
+            (s.spec.failures.max_restarts as usize).saturating_sub(count)
+        ),
+        _ if count > 0 => format!(
+            "; here it failed {count} time(s) within failure_expiry ({} more and this node is excluded; `baton clear {name}` forgets them)",
+            (s.spec.failures.max_restarts as usize).saturating_sub(count)
+        ),
+        _ => String::new(),
+    }
+}
+
 /// What one tick decided before it turns to the services.
 struct Round {
     now: Millis,
@@ -1565,16 +1624,28 @@ impl ClusterNode {
                 // A clone's ban does not keep it off (it runs everywhere); leaving does.
                 s.replicated() || *why == LEAVING
             });
+            let why = match excluded_here {
+                Some(why) => format!(
+                    "not here: this node {why}{}",
+                    failures_here(s, round.now, true)
+                ),
+                None if kept => {
+                    "clone: keeps running here without quorum (without_quorum = keep)".into()
+                }
+                None => format!(
+                    "{}{}{}",
+                    if s.replicated() {
+                        "promotable: a replica runs on every member"
+                    } else {
+                        "clone: runs on every member"
+                    },
+                    everywhere_but(s, round.me, excluded),
+                    failures_here(s, round.now, false)
+                ),
+            };
             return Placement {
                 owner: excluded_here.is_none().then_some(round.me),
-                why: match excluded_here {
-                    Some(why) => format!("not here: this node {why}"),
-                    None if kept => {
-                        "clone: keeps running here without quorum (without_quorum = keep)".into()
-                    }
-                    None if s.replicated() => "promotable: a replica runs on every member".into(),
-                    None => "clone: runs on every member".into(),
-                },
+                why,
             };
         }
         // A rotating service stays where it runs; this node's own claim that has

@@ -416,6 +416,39 @@ mod outages {
         assert_eq!(sim.node(3).unwrap().service(0).role(), Role::Promoted);
     }
 
+    /// A replica that fails again and again on n3: while it backs off, n3's
+    /// status says how often it failed and when it restarts; once n3 is
+    /// excluded, n3 says until when and the command that ends it, and the other
+    /// members name n3 and why, instead of "a replica runs on every member".
+    #[test]
+    fn a_replica_that_keeps_failing_says_why_and_how_long_on_every_member() {
+        let mut pg = service("pg", Strategy::Promotable, &[1, 2, 3]);
+        pg.failures.backoff = Duration::from_secs(2);
+        let spec = cluster(3, 0, true, vec![pg]);
+        let sim = run(&spec, 1, "wait 2s; break pg on n3; fail pg on n3; wait 1s");
+        let why = &sim.node(3).unwrap().service(0).placement().why;
+        assert!(
+            why.contains("here it failed 2 time(s) and restarts in"),
+            "{why}\n{}",
+            show(&sim)
+        );
+        let sim = run(&spec, 1, "wait 2s; break pg on n3; fail pg on n3; wait 10s");
+        let why = &sim.node(3).unwrap().service(0).placement().why;
+        assert!(
+            why.starts_with("not here: this node is excluded after failures: 3 failure(s)")
+                && why.contains("at once after `baton clear pg` on this node"),
+            "{why}\n{}",
+            show(&sim)
+        );
+        let why = &sim.node(1).unwrap().service(0).placement().why;
+        assert_eq!(
+            why,
+            "promotable: a replica runs on every member but node 3 (is excluded after failures)",
+            "{}",
+            show(&sim)
+        );
+    }
+
     /// A service whose starts fail at once on every node: restarts on a node
     /// back off (here 1 s before the second), and once no member may run it
     /// its status names the command that recovers it.

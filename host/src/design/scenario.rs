@@ -121,7 +121,7 @@ pub fn new_scenario(template: &str) -> anyhow::Result<String> {
              service_if = \"eth1\"              # the interface facing clients\n"
         );
         if template == "promotable" {
-            out += "pgdata = \"/var/lib/postgresql/15/main\"\n";
+            out += "pgdir = \"/srv/pg\"                  # PostgreSQL's data (pgdir/data) and socket\n";
         }
     }
     out += "\n# ---- strategy ------------------------------------------------------------\n\n";

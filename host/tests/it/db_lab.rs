@@ -643,6 +643,21 @@ impl DbLab {
     /// disk checks (one mount at a time, one owner at a time, fsck clean).
     /// Returns (acknowledged, lost ids, mount intervals).
     pub fn verify(mut self) -> anyhow::Result<(usize, Vec<i64>, usize)> {
+        let (acknowledged, lost) = self.lost_writes()?;
+        let intervals = match &mut self.storage {
+            Storage::Shared(lab) => lab.verify_ownership()?,
+            Storage::Replicated(cluster) => {
+                let (overlaps, intervals) = baton::lab::ledger_overlaps(cluster.dir.path())?;
+                anyhow::ensure!(overlaps.is_empty(), "two primaries at once: {overlaps:?}");
+                intervals
+            }
+        };
+        Ok((acknowledged, lost, intervals))
+    }
+
+    /// Stop the client and read the table through the service address: how
+    /// many writes were acknowledged, and which of them the table lacks.
+    pub fn lost_writes(&mut self) -> anyhow::Result<(usize, Vec<i64>)> {
         self.stop.store(true, Ordering::SeqCst);
         let client = self
             .client
@@ -662,30 +677,36 @@ impl DbLab {
             .map(|(id, _)| *id)
             .filter(|id| !stored.contains(id))
             .collect();
-        let intervals = match &mut self.storage {
-            Storage::Shared(lab) => lab.verify_ownership()?,
-            Storage::Replicated(cluster) => {
-                let (overlaps, intervals) = baton::lab::ledger_overlaps(cluster.dir.path())?;
-                anyhow::ensure!(overlaps.is_empty(), "two primaries at once: {overlaps:?}");
-                intervals
-            }
-        };
-        Ok((acks.len(), lost, intervals))
+        Ok((acks.len(), lost))
     }
 }
 
 /// PostgreSQL's client: rust-postgres through the service address, a short
 /// connect timeout, and a dead server noticed within a couple of seconds (TCP
-/// user timeout, keepalives).
+/// user timeout, keepalives); as `postgres`, with `password` when the
+/// server asks for one.
 #[derive(Default)]
 pub struct Postgres {
     session: Option<postgres::Client>,
+    password: Option<&'static str>,
 }
 
 impl Postgres {
+    /// A client that logs in with `password`.
+    pub fn with_password(password: &'static str) -> Postgres {
+        Postgres {
+            session: None,
+            password: Some(password),
+        }
+    }
+
     fn session(&mut self) -> Result<&mut postgres::Client, String> {
         if self.session.is_none() {
-            let mut client = postgres::Config::new()
+            let mut config = postgres::Config::new();
+            if let Some(password) = self.password {
+                config.password(password);
+            }
+            let mut client = config
                 .host(VIP)
                 .port(5432)
                 .user("postgres")
@@ -787,5 +808,175 @@ impl Database for MariaDb {
             .lines()
             .filter_map(|l| l.trim().parse().ok())
             .collect())
+    }
+}
+
+/// The heading of docs/operations.md's section that takes a promotable
+/// PostgreSQL cluster from the template to running.
+pub const DOCUMENTED: &str = "### From the template to a running cluster";
+
+/// The password the documented procedure gives the `postgres` role.
+pub const DOCUMENTED_PASSWORD: &str = "change-me";
+
+/// One step of the documented procedure: the nodes it runs on (`# on n1:`,
+/// `# on n2 and n3:`, `# on every node:`) and its commands.
+#[derive(Debug)]
+struct Step {
+    nodes: Vec<usize>,
+    commands: Vec<String>,
+}
+
+/// The steps of the section's `sh` block in `doc` (the text of
+/// docs/operations.md); comments other than a step's heading are skipped.
+fn documented_steps(doc: &str) -> anyhow::Result<Vec<Step>> {
+    let section = doc
+        .split_once(DOCUMENTED)
+        .ok_or_else(|| anyhow::anyhow!("docs/operations.md has no section {DOCUMENTED:?}"))?
+        .1;
+    let block = section
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .ok_or_else(|| anyhow::anyhow!("{DOCUMENTED:?} has no sh block"))?
+        .0;
+    let mut steps: Vec<Step> = Vec::new();
+    for line in block.lines() {
+        if let Some(heading) = line.strip_prefix("# on ") {
+            let who = heading.split(':').next().unwrap_or_default();
+            let nodes = match who {
+                "every node" => vec![1, 2, 3],
+                _ => who
+                    .split(" and ")
+                    .map(|n| n.trim_start_matches('n').parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| anyhow::anyhow!("a step for {who:?}: not nN or every node"))?,
+            };
+            steps.push(Step {
+                nodes,
+                commands: Vec::new(),
+            });
+        } else if !line.starts_with('#') && !line.trim().is_empty() {
+            steps
+                .last_mut()
+                .ok_or_else(|| anyhow::anyhow!("{line:?} comes before any `# on NODE:`"))?
+                .commands
+                .push(line.to_string());
+        }
+    }
+    Ok(steps)
+}
+
+/// `text` with each `(from, to)` replaced; every `from` must be in it (so a
+/// changed procedure is noticed, not silently run with the documented paths).
+fn replaced(text: &str, site: &[(&str, String)]) -> anyhow::Result<String> {
+    let mut out = text.to_string();
+    for (from, to) in site {
+        anyhow::ensure!(out.contains(from), "the procedure no longer has {from:?}");
+        out = out.replace(from, to);
+    }
+    Ok(out)
+}
+
+/// The `$EDITOR site.toml` step: the lab's site part. The second link on the
+/// clients' network (the lab has two), the lab's interface, each node's
+/// PostgreSQL directory under `dir`, the key and password files there, and an
+/// agent store of the lab's own.
+fn edit_site(path: &Path, dir: &Path) -> anyhow::Result<()> {
+    let d = dir.display();
+    let mut text = replaced(
+        &std::fs::read_to_string(path)?,
+        &[
+            ("198.18.3.1", "198.18.2.1".into()),
+            ("service_if = \"eth1\"", "service_if = \"svc\"".into()),
+            ("/etc/baton/", format!("{d}/")),
+        ],
+    )?;
+    for n in 1..=3 {
+        anyhow::ensure!(
+            text.contains("pgdir = \"/srv/pg\""),
+            "the site has no pgdir"
+        );
+        text = text.replacen("pgdir = \"/srv/pg\"", &format!("pgdir = \"{d}/n{n}\""), 1);
+    }
+    text += &format!("\n[agents]\nstore = \"{d}/agents\"\n");
+    Ok(std::fs::write(path, text)?)
+}
+
+/// Run the documented procedure in `lab`, each step in its nodes' namespaces
+/// from `dir`, with the site's data replaced: `/srv/pg` is `dir/nN`,
+/// `/etc/baton` is `dir`, the binaries are this build's and this machine's.
+/// Leaves `dir/cluster-nN.toml`, the compiled configs.
+fn run_documented(
+    doc: &str,
+    dir: &Path,
+    lab: &baton::lab::Lab,
+    (baton, adapter): (&Path, &Path),
+) -> anyhow::Result<()> {
+    let d = dir.display().to_string();
+    let bin = pg_bindir()?.display().to_string();
+    for step in documented_steps(doc)? {
+        for &n in &step.nodes {
+            for command in &step.commands {
+                if command == "$EDITOR site.toml" {
+                    edit_site(&dir.join("site.toml"), dir)?;
+                    continue;
+                }
+                let mut site = vec![
+                    ("/srv/pg", format!("{d}/n{n}")),
+                    ("/etc/baton/", format!("{d}/")),
+                ];
+                if command.contains("/usr/lib/postgresql/15/bin") {
+                    site.push(("/usr/lib/postgresql/15/bin", bin.clone()));
+                }
+                if command.contains("libbaton_postgresql.so") {
+                    site.push((
+                        "/usr/local/lib/baton/libbaton_postgresql.so",
+                        adapter.display().to_string(),
+                    ));
+                }
+                let mut line = command.clone();
+                if let Some(rest) = line.strip_prefix("baton ") {
+                    line = format!("{} {rest}", baton.display());
+                }
+                let site: Vec<_> = site.into_iter().filter(|(f, _)| line.contains(f)).collect();
+                let line = replaced(&line, &site)?;
+                let out = Command::new("ip")
+                    .args(["netns", "exec", &lab.node_ns(n), "sh", "-ec", &line])
+                    .current_dir(dir)
+                    .output()?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "on n{n}: {command}\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+    for n in 1..=3 {
+        std::fs::copy(
+            dir.join(format!("compiled/n{n}.toml")),
+            dir.join(format!("cluster-n{n}.toml")),
+        )?;
+    }
+    std::fs::copy(dir.join("compiled/n1.toml"), dir.join("cluster.toml"))?;
+    Ok(())
+}
+
+impl DbLab {
+    /// docs/operations.md's promotable PostgreSQL cluster, made by running its
+    /// procedure ([`DOCUMENTED`]) as written in a 3-node lab, then started
+    /// from the compiled configs.
+    pub fn documented_postgresql(
+        prefix: &str,
+        baton: &Path,
+        adapter: &Path,
+        doc: &str,
+    ) -> anyhow::Result<DbLab> {
+        let names = ["n1", "n2", "n3"];
+        let cluster = ClusterLab::start_config(prefix, baton, &names, "", |dir, lab| {
+            open_lab_dir(dir)?;
+            run_documented(doc, dir, lab, (baton, adapter))
+        })?;
+        Ok(DbLab::new(Storage::Replicated(cluster)))
     }
 }

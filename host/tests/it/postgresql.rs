@@ -207,6 +207,20 @@ fn missing_binaries_are_not_installed_and_a_bare_directory_is_misconfigured() {
         .unwrap_err();
     assert_eq!(f.class, ErrorClass::Misconfigured, "{f}");
     assert!(f.reason.contains("NAME=VALUE"), "{f}");
+    // A password file others may read: libpq would ignore it and the
+    // standby's stream would fail to log in; the start says so and how to fix it.
+    let passfile = pg.path("pgpass");
+    std::fs::write(&passfile, "*:*:*:postgres:secret\n").unwrap();
+    std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let f = pg
+        .call_with(Action::Start, 0, &[("passfile", &passfile)], 60_000)
+        .result
+        .unwrap_err();
+    assert_eq!(f.class, ErrorClass::Misconfigured, "{f}");
+    assert!(
+        f.reason.contains("parameter passfile") && f.reason.contains("chmod 600"),
+        "{f}"
+    );
 }
 
 /// Run SQL with `psql` as postgres over the test cluster's socket; its output.
@@ -619,4 +633,76 @@ fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 
 fn wait_until(limit: Duration, what: &str, done: impl FnMut() -> bool) {
     assert!(wait_for(limit, done), "waited {limit:?} for {what}");
+}
+
+/// The node that holds the promoted role, as node 1..=3's status says (the
+/// first that answers), once every node runs its replica with a score.
+fn promoted(lab: &crate::db_lab::DbLab, not: Option<usize>, limit: Duration) -> usize {
+    let mut found = None;
+    wait_until(
+        limit,
+        "a promoted replica and a score from every node",
+        || {
+            found = (1..=3).filter(|n| Some(*n) != not).find_map(|n| {
+                let status = lab.cluster().status(n)?;
+                let promotion = &status["services"][0]["promotion"];
+                let by = promotion["promoted"].as_str()?;
+                let node: usize = by.strip_prefix('n')?.parse().ok()?;
+                (Some(node) != not).then_some(node)
+            });
+            found.is_some()
+        },
+    );
+    found.unwrap_or_default()
+}
+
+/// docs/operations.md's "From the template to a running cluster", run as
+/// written (only the site's data replaced: `DbLab::documented_postgresql`):
+/// the template, the site, the key and password files, the seed, the agent
+/// install, `scenario check`, `scenario compile`; then the compiled configs
+/// run, a client writes through the service address with the documented
+/// password, the primary's node is killed, another replica is promoted, the
+/// killed node rejoins as a standby, and no acknowledged write is lost.
+#[test]
+fn the_documented_path_from_the_template_runs_as_written() {
+    if !baton::lab::Lab::possible() {
+        eprintln!("lab tests need root and iproute2; skipped");
+        return;
+    }
+    let prefix = format!("pd{}", std::process::id() % 1000);
+    let doc = include_str!("../../../docs/operations.md");
+    let mut lab = crate::db_lab::DbLab::documented_postgresql(
+        &prefix,
+        &crate::support::baton_exe(),
+        &native_lib("baton-postgresql"),
+        doc,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let limit = Duration::from_secs(90);
+    let first = promoted(&lab, None, limit);
+    lab.start_client(Box::new(crate::db_lab::Postgres::with_password(
+        crate::db_lab::DOCUMENTED_PASSWORD,
+    )));
+    lab.wait_for_writes(20, limit)
+        .unwrap_or_else(|e| panic!("{e:#}; logs in {}", lab.cluster().keep_logs().display()));
+    lab.cluster_mut().kill_node(first);
+    let second = promoted(&lab, Some(first), limit);
+    lab.wait_for_writes(20, limit)
+        .unwrap_or_else(|e| panic!("{e:#}; logs in {}", lab.cluster().keep_logs().display()));
+    lab.cluster_mut().start_node(first).unwrap();
+    // The killed primary rejoins as a standby of the new one.
+    wait_until(limit, "the old primary back as a standby", || {
+        lab.cluster().status(first).is_some_and(|s| {
+            let promotion = &s["services"][0]["promotion"];
+            promotion["promoted"].as_str() == Some(&format!("n{second}"))
+                && promotion["scores"].as_object().map(|s| s.len()) == Some(3)
+        })
+    });
+    lab.wait_for_writes(20, limit).unwrap();
+    let (acked, lost) = lab.lost_writes().unwrap();
+    assert!(
+        lost.is_empty(),
+        "{} of {acked} acknowledged writes lost: {lost:?}",
+        lost.len()
+    );
 }
