@@ -122,16 +122,26 @@ fn main() -> anyhow::Result<()> {
     let done = lab.rounds(faults, Duration::from_secs(90), |lab, r| {
         n += 1;
         eprintln!(
-            "round {n}/{rounds} {:?}: takeover {} ms, write gap {} ms, {} writes acknowledged so far",
+            "round {n}/{rounds} {:?}: takeover {} ms, write gap {} ms{}, {} writes acknowledged so far",
             r.fault,
             r.takeover_ms,
             r.write_gap_ms,
+            r.follow_ms
+                .map_or(String::new(), |f| format!(", standby streaming {f} ms after")),
             lab.acknowledged()
         );
     })?;
     let (acked, lost, mounts) = lab.verify()?;
-    println!("| fault | rounds | write gap p50 ms | p90 | max | takeover p50 ms |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    let replicated = done.iter().any(|r| r.follow_ms.is_some());
+    if replicated {
+        println!(
+            "| fault | rounds | write gap p50 ms | p90 | max | takeover p50 ms | standby follows p50 ms | p90 | max |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    } else {
+        println!("| fault | rounds | write gap p50 ms | p90 | max | takeover p50 ms |");
+        println!("|---|---:|---:|---:|---:|---:|");
+    }
     let rows: [(&str, Option<Fault>); 4] = [
         ("kill", Some(Fault::Kill)),
         ("isolate", Some(Fault::Isolate)),
@@ -148,10 +158,22 @@ fn main() -> anyhow::Result<()> {
         }
         let mut gaps: Vec<u64> = picked.iter().map(|r| r.write_gap_ms).collect();
         let mut takeovers: Vec<u64> = picked.iter().map(|r| r.takeover_ms).collect();
+        let mut follows: Vec<u64> = picked.iter().filter_map(|r| r.follow_ms).collect();
         gaps.sort();
         takeovers.sort();
+        follows.sort();
+        let follow = if follows.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " {} | {} | {} |",
+                percentile(&follows, 0.5),
+                percentile(&follows, 0.9),
+                follows[follows.len() - 1]
+            )
+        };
         println!(
-            "| {label} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} |{follow}",
             gaps.len(),
             percentile(&gaps, 0.5),
             percentile(&gaps, 0.9),

@@ -63,6 +63,39 @@ pub struct Round {
     pub takeover_ms: u64,
     /// The longest time between two acknowledged writes around the fault, ms.
     pub write_gap_ms: u64,
+    /// Streaming replication: from the new primary answering at the service
+    /// address until every surviving standby streams from it, ms.
+    pub follow_ms: Option<u64>,
+}
+
+/// From now until the primary at the service address has `standbys` WAL
+/// senders streaming, ms (call from a client thread; at most `limit`).
+fn standbys_streaming(standbys: i64, limit: Duration) -> anyhow::Result<u64> {
+    let t = Instant::now();
+    let mut last = String::new();
+    while t.elapsed() < limit {
+        let count = postgres::Config::new()
+            .host(VIP)
+            .port(5432)
+            .user("postgres")
+            .dbname("postgres")
+            .connect_timeout(Duration::from_millis(500))
+            .connect(postgres::NoTls)
+            .and_then(|mut c| {
+                c.query_one(
+                    "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                    &[],
+                )
+            })
+            .map(|row| row.get::<_, i64>(0));
+        match count {
+            Ok(n) if n >= standbys => return Ok(t.elapsed().as_millis() as u64),
+            Ok(n) => last = format!("{n} streaming"),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    anyhow::bail!("the new primary had not {standbys} standbys streaming within {limit:?}: {last}")
 }
 
 /// Run `script` with the shared filesystem mounted at `DIR/init-mnt`, in a
@@ -565,6 +598,7 @@ impl DbLab {
     pub fn round(&mut self, fault: Fault, limit: Duration) -> anyhow::Result<Round> {
         self.wait_for_writes(20, limit)?;
         let at = Instant::now();
+        let mut follow_ms = None;
         let takeover_ms = match &mut self.storage {
             Storage::Shared(lab) => lab.round(fault, limit)?,
             Storage::Replicated(cluster) => {
@@ -576,6 +610,12 @@ impl DbLab {
                         left.is_empty(),
                         "n{owner} still runs {} processes of the service after {fault:?}",
                         left.len()
+                    );
+                    // The standbys that survived follow the new primary.
+                    let standbys = c.nodes() as i64 - 2;
+                    follow_ms = Some(
+                        c.lab
+                            .as_client(move || standbys_streaming(standbys, limit))??,
                     );
                     Ok(())
                 })?;
@@ -595,6 +635,7 @@ impl DbLab {
             fault,
             takeover_ms,
             write_gap_ms,
+            follow_ms,
         })
     }
 

@@ -299,8 +299,8 @@ fn postgresql_streaming_replication_promotes_a_standby_losing_no_acknowledged_tr
     ];
     lab.rounds(faults, Duration::from_secs(90), |_, r| {
         eprintln!(
-            "{:?}: takeover {} ms, write gap {} ms",
-            r.fault, r.takeover_ms, r.write_gap_ms
+            "{:?}: takeover {} ms, write gap {} ms, the standby streams {:?} ms after",
+            r.fault, r.takeover_ms, r.write_gap_ms, r.follow_ms
         )
     })
     .unwrap_or_else(|e| panic!("{e:#}"));
