@@ -18,7 +18,11 @@
 //! `service_promoted{service,node}`, `service_failures{service}` (unexpired, here),
 //! `fence_waiting`, `agent_calls_total{agent,action,result}` (result: ok or the
 //! error class), `agent_call_seconds{agent,action}` (histogram),
-//! `decisions_total{kind}`.
+//! `decisions_total{kind}`, `membership_epoch`, `dropped_packets_total{cause}`,
+//! `config_mismatch` (peers heard running another config), `moves_in_effect`
+//! (operators' moves), `service_moves_total{service,reason}` (the owner, or
+//! for a promotable service the promoted node, changed: `node-lost`,
+//! `operator`, `failure` or `placement`: a failback, a clean stop, a preference).
 
 use crate::cluster::node::ClusterNode;
 use crate::cluster::wire::NodeId;
@@ -30,7 +34,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Link {
@@ -74,6 +78,17 @@ struct Kind {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Cause {
+    cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceMove {
+    service: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Info {
     node: String,
     version: String,
@@ -107,6 +122,13 @@ pub struct Metrics {
     agent_calls: Family<Call, Counter>,
     agent_call_seconds: Family<CallTime, Histogram>,
     decisions: Family<Kind, Counter>,
+    epoch: Gauge,
+    dropped: Family<Cause, Counter>,
+    config_mismatch: Gauge,
+    moves_in_effect: Gauge,
+    service_moves: Family<ServiceMove, Counter>,
+    /// Each service's owner (or promoted node) at the last observation.
+    owners: Mutex<Vec<Option<NodeId>>>,
 }
 
 /// The daemon's metrics, once it serves them (agent calls are counted from
@@ -133,6 +155,12 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.0001, 4.0, 10))
             }),
             decisions: Family::default(),
+            epoch: Gauge::default(),
+            dropped: Family::default(),
+            config_mismatch: Gauge::default(),
+            moves_in_effect: Gauge::default(),
+            service_moves: Family::default(),
+            owners: Mutex::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -201,6 +229,31 @@ impl Metrics {
             "Decisions recorded in the history, by kind",
             m.decisions.clone(),
         );
+        r.register(
+            "membership_epoch",
+            "Epoch of this node's view (it grows with every membership change)",
+            m.epoch.clone(),
+        );
+        r.register(
+            "dropped_packets",
+            "Heartbeat packets dropped, by cause (a wrong key, another cluster, a replay, ...)",
+            m.dropped.clone(),
+        );
+        r.register(
+            "config_mismatch",
+            "Peers heard running another config (fingerprint) than this node",
+            m.config_mismatch.clone(),
+        );
+        r.register(
+            "moves_in_effect",
+            "Operators' moves in effect",
+            m.moves_in_effect.clone(),
+        );
+        r.register(
+            "service_moves",
+            "Times a service's owner (a promotable service's promoted node) changed, by reason",
+            m.service_moves.clone(),
+        );
         m
     }
 
@@ -215,10 +268,73 @@ impl Metrics {
             .set(1);
     }
 
+    /// Count the packets dropped so far, by cause (the daemon's totals).
+    pub fn dropped(&self, totals: &BTreeMap<&'static str, u64>) {
+        for (cause, total) in totals {
+            let counter = self.dropped.get_or_create(&Cause {
+                cause: (*cause).into(),
+            });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+
+    /// Count the services whose owner (or promoted node) changed since the
+    /// last observation, with why.
+    fn count_moves(&self, node: &ClusterNode, now: u64) {
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        owners.resize(node.services().len(), None);
+        let view = node.membership().view().1;
+        let me = node.membership().me();
+        let moves = node.active_moves(now);
+        for (i, s) in node.services().iter().enumerate() {
+            let owner = if s.spec().strategy == crate::cluster::placement::Strategy::Promotable {
+                s.promotion().owner
+            } else {
+                s.placement().owner
+            };
+            let (Some(from), Some(to)) = (owners[i], owner) else {
+                owners[i] = owners[i].or(owner);
+                continue;
+            };
+            owners[i] = Some(to);
+            if from == to {
+                continue;
+            }
+            let failed = if from == me {
+                s.failures(now) > 0
+            } else {
+                node.membership()
+                    .banned_of(from)
+                    .is_some_and(|b| b & (1 << i) != 0)
+            };
+            let reason = if !view.contains(&from) {
+                "node-lost"
+            } else if moves.iter().any(|m| m.service == i && m.to == to) {
+                "operator"
+            } else if failed {
+                "failure"
+            } else {
+                "placement"
+            };
+            self.service_moves
+                .get_or_create(&ServiceMove {
+                    service: s.spec().name.clone(),
+                    reason: reason.into(),
+                })
+                .inc();
+        }
+    }
+
     /// Set the gauges from the state machine at `now` (its clock).
     pub fn observe(&self, node: &ClusterNode, names: &BTreeMap<NodeId, String>, now: u64) {
         let name = |id: &NodeId| names.get(id).cloned().unwrap_or_else(|| id.to_string());
         self.members.set(node.membership().view().1.len() as i64);
+        self.epoch.set(node.membership().view().0 as i64);
+        self.config_mismatch
+            .set(node.foreign_configs(now).len() as i64);
+        self.moves_in_effect
+            .set(node.active_moves(now).len() as i64);
+        self.count_moves(node, now);
         let q = node.quorum();
         self.quorate.set(i64::from(q.is_some_and(|q| q.quorate)));
         self.witness_held

@@ -643,6 +643,85 @@ fn a_node_serves_prometheus_metrics_on_its_http_address() {
         assert!(body.contains(line), "missing {line:?} in:\n{body}");
     }
     assert!(!body.contains("# EOF"), "{body}");
+    crate::support::promtool_check_metrics(&body);
+
+    // An operator's move: in effect, and counted as a move of the service
+    // for that reason.
+    let out = baton_at(
+        &c.dir.path().join("n1.sock"),
+        &["move", "web", "--to", "n2"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::support::output_text(&out)
+    );
+    c.wait_for("web to run on n2", Duration::from_secs(20), |c| {
+        c.owners() == [2]
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut body = get();
+    while !body.contains("baton_service_moves_total{service=\"web\",reason=\"operator\"} 1") {
+        assert!(
+            Instant::now() < deadline,
+            "the move was not counted:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        body = get();
+    }
+    for line in [
+        "baton_moves_in_effect 1",
+        "baton_config_mismatch 0",
+        "# TYPE baton_membership_epoch gauge",
+        "# HELP baton_service_moves_total ",
+    ] {
+        assert!(body.contains(line), "missing {line:?} in:\n{body}");
+    }
+    crate::support::promtool_check_metrics(&body);
+    // Every metric the shipped dashboard and alerting rules query is one a
+    // node serves.
+    let served: std::collections::BTreeSet<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    let docs = crate::support::repo().join("docs/monitoring");
+    for file in ["baton-dashboard.json", "baton-alerts.yml"] {
+        let text = std::fs::read_to_string(docs.join(file)).unwrap();
+        let named = crate::support::metric_names(&text);
+        assert!(named.len() >= 8, "{file} names only {named:?}");
+        for name in named {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            assert!(
+                served.contains(base) || served.contains(name.as_str()),
+                "{file} queries {name}, which no node serves; served: {served:?}"
+            );
+        }
+    }
+}
+
+/// The shipped alerting rules load in Prometheus and fire as their unit tests
+/// say (`promtool check rules`, `promtool test rules`).
+#[test]
+fn the_alerting_rules_pass_promtool() {
+    let docs = crate::support::repo().join("docs/monitoring");
+    for args in [
+        ["check", "rules", "baton-alerts.yml"],
+        ["test", "rules", "baton-alerts.test.yml"],
+    ] {
+        let out = Command::new(crate::support::promtool())
+            .args(args)
+            .current_dir(&docs)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}",
+            crate::support::output_text(&out)
+        );
+    }
 }
 
 /// The guardian reads a renewal and the goodbye that arrive in one write (a

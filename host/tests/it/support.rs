@@ -373,3 +373,60 @@ pub fn a_hung_monitor_fails_alone(
         assert!(stop.result.is_ok(), "{resource}: {:?}", stop.result);
     }
 }
+
+/// promtool, unpacked from Debian's prometheus package by scripts/setup.
+pub fn promtool() -> PathBuf {
+    let path = repo().join("target/tools/prometheus/usr/bin/promtool");
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/setup (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// `promtool check metrics` of an HTTP answer's body (its headers skipped):
+/// every metric has its help, counters end in `_total`, names are valid.
+pub fn promtool_check_metrics(answer: &str) {
+    use std::io::Write;
+    let body = answer.split_once("\r\n\r\n").map_or(answer, |(_, b)| b);
+    let mut check = std::process::Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The `baton_*` metric names `text` (a dashboard, a rules file) mentions.
+pub fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("baton_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        // A word of its own (not part of "xbaton_…").
+        let before = rest[..at].chars().next_back();
+        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            names.insert(tail[..end].to_string());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
