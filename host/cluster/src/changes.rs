@@ -1,20 +1,20 @@
 //! What a node decided since the last look: after each tick the state machine is
 //! compared with what was seen before, and each change (membership, quorum, a
-//! link, a node of another config, where a service should run and why, this
-//! node's starts, stops and promotions) comes out as one [`Change`] with the
-//! reason `baton status` gives. The daemon logs and records them (the event
+//! fence wait, the witness's holder, a link, a node of another config, where a
+//! service should run and why, this node's starts, stops and promotions) comes
+//! out as one [`Change`] with the reason `baton status` gives. The daemon logs and records them (the event
 //! history); the simulator prints them as its timeline.
 
 use super::membership::Millis;
-use super::node::{ClusterNode, Phase, Role};
+use super::node::{ClusterNode, Phase, Role, WitnessSight};
 use super::wire::NodeId;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One decision, in words.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
-    /// `membership`, `quorum`, `link`, `config`, `placement`, `start`, `stop`,
-    /// `failure` or `promotion`.
+    /// `membership`, `quorum`, `fence-wait`, `witness`, `link`, `config`,
+    /// `placement`, `start`, `stop`, `failure` or `promotion`.
     pub kind: &'static str,
     /// The service's index, for a service's change.
     pub service: Option<usize>,
@@ -33,6 +33,10 @@ pub struct Observer {
     roles: Vec<Role>,
     promoted: Vec<Option<Option<NodeId>>>,
     foreign: BTreeSet<NodeId>,
+    /// Lost nodes not yet known safe.
+    waiting: BTreeSet<NodeId>,
+    /// The witness as this node last read it (with a witness).
+    witness: Option<WitnessSight>,
     out: Vec<Change>,
 }
 
@@ -76,6 +80,8 @@ impl Observer {
             roles: vec![Role::Replica; services],
             promoted: vec![None; services],
             foreign: BTreeSet::new(),
+            waiting: BTreeSet::new(),
+            witness: None,
             out: Vec::new(),
         }
     }
@@ -97,6 +103,8 @@ impl Observer {
         self.configs(node, now);
         self.membership(node);
         self.quorum(node);
+        self.fences(node, now);
+        self.witness(node);
         self.links(node);
         for i in 0..self.phases.len() {
             self.service(node, i, now);
@@ -138,6 +146,80 @@ impl Observer {
         for text in other_configs(node, &self.names, now) {
             self.push("config", None, text);
         }
+    }
+
+    /// The fence wait: when a lost node starts holding back the services it
+    /// may still run, and when (and why) it stops.
+    fn fences(&mut self, node: &ClusterNode, now: Millis) {
+        let state = node.fence_state(now);
+        // A node not heard since this one started is news only when it holds
+        // a claim back (at boot every peer is unheard for a moment).
+        let claiming = (0..self.phases.len())
+            .any(|i| matches!(node.service(i).phase(), Phase::Claiming { .. }));
+        let waiting: BTreeSet<NodeId> = state
+            .waiting
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| node.was_lost(*n) || claiming || self.waiting.contains(n))
+            .collect();
+        for (n, left) in &state.waiting {
+            if self.waiting.contains(n) || !waiting.contains(n) {
+                continue;
+            }
+            let how = if state.running.contains(n) {
+                "the fence agent confirms it off (a fence is under way)"
+            } else {
+                "a fence confirms it off"
+            };
+            let text = if node.was_lost(*n) {
+                format!(
+                    "{} is lost and not yet known safe: what it held starts elsewhere once {how}, or when its fence wait ends in {left} ms",
+                    self.name(*n)
+                )
+            } else {
+                format!(
+                    "{} is not heard since this node started, and not known safe: what it may run starts here only once it joins, {how}, or when the fence wait ends in {left} ms",
+                    self.name(*n)
+                )
+            };
+            self.push("fence-wait", None, text);
+        }
+        for n in self
+            .waiting
+            .difference(&waiting)
+            .copied()
+            .collect::<Vec<_>>()
+        {
+            let why = node.why_safe(n, now).unwrap_or("it is a member");
+            let text = format!("{} is known safe: {why}", self.name(n));
+            self.push("fence-wait", None, text);
+        }
+        self.waiting = waiting;
+    }
+
+    /// Who holds the witness, as this node reads it, when that changes.
+    fn witness(&mut self, node: &ClusterNode) {
+        if node.witness_task().is_none() {
+            return;
+        }
+        let sight = node.witness();
+        if self.witness == Some(sight) {
+            return;
+        }
+        self.witness = Some(sight);
+        let text = if !sight.reachable {
+            "witness: its storage does not answer this node".to_string()
+        } else if let Some(n) = sight.stalled {
+            format!(
+                "witness: {}'s lease stopped changing (dead, frozen or cut off from the storage)",
+                self.name(n)
+            )
+        } else if let Some(n) = sight.holder {
+            format!("witness: held by {}", self.name(n))
+        } else {
+            "witness: held by nobody".to_string()
+        };
+        self.push("witness", None, text);
     }
 
     fn quorum(&mut self, node: &ClusterNode) {

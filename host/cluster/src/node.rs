@@ -1125,29 +1125,40 @@ impl ClusterNode {
     /// before it sent anything), a member confirmed it fenced, or the fence wait
     /// since it left has passed.
     fn lost_node_safe(&self, n: NodeId, now: Millis) -> bool {
+        self.why_safe(n, now).is_some()
+    }
+
+    /// Whether `n` was a member this node lost (not one it has not heard
+    /// since it started).
+    pub fn was_lost(&self, n: NodeId) -> bool {
+        self.lost_incarnation.contains_key(&n)
+    }
+
+    /// Why lost node `n` is known safe at `now` (see `lost_node_safe`), for the
+    /// history; `None` while it is not.
+    pub fn why_safe(&self, n: NodeId, now: Millis) -> Option<&'static str> {
         let Some(since) = self.absent_since.get(&n) else {
-            return true;
+            return Some("it is a member");
         };
         if now.saturating_sub(*since) >= ms(self.bounds.fence_wait()) {
-            return true;
+            return Some("its fence wait has passed");
         }
         // Only a node that was a member can be known safe before the wait is over.
-        let Some(&lost) = self.lost_incarnation.get(&n) else {
-            return false;
-        };
+        let &lost = self.lost_incarnation.get(&n)?;
         if let Some((last, _)) = self.membership.report_of(n) {
             if last.incarnation > lost {
-                return true;
+                return Some("it restarted (a new incarnation stops what the old one left)");
             }
             if last.incarnation == lost
                 && last.heard == 0
                 && last.claims == 0
                 && last.stop_failed == 0
             {
-                return true;
+                return Some("it left cleanly, holding nothing");
             }
         }
         self.confirmed_fenced(n, lost)
+            .then_some("a fence confirmed it off")
     }
 
     /// Whether this node or a member confirmed `n` fenced in incarnation `lost`

@@ -416,6 +416,39 @@ mod outages {
         assert_eq!(sim.node(3).unwrap().service(0).role(), Role::Promoted);
     }
 
+    /// The history explains the wait between a claim and its start: the lost
+    /// owner is "not yet known safe" until its fence wait ends (no fence
+    /// agent), then "known safe" and why; and with a witness, who holds it as
+    /// each node reads it.
+    #[test]
+    fn the_history_says_why_a_takeover_waits_and_who_holds_the_witness() {
+        let spec = cluster(
+            2,
+            1,
+            false,
+            vec![service("web", Strategy::Standby, &[1, 2])],
+        );
+        let sim = run(&spec, 1, "kill n1; wait 5s");
+        let said = |text: &str| {
+            events(&sim, "fence-wait")
+                .chain(events(&sim, "witness"))
+                .find(|e| e.node == Some(2) && e.change.text.contains(text))
+                .map(|e| e.at)
+        };
+        let lost = said(
+            "n1 is lost and not yet known safe: what it held starts elsewhere once a fence confirms it off, or when its fence wait ends in",
+        );
+        let safe = said("n1 is known safe: its fence wait has passed");
+        let started = when(&sim, 0, 2, 0, "running here");
+        assert!(
+            lost.is_some() && lost < safe && safe <= started,
+            "lost {lost:?}, safe {safe:?}, started {started:?}\n{}",
+            show(&sim)
+        );
+        assert!(said("witness: held by n1").is_some(), "{}", show(&sim));
+        assert!(said("witness: held by n2").is_some(), "{}", show(&sim));
+    }
+
     /// A replica that fails again and again on n3: while it backs off, n3's
     /// status says how often it failed and when it restarts; once n3 is
     /// excluded, n3 says until when and the command that ends it, and the other

@@ -197,6 +197,12 @@ pub enum Command {
         /// The daemon it guards (for messages).
         #[arg(long)]
         daemon_pid: u32,
+        /// The node's name (for its history).
+        #[arg(long, default_value = "")]
+        node: String,
+        /// The node's event history, where its fences are recorded.
+        #[arg(long)]
+        history_file: Option<PathBuf>,
     },
 }
 
@@ -455,9 +461,19 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Guardian {
         lease_ms,
         daemon_pid,
+        node,
+        history_file,
     } = &cli.command
     {
-        crate::node::guardian::run(std::time::Duration::from_millis(*lease_ms), *daemon_pid)?;
+        let log = crate::node::guardian::Log {
+            node: node.clone(),
+            history: history_file.clone(),
+        };
+        crate::node::guardian::run(
+            std::time::Duration::from_millis(*lease_ms),
+            *daemon_pid,
+            &log,
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     if let Command::Config(ConfigCommand::Check { file }) = &cli.command {

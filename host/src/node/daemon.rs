@@ -394,6 +394,8 @@ pub struct Daemon {
     events: VecDeque<Event>,
     replay: ReplayGuard,
     dropped: BTreeMap<&'static str, u64>,
+    /// When the latest packet of each cause was dropped (the driver's clock).
+    dropped_last: BTreeMap<&'static str, u64>,
     buf: Vec<u8>,
     decisions: crate::node::decisions::Decisions,
     metrics: Option<Arc<crate::node::metrics::Metrics>>,
@@ -626,7 +628,7 @@ fn shell(
     loaded: Loaded,
     sockets: Vec<UdpSocket>,
     bell: Bell,
-    runner_exe: &Path,
+    (runner_exe, history): (&Path, &Path),
 ) -> anyhow::Result<Shell> {
     let Loaded {
         cluster,
@@ -651,8 +653,12 @@ fn shell(
     let mut spec = cluster.spec();
     // The guardian fences this node's services if this process dies or hangs
     // for half the self-fence bound (see guardian.rs).
-    let guardian = Guardian::spawn(runner_exe, spec.bounds.guardian_lease())
-        .context("cannot start the guardian (baton guardian)")?;
+    let guardian = Guardian::spawn(
+        runner_exe,
+        spec.bounds.guardian_lease(),
+        (&me.name, history),
+    )
+    .context("cannot start the guardian (baton guardian)")?;
     let health = cluster
         .cluster
         .health
@@ -771,7 +777,7 @@ impl Daemon {
             io,
             finished,
             answers,
-        } = shell(loaded, sockets, bell, &runner_exe)?;
+        } = shell(loaded, sockets, bell, (&runner_exe, &history))?;
         // SAFETY: installing a handler that only stores to an atomic.
         unsafe {
             libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
@@ -796,6 +802,7 @@ impl Daemon {
             events: VecDeque::new(),
             replay: ReplayGuard::default(),
             dropped: BTreeMap::new(),
+            dropped_last: BTreeMap::new(),
             buf: vec![0; 65536],
             decisions,
             metrics,
@@ -855,7 +862,10 @@ impl Daemon {
                     .and_then(|hb| self.replay.admit(&hb).map(|()| hb))
                 {
                     Ok(hb) => self.events.push_back(Event::Packet(hb)),
-                    Err(d) => *self.dropped.entry(Drop::name(d)).or_default() += 1,
+                    Err(d) => {
+                        *self.dropped.entry(Drop::name(d)).or_default() += 1;
+                        self.dropped_last.insert(Drop::name(d), self.io.now());
+                    }
                 }
             }
         }
@@ -964,6 +974,11 @@ impl Daemon {
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
+        st.dropped_last_ms = self
+            .dropped_last
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
         st
     }
 
@@ -980,6 +995,7 @@ impl Daemon {
             // machine twice a second, not at every heartbeat.
             self.next_metrics = now + METRICS_EVERY_MS;
             m.observe(self.driver.node(), &self.io.names, now);
+            m.dropped(&self.dropped);
         }
         self.write_status_file(now);
     }

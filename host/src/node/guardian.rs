@@ -50,14 +50,22 @@ pub struct Guardian {
 
 impl Guardian {
     /// Start `baton guardian` for this daemon, fencing after `lease` without a
-    /// renewal.
-    pub fn spawn(exe: &std::path::Path, lease: Duration) -> std::io::Result<Guardian> {
+    /// renewal; it records what it ends in node `node`'s event `history`.
+    pub fn spawn(
+        exe: &std::path::Path,
+        lease: Duration,
+        (node, history): (&str, &std::path::Path),
+    ) -> std::io::Result<Guardian> {
         let mut child = Command::new(exe)
             .arg("guardian")
             .arg("--lease-ms")
             .arg(lease.as_millis().to_string())
             .arg("--daemon-pid")
             .arg(std::process::id().to_string())
+            .arg("--node")
+            .arg(node)
+            .arg("--history-file")
+            .arg(history)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()?;
@@ -143,26 +151,78 @@ pub fn descendant_groups(root: u32, exclude: &[u32]) -> BTreeSet<i32> {
 /// that left the daemon's family, see `plugin_api::service`), every filesystem
 /// unmounted (once its users are gone; detached if it stays busy), every address
 /// removed.
-fn fence(charge: &Charge, host: &str) {
+fn fence(charge: &Charge, host: &str, log: &Log, why: &str) {
+    let mut done = Vec::new();
     if charge.holds {
         match baton_plugin_api::service::end(host, None, Duration::ZERO) {
             Ok(0) => {}
-            Ok(n) => {
-                eprintln!("baton guardian: killed {n} processes tagged with this node's resources")
-            }
-            Err(e) => eprintln!("baton guardian: {e}"),
+            Ok(n) => done.push(format!(
+                "killed {n} processes tagged with this node's resources"
+            )),
+            Err(e) => done.push(e.to_string()),
         }
     }
     for g in &charge.groups {
-        eprintln!("baton guardian: killing process group {g}");
         // SAFETY: signalling a process group the daemon reported as its service's.
         unsafe {
             libc::kill(-g, libc::SIGKILL);
         }
     }
+    if !charge.groups.is_empty() {
+        done.push(format!("killed process groups {:?}", charge.groups));
+    }
+    if !charge.mounts.is_empty() {
+        done.push(format!("unmounting {:?}", charge.mounts));
+    }
+    if !charge.addresses.is_empty() {
+        done.push(format!("removing addresses {:?}", charge.addresses));
+    }
+    if done.is_empty() {
+        done.push("this node held nothing".into());
+    }
+    log.say(&format!("{why}: {}", done.join("; ")));
     let mounts: Vec<_> = charge.mounts.iter().cloned().collect();
     let addresses: Vec<_> = charge.addresses.iter().copied().collect();
     release(&mounts, &addresses);
+}
+
+/// Where the guardian says what it does: stderr, with the time, and the node's
+/// event history (kind `guardian`), beside the daemon's own records.
+pub struct Log {
+    /// The node's name.
+    pub node: String,
+    /// Its event history.
+    pub history: Option<std::path::PathBuf>,
+}
+
+impl Log {
+    fn say(&self, text: &str) {
+        let at = crate::node::history::unix_ms();
+        eprintln!(
+            "{} baton guardian: {text}",
+            crate::node::history::local_time(at)
+        );
+        let Some(path) = &self.history else { return };
+        let event = crate::node::history::Event {
+            at_ms: at,
+            node: self.node.clone(),
+            kind: "guardian".into(),
+            service: None,
+            text: text.to_string(),
+        };
+        // One write of one line, appended: it never interleaves with the
+        // daemon's records.
+        if let Ok(mut line) = serde_json::to_vec(&event) {
+            line.push(b'\n');
+            let appended = std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(&line));
+            if let Err(e) = appended {
+                eprintln!("baton guardian: cannot record in {}: {e}", path.display());
+            }
+        }
+    }
 }
 
 /// Unmount `mounts` (once their users are gone; detached if they stay busy) and
@@ -225,7 +285,7 @@ fn with_descendants(charge: &mut Charge, daemon_pid: u32) {
 
 /// `baton guardian`: read renewals on stdin until the daemon says goodbye; fence
 /// when the pipe closes or a renewal is `lease` late.
-pub fn run(lease: Duration, daemon_pid: u32) -> std::io::Result<()> {
+pub fn run(lease: Duration, daemon_pid: u32, log: &Log) -> std::io::Result<()> {
     let stdin = std::io::stdin();
     let fd = stdin.as_raw_fd();
     let mut lines = BufReader::new(stdin.lock());
@@ -250,12 +310,12 @@ pub fn run(lease: Duration, daemon_pid: u32) -> std::io::Result<()> {
         };
         if n == 0 {
             if charge != Charge::default() {
-                eprintln!(
-                    "baton guardian: no renewal from daemon {daemon_pid} for {} ms: fencing this node's services",
+                with_descendants(&mut charge, daemon_pid);
+                let why = format!(
+                    "no renewal from daemon {daemon_pid} for {} ms (it hangs, or is stopped): fencing this node's services",
                     lease.as_millis()
                 );
-                with_descendants(&mut charge, daemon_pid);
-                fence(&charge, &host);
+                fence(&charge, &host, log, &why);
                 charge = Charge::default();
             }
             renewed = Instant::now();
@@ -264,8 +324,9 @@ pub fn run(lease: Duration, daemon_pid: u32) -> std::io::Result<()> {
         let mut line = String::new();
         match lines.read_line(&mut line) {
             Ok(0) => {
-                eprintln!("baton guardian: daemon {daemon_pid} is gone: fencing this node");
-                fence(&charge, &host);
+                let why =
+                    format!("daemon {daemon_pid} is gone without a clean stop: fencing this node");
+                fence(&charge, &host, log, &why);
                 return Ok(());
             }
             Ok(_) => match serde_json::from_str::<Charge>(&line) {
@@ -340,7 +401,14 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(tagged(), 1);
-        fence(&Charge::default(), &host);
+        let dir = tempfile::tempdir().unwrap();
+        let history = dir.path().join("n1.history");
+        std::fs::write(&history, "").unwrap();
+        let log = Log {
+            node: "n1".into(),
+            history: Some(history.clone()),
+        };
+        fence(&Charge::default(), &host, &log, "daemon 1 is gone");
         assert_eq!(tagged(), 1, "a node that holds nothing ends nothing");
         fence(
             &Charge {
@@ -348,9 +416,26 @@ mod tests {
                 ..Charge::default()
             },
             &host,
+            &log,
+            "daemon 1 is gone",
         );
         let _ = child.wait();
         assert_eq!(tagged(), 0);
+        // Both fences are in the node's history, with what they ended.
+        let events = crate::node::history::read(&history, None, None).unwrap();
+        let texts: Vec<&str> = events.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "daemon 1 is gone: this node held nothing",
+                "daemon 1 is gone: killed 1 processes tagged with this node's resources"
+            ]
+        );
+        assert!(
+            events
+                .iter()
+                .all(|e| e.kind == "guardian" && e.node == "n1")
+        );
     }
 
     #[test]

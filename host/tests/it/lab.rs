@@ -497,6 +497,18 @@ fn a_killed_daemons_guardian_ends_its_services_without_a_fence_agent() {
         !c.lab.has_address(1, baton::lab::VIP),
         "n1 still has the address"
     );
+    // The guardian's fence is in n1's history, with what it ended.
+    let history =
+        baton::node::history::read(&c.socket(1).with_extension("history"), None, None).unwrap();
+    assert!(
+        history.iter().any(|e| e.kind == "guardian"
+            && e.text.starts_with(&format!(
+                "daemon {daemon} is gone without a clean stop: fencing this node: "
+            ))
+            && e.text.contains("killed process groups")
+            && e.text.contains("removing addresses {198.18.2.100}")),
+        "{history:?}"
+    );
     let (most, n2_alone) = most_servers_at_once(&c, Duration::from_secs(4), 2);
     assert!(most <= 1, "{most} nodes served at once");
     assert!(
