@@ -173,14 +173,18 @@ fn print_fencing(s: &Status) {
 /// key or another cluster's packets look like a link down otherwise). Replays
 /// and old incarnations are normal after a restart and are not warned of.
 fn print_dropped(s: &Status) {
-    for line in dropped_lines(&s.dropped) {
+    for line in dropped_lines(s) {
         println!("{line}");
     }
 }
 
-fn dropped_lines(dropped: &std::collections::BTreeMap<String, u64>) -> Vec<String> {
+/// A cause of drops is warned of while packets of it arrived in the last
+/// minute; older ones are only mentioned (the problem was fixed, or went away).
+const DROPS_RECENT_MS: u64 = 60_000;
+
+fn dropped_lines(s: &Status) -> Vec<String> {
     let mut lines = Vec::new();
-    for (cause, count) in dropped {
+    for (cause, count) in &s.dropped {
         let means = match cause.as_str() {
             "bad-tag" => {
                 "a node with another key_file, or forged packets: copy one key_file to every node"
@@ -191,9 +195,17 @@ fn dropped_lines(dropped: &std::collections::BTreeMap<String, u64>) -> Vec<Strin
             "replay" | "stale" => continue,
             _ => "packets that are not baton heartbeats",
         };
-        lines.push(format!(
-            "WARNING: {count} packets dropped ({cause}): {means}"
-        ));
+        let ago = s
+            .dropped_last_ms
+            .get(cause)
+            .map(|at| s.uptime_ms.saturating_sub(*at));
+        lines.push(match ago {
+            Some(ago) if ago >= DROPS_RECENT_MS => format!(
+                "{count} packets dropped ({cause}) since this daemon started, the last {} s ago: {means}",
+                ago / 1000
+            ),
+            _ => format!("WARNING: {count} packets dropped ({cause}): {means}"),
+        });
     }
     lines
 }
@@ -296,11 +308,24 @@ mod tests {
 
     #[test]
     fn dropped_packets_say_what_they_usually_mean_and_replays_are_quiet() {
-        let dropped = [("bad-tag".to_string(), 12), ("replay".to_string(), 3)].into();
+        let mut s = Status {
+            dropped: [("bad-tag".to_string(), 12), ("replay".to_string(), 3)].into(),
+            dropped_last_ms: [("bad-tag".to_string(), 100_000)].into(),
+            uptime_ms: 130_000,
+            ..Status::default()
+        };
         assert_eq!(
-            dropped_lines(&dropped),
+            dropped_lines(&s),
             [
                 "WARNING: 12 packets dropped (bad-tag): a node with another key_file, or forged packets: copy one key_file to every node"
+            ]
+        );
+        // Fixed a while ago: mentioned, not warned of.
+        s.uptime_ms = 200_000;
+        assert_eq!(
+            dropped_lines(&s),
+            [
+                "12 packets dropped (bad-tag) since this daemon started, the last 100 s ago: a node with another key_file, or forged packets: copy one key_file to every node"
             ]
         );
     }

@@ -364,6 +364,19 @@ async fn action(
         c.record_refusal(peer, why).await;
         return reply;
     };
+    // Only JSON: a form or text/plain post is what a page of another site can
+    // send without the browser asking first.
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "an action is JSON: send it with Content-Type: application/json",
+        );
+    }
     let request = match serde_json::from_slice::<Action>(&body)
         .map_err(|e| {
             format!(

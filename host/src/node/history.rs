@@ -122,7 +122,8 @@ pub fn read(
     Ok(events)
 }
 
-/// `at_ms` as the machine's local time, `YYYY-MM-DD HH:MM:SS.mmm`.
+/// `at_ms` as the machine's local time with its offset from UTC,
+/// `YYYY-MM-DD HH:MM:SS.mmm +HH:MM`.
 pub fn local_time(at_ms: u64) -> String {
     let secs = (at_ms / 1000) as libc::time_t;
     // SAFETY: localtime_r fills the tm we own from a valid time_t.
@@ -131,15 +132,19 @@ pub fn local_time(at_ms: u64) -> String {
         libc::localtime_r(&secs, &mut tm);
         tm
     };
+    let offset = tm.tm_gmtoff / 60;
     format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}",
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03} {}{:02}:{:02}",
         tm.tm_year + 1900,
         tm.tm_mon + 1,
         tm.tm_mday,
         tm.tm_hour,
         tm.tm_min,
         tm.tm_sec,
-        at_ms % 1000
+        at_ms % 1000,
+        if offset < 0 { '-' } else { '+' },
+        offset.abs() / 60,
+        offset.abs() % 60
     )
 }
 

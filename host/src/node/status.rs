@@ -52,6 +52,10 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
     /// Packets dropped, by cause.
     pub dropped: BTreeMap<String, u64>,
+    /// When the latest packet of each cause was dropped (ms since the daemon
+    /// started, as `uptime_ms`).
+    #[serde(default)]
+    pub dropped_last_ms: BTreeMap<String, u64>,
     /// How long the daemon has run, ms.
     pub uptime_ms: u64,
 }
@@ -243,6 +247,7 @@ pub fn status<'a>(
             .map(|i| service_status(node, i, names, cluster, now, local(i)))
             .collect(),
         dropped: BTreeMap::new(),
+        dropped_last_ms: BTreeMap::new(),
         uptime_ms: now,
     }
 }

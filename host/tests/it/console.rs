@@ -111,12 +111,19 @@ async fn screenshot(client: &Client, name: &str) {
 
 /// An action POSTed from the page's context with `token`; its HTTP status.
 async fn post_action(client: &Client, token: &str, body: serde_json::Value) -> u64 {
+    post_as(client, token, body, "application/json").await
+}
+
+/// [`post_action`] with the body sent as `content_type`.
+async fn post_as(client: &Client, token: &str, body: serde_json::Value, content_type: &str) -> u64 {
     client
         .execute_async(
-            "const [token, body, done] = arguments; \
-             fetch('api/action', {method: 'POST', headers: token ? {'Authorization': 'Bearer ' + token, 'Content-Type': 'application/json'} : {'Content-Type': 'application/json'}, body: JSON.stringify(body)}) \
+            "const [token, body, type, done] = arguments; \
+             const headers = {'Content-Type': type}; \
+             if (token) headers['Authorization'] = 'Bearer ' + token; \
+             fetch('api/action', {method: 'POST', headers, body: JSON.stringify(body)}) \
                .then(r => done(r.status), e => done(String(e)));",
-            vec![token.into(), body],
+            vec![token.into(), body, content_type.into()],
         )
         .await
         .unwrap()
@@ -206,6 +213,11 @@ fn the_console_shows_the_cluster_and_moves_a_service_for_an_operator_with_a_toke
         );
         let unconfirmed = serde_json::json!({"op": "move", "service": "web", "to": "n3"});
         assert_eq!(post_action(&client, TOKEN, unconfirmed).await, 400);
+        // A text/plain post (what another site's page may send unasked) is
+        // refused, even with a valid token and the confirmation.
+        let confirmed =
+            serde_json::json!({"op": "move", "service": "web", "to": "n3", "confirm": "web"});
+        assert_eq!(post_as(&client, TOKEN, confirmed, "text/plain").await, 415);
         assert_eq!(c.owners(), [1], "a refused action moved the service");
 
         // The move, clicked through its confirmation.
@@ -242,6 +254,13 @@ fn the_console_shows_the_cluster_and_moves_a_service_for_an_operator_with_a_toke
             &client,
             "the move in the history",
             "document.getElementById('history').textContent.includes('alice on the console')",
+        )
+        .await;
+        // Every time in the history has its date and zone.
+        until(
+            &client,
+            "dated times",
+            "[...document.querySelectorAll('#history li .muted')].every(t => /^\\d{4}-\\d{2}-\\d{2} \\d{2}:\\d{2}:\\d{2}\\.\\d{3} UTC$/.test(t.textContent))",
         )
         .await;
         screenshot(&client, "console-moved.png").await;
