@@ -187,6 +187,9 @@ impl ResourceAgent for Postgresql {
     fn start(&self, req: &Request) -> Result<(), AgentError> {
         let settings = Settings::read(req)?;
         let install = settings.check_installation()?;
+        if settings.primary_host.is_some() {
+            replication::finish_interrupted_clone(req, &settings, &install)?;
+        }
         settings.check_data_directory(&install)?;
         if !service::processes(req).is_empty() {
             // Started before (start is idempotent): wait until it answers.

@@ -161,8 +161,10 @@ impl Settings {
     /// The data directory is a cluster of this version, owned by the user.
     pub fn check_data_directory(&self, install: &Install) -> Result<(), AgentError> {
         let version_file = self.pgdata.join("PG_VERSION");
+        // Node-local (the filesystem is not mounted here, the directory not
+        // made on this node): the service may still run elsewhere.
         let version = std::fs::read_to_string(&version_file).map_err(|_| {
-            AgentError::misconfigured(format!(
+            AgentError::not_installed(format!(
                 "pgdata {} is not a PostgreSQL cluster (no PG_VERSION); create it with initdb, \
                  or mount its filesystem first (put the filesystem resource before this one)",
                 self.pgdata.display()

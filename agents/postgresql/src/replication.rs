@@ -35,9 +35,49 @@ static NOT_STREAMING: Mutex<Option<HashMap<String, Instant>>> = Mutex::new(None)
 /// the primary no longer has. Beside it, not in it: it outlives the agent's
 /// process, and a clone empties the data directory.
 fn stuck_marker(settings: &Settings) -> std::path::PathBuf {
+    beside_pgdata(settings, ".baton-not-streaming")
+}
+
+/// The file beside `pgdata` that says a clone of the primary into it began and
+/// did not finish: the directory is empty or partial, and only another clone
+/// makes it a standby.
+pub fn cloning_marker(settings: &Settings) -> std::path::PathBuf {
+    beside_pgdata(settings, ".baton-cloning")
+}
+
+fn beside_pgdata(settings: &Settings, suffix: &str) -> std::path::PathBuf {
     let mut name = settings.pgdata.as_os_str().to_owned();
-    name.push(".baton-not-streaming");
+    name.push(suffix);
     name.into()
+}
+
+/// Finish a clone of the primary that an earlier start began (it ran past its
+/// deadline, or its node died): clone again when the primary answers; else
+/// fail without touching anything, saying so.
+pub fn finish_interrupted_clone(
+    req: &Request,
+    settings: &Settings,
+    install: &Install,
+) -> Result<(), AgentError> {
+    let marker = cloning_marker(settings);
+    if !marker.exists() {
+        return Ok(());
+    }
+    let host = settings.primary_host.as_deref().unwrap_or_default();
+    eprintln!(
+        "{}: a clone of the primary into {} did not finish ({} is there); cloning it again",
+        req.context.resource,
+        settings.pgdata.display(),
+        marker.display()
+    );
+    rebuild(settings, install).map_err(|e| {
+        AgentError::generic(format!(
+            "{}; {} holds an unfinished clone of the primary at {host} and is cloned again once \
+             a primary answers there",
+            e.reason,
+            settings.pgdata.display()
+        ))
+    })
 }
 
 /// The settings of a replicated resource; promote and demote need `primary_host`.
@@ -327,6 +367,17 @@ fn rewind(req: &Request, settings: &Settings, install: &Install) -> Result<(), A
 /// already gone from the primary).
 fn rebuild(settings: &Settings, install: &Install) -> Result<(), AgentError> {
     let host = settings.primary_host.as_deref().unwrap_or_default();
+    // A primary that died since the rewind began must not cost this standby
+    // its data: it may be the one to promote.
+    if !primary_answers(settings, Duration::from_secs(3)) {
+        return Err(AgentError::generic(format!(
+            "no primary answers at {host} to clone {} from; it stays as it is",
+            settings.pgdata.display()
+        )));
+    }
+    let marker = cloning_marker(settings);
+    std::fs::write(&marker, b"")
+        .map_err(|e| AgentError::generic(format!("cannot write {}: {e}", marker.display())))?;
     let entries = std::fs::read_dir(&settings.pgdata).map_err(|e| {
         AgentError::generic(format!("cannot list {}: {e}", settings.pgdata.display()))
     })?;
@@ -363,7 +414,9 @@ fn rebuild(settings: &Settings, install: &Install) -> Result<(), AgentError> {
             "pg_basebackup of {} from {host} failed ({e})",
             settings.pgdata.display()
         ))
-    })
+    })?;
+    std::fs::remove_file(&marker)
+        .map_err(|e| AgentError::generic(format!("cannot remove {}: {e}", marker.display())))
 }
 
 /// `pg_promote()`, waiting up to the action's time.

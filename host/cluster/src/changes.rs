@@ -7,7 +7,7 @@
 
 use super::membership::Millis;
 use super::node::{ClusterNode, Phase, Role, WitnessSight};
-use super::wire::NodeId;
+use super::wire::{Admin, NodeId};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One decision, in words.
@@ -37,6 +37,8 @@ pub struct Observer {
     waiting: BTreeSet<NodeId>,
     /// The witness as this node last read it (with a witness).
     witness: Option<WitnessSight>,
+    /// The operators' standby and maintenance settings last seen.
+    admin: Admin,
     out: Vec<Change>,
 }
 
@@ -82,6 +84,7 @@ impl Observer {
             foreign: BTreeSet::new(),
             waiting: BTreeSet::new(),
             witness: None,
+            admin: Admin::default(),
             out: Vec::new(),
         }
     }
@@ -105,6 +108,7 @@ impl Observer {
         self.quorum(node);
         self.fences(node, now);
         self.witness(node);
+        self.admin(node);
         self.links(node);
         for i in 0..self.phases.len() {
             self.service(node, i, now);
@@ -195,6 +199,38 @@ impl Observer {
             self.push("fence-wait", None, text);
         }
         self.waiting = waiting;
+    }
+
+    /// The operators' standby and maintenance settings, when they change.
+    fn admin(&mut self, node: &ClusterNode) {
+        let admin = node.admin();
+        if admin == self.admin {
+            return;
+        }
+        let before = std::mem::replace(&mut self.admin, admin);
+        for n in self.names.keys().copied().collect::<Vec<_>>() {
+            if admin.in_standby(n) != before.in_standby(n) {
+                let text = if admin.in_standby(n) {
+                    format!(
+                        "{} is in standby: it runs nothing until `baton unstandby {0}`",
+                        self.name(n)
+                    )
+                } else {
+                    format!("{} is out of standby", self.name(n))
+                };
+                self.push("operator", None, text);
+            }
+        }
+        for i in 0..self.phases.len() {
+            if admin.in_maintenance(i) != before.in_maintenance(i) {
+                let text = if admin.in_maintenance(i) {
+                    "in maintenance: baton neither monitors, starts nor stops it".to_string()
+                } else {
+                    "released from maintenance: baton manages it again".to_string()
+                };
+                self.push("operator", Some(i), text);
+            }
+        }
     }
 
     /// Who holds the witness, as this node reads it, when that changes.

@@ -36,7 +36,7 @@
 use super::changes::{Change, Observer, name_of};
 use super::membership::Millis;
 use super::node::{ClusterNode, ClusterSpec, Command, Phase, Role, WitnessSight};
-use super::wire::{Heartbeat, NodeId};
+use super::wire::{Admin, Heartbeat, NodeId};
 use super::witness::{LeaseOp, Sighting};
 use baton_plugin_api::{Promotion, Recovery};
 use std::collections::BTreeMap;
@@ -470,6 +470,21 @@ impl Driver {
         Ok(())
     }
 
+    /// An operator's standby or maintenance change here at `unix_ms` (see
+    /// [`ClusterNode::change_admin`]); the settings now.
+    pub fn change_admin(&mut self, unix_ms: u64, change: impl FnOnce(&mut Admin)) -> Admin {
+        let admin = self.node.change_admin(unix_ms, change);
+        self.tick_soon = true;
+        admin
+    }
+
+    /// Adopt saved (or heard) operators' settings if newer than this node's.
+    pub fn adopt_admin(&mut self, admin: Admin) {
+        if self.node.adopt_admin(admin) {
+            self.tick_soon = true;
+        }
+    }
+
     /// An operator ends a move taken here.
     pub fn clear_move(&mut self, service: usize) {
         self.node.clear_move(service);
@@ -497,7 +512,9 @@ impl Driver {
     }
 
     fn monitored(&self, i: usize) -> bool {
-        self.shells[i].monitor_every > 0 && self.node.service(i).phase() == Phase::Running
+        self.shells[i].monitor_every > 0
+            && self.node.service(i).phase() == Phase::Running
+            && !self.node.admin().in_maintenance(i)
     }
 
     /// A turn that comes this late means the daemon was frozen (SIGSTOP, a
@@ -701,7 +718,9 @@ impl Driver {
         };
         self.monitors.running[i] = None;
         self.monitors.next[i] = now + self.shells[i].monitor_every;
-        if self.node.service(i).phase() != Phase::Running {
+        // A round that ends after the service went into maintenance is not
+        // acted on: baton no longer manages it.
+        if self.node.service(i).phase() != Phase::Running || self.node.admin().in_maintenance(i) {
             return Vec::new();
         }
         self.node.set_promotion(i, score, began);

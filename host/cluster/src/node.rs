@@ -56,7 +56,7 @@
 use super::membership::{Membership, Millis, Timing};
 use super::placement::{Placement, Replicas, ScoreKey, ServiceSpec, Strategy, place, promote};
 use super::quorum::{QuorumPolicy, QuorumState};
-use super::wire::{Ack, Fenced, Heartbeat, Move, NodeId, Report, Score};
+use super::wire::{Ack, Admin, Fenced, Heartbeat, Move, NodeId, Report, Score};
 use baton_plugin_api::{Promotion, Recovery};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -244,6 +244,7 @@ const NO_QUORUM_OF_ITS_OWN: &str =
     "has no quorum of its own (it cannot reach the witness, or is just joining)";
 /// Why a member is given nothing: it is stopping cleanly.
 const LEAVING: &str = "is leaving (a clean stop)";
+const STANDBY: &str = "is in standby (`baton unstandby NODE` ends it)";
 
 /// An operator move in effect, as status shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -417,7 +418,7 @@ impl Service {
 fn everywhere_but(s: &Service, me: NodeId, excluded: &BTreeMap<NodeId, &str>) -> String {
     let off: Vec<String> = excluded
         .iter()
-        .filter(|(n, why)| **n != me && (s.replicated() || **why == LEAVING))
+        .filter(|(n, why)| **n != me && (s.replicated() || **why == LEAVING || **why == STANDBY))
         .map(|(n, why)| format!("node {n} ({why})"))
         .collect();
     if off.is_empty() {
@@ -542,6 +543,10 @@ pub struct ClusterNode {
     /// of its own replica measured after that, so the claimer compares fresh
     /// scores (see [`ClusterNode::wants_fresh_score`]).
     role_claims: BTreeMap<(NodeId, usize), Millis>,
+    /// The operators' standby and maintenance settings, the newest known.
+    admin: Admin,
+    /// The services in maintenance at the last tick (a release is noticed).
+    maintained: u64,
 }
 
 impl ClusterNode {
@@ -588,7 +593,35 @@ impl ClusterNode {
             foreign: BTreeMap::new(),
             leaving: false,
             role_claims: BTreeMap::new(),
+            admin: Admin::default(),
+            maintained: 0,
         }
+    }
+
+    /// The operators' standby and maintenance settings this node follows.
+    pub fn admin(&self) -> Admin {
+        self.admin
+    }
+
+    /// Adopt `admin` if it is newer than the settings known here (a saved copy
+    /// at boot, or a member's); whether it was.
+    pub fn adopt_admin(&mut self, admin: Admin) -> bool {
+        let newer = admin.generation > self.admin.generation;
+        if newer {
+            self.admin = admin;
+        }
+        newer
+    }
+
+    /// An operator's change of the settings here at `unix_ms` (wall clock):
+    /// it is newer than any known, and every member adopts it.
+    pub fn change_admin(&mut self, unix_ms: u64, change: impl FnOnce(&mut Admin)) -> Admin {
+        let mut next = self.admin;
+        change(&mut next);
+        next.generation =
+            Admin::generation_of(unix_ms, self.membership.me()).max(self.admin.generation + 1);
+        self.admin = next;
+        next
     }
 
     /// Start a service in the tick that claims it, without waiting for the
@@ -686,7 +719,7 @@ impl ClusterNode {
     /// claimer compares: it promotes only if it is still the best.
     pub fn wants_fresh_score(&self, i: usize) -> bool {
         let s = &self.services[i];
-        if s.phase != Phase::Running || !s.replicated() {
+        if s.phase != Phase::Running || !s.replicated() || self.admin.in_maintenance(i) {
             return false;
         }
         let older = |since: Millis| s.scored_at.is_none_or(|t| t < since);
@@ -1291,6 +1324,7 @@ impl ClusterNode {
                 .collect()
         };
         Report {
+            admin: self.admin,
             claims: self.bits(|s| s.phase.claims()),
             pending: self.claim_versions().next().is_some(),
             acks: self.acks().collect(),
@@ -1433,6 +1467,12 @@ impl ClusterNode {
             self.fence_known.entry(n).or_insert(now);
         }
         self.follow_role_claims(now);
+        for n in view.iter().filter(|n| **n != me) {
+            if let Some((r, _)) = self.membership.report_of(*n) {
+                let admin = r.admin;
+                self.adopt_admin(admin);
+            }
+        }
         // A move ends when its target leaves: no constraint outlives its reason.
         self.moves.retain(|_, (to, _, _)| view.contains(to));
         if view.len() == self.nodes.len() {
@@ -1541,6 +1581,9 @@ impl ClusterNode {
     /// Service phase for service `i`: where it should run, then what this node
     /// does about it (claim, start, stop, restart), then its promoted role.
     fn tick_service(&mut self, i: usize, round: &Round) -> Vec<Command> {
+        if let Some(commands) = self.maintenance(i) {
+            return commands;
+        }
         let others = self.members_reporting(|r| r.claims & (1 << i) != 0);
         let excluded = self.excluded(i, round);
         let s = &self.services[i];
@@ -1578,6 +1621,34 @@ impl ClusterNode {
         commands
     }
 
+    /// Service `i` in maintenance: nothing is decided for it (`Some`, with no
+    /// command), unless this node is leaving (a clean stop leaves nothing
+    /// running that no daemon guards). Released: a node that does not hold it
+    /// stops it once, which ends whatever was started here by hand meanwhile
+    /// (a stop of a stopped resource does nothing); a node that holds it
+    /// monitors it again.
+    fn maintenance(&mut self, i: usize) -> Option<Vec<Command>> {
+        let bit = 1u64 << i;
+        let s = &mut self.services[i];
+        if self.admin.in_maintenance(i) && !self.leaving {
+            self.maintained |= bit;
+            s.placement.why = format!(
+                "in maintenance: baton neither monitors, starts nor stops it (`baton maintenance {} --off` ends it)",
+                s.spec.name
+            );
+            return Some(Vec::new());
+        }
+        if self.maintained & bit == 0 {
+            return None;
+        }
+        self.maintained &= !bit;
+        if s.phase == Phase::Stopped {
+            s.phase = Phase::Stopping;
+            return Some(vec![Command::Stop(i)]);
+        }
+        None
+    }
+
     /// The members service `i` must avoid, each with why.
     fn excluded(&self, i: usize, round: &Round) -> BTreeMap<NodeId, &'static str> {
         let mut excluded: BTreeMap<NodeId, &'static str> = round
@@ -1594,6 +1665,9 @@ impl ClusterNode {
             })
             .map(|n| (n, "is excluded after failures"))
             .collect();
+        for n in round.view.iter().filter(|n| self.admin.in_standby(**n)) {
+            excluded.insert(*n, STANDBY);
+        }
         for (n, why) in &round.unable {
             // Leaving outranks failures: a clone's ban does not keep it off, leaving does.
             if *why == LEAVING {
@@ -1632,8 +1706,9 @@ impl ClusterNode {
         }
         if s.everywhere() {
             let excluded_here = excluded.get(&round.me).copied().filter(|why| {
-                // A clone's ban does not keep it off (it runs everywhere); leaving does.
-                s.replicated() || *why == LEAVING
+                // A clone's ban does not keep it off (it runs everywhere);
+                // leaving and standby do.
+                s.replicated() || *why == LEAVING || *why == STANDBY
             });
             let why = match excluded_here {
                 Some(why) => format!(

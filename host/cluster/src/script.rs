@@ -7,7 +7,8 @@
 //! freeze n3 2s; fail web on n1 move; hang web on n2; break web on n3;
 //! unhealthy n2;
 //! healthy n2; witness lost n1; witness lost; witness back;
-//! move web to n2 for 10m; weather loss 5% dup 1% delay 10ms
+//! move web to n2 for 10m; standby n1; unstandby n1; maintenance web;
+//! release web; weather loss 5% dup 1% delay 10ms
 //! ```
 
 use super::membership::Millis;
@@ -18,7 +19,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Every step a script may use, for error messages.
-pub const STEPS: &str = "kill N, stop N, start N, isolate N, cut N link L, cut A B [link L], cut A->B [link L], heal, pause N DURATION, freeze N DURATION, fail SERVICE on N [restart|move|stop-everywhere|fence], hang SERVICE on N [once], break SERVICE on N, unhealthy N, healthy N, witness lost [N], witness back, move SERVICE to N [for DURATION], weather loss P% dup P% delay DURATION, wait DURATION";
+pub const STEPS: &str = "kill N, stop N, start N, isolate N, cut N link L, cut A B [link L], cut A->B [link L], heal, pause N DURATION, freeze N DURATION, fail SERVICE on N [restart|move|stop-everywhere|fence], hang SERVICE on N [once], break SERVICE on N, unhealthy N, healthy N, witness lost [N], witness back, move SERVICE to N [for DURATION], standby N, unstandby N, maintenance SERVICE, release SERVICE, weather loss P% dup P% delay DURATION, wait DURATION";
 
 /// Parse a duration: `90s`, `10m`, `2h`, `500ms`, `1d` (a bare number is
 /// seconds).
@@ -170,6 +171,10 @@ fn parse_step(step: &str, names: &Names) -> Result<Fault, String> {
         ["witness", "lost"] => Fault::WitnessLost(None),
         ["witness", "lost", n] => Fault::WitnessLost(Some(names.node(n)?)),
         ["witness", "back"] => Fault::WitnessBack,
+        ["standby", n] => Fault::Standby(names.node(n)?, true),
+        ["unstandby", n] => Fault::Standby(names.node(n)?, false),
+        ["maintenance", s] => Fault::Maintenance(names.service(s)?, true),
+        ["release", s] => Fault::Maintenance(names.service(s)?, false),
         ["move", s, "to", n] => Fault::Move(names.service(s)?, names.node(n)?, None),
         ["move", s, "to", n, "for", d] => {
             Fault::Move(names.service(s)?, names.node(n)?, Some(ms(d)?))

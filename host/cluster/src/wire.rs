@@ -27,21 +27,22 @@ use std::collections::HashMap;
 use std::fmt;
 
 const MAGIC: &[u8; 4] = b"BTN1";
-/// The wire version this build speaks (6: the sender's config fingerprint, its
+/// The wire version this build speaks (7: the sender's config fingerprint, its
 /// send time and the echoes that measure round trips, and reports carry
 /// blocks, failed stops, fence confirmations, moves, claim acknowledgements,
 /// promotable services' replicas, promoted role, scores and acknowledged
-/// positions, and whether the node is leaving cleanly or may lead the
-/// witness). Nodes of different wire versions do not hear each other:
-/// upgrade every node of a cluster together.
-pub const VERSION: u8 = 6;
+/// positions, whether the node is leaving cleanly or may lead the witness,
+/// and the operators' standby and maintenance settings). Nodes of different
+/// wire versions do not hear each other: upgrade every node of a cluster
+/// together.
+pub const VERSION: u8 = 7;
 const HEADER: usize = 4 + 1 + 1 + 4 + 2 + 1 + 8 + 8 + 2;
 const TAG: usize = 16;
 /// The largest node id (node ids are 1..=MAX_NODES; reachability is a 64-bit set).
 pub const MAX_NODES: u16 = 64;
 /// The fixed part of a report; fence confirmations, moves, acknowledgements,
 /// scores and acknowledged positions follow it.
-const REPORT: usize = 2 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 1 + 1 + 1 + 1 + 1 + 1;
+const REPORT: usize = 2 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 24 + 1 + 1 + 1 + 1 + 1 + 1;
 const FENCED: usize = 2 + 8;
 const MOVE: usize = 1 + 2 + 4 + 1;
 const ACK: usize = 2 + 8 + 8;
@@ -207,6 +208,46 @@ pub struct Report {
     pub scores: Vec<Score>,
     /// The highest acknowledged position this node knows of, per promotable service.
     pub acknowledged: Vec<Score>,
+    /// The operators' settings as this node knows them.
+    pub admin: Admin,
+}
+
+/// The operators' cluster-wide settings: nodes in standby and services in
+/// maintenance. Every node carries the newest it knows in its report and
+/// adopts a newer one it hears of (the last operator's change wins).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Admin {
+    /// When the latest change was made: the issuing node's wall clock in ms,
+    /// shifted left 6 bits, with the issuing node's id - 1 below (ties break
+    /// by node). 0: never changed.
+    pub generation: u64,
+    /// Bit `i` set: node `i + 1` is in standby (it runs nothing).
+    pub standby: u64,
+    /// Bit `i` set: service `i` is in maintenance (baton neither monitors,
+    /// starts nor stops it).
+    pub maintenance: u64,
+}
+
+impl Admin {
+    /// The generation of a change made at `unix_ms` on node `by`.
+    pub fn generation_of(unix_ms: u64, by: NodeId) -> u64 {
+        (unix_ms << 6) | u64::from(by.saturating_sub(1) & 63)
+    }
+
+    /// When the latest change was made (ms since the Unix epoch), if ever.
+    pub fn changed_at_ms(&self) -> Option<u64> {
+        (self.generation != 0).then_some(self.generation >> 6)
+    }
+
+    /// Whether node `n` is in standby.
+    pub fn in_standby(&self, n: NodeId) -> bool {
+        (1..=MAX_NODES).contains(&n) && self.standby & (1 << (n - 1)) != 0
+    }
+
+    /// Whether service `i` is in maintenance.
+    pub fn in_maintenance(&self, i: usize) -> bool {
+        i < 64 && self.maintenance & (1 << i) != 0
+    }
 }
 
 impl Report {
@@ -344,6 +385,9 @@ pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
         out.extend_from_slice(&r.stop_failed.to_be_bytes());
         out.extend_from_slice(&r.replicas.to_be_bytes());
         out.extend_from_slice(&r.promoted.to_be_bytes());
+        out.extend_from_slice(&r.admin.generation.to_be_bytes());
+        out.extend_from_slice(&r.admin.standby.to_be_bytes());
+        out.extend_from_slice(&r.admin.maintenance.to_be_bytes());
         let flags = [
             (r.quorate, QUORATE),
             (r.pending, PENDING),
@@ -482,6 +526,11 @@ pub fn decode(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, Drop> {
             stop_failed: r.u64()?,
             replicas: r.u64()?,
             promoted: r.u64()?,
+            admin: Admin {
+                generation: r.u64()?,
+                standby: r.u64()?,
+                maintenance: r.u64()?,
+            },
             ..Report::default()
         };
         let flags = r.u8()?;
@@ -657,6 +706,11 @@ mod tests {
                     stop_failed: 1,
                     leaving: true,
                     witness: true,
+                    admin: Admin {
+                        generation: Admin::generation_of(1_796_626_867_677, 3),
+                        standby: 0b100,
+                        maintenance: 1,
+                    },
                     acks: vec![Ack {
                         node: 2,
                         incarnation: 77,

@@ -416,6 +416,94 @@ mod outages {
         assert_eq!(sim.node(3).unwrap().service(0).role(), Role::Promoted);
     }
 
+    /// A node in standby runs nothing: the service it ran moves, a clone stops
+    /// there, and its status says why and how it ends; out of standby, the
+    /// service fails back to it (its first preferred node).
+    #[test]
+    fn a_node_in_standby_runs_nothing_until_it_is_taken_out() {
+        let spec = cluster(
+            3,
+            0,
+            false,
+            vec![
+                service("web", Strategy::Standby, &[1, 2, 3]),
+                service("agent", Strategy::Clone, &[1, 2, 3]),
+            ],
+        );
+        let sim = run(&spec, 1, "standby n1; wait 3s");
+        if let Err(e) = sim.check() {
+            panic!("{e}\n{}", show(&sim));
+        }
+        let n1 = sim.node(1).unwrap();
+        assert_eq!(n1.service(0).phase(), Phase::Stopped, "{}", show(&sim));
+        assert_eq!(n1.service(1).phase(), Phase::Stopped, "{}", show(&sim));
+        assert_eq!(
+            n1.service(1).placement().why,
+            "not here: this node is in standby (`baton unstandby NODE` ends it)"
+        );
+        assert_eq!(sim.node(2).unwrap().service(0).phase(), Phase::Running);
+        assert_eq!(sim.node(3).unwrap().service(1).phase(), Phase::Running);
+        assert!(
+            events(&sim, "operator")
+                .any(|e| e.node == Some(3) && e.change.text.starts_with("n1 is in standby")),
+            "{}",
+            show(&sim)
+        );
+        let sim = run(&spec, 1, "standby n1; wait 3s; unstandby n1; wait 3s");
+        let n1 = sim.node(1).unwrap();
+        assert_eq!(n1.service(0).phase(), Phase::Running, "{}", show(&sim));
+        assert_eq!(n1.service(1).phase(), Phase::Running, "{}", show(&sim));
+    }
+
+    /// A service in maintenance is neither monitored nor recovered: a failure
+    /// meanwhile goes unnoticed; once released, the nodes that do not run it
+    /// stop it once (ending anything started there by hand), the owner
+    /// monitors it again and the failure is recovered.
+    #[test]
+    fn a_service_in_maintenance_is_left_alone_until_released() {
+        let spec = cluster(
+            3,
+            0,
+            false,
+            vec![service("web", Strategy::Standby, &[1, 2, 3])],
+        );
+        let sim = run(
+            &spec,
+            1,
+            "maintenance web; wait 1s; fail web on n1; wait 3s",
+        );
+        let n1 = sim.node(1).unwrap().service(0);
+        assert_eq!(n1.phase(), Phase::Running, "{}", show(&sim));
+        assert!(
+            n1.placement()
+                .why
+                .starts_with("in maintenance: baton neither monitors"),
+            "{}",
+            n1.placement().why
+        );
+        assert_eq!(events(&sim, "failure").count(), 0, "{}", show(&sim));
+        let sim = run(
+            &spec,
+            1,
+            "maintenance web; wait 1s; fail web on n1; wait 3s; release web; wait 3s",
+        );
+        let released = fault_at(&sim, "release web");
+        assert!(
+            when(&sim, released, 2, 0, "stopped here").is_some(),
+            "n2 did not stop web once after the release\n{}",
+            show(&sim)
+        );
+        assert!(
+            events(&sim, "failure").any(|e| e.node == Some(1) && e.at > released),
+            "the failure was not found after the release\n{}",
+            show(&sim)
+        );
+        assert_eq!(sim.node(1).unwrap().service(0).phase(), Phase::Running);
+        if let Err(e) = sim.check() {
+            panic!("{e}\n{}", show(&sim));
+        }
+    }
+
     /// The history explains the wait between a claim and its start: the lost
     /// owner is "not yet known safe" until its fence wait ends (no fence
     /// agent), then "known safe" and why; and with a witness, who holds it as

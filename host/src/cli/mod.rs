@@ -177,6 +177,45 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Put a node in standby: its services move off and it runs nothing
+    /// (clones and replicas included) until `baton unstandby`. Kept across
+    /// restarts, on every node.
+    Standby {
+        /// The node (default: the one whose daemon is asked).
+        #[arg(value_name = "NODE")]
+        target: Option<String>,
+        #[command(flatten)]
+        daemon: DaemonAddress,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a node out of standby.
+    Unstandby {
+        /// The node (default: the one whose daemon is asked).
+        #[arg(value_name = "NODE")]
+        target: Option<String>,
+        #[command(flatten)]
+        daemon: DaemonAddress,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a service in maintenance on every node: baton neither monitors,
+    /// starts nor stops it until `--off` (a clean stop of a daemon still
+    /// stops what it runs).
+    Maintenance {
+        /// The service.
+        service: String,
+        /// Release it: baton manages it again.
+        #[arg(long)]
+        off: bool,
+        #[command(flatten)]
+        daemon: DaemonAddress,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a config file and explain every problem by its path.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -558,6 +597,34 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             return control_command(&daemon.path()?, &req, *json);
         }
+        Command::Standby {
+            target,
+            daemon,
+            json,
+        }
+        | Command::Unstandby {
+            target,
+            daemon,
+            json,
+        } => {
+            let req = ControlRequest::Standby {
+                node: target.clone(),
+                on: matches!(cli.command, Command::Standby { .. }),
+            };
+            return control_command(&daemon.path()?, &req, *json);
+        }
+        Command::Maintenance {
+            service,
+            off,
+            daemon,
+            json,
+        } => {
+            let req = ControlRequest::Maintenance {
+                service: service.clone(),
+                on: !off,
+            };
+            return control_command(&daemon.path()?, &req, *json);
+        }
         _ => {}
     }
     let config = if matches!(cli.command, Command::Agent(_)) {
@@ -593,7 +660,10 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::History { .. }
         | Command::Move { .. }
         | Command::Promote { .. }
-        | Command::Clear { .. } => {
+        | Command::Clear { .. }
+        | Command::Standby { .. }
+        | Command::Unstandby { .. }
+        | Command::Maintenance { .. } => {
             unreachable!("handled above")
         }
         Command::Agent(cmd) => agent::agent(cmd, AgentCatalog::new(config, runner_exe()?)),

@@ -63,6 +63,12 @@ pub fn print_status(s: &Status, json: bool) -> anyhow::Result<ExitCode> {
             ""
         }
     );
+    if !s.standby.is_empty() {
+        println!(
+            "standby (runs nothing until `baton unstandby NODE`): {}",
+            s.standby.join(", ")
+        );
+    }
     for other in &s.other_configs {
         println!("WARNING: {other}");
     }
@@ -218,6 +224,12 @@ fn print_service(svc: &ServiceStatus) {
         svc.owner.as_deref().unwrap_or("none"),
         svc.why
     );
+    if svc.maintenance {
+        println!(
+            "  in maintenance: not monitored or managed until `baton maintenance {} --off`",
+            svc.name
+        );
+    }
     if let Some(m) = &svc.moving {
         println!(
             "  move to {} (by {}) {}",

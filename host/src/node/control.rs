@@ -48,6 +48,22 @@ pub enum ControlRequest {
         /// The service's name.
         service: String,
     },
+    /// Put a node in standby (it runs nothing) or take it out; `None`: this
+    /// node. Cluster-wide, kept across restarts.
+    Standby {
+        /// The node's name.
+        node: Option<String>,
+        /// In standby (`true`) or out of it.
+        on: bool,
+    },
+    /// Put a service in maintenance (baton neither monitors, starts nor
+    /// stops it) or release it. Cluster-wide, kept across restarts.
+    Maintenance {
+        /// The service's name.
+        service: String,
+        /// In maintenance (`true`) or released.
+        on: bool,
+    },
     /// A request refused before it reached the daemon (the console's
     /// authentication): recorded in the history, nothing else.
     Refused {
@@ -60,11 +76,14 @@ impl ControlRequest {
     /// The service a request concerns.
     pub fn service(&self) -> Option<&str> {
         match self {
-            ControlRequest::Status | ControlRequest::Refused { .. } => None,
+            ControlRequest::Status
+            | ControlRequest::Refused { .. }
+            | ControlRequest::Standby { .. } => None,
             ControlRequest::Move { service, .. }
             | ControlRequest::Promote { service, .. }
             | ControlRequest::Unmove { service }
-            | ControlRequest::Clear { service } => Some(service),
+            | ControlRequest::Clear { service }
+            | ControlRequest::Maintenance { service, .. } => Some(service),
         }
     }
 }

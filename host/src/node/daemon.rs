@@ -404,6 +404,10 @@ pub struct Daemon {
     socket_path: PathBuf,
     /// Bumped whenever a resource's state in words changes.
     local_changes: u64,
+    /// The operators' settings: where they are kept, and what was saved last.
+    settings: (PathBuf, crate::cluster::wire::Admin),
+    /// Who asked for the latest move of each service taken here.
+    movers: BTreeMap<usize, String>,
 }
 
 /// The node's cluster config and agents, loaded: everything `run` refuses to
@@ -771,13 +775,16 @@ impl Daemon {
             open_journal(&history),
         );
         decisions.record("daemon", None, previous);
+        let settings_path = crate::node::settings::path_beside(&history);
+        let saved = crate::node::settings::load(&settings_path)?;
         let cluster = loaded.cluster.clone();
         let Shell {
-            driver,
+            mut driver,
             io,
             finished,
             answers,
         } = shell(loaded, sockets, bell, (&runner_exe, &history))?;
+        driver.adopt_admin(saved);
         // SAFETY: installing a handler that only stores to an atomic.
         unsafe {
             libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
@@ -815,6 +822,8 @@ impl Daemon {
             }),
             socket_path,
             local_changes: 0,
+            settings: (settings_path, saved),
+            movers: BTreeMap::new(),
         })
     }
 
@@ -933,6 +942,11 @@ impl Daemon {
             .and_then(|s| service_index(&self.cluster, s).ok());
         match crate::node::operator::carry_out(&mut self.driver, &mut self.io, req, &self.cluster) {
             Ok(message) => {
+                if let (Some(i), ControlRequest::Move { .. } | ControlRequest::Promote { .. }) =
+                    (service, req)
+                {
+                    self.movers.insert(i, who.to_string());
+                }
                 self.decisions
                     .record("operator", service, format!("by {who}: {message}"));
                 ControlReply {
@@ -961,6 +975,7 @@ impl Daemon {
             |i| crate::node::status::Local {
                 states: &self.io.states[i],
                 last_failure: self.driver.last_failure(i),
+                mover: self.movers.get(&i).map(String::as_str),
             },
         );
         st.witness_problem = self.driver.witness_problem(now);
@@ -988,6 +1003,19 @@ impl Daemon {
         for change in self.driver.take_events() {
             self.decisions
                 .record(change.kind, change.service, change.text);
+        }
+        let admin = self.driver.node().admin();
+        if admin != self.settings.1 {
+            match crate::node::settings::save(&self.settings.0, &admin) {
+                Ok(()) => self.settings.1 = admin,
+                Err(e) => {
+                    tracing::error!(
+                        "cannot save the operators' settings in {}: {e}; they hold until this daemon stops",
+                        self.settings.0.display()
+                    );
+                    self.settings.1 = admin;
+                }
+            }
         }
         let now = self.io.now();
         if let Some(m) = self.metrics.as_ref().filter(|_| now >= self.next_metrics) {

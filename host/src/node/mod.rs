@@ -15,6 +15,7 @@ pub mod history;
 pub mod metrics;
 pub mod operator;
 pub mod services;
+pub mod settings;
 pub mod status;
 pub mod wake;
 pub mod watchdog;

@@ -86,6 +86,60 @@ pub fn carry_out(
                 "{service}: failures, ban and block on this node cleared"
             ))
         }
+        ControlRequest::Standby { node, on } => {
+            let me = driver.node().membership().me();
+            let id = match node {
+                Some(name) => node_id(name)?,
+                None => me,
+            };
+            let name = crate::cluster::changes::name_of(
+                &cluster
+                    .nodes
+                    .iter()
+                    .map(|n| (n.id, n.name.clone()))
+                    .collect(),
+                id,
+            );
+            let bit = 1u64 << (id - 1);
+            let already = driver.node().admin().in_standby(id) == *on;
+            driver.change_admin(crate::node::history::unix_ms(), |a| {
+                a.standby = if *on {
+                    a.standby | bit
+                } else {
+                    a.standby & !bit
+                }
+            });
+            Ok(match (on, already) {
+                (true, false) => format!(
+                    "{name} in standby: its services move off and it runs nothing until `baton unstandby {name}`"
+                ),
+                (true, true) => format!("{name} was in standby already"),
+                (false, false) => {
+                    format!("{name} out of standby: it runs services again as placement says")
+                }
+                (false, true) => format!("{name} was not in standby"),
+            })
+        }
+        ControlRequest::Maintenance { service, on } => {
+            let i = service_index(cluster, service)?;
+            let bit = 1u64 << i;
+            driver.change_admin(crate::node::history::unix_ms(), |a| {
+                a.maintenance = if *on {
+                    a.maintenance | bit
+                } else {
+                    a.maintenance & !bit
+                }
+            });
+            Ok(if *on {
+                format!(
+                    "{service} in maintenance on every node: baton neither monitors, starts nor stops it until `baton maintenance {service} --off`"
+                )
+            } else {
+                format!(
+                    "{service} released: the nodes that do not run it stop it once (ending anything started there by hand), the one that does monitors it again"
+                )
+            })
+        }
         ControlRequest::Refused { why } => Err(why.clone()),
     }
 }

@@ -42,6 +42,9 @@ pub struct Status {
     /// This node's health checks and their last results (when configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthStatus>,
+    /// Nodes in standby (they run nothing until an operator takes them out).
+    #[serde(default)]
+    pub standby: Vec<String>,
     /// Per peer and link.
     pub links: Vec<LinkStatus>,
     /// Fencing.
@@ -131,6 +134,9 @@ pub struct ServiceStatus {
     /// An operator's move in effect.
     #[serde(rename = "move")]
     pub moving: Option<MoveStatus>,
+    /// In maintenance: baton neither monitors, starts nor stops it.
+    #[serde(default)]
+    pub maintenance: bool,
     /// A promotable service's promoted role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promotion: Option<PromotionStatus>,
@@ -182,6 +188,9 @@ pub struct Local<'a> {
     pub states: &'a [String],
     /// The latest failure here, in words.
     pub last_failure: Option<&'a str>,
+    /// Who asked for the move taken here, as the history names them
+    /// (`alice on the console from …`).
+    pub mover: Option<&'a str>,
 }
 
 /// The status of `node`, named `name`, at `now`; `local(i)` gives what the
@@ -212,6 +221,11 @@ pub fn status<'a>(
         witness_votes: cluster.cluster.witness.as_ref().map_or(0, |w| w.votes),
         witness_problem: None,
         health: None,
+        standby: names
+            .keys()
+            .filter(|id| node.admin().in_standby(**id))
+            .map(n)
+            .collect(),
         links: node
             .membership()
             .links()
@@ -293,9 +307,13 @@ fn service_status(
             .find(|m| m.service == i)
             .map(|m| MoveStatus {
                 to: n(&m.to),
-                by: n(&m.issuer),
+                by: match local.mover.filter(|_| m.issuer == node.membership().me()) {
+                    Some(who) => format!("{who}, on {}", n(&m.issuer)),
+                    None => n(&m.issuer),
+                },
                 ends_in_ms: m.until.map(|u| u.saturating_sub(now)),
             }),
+        maintenance: node.admin().in_maintenance(i),
         promotion: (section.strategy == "promotable").then(|| PromotionStatus {
             here: s.role().name().into(),
             promoted: s.promotion().owner.as_ref().map(n),
@@ -340,6 +358,7 @@ pub fn simulated(
     let st = status(node, &names[&judge], names, cluster, sim.now(), |i| Local {
         states: &states[i],
         last_failure: sim.last_failure(judge, i),
+        mover: None,
     });
     let down = names
         .iter()

@@ -758,3 +758,148 @@ fn the_guardian_stands_down_on_a_goodbye_that_arrives_with_a_renewal() {
     assert!(exit.success(), "{exit}");
     drop(stdin);
 }
+
+/// The settled owner of the service in every running node's status, once all
+/// of them agree on it.
+fn agreed_owner(c: &Cluster) -> Option<String> {
+    let owners: Vec<Option<String>> = (1..=3)
+        .filter(|n| c.daemons[n - 1].is_some())
+        .map(|n| {
+            c.status(n)
+                .and_then(|s| s["services"][0]["owner"].as_str().map(str::to_owned))
+        })
+        .collect();
+    owners
+        .windows(2)
+        .all(|w| w[0] == w[1])
+        .then(|| owners[0].clone())?
+}
+
+/// `baton standby n1`, asked of another node: the service moves off n1 and
+/// stays off, across a restart of n1's daemon too, until `baton unstandby n1`
+/// (the standby strategy then fails it back to its preferred node).
+#[test]
+fn a_node_in_standby_runs_nothing_until_it_is_taken_out() {
+    let mut c = Cluster::new("standby");
+    c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
+        c.owners() == [1]
+    });
+    let sock2 = c.dir.path().join("n2.sock");
+    let out = baton_at(&sock2, &["standby", "n1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::support::output_text(&out)
+    );
+    c.wait_for("the service to move to n2", Duration::from_secs(20), |c| {
+        c.owners() == [2]
+    });
+    let s = c.status(1).unwrap();
+    assert_eq!(s["standby"], serde_json::json!(["n1"]), "{s}");
+    let why = s["services"][0]["why"].as_str().unwrap().to_string();
+    assert!(why.contains("standby"), "{why}");
+    // The text status names it and the way out.
+    let text = crate::support::output_text(&baton_at(&sock2, &["status"]));
+    assert!(
+        text.contains("standby (runs nothing until `baton unstandby NODE`): n1"),
+        "{text}"
+    );
+    // A restarted n1 stays in standby: the service stays on n2.
+    c.kill_node(1);
+    c.start(1);
+    c.wait_for("n1 to rejoin in standby", Duration::from_secs(20), |c| {
+        members(c, 1) == 3
+            && c.status(1).is_some_and(|s| {
+                s["standby"] == serde_json::json!(["n1"]) && s["services"][0]["owner"] == "n2"
+            })
+    });
+    assert_eq!(c.owners(), [2]);
+    // So does a restart of the whole cluster: each node kept the setting.
+    for n in 1..=3 {
+        c.kill_node(n);
+        let _ = std::fs::remove_file(c.status_file(n));
+    }
+    for n in 1..=3 {
+        c.start(n);
+    }
+    c.wait_for(
+        "the cluster to restart on n2",
+        Duration::from_secs(20),
+        |c| {
+            c.owners() == [2]
+                && agreed_owner(c).as_deref() == Some("n2")
+                && (1..=3).all(|n| members(c, n) == 3)
+        },
+    );
+    assert_eq!(c.status(1).unwrap()["standby"], serde_json::json!(["n1"]));
+    let out = baton_at(&c.dir.path().join("n3.sock"), &["unstandby", "n1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::support::output_text(&out)
+    );
+    c.wait_for(
+        "the service to fail back to n1",
+        Duration::from_secs(20),
+        |c| c.owners() == [1] && agreed_owner(c).as_deref() == Some("n1"),
+    );
+    assert_eq!(c.status(2).unwrap()["standby"], serde_json::json!([]));
+}
+
+/// `baton maintenance web`: its process dies and baton neither notices nor
+/// restarts it, nor moves it; `--off` hands it back, and the owner's monitor
+/// finds it stopped and starts it again.
+#[test]
+fn a_service_in_maintenance_is_left_alone_until_released() {
+    let c = Cluster::new("standby");
+    c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
+        c.owners() == [1]
+    });
+    let sock1 = c.dir.path().join("n1.sock");
+    let out = baton_at(&sock1, &["maintenance", "web"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::support::output_text(&out)
+    );
+    c.wait_for(
+        "every node to hold it in maintenance",
+        Duration::from_secs(20),
+        |c| {
+            (1..=3).all(|n| {
+                c.status(n)
+                    .is_some_and(|s| s["services"][0]["maintenance"] == true)
+            })
+        },
+    );
+    let text = crate::support::output_text(&baton_at(&sock1, &["status"]));
+    assert!(text.contains("baton maintenance web --off"), "{text}");
+    let first = c.service_pid(1).unwrap();
+    // SAFETY: killing the process group our daemon started for this test.
+    unsafe {
+        libc::kill(-first, libc::SIGKILL);
+    }
+    // Many monitor intervals of the fast timing: nothing is restarted,
+    // counted or moved.
+    let settle = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < settle {
+        let s = c.status(1).unwrap();
+        assert_eq!(s["services"][0]["failures"], 0, "{s}");
+        assert_eq!(c.service_pid(1), Some(first), "restarted in maintenance");
+        assert!(c.service_pid(2).is_none() && c.service_pid(3).is_none());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = baton_at(
+        &c.dir.path().join("n2.sock"),
+        &["maintenance", "web", "--off"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::support::output_text(&out)
+    );
+    c.wait_for("n1 to start it again", Duration::from_secs(20), |c| {
+        c.service_pid(1).is_some_and(|p| p != first && alive(p)) && c.owners() == [1]
+    });
+    assert!(c.service_pid(2).is_none_or(|p| !alive(p)));
+}

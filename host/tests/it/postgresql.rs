@@ -181,7 +181,7 @@ fn a_server_killed_with_its_node_starts_again_with_its_data() {
 }
 
 #[test]
-fn missing_binaries_are_not_installed_and_a_bare_directory_is_misconfigured() {
+fn missing_binaries_and_a_bare_directory_keep_it_off_this_node_only() {
     let pg = Cluster::new("pg-errors");
     let f = pg
         .call_with(
@@ -199,8 +199,37 @@ fn missing_binaries_are_not_installed_and_a_bare_directory_is_misconfigured() {
         .call_with(Action::Start, 0, &[("pgdata", &empty)], 60_000)
         .result
         .unwrap_err();
-    assert_eq!(f.class, ErrorClass::Misconfigured, "{f}");
+    assert_eq!(f.class, ErrorClass::NotInstalled, "{f}");
     assert!(f.reason.contains("not a PostgreSQL cluster"), "{f}");
+    // A clone of the primary that a start began and did not finish (the
+    // start ran past its deadline as the primary died): with no primary to
+    // clone from, the start fails, says so, and leaves the directory alone.
+    let partial = pg.path("partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(format!("{partial}/backup_label"), "partial").unwrap();
+    std::fs::write(format!("{partial}.baton-cloning"), "").unwrap();
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = nobody.local_addr().unwrap().port().to_string();
+    drop(nobody);
+    let f = pg
+        .call_with(
+            Action::Start,
+            0,
+            &[
+                ("pgdata", &partial),
+                ("primary_host", "127.0.0.1"),
+                ("port", &port),
+            ],
+            60_000,
+        )
+        .result
+        .unwrap_err();
+    assert_eq!(f.class, ErrorClass::Generic, "{f}");
+    assert!(
+        f.reason.contains("unfinished clone") && f.reason.contains("no primary answers"),
+        "{f}"
+    );
+    assert!(std::path::Path::new(&format!("{partial}/backup_label")).exists());
     let f = pg
         .call_with(Action::Validate, 0, &[("options", "fsync")], 60_000)
         .result

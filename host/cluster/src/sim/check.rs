@@ -239,12 +239,24 @@ impl Sim {
     ) -> Result<(), String> {
         let spec = &self.spec.services[i];
         let phase = |n: &NodeId| self.nodes[n].driver.node().service(i).phase();
-        // Members banned for this service (failures) are not able to run it,
-        // and a stop-everywhere block keeps it stopped on purpose.
+        // The operators' settings the partition follows (the newest a member has).
+        let admin = component
+            .iter()
+            .map(|n| self.nodes[n].driver.node().admin())
+            .max_by_key(|a| a.generation)
+            .unwrap_or_default();
+        // A service in maintenance is left as the operator has it.
+        if admin.in_maintenance(i) {
+            return Ok(());
+        }
+        // Members banned for this service (failures) or in standby are not
+        // able to run it, and a stop-everywhere block keeps it stopped on
+        // purpose.
         let able: BTreeSet<NodeId> = able
             .iter()
             .copied()
             .filter(|n| self.nodes[n].driver.node().banned(self.world.now) & (1 << i) == 0)
+            .filter(|n| !admin.in_standby(*n))
             .collect();
         if component
             .iter()

@@ -28,7 +28,7 @@ use crate::driver::{Driver, ServiceShell};
 use crate::membership::Millis;
 use crate::node::{ClusterNode, ClusterSpec, Role};
 use crate::placement::Strategy;
-use crate::wire::{NodeId, decode};
+use crate::wire::{Admin, NodeId, decode};
 use baton_plugin_api::Recovery;
 use node::{SimNode, State};
 use std::collections::{BTreeMap, BTreeSet};
@@ -85,6 +85,10 @@ pub enum Fault {
     /// An operator moves the service to the node (`baton move`), on a quorate
     /// member, for this long (`None`: until cleared).
     Move(usize, NodeId, Option<Millis>),
+    /// An operator puts a node in standby (`true`) or takes it out.
+    Standby(NodeId, bool),
+    /// An operator puts a service in maintenance (`true`) or releases it.
+    Maintenance(usize, bool),
     /// Loss and duplication in %, and delays up to this many ms, on every link.
     Weather(u64, u64, Millis),
     /// Time passes.
@@ -620,6 +624,36 @@ impl Sim {
                 )
             }
             Fault::Move(svc, to, hold) => self.operator_move(*svc, *to, *hold),
+            Fault::Standby(node, on) => {
+                let what = format!(
+                    "{}standby {}",
+                    if *on { "" } else { "un" },
+                    name_of(&self.names, *node)
+                );
+                let bit = 1u64 << (node - 1);
+                self.operator_admin(&what, |a| {
+                    a.standby = if *on {
+                        a.standby | bit
+                    } else {
+                        a.standby & !bit
+                    }
+                })
+            }
+            Fault::Maintenance(svc, on) => {
+                let what = format!(
+                    "{} {}",
+                    if *on { "maintenance" } else { "release" },
+                    self.spec.services[*svc].name
+                );
+                let bit = 1u64 << svc;
+                self.operator_admin(&what, |a| {
+                    a.maintenance = if *on {
+                        a.maintenance | bit
+                    } else {
+                        a.maintenance & !bit
+                    }
+                })
+            }
             _ => self.apply_network(fault),
         }
     }
@@ -724,6 +758,17 @@ impl Sim {
         }
         node.local.fail.insert(svc, recovery);
         format!("{name}'s next monitor on {who} finds it failed: {recovery}")
+    }
+
+    /// An operator's standby or maintenance change (`what`), taken on the
+    /// first running node (the virtual clock stands in for the wall clock).
+    fn operator_admin(&mut self, what: &str, change: impl FnOnce(&mut Admin)) -> String {
+        let now = self.world.now;
+        let Some((id, node)) = self.nodes.iter_mut().find(|(_, n)| n.daemon_runs()) else {
+            return format!("{what} refused: no daemon runs");
+        };
+        node.driver.change_admin(now, change);
+        format!("{what} (taken on {})", name_of(&self.names, *id))
     }
 
     fn operator_move(&mut self, svc: usize, to: NodeId, hold: Option<Millis>) -> String {
