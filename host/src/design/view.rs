@@ -21,13 +21,20 @@ pub fn write_view(file: &Path, out: &Path, fault: Option<&str>) -> anyhow::Resul
         .extend(crate::cluster::script::steps(fault.unwrap_or("")).map(|s| format!("after: {s}")));
     labels.push("settled".into());
     let mut frames: Vec<Value> = Vec::new();
+    let mut steps = labels.into_iter();
+    let everyone: Vec<&String> = names.values().collect();
     let result = crate::design::scenario::simulate_script(&scenario, &faults, 1, |sim| {
-        let label = labels.get(frames.len()).cloned().unwrap_or_default();
-        if let Some(frame) = crate::node::status::simulated(sim, cluster, &names) {
-            let (status, down) = frame;
-            frames
-                .push(json!({"at_ms": sim.now(), "label": label, "status": status, "down": down}));
-        }
+        // One frame per step under its own label; with every node down, the
+        // last view seen, every node marked down.
+        let label = steps.next().unwrap_or_default();
+        let (status, down) = match crate::node::status::simulated(sim, cluster, &names) {
+            Some((status, down)) => (json!(status), json!(down)),
+            None => match frames.last() {
+                Some(last) => (last["status"].clone(), json!(everyone)),
+                None => return,
+            },
+        };
+        frames.push(json!({"at_ms": sim.now(), "label": label, "status": status, "down": down}));
     });
     let data = json!({
         "scenario": file.display().to_string(),

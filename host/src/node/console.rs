@@ -1,18 +1,23 @@
 //! The web console: one page (console/index.html) served on a node's `http`
-//! address beside `/metrics` when `[cluster.console]` is configured, with the
-//! node's status (what `baton status` shows, polled every second), its event
-//! history, and operator actions (move, clear) that need a token from a
-//! root-only file and a confirmation, and are recorded with the token's name.
+//! address beside `/metrics` when `[cluster.console]` is configured, with every
+//! node's status (what `baton status` shows; the serving node gathers the
+//! others', see gather.rs) and its own event history, pushed to the page as
+//! server-sent events when they change, and operator actions (move, clear,
+//! standby, maintenance) that need a token from a root-only file and a
+//! confirmation, and are recorded with the token's name.
 //! `baton scenario view` (design/view.rs) writes the same page for a scenario
 //! that does not run yet.
 
 use crate::cluster::config::ConsoleSection;
 use crate::node::control::{Asker, ControlReply, ControlRequest};
+use crate::node::gather::Peers;
 use anyhow::{Context, bail};
 use axum::extract::{ConnectInfo, Json, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Html;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -130,6 +135,7 @@ struct Console {
     asker: Asker,
     history: PathBuf,
     facts: Facts,
+    peers: Peers,
 }
 
 type Reply = (StatusCode, Json<Value>);
@@ -166,6 +172,7 @@ pub fn routes(
     asker: Asker,
     history: PathBuf,
     facts: Facts,
+    peers: Peers,
 ) -> anyhow::Result<axum::Router> {
     let console = Arc::new(Console {
         tokens: section.map(|s| Tokens::load(&s.tokens_file)).transpose()?,
@@ -174,6 +181,7 @@ pub fn routes(
         asker,
         history,
         facts,
+        peers,
     });
     let validate = axum::Router::new().route("/api/validate", get(validate));
     if section.is_none() {
@@ -182,6 +190,8 @@ pub fn routes(
     Ok(validate
         .route("/", get(|| async { Html(PAGE) }))
         .route("/api/status", get(status))
+        .route("/api/cluster", get(cluster))
+        .route("/api/live", get(live))
         .route("/api/history", get(history_events))
         .route("/api/action", post(action))
         .with_state(console))
@@ -256,15 +266,10 @@ async fn history_events(State(c): State<Arc<Console>>, headers: HeaderMap) -> Re
     if let Err(r) = c.may_view(&headers) {
         return r;
     }
-    let path = c.history.clone();
-    let since = crate::node::history::unix_ms().saturating_sub(24 * 3_600_000);
-    match blocking(move || crate::node::history::read(&path, Some(since), None)).await {
-        Some(Ok(mut events)) => {
-            let keep = events.len().saturating_sub(200);
-            events.drain(..keep);
-            (StatusCode::OK, Json(json!({"ok": true, "events": events})))
-        }
-        Some(Err(e)) => refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    let console = Arc::clone(&c);
+    match blocking(move || console.recent_events()).await {
+        Some(Ok(events)) => (StatusCode::OK, Json(json!({"ok": true, "events": events}))),
+        Some(Err(e)) => refuse(StatusCode::SERVICE_UNAVAILABLE, e),
         None => refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "the history cannot be read",
@@ -272,7 +277,99 @@ async fn history_events(State(c): State<Arc<Console>>, headers: HeaderMap) -> Re
     }
 }
 
+/// The `Authorization` header, passed on to the other nodes' consoles.
+fn authorization(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Every node's status, gathered by this one: `{"served_by", "nodes": [...]}`.
+async fn cluster(State(c): State<Arc<Console>>, headers: HeaderMap) -> Reply {
+    if let Err(r) = c.may_view(&headers) {
+        return r;
+    }
+    let auth = authorization(&headers);
+    let console = Arc::clone(&c);
+    match blocking(move || console.cluster_view(auth.as_deref())).await {
+        Some(view) => (StatusCode::OK, Json(json!({"ok": true, "cluster": view}))),
+        None => refuse(StatusCode::SERVICE_UNAVAILABLE, "the daemon did not answer"),
+    }
+}
+
+/// How often the live stream looks for a change.
+const LIVE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The page's live updates (server-sent events): an `update` event, whose data
+/// is `{"cluster": ..., "events": [...]}`, when either changed (`events` only
+/// when the history grew), looked at every LIVE_EVERY.
+async fn live(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    if let Err(r) = c.may_view(&headers) {
+        return r.into_response();
+    }
+    let auth = authorization(&headers);
+    let start = (c, auth, String::new(), None::<u64>, true);
+    let updates = futures_util::stream::unfold(start, |(c, auth, last, seen, first)| async move {
+        let mut first = first;
+        loop {
+            if !first {
+                tokio::time::sleep(LIVE_EVERY).await;
+            }
+            first = false;
+            let console = Arc::clone(&c);
+            let ask = auth.clone();
+            let (view, events, size) = blocking(move || {
+                let size = std::fs::metadata(&console.history).map(|m| m.len()).ok();
+                let events = (size != seen)
+                    .then(|| console.recent_events().ok())
+                    .flatten();
+                (console.cluster_view(ask.as_deref()), events, size)
+            })
+            .await?;
+            let text = view.to_string();
+            if text == last && events.is_none() {
+                continue;
+            }
+            let data = json!({"cluster": view, "events": events}).to_string();
+            let event = Event::default().event("update").data(data);
+            return Some((event, (c, auth, text, size, false)));
+        }
+    });
+    Sse::new(updates.map(Ok::<_, std::convert::Infallible>))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
 impl Console {
+    /// The last 200 events of the day in this node's history.
+    fn recent_events(&self) -> Result<Vec<crate::node::history::Event>, String> {
+        let since = crate::node::history::unix_ms().saturating_sub(24 * 3_600_000);
+        let mut events = crate::node::history::read(&self.history, Some(since), None)
+            .map_err(|e| e.to_string())?;
+        let keep = events.len().saturating_sub(200);
+        events.drain(..keep);
+        Ok(events)
+    }
+
+    /// This node's status and every other node's, as their consoles give them
+    /// to `auth`.
+    fn cluster_view(&self, auth: Option<&str>) -> Value {
+        let (own, others) = std::thread::scope(|scope| {
+            let others = scope.spawn(|| self.peers.statuses(auth));
+            let own = self.asker.ask(ControlRequest::Status, "the console".into());
+            (own, others.join().unwrap_or_default())
+        });
+        let me = &self.facts.node;
+        let mine = match own.status {
+            Some(st) if own.ok => json!({"node": me, "status": st}),
+            _ => json!({"node": me, "error": own.message}),
+        };
+        let mut nodes = vec![mine];
+        nodes.extend(others);
+        json!({"served_by": me, "nodes": nodes})
+    }
+
     /// Record an unauthenticated action in the history, at most once per
     /// REFUSALS_EVERY_S, with the number left unrecorded since.
     async fn record_refusal(self: &Arc<Self>, peer: SocketAddr, why: String) {
@@ -307,26 +404,50 @@ impl Console {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Action {
-    /// `move`, `unmove` or `clear`.
+    /// `move`, `unmove`, `clear`, `maintenance`, `release`, `standby` or
+    /// `unstandby`.
     op: String,
-    service: String,
+    /// The service (all but standby and unstandby).
+    service: Option<String>,
+    /// The node put in or out of standby; for `clear`, the node whose
+    /// failures are cleared (default: the serving node).
+    node: Option<String>,
     /// The target node of a move.
     to: Option<String>,
     /// How long a move holds (`30m`); none: until cleared.
     #[serde(rename = "for")]
     for_: Option<String>,
-    /// The service's name again: the operator confirmed this action.
+    /// The subject again (the service's name, or the node's for standby): the
+    /// operator confirmed this action.
     confirm: Option<String>,
 }
 
+const OPS: &str = "use move, unmove, clear, maintenance, release, standby or unstandby";
+
 impl Action {
+    /// The node a `clear` is for, when it is not `me`: it is sent there.
+    fn elsewhere(&self, me: &str) -> Option<&str> {
+        (self.op == "clear")
+            .then_some(self.node.as_deref())
+            .flatten()
+            .filter(|n| *n != me)
+    }
+
     fn request(self) -> Result<ControlRequest, String> {
-        if self.confirm.as_deref() != Some(self.service.as_str()) {
+        let standby = matches!(self.op.as_str(), "standby" | "unstandby");
+        let subject = if standby {
+            self.node.clone().ok_or("node: standby needs the node")?
+        } else {
+            self.service
+                .clone()
+                .ok_or_else(|| format!("service: {} needs the service", self.op))?
+        };
+        if self.confirm.as_deref() != Some(subject.as_str()) {
             return Err(format!(
-                "confirm: an action needs the operator's confirmation (confirm = {:?})",
-                self.service
+                "confirm: an action needs the operator's confirmation (confirm = {subject:?})"
             ));
         }
+        let service = subject.clone();
         match self.op.as_str() {
             "move" => {
                 let to = self.to.ok_or("to: a move needs the target node")?;
@@ -335,18 +456,22 @@ impl Action {
                     Some(d) => Some(crate::node::control::parse_duration(d)?.as_millis() as u64),
                 };
                 Ok(ControlRequest::Move {
-                    service: self.service,
+                    service,
                     to,
                     for_ms,
                 })
             }
-            "unmove" => Ok(ControlRequest::Unmove {
-                service: self.service,
+            "unmove" => Ok(ControlRequest::Unmove { service }),
+            "clear" => Ok(ControlRequest::Clear { service }),
+            "maintenance" | "release" => Ok(ControlRequest::Maintenance {
+                service,
+                on: self.op == "maintenance",
             }),
-            "clear" => Ok(ControlRequest::Clear {
-                service: self.service,
+            "standby" | "unstandby" => Ok(ControlRequest::Standby {
+                node: Some(subject),
+                on: self.op == "standby",
             }),
-            other => Err(format!("op: {other:?}; use move, unmove or clear")),
+            other => Err(format!("op: {other:?}; {OPS}")),
         }
     }
 }
@@ -377,14 +502,19 @@ async fn action(
             "an action is JSON: send it with Content-Type: application/json",
         );
     }
-    let request = match serde_json::from_slice::<Action>(&body)
-        .map_err(|e| {
-            format!(
-                "not an action ({e}); send {{\"op\":\"move\",\"service\":S,\"to\":N,\"confirm\":S}}"
-            )
-        })
-        .and_then(Action::request)
+    let parsed = serde_json::from_slice::<Action>(&body).map_err(|e| {
+        format!(
+            "not an action ({e}); send {{\"op\":\"move\",\"service\":S,\"to\":N,\"confirm\":S}}"
+        )
+    });
+    if let Some(node) = parsed
+        .as_ref()
+        .ok()
+        .and_then(|a| a.elsewhere(&c.facts.node))
     {
+        return forward(&c, node.to_string(), authorization(&headers), body).await;
+    }
+    let request = match parsed.and_then(Action::request) {
         Ok(r) => r,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
@@ -397,6 +527,26 @@ async fn action(
         ),
         Some(r) => refuse(StatusCode::CONFLICT, r.message),
         None => refuse(StatusCode::SERVICE_UNAVAILABLE, "the daemon did not answer"),
+    }
+}
+
+/// An action for `node`'s own state, sent to its console with the operator's
+/// token (which that console checks again); its answer, as it gave it.
+async fn forward(
+    c: &Arc<Console>,
+    node: String,
+    auth: Option<String>,
+    body: axum::body::Bytes,
+) -> Reply {
+    let peers = c.peers.clone();
+    let sent = blocking(move || peers.forward(&node, auth.as_deref(), &body)).await;
+    match sent {
+        Some(Ok((code, answer))) => (
+            StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY),
+            Json(answer),
+        ),
+        Some(Err(why)) => refuse(StatusCode::BAD_GATEWAY, why),
+        None => refuse(StatusCode::SERVICE_UNAVAILABLE, "the request was lost"),
     }
 }
 
@@ -473,7 +623,29 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("not a duration"), "{e}");
         let e = action(r#"{"op":"reboot","service":"web","confirm":"web"}"#).unwrap_err();
-        assert!(e.contains("use move, unmove or clear"), "{e}");
+        assert!(e.contains("use move, unmove, clear, maintenance"), "{e}");
+        // Standby is confirmed with the node's name; maintenance with the service's.
+        assert_eq!(
+            action(r#"{"op":"standby","node":"n2","confirm":"n2"}"#),
+            Ok(ControlRequest::Standby {
+                node: Some("n2".into()),
+                on: true
+            })
+        );
+        let e = action(r#"{"op":"unstandby","node":"n2","confirm":"web"}"#).unwrap_err();
+        assert!(e.contains("confirm = \"n2\""), "{e}");
+        assert_eq!(
+            action(r#"{"op":"release","service":"web","confirm":"web"}"#),
+            Ok(ControlRequest::Maintenance {
+                service: "web".into(),
+                on: false
+            })
+        );
+        // A clear for another node is sent there; for this one, done here.
+        let clear = |json: &str| serde_json::from_str::<Action>(json).unwrap();
+        let there = clear(r#"{"op":"clear","service":"web","node":"n2","confirm":"web"}"#);
+        assert_eq!(there.elsewhere("n1"), Some("n2"));
+        assert_eq!(there.elsewhere("n2"), None);
         assert!(
             serde_json::from_str::<Action>(r#"{"op":"clear","service":"web","as":"root"}"#)
                 .is_err()

@@ -550,6 +550,14 @@ fn serve_http(
         asker,
         history.to_path_buf(),
         facts,
+        crate::node::gather::Peers(
+            cluster
+                .nodes
+                .iter()
+                .filter(|n| n.name != me.name)
+                .map(|n| (n.name.clone(), n.http.clone()))
+                .collect(),
+        ),
     )?;
     crate::node::metrics::serve(at, routes)
         .map(|m| {

@@ -477,8 +477,10 @@ pub fn serve(addr: SocketAddr, routes: axum::Router) -> std::io::Result<Arc<Metr
     std::thread::Builder::new()
         .name("http".into())
         .spawn(move || {
+            // Time: the console's live stream waits between looks.
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_io()
+                .enable_time()
                 .build()
             {
                 Ok(r) => r,

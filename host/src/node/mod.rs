@@ -9,6 +9,7 @@ pub mod console;
 pub mod control;
 pub mod daemon;
 pub mod decisions;
+pub mod gather;
 pub mod guardian;
 pub mod health;
 pub mod history;

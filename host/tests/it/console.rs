@@ -256,6 +256,13 @@ fn the_console_shows_the_cluster_and_moves_a_service_for_an_operator_with_a_toke
             "document.getElementById('history').textContent.includes('alice on the console')",
         )
         .await;
+        // The move in effect is credited to the operator, not to a node.
+        until(
+            &client,
+            "the operator on the move",
+            "document.getElementById('moves').textContent.includes('by alice on the console')",
+        )
+        .await;
         // Every time in the history has its date and zone.
         until(
             &client,
@@ -281,4 +288,152 @@ fn the_console_shows_the_cluster_and_moves_a_service_for_an_operator_with_a_toke
             && history.contains("an action without a valid token: no token"),
         "{history}"
     );
+}
+
+/// The whole cluster on the page of one node (n2's here): every node's own
+/// state, pushed live; a node put in standby and taken out, a service put in
+/// maintenance and released, and a failure on n1 cleared from n2's page (the
+/// clear is sent on to n1), each through its confirmation.
+#[test]
+fn one_page_shows_every_node_and_puts_nodes_in_standby_and_services_in_maintenance() {
+    let mut c = Cluster::new("standby");
+    let port = with_console(&mut c).0[1];
+    c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
+        c.owners() == [1]
+    });
+    let (_driver, driver_port) = start_driver();
+    let profile = c.dir.path().join("chromium");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = browser(driver_port, &profile).await;
+        client
+            .goto(&format!("http://127.0.0.12:{port}/"))
+            .await
+            .unwrap();
+        type_in(&client, Locator::Id("token"), TOKEN).await;
+        click(&client, Locator::Id("token-save")).await;
+        // Each node's own word on the service: n1 runs it, n2 and n3 do not;
+        // each node answered the page's node with its view.
+        let cell = |n: &str| format!("document.querySelector(\"tr[data-service='web'] td[data-node='{n}']\")");
+        until(
+            &client,
+            "every node's own state",
+            &format!(
+                "{0} && {0}.textContent.startsWith('running') && {1}.textContent.startsWith('stopped') && {2}.textContent.startsWith('stopped')",
+                cell("n1"),
+                cell("n2"),
+                cell("n3")
+            ),
+        )
+        .await;
+        until(
+            &client,
+            "three answers",
+            "[...document.querySelectorAll('#nodes tr[data-node]')].every(r => r.textContent.includes('quorate'))",
+        )
+        .await;
+        until(&client, "live updates", "document.body.dataset.live === 'streaming'").await;
+        screenshot(&client, "console-whole-cluster.png").await;
+
+        // n1 in standby: web moves to n2 and the page says so.
+        confirm(&client, "#nodes button.standby[data-node='n1']").await;
+        until(
+            &client,
+            "web on n2, n1 in standby",
+            "document.querySelector(\"tr[data-service='web'] td.owner.running[data-node='n2']\") \
+             && document.querySelector(\"th[data-node='n1'] .badge\").textContent === 'standby'",
+        )
+        .await;
+        screenshot(&client, "console-standby.png").await;
+        confirm(&client, "#nodes button.unstandby[data-node='n1']").await;
+        until(
+            &client,
+            "web back on n1",
+            "document.querySelector(\"tr[data-service='web'] td.owner.running[data-node='n1']\") \
+             && !document.querySelector(\"th[data-node='n1'] .badge\")",
+        )
+        .await;
+
+        // web in maintenance, then released.
+        confirm(&client, "button.maintenance[data-service='web']").await;
+        until(
+            &client,
+            "web in maintenance",
+            "document.querySelector(\"tr[data-service='web'] td .badge\")?.textContent === 'maintenance' \
+             && document.querySelector(\"button.release[data-service='web']\")",
+        )
+        .await;
+        screenshot(&client, "console-maintenance.png").await;
+        confirm(&client, "button.release[data-service='web']").await;
+        until(
+            &client,
+            "web released",
+            "document.querySelector(\"button.maintenance[data-service='web']\")",
+        )
+        .await;
+        for n in 1..=3 {
+            assert_eq!(c.status(n).unwrap()["services"][0]["maintenance"], false);
+        }
+
+        // A failure on n1, counted in n1's cell and cleared from n2's page.
+        until(
+            &client,
+            "web running on n1",
+            &format!("{} && {0}.textContent.startsWith('running')", cell("n1")),
+        )
+        .await;
+        let pid = c.service_pid(1).unwrap();
+        // SAFETY: killing the process group our daemon started for this test.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+        until(
+            &client,
+            "n1's failure",
+            "document.querySelector(\"td[data-node='n1'] .failures\")?.textContent.includes('1 failure')",
+        )
+        .await;
+        screenshot(&client, "console-failures.png").await;
+        confirm(&client, "button.clear[data-service='web'][data-node='n1']").await;
+        until(
+            &client,
+            "the failure cleared",
+            "document.querySelector(\"tr[data-service='web'] td[data-node='n1']\") \
+             && !document.querySelector(\"td[data-node='n1'] .failures\")",
+        )
+        .await;
+        client.close().await.unwrap();
+    });
+    c.wait_for("n1's failures cleared", Duration::from_secs(20), |c| {
+        c.status(1)
+            .is_some_and(|s| s["services"][0]["failures"] == 0)
+    });
+    let history = std::fs::read_to_string(c.dir.path().join("n1.history")).unwrap();
+    assert!(history.contains("alice on the console"), "{history}");
+    let history = std::fs::read_to_string(c.dir.path().join("n2.history")).unwrap();
+    for done in ["standby", "maintenance"] {
+        assert!(history.contains(done), "{done}: {history}");
+    }
+}
+
+/// Click the button at `css` and confirm its dialog.
+async fn confirm(client: &Client, css: &str) {
+    until(client, css, &format!("document.querySelector(\"{css}\")")).await;
+    click(client, Locator::Css(css)).await;
+    until(
+        client,
+        "the dialog",
+        "document.getElementById('dialog').open",
+    )
+    .await;
+    click(client, Locator::Id("dialog-confirm")).await;
+    until(
+        client,
+        "the answer",
+        "!document.getElementById('dialog').open && document.getElementById('message').className === 'ok'",
+    )
+    .await;
 }

@@ -126,7 +126,7 @@ impl Cluster {
     }
 
     /// PID of the service's process started by node `n` (its process group leader).
-    fn service_pid(&self, n: usize) -> Option<i32> {
+    pub(crate) fn service_pid(&self, n: usize) -> Option<i32> {
         let text =
             std::fs::read_to_string(self.dir.path().join(format!("run/n{n}.web-0.pid"))).ok()?;
         text.split_whitespace().next()?.parse().ok()

@@ -259,9 +259,7 @@ fn the_design_view_is_the_consoles_page_with_the_simulated_frames() {
     );
     assert!(out.status.success(), "{}", output_text(&out));
     let page = std::fs::read_to_string(dir.path().join("view.html")).unwrap();
-    let start = page.find("const VIEW = ").unwrap() + "const VIEW = ".len();
-    let end = start + page[start..].find(";\n").unwrap();
-    let view: serde_json::Value = serde_json::from_str(&page[start..end]).unwrap();
+    let view = view_data(&page);
     let frames = view["frames"].as_array().unwrap();
     // Settled, after each of the two steps, settled again.
     assert_eq!(frames.len(), 4);
@@ -269,6 +267,48 @@ fn the_design_view_is_the_consoles_page_with_the_simulated_frames() {
     assert_eq!(frames[3]["status"]["services"][0]["owner"], "n2");
     assert_eq!(frames[3]["down"], serde_json::json!(["n1"]));
     assert!(page.contains("Services × nodes"));
+    // Every step has its frame under its own label, also while every node is
+    // down (the last view is shown, every node marked down).
+    let out = baton(
+        dir.path(),
+        &[
+            "scenario",
+            "view",
+            "s.toml",
+            "--out",
+            "view.html",
+            "--fault",
+            "kill n1; kill n2; wait 5s",
+        ],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let view = view_data(&std::fs::read_to_string(dir.path().join("view.html")).unwrap());
+    let labels: Vec<&str> = view["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "started and settled",
+            "after: kill n1",
+            "after: kill n2",
+            "after: wait 5s",
+            "settled"
+        ]
+    );
+    assert_eq!(view["frames"][1]["down"], serde_json::json!(["n1"]));
+    assert_eq!(view["frames"][2]["down"], serde_json::json!(["n1", "n2"]));
+    assert_eq!(view["frames"][4]["down"], serde_json::json!(["n1", "n2"]));
+}
+
+/// The data `baton scenario view` put in its page.
+pub(crate) fn view_data(page: &str) -> serde_json::Value {
+    let start = page.find("const VIEW = ").unwrap() + "const VIEW = ".len();
+    let end = start + page[start..].find(";\n").unwrap();
+    serde_json::from_str(&page[start..end]).unwrap()
 }
 
 fn validate(dir: &Path, extra: &[&str]) -> (bool, serde_json::Value) {
