@@ -88,6 +88,9 @@ struct ServiceMove {
     reason: String,
 }
 
+/// Why a service moved, as `service_moves_total` counts it.
+const MOVE_REASONS: [&str; 4] = ["node-lost", "operator", "failure", "placement"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Info {
     node: String,
@@ -282,6 +285,20 @@ impl Metrics {
     /// last observation, with why.
     fn count_moves(&self, node: &ClusterNode, now: u64) {
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        if owners.is_empty() {
+            // Every series from zero: a counter that appears at 1 shows no
+            // increase() for its first move.
+            for s in node.services() {
+                for reason in MOVE_REASONS {
+                    self.service_moves
+                        .get_or_create(&ServiceMove {
+                            service: s.spec().name.clone(),
+                            reason: reason.into(),
+                        })
+                        .inc_by(0);
+                }
+            }
+        }
         owners.resize(node.services().len(), None);
         let view = node.membership().view().1;
         let me = node.membership().me();

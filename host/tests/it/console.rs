@@ -50,12 +50,17 @@ fn start_driver() -> (Driver, u16) {
 }
 
 async fn browser(driver_port: u16, profile: &std::path::Path) -> Client {
+    browser_sized(driver_port, profile, "1400,900").await
+}
+
+/// A browser whose window is `size` ("WIDTH,HEIGHT").
+async fn browser_sized(driver_port: u16, profile: &std::path::Path, size: &str) -> Client {
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
         serde_json::json!({
             "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,900",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", format!("--window-size={size}"),
                      format!("--user-data-dir={}", profile.display())],
         }),
     );
@@ -436,4 +441,276 @@ async fn confirm(client: &Client, css: &str) {
         "!document.getElementById('dialog').open && document.getElementById('message').className === 'ok'",
     )
     .await;
+}
+
+/// Prometheus (Debian's, unpacked by scripts/setup) in a process group of its
+/// own, stopped by the group's PID when dropped.
+struct Prometheus {
+    child: Child,
+    address: String,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        // SAFETY: signalling the process group this test created.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    /// Scrape `targets` every second, its data under `dir`.
+    fn start(dir: &std::path::Path, targets: &[String]) -> Prometheus {
+        let config = dir.join("prometheus.yml");
+        let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 scrape_configs:\n  - job_name: baton\n    static_configs:\n      - targets: [{}]\n",
+                list.join(", ")
+            ),
+        )
+        .unwrap();
+        let port = free_tcp_port("127.0.0.1");
+        let address = format!("127.0.0.1:{port}");
+        let child = Command::new(crate::support::promtool().with_file_name("prometheus"))
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={address}"))
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian's, unpacked into target/tools by scripts/setup)");
+        Prometheus { child, address }
+    }
+
+    /// The answer's `data.result` to a PromQL `query` (at `range`: start,
+    /// end; an instant query without), or why there is none.
+    fn query(
+        &self,
+        query: &str,
+        range: Option<(f64, f64)>,
+    ) -> Result<Vec<serde_json::Value>, String> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut req = match range {
+            Some(_) => agent.get(format!("http://{}/api/v1/query_range", self.address)),
+            None => agent.get(format!("http://{}/api/v1/query", self.address)),
+        };
+        req = req.query("query", query);
+        if let Some((start, end)) = range {
+            req = req
+                .query("start", format!("{start:.3}"))
+                .query("end", format!("{end:.3}"))
+                .query("step", "1");
+        }
+        let mut resp = req.call().map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_str(
+            &resp
+                .body_mut()
+                .read_to_string()
+                .map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        if v["status"] != "success" {
+            return Err(format!("{query}: {v}"));
+        }
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Wait (bounded) until the instant `query` returns something.
+    fn until(&self, what: &str, query: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.query(query, None).map_or(true, |r| r.is_empty()) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what} ({query})"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn unix_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// docs/monitoring/baton-dashboard.json against a real Prometheus scraping
+/// the three nodes across a failover (kill -9 of the owner's daemon): every
+/// panel's query is valid PromQL, the panels show the service leave n1 for n2
+/// and the move counted as `node-lost`, and the panels are drawn from the
+/// answers (BATON_SCREENSHOTS keeps docs/img/dashboard-failover.png).
+#[test]
+fn the_dashboard_shows_a_failover_from_a_real_prometheus() {
+    let mut c = Cluster::new("standby");
+    let ports = with_console(&mut c).0;
+    c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
+        c.owners() == [1]
+    });
+    let targets: Vec<String> = (0..3)
+        .map(|i| format!("127.0.0.{}:{}", 11 + i, ports[i]))
+        .collect();
+    let prom = Prometheus::start(c.dir.path(), &targets);
+    prom.until("every node scraped", "sum(up{job=\"baton\"}) == 3");
+    let start = unix_s();
+    prom.until(
+        "five scrapes of every node",
+        "min(count_over_time(baton_quorate[1m])) >= 5",
+    );
+    let killed = unix_s();
+    c.kill_node(1);
+    c.wait_for("n2 to take over", Duration::from_secs(20), |c| {
+        c.owners() == [2]
+    });
+    prom.until(
+        "the move counted",
+        "sum(baton_service_moves_total{reason=\"node-lost\"}) > 0",
+    );
+    let n2 = &targets[1];
+    prom.until(
+        "five more scrapes of n2",
+        &format!(
+            "timestamp(baton_quorate{{instance=\"{n2}\"}}) > {}",
+            unix_s() + 5.0
+        ),
+    );
+    let end = unix_s();
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            crate::support::repo().join("docs/monitoring/baton-dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut panels = Vec::new();
+    for p in dashboard["panels"].as_array().unwrap() {
+        let mut series = Vec::new();
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "4s");
+            let result = prom
+                .query(&expr, Some((start, end)))
+                .unwrap_or_else(|e| panic!("panel {}: {e}", p["title"]));
+            for r in result {
+                let mut name = t["legendFormat"].as_str().unwrap_or_default().to_string();
+                for (k, v) in r["metric"].as_object().unwrap() {
+                    name = name.replace(&format!("{{{{{k}}}}}"), v.as_str().unwrap_or_default());
+                }
+                let points: Vec<(f64, f64)> = r["values"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| {
+                        (
+                            v[0].as_f64().unwrap(),
+                            v[1].as_str().unwrap().parse().unwrap_or(0.0),
+                        )
+                    })
+                    .collect();
+                series.push(
+                    serde_json::json!({"name": name, "labels": r["metric"], "points": points}),
+                );
+            }
+        }
+        panels.push(serde_json::json!({
+            "title": p["title"], "type": p["type"], "gridPos": p["gridPos"],
+            "series": series, "empty": "nothing of this kind happened in the run",
+        }));
+    }
+    let panel = |title: &str| {
+        panels
+            .iter()
+            .find(|p| p["title"] == title)
+            .unwrap_or_else(|| panic!("no panel {title}"))["series"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    // Where it runs: on n1 before the kill, on n2 at the end.
+    let runs = panel("Where each service runs");
+    let on = |node: &str, when: &dyn Fn(f64) -> bool| {
+        runs.iter().any(|s| {
+            s["labels"]["node"] == node
+                && s["points"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| when(p[0].as_f64().unwrap()) && p[1].as_f64().unwrap() > 0.0)
+        })
+    };
+    assert!(on("n1", &|t| t < killed), "{runs:?}");
+    assert!(on("n2", &|t| t > end - 2.0), "{runs:?}");
+    let moves = panel("Service moves by reason");
+    // Counted from zero, so the panel's increase() shows the move.
+    assert!(
+        moves.iter().any(|s| s["labels"]["reason"] == "node-lost"
+            && s["points"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p[1].as_f64().unwrap() > 0.0)),
+        "{moves:?}"
+    );
+    for title in [
+        "Quorum",
+        "Members in each node's view",
+        "Links up",
+        "Heartbeat round trip",
+        "Agent calls",
+        "Agent call time, p90",
+    ] {
+        assert!(!panel(title).is_empty(), "panel {title} has no data");
+    }
+
+    // Drawn in Chromium.
+    let data = serde_json::json!({
+        "title": dashboard["title"],
+        "subtitle": "three nodes on loopback, scraped every second by Prometheus; web on n1, whose daemon is killed (kill -9)",
+        "start": start, "end": end, "step": 1.0,
+        "fault": {"at": killed, "label": "kill -9 n1"},
+        "panels": panels,
+    });
+    let page = include_str!("dashboard.html").replace(
+        "/*DASHBOARD_DATA*/null",
+        &data.to_string().replace("</", "<\\/"),
+    );
+    let file = c.dir.path().join("dashboard.html");
+    std::fs::write(&file, page).unwrap();
+    let (_driver, driver_port) = start_driver();
+    let profile = c.dir.path().join("chromium");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = browser_sized(driver_port, &profile, "1400,1700").await;
+        client
+            .goto(&format!("file://{}", file.display()))
+            .await
+            .unwrap();
+        until(
+            &client,
+            "the panels drawn",
+            "document.body.dataset.drawn === 'yes'",
+        )
+        .await;
+        screenshot(&client, "dashboard-failover.png").await;
+        client.close().await.unwrap();
+    });
 }
