@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Where `baton` looks for its config when `--config` is not given.
-pub const DEFAULT_CONFIG: &str = "/etc/baton/baton.toml";
+pub const DEFAULT_CONFIG: &str = "/etc/baton/cluster.toml";
 
 /// The whole config file.
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(name = "baton", version, about)]
 pub struct Cli {
-    /// Config file (default /etc/baton/baton.toml when it exists).
+    /// Config file (default /etc/baton/cluster.toml when it exists).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
@@ -81,9 +81,10 @@ pub enum Command {
     Scenario(ScenarioCommand),
     /// Run this node of the cluster (the daemon).
     Run {
-        /// Which [[node]] of the config this is.
+        /// Which [[node]] of the config this is (default: this machine's host
+        /// name, up to its first dot).
         #[arg(long)]
-        node: String,
+        node: Option<String>,
         /// Write the node's status (JSON) here, every 100 ms at most.
         #[arg(long, value_name = "FILE")]
         status_file: Option<PathBuf>,
@@ -219,6 +220,18 @@ pub enum Command {
     /// Check a config file and explain every problem by its path.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish,
+    /// powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (baton.1, baton-run.1, …) into DIR.
+    #[command(hide = true)]
+    Manpages {
+        /// Where to write them.
+        dir: PathBuf,
+    },
     /// A first look on this machine: runs every kind of agent and shows what baton does with them.
     Demo(crate::lab::demo::DemoArgs),
     /// (internal) Run a native agent library for the host, speaking framed JSON on stdin/stdout.
@@ -625,6 +638,12 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             return control_command(&daemon.path()?, &req, *json);
         }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "baton", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Manpages { dir } => return manpages(dir),
         _ => {}
     }
     let config = if matches!(cli.command, Command::Agent(_)) {
@@ -636,7 +655,9 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::AgentRunner { .. }
         | Command::Guardian { .. }
         | Command::Config(_)
-        | Command::Scenario(_) => {
+        | Command::Scenario(_)
+        | Command::Completions { .. }
+        | Command::Manpages { .. } => {
             unreachable!("handled above")
         }
         Command::Demo(args) => crate::lab::demo::run(args, config, runner_exe()?),
@@ -653,6 +674,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
                 pid_file,
                 history_file,
             };
+            let node = node_name(node, &config)?;
             crate::node::daemon::run(config, &node, runner_exe()?, paths)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -668,4 +690,46 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Agent(cmd) => agent::agent(cmd, AgentCatalog::new(config, runner_exe()?)),
     }
+}
+
+/// The node `run` runs: `--node`, else this machine's host name up to its
+/// first dot, which the config must name.
+fn node_name(given: Option<String>, config: &Config) -> anyhow::Result<String> {
+    if let Some(n) = given {
+        return Ok(n);
+    }
+    let host = host_name()?;
+    let short = host.split('.').next().unwrap_or_default().to_string();
+    if let Some(cluster) = &config.cluster
+        && !cluster.nodes.iter().any(|n| n.name == short)
+    {
+        let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+        bail!(
+            "this machine's host name is {host:?} and no [[node]] is named {short:?} (the config names {}); give --node NAME, or name the node after the host",
+            names.join(", ")
+        );
+    }
+    Ok(short)
+}
+
+fn host_name() -> anyhow::Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        bail!(
+            "cannot read this machine's host name ({}); give --node NAME",
+            std::io::Error::last_os_error()
+        );
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+/// `baton manpages DIR`: baton.1 and one page per command (baton-run.1, …).
+fn manpages(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    clap_mangen::generate_to(cmd, dir)
+        .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -274,7 +274,7 @@ pub fn compile(path: &Path, out: &Path, json: bool) -> anyhow::Result<ExitCode> 
     for node in &cluster.nodes {
         let mut text = format!(
             "# The baton config of node {name}, compiled from {src} (template {t}).\n\
-             # Run it there: baton --config /etc/baton/baton.toml run --node {name}\n\
+             # Run it there: baton --config /etc/baton/cluster.toml run --node {name}\n\
              # Cluster-wide fingerprint {fp}: every node's file has it (baton config check\n\
              # prints it); a node of another is not admitted.\n\n",
             name = node.name,

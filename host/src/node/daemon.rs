@@ -408,6 +408,8 @@ pub struct Daemon {
     settings: (PathBuf, crate::cluster::wire::Admin),
     /// Who asked for the latest move of each service taken here.
     movers: BTreeMap<usize, String>,
+    /// Readiness, status and watchdog for a systemd unit.
+    systemd: crate::node::systemd::Notifier,
 }
 
 /// The node's cluster config and agents, loaded: everything `run` refuses to
@@ -786,6 +788,7 @@ impl Daemon {
         let settings_path = crate::node::settings::path_beside(&history);
         let saved = crate::node::settings::load(&settings_path)?;
         let cluster = loaded.cluster.clone();
+        let systemd = crate::node::systemd::Notifier::from_env(cluster.timing.report_timeout * 2);
         let Shell {
             mut driver,
             io,
@@ -832,6 +835,7 @@ impl Daemon {
             local_changes: 0,
             settings: (settings_path, saved),
             movers: BTreeMap::new(),
+            systemd,
         })
     }
 
@@ -917,7 +921,10 @@ impl Daemon {
 
     fn handle_event(&mut self, event: Event) {
         match event {
-            Event::Terminate => self.driver.leave(),
+            Event::Terminate => {
+                self.systemd.stopping();
+                self.driver.leave()
+            }
             Event::Packet(hb) => self.driver.receive(self.io.now(), &hb),
             Event::Finished(f) => {
                 if let Some((i, states)) = f.states {
@@ -1034,6 +1041,10 @@ impl Daemon {
             m.dropped(&self.dropped);
         }
         self.write_status_file(now);
+        let node = self.driver.node();
+        self.systemd.turn(node.quorate(), || {
+            crate::node::status::summary(node, &self.io.names)
+        });
     }
 
     /// Status is for people and scripts: at most every STATUS_EVERY_MS, and at

@@ -18,6 +18,7 @@ pub mod operator;
 pub mod services;
 pub mod settings;
 pub mod status;
+pub mod systemd;
 pub mod wake;
 pub mod watchdog;
 pub mod witness_worker;

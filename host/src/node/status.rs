@@ -338,6 +338,33 @@ fn service_status(
     }
 }
 
+/// One line for a service manager's status: quorum, members, what runs here.
+pub fn summary(node: &ClusterNode, names: &BTreeMap<NodeId, String>) -> String {
+    let (epoch, view) = node.membership().view();
+    let n = |id: &NodeId| names.get(id).cloned().unwrap_or_else(|| "?".into());
+    let members: Vec<String> = view.iter().map(n).collect();
+    let quorum = match node.quorum() {
+        Some(q) if q.quorate => "quorate".to_string(),
+        Some(q) => format!("no quorum ({})", q.reason),
+        None => "no quorum yet".to_string(),
+    };
+    let here: Vec<&str> = node
+        .services()
+        .iter()
+        .filter(|s| s.phase().holds())
+        .map(|s| s.spec().name.as_str())
+        .collect();
+    format!(
+        "{quorum}; members {} (epoch {epoch}); {}",
+        members.join(", "),
+        if here.is_empty() {
+            "holds nothing".to_string()
+        } else {
+            format!("holds {}", here.join(", "))
+        }
+    )
+}
+
 /// The status a simulated cluster's first quorate live node (else its first
 /// live node) would show, and the nodes that are down; `None` when every node
 /// is down. Resources show the phase of their service.

@@ -94,15 +94,22 @@ impl Cluster {
         self.start_with_config(n, &config);
     }
 
+    /// The arguments `baton` runs node `n` with, on `config`.
+    pub(crate) fn node_args(&self, n: usize, config: &std::path::Path) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec!["--config".into(), config.into()];
+        for a in ["run", "--node", &format!("n{n}"), "--status-file"] {
+            args.push(a.into());
+        }
+        args.push(self.status_file(n).into());
+        args.push("--socket".into());
+        args.push(self.dir.path().join(format!("n{n}.sock")).into());
+        args
+    }
+
     /// Start node `n` with its own config file.
     pub(crate) fn start_with_config(&mut self, n: usize, config: &std::path::Path) {
         let child = Command::new(baton_exe())
-            .arg("--config")
-            .arg(config)
-            .args(["run", "--node", &format!("n{n}"), "--status-file"])
-            .arg(self.status_file(n))
-            .arg("--socket")
-            .arg(self.dir.path().join(format!("n{n}.sock")))
+            .args(self.node_args(n, config))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

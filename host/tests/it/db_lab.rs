@@ -970,7 +970,7 @@ fn run_documented(
                 }
                 if command.contains("libbaton_postgresql.so") {
                     site.push((
-                        "/usr/local/lib/baton/libbaton_postgresql.so",
+                        "/usr/lib/baton/agents/libbaton_postgresql.so",
                         adapter.display().to_string(),
                     ));
                 }

@@ -15,6 +15,7 @@ mod mariadb;
 mod native;
 mod ocf;
 mod oracle;
+mod package;
 mod postgresql;
 mod scenario;
 mod shared_devices;
