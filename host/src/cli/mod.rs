@@ -191,6 +191,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Put a node in standby and wait until it holds nothing (before stopping
+    /// or upgrading it).
+    Drain {
+        /// The node (default: the one whose daemon is asked).
+        #[arg(value_name = "NODE")]
+        target: Option<String>,
+        /// Give up (exit 1, the node left in standby) after this long.
+        #[arg(long, value_name = "DURATION", default_value = "10m")]
+        timeout: String,
+        #[command(flatten)]
+        daemon: DaemonAddress,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Take a node out of standby.
     Unstandby {
         /// The node (default: the one whose daemon is asked).
@@ -638,6 +653,16 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             return control_command(&daemon.path()?, &req, *json);
         }
+        Command::Drain {
+            target,
+            timeout,
+            daemon,
+            json,
+        } => {
+            let limit = crate::node::control::parse_duration(timeout)
+                .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+            return node::drain(&daemon.path()?, target.as_deref(), limit, *json);
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "baton", &mut std::io::stdout());
@@ -684,6 +709,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Promote { .. }
         | Command::Clear { .. }
         | Command::Standby { .. }
+        | Command::Drain { .. }
         | Command::Unstandby { .. }
         | Command::Maintenance { .. } => {
             unreachable!("handled above")

@@ -27,6 +27,75 @@ pub fn control_command(
     })
 }
 
+/// `baton drain [NODE]`: put the node in standby, then wait (up to `limit`)
+/// until no service is held there, saying what it waits for.
+pub fn drain(
+    socket: &std::path::Path,
+    node: Option<&str>,
+    limit: std::time::Duration,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let start = std::time::Instant::now();
+    let standby = ControlRequest::Standby {
+        node: node.map(str::to_owned),
+        on: true,
+    };
+    let reply = crate::node::control::ask(socket, &standby)?;
+    if !reply.ok {
+        eprintln!("refused: {}", reply.message);
+        return Ok(ExitCode::from(1));
+    }
+    if !json {
+        println!("{}", reply.message);
+    }
+    let mut said = String::new();
+    loop {
+        let st = crate::node::control::ask(socket, &ControlRequest::Status)?
+            .status
+            .context("the daemon gave no status")?;
+        let name = node.map_or_else(|| st.node.clone(), str::to_owned);
+        let held: Vec<String> = st
+            .services
+            .iter()
+            .filter(|s| s.holders.contains(&name))
+            .map(|s| s.name.clone())
+            .collect();
+        let waited = start.elapsed();
+        if held.is_empty() {
+            if json {
+                let done = serde_json::json!({"node": name, "drained": true, "waited_ms": waited.as_millis() as u64});
+                println!("{done}");
+            } else {
+                println!(
+                    "{name} holds nothing (after {:.1} s): it may be stopped or upgraded; `baton unstandby {name}` when it is back",
+                    waited.as_secs_f64()
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if waited >= limit {
+            let text = format!(
+                "{name} still holds {} after {} s; it stays in standby (see `baton status` for why)",
+                held.join(", "),
+                limit.as_secs()
+            );
+            if json {
+                let left = serde_json::json!({"node": name, "drained": false, "holds": held, "message": text});
+                println!("{left}");
+            } else {
+                eprintln!("{text}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+        let now = format!("waiting for {name} to stop {}", held.join(", "));
+        if now != said && !json {
+            println!("{now}");
+            said = now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// `baton status --status-file FILE`.
 pub fn status_from_file(file: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(file).with_context(|| {

@@ -782,9 +782,10 @@ fn agreed_owner(c: &Cluster) -> Option<String> {
         .then(|| owners[0].clone())?
 }
 
-/// `baton standby n1`, asked of another node: the service moves off n1 and
-/// stays off, across a restart of n1's daemon too, until `baton unstandby n1`
-/// (the standby strategy then fails it back to its preferred node).
+/// `baton drain n1` (standby, then wait), asked of another node: the service
+/// moves off n1 and stays off, across a restart of n1's daemon too, until
+/// `baton unstandby n1` (the standby strategy then fails it back to its
+/// preferred node).
 #[test]
 fn a_node_in_standby_runs_nothing_until_it_is_taken_out() {
     let mut c = Cluster::new("standby");
@@ -792,12 +793,11 @@ fn a_node_in_standby_runs_nothing_until_it_is_taken_out() {
         c.owners() == [1]
     });
     let sock2 = c.dir.path().join("n2.sock");
-    let out = baton_at(&sock2, &["standby", "n1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        crate::support::output_text(&out)
-    );
+    // Drained: standby, and back only once n1 holds nothing.
+    let out = baton_at(&sock2, &["drain", "n1", "--timeout", "60s"]);
+    let text = crate::support::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("n1 holds nothing"), "{text}");
     c.wait_for("the service to move to n2", Duration::from_secs(20), |c| {
         c.owners() == [2]
     });
