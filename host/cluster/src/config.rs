@@ -54,13 +54,18 @@ pub struct ClusterSection {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleSection {
-    /// Operators' tokens, one `NAME TOKEN` per line (TOKEN at least 16
-    /// characters); root-only (mode 0600). NAME is recorded with each action.
+    /// Operators' tokens, one `NAME ROLE sha256:HASH` per line (`baton token
+    /// add` writes them; ROLE `viewer` or `operator`); root-only (mode 0600).
+    /// NAME is recorded with each action.
     pub tokens_file: PathBuf,
     /// `token` (the default): viewing needs a token too; `open`: anyone who
     /// reaches the address may view, actions still need a token.
     #[serde(default = "default_console_view")]
     pub view: String,
+    /// `token` (the default): `/metrics` needs a token (a viewer's will do),
+    /// as the console does; `open`: anyone who reaches the address may scrape.
+    #[serde(default = "default_console_view")]
+    pub metrics: String,
 }
 
 fn default_console_view() -> String {
@@ -665,14 +670,17 @@ impl ClusterConfig {
                 ));
             }
         }
-        if let Some(c) = &cluster.console
-            && c.view != "token"
-            && c.view != "open"
-        {
-            errors.push(format!(
-                "cluster.console.view: {:?}; use \"token\" (viewing needs a token) or \"open\" (anyone who reaches the address may view)",
-                c.view
-            ));
+        if let Some(c) = &cluster.console {
+            for (field, value, what) in [
+                ("view", &c.view, "view"),
+                ("metrics", &c.metrics, "scrape /metrics"),
+            ] {
+                if value != "token" && value != "open" {
+                    errors.push(format!(
+                        "cluster.console.{field}: {value:?}; use \"token\" (it needs a token) or \"open\" (anyone who reaches the address may {what})"
+                    ));
+                }
+            }
         }
         if let Some(w) = &cluster.witness {
             if w.votes == 0 {

@@ -235,6 +235,9 @@ pub enum Command {
     /// Check a config file and explain every problem by its path.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The console's tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish,
     /// powershell).
     Completions {
@@ -315,6 +318,26 @@ impl DaemonAddress {
     }
 }
 
+/// `baton token ...`.
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a token for NAME: printed once, only its hash is kept (in FILE,
+    /// made mode 0600 when missing). Daemons read the file when they start.
+    Add {
+        /// Who the token is for (recorded with each of their actions).
+        name: String,
+        /// viewer (look: the console, /metrics) or operator (look and act).
+        #[arg(long, default_value = "operator")]
+        role: String,
+        /// The tokens file (`tokens_file` of [cluster.console]).
+        #[arg(long, value_name = "FILE", default_value = "/etc/baton/console.tokens")]
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// `baton scenario ...`.
 #[derive(Subcommand, Debug)]
 pub enum ScenarioCommand {
@@ -371,7 +394,7 @@ pub enum ScenarioCommand {
     Validate {
         /// The scenario.
         file: PathBuf,
-        /// A file with an operator's token (when the nodes have a console).
+        /// A file with a token (when the nodes have a console; a viewer's will do).
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
         /// Print JSON.
@@ -663,6 +686,28 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
             return node::drain(&daemon.path()?, target.as_deref(), limit, *json);
         }
+        Command::Token(TokenCommand::Add {
+            name,
+            role,
+            file,
+            json,
+        }) => {
+            let role = crate::node::console::Role::parse(role)
+                .with_context(|| format!("--role {role:?}: use viewer or operator"))?;
+            let token = crate::node::console::add_token(file, name, role)?;
+            if *json {
+                let out = serde_json::json!({"name": name, "role": role.name(), "token": token, "file": file});
+                println!("{out}");
+            } else {
+                eprintln!(
+                    "{name} ({}): the token below is shown this once; {} keeps only its hash. Give it to {name}; restart the daemons that read this file.",
+                    role.name(),
+                    file.display()
+                );
+                println!("{token}");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "baton", &mut std::io::stdout());
@@ -682,6 +727,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Config(_)
         | Command::Scenario(_)
         | Command::Completions { .. }
+        | Command::Token(_)
         | Command::Manpages { .. } => {
             unreachable!("handled above")
         }

@@ -32,17 +32,24 @@ fn check(out: &mut Vec<Check>, check: String, ok: bool, detail: String) {
     out.push(Check { check, ok, detail });
 }
 
-/// The token in `file`: its last word on its first line that is not a
-/// comment (a token alone, or a `NAME TOKEN` line of a tokens file).
+/// The token in `file`: its first line that is not a comment (the token
+/// `baton token add` printed, kept by whoever validates).
 fn read_token(file: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("--token-file {}: cannot read it", file.display()))?;
-    text.lines()
+    let token = text
+        .lines()
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .and_then(|l| l.split_whitespace().last())
         .map(str::to_owned)
-        .with_context(|| format!("--token-file {}: no token in it", file.display()))
+        .with_context(|| format!("--token-file {}: no token in it", file.display()))?;
+    if token.contains("sha256:") {
+        anyhow::bail!(
+            "--token-file {}: a tokens file (it keeps hashes); give a file with the token itself, as `baton token add` printed it",
+            file.display()
+        );
+    }
+    Ok(token)
 }
 
 /// Ask node at `addr`; its answer, or why there is none.

@@ -29,16 +29,89 @@ use std::sync::Arc;
 /// The page.
 pub const PAGE: &str = include_str!("../../console/index.html");
 
-/// Operators' tokens: name and SHA-256 of the token.
-pub struct Tokens(Vec<(String, [u8; 32])>);
+/// What a token may do on the console.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Look: the page, the status, the history, `/metrics`.
+    Viewer,
+    /// Look and act: moves, clears, standby, maintenance.
+    Operator,
+}
+
+impl Role {
+    /// The role by its name in a tokens file.
+    pub fn parse(name: &str) -> Option<Role> {
+        match name {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            _ => None,
+        }
+    }
+
+    /// Its name in a tokens file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+/// The tokens file's line for `name`'s `token` with `role`: the token itself
+/// is never stored, only its SHA-256.
+pub fn token_line(name: &str, role: Role, token: &str) -> String {
+    format!(
+        "{name} {} sha256:{}",
+        role.name(),
+        hex::encode(Sha256::digest(token.trim().as_bytes()))
+    )
+}
+
+/// `baton token add`: a new random token for `name` with `role`, its hash
+/// appended to the tokens file at `path` (made, mode 0600, when missing); the
+/// token, which is shown this once and kept nowhere.
+pub fn add_token(path: &Path, name: &str, role: Role) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    if name.is_empty() || name.contains(char::is_whitespace) || name.starts_with('#') {
+        bail!("NAME {name:?}: one word, not starting with #");
+    }
+    if path.exists() {
+        let taken = Tokens::load(path)?.0.iter().any(|(n, _, _)| n == name);
+        if taken {
+            bail!(
+                "{} already has a token for {name}; remove its line first to replace it",
+                path.display()
+            );
+        }
+    }
+    let mut random = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .context("cannot read /dev/urandom")?;
+    let token = hex::encode(random);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(file, "{}", token_line(name, role, &token))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(token)
+}
+
+/// Operators' tokens: name, role and SHA-256 of the token.
+pub struct Tokens(Vec<(String, Role, [u8; 32])>);
 
 impl Tokens {
-    /// Read `path`: `NAME TOKEN` per line, `#` comments; refused unless only
-    /// its owner (root or this daemon's user) can read it.
+    /// Read `path`: `NAME ROLE sha256:HEX` per line (`baton token add` writes
+    /// them), `#` comments; refused unless only its owner (root or this
+    /// daemon's user) can read it.
     pub fn load(path: &Path) -> anyhow::Result<Tokens> {
         let meta = std::fs::metadata(path).with_context(|| {
             format!(
-                "cluster.console.tokens_file {}: cannot read it; create it with `NAME TOKEN` lines and chmod 600",
+                "cluster.console.tokens_file {}: cannot read it; create it with `baton token add NAME --role operator --file {0}`",
                 path.display()
             )
         })?;
@@ -66,34 +139,51 @@ impl Tokens {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let mut words = line.split_whitespace();
-            let (Some(name), Some(token), None) = (words.next(), words.next(), words.next()) else {
-                bail!(
-                    "cluster.console.tokens_file {} line {}: write NAME TOKEN (two words)",
+            let at = || {
+                format!(
+                    "cluster.console.tokens_file {} line {}",
                     path.display(),
                     i + 1
-                );
+                )
             };
-            if token.len() < 16 {
-                bail!(
-                    "cluster.console.tokens_file {} line {}: the token of {name} is shorter than 16 characters; use e.g. head -c 24 /dev/urandom | base64",
-                    path.display(),
-                    i + 1
-                );
-            }
-            tokens.push((name.to_string(), Sha256::digest(token.as_bytes()).into()));
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (name, role, hash) = match words[..] {
+                [name, role, hash] => (name, role, hash),
+                [name, _] => bail!(
+                    "{}: the token of {name} is kept in clear; keep its hash instead: replace the line by `{name} operator sha256:HASH` with HASH from `printf %s TOKEN | sha256sum`, or make a new token with `baton token add {name} --role operator`",
+                    at()
+                ),
+                _ => bail!(
+                    "{}: write NAME ROLE sha256:HASH (three words; `baton token add` writes them)",
+                    at()
+                ),
+            };
+            let role = Role::parse(role).with_context(|| {
+                format!("{}: role {role:?} of {name}: use viewer or operator", at())
+            })?;
+            let digest = hash
+                .strip_prefix("sha256:")
+                .and_then(|h| hex::decode(h).ok())
+                .and_then(|d| <[u8; 32]>::try_from(d).ok())
+                .with_context(|| {
+                    format!(
+                        "{}: the token of {name} is not sha256: and 64 hex digits; `baton token add` writes it",
+                        at()
+                    )
+                })?;
+            tokens.push((name.to_string(), role, digest));
         }
         if tokens.is_empty() {
             bail!(
-                "cluster.console.tokens_file {}: no tokens; add a line NAME TOKEN",
+                "cluster.console.tokens_file {}: no tokens; add one with `baton token add NAME --role operator --file {0}`",
                 path.display()
             );
         }
         Ok(Tokens(tokens))
     }
 
-    /// The name of the operator whose token `headers` carry.
-    fn who(&self, headers: &HeaderMap) -> Option<&str> {
+    /// The name and role of the operator whose token `headers` carry.
+    fn who(&self, headers: &HeaderMap) -> Option<(&str, Role)> {
         let given = headers
             .get(axum::http::header::AUTHORIZATION)?
             .to_str()
@@ -102,8 +192,8 @@ impl Tokens {
         let digest: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
         self.0
             .iter()
-            .find(|(_, d)| *d == digest)
-            .map(|(n, _)| n.as_str())
+            .find(|(_, _, d)| *d == digest)
+            .map(|(n, r, _)| (n.as_str(), *r))
     }
 }
 
@@ -163,12 +253,14 @@ fn unauthorized(headers: &HeaderMap) -> Reply {
     refuse(StatusCode::UNAUTHORIZED, why)
 }
 
-/// The node's HTTP routes beside `/metrics`: `/api/validate` always (behind
-/// the console's tokens when there is a console), and the console's page and
-/// API when `section` configures it. Fails (and the daemon does not start)
-/// when the tokens file is unsafe or malformed.
+/// The node's HTTP routes: `/metrics` (`metrics`'s) and `/api/validate`
+/// always, both behind the console's tokens when there is a console (unless
+/// its `metrics` is open), and the console's page and API when `section`
+/// configures it. Fails (and the daemon does not start) when the tokens file
+/// is unsafe or malformed.
 pub fn routes(
     section: Option<&ConsoleSection>,
+    metrics: &Arc<crate::node::metrics::Metrics>,
     asker: Asker,
     history: PathBuf,
     facts: Facts,
@@ -184,10 +276,20 @@ pub fn routes(
         peers,
     });
     let validate = axum::Router::new().route("/api/validate", get(validate));
-    if section.is_none() {
-        return Ok(validate.with_state(console));
-    }
+    let metrics = crate::node::metrics::route(metrics);
+    let Some(section) = section else {
+        return Ok(validate.route("/metrics", metrics).with_state(console));
+    };
+    // /metrics under the console's rule (a viewer's token), unless opened.
+    let metrics = match section.metrics.as_str() {
+        "open" => metrics,
+        _ => metrics.route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&console),
+            viewers_only,
+        )),
+    };
     Ok(validate
+        .route("/metrics", metrics)
         .route("/", get(|| async { Html(PAGE) }))
         .route("/api/status", get(status))
         .route("/api/cluster", get(cluster))
@@ -195,6 +297,18 @@ pub fn routes(
         .route("/api/history", get(history_events))
         .route("/api/action", post(action))
         .with_state(console))
+}
+
+/// Let a request through only with a token (any role).
+async fn viewers_only(
+    State(c): State<Arc<Console>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match c.tokens.as_ref().and_then(|t| t.who(request.headers())) {
+        Some(_) => next.run(request).await,
+        None => unauthorized(request.headers()).into_response(),
+    }
 }
 
 /// What `baton scenario validate` reads of a node: its status, its key's
@@ -482,13 +596,20 @@ async fn action(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Reply {
-    let Some(name) = c.tokens.as_ref().and_then(|t| t.who(&headers)) else {
+    let Some((name, role)) = c.tokens.as_ref().and_then(|t| t.who(&headers)) else {
         let reply = unauthorized(&headers);
         let why = reply.1["message"].as_str().unwrap_or_default().to_string();
         tracing::warn!("console action from {peer} refused: {why}");
         c.record_refusal(peer, why).await;
         return reply;
     };
+    if role != Role::Operator {
+        tracing::warn!("console action from {peer} refused: {name} is a viewer");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            format!("{name} is a viewer: actions need an operator's token"),
+        );
+    }
     // Only JSON: a form or text/plain post is what a page of another site can
     // send without the browser asking first.
     let json = headers
@@ -572,33 +693,56 @@ mod tests {
     }
 
     #[test]
-    fn a_tokens_file_others_can_read_or_with_short_tokens_is_refused() {
+    fn a_tokens_file_others_can_read_or_with_tokens_in_clear_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let good = "# ops\nalice 0123456789abcdef0\nbob  fedcba98765432100\n";
-        let e = Tokens::load(&write(dir.path(), good, 0o644)).err().unwrap();
+        let good = format!(
+            "# ops\n{}\n{}\n",
+            token_line("alice", Role::Operator, "0123456789abcdef0"),
+            token_line("bob", Role::Viewer, "fedcba98765432100")
+        );
+        let e = Tokens::load(&write(dir.path(), &good, 0o644))
+            .err()
+            .unwrap();
         assert!(
             e.to_string()
                 .contains("mode 644 lets others read it; chmod 600"),
             "{e}"
         );
-        let e = Tokens::load(&write(dir.path(), "alice short\n", 0o600))
+        let e = Tokens::load(&write(dir.path(), "alice 0123456789abcdef0\n", 0o600))
             .err()
             .unwrap();
         assert!(
             e.to_string()
-                .contains("line 1: the token of alice is shorter than 16"),
+                .contains("line 1: the token of alice is kept in clear"),
             "{e}"
         );
+        let e = Tokens::load(&write(dir.path(), "alice root sha256:00\n", 0o600))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("use viewer or operator"), "{e}");
+        let e = Tokens::load(&write(dir.path(), "alice viewer sha256:00\n", 0o600))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("64 hex digits"), "{e}");
         let e = Tokens::load(&write(dir.path(), "alice\n", 0o600))
             .err()
             .unwrap();
-        assert!(e.to_string().contains("line 1: write NAME TOKEN"), "{e}");
+        assert!(e.to_string().contains("line 1: write NAME ROLE"), "{e}");
         let e = Tokens::load(&dir.path().join("missing")).err().unwrap();
         assert!(e.to_string().contains("cannot read it"), "{e}");
-        let tokens = Tokens::load(&write(dir.path(), good, 0o600)).unwrap();
-        assert_eq!(tokens.who(&bearer("fedcba98765432100")), Some("bob"));
+        let tokens = Tokens::load(&write(dir.path(), &good, 0o600)).unwrap();
+        assert_eq!(
+            tokens.who(&bearer("fedcba98765432100")),
+            Some(("bob", Role::Viewer))
+        );
+        assert_eq!(
+            tokens.who(&bearer("0123456789abcdef0")),
+            Some(("alice", Role::Operator))
+        );
         assert_eq!(tokens.who(&bearer("fedcba98765432101")), None);
         assert_eq!(tokens.who(&HeaderMap::new()), None);
+        // The file keeps no token.
+        assert!(!good.contains("fedcba98765432100"));
     }
 
     #[test]

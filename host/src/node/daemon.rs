@@ -547,8 +547,10 @@ fn serve_http(
             (agent, check)
         }),
     };
+    let metrics = crate::node::metrics::global();
     let routes = crate::node::console::routes(
         cluster.cluster.console.as_ref(),
+        &metrics,
         asker,
         history.to_path_buf(),
         facts,
@@ -562,9 +564,9 @@ fn serve_http(
         ),
     )?;
     crate::node::metrics::serve(at, routes)
-        .map(|m| {
-            m.set_info(&me.name, &format!("{:016x}", cluster.fingerprint));
-            Some(m)
+        .map(|()| {
+            metrics.set_info(&me.name, &format!("{:016x}", cluster.fingerprint));
+            Some(metrics)
         })
         .with_context(|| {
             format!(

@@ -483,14 +483,33 @@ pub fn decision(kind: &str) {
     }
 }
 
-/// Serve `/metrics` on `addr` from a thread of its own, with `routes` (the
-/// console's and validation's); the metrics to update. Fails when the address
-/// cannot be bound (the daemon refuses to start then).
-pub fn serve(addr: SocketAddr, routes: axum::Router) -> std::io::Result<Arc<Metrics>> {
-    let metrics = Arc::clone(METRICS.get_or_init(|| Arc::new(Metrics::new())));
+/// The metrics this process updates (made on first use).
+pub fn global() -> Arc<Metrics> {
+    Arc::clone(METRICS.get_or_init(|| Arc::new(Metrics::new())))
+}
+
+/// `GET /metrics`: the exposition of `m`, in the format the scraper asks for.
+pub fn route<S: Clone + Send + Sync + 'static>(m: &Arc<Metrics>) -> axum::routing::MethodRouter<S> {
+    let served = Arc::clone(m);
+    axum::routing::get(move |headers: axum::http::HeaderMap| {
+        let m = Arc::clone(&served);
+        async move {
+            let accept = headers
+                .get(axum::http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let (kind, body) = m.negotiate(accept);
+            ([(axum::http::header::CONTENT_TYPE, kind)], body)
+        }
+    })
+}
+
+/// Serve `app` (the metrics, the console's and validation's routes) on
+/// `addr` from a thread of its own. Fails when the address cannot be bound
+/// (the daemon refuses to start then).
+pub fn serve(addr: SocketAddr, app: axum::Router) -> std::io::Result<()> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
-    let served = Arc::clone(&metrics);
     std::thread::Builder::new()
         .name("http".into())
         .spawn(move || {
@@ -507,21 +526,6 @@ pub fn serve(addr: SocketAddr, routes: axum::Router) -> std::io::Result<Arc<Metr
                 }
             };
             runtime.block_on(async move {
-                let app = axum::Router::new().route(
-                    "/metrics",
-                    axum::routing::get(move |headers: axum::http::HeaderMap| {
-                        let m = Arc::clone(&served);
-                        async move {
-                            let accept = headers
-                                .get(axum::http::header::ACCEPT)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("");
-                            let (kind, body) = m.negotiate(accept);
-                            ([(axum::http::header::CONTENT_TYPE, kind)], body)
-                        }
-                    }),
-                );
-                let app = app.merge(routes);
                 let app = app.into_make_service_with_connect_info::<SocketAddr>();
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => {
@@ -533,7 +537,7 @@ pub fn serve(addr: SocketAddr, routes: axum::Router) -> std::io::Result<Arc<Metr
                 }
             });
         })?;
-    Ok(metrics)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -388,7 +388,15 @@ fn config_check_refuses_the_files_run_would_refuse() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("key");
     let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, "alice 0123456789abcdef0123\n").unwrap();
+    std::fs::write(
+        &tokens,
+        baton::node::console::token_line(
+            "alice",
+            baton::node::console::Role::Operator,
+            "0123456789abcdef0123",
+        ) + "\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o644)).unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(

@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "alice-0123456789abcdef";
+/// bob's token: a viewer's.
+const VIEWER: &str = "bob-0123456789abcdef0";
 
 /// chromedriver in a process group of its own with the browsers it starts,
 /// all stopped (by the group's PID) when dropped, also when a test fails.
@@ -137,14 +139,27 @@ async fn post_as(client: &Client, token: &str, body: serde_json::Value, content_
 }
 
 /// Restart the cluster with an HTTP address on every node (the ports, by
-/// node) and a console whose tokens file (0600) holds alice's token.
+/// node) and a console whose tokens file (0600) holds the hashes of alice's
+/// token (an operator) and bob's (a viewer); and a file with alice's token
+/// alone (what `scenario validate --token-file` reads).
 pub(crate) fn with_console(c: &mut Cluster) -> (Vec<u16>, std::path::PathBuf) {
+    use baton::node::console::{Role, token_line};
     let ports: Vec<u16> = (1..=3)
         .map(|n| free_tcp_port(&format!("127.0.0.{}", 10 + n)))
         .collect();
     let tokens = c.dir.path().join("console.tokens");
-    std::fs::write(&tokens, format!("# operators\nalice {TOKEN}\n")).unwrap();
+    std::fs::write(
+        &tokens,
+        format!(
+            "# operators\n{}\n{}\n",
+            token_line("alice", Role::Operator, TOKEN),
+            token_line("bob", Role::Viewer, VIEWER)
+        ),
+    )
+    .unwrap();
     std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let alice = c.dir.path().join("alice.token");
+    std::fs::write(&alice, format!("{TOKEN}\n")).unwrap();
     c.reconfigure(|mut text| {
         for (i, port) in ports.iter().enumerate() {
             let n = i + 1;
@@ -163,7 +178,7 @@ pub(crate) fn with_console(c: &mut Cluster) -> (Vec<u16>, std::path::PathBuf) {
             1,
         )
     });
-    (ports, tokens)
+    (ports, alice)
 }
 
 #[test]
@@ -222,8 +237,25 @@ fn the_console_shows_the_cluster_and_moves_a_service_for_an_operator_with_a_toke
         // refused, even with a valid token and the confirmation.
         let confirmed =
             serde_json::json!({"op": "move", "service": "web", "to": "n3", "confirm": "web"});
-        assert_eq!(post_as(&client, TOKEN, confirmed, "text/plain").await, 415);
+        assert_eq!(post_as(&client, TOKEN, confirmed.clone(), "text/plain").await, 415);
+        // A viewer may look, not act.
+        assert_eq!(post_action(&client, VIEWER, confirmed).await, 403);
         assert_eq!(c.owners(), [1], "a refused action moved the service");
+        // /metrics is under the console's rule: a token, a viewer's will do.
+        let metrics = |token: Option<&str>| {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let mut req = agent.get(format!("http://127.0.0.11:{port}/metrics"));
+            if let Some(t) = token {
+                req = req.header("Authorization", format!("Bearer {t}"));
+            }
+            req.call().unwrap().status().as_u16()
+        };
+        assert_eq!(metrics(None), 401);
+        assert_eq!(metrics(Some("mallory-0123456789abcdef")), 401);
+        assert_eq!(metrics(Some(VIEWER)), 200);
 
         // The move, clicked through its confirmation.
         click(&client, Locator::Css("button.move[data-service='web']")).await;
@@ -469,7 +501,8 @@ impl Prometheus {
             &config,
             format!(
                 "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-                 scrape_configs:\n  - job_name: baton\n    static_configs:\n      - targets: [{}]\n",
+                 scrape_configs:\n  - job_name: baton\n    authorization: {{credentials: {VIEWER}}}\n    \
+                 static_configs:\n      - targets: [{}]\n",
                 list.join(", ")
             ),
         )
