@@ -48,6 +48,27 @@ pub struct ClusterSection {
     /// The web console on each node's `http` address (off without this).
     #[serde(default)]
     pub console: Option<ConsoleSection>,
+    /// TLS on the node's `http` address (or plain HTTP, said explicitly).
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+}
+
+/// `[cluster.tls]` (per node): the certificate and key this node serves its
+/// `http` address with, and the cluster CA it checks the others' with (`{node}`
+/// in a path stands for the node's name); or `plain = true` for plain HTTP (a
+/// lab, a network trusted end to end).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM: this node's certificate (then its CA's, if any).
+    pub cert_file: Option<PathBuf>,
+    /// PEM: its private key (root-only, mode 0600).
+    pub key_file: Option<PathBuf>,
+    /// PEM: the cluster CA's certificate; the others' certificates must chain to it.
+    pub ca_file: Option<PathBuf>,
+    /// Serve and ask plain HTTP instead.
+    #[serde(default)]
+    pub plain: bool,
 }
 
 /// `[cluster.console]`: the web console, served on a node's `http` address.
@@ -423,7 +444,7 @@ impl std::error::Error for ConfigErrors {}
 fn fingerprint_of(table: &toml::Table) -> u64 {
     let mut wide = table.clone();
     if let Some(toml::Value::Table(cluster)) = wide.get_mut("cluster") {
-        for local in ["key_file", "watchdog", "health", "console"] {
+        for local in ["key_file", "watchdog", "health", "console", "tls"] {
             cluster.remove(local);
         }
         if let Some(toml::Value::Table(witness)) = cluster.get_mut("witness") {
@@ -670,6 +691,24 @@ impl ClusterConfig {
                 ));
             }
         }
+        match &cluster.tls {
+            Some(t) if t.plain && (t.cert_file.is_some() || t.key_file.is_some()) => errors
+                .push("cluster.tls: plain = true with cert_file or key_file; choose one".into()),
+            Some(t) if !t.plain => {
+                for (field, given) in [
+                    ("cert_file", &t.cert_file),
+                    ("key_file", &t.key_file),
+                    ("ca_file", &t.ca_file),
+                ] {
+                    if given.is_none() {
+                        errors.push(format!(
+                            "cluster.tls.{field}: missing (`baton tls init` makes the files), or plain = true for plain HTTP"
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
         if let Some(c) = &cluster.console {
             for (field, value, what) in [
                 ("view", &c.view, "view"),
@@ -850,7 +889,12 @@ params = { command = "sleep 100", stop_grace_ms = 500 }
             e.contains("node[1].http: \"port 9100\" is not ADDRESS:PORT"),
             "{e}"
         );
-        let good = GOOD.replace("id = 2\n", "id = 2\nhttp = \"198.18.1.12:9100\"\n");
+        let serves = GOOD.replace("id = 2\n", "id = 2\nhttp = \"198.18.1.12:9100\"\n");
+        let half = serves.replace("[cluster]\n", "[cluster]\ntls = { cert_file = \"/c\" }\n");
+        let e = ClusterConfig::parse(&half).unwrap_err().to_string();
+        assert!(e.contains("cluster.tls.key_file: missing"), "{e}");
+        assert!(e.contains("cluster.tls.ca_file: missing"), "{e}");
+        let good = serves.replace("[cluster]\n", "[cluster]\ntls = { plain = true }\n");
         let c = ClusterConfig::parse(&good).unwrap().unwrap();
         assert_eq!(c.nodes[1].http.as_deref(), Some("198.18.1.12:9100"));
     }

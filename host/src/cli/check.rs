@@ -35,8 +35,9 @@ pub fn scenario(cmd: &ScenarioCommand) -> anyhow::Result<ExitCode> {
         ScenarioCommand::Validate {
             file,
             token_file,
+            ca_file,
             json,
-        } => crate::design::validate::run(file, token_file.as_deref(), *json),
+        } => crate::design::validate::run(file, token_file.as_deref(), ca_file.as_deref(), *json),
         ScenarioCommand::View { file, out, fault } => {
             crate::design::view::write_view(file, out, fault.as_deref())
         }

@@ -238,6 +238,9 @@ pub enum Command {
     /// The console's tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Certificates for the nodes' HTTPS.
+    #[command(subcommand)]
+    Tls(TlsCommand),
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish,
     /// powershell).
     Completions {
@@ -338,6 +341,25 @@ pub enum TokenCommand {
     },
 }
 
+/// `baton tls ...`.
+#[derive(Subcommand, Debug)]
+pub enum TlsCommand {
+    /// Make a cluster CA and a certificate and key for every node of FILE (a
+    /// scenario or a config), naming the node and its http address, valid five
+    /// years, into DIR: copy ca.crt, NODE.crt and NODE.key to each node and
+    /// name them in its [cluster.tls].
+    Init {
+        /// The scenario or config whose nodes get certificates.
+        file: PathBuf,
+        /// Where to write them (ca.key stays here: keep it offline).
+        #[arg(long, value_name = "DIR", default_value = "/etc/baton/tls")]
+        out: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// `baton scenario ...`.
 #[derive(Subcommand, Debug)]
 pub enum ScenarioCommand {
@@ -397,6 +419,9 @@ pub enum ScenarioCommand {
         /// A file with a token (when the nodes have a console; a viewer's will do).
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
+        /// The cluster CA's certificate (default: the scenario's cluster.tls.ca_file).
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -708,6 +733,30 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Tls(TlsCommand::Init { file, out, json }) => {
+            let cluster = match crate::design::scenario::load(file) {
+                Ok(scenario) => scenario.cluster().clone(),
+                Err(_) => Config::load(Some(file))?.cluster.with_context(|| {
+                    format!(
+                        "{}: no [cluster] section: no nodes to make certificates for",
+                        file.display()
+                    )
+                })?,
+            };
+            let written = crate::node::tls::init(&cluster, out)?;
+            if *json {
+                println!("{}", serde_json::json!({"dir": out, "files": written}));
+            } else {
+                for f in &written {
+                    println!("wrote {}", f.display());
+                }
+                println!(
+                    "on each node: ca.crt, NODE.crt and NODE.key (mode 600) under /etc/baton/tls, and in its config\n  [cluster.tls]\n  cert_file = \"/etc/baton/tls/NODE.crt\"\n  key_file = \"/etc/baton/tls/NODE.key\"\n  ca_file = \"/etc/baton/tls/ca.crt\"\nkeep {} off the nodes",
+                    out.join("ca.key").display()
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "baton", &mut std::io::stdout());
@@ -728,6 +777,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Scenario(_)
         | Command::Completions { .. }
         | Command::Token(_)
+        | Command::Tls(_)
         | Command::Manpages { .. } => {
             unreachable!("handled above")
         }

@@ -9,6 +9,7 @@
 //! read.
 
 use crate::design::scenario::Scenario;
+use crate::node::tls::Client;
 use anyhow::Context;
 use serde::Serialize;
 use serde_json::Value;
@@ -52,14 +53,10 @@ fn read_token(file: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// Ask node at `addr`; its answer, or why there is none.
-fn ask(addr: &str, token: Option<&str>) -> Result<Value, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(30)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut req = agent.get(format!("http://{addr}/api/validate"));
+/// Ask node at `addr`; its answer, or why there is none (over HTTPS, a
+/// certificate that does not chain to the CA or name the address is a reason).
+fn ask(client: &Client, addr: &str, token: Option<&str>) -> Result<Value, String> {
+    let mut req = client.agent.get(client.url(addr, "/api/validate"));
     if let Some(t) = token {
         req = req.header("Authorization", format!("Bearer {t}"));
     }
@@ -85,8 +82,9 @@ fn ask(addr: &str, token: Option<&str>) -> Result<Value, String> {
     Ok(value)
 }
 
-/// Validate the live site of `scenario`: every check, in order.
-pub fn checks(scenario: &Scenario, token: Option<&str>) -> Vec<Check> {
+/// Validate the live site of `scenario`, asking with `client`: every check,
+/// in order.
+pub fn checks(scenario: &Scenario, token: Option<&str>, client: &Client) -> Vec<Check> {
     let cluster = scenario.cluster();
     let fp = format!("{:016x}", cluster.fingerprint);
     let mut out = Vec::new();
@@ -102,13 +100,18 @@ pub fn checks(scenario: &Scenario, token: Option<&str>) -> Vec<Check> {
             );
             continue;
         };
-        match ask(addr, token) {
+        match ask(client, addr, token) {
             Ok(v) => {
+                let how = if client.scheme == "https" {
+                    "over HTTPS, its certificate valid under the cluster CA"
+                } else {
+                    "over plain HTTP"
+                };
                 check(
                     &mut out,
                     format!("{} answers", n.name),
                     true,
-                    format!("at {addr}"),
+                    format!("at {addr}, {how}"),
                 );
                 answers.insert(n.name.clone(), v);
             }
@@ -294,11 +297,23 @@ fn agents(out: &mut Vec<Check>, answers: &BTreeMap<String, Value>) {
     }
 }
 
-/// `baton scenario validate`.
-pub fn run(path: &Path, token_file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+/// `baton scenario validate`: HTTPS trusting `ca_file`, else the scenario's
+/// `[cluster.tls]` CA, else plain HTTP where the scenario says `plain`.
+pub fn run(
+    path: &Path,
+    token_file: Option<&Path>,
+    ca_file: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let scenario = crate::design::scenario::load(path)?;
     let token = token_file.map(read_token).transpose()?;
-    let results = checks(&scenario, token.as_deref());
+    let timeout = Duration::from_secs(30);
+    let client = match ca_file {
+        Some(ca) => Client::new(Some(ca), timeout),
+        None => Client::for_section(scenario.cluster().cluster.tls.as_ref(), timeout),
+    }
+    .context("--ca-file (or the scenario's cluster.tls.ca_file)")?;
+    let results = checks(&scenario, token.as_deref(), &client);
     let failed = results.iter().filter(|c| !c.ok).count();
     if json {
         println!(

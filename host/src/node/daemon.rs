@@ -448,6 +448,20 @@ pub fn site_file_problems(cluster: &ClusterConfig) -> Vec<String> {
     {
         problems.push(format!("{e:#}"));
     }
+    // The certificate is one node's: it must be valid for one node's address.
+    let tls = cluster.cluster.tls.as_ref();
+    let checked: Vec<anyhow::Result<_>> = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| Some((&n.name, n.http.as_deref()?)))
+        .map(|(name, http)| crate::node::tls::server(tls, name, http))
+        .collect();
+    if !checked.is_empty()
+        && !checked.iter().any(Result::is_ok)
+        && let Some(Err(e)) = checked.into_iter().next()
+    {
+        problems.push(format!("{e:#}"));
+    }
     problems
 }
 
@@ -554,16 +568,21 @@ fn serve_http(
         asker,
         history.to_path_buf(),
         facts,
-        crate::node::gather::Peers(
-            cluster
+        crate::node::gather::Peers {
+            nodes: cluster
                 .nodes
                 .iter()
                 .filter(|n| n.name != me.name)
                 .map(|n| (n.name.clone(), n.http.clone()))
                 .collect(),
-        ),
+            client: crate::node::tls::Client::for_section(
+                cluster.cluster.tls.as_ref(),
+                crate::node::gather::ASK_TIMEOUT,
+            )?,
+        },
     )?;
-    crate::node::metrics::serve(at, routes)
+    let tls = crate::node::tls::server(cluster.cluster.tls.as_ref(), &me.name, addr)?;
+    crate::node::metrics::serve(at, routes, tls)
         .map(|()| {
             metrics.set_info(&me.name, &format!("{:016x}", cluster.fingerprint));
             Some(metrics)

@@ -7,19 +7,17 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 /// How long another node's console has to answer the serving node.
-const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The other nodes' consoles: each node's name and `http` address (`None`: it
-/// has none, and is shown as such).
-#[derive(Clone, Default)]
-pub struct Peers(pub Vec<(String, Option<String>)>);
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(ASK_TIMEOUT))
-        .http_status_as_error(false)
-        .build()
-        .into()
+/// has none, and is shown as such), and how to ask them (HTTPS trusting the
+/// cluster CA, or plain HTTP as the config says).
+#[derive(Clone)]
+pub struct Peers {
+    /// Name and address of each other node.
+    pub nodes: Vec<(String, Option<String>)>,
+    /// The client.
+    pub client: crate::node::tls::Client,
 }
 
 /// A console's answer: its HTTP status and JSON, or why there is none.
@@ -41,7 +39,7 @@ fn read(
 impl Peers {
     /// Node `name`'s console address.
     pub fn address(&self, name: &str) -> Option<Result<&str, String>> {
-        let (_, addr) = self.0.iter().find(|(n, _)| n == name)?;
+        let (_, addr) = self.nodes.iter().find(|(n, _)| n == name)?;
         Some(addr.as_deref().ok_or_else(|| {
             format!("node {name} has no http address in its [[node]]; add one to reach it here")
         }))
@@ -53,7 +51,7 @@ impl Peers {
     pub fn statuses(&self, auth: Option<&str>) -> Vec<Value> {
         std::thread::scope(|scope| {
             let asks: Vec<_> = self
-                .0
+                .nodes
                 .iter()
                 .map(|(name, _)| (name, scope.spawn(move || self.status(name, auth))))
                 .collect();
@@ -73,7 +71,7 @@ impl Peers {
 
     fn status(&self, name: &str, auth: Option<&str>) -> Result<Value, String> {
         let addr = self.address(name).unwrap_or(Err("unknown".into()))?;
-        let mut req = agent().get(format!("http://{addr}/api/status"));
+        let mut req = self.client.agent.get(self.client.url(addr, "/api/status"));
         if let Some(a) = auth {
             req = req.header("Authorization", a);
         }
@@ -96,8 +94,10 @@ impl Peers {
         let addr = self
             .address(name)
             .ok_or_else(|| format!("node: no node is named {name:?}"))??;
-        let mut req = agent()
-            .post(format!("http://{addr}/api/action"))
+        let mut req = self
+            .client
+            .agent
+            .post(self.client.url(addr, "/api/action"))
             .header("Content-Type", "application/json");
         if let Some(a) = auth {
             req = req.header("Authorization", a);

@@ -505,9 +505,13 @@ pub fn route<S: Clone + Send + Sync + 'static>(m: &Arc<Metrics>) -> axum::routin
 }
 
 /// Serve `app` (the metrics, the console's and validation's routes) on
-/// `addr` from a thread of its own. Fails when the address cannot be bound
-/// (the daemon refuses to start then).
-pub fn serve(addr: SocketAddr, app: axum::Router) -> std::io::Result<()> {
+/// `addr` from a thread of its own, over TLS with `tls`. Fails when the
+/// address cannot be bound (the daemon refuses to start then).
+pub fn serve(
+    addr: SocketAddr,
+    app: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<()> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     std::thread::Builder::new()
@@ -526,18 +530,63 @@ pub fn serve(addr: SocketAddr, app: axum::Router) -> std::io::Result<()> {
                 }
             };
             runtime.block_on(async move {
-                let app = app.into_make_service_with_connect_info::<SocketAddr>();
-                match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => {
-                        if let Err(e) = axum::serve(l, app).await {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::error!("the HTTP server cannot listen: {e}"),
+                };
+                match tls {
+                    Some(config) => serve_tls(listener, app, config).await,
+                    None => {
+                        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                        if let Err(e) = axum::serve(listener, app).await {
                             tracing::error!("the HTTP server stopped: {e}");
                         }
                     }
-                    Err(e) => tracing::error!("the HTTP server cannot listen: {e}"),
                 }
             });
         })?;
     Ok(())
+}
+
+/// HTTPS: each connection's TLS handshake and requests on a task of its own
+/// (a slow or bad client holds only its own), the peer's address given to the
+/// routes as axum's `ConnectInfo`.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    config: Arc<rustls::ServerConfig>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("HTTPS accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        tokio::spawn(async move {
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
+            let stream = match handshake.await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return tracing::debug!("TLS handshake with {peer} failed: {e}"),
+                Err(_) => return tracing::debug!("TLS handshake with {peer} timed out"),
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!("HTTPS connection with {peer}: {e}");
+            }
+        });
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod services;
 pub mod settings;
 pub mod status;
 pub mod systemd;
+pub mod tls;
 pub mod wake;
 pub mod watchdog;
 pub mod witness_worker;

@@ -902,3 +902,65 @@ fn config_check_and_run_report_every_problem_at_once() {
         "run started its control socket"
     );
 }
+
+/// A node that serves HTTP: `config check` refuses no [cluster.tls], a key
+/// others can read, a certificate not made for the node's address; passes
+/// the files `baton tls init` made.
+#[test]
+fn config_check_refuses_tls_files_run_would_refuse() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, b"a cluster key of thirty-two bytes").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let base = format!(
+        "[cluster]\nname = \"c\"\nkey_file = {key:?}\n\
+         [[node]]\nname = \"n1\"\nid = 1\nlinks = [\"127.0.0.1:5405\"]\nhttp = \"127.0.0.1:9100\"\n\
+         [[service]]\nname = \"web\"\nstrategy = \"standby\"\n\
+         [[service.resource]]\nagent = \"process\"\nparams = {{ command = \"sleep 60\" }}\n"
+    );
+    let path = dir.path().join("c.toml");
+    let check = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let o = Command::new(baton_exe())
+            .args(["config", "check"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (o.status.success(), output_text(&o))
+    };
+    let (ok, said) = check(&base);
+    assert!(!ok && said.contains("[cluster.tls] is missing"), "{said}");
+    let tls = dir.path().join("tls");
+    let o = Command::new(baton_exe())
+        .args(["tls", "init"])
+        .arg(&path)
+        .arg("--out")
+        .arg(&tls)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    let with = |cert: &str| {
+        base.replacen(
+            "[cluster]\n",
+            &format!(
+                "[cluster]\ntls = {{ cert_file = \"{t}/{cert}\", key_file = \"{t}/{{node}}.key\", ca_file = \"{t}/ca.crt\" }}\n",
+                t = tls.display()
+            ),
+            1,
+        )
+    };
+    let (ok, said) = check(&with("{node}.crt"));
+    assert!(ok, "{said}");
+    let (ok, said) = check(&with("ca.crt"));
+    assert!(
+        !ok && said.contains("not valid for this node's address 127.0.0.1"),
+        "{said}"
+    );
+    std::fs::set_permissions(tls.join("n1.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, said) = check(&with("{node}.crt"));
+    assert!(
+        !ok && said.contains("lets others read it; chmod 600"),
+        "{said}"
+    );
+}

@@ -30,10 +30,42 @@ impl Drop for Driver {
     }
 }
 
-fn start_driver() -> (Driver, u16) {
+/// chromedriver, its browsers trusting the cluster CA `ca`: Chromium on Linux
+/// reads the NSS database under $HOME/.pki/nssdb, made here for a HOME of
+/// the browser's own (certutil from Debian's libnss3-tools).
+fn start_driver(ca: &std::path::Path) -> (Driver, u16) {
+    let home = ca.parent().unwrap().join("browser-home");
+    let nssdb = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&nssdb).unwrap();
+    let db = format!("sql:{}", nssdb.display());
+    for args in [
+        vec!["-N", "--empty-password", "-d", &db],
+        vec![
+            "-A",
+            "-d",
+            &db,
+            "-n",
+            "baton-cluster-ca",
+            "-t",
+            "C,,",
+            "-i",
+            ca.to_str().unwrap(),
+        ],
+    ] {
+        let out = Command::new("certutil")
+            .args(&args)
+            .output()
+            .expect("certutil (Debian's libnss3-tools, installed by scripts/setup)");
+        assert!(
+            out.status.success(),
+            "certutil {args:?}: {}",
+            crate::support::output_text(&out)
+        );
+    }
     let port = free_tcp_port("127.0.0.1");
     let child = Command::new("chromedriver")
         .arg(format!("--port={port}"))
+        .env("HOME", &home)
         .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -141,8 +173,9 @@ async fn post_as(client: &Client, token: &str, body: serde_json::Value, content_
 /// Restart the cluster with an HTTP address on every node (the ports, by
 /// node) and a console whose tokens file (0600) holds the hashes of alice's
 /// token (an operator) and bob's (a viewer); and a file with alice's token
-/// alone (what `scenario validate --token-file` reads).
-pub(crate) fn with_console(c: &mut Cluster) -> (Vec<u16>, std::path::PathBuf) {
+/// alone (what `scenario validate --token-file` reads); HTTPS on every node
+/// with certificates `baton tls init` made under the cluster's CA (returned).
+pub(crate) fn with_console(c: &mut Cluster) -> (Vec<u16>, std::path::PathBuf, std::path::PathBuf) {
     use baton::node::console::{Role, token_line};
     let ports: Vec<u16> = (1..=3)
         .map(|n| free_tcp_port(&format!("127.0.0.{}", 10 + n)))
@@ -160,6 +193,9 @@ pub(crate) fn with_console(c: &mut Cluster) -> (Vec<u16>, std::path::PathBuf) {
     std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
     let alice = c.dir.path().join("alice.token");
     std::fs::write(&alice, format!("{TOKEN}\n")).unwrap();
+    // Certificates by `baton tls init`, named per node with {node}.
+    let tls = c.dir.path().join("tls");
+    let dir = c.dir.path().to_owned();
     c.reconfigure(|mut text| {
         for (i, port) in ports.iter().enumerate() {
             let n = i + 1;
@@ -169,26 +205,45 @@ pub(crate) fn with_console(c: &mut Cluster) -> (Vec<u16>, std::path::PathBuf) {
                 1,
             );
         }
+        let draft = dir.join("draft.toml");
+        std::fs::write(&draft, &text).unwrap();
+        let _ = std::fs::remove_dir_all(&tls);
+        let out = Command::new(crate::support::baton_exe())
+            .args(["tls", "init"])
+            .arg(&draft)
+            .arg("--out")
+            .arg(&tls)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", crate::support::output_text(&out));
+        let t = tls.display().to_string();
         text.replacen(
             "[cluster]\n",
             &format!(
-                "[cluster]\nconsole = {{ tokens_file = {:?} }}\n",
+                "[cluster]\nconsole = {{ tokens_file = {:?} }}\n\
+                 tls = {{ cert_file = \"{t}/{{node}}.crt\", key_file = \"{t}/{{node}}.key\", ca_file = \"{t}/ca.crt\" }}\n",
                 tokens.display().to_string()
             ),
             1,
         )
     });
-    (ports, alice)
+    (ports, alice, c.dir.path().join("tls/ca.crt"))
+}
+
+/// A client that trusts the test cluster's CA.
+fn https(ca: &std::path::Path) -> baton::node::tls::Client {
+    baton::node::tls::Client::new(Some(ca), Duration::from_secs(10)).unwrap()
 }
 
 #[test]
 fn the_console_shows_the_cluster_and_moves_a_service_for_an_operator_with_a_token() {
     let mut c = Cluster::new("standby");
-    let port = with_console(&mut c).0[0];
+    let (ports, _, ca) = with_console(&mut c);
+    let port = ports[0];
     c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
         c.owners() == [1]
     });
-    let (_driver, driver_port) = start_driver();
+    let (_driver, driver_port) = start_driver(&ca);
     let profile = c.dir.path().join("chromium");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -197,7 +252,7 @@ fn the_console_shows_the_cluster_and_moves_a_service_for_an_operator_with_a_toke
     runtime.block_on(async {
         let client = browser(driver_port, &profile).await;
         client
-            .goto(&format!("http://127.0.0.11:{port}/"))
+            .goto(&format!("https://127.0.0.11:{port}/"))
             .await
             .unwrap();
         // Viewing needs a token too (the default): the page says so.
@@ -242,12 +297,11 @@ fn the_console_shows_the_cluster_and_moves_a_service_for_an_operator_with_a_toke
         assert_eq!(post_action(&client, VIEWER, confirmed).await, 403);
         assert_eq!(c.owners(), [1], "a refused action moved the service");
         // /metrics is under the console's rule: a token, a viewer's will do.
+        let scraper = https(&ca);
         let metrics = |token: Option<&str>| {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into();
-            let mut req = agent.get(format!("http://127.0.0.11:{port}/metrics"));
+            let mut req = scraper
+                .agent
+                .get(scraper.url(&format!("127.0.0.11:{port}"), "/metrics"));
             if let Some(t) = token {
                 req = req.header("Authorization", format!("Bearer {t}"));
             }
@@ -334,11 +388,12 @@ fn the_console_shows_the_cluster_and_moves_a_service_for_an_operator_with_a_toke
 #[test]
 fn one_page_shows_every_node_and_puts_nodes_in_standby_and_services_in_maintenance() {
     let mut c = Cluster::new("standby");
-    let port = with_console(&mut c).0[1];
+    let (ports, _, ca) = with_console(&mut c);
+    let port = ports[1];
     c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
         c.owners() == [1]
     });
-    let (_driver, driver_port) = start_driver();
+    let (_driver, driver_port) = start_driver(&ca);
     let profile = c.dir.path().join("chromium");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -347,7 +402,7 @@ fn one_page_shows_every_node_and_puts_nodes_in_standby_and_services_in_maintenan
     runtime.block_on(async {
         let client = browser(driver_port, &profile).await;
         client
-            .goto(&format!("http://127.0.0.12:{port}/"))
+            .goto(&format!("https://127.0.0.12:{port}/"))
             .await
             .unwrap();
         type_in(&client, Locator::Id("token"), TOKEN).await;
@@ -493,16 +548,18 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
-    /// Scrape `targets` every second, its data under `dir`.
-    fn start(dir: &std::path::Path, targets: &[String]) -> Prometheus {
+    /// Scrape `targets` every second over HTTPS (trusting `ca`) with bob's
+    /// viewer token, its data under `dir`.
+    fn start(dir: &std::path::Path, targets: &[String], ca: &std::path::Path) -> Prometheus {
         let config = dir.join("prometheus.yml");
         let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         std::fs::write(
             &config,
             format!(
                 "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-                 scrape_configs:\n  - job_name: baton\n    authorization: {{credentials: {VIEWER}}}\n    \
-                 static_configs:\n      - targets: [{}]\n",
+                 scrape_configs:\n  - job_name: baton\n    scheme: https\n    tls_config: {{ca_file: '{}'}}\n    \
+                 authorization: {{credentials: {VIEWER}}}\n    static_configs:\n      - targets: [{}]\n",
+                ca.display(),
                 list.join(", ")
             ),
         )
@@ -589,14 +646,14 @@ fn unix_s() -> f64 {
 #[test]
 fn the_dashboard_shows_a_failover_from_a_real_prometheus() {
     let mut c = Cluster::new("standby");
-    let ports = with_console(&mut c).0;
+    let (ports, _, ca) = with_console(&mut c);
     c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
         c.owners() == [1]
     });
     let targets: Vec<String> = (0..3)
         .map(|i| format!("127.0.0.{}:{}", 11 + i, ports[i]))
         .collect();
-    let prom = Prometheus::start(c.dir.path(), &targets);
+    let prom = Prometheus::start(c.dir.path(), &targets, &ca);
     prom.until("every node scraped", "sum(up{job=\"baton\"}) == 3");
     let start = unix_s();
     prom.until(
@@ -725,7 +782,7 @@ fn the_dashboard_shows_a_failover_from_a_real_prometheus() {
     );
     let file = c.dir.path().join("dashboard.html");
     std::fs::write(&file, page).unwrap();
-    let (_driver, driver_port) = start_driver();
+    let (_driver, driver_port) = start_driver(&ca);
     let profile = c.dir.path().join("chromium");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -604,12 +604,14 @@ fn a_node_serves_prometheus_metrics_on_its_http_address() {
     let mut c = Cluster::new("standby");
     // The same config on every node, with n1's HTTP address in its [[node]].
     let port = free_tcp_port("127.0.0.11");
+    // Plain HTTP, as the config says (TLS: the console's tests).
     c.reconfigure(|text| {
         text.replacen(
             "id = 1\n",
             &format!("id = 1\nhttp = \"127.0.0.11:{port}\"\n"),
             1,
         )
+        .replacen("[cluster]\n", "[cluster]\ntls = { plain = true }\n", 1)
     });
     c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
         c.owners() == [1]

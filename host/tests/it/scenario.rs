@@ -335,7 +335,7 @@ fn outcome<'a>(report: &'a serde_json::Value, check: &str) -> &'a serde_json::Va
 #[test]
 fn validate_checks_a_live_site_and_names_what_differs() {
     let mut c = Cluster::new("standby");
-    let (_, tokens) = crate::console::with_console(&mut c);
+    let (_, tokens, _) = crate::console::with_console(&mut c);
     let dir = c.dir.path().to_owned();
     let config = std::fs::read_to_string(&c.config).unwrap();
     std::fs::write(
@@ -361,12 +361,36 @@ fn validate_checks_a_live_site_and_names_what_differs() {
     ] {
         assert_eq!(outcome(&report, name)["ok"], true, "{name}: {report}");
     }
+    let answered = outcome(&report, "n1 answers")["detail"].as_str().unwrap();
+    assert!(answered.contains("over HTTPS"), "{answered}");
     let (ok, report) = validate(&dir, &[]);
     assert!(!ok);
     let refused = outcome(&report, "n1 answers");
     assert!(
         refused["detail"].as_str().unwrap().contains("no token"),
         "{refused}"
+    );
+    // Certificates of another CA than the one given: no node is trusted.
+    let other = dir.join("other-ca");
+    let out = crate::support::baton_with(
+        &c.config,
+        &[],
+        &[
+            "tls",
+            "init",
+            c.config.to_str().unwrap(),
+            "--out",
+            other.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let ca = other.join("ca.crt").display().to_string();
+    let (ok, report) = validate(&dir, &["--token-file", &token, "--ca-file", &ca]);
+    assert!(!ok);
+    let untrusted = outcome(&report, "n2 answers")["detail"].as_str().unwrap();
+    assert!(
+        untrusted.contains("invalid peer certificate"),
+        "{untrusted}"
     );
 
     // n3 comes back with another key: it runs the same config (the key file is
