@@ -111,7 +111,11 @@ pub fn new_scenario(template: &str) -> anyhow::Result<String> {
     out += "\n# A fence agent makes takeovers faster and safe when a node hangs (see\n\
             # docs/agents.md, Fence agents); without one, survivors wait the fence wait.\n\
             # [cluster.fencing]\n# agent = \"fence-ipmi\"\n\
-            # params = { user = \"admin\", password_file = \"/etc/baton/ipmi.pw\" }\n";
+            # params = { user = \"admin\", password_file = \"/etc/baton/ipmi.pw\" }\n\
+            \n# With an http address on the nodes (below): HTTPS with the certificates\n\
+            # `baton tls init` makes (or tls = { plain = true } for plain HTTP).\n\
+            # [cluster.tls]\n# cert_file = \"/etc/baton/tls/{node}.crt\"\n\
+            # key_file = \"/etc/baton/tls/{node}.key\"\n# ca_file = \"/etc/baton/tls/ca.crt\"\n";
     for i in 1..=nodes {
         out += &format!(
             "\n[[node]]\nname = \"n{i}\"\nid = {i}\n\
