@@ -51,6 +51,11 @@ pub struct ClusterSection {
     /// TLS on the node's `http` address (or plain HTTP, said explicitly).
     #[serde(default)]
     pub tls: Option<TlsSection>,
+    /// The newest wire version this node speaks (per node): hold it at the
+    /// previous release's during an upgrade, or stand in for that release in
+    /// a test. Default: this build's newest.
+    #[serde(default)]
+    pub wire_version: Option<u8>,
 }
 
 /// `[cluster.tls]` (per node): the certificate and key this node serves its
@@ -444,7 +449,14 @@ impl std::error::Error for ConfigErrors {}
 fn fingerprint_of(table: &toml::Table) -> u64 {
     let mut wide = table.clone();
     if let Some(toml::Value::Table(cluster)) = wide.get_mut("cluster") {
-        for local in ["key_file", "watchdog", "health", "console", "tls"] {
+        for local in [
+            "key_file",
+            "watchdog",
+            "health",
+            "console",
+            "tls",
+            "wire_version",
+        ] {
             cluster.remove(local);
         }
         if let Some(toml::Value::Table(witness)) = cluster.get_mut("witness") {
@@ -690,6 +702,15 @@ impl ClusterConfig {
                     h.timeout_ms, h.interval_ms
                 ));
             }
+        }
+        if let Some(v) = cluster.wire_version
+            && !(crate::wire::OLDEST..=crate::wire::VERSION).contains(&v)
+        {
+            errors.push(format!(
+                "cluster.wire_version: {v}; this build speaks {}–{}",
+                crate::wire::OLDEST,
+                crate::wire::VERSION
+            ));
         }
         match &cluster.tls {
             Some(t) if t.plain && (t.cert_file.is_some() || t.key_file.is_some()) => errors

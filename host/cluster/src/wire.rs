@@ -32,10 +32,16 @@ const MAGIC: &[u8; 4] = b"BTN1";
 /// blocks, failed stops, fence confirmations, moves, claim acknowledgements,
 /// promotable services' replicas, promoted role, scores and acknowledged
 /// positions, whether the node is leaving cleanly or may lead the witness,
-/// and the operators' standby and maintenance settings). Nodes of different
-/// wire versions do not hear each other: upgrade every node of a cluster
-/// together.
+/// and the operators' standby and maintenance settings). It also speaks
+/// [`OLDEST`], so nodes of adjacent releases form one cluster during a rolling
+/// upgrade; a packet of any other version is dropped (`UnsupportedVersion`).
 pub const VERSION: u8 = 7;
+/// The oldest wire version this build still speaks, to the nodes of the
+/// previous release during a rolling upgrade: 6, whose reports carry no
+/// operators' settings (standby and maintenance do not reach those nodes).
+pub const OLDEST: u8 = 6;
+/// The operators' settings in a report (from version 7).
+const ADMIN: usize = 24;
 const HEADER: usize = 4 + 1 + 1 + 4 + 2 + 1 + 8 + 8 + 2;
 const TAG: usize = 16;
 /// The largest node id (node ids are 1..=MAX_NODES; reachability is a 64-bit set).
@@ -334,8 +340,20 @@ impl Drop {
     }
 }
 
-/// Encode a heartbeat.
+/// Encode a heartbeat in this build's wire version.
 pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
+    encode_as(key, hb, VERSION)
+}
+
+/// Encode a heartbeat in wire `version` (`OLDEST..=VERSION`; anything else is
+/// taken as `VERSION`).
+pub fn encode_as(key: &ClusterKey, hb: &Heartbeat, version: u8) -> Vec<u8> {
+    let version = if (OLDEST..=VERSION).contains(&version) {
+        version
+    } else {
+        VERSION
+    };
+    let admin = if version >= 7 { ADMIN } else { 0 };
     let reports = &hb.reports[..hb.reports.len().min(MAX_NODES as usize)];
     let echoes = &hb.echoes[..hb.echoes.len().min(MAX_NODES as usize)];
     let body_len = 8
@@ -347,7 +365,8 @@ pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
         + reports
             .iter()
             .map(|r| {
-                REPORT
+                REPORT - ADMIN
+                    + admin
                     + r.fenced.len().min(255) * FENCED
                     + r.moves.len().min(255) * MOVE
                     + r.acks.len().min(255) * ACK
@@ -356,7 +375,7 @@ pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
             .sum::<usize>();
     let mut out = Vec::with_capacity(HEADER + body_len + TAG);
     out.extend_from_slice(MAGIC);
-    out.push(VERSION);
+    out.push(version);
     out.push(1); // kind: heartbeat
     out.extend_from_slice(&key.cluster.to_be_bytes());
     out.extend_from_slice(&hb.sender.to_be_bytes());
@@ -385,9 +404,11 @@ pub fn encode(key: &ClusterKey, hb: &Heartbeat) -> Vec<u8> {
         out.extend_from_slice(&r.stop_failed.to_be_bytes());
         out.extend_from_slice(&r.replicas.to_be_bytes());
         out.extend_from_slice(&r.promoted.to_be_bytes());
-        out.extend_from_slice(&r.admin.generation.to_be_bytes());
-        out.extend_from_slice(&r.admin.standby.to_be_bytes());
-        out.extend_from_slice(&r.admin.maintenance.to_be_bytes());
+        if admin > 0 {
+            out.extend_from_slice(&r.admin.generation.to_be_bytes());
+            out.extend_from_slice(&r.admin.standby.to_be_bytes());
+            out.extend_from_slice(&r.admin.maintenance.to_be_bytes());
+        }
         let flags = [
             (r.quorate, QUORATE),
             (r.pending, PENDING),
@@ -460,15 +481,32 @@ impl Reader<'_> {
     }
 }
 
-/// Decode and authenticate a packet. Never panics, whatever the bytes.
+/// Decode and authenticate a packet of any wire version this build speaks.
+/// Never panics, whatever the bytes.
 pub fn decode(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, Drop> {
+    decode_upto(key, bytes, VERSION).map(|(hb, _)| hb)
+}
+
+/// A packet's wire version and the sender it claims, read without
+/// authenticating it: for the message that names who speaks what.
+pub fn peek(bytes: &[u8]) -> Option<(u8, NodeId)> {
+    if bytes.len() < 12 || &bytes[..4] != MAGIC {
+        return None;
+    }
+    Some((bytes[4], u16::from_be_bytes([bytes[10], bytes[11]])))
+}
+
+/// Decode and authenticate a packet of wire version `OLDEST..=newest`; the
+/// heartbeat and its version. Never panics, whatever the bytes.
+pub fn decode_upto(key: &ClusterKey, bytes: &[u8], newest: u8) -> Result<(Heartbeat, u8), Drop> {
     if bytes.len() < HEADER + TAG {
         return Err(Drop::Truncated);
     }
     if &bytes[..4] != MAGIC {
         return Err(Drop::BadMagic);
     }
-    if bytes[4] != VERSION {
+    let version = bytes[4];
+    if !(OLDEST..=newest.min(VERSION)).contains(&version) {
         return Err(Drop::UnsupportedVersion);
     }
     let (signed, tag) = bytes.split_at(bytes.len() - TAG);
@@ -526,10 +564,14 @@ pub fn decode(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, Drop> {
             stop_failed: r.u64()?,
             replicas: r.u64()?,
             promoted: r.u64()?,
-            admin: Admin {
-                generation: r.u64()?,
-                standby: r.u64()?,
-                maintenance: r.u64()?,
+            admin: if version >= 7 {
+                Admin {
+                    generation: r.u64()?,
+                    standby: r.u64()?,
+                    maintenance: r.u64()?,
+                }
+            } else {
+                Admin::default()
             },
             ..Report::default()
         };
@@ -598,7 +640,7 @@ pub fn decode(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, Drop> {
     if !r.bytes.is_empty() {
         return Err(Drop::Garbled);
     }
-    Ok(Heartbeat {
+    let hb = Heartbeat {
         sender,
         link,
         incarnation,
@@ -608,7 +650,8 @@ pub fn decode(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, Drop> {
         sent_ms,
         echoes,
         reports,
-    })
+    };
+    Ok((hb, version))
 }
 
 /// Drops packets that are not newer than the last accepted one from the same sender
@@ -740,9 +783,37 @@ mod tests {
         let mut flipped = bytes.clone();
         flipped[30] ^= 1;
         assert_eq!(decode(&key(), &flipped), Err(Drop::BadTag));
-        let mut v2 = bytes.clone();
-        v2[4] = VERSION - 1;
-        assert_eq!(decode(&key(), &v2), Err(Drop::UnsupportedVersion));
+        for version in [OLDEST - 1, VERSION + 1] {
+            let mut other = bytes.clone();
+            other[4] = version;
+            assert_eq!(decode(&key(), &other), Err(Drop::UnsupportedVersion));
+            assert_eq!(peek(&other), Some((version, sample().sender)));
+        }
+    }
+
+    /// The previous wire version, for a rolling upgrade: the same heartbeat
+    /// without the operators' settings; a node held at it refuses newer ones.
+    #[test]
+    fn the_oldest_version_round_trips_without_the_operators_settings() {
+        let hb = sample();
+        let old = encode_as(&key(), &hb, OLDEST);
+        assert_eq!(old[4], OLDEST);
+        assert_eq!(
+            encode(&key(), &hb).len() - old.len(),
+            ADMIN * hb.reports.len()
+        );
+        let (back, version) = decode_upto(&key(), &old, VERSION).unwrap();
+        assert_eq!(version, OLDEST);
+        let mut want = hb.clone();
+        for r in &mut want.reports {
+            r.admin = Admin::default();
+        }
+        assert_eq!(back, want);
+        let new = encode(&key(), &hb);
+        assert_eq!(
+            decode_upto(&key(), &new, OLDEST),
+            Err(Drop::UnsupportedVersion)
+        );
     }
 
     #[test]

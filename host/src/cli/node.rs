@@ -138,6 +138,23 @@ pub fn print_status(s: &Status, json: bool) -> anyhow::Result<ExitCode> {
             s.standby.join(", ")
         );
     }
+    if s.wire.cluster != 0 && s.wire.cluster < s.wire.newest {
+        let peers: Vec<String> = s
+            .wire
+            .peers
+            .iter()
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect();
+        println!(
+            "wire: the cluster speaks version {} (this node {}; {}): an upgrade is under way",
+            s.wire.cluster,
+            s.wire.speaks,
+            peers.join(", ")
+        );
+    }
+    for refused in &s.wire.refused {
+        println!("WARNING: {refused}");
+    }
     for other in &s.other_configs {
         println!("WARNING: {other}");
     }

@@ -14,7 +14,9 @@ use crate::cluster::config::ClusterConfig;
 use crate::cluster::driver::{Done, Driver, Exit, Job, NodeIo, WitnessAnswer};
 use crate::cluster::membership::Millis;
 use crate::cluster::node::Phase;
-use crate::cluster::wire::{ClusterKey, Drop, Heartbeat, NodeId, ReplayGuard, decode, encode};
+use crate::cluster::wire::{
+    ClusterKey, Drop, Heartbeat, NodeId, ReplayGuard, decode_upto, encode_as, peek,
+};
 use crate::cluster::witness::LeaseOp;
 use crate::config::Config;
 use crate::node::control::{ControlReply, ControlRequest, Pending};
@@ -207,6 +209,8 @@ struct DaemonIo {
     watchdog: Option<Watchdog>,
     /// Each resource's state after its last call, in words, per service.
     states: Vec<Vec<String>>,
+    /// The wire version each peer is sent, and refusals.
+    wire: crate::node::versions::WireVersions,
 }
 
 impl NodeIo for DaemonIo {
@@ -216,11 +220,18 @@ impl NodeIo for DaemonIo {
 
     fn send(&mut self, packets: Vec<Heartbeat>) {
         for hb in packets {
-            let bytes = encode(&self.key, &hb);
+            // Encoded once per version the peers are sent (one, but during an
+            // upgrade).
+            let mut encoded: BTreeMap<u8, Vec<u8>> = BTreeMap::new();
             let link = usize::from(hb.link);
-            for (_, addrs) in &self.peers {
+            let now = self.now();
+            for (peer, addrs) in &self.peers {
+                let version = self.wire.sending(*peer, now);
+                let bytes = encoded
+                    .entry(version)
+                    .or_insert_with(|| encode_as(&self.key, &hb, version));
                 if let (Some(sock), Some(to)) = (self.sockets.get(link), addrs.get(link)) {
-                    let _ = sock.send_to(&bytes, to);
+                    let _ = sock.send_to(bytes, to);
                 }
             }
         }
@@ -730,6 +741,12 @@ fn shell(
             .iter()
             .map(|s| vec!["stopped".to_string(); s.resources.len()])
             .collect(),
+        wire: crate::node::versions::WireVersions::new(
+            cluster
+                .cluster
+                .wire_version
+                .unwrap_or(crate::cluster::wire::VERSION),
+        ),
         services: Arc::new(services),
         fencer,
         finished: Reply {
@@ -900,11 +917,20 @@ impl Daemon {
             .extend(self.control.try_iter().map(Event::Operator));
         for s in &self.io.sockets {
             while let Ok((n, _)) = s.recv_from(&mut self.buf) {
-                match decode(&self.io.key, &self.buf[..n])
-                    .and_then(|hb| self.replay.admit(&hb).map(|()| hb))
+                let bytes = &self.buf[..n];
+                match decode_upto(&self.io.key, bytes, self.io.wire.newest())
+                    .and_then(|(hb, v)| self.replay.admit(&hb).map(|()| (hb, v)))
                 {
-                    Ok(hb) => self.events.push_back(Event::Packet(hb)),
+                    Ok((hb, version)) => {
+                        self.io.wire.heard(hb.sender, hb.incarnation, version);
+                        self.events.push_back(Event::Packet(hb));
+                    }
                     Err(d) => {
+                        if d == Drop::UnsupportedVersion
+                            && let Some((version, sender)) = peek(bytes)
+                        {
+                            self.io.wire.refused(sender, version, self.io.now());
+                        }
                         *self.dropped.entry(Drop::name(d)).or_default() += 1;
                         self.dropped_last.insert(Drop::name(d), self.io.now());
                     }
@@ -973,6 +999,13 @@ impl Daemon {
                 status: Some(self.status()),
             };
         }
+        if let Some(refused) = self.needs_every_node_current(req) {
+            return ControlReply {
+                ok: false,
+                message: refused,
+                status: None,
+            };
+        }
         let service = req
             .service()
             .and_then(|s| service_index(&self.cluster, s).ok());
@@ -1000,6 +1033,38 @@ impl Daemon {
     }
 
     /// This node's status now.
+    /// Standby and maintenance travel in reports from wire version 7: while a
+    /// member speaks an older one (an upgrade under way), they would hold on
+    /// some nodes and not others, so they are refused, saying what to do.
+    fn needs_every_node_current(&self, req: &ControlRequest) -> Option<String> {
+        if !matches!(
+            req,
+            ControlRequest::Standby { .. } | ControlRequest::Maintenance { .. }
+        ) {
+            return None;
+        }
+        let node = self.driver.node();
+        let wire = self.io.wire.status(
+            node.membership().me(),
+            node.membership().view().1,
+            &self.io.names,
+            self.io.now(),
+        );
+        let old: Vec<String> = wire
+            .peers
+            .iter()
+            .filter(|(_, v)| **v < 7)
+            .map(|(n, v)| format!("{n} ({v})"))
+            .collect();
+        (wire.cluster < 7).then(|| {
+            format!(
+                "the cluster speaks wire version {} ({} of an older release): standby and maintenance would not reach every node; finish the upgrade first, or stop a node cleanly (SIGTERM, systemctl stop baton: its services move)",
+                wire.cluster,
+                if old.is_empty() { "this node is held at an older version".to_string() } else { old.join(", ") }
+            )
+        })
+    }
+
     fn status(&self) -> Status {
         let now = self.io.now();
         let mut st = crate::node::status::status(
@@ -1015,6 +1080,13 @@ impl Daemon {
             },
         );
         st.witness_problem = self.driver.witness_problem(now);
+        let node = self.driver.node();
+        st.wire = self.io.wire.status(
+            node.membership().me(),
+            node.membership().view().1,
+            &self.io.names,
+            now,
+        );
         st.health = self
             .io
             .health

@@ -20,6 +20,7 @@ pub mod settings;
 pub mod status;
 pub mod systemd;
 pub mod tls;
+pub mod versions;
 pub mod wake;
 pub mod watchdog;
 pub mod witness_worker;

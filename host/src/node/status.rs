@@ -45,6 +45,9 @@ pub struct Status {
     /// Nodes in standby (they run nothing until an operator takes them out).
     #[serde(default)]
     pub standby: Vec<String>,
+    /// Wire versions: spoken here, by the cluster, by each peer; refusals.
+    #[serde(default)]
+    pub wire: crate::node::versions::WireStatus,
     /// Per peer and link.
     pub links: Vec<LinkStatus>,
     /// Fencing.
@@ -221,6 +224,7 @@ pub fn status<'a>(
         witness_votes: cluster.cluster.witness.as_ref().map_or(0, |w| w.votes),
         witness_problem: None,
         health: None,
+        wire: Default::default(),
         standby: names
             .keys()
             .filter(|id| node.admin().in_standby(**id))

@@ -525,7 +525,17 @@ fn a_stalled_witness_stalls_no_daemon() {
         .map(|d| c.dir.path().join(format!("run/witness.tmp{}", d.id())))
         .collect();
     for tmp in &tmps {
-        std::fs::create_dir(tmp).unwrap();
+        // A write under way has the name for a moment (it is renamed over
+        // the lease file): take it once the rename freed it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(e) = std::fs::create_dir(tmp) {
+            assert!(
+                e.kind() == std::io::ErrorKind::AlreadyExists && Instant::now() < deadline,
+                "cannot take {}: {e}",
+                tmp.display()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
     let saved = c.dir.path().join("run/witness.saved");
     let fifo = c.dir.path().join("run/witness.fifo");
