@@ -235,20 +235,36 @@ fn https(ca: &std::path::Path) -> baton::node::tls::Client {
     baton::node::tls::Client::new(Some(ca), Duration::from_secs(10)).unwrap()
 }
 
-#[test]
-fn the_console_shows_the_cluster_and_moves_a_service_for_an_operator_with_a_token() {
+/// A loopback cluster with a console on every node, n1 running the service,
+/// chromedriver trusting its CA, and a runtime to drive the browser: the
+/// console's port on node `n`, the CA, the driver, its port, the runtime.
+fn console_cluster(
+    n: usize,
+) -> (
+    Cluster,
+    u16,
+    std::path::PathBuf,
+    Driver,
+    u16,
+    tokio::runtime::Runtime,
+) {
     let mut c = Cluster::new("standby");
     let (ports, _, ca) = with_console(&mut c);
-    let port = ports[0];
     c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
         c.owners() == [1]
     });
-    let (_driver, driver_port) = start_driver(&ca);
-    let profile = c.dir.path().join("chromium");
+    let (driver, driver_port) = start_driver(&ca);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    (c, ports[n - 1], ca, driver, driver_port, runtime)
+}
+
+#[test]
+fn the_console_shows_the_cluster_and_moves_a_service_for_an_operator_with_a_token() {
+    let (c, port, ca, _driver, driver_port, runtime) = console_cluster(1);
+    let profile = c.dir.path().join("chromium");
     runtime.block_on(async {
         let client = browser(driver_port, &profile).await;
         client
@@ -387,18 +403,8 @@ fn the_console_shows_the_cluster_and_moves_a_service_for_an_operator_with_a_toke
 /// clear is sent on to n1), each through its confirmation.
 #[test]
 fn one_page_shows_every_node_and_puts_nodes_in_standby_and_services_in_maintenance() {
-    let mut c = Cluster::new("standby");
-    let (ports, _, ca) = with_console(&mut c);
-    let port = ports[1];
-    c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
-        c.owners() == [1]
-    });
-    let (_driver, driver_port) = start_driver(&ca);
+    let (c, port, _, _driver, driver_port, runtime) = console_cluster(2);
     let profile = c.dir.path().join("chromium");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     runtime.block_on(async {
         let client = browser(driver_port, &profile).await;
         client

@@ -43,6 +43,14 @@ fn package() -> PathBuf {
     debs[0].clone()
 }
 
+/// `deb` unpacked into a temporary root; the root and its `baton`.
+fn unpack(deb: &Path) -> (tempfile::TempDir, PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(root.path()));
+    let baton = root.path().join("usr/bin/baton");
+    (root, baton)
+}
+
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{cmd:?}: {}", output_text(&out));
@@ -95,12 +103,7 @@ fn the_package_installs_a_binary_a_unit_and_docs_that_work_from_their_paths() {
     // An upgrade does not restart the daemon behind the administrator's back.
     assert!(!postinst.contains("try-restart"), "{postinst}");
 
-    let root = tempfile::tempdir().unwrap();
-    run(Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(root.path()));
-    let baton = root.path().join("usr/bin/baton");
+    let (root, baton) = unpack(&deb);
     assert!(run(Command::new(&baton).arg("--version")).starts_with("baton "));
     let man = root.path().join("usr/share/man");
     let page = run(Command::new("man")
@@ -153,12 +156,7 @@ fn the_package_installs_a_binary_a_unit_and_docs_that_work_from_their_paths() {
 #[test]
 fn the_packaged_daemon_speaks_the_systemd_notify_protocol() {
     let deb = build_package();
-    let root = tempfile::tempdir().unwrap();
-    run(Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(root.path()));
-    let baton = root.path().join("usr/bin/baton");
+    let (root, baton) = unpack(&deb);
 
     let mut c = Cluster::new("standby");
     c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {

@@ -245,21 +245,7 @@ fn random_schedules_check_the_invariants_and_print_their_seeds() {
 fn the_design_view_is_the_consoles_page_with_the_simulated_frames() {
     let dir = tempfile::tempdir().unwrap();
     standby(dir.path());
-    let out = baton(
-        dir.path(),
-        &[
-            "scenario",
-            "view",
-            "s.toml",
-            "--out",
-            "view.html",
-            "--fault",
-            "kill n1; wait 10s",
-        ],
-    );
-    assert!(out.status.success(), "{}", output_text(&out));
-    let page = std::fs::read_to_string(dir.path().join("view.html")).unwrap();
-    let view = view_data(&page);
+    let (page, view) = design_view(dir.path(), "kill n1; wait 10s");
     let frames = view["frames"].as_array().unwrap();
     // Settled, after each of the two steps, settled again.
     assert_eq!(frames.len(), 4);
@@ -269,20 +255,7 @@ fn the_design_view_is_the_consoles_page_with_the_simulated_frames() {
     assert!(page.contains("Services × nodes"));
     // Every step has its frame under its own label, also while every node is
     // down (the last view is shown, every node marked down).
-    let out = baton(
-        dir.path(),
-        &[
-            "scenario",
-            "view",
-            "s.toml",
-            "--out",
-            "view.html",
-            "--fault",
-            "kill n1; kill n2; wait 5s",
-        ],
-    );
-    assert!(out.status.success(), "{}", output_text(&out));
-    let view = view_data(&std::fs::read_to_string(dir.path().join("view.html")).unwrap());
+    let (_, view) = design_view(dir.path(), "kill n1; kill n2; wait 5s");
     let labels: Vec<&str> = view["frames"]
         .as_array()
         .unwrap()
@@ -302,6 +275,26 @@ fn the_design_view_is_the_consoles_page_with_the_simulated_frames() {
     assert_eq!(view["frames"][1]["down"], serde_json::json!(["n1"]));
     assert_eq!(view["frames"][2]["down"], serde_json::json!(["n1", "n2"]));
     assert_eq!(view["frames"][4]["down"], serde_json::json!(["n1", "n2"]));
+}
+
+/// `baton scenario view s.toml --fault FAULT` in `dir`: the page and its data.
+fn design_view(dir: &Path, fault: &str) -> (String, serde_json::Value) {
+    let out = baton(
+        dir,
+        &[
+            "scenario",
+            "view",
+            "s.toml",
+            "--out",
+            "view.html",
+            "--fault",
+            fault,
+        ],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let page = std::fs::read_to_string(dir.join("view.html")).unwrap();
+    let view = view_data(&page);
+    (page, view)
 }
 
 /// The data `baton scenario view` put in its page.
