@@ -127,8 +127,19 @@ async fn until(client: &Client, what: &str, script: &str) {
     }
 }
 
+/// Click the element at `at`; found again if the page replaced it between
+/// finding and clicking (bounded).
 async fn click(client: &Client, at: Locator<'_>) {
-    client.find(at).await.unwrap().click().await.unwrap();
+    for _ in 0..20 {
+        match client.find(at).await.unwrap().click().await {
+            Ok(()) => return,
+            Err(fantoccini::error::CmdError::Standard(e))
+                if e.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
+            Err(e) => panic!("click {at:?}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("click {at:?}: the element was replaced 20 times in a row");
 }
 
 async fn type_in(client: &Client, at: Locator<'_>, text: &str) {
