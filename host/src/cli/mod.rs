@@ -181,42 +181,18 @@ pub enum Command {
     /// Put a node in standby: its services move off and it runs nothing
     /// (clones and replicas included) until `baton unstandby`. Kept across
     /// restarts, on every node.
-    Standby {
-        /// The node (default: the one whose daemon is asked).
-        #[arg(value_name = "NODE")]
-        target: Option<String>,
-        #[command(flatten)]
-        daemon: DaemonAddress,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Standby(NodeRequest),
     /// Put a node in standby and wait until it holds nothing (before stopping
     /// or upgrading it).
     Drain {
-        /// The node (default: the one whose daemon is asked).
-        #[arg(value_name = "NODE")]
-        target: Option<String>,
+        #[command(flatten)]
+        node: NodeRequest,
         /// Give up (exit 1, the node left in standby) after this long.
         #[arg(long, value_name = "DURATION", default_value = "10m")]
         timeout: String,
-        #[command(flatten)]
-        daemon: DaemonAddress,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Take a node out of standby.
-    Unstandby {
-        /// The node (default: the one whose daemon is asked).
-        #[arg(value_name = "NODE")]
-        target: Option<String>,
-        #[command(flatten)]
-        daemon: DaemonAddress,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Unstandby(NodeRequest),
     /// Put a service in maintenance on every node: baton neither monitors,
     /// starts nor stops it until `--off` (a clean stop of a daemon still
     /// stops what it runs).
@@ -277,6 +253,19 @@ pub enum Command {
         #[arg(long)]
         history_file: Option<PathBuf>,
     },
+}
+
+/// A request about one node, asked of a daemon.
+#[derive(clap::Args, Debug)]
+pub struct NodeRequest {
+    /// The node (default: the one whose daemon is asked).
+    #[arg(value_name = "NODE")]
+    target: Option<String>,
+    #[command(flatten)]
+    daemon: DaemonAddress,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Which local daemon to talk to.
@@ -673,21 +662,12 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             return control_command(&daemon.path()?, &req, *json);
         }
-        Command::Standby {
-            target,
-            daemon,
-            json,
-        }
-        | Command::Unstandby {
-            target,
-            daemon,
-            json,
-        } => {
+        Command::Standby(r) | Command::Unstandby(r) => {
             let req = ControlRequest::Standby {
-                node: target.clone(),
-                on: matches!(cli.command, Command::Standby { .. }),
+                node: r.target.clone(),
+                on: matches!(cli.command, Command::Standby(_)),
             };
-            return control_command(&daemon.path()?, &req, *json);
+            return control_command(&r.daemon.path()?, &req, r.json);
         }
         Command::Maintenance {
             service,
@@ -701,15 +681,10 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             return control_command(&daemon.path()?, &req, *json);
         }
-        Command::Drain {
-            target,
-            timeout,
-            daemon,
-            json,
-        } => {
+        Command::Drain { node: r, timeout } => {
             let limit = crate::node::control::parse_duration(timeout)
                 .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
-            return node::drain(&daemon.path()?, target.as_deref(), limit, *json);
+            return node::drain(&r.daemon.path()?, r.target.as_deref(), limit, r.json);
         }
         Command::Token(TokenCommand::Add {
             name,
@@ -804,9 +779,9 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Move { .. }
         | Command::Promote { .. }
         | Command::Clear { .. }
-        | Command::Standby { .. }
+        | Command::Standby(_)
         | Command::Drain { .. }
-        | Command::Unstandby { .. }
+        | Command::Unstandby(_)
         | Command::Maintenance { .. } => {
             unreachable!("handled above")
         }
