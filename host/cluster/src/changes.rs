@@ -101,6 +101,21 @@ impl Observer {
         });
     }
 
+    /// The services were renumbered by a reload: `continues[i]` is the
+    /// index service `i` had (`None`: new to this node, not seen yet).
+    pub fn renumber(&mut self, continues: &[Option<usize>]) {
+        fn take<T: Clone>(old: &[T], continues: &[Option<usize>], fresh: T) -> Vec<T> {
+            continues
+                .iter()
+                .map(|c| c.map_or(fresh.clone(), |o| old[o].clone()))
+                .collect()
+        }
+        self.owners = take(&self.owners, continues, None);
+        self.phases = take(&self.phases, continues, Phase::Stopped);
+        self.roles = take(&self.roles, continues, Role::Replica);
+        self.promoted = take(&self.promoted, continues, None);
+    }
+
     /// Compare the state machine with what was seen last: the changes, in order.
     pub fn observe(&mut self, node: &ClusterNode, now: Millis) -> Vec<Change> {
         self.configs(node, now);

@@ -416,6 +416,8 @@ pub struct ClusterConfig {
     /// first 8 bytes. Heartbeats carry it; nodes of different fingerprints do
     /// not form one membership.
     pub fingerprint: u64,
+    /// The file's tables but `[agents]`, as parsed (what a reload compares).
+    pub table: toml::Table,
 }
 
 #[derive(Deserialize)]
@@ -445,18 +447,21 @@ impl std::fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// See [`ClusterConfig::fingerprint`].
-fn fingerprint_of(table: &toml::Table) -> u64 {
+/// The `[cluster]` keys that may differ per node (not in the fingerprint).
+pub(crate) const LOCAL_KEYS: [&str; 6] = [
+    "key_file",
+    "watchdog",
+    "health",
+    "console",
+    "tls",
+    "wire_version",
+];
+
+/// The cluster-wide part of a config's tables: without what may differ per node.
+fn cluster_wide(table: &toml::Table) -> toml::Table {
     let mut wide = table.clone();
     if let Some(toml::Value::Table(cluster)) = wide.get_mut("cluster") {
-        for local in [
-            "key_file",
-            "watchdog",
-            "health",
-            "console",
-            "tls",
-            "wire_version",
-        ] {
+        for local in LOCAL_KEYS {
             cluster.remove(local);
         }
         if let Some(toml::Value::Table(witness)) = cluster.get_mut("witness") {
@@ -464,6 +469,12 @@ fn fingerprint_of(table: &toml::Table) -> u64 {
             witness.remove("disk");
         }
     }
+    wide
+}
+
+/// See [`ClusterConfig::fingerprint`].
+fn fingerprint_of(table: &toml::Table) -> u64 {
+    let wide = cluster_wide(table);
     let canonical = toml::to_string(&wide).unwrap_or_default();
     let digest = sha2::Sha256::digest(canonical.as_bytes());
     u64::from_be_bytes([
@@ -500,11 +511,13 @@ impl ClusterConfig {
     /// has no `[cluster]` (an agents-only config).
     pub fn parse(text: &str) -> Result<Option<ClusterConfig>, ConfigErrors> {
         let mut fingerprint = 0;
+        let mut parsed = toml::Table::new();
         let raw: Raw = toml::from_str::<toml::Table>(text)
             .map_err(|e| ConfigErrors(vec![e.to_string().trim_end().to_string()]))
             .and_then(|mut table| {
                 table.remove("agents");
                 fingerprint = fingerprint_of(&table);
+                parsed = table.clone();
                 toml::Value::Table(table)
                     .try_into()
                     .map_err(|e: toml::de::Error| {
@@ -767,6 +780,7 @@ impl ClusterConfig {
                 addresses,
                 timing,
                 fingerprint,
+                table: parsed,
             }))
         } else {
             Err(ConfigErrors(errors))

@@ -36,6 +36,7 @@
 use super::changes::{Change, Observer, name_of};
 use super::membership::Millis;
 use super::node::{ClusterNode, ClusterSpec, Command, Phase, Role, WitnessSight};
+use super::reload::Staged;
 use super::wire::{Admin, Heartbeat, NodeId};
 use super::witness::{LeaseOp, Sighting};
 use baton_plugin_api::{Promotion, Recovery};
@@ -154,7 +155,19 @@ pub trait NodeIo {
     fn end_processes(&mut self, service: usize) -> Result<usize, String>;
     /// Pet the hardware watchdog, if one is armed.
     fn pet_watchdog(&mut self) {}
+    /// The node switched to the config staged for a reload: `continues[i]`
+    /// is the index the new service `i` had (`None`: added, or restarted with
+    /// a new config). Work finished after this for a service under its old
+    /// index must not reach the driver (only monitor rounds can be under
+    /// way: a switch waits for every other job).
+    fn switched(&mut self, continues: &[Option<usize>]);
 }
+
+/// How long after its switch a node still admits heartbeats of the config it
+/// ran before, ms: the members switch as they finish stopping what the
+/// change retires. A member that has not switched by then is not heard (it is
+/// fenced, or waited for, like any lost node).
+pub const SWITCH_WINDOW_MS: Millis = 120_000;
 
 /// How a clean stop ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,6 +274,8 @@ pub struct Driver {
     /// The watchdog is not being petted (said once).
     unpetted: bool,
     exit: Option<Exit>,
+    /// The shells of the services of the config staged for a reload.
+    staged_shells: Vec<ServiceShell>,
 }
 
 impl Driver {
@@ -307,6 +322,7 @@ impl Driver {
             last_failure: vec![None; n],
             unpetted: false,
             exit: None,
+            staged_shells: Vec::new(),
         }
     }
 
@@ -392,7 +408,76 @@ impl Driver {
             self.launch_monitors(io, now);
         }
         self.give_up_late_monitors(io, now);
+        self.switch_when_ready(io, now);
         self.check_exit(io, now);
+    }
+
+    /// Stage a reloaded config (`shells` per staged service): this node
+    /// switches to it once every member has staged it and what it retires
+    /// has stopped (see [`ClusterNode::stage`]).
+    pub fn stage(&mut self, staged: Staged, shells: Vec<ServiceShell>) {
+        assert_eq!(shells.len(), staged.services.len(), "a shell per service");
+        let config = staged.config;
+        self.node.stage(staged);
+        self.staged_shells = shells;
+        self.tick_soon = true;
+        self.record(
+            "reload",
+            None,
+            format!(
+                "config {config:016x} staged: the cluster switches to it once every member has staged it"
+            ),
+        );
+    }
+
+    /// Give up a staged config that has not been switched to.
+    pub fn unstage(&mut self) {
+        if self.node.staged().is_some() {
+            self.node.unstage();
+            self.staged_shells.clear();
+            self.record("reload", None, "the staged config was dropped".into());
+        }
+    }
+
+    /// Switch to the staged config once the state machine is ready and no
+    /// failed start or stop is being verified; the shell's per-service state
+    /// follows the services to their new indices.
+    fn switch_when_ready(&mut self, io: &mut impl NodeIo, now: Millis) {
+        if self.node.leaving()
+            || !self.node.switch_ready()
+            || self.verifying.iter().any(Option::is_some)
+        {
+            return;
+        }
+        let from = self.node.config();
+        let continues = self.node.switch(now, SWITCH_WINDOW_MS);
+        fn follow<T: Clone>(old: &[T], continues: &[Option<usize>], fresh: T) -> Vec<T> {
+            continues
+                .iter()
+                .map(|c| c.map_or(fresh.clone(), |o| old[o].clone()))
+                .collect()
+        }
+        self.shells = std::mem::take(&mut self.staged_shells);
+        self.capped = follow(&self.capped, &continues, false);
+        self.verifying = vec![None; continues.len()];
+        self.last_failure = follow(&self.last_failure, &continues, None);
+        // Rounds under way are dropped (their answers name the old indices);
+        // the services continued are monitored again at once.
+        self.monitors.running = vec![None; continues.len()];
+        self.monitors.next = vec![now; continues.len()];
+        self.observer.renumber(&continues);
+        io.switched(&continues);
+        self.tick_soon = true;
+        self.record(
+            "reload",
+            None,
+            format!(
+                "switched from config {from:016x} to {:016x}: {} service(s) continue, {} begin",
+                self.node.config(),
+                continues.iter().flatten().count(),
+                continues.iter().filter(|c| c.is_none()).count()
+            ),
+        );
     }
 
     /// Stop cleanly (SIGTERM): services move off as their stops complete.
@@ -412,6 +497,19 @@ impl Driver {
     /// Agent or fence work finished.
     pub fn done(&mut self, io: &mut impl NodeIo, done: Done) {
         let now = io.now();
+        let service = match &done {
+            Done::Started(i, _)
+            | Done::Stopped(i, _)
+            | Done::Verified(i, _)
+            | Done::Promoted(i, _)
+            | Done::Demoted(i, _) => Some(*i),
+            Done::Monitored { service, .. } => Some(*service),
+            Done::Fenced(..) => None,
+        };
+        if service.is_some_and(|i| i >= self.shells.len()) {
+            // Work of a service a reload removed (the I/O drops such answers).
+            return;
+        }
         let commands = match done {
             Done::Started(i, result) => self.started(io, i, result, now),
             Done::Stopped(i, ok) => self.stopped(io, i, ok, now),

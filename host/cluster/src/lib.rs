@@ -12,6 +12,7 @@ pub mod membership;
 pub mod node;
 pub mod placement;
 pub mod quorum;
+pub mod reload;
 pub mod script;
 pub mod sim;
 pub mod wire;

@@ -56,6 +56,7 @@
 use super::membership::{Membership, Millis, Timing};
 use super::placement::{Placement, Replicas, ScoreKey, ServiceSpec, Strategy, place, promote};
 use super::quorum::{QuorumPolicy, QuorumState};
+use super::reload::Staged;
 use super::wire::{Ack, Admin, Fenced, Heartbeat, Move, NodeId, Report, Score};
 use baton_plugin_api::{Promotion, Recovery};
 use std::collections::{BTreeMap, BTreeSet};
@@ -484,6 +485,9 @@ struct Round {
     blocked: Vec<(usize, Vec<NodeId>)>,
     /// Members that are given nothing, with why.
     unable: BTreeMap<NodeId, &'static str>,
+    /// While the members' configs differ, or a switch is under way: the
+    /// services this node stops (bits of its running config); nothing starts.
+    hold: Option<u64>,
 }
 
 /// One node's cluster state machine.
@@ -536,6 +540,12 @@ pub struct ClusterNode {
     config: u64,
     /// Nodes heard running another config: their fingerprint, and when last heard.
     foreign: BTreeMap<NodeId, (u64, Millis)>,
+    /// A config staged for a reload: heartbeats of it are admitted, and this
+    /// node switches to it once every member has staged it.
+    staged: Option<Staged>,
+    /// After a switch: the config run before, admitted from members until
+    /// then (they are switching too).
+    previous: Option<(u64, Millis)>,
     /// This node stops cleanly: it gives up every service and claims nothing.
     leaving: bool,
     /// Claims of a promoted role by members, by (claimer, service), with when
@@ -591,6 +601,8 @@ impl ClusterNode {
             claim_acks: true,
             config: cluster.config,
             foreign: BTreeMap::new(),
+            staged: None,
+            previous: None,
             leaving: false,
             role_claims: BTreeMap::new(),
             admin: Admin::default(),
@@ -687,7 +699,7 @@ impl ClusterNode {
         if n == self.membership.me() {
             return self.services[i].score.map(|p| p.key());
         }
-        let (r, _) = self.membership.report_of(n)?;
+        let (r, _) = self.report_here(n)?;
         r.scores
             .iter()
             .find(|s| usize::from(s.service) == i)
@@ -845,13 +857,192 @@ impl ClusterNode {
 
     /// A heartbeat arrived (already authenticated and replay-checked).
     pub fn on_heartbeat(&mut self, now: Millis, hb: &Heartbeat) {
-        if hb.config != self.config {
+        if !self.admits(now, hb.config) {
             // One cluster, one config: a node that runs another is not admitted.
             self.foreign.insert(hb.sender, (hb.config, now));
             return;
         }
         self.foreign.remove(&hb.sender);
         self.membership.on_heartbeat(now, hb);
+    }
+
+    /// Whether a heartbeat of config `config` is admitted at `now`: this
+    /// node's, the one it staged, or the one it ran before a switch, for a
+    /// while.
+    fn admits(&self, now: Millis, config: u64) -> bool {
+        config == self.config
+            || self.staged.as_ref().is_some_and(|s| s.config == config)
+            || self
+                .previous
+                .is_some_and(|(p, until)| p == config && now < until)
+    }
+
+    /// Member `n`'s latest report, if it was made under this node's config
+    /// (its service bits mean this node's services).
+    fn report_here(&self, n: NodeId) -> Option<(&Report, Millis)> {
+        self.membership
+            .report_of(n)
+            .filter(|(r, _)| r.config == self.config)
+    }
+
+    /// Stage `next` for a reload (replacing any staged before): heartbeats of
+    /// it are admitted from now, and this node switches to it once every
+    /// member has staged it (see [`ClusterNode::switch_ready`]).
+    pub fn stage(&mut self, next: Staged) {
+        assert!(next.services.len() <= 64, "at most 64 services");
+        self.staged = (next.config != self.config).then_some(next);
+    }
+
+    /// Drop the staged config, if any (a reload given up before it switched).
+    pub fn unstage(&mut self) {
+        self.staged = None;
+    }
+
+    /// The config staged here, if any.
+    pub fn staged(&self) -> Option<&Staged> {
+        self.staged.as_ref()
+    }
+
+    /// The members of the view (this node too) that have not staged or
+    /// switched to the staged config yet; `None` when nothing is staged.
+    pub fn switch_waits_for(&self) -> Option<Vec<NodeId>> {
+        let next = self.staged.as_ref()?.config;
+        let me = self.membership.me();
+        Some(
+            self.membership
+                .view()
+                .1
+                .iter()
+                .copied()
+                .filter(|n| {
+                    *n != me
+                        && self
+                            .membership
+                            .report_of(*n)
+                            .is_none_or(|(r, _)| r.config != next && r.staged != next)
+                })
+                .collect(),
+        )
+    }
+
+    /// While the cluster changes config, what this node holds back: `Some`
+    /// with the services it stops (bits) once every member has staged the
+    /// config staged here (a switch is under way), or with none while some
+    /// member's report was made under another config than this node's; then
+    /// nothing is claimed or started, since the service bits of the two
+    /// configs differ. `None`: business as usual.
+    fn hold(&self) -> Option<u64> {
+        if let Some(next) = &self.staged
+            && self.switch_waits_for().is_some_and(|w| w.is_empty())
+        {
+            return Some(next.retiring(self.services.len()));
+        }
+        let me = self.membership.me();
+        let mixed = self.membership.view().1.iter().any(|n| {
+            *n != me
+                && self
+                    .membership
+                    .report_of(*n)
+                    .is_some_and(|(r, _)| r.config != self.config)
+        });
+        mixed.then_some(0)
+    }
+
+    /// Service `i` while the cluster changes config (see [`Self::hold`]): a
+    /// claim not started yet is given up, a retiring service stops, the rest
+    /// stays as it is. Without quorum, nothing is held back: every service
+    /// stops as always.
+    fn held_for_reload(&mut self, i: usize, round: &Round) -> Option<Vec<Command>> {
+        let retiring = round.hold? & (1 << i) != 0;
+        if !round.quorate || (retiring && self.admin.in_maintenance(i)) {
+            return None;
+        }
+        let s = &mut self.services[i];
+        s.placement.why = "held while the cluster switches to a reloaded config".into();
+        Some(match s.phase {
+            Phase::Claiming { .. } => {
+                s.phase = Phase::Stopped;
+                Vec::new()
+            }
+            Phase::Restarting { .. } if retiring => {
+                s.phase = Phase::Stopped;
+                Vec::new()
+            }
+            Phase::Starting | Phase::Running if retiring => {
+                s.phase = Phase::Stopping;
+                vec![Command::Stop(i)]
+            }
+            _ => Vec::new(),
+        })
+    }
+
+    /// Whether this node may switch to the staged config now: every member
+    /// has staged it, what it retires has stopped here (or is in maintenance),
+    /// and nothing is starting, stopping, promoting or demoting.
+    pub fn switch_ready(&self) -> bool {
+        let Some(next) = &self.staged else {
+            return false;
+        };
+        if self.switch_waits_for().is_none_or(|w| !w.is_empty()) {
+            return false;
+        }
+        let retiring = next.retiring(self.services.len());
+        self.services.iter().enumerate().all(|(i, s)| {
+            let settled = matches!(
+                s.phase,
+                Phase::Stopped | Phase::Running | Phase::Restarting { .. }
+            ) && matches!(s.role, Role::Replica | Role::Promoted);
+            let retired = retiring & (1 << i) == 0
+                || s.phase == Phase::Stopped
+                || self.admin.in_maintenance(i);
+            settled && retired
+        })
+    }
+
+    /// Switch to the staged config at `now` (once [`Self::switch_ready`]):
+    /// the services it continues keep their state under their new index,
+    /// added and restarted ones begin stopped; the operators' settings and
+    /// moves follow the services. Heartbeats of the config run before are
+    /// admitted for `window` ms more, while the members switch too. Returns,
+    /// per new service, the index of the running service it continues.
+    pub fn switch(&mut self, now: Millis, window: Millis) -> Vec<Option<usize>> {
+        let next = self.staged.take().expect("a staged config");
+        let mut old: Vec<Option<Service>> = std::mem::take(&mut self.services)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.services = next
+            .services
+            .iter()
+            .zip(&next.continues)
+            .map(|(spec, from)| {
+                let mut s = from
+                    .and_then(|o| old[o].take())
+                    .unwrap_or_else(|| Service::new(spec.clone()));
+                s.spec = spec.clone();
+                s
+            })
+            .collect();
+        let renumber = |bits: u64, by: &[Option<usize>]| {
+            by.iter()
+                .enumerate()
+                .filter(|(_, o)| o.is_some_and(|o| bits & (1 << o) != 0))
+                .fold(0, |acc, (i, _)| acc | 1 << i)
+        };
+        self.admin.maintenance = renumber(self.admin.maintenance, &next.same_name);
+        self.maintained = renumber(self.maintained, &next.same_name);
+        let new_index = |o: usize| next.continues.iter().position(|c| *c == Some(o));
+        self.moves = std::mem::take(&mut self.moves)
+            .into_iter()
+            .filter_map(|(o, m)| new_index(o).map(|i| (i, m)))
+            .collect();
+        self.role_claims = std::mem::take(&mut self.role_claims)
+            .into_iter()
+            .filter_map(|((n, o), at)| new_index(o).map(|i| ((n, i), at)))
+            .collect();
+        self.previous = Some((self.config, now + window));
+        self.config = next.config;
+        next.continues
     }
 
     /// This node's config fingerprint.
@@ -1081,7 +1272,7 @@ impl ClusterNode {
             })
             .collect();
         for n in self.membership.view().1.iter().filter(|n| **n != me) {
-            let Some((report, seen)) = self.membership.report_of(*n) else {
+            let Some((report, seen)) = self.report_here(*n) else {
                 continue;
             };
             for m in &report.moves {
@@ -1121,7 +1312,7 @@ impl ClusterNode {
                         let bits = if *n == me {
                             Some(blocked)
                         } else {
-                            self.membership.report_of(*n).map(|(r, _)| r.blocked)
+                            self.report_here(*n).map(|(r, _)| r.blocked)
                         };
                         bits.is_some_and(|b| b & (1 << i) != 0)
                     })
@@ -1325,6 +1516,8 @@ impl ClusterNode {
         };
         Report {
             admin: self.admin,
+            config: self.config,
+            staged: self.staged.as_ref().map_or(0, |s| s.config),
             claims: self.bits(|s| s.phase.claims()),
             pending: self.claim_versions().next().is_some(),
             acks: self.acks().collect(),
@@ -1468,7 +1661,7 @@ impl ClusterNode {
         }
         self.follow_role_claims(now);
         for n in view.iter().filter(|n| **n != me) {
-            if let Some((r, _)) = self.membership.report_of(*n) {
+            if let Some((r, _)) = self.report_here(*n) {
                 let admin = r.admin;
                 self.adopt_admin(admin);
             }
@@ -1494,7 +1687,7 @@ impl ClusterNode {
         let me = self.membership.me();
         let mut claims = BTreeMap::new();
         for n in self.membership.view().1.iter().filter(|n| **n != me) {
-            let Some((r, _)) = self.membership.report_of(*n) else {
+            let Some((r, _)) = self.report_here(*n) else {
                 continue;
             };
             for (i, s) in self.services.iter().enumerate() {
@@ -1574,6 +1767,7 @@ impl ClusterNode {
             moves: self.active_moves(now),
             blocked: self.blocked_by(),
             unable,
+            hold: self.hold(),
             view,
         }
     }
@@ -1581,6 +1775,9 @@ impl ClusterNode {
     /// Service phase for service `i`: where it should run, then what this node
     /// does about it (claim, start, stop, restart), then its promoted role.
     fn tick_service(&mut self, i: usize, round: &Round) -> Vec<Command> {
+        if let Some(commands) = self.held_for_reload(i, round) {
+            return commands;
+        }
         if let Some(commands) = self.maintenance(i) {
             return commands;
         }
@@ -1836,7 +2033,7 @@ impl ClusterNode {
             .1
             .iter()
             .copied()
-            .filter(|n| *n != me && self.membership.report_of(*n).is_some_and(|(r, _)| what(r)))
+            .filter(|n| *n != me && self.report_here(*n).is_some_and(|(r, _)| what(r)))
             .collect()
     }
 
@@ -1844,8 +2041,13 @@ impl ClusterNode {
     /// `view` publishes.
     fn merge_acknowledged(&mut self, view: &BTreeSet<NodeId>) {
         let me = self.membership.me();
+        let config = self.config;
         for n in view.iter().filter(|n| **n != me) {
-            if let Some((r, _)) = self.membership.report_of(*n) {
+            if let Some((r, _)) = self
+                .membership
+                .report_of(*n)
+                .filter(|(r, _)| r.config == config)
+            {
                 for a in &r.acknowledged {
                     if let Some(s) = self.services.get_mut(usize::from(a.service)) {
                         s.acknowledged = s.acknowledged.max(Some((a.generation, a.position)));
@@ -1881,7 +2083,7 @@ impl ClusterNode {
                     s.role.claims() && !matches!(s.role, Role::Claiming { .. }),
                 )
             } else {
-                let Some((rep, _)) = self.membership.report_of(*n) else {
+                let Some((rep, _)) = self.report_here(*n) else {
                     continue;
                 };
                 let running = rep.replicas & bit != 0;

@@ -32,23 +32,28 @@ const MAGIC: &[u8; 4] = b"BTN1";
 /// blocks, failed stops, fence confirmations, moves, claim acknowledgements,
 /// promotable services' replicas, promoted role, scores and acknowledged
 /// positions, whether the node is leaving cleanly or may lead the witness,
-/// and the operators' standby and maintenance settings). It also speaks
-/// [`OLDEST`], so nodes of adjacent releases form one cluster during a rolling
-/// upgrade; a packet of any other version is dropped (`UnsupportedVersion`).
-pub const VERSION: u8 = 7;
-/// The oldest wire version this build still speaks, to the nodes of the
-/// previous release during a rolling upgrade: 6, whose reports carry no
-/// operators' settings (standby and maintenance do not reach those nodes).
+/// the operators' standby and maintenance settings, and the config each
+/// report was made under and the one its node has staged for a reload). It
+/// also speaks the versions down to [`OLDEST`], so nodes of adjacent releases
+/// form one cluster during a rolling upgrade; a packet of any other version is
+/// dropped (`UnsupportedVersion`).
+pub const VERSION: u8 = 8;
+/// The oldest wire version this build still speaks, to the nodes of earlier
+/// releases during a rolling upgrade: 6, whose reports carry no operators'
+/// settings (standby and maintenance do not reach those nodes), and neither 6
+/// nor 7 carries reports' configs (a reload waits until every node speaks 8).
 pub const OLDEST: u8 = 6;
 /// The operators' settings in a report (from version 7).
 const ADMIN: usize = 24;
+/// The report's config and staged config (from version 8).
+const CONFIGS: usize = 16;
 const HEADER: usize = 4 + 1 + 1 + 4 + 2 + 1 + 8 + 8 + 2;
 const TAG: usize = 16;
 /// The largest node id (node ids are 1..=MAX_NODES; reachability is a 64-bit set).
 pub const MAX_NODES: u16 = 64;
 /// The fixed part of a report; fence confirmations, moves, acknowledgements,
 /// scores and acknowledged positions follow it.
-const REPORT: usize = 2 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 24 + 1 + 1 + 1 + 1 + 1 + 1;
+const REPORT: usize = 2 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 24 + 16 + 1 + 1 + 1 + 1 + 1 + 1;
 const FENCED: usize = 2 + 8;
 const MOVE: usize = 1 + 2 + 4 + 1;
 const ACK: usize = 2 + 8 + 8;
@@ -216,6 +221,13 @@ pub struct Report {
     pub acknowledged: Vec<Score>,
     /// The operators' settings as this node knows them.
     pub admin: Admin,
+    /// The fingerprint of the config this report was made under: its service
+    /// bits mean that config's services. (A packet older than version 8
+    /// carries none: its sender's is taken.)
+    pub config: u64,
+    /// The fingerprint of the config this node has staged for a reload (0:
+    /// none): the cluster switches to it once every member has staged it.
+    pub staged: u64,
 }
 
 /// The operators' cluster-wide settings: nodes in standby and services in
@@ -354,6 +366,7 @@ pub fn encode_as(key: &ClusterKey, hb: &Heartbeat, version: u8) -> Vec<u8> {
         VERSION
     };
     let admin = if version >= 7 { ADMIN } else { 0 };
+    let configs = if version >= 8 { CONFIGS } else { 0 };
     let reports = &hb.reports[..hb.reports.len().min(MAX_NODES as usize)];
     let echoes = &hb.echoes[..hb.echoes.len().min(MAX_NODES as usize)];
     let body_len = 8
@@ -365,8 +378,9 @@ pub fn encode_as(key: &ClusterKey, hb: &Heartbeat, version: u8) -> Vec<u8> {
         + reports
             .iter()
             .map(|r| {
-                REPORT - ADMIN
+                REPORT - ADMIN - CONFIGS
                     + admin
+                    + configs
                     + r.fenced.len().min(255) * FENCED
                     + r.moves.len().min(255) * MOVE
                     + r.acks.len().min(255) * ACK
@@ -408,6 +422,10 @@ pub fn encode_as(key: &ClusterKey, hb: &Heartbeat, version: u8) -> Vec<u8> {
             out.extend_from_slice(&r.admin.generation.to_be_bytes());
             out.extend_from_slice(&r.admin.standby.to_be_bytes());
             out.extend_from_slice(&r.admin.maintenance.to_be_bytes());
+        }
+        if configs > 0 {
+            out.extend_from_slice(&r.config.to_be_bytes());
+            out.extend_from_slice(&r.staged.to_be_bytes());
         }
         let flags = [
             (r.quorate, QUORATE),
@@ -575,6 +593,11 @@ pub fn decode_upto(key: &ClusterKey, bytes: &[u8], newest: u8) -> Result<(Heartb
             },
             ..Report::default()
         };
+        (report.config, report.staged) = if version >= 8 {
+            (r.u64()?, r.u64()?)
+        } else {
+            (config, 0)
+        };
         let flags = r.u8()?;
         if flags & !(QUORATE | PENDING | LEAVING | WITNESS) != 0 {
             return Err(Drop::Garbled);
@@ -727,6 +750,8 @@ mod tests {
                     }],
                     replicas: 1,
                     promoted: 1,
+                    config: 0x5be1_c0de_0000_0001,
+                    staged: 0x91c0_0000_0000_0002,
                     scores: vec![Score {
                         service: 0,
                         generation: 2,
@@ -759,6 +784,7 @@ mod tests {
                         incarnation: 77,
                         version: 39,
                     }],
+                    config: 0x5be1_c0de_0000_0001,
                     ..Report::default()
                 },
             ],
@@ -791,8 +817,9 @@ mod tests {
         }
     }
 
-    /// The previous wire version, for a rolling upgrade: the same heartbeat
-    /// without the operators' settings; a node held at it refuses newer ones.
+    /// The oldest wire version, for a rolling upgrade: the same heartbeat
+    /// without the operators' settings and the reports' configs (each taken
+    /// as the sender's); a node held at it refuses newer ones.
     #[test]
     fn the_oldest_version_round_trips_without_the_operators_settings() {
         let hb = sample();
@@ -800,13 +827,15 @@ mod tests {
         assert_eq!(old[4], OLDEST);
         assert_eq!(
             encode(&key(), &hb).len() - old.len(),
-            ADMIN * hb.reports.len()
+            (ADMIN + CONFIGS) * hb.reports.len()
         );
         let (back, version) = decode_upto(&key(), &old, VERSION).unwrap();
         assert_eq!(version, OLDEST);
         let mut want = hb.clone();
         for r in &mut want.reports {
             r.admin = Admin::default();
+            r.config = hb.config;
+            r.staged = 0;
         }
         assert_eq!(back, want);
         let new = encode(&key(), &hb);

@@ -178,6 +178,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read the config file again and apply its services without a restart:
+    /// added ones start, removed ones stop, changed ones restart, the rest is
+    /// not touched. Run it on every node (or `systemctl reload baton`, which
+    /// sends SIGHUP): the cluster switches once every node has staged the same
+    /// config. Changes to nodes, links, quorum, the witness, fencing or the
+    /// timing profile are refused: those are rolled out by restarts.
+    Reload {
+        /// Only show what it would stop, start, restart or update, and where.
+        #[arg(long)]
+        dry_run: bool,
+        /// Then wait until the cluster has switched (exit 1 if not by then).
+        #[arg(long, value_name = "DURATION")]
+        wait: Option<String>,
+        #[command(flatten)]
+        daemon: DaemonAddress,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Put a node in standby: its services move off and it runs nothing
     /// (clones and replicas included) until `baton unstandby`. Kept across
     /// restarts, on every node.
@@ -681,6 +700,19 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             return control_command(&daemon.path()?, &req, *json);
         }
+        Command::Reload {
+            dry_run,
+            wait,
+            daemon,
+            json,
+        } => {
+            let wait = wait
+                .as_deref()
+                .map(crate::node::control::parse_duration)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--wait: {e}"))?;
+            return node::reload(&daemon.path()?, *dry_run, wait, *json);
+        }
         Command::Drain { node: r, timeout } => {
             let limit = crate::node::control::parse_duration(timeout)
                 .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
@@ -769,6 +801,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
                 socket,
                 pid_file,
                 history_file,
+                config_file: cli.config.clone(),
             };
             let node = node_name(node, &config)?;
             crate::node::daemon::run(config, &node, runner_exe()?, paths)?;
@@ -781,6 +814,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Clear { .. }
         | Command::Standby(_)
         | Command::Drain { .. }
+        | Command::Reload { .. }
         | Command::Unstandby(_)
         | Command::Maintenance { .. } => {
             unreachable!("handled above")

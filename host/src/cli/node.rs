@@ -13,8 +13,16 @@ pub fn control_command(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let reply = crate::node::control::ask(socket, req)?;
+    control_reply(&reply, json)
+}
+
+/// Print a daemon's reply; exit 1 if it refused.
+fn control_reply(
+    reply: &crate::node::control::ControlReply,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&reply)?);
+        println!("{}", serde_json::to_string_pretty(reply)?);
     } else if reply.ok {
         println!("{}", reply.message);
     } else {
@@ -96,6 +104,74 @@ pub fn drain(
     }
 }
 
+/// `baton reload [--dry-run] [--wait DURATION]`: stage the config file on
+/// the daemon (or only show the plan); with `wait`, then wait (up to it) until
+/// the cluster has switched to it, saying what it waits for.
+pub fn reload(
+    socket: &std::path::Path,
+    dry_run: bool,
+    wait: Option<std::time::Duration>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let reply = crate::node::control::ask(socket, &ControlRequest::Reload { dry_run })?;
+    let staged = reply.ok && reply.plan.as_ref().is_some_and(|p| p["staged"] == true);
+    let Some(limit) = wait.filter(|_| staged) else {
+        return control_reply(&reply, json);
+    };
+    if !json {
+        println!("{}", reply.message);
+    }
+    let want = reply
+        .plan
+        .as_ref()
+        .map(|p| p["config"].clone())
+        .unwrap_or_default();
+    let start = std::time::Instant::now();
+    let mut said = String::new();
+    loop {
+        let st = crate::node::control::ask(socket, &ControlRequest::Status)?
+            .status
+            .context("the daemon gave no status")?;
+        let waited = start.elapsed();
+        if want.as_str() == Some(st.config.as_str()) && st.reload.is_none() {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"plan": reply.plan, "switched": true, "waited_ms": waited.as_millis() as u64})
+                );
+            } else {
+                println!(
+                    "switched to config {} (after {:.1} s)",
+                    st.config,
+                    waited.as_secs_f64()
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let now = st
+            .reload
+            .clone()
+            .unwrap_or_else(|| format!("running config {}; the staged one was dropped", st.config));
+        if waited >= limit || st.reload.is_none() {
+            let text = format!("not switched after {} s: {now}", waited.as_secs());
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"plan": reply.plan, "switched": false, "message": text})
+                );
+            } else {
+                eprintln!("{text}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+        if now != said && !json {
+            println!("{now}");
+            said = now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// `baton status --status-file FILE`.
 pub fn status_from_file(file: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(file).with_context(|| {
@@ -157,6 +233,9 @@ pub fn print_status(s: &Status, json: bool) -> anyhow::Result<ExitCode> {
     }
     for other in &s.other_configs {
         println!("WARNING: {other}");
+    }
+    if let Some(reload) = &s.reload {
+        println!("reload: {reload}");
     }
     print_dropped(s);
     if let Some(problem) = &s.witness_problem {

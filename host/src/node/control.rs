@@ -64,6 +64,12 @@ pub enum ControlRequest {
         /// In maintenance (`true`) or released.
         on: bool,
     },
+    /// Read the config file again and stage it: the cluster switches to it
+    /// once every node has staged it (`dry_run`: only say what it would do).
+    Reload {
+        /// Only show the plan; stage nothing.
+        dry_run: bool,
+    },
     /// A request refused before it reached the daemon (the console's
     /// authentication): recorded in the history, nothing else.
     Refused {
@@ -78,6 +84,7 @@ impl ControlRequest {
         match self {
             ControlRequest::Status
             | ControlRequest::Refused { .. }
+            | ControlRequest::Reload { .. }
             | ControlRequest::Standby { .. } => None,
             ControlRequest::Move { service, .. }
             | ControlRequest::Promote { service, .. }
@@ -98,6 +105,9 @@ pub struct ControlReply {
     /// The status, for `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<crate::node::status::Status>,
+    /// A reload's plan, for `reload`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<serde_json::Value>,
 }
 
 impl ControlReply {
@@ -107,6 +117,7 @@ impl ControlReply {
             ok: false,
             message: message.into(),
             status: None,
+            plan: None,
         }
     }
 }

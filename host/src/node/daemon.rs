@@ -37,9 +37,14 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
 static STOP: AtomicBool = AtomicBool::new(false);
+static RELOAD: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_term(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
+}
+
+extern "C" fn on_hup(_: libc::c_int) {
+    RELOAD.store(true, Ordering::SeqCst);
 }
 
 /// How often the status file is rewritten, at most.
@@ -86,6 +91,9 @@ pub struct RunPaths {
     /// The event history (default: beside the control socket when one is
     /// given, else [`default_history`]).
     pub history_file: Option<PathBuf>,
+    /// The config file `run` read, read again by a reload (`None`: the
+    /// default, /etc/baton/cluster.toml).
+    pub config_file: Option<PathBuf>,
 }
 
 /// Where node `node` keeps its event history by default.
@@ -133,6 +141,9 @@ impl<T> Reply<T> {
 struct Finished {
     done: Done,
     states: Option<(usize, Vec<String>)>,
+    /// The services' generation the work was started under (a reload's
+    /// switch renumbers them: older answers name the old indices).
+    generation: u64,
 }
 
 impl Finished {
@@ -141,7 +152,12 @@ impl Finished {
         Finished {
             done: done(round),
             states: Some((i, states)),
+            generation: 0,
         }
+    }
+
+    fn of(self, generation: u64) -> Finished {
+        Finished { generation, ..self }
     }
 }
 
@@ -158,7 +174,7 @@ impl Guarded {
     /// Process groups only while something is held (with nothing held a late
     /// renewal must not touch the agents' runners); while a start or a stop
     /// runs, processes come and go, so they are learnt every tick then.
-    fn renew(&mut self, services: &[LoadedService], phases: &[Phase], now: u64) {
+    fn renew(&mut self, services: &[Arc<LoadedService>], phases: &[Phase], now: u64) {
         let holds = phases.iter().any(|p| p.holds());
         let changing = phases
             .iter()
@@ -180,7 +196,7 @@ impl Guarded {
 /// What the services this node holds (or may hold) have of one kind
 /// (addresses, mount points), for the guardian.
 fn held<T: Ord + Clone>(
-    services: &[LoadedService],
+    services: &[Arc<LoadedService>],
     phases: &[Phase],
     of: impl Fn(&LoadedService) -> &Vec<T>,
 ) -> std::collections::BTreeSet<T> {
@@ -199,7 +215,7 @@ struct DaemonIo {
     sockets: Vec<UdpSocket>,
     peers: Vec<(NodeId, Vec<SocketAddr>)>,
     names: BTreeMap<NodeId, String>,
-    services: Arc<Vec<LoadedService>>,
+    services: Arc<Vec<Arc<LoadedService>>>,
     fencer: Option<Arc<Fencer>>,
     finished: Reply<Finished>,
     crew: Crew,
@@ -211,6 +227,12 @@ struct DaemonIo {
     states: Vec<Vec<String>>,
     /// The wire version each peer is sent, and refusals.
     wire: crate::node::versions::WireVersions,
+    /// The services of the config staged for a reload (per staged service).
+    staged: Vec<Arc<LoadedService>>,
+    /// Bumped at each switch to a reloaded config.
+    generation: u64,
+    /// The latest switch, for the loop to follow: per service, the index it had.
+    switched: Option<Vec<Option<usize>>>,
 }
 
 impl NodeIo for DaemonIo {
@@ -240,6 +262,7 @@ impl NodeIo for DaemonIo {
     fn run(&mut self, job: Job) {
         let services = Arc::clone(&self.services);
         let reply = self.finished.clone();
+        let generation = self.generation;
         if let Job::Monitor {
             service: i,
             round,
@@ -248,14 +271,13 @@ impl NodeIo for DaemonIo {
         {
             // On a reused thread; the driver gives the round up at its deadline.
             let launched = self.crew.launch(move || {
-                reply.send(Finished::round(i, services[i].monitor(promoted), |r| {
-                    Done::Monitored {
-                        service: i,
-                        round,
-                        result: r.result,
-                        score: r.score,
-                    }
-                }));
+                let f = Finished::round(i, services[i].monitor(promoted), |r| Done::Monitored {
+                    service: i,
+                    round,
+                    result: r.result,
+                    score: r.score,
+                });
+                reply.send(f.of(generation));
             });
             if let Err(e) = launched {
                 tracing::error!(service = %self.services[i].name, "cannot start a monitor round: {e}");
@@ -270,7 +292,7 @@ impl NodeIo for DaemonIo {
         let fencer = self.fencer.clone();
         let names = self.names.clone();
         std::thread::spawn(move || {
-            reply.send(work(job, &services, fencer.as_deref(), &names, states))
+            reply.send(work(job, &services, fencer.as_deref(), &names, states).of(generation))
         });
     }
 
@@ -313,12 +335,27 @@ impl NodeIo for DaemonIo {
             dog.pet();
         }
     }
+
+    fn switched(&mut self, continues: &[Option<usize>]) {
+        let services = std::mem::take(&mut self.staged);
+        self.states = continues
+            .iter()
+            .zip(&services)
+            .map(|(from, s)| match from {
+                Some(o) => self.states[*o].clone(),
+                None => vec!["stopped".to_string(); s.resources.len()],
+            })
+            .collect();
+        self.services = Arc::new(services);
+        self.generation += 1;
+        self.switched = Some(continues.to_vec());
+    }
 }
 
 /// Carry out one job (on a thread of its own).
 fn work(
     job: Job,
-    services: &[LoadedService],
+    services: &[Arc<LoadedService>],
     fencer: Option<&Fencer>,
     names: &BTreeMap<NodeId, String>,
     states: Vec<String>,
@@ -334,6 +371,7 @@ fn work(
             Finished {
                 done: Done::Stopped(i, ok),
                 states: Some((i, states)),
+                generation: 0,
             }
         }
         Job::Promote(i) => Finished::round(i, services[i].promote(states), |r| {
@@ -344,6 +382,7 @@ fn work(
             Finished {
                 done: Done::Demoted(i, ok),
                 states: Some((i, states)),
+                generation: 0,
             }
         }
         Job::Verify(i) => {
@@ -354,6 +393,7 @@ fn work(
             Finished {
                 done: Done::Verified(i, left.is_empty()),
                 states: None,
+                generation: 0,
             }
         }
         Job::Fence { node, incarnation } => Finished {
@@ -363,6 +403,7 @@ fn work(
                 fencer.is_some_and(|f| f.fence(&name(&node))),
             ),
             states: None,
+            generation: 0,
         },
         Job::Monitor { .. } => unreachable!("monitor rounds run on the crew"),
     }
@@ -372,6 +413,8 @@ fn work(
 enum Event {
     /// SIGTERM or SIGINT: stop cleanly.
     Terminate,
+    /// SIGHUP: reload the config.
+    Reload,
     /// An authenticated, fresh heartbeat.
     Packet(Heartbeat),
     /// Agent or fence work finished.
@@ -421,6 +464,11 @@ pub struct Daemon {
     movers: BTreeMap<usize, String>,
     /// Readiness, status and watchdog for a systemd unit.
     systemd: crate::node::systemd::Notifier,
+    /// Where the config was read from, and the agent runner: for a reload.
+    config_file: Option<PathBuf>,
+    runner_exe: PathBuf,
+    /// The config staged for a reload, adopted when the node switches to it.
+    staged: Option<ClusterConfig>,
 }
 
 /// The node's cluster config and agents, loaded: everything `run` refuses to
@@ -747,7 +795,10 @@ fn shell(
                 .wire_version
                 .unwrap_or(crate::cluster::wire::VERSION),
         ),
-        services: Arc::new(services),
+        services: Arc::new(services.into_iter().map(Arc::new).collect()),
+        staged: Vec::new(),
+        generation: 0,
+        switched: None,
         fencer,
         finished: Reply {
             tx: finished_tx,
@@ -838,6 +889,7 @@ impl Daemon {
         unsafe {
             libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
             libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
+            libc::signal(libc::SIGHUP, on_hup as *const () as libc::sighandler_t);
         }
         tracing::info!(
             node = node_name,
@@ -874,6 +926,9 @@ impl Daemon {
             settings: (settings_path, saved),
             movers: BTreeMap::new(),
             systemd,
+            config_file: paths.config_file.clone(),
+            runner_exe,
+            staged: None,
         })
     }
 
@@ -908,6 +963,9 @@ impl Daemon {
     fn gather(&mut self) {
         if STOP.swap(false, Ordering::SeqCst) {
             self.events.push_back(Event::Terminate);
+        }
+        if RELOAD.swap(false, Ordering::SeqCst) {
+            self.events.push_back(Event::Reload);
         }
         self.events
             .extend(self.finished.try_iter().map(Event::Finished));
@@ -972,7 +1030,19 @@ impl Daemon {
                 self.systemd.stopping();
                 self.driver.leave()
             }
+            Event::Reload => {
+                let reply = self.reload(false, "SIGHUP");
+                if !reply.ok {
+                    tracing::error!("reload (SIGHUP) refused: {}", reply.message);
+                }
+            }
             Event::Packet(hb) => self.driver.receive(self.io.now(), &hb),
+            Event::Finished(f)
+                if f.generation != self.io.generation && !matches!(f.done, Done::Fenced(..)) =>
+            {
+                // A monitor round under the services' numbering before a
+                // reload's switch: the switch restarted their monitors.
+            }
             Event::Finished(f) => {
                 if let Some((i, states)) = f.states {
                     if self.io.states[i] != states {
@@ -992,11 +1062,15 @@ impl Daemon {
 
     /// Carry out an operator's request; it is recorded with who asked.
     fn operator(&mut self, req: &ControlRequest, who: &str) -> ControlReply {
+        if let ControlRequest::Reload { dry_run } = req {
+            return self.reload(*dry_run, who);
+        }
         if *req == ControlRequest::Status {
             return ControlReply {
                 ok: true,
                 message: String::new(),
                 status: Some(self.status()),
+                plan: None,
             };
         }
         if let Some(refused) = self.needs_every_node_current(req) {
@@ -1004,6 +1078,7 @@ impl Daemon {
                 ok: false,
                 message: refused,
                 status: None,
+                plan: None,
             };
         }
         let service = req
@@ -1022,6 +1097,7 @@ impl Daemon {
                     ok: true,
                     message,
                     status: None,
+                    plan: None,
                 }
             }
             Err(e) => {
@@ -1030,6 +1106,180 @@ impl Daemon {
                 ControlReply::refused(e)
             }
         }
+    }
+
+    /// Read the config file again and stage it (`dry_run`: only say what it
+    /// would do). Refused, changing nothing, if the file does not load, the
+    /// change is not a reload's (see `baton_cluster::reload`), or a member
+    /// speaks a wire version without reports' configs.
+    fn reload(&mut self, dry_run: bool, who: &str) -> ControlReply {
+        let reply = self.try_reload(dry_run);
+        let (ok, text) = match &reply {
+            Ok((text, _)) => (true, text.clone()),
+            Err(e) => (false, e.clone()),
+        };
+        if !dry_run {
+            self.decisions.record(
+                "reload",
+                None,
+                format!(
+                    "{} by {who}: {text}",
+                    if ok { "reload" } else { "reload refused" }
+                ),
+            );
+        }
+        match reply {
+            Ok((message, plan)) => ControlReply {
+                ok: true,
+                message,
+                status: None,
+                plan: Some(plan),
+            },
+            Err(e) => ControlReply::refused(e),
+        }
+    }
+
+    fn try_reload(&mut self, dry_run: bool) -> Result<(String, serde_json::Value), String> {
+        let node = self.driver.node();
+        let wire = self.io.wire.status(
+            node.membership().me(),
+            node.membership().view().1,
+            &self.io.names,
+            self.io.now(),
+        );
+        if wire.cluster < 8 {
+            return Err(format!(
+                "the cluster speaks wire version {}: nodes before version 8 do not say which config their reports are made under, so a reload cannot switch them safely; finish the upgrade first",
+                wire.cluster
+            ));
+        }
+        let prepared = crate::node::reload::prepare(
+            self.config_file.as_deref(),
+            &self.node_name,
+            &self.runner_exe,
+            &self.cluster,
+            &self.io.services,
+        )
+        .map_err(|problems| {
+            format!(
+                "the config file cannot be reloaded; nothing changed:\n  {}",
+                problems.join("\n  ")
+            )
+        })?;
+        let (text, mut plan) =
+            crate::node::reload::describe(&prepared.plan, |name| self.runs_on(name));
+        let head = format!(
+            "config {:016x} -> {:016x}",
+            self.cluster.fingerprint, prepared.plan.config
+        );
+        if prepared.plan.config == self.cluster.fingerprint {
+            self.io.staged.clear();
+            self.staged = None;
+            self.driver.unstage();
+            plan["staged"] = false.into();
+            return Ok((
+                format!(
+                    "the file's cluster-wide part is the running config {:016x}: nothing to switch to{}\n{text}",
+                    self.cluster.fingerprint,
+                    if dry_run {
+                        ""
+                    } else {
+                        " (a reload staged before is dropped)"
+                    }
+                ),
+                plan,
+            ));
+        }
+        if dry_run {
+            plan["staged"] = false.into();
+            return Ok((format!("{head} (dry run: nothing staged)\n{text}"), plan));
+        }
+        self.driver
+            .stage(prepared.staged(), prepared.shells.clone());
+        self.io.staged = prepared.services;
+        self.staged = Some(prepared.cluster);
+        plan["staged"] = true.into();
+        Ok((
+            format!(
+                "{head}\n{text}\nstaged on this node; {}",
+                self.reload_progress().unwrap_or_default()
+            ),
+            plan,
+        ))
+    }
+
+    /// Where the service named `name` runs now, as this node knows it.
+    fn runs_on(&self, name: &str) -> Vec<String> {
+        let node = self.driver.node();
+        let Ok(i) = service_index(&self.cluster, name) else {
+            return Vec::new();
+        };
+        let me = node.membership().me();
+        let mut on: Vec<NodeId> = node
+            .membership()
+            .view()
+            .1
+            .iter()
+            .copied()
+            .filter(|n| {
+                *n != me
+                    && node
+                        .membership()
+                        .claims_of(*n)
+                        .is_some_and(|c| c & (1 << i) != 0)
+            })
+            .collect();
+        if node.service(i).phase().holds() {
+            on.push(me);
+        }
+        on.sort();
+        on.iter()
+            .map(|n| crate::cluster::changes::name_of(&self.io.names, *n))
+            .collect()
+    }
+
+    /// Where a staged reload stands, in words (`None`: nothing staged).
+    fn reload_progress(&self) -> Option<String> {
+        let node = self.driver.node();
+        let staged = node.staged()?;
+        let waits = node.switch_waits_for()?;
+        Some(if waits.is_empty() {
+            format!(
+                "config {:016x} is staged on every member: switching (what the change retires stops first)",
+                staged.config
+            )
+        } else {
+            format!(
+                "config {:016x} is staged here; the cluster switches once every member has staged it (waiting for {}: deploy the same file there and run baton reload, or systemctl reload baton)",
+                staged.config,
+                waits
+                    .iter()
+                    .map(|n| crate::cluster::changes::name_of(&self.io.names, *n))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+
+    /// The node switched to the staged config: from now on it is the
+    /// running one; what the daemon keeps per service follows the services.
+    fn adopt_switch(&mut self, continues: &[Option<usize>]) {
+        let Some(cluster) = self.staged.take() else {
+            return;
+        };
+        self.movers = std::mem::take(&mut self.movers)
+            .into_iter()
+            .filter_map(|(o, who)| {
+                continues
+                    .iter()
+                    .position(|c| *c == Some(o))
+                    .map(|i| (i, who))
+            })
+            .collect();
+        self.decisions
+            .set_services(cluster.services.iter().map(|s| s.name.clone()).collect());
+        self.cluster = cluster;
+        self.local_changes += 1;
     }
 
     /// This node's status now.
@@ -1080,6 +1330,7 @@ impl Daemon {
             },
         );
         st.witness_problem = self.driver.witness_problem(now);
+        st.reload = self.reload_progress();
         let node = self.driver.node();
         st.wire = self.io.wire.status(
             node.membership().me(),
@@ -1108,6 +1359,9 @@ impl Daemon {
     /// After each turn: record what the driver decided, set the metrics' gauges,
     /// rewrite the status file when due.
     fn after_turn(&mut self) {
+        if let Some(continues) = self.io.switched.take() {
+            self.adopt_switch(&continues);
+        }
         for change in self.driver.take_events() {
             self.decisions
                 .record(change.kind, change.service, change.text);

@@ -25,6 +25,11 @@ impl Decisions {
         }
     }
 
+    /// The services were renumbered by a reload: their names now.
+    pub fn set_services(&mut self, services: Vec<String>) {
+        self.services = services;
+    }
+
     /// Log and record one event; `warn` for what needs a look (failures, fences).
     pub fn record(&mut self, kind: &str, service: Option<usize>, text: String) {
         let service = service.and_then(|i| self.services.get(i).cloned());

@@ -15,6 +15,7 @@ pub mod health;
 pub mod history;
 pub mod metrics;
 pub mod operator;
+pub mod reload;
 pub mod services;
 pub mod settings;
 pub mod status;

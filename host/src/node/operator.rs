@@ -23,6 +23,7 @@ pub fn carry_out(
     };
     match req {
         ControlRequest::Status => Ok(String::new()),
+        ControlRequest::Reload { .. } => Err("a reload is the daemon's own".into()),
         ControlRequest::Move {
             service,
             to,

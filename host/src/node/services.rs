@@ -124,6 +124,18 @@ pub fn load_all(
     }
 }
 
+/// Load service `i` of `cluster` alone on node `node` (one a reload adds or
+/// changes): the service, or its problems by path.
+pub fn load_one(
+    cluster: &ClusterConfig,
+    catalog: &AgentCatalog,
+    node: &str,
+    i: usize,
+) -> Result<LoadedService, Vec<String>> {
+    let me = cluster.this_node(node).map_err(|e| vec![e])?;
+    load_service(i, &cluster.services[i], catalog, me, &mut BTreeMap::new())
+}
+
 /// Every problem `run` would refuse `config` for, on any of its nodes
 /// (`{node}` and site data in parameter values differ per node), by path,
 /// each once: what `config check` and `scenario check` report.

@@ -28,6 +28,9 @@ pub struct Status {
     /// Nodes heard that run another config: not admitted to the membership.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub other_configs: Vec<String>,
+    /// A config staged for a reload, and what the switch waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<String>,
     /// Whether this node's partition is quorate.
     pub quorate: bool,
     /// Why, in words.
@@ -218,6 +221,7 @@ pub fn status<'a>(
         members: view.iter().map(n).collect(),
         config: format!("{:016x}", node.config()),
         other_configs: crate::cluster::changes::other_configs(node, names, now),
+        reload: None,
         quorate: quorum.is_some_and(|q| q.quorate),
         quorum: quorum.map(|q| q.reason.clone()).unwrap_or_default(),
         witness_held: quorum.is_some_and(|q| q.witness_held),

@@ -980,12 +980,13 @@ fn a_rolling_upgrade_node_by_node_moves_the_service_once() {
             &|c: &ClusterLab| (1..=3).all(|m| members(c, m) == 3),
             &format!("n{n} did not rejoin after its upgrade"),
         );
-        let want = if n == 1 { 7 } else { 6 };
+        let newest = baton::cluster::wire::VERSION;
+        let want = if n == 1 { newest } else { 6 };
         wait(
             &c,
             &|c: &ClusterLab| {
                 c.status(n)
-                    .is_some_and(|s| s["wire"]["cluster"] == want && s["wire"]["newest"] == 7)
+                    .is_some_and(|s| s["wire"]["cluster"] == want && s["wire"]["newest"] == newest)
             },
             &format!("n{n} does not say the cluster speaks {want}"),
         );
@@ -1029,4 +1030,156 @@ fn a_rolling_upgrade_node_by_node_moves_the_service_once() {
         "{}",
         crate::support::output_text(&out)
     );
+}
+
+/// The service `name` in node `n`'s status, if it lists it.
+fn service_status(c: &ClusterLab, n: usize, name: &str) -> Option<serde_json::Value> {
+    c.status(n)?["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+}
+
+/// A reload applies the services of a changed config file without a restart,
+/// node by node, and never touches the service the change leaves alone. Three
+/// nodes serve `web` on n1 (its process, address and ledger). First a service
+/// is added: the new file is deployed, `baton reload --dry-run`
+/// shows the plan (web unchanged on n1, extra added), and `baton reload` on
+/// n3, n2, then n1 with `--wait` stages it; the cluster switches once the last
+/// node has staged it, extra runs, and web runs on n1 as the same process,
+/// with no new owner interval. A change of the timing profile is refused,
+/// naming the key, and nothing is staged. Then the added service is removed
+/// with SIGHUP on every node (what `systemctl reload baton` sends): it stops,
+/// web again untouched.
+#[test]
+fn a_reload_adds_and_removes_a_service_without_touching_the_others() {
+    let Some(c) = start_with("rl", 3, "") else {
+        return;
+    };
+    let extra = format!(
+        "\n[[service]]\nname = \"extra\"\nstrategy = \"standby\"\npreferred = [\"n2\", \"n3\"]\n[[service.resource]]\nagent = \"process\"\nparams = {{ command = \"sleep 3600\", state_dir = {:?} }}\n",
+        c.dir.path().join("run").display().to_string()
+    );
+    let web_pid = c.service_pid(1).expect("web runs on n1");
+    let (_, intervals) = ledger_overlaps(c.dir.path()).unwrap();
+    let wait = |what: &dyn Fn() -> bool, about: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !what() {
+            assert!(
+                Instant::now() < deadline,
+                "{about}; logs in {}\n{}",
+                c.keep_logs().display(),
+                log_tails(&c)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let config_of = |n: usize| c.status(n).map(|s| s["config"].clone());
+    let before = config_of(1).unwrap();
+    // Every node runs the lab's cluster.toml: deploying is rewriting it.
+    let file = c.dir.path().join("cluster.toml");
+    let base = std::fs::read_to_string(&file).unwrap();
+    let deploy = |text: &str| std::fs::write(&file, text).unwrap();
+    deploy(&(base.clone() + &extra));
+    let plan = baton_at(&c.socket(3), &["reload", "--dry-run"]);
+    let text = crate::support::output_text(&plan);
+    assert!(plan.status.success(), "{text}");
+    assert!(text.contains("dry run: nothing staged"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("web") && l.contains("unchanged: not touched (runs on n1)")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("extra") && l.contains("added: starts where placement puts it")),
+        "{text}"
+    );
+    assert!(c.status(3).unwrap()["reload"].is_null(), "a dry run staged");
+    for n in [3, 2] {
+        let out = baton_at(&c.socket(n), &["reload", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            crate::support::output_text(&out)
+        );
+        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(reply["plan"]["staged"], true, "{reply}");
+    }
+    wait(
+        &|| {
+            c.status(3).is_some_and(|s| {
+                s["reload"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("waiting for n1"))
+            })
+        },
+        "n3's status does not say the switch waits for n1",
+    );
+    assert_eq!(
+        config_of(2).unwrap(),
+        before,
+        "n2 switched before n1 staged"
+    );
+    let out = baton_at(&c.socket(1), &["reload", "--wait", "60s"]);
+    let text = crate::support::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("switched to config"), "{text}");
+    let after = config_of(1).unwrap();
+    assert_ne!(after, before);
+    wait(
+        &|| (1..=3).all(|n| config_of(n).as_ref() == Some(&after)),
+        "not every node switched",
+    );
+    wait(
+        &|| {
+            (1..=3)
+                .filter(|n| service_status(&c, *n, "extra").is_some_and(|s| s["here"] == "running"))
+                .count()
+                == 1
+        },
+        "the added service does not run on one node",
+    );
+    assert_eq!(c.service_pid(1), Some(web_pid), "web was restarted");
+    assert!(c.served_only_by(1, Duration::from_secs(1)).unwrap());
+    // Not a reload's: the timing profile.
+    deploy(&(base.replace("timing = \"fast\"", "timing = \"default\"") + &extra));
+    let out = baton_at(&c.socket(2), &["reload"]);
+    let text = crate::support::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("cluster.timing: changed, and a reload applies services only"),
+        "{text}"
+    );
+    assert!(
+        c.status(2).unwrap()["reload"].is_null(),
+        "a refused reload staged"
+    );
+    // Removed again, by SIGHUP on every node.
+    deploy(&base);
+    for n in 1..=3 {
+        let pid = c.daemon_pid(n).unwrap();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    wait(
+        &|| (1..=3).all(|n| config_of(n).as_ref() == Some(&before)),
+        "not every node switched back after SIGHUP",
+    );
+    wait(
+        &|| (1..=3).all(|n| service_status(&c, n, "extra").is_none()),
+        "the removed service is still listed",
+    );
+    assert_eq!(c.service_pid(1), Some(web_pid), "web was restarted");
+    let (overlaps, now) = ledger_overlaps(c.dir.path()).unwrap();
+    assert!(overlaps.is_empty(), "{overlaps:?}");
+    assert_eq!(now, intervals, "web got a new owner interval");
+    let history = std::fs::read_to_string(c.dir.path().join("n1.history")).unwrap_or_default();
+    assert!(history.contains("reload by SIGHUP"), "{history}");
 }

@@ -14,7 +14,7 @@ use super::Sim;
 use crate::node::{Phase, Role};
 use crate::placement::Strategy;
 use crate::wire::NodeId;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 impl Sim {
     /// Safety, every millisecond: a service that must run once is held by one
@@ -23,30 +23,26 @@ impl Sim {
         if self.violation.is_some() {
             return;
         }
-        for (i, spec) in self.spec.services.iter().enumerate() {
-            if spec.strategy == Strategy::Clone {
-                continue;
+        // By name: during a reload nodes number the services by two configs,
+        // and an old and a new instance of a changed service count as one.
+        let mut holders: BTreeMap<&str, Vec<NodeId>> = BTreeMap::new();
+        for (id, n) in &self.nodes {
+            for (i, spec) in n.spec.services.iter().enumerate() {
+                let held = match spec.strategy {
+                    Strategy::Clone => false,
+                    Strategy::Promotable => n.local.promoted.contains(&i),
+                    _ => n.local.holding.contains(&i),
+                };
+                if held {
+                    holders.entry(n.service_name(i)).or_default().push(*id);
+                }
             }
-            let replicated = spec.strategy == Strategy::Promotable;
-            let holders: Vec<NodeId> = self
-                .nodes
-                .iter()
-                .filter(|(_, n)| {
-                    if replicated {
-                        n.local.promoted.contains(&i)
-                    } else {
-                        n.local.holding.contains(&i)
-                    }
-                })
-                .map(|(id, _)| *id)
-                .collect();
-            if holders.len() > 1 {
-                self.violation = Some(format!(
-                    "t={} service {} held by nodes {holders:?} at once",
-                    self.world.now, spec.name
-                ));
-                return;
-            }
+        }
+        if let Some((name, nodes)) = holders.iter().find(|(_, h)| h.len() > 1) {
+            self.violation = Some(format!(
+                "t={} service {name} held by nodes {nodes:?} at once",
+                self.world.now
+            ));
         }
     }
 
@@ -85,6 +81,17 @@ impl Sim {
     /// the first one broken, in words.
     pub fn check(&self) -> Result<(), String> {
         let live = self.live();
+        for a in &live {
+            let node = self.nodes[a].driver.node();
+            if node.config() != self.spec.config || node.staged().is_some() {
+                return Err(format!(
+                    "node {a} runs config {:016x} (staged: {:?}), not the deployed {:016x}: the reload did not finish",
+                    node.config(),
+                    node.staged().map(|s| format!("{:016x}", s.config)),
+                    self.spec.config
+                ));
+            }
+        }
         if let Some(a) = live.iter().find(|a| self.nodes[a].driver.node().leaving()) {
             return Err(format!(
                 "node {a} was stopped cleanly but has not left: it still holds {:?}",

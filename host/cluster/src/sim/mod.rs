@@ -201,6 +201,35 @@ impl Sim {
         sim
     }
 
+    /// An administrator deploys `next` (monitored as `shells`) on every node
+    /// and reloads each node that is up: the services named in `restarted`
+    /// changed (they stop and start again), the others of the same name
+    /// continue. Nodes down now boot with `next`. (Promotable services are not
+    /// reloaded here: the replication model keys data by service index.)
+    pub fn reload(&mut self, next: &ClusterSpec, shells: Vec<ServiceShell>, restarted: &[&str]) {
+        assert!(
+            self.spec
+                .services
+                .iter()
+                .chain(&next.services)
+                .all(|s| s.strategy != Strategy::Promotable),
+            "the simulator reloads services that are not promotable"
+        );
+        self.spec = next.clone();
+        self.shells = shells.clone();
+        for node in self.nodes.values_mut() {
+            if node.state == State::Down {
+                continue;
+            }
+            let staged = crate::reload::Staged::by_name(&node.spec.services, next, restarted);
+            node.driver.stage(staged, shells.clone());
+        }
+        self.log.push(format!(
+            "t={} reload: config {:016x} staged on every node that is up",
+            self.world.now, next.config
+        ));
+    }
+
     /// Keep a timeline of every node's decisions (see [`Sim::timeline`]).
     pub fn record_timeline(&mut self) {
         self.timeline = Some(Vec::new());
@@ -339,7 +368,15 @@ impl Sim {
         }
         let lease_ms = self.spec.bounds.witness_lease().as_millis() as Millis;
         let seed = self.world.rng.next_u64();
-        let mut node = SimNode::boot(driver, id, incarnation, lease_ms, seed, now);
+        let mut node = SimNode::boot(
+            driver,
+            self.spec.clone(),
+            id,
+            incarnation,
+            lease_ms,
+            seed,
+            now,
+        );
         // Nodes boot at different moments within a heartbeat interval.
         let interval = self.spec.bounds.membership.interval.as_millis() as u64;
         node.state = State::Booting(now + self.world.rng.below(interval.max(1)));
@@ -424,13 +461,13 @@ impl Sim {
         if !node.machine_runs() {
             return;
         }
-        node.local.progress_agents(&mut self.world, &self.spec);
+        node.local.progress_agents(&mut self.world, &node.spec);
         if node.daemon_runs() {
             node.local.progress_witness(&mut self.world);
         }
         node.local.watch(now, lease, false);
         if node.daemon_runs() && (woken || node.has_input() || now >= node.driver.next_wakeup()) {
-            node.turn(&mut self.world, &self.spec);
+            node.turn(&mut self.world);
         }
         self.after_turn(id);
     }

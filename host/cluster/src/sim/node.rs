@@ -88,6 +88,8 @@ pub(crate) struct Local {
 /// One simulated node.
 pub(crate) struct SimNode {
     pub(crate) driver: Driver,
+    /// The config this node runs (after a reload, the one it switched to).
+    pub(crate) spec: ClusterSpec,
     pub(crate) guard: ReplayGuard,
     pub(crate) incarnation: u64,
     pub(crate) state: State,
@@ -97,6 +99,7 @@ pub(crate) struct SimNode {
 impl SimNode {
     pub(crate) fn boot(
         driver: Driver,
+        spec: ClusterSpec,
         id: NodeId,
         incarnation: u64,
         lease_ms: Millis,
@@ -105,6 +108,7 @@ impl SimNode {
     ) -> SimNode {
         SimNode {
             driver,
+            spec,
             guard: ReplayGuard::default(),
             incarnation,
             state: State::Up,
@@ -148,11 +152,11 @@ impl SimNode {
     }
 
     /// Hand the daemon what its workers finished, then one turn of its loop.
-    pub(crate) fn turn(&mut self, world: &mut World, spec: &ClusterSpec) {
+    pub(crate) fn turn(&mut self, world: &mut World) {
         let mut io = SimIo {
             world,
             local: &mut self.local,
-            spec,
+            spec: &self.spec,
         };
         for input in std::mem::take(&mut io.local.inbox) {
             match input {
@@ -161,6 +165,16 @@ impl SimNode {
             }
         }
         self.driver.turn(&mut io);
+        let node = self.driver.node();
+        if node.config() != self.spec.config {
+            self.spec.config = node.config();
+            self.spec.services = node.services().iter().map(|s| s.spec().clone()).collect();
+        }
+    }
+
+    /// The name of this node's service `i`.
+    pub(crate) fn service_name(&self, i: usize) -> &str {
+        &self.spec.services[i].name
     }
 
     /// A crash (power off, or a fence): its processes die with it.
@@ -452,5 +466,23 @@ impl NodeIo for SimIo<'_> {
             }
         }
         Ok(usize::from(held))
+    }
+
+    fn switched(&mut self, continues: &[Option<usize>]) {
+        let local = &mut *self.local;
+        let follow = |old: &BTreeSet<usize>| -> BTreeSet<usize> {
+            (0..continues.len())
+                .filter(|i| continues[*i].is_some_and(|o| old.contains(&o)))
+                .collect()
+        };
+        local.holding = follow(&local.holding);
+        local.promoted = follow(&local.promoted);
+        // Only monitor rounds and fences can be under way at a switch; the
+        // rounds' answers would name the old indices.
+        local.pending.retain(|p| matches!(p.job, Job::Fence { .. }));
+        local
+            .inbox
+            .retain(|i| !matches!(i, Input::Done(Done::Monitored { .. } | Done::Verified(..))));
+        local.fail.clear();
     }
 }
