@@ -925,6 +925,26 @@ impl ClusterNode {
         )
     }
 
+    /// The members of the view whose latest report was made under another
+    /// config than this node's (during a reload's switch: those that have
+    /// not switched yet, or switched already).
+    pub fn members_on_other_configs(&self) -> Vec<NodeId> {
+        let me = self.membership.me();
+        self.membership
+            .view()
+            .1
+            .iter()
+            .copied()
+            .filter(|n| {
+                *n != me
+                    && self
+                        .membership
+                        .report_of(*n)
+                        .is_some_and(|(r, _)| r.config != self.config)
+            })
+            .collect()
+    }
+
     /// While the cluster changes config, what this node holds back: `Some`
     /// with the services it stops (bits) once every member has staged the
     /// config staged here (a switch is under way), or with none while some
@@ -937,14 +957,7 @@ impl ClusterNode {
         {
             return Some(next.retiring(self.services.len()));
         }
-        let me = self.membership.me();
-        let mixed = self.membership.view().1.iter().any(|n| {
-            *n != me
-                && self
-                    .membership
-                    .report_of(*n)
-                    .is_some_and(|(r, _)| r.config != self.config)
-        });
+        let mixed = !self.members_on_other_configs().is_empty();
         mixed.then_some(0)
     }
 

@@ -106,7 +106,7 @@ pub fn drain(
 
 /// `baton reload [--dry-run] [--wait DURATION]`: stage the config file on
 /// the daemon (or only show the plan); with `wait`, then wait (up to it) until
-/// the cluster has switched to it, saying what it waits for.
+/// this node and every member run it, saying what it waits for.
 pub fn reload(
     socket: &std::path::Path,
     dry_run: bool,
@@ -152,7 +152,7 @@ pub fn reload(
             .reload
             .clone()
             .unwrap_or_else(|| format!("running config {}; the staged one was dropped", st.config));
-        if waited >= limit || st.reload.is_none() {
+        if waited >= limit || (st.reload.is_none() && want.as_str() != Some(st.config.as_str())) {
             let text = format!("not switched after {} s: {now}", waited.as_secs());
             if json {
                 println!(

@@ -1238,11 +1238,27 @@ impl Daemon {
             .collect()
     }
 
-    /// Where a staged reload stands, in words (`None`: nothing staged).
+    /// Where a reload stands, in words (`None`: nothing staged, and every
+    /// member runs this node's config).
     fn reload_progress(&self) -> Option<String> {
         let node = self.driver.node();
-        let staged = node.staged()?;
-        let waits = node.switch_waits_for()?;
+        let names = |ids: &[NodeId]| {
+            ids.iter()
+                .map(|n| crate::cluster::changes::name_of(&self.io.names, *n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let Some(staged) = node.staged() else {
+            let others = node.members_on_other_configs();
+            return (!others.is_empty()).then(|| {
+                format!(
+                    "this node runs config {:016x}; waiting for {} to switch to it (nothing starts until then)",
+                    node.config(),
+                    names(&others)
+                )
+            });
+        };
+        let waits = node.switch_waits_for().unwrap_or_default();
         Some(if waits.is_empty() {
             format!(
                 "config {:016x} is staged on every member: switching (what the change retires stops first)",
@@ -1252,11 +1268,7 @@ impl Daemon {
             format!(
                 "config {:016x} is staged here; the cluster switches once every member has staged it (waiting for {}: deploy the same file there and run baton reload, or systemctl reload baton)",
                 staged.config,
-                waits
-                    .iter()
-                    .map(|n| crate::cluster::changes::name_of(&self.io.names, *n))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                names(&waits)
             )
         })
     }
@@ -1278,6 +1290,17 @@ impl Daemon {
             .collect();
         self.decisions
             .set_services(cluster.services.iter().map(|s| s.name.clone()).collect());
+        if let Some(m) = &self.metrics {
+            let gone: Vec<String> = self
+                .cluster
+                .services
+                .iter()
+                .filter(|old| !cluster.services.iter().any(|s| s.name == old.name))
+                .map(|s| s.name.clone())
+                .collect();
+            let nodes: Vec<String> = self.io.names.values().cloned().collect();
+            m.reloaded(continues, &gone, &nodes);
+        }
         self.cluster = cluster;
         self.local_changes += 1;
     }

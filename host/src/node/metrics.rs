@@ -411,6 +411,43 @@ impl Metrics {
             .set(node.fence_state(now).waiting.len() as i64);
     }
 
+    /// A reload's switch renumbered the services (`continues[i]`: the index
+    /// service `i` had) and removed `gone` (with the `nodes`' names): the
+    /// owners seen follow the services, and the removed services' series are
+    /// no longer exposed (a removed service is not "stopped" forever).
+    pub fn reloaded(&self, continues: &[Option<usize>], gone: &[String], nodes: &[String]) {
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        *owners = continues
+            .iter()
+            .map(|from| from.and_then(|o| owners.get(o).copied().flatten()))
+            .collect();
+        for service in gone {
+            for phase in PHASES {
+                self.service_here.remove(&ServicePhase {
+                    service: service.clone(),
+                    phase: phase.into(),
+                });
+            }
+            for node in nodes {
+                let key = ServiceNode {
+                    service: service.clone(),
+                    node: node.clone(),
+                };
+                self.service_owner.remove(&key);
+                self.service_promoted.remove(&key);
+            }
+            self.service_failures.remove(&Service {
+                service: service.clone(),
+            });
+            for reason in MOVE_REASONS {
+                self.service_moves.remove(&ServiceMove {
+                    service: service.clone(),
+                    reason: reason.into(),
+                });
+            }
+        }
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -592,6 +629,30 @@ async fn serve_tls(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After a reload removed a service, none of its series is exposed (it
+    /// would read "stopped here, owned by nobody" forever); the services
+    /// that continue keep theirs.
+    #[test]
+    fn a_service_a_reload_removed_leaves_the_metrics() {
+        let config = crate::cluster::config::ClusterConfig::parse(
+            "[cluster]\nname = \"m\"\nkey_file = \"/k\"\n\n[[node]]\nname = \"n1\"\nid = 1\nlinks = [\"198.18.0.1:7000\"]\n\n[[service]]\nname = \"web\"\nstrategy = \"standby\"\n[[service.resource]]\nagent = \"process\"\n\n[[service]]\nname = \"gone\"\nstrategy = \"standby\"\n[[service.resource]]\nagent = \"process\"\n",
+        )
+        .unwrap()
+        .unwrap();
+        let node = ClusterNode::new(&config.spec(), 1, 1, 0);
+        let names = BTreeMap::from([(1, "n1".to_string())]);
+        let m = Metrics::new();
+        m.observe(&node, &names, 0);
+        assert!(m.encode().contains("service=\"gone\""));
+        m.reloaded(&[Some(0)], &["gone".into()], &["n1".into()]);
+        let text = m.encode();
+        assert!(!text.contains("service=\"gone\""), "{text}");
+        assert!(
+            text.contains("baton_service_here{service=\"web\",phase=\"stopped\"} 1"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn the_prometheus_text_names_counters_with_total_and_has_no_eof() {
