@@ -89,6 +89,9 @@ pub fn config_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
                     for w in &arithmetic.warnings {
                         println!("WARNING: {w}");
                     }
+                    for w in crate::node::daemon::site_file_warnings(c) {
+                        println!("WARNING: {w}");
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)

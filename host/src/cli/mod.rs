@@ -362,6 +362,27 @@ pub enum TlsCommand {
         /// Where to write them (ca.key stays here: keep it offline).
         #[arg(long, value_name = "DIR", default_value = "/etc/baton/tls")]
         out: PathBuf,
+        /// How long the node certificates are valid, in days.
+        #[arg(long, default_value_t = crate::node::tls::VALID_DAYS)]
+        days: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue new certificates and keys for every node of FILE under the CA
+    /// that `tls init` made in DIR (before they expire, or for a node added
+    /// since): copy NODE.crt and NODE.key to each node, then `systemctl reload
+    /// baton` there (the daemon serves the new one without a restart).
+    Renew {
+        /// The scenario or config whose nodes get certificates.
+        file: PathBuf,
+        /// The directory with the CA (ca.crt, ca.key); the certificates go there.
+        #[arg(long, value_name = "DIR", default_value = "/etc/baton/tls")]
+        out: PathBuf,
+        /// How long the node certificates are valid, in days (default: five
+        /// years, or until the CA expires if sooner).
+        #[arg(long)]
+        days: Option<i64>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -740,7 +761,24 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Tls(TlsCommand::Init { file, out, json }) => {
+        Command::Tls(cmd) => {
+            let (file, out, days, json) = match cmd {
+                TlsCommand::Init {
+                    file,
+                    out,
+                    days,
+                    json,
+                } => (file, out, Some(*days), json),
+                TlsCommand::Renew {
+                    file,
+                    out,
+                    days,
+                    json,
+                } => (file, out, *days, json),
+            };
+            if let Some(d) = days.filter(|d| *d <= 0) {
+                anyhow::bail!("--days {d}: give a number of days above 0");
+            }
             let cluster = match crate::design::scenario::load(file) {
                 Ok(scenario) => scenario.cluster().clone(),
                 Err(_) => Config::load(Some(file))?.cluster.with_context(|| {
@@ -750,17 +788,31 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
                     )
                 })?,
             };
-            let written = crate::node::tls::init(&cluster, out)?;
+            let renewing = matches!(cmd, TlsCommand::Renew { .. });
+            let written = if renewing {
+                crate::node::tls::renew(&cluster, out, days)?
+            } else {
+                crate::node::tls::init(&cluster, out, days.unwrap_or(crate::node::tls::VALID_DAYS))?
+            };
             if *json {
-                println!("{}", serde_json::json!({"dir": out, "files": written}));
+                println!(
+                    "{}",
+                    serde_json::json!({"dir": out, "files": written, "days": days})
+                );
             } else {
                 for f in &written {
                     println!("wrote {}", f.display());
                 }
-                println!(
-                    "on each node: ca.crt, NODE.crt and NODE.key (mode 600) under /etc/baton/tls, and in its config\n  [cluster.tls]\n  cert_file = \"/etc/baton/tls/NODE.crt\"\n  key_file = \"/etc/baton/tls/NODE.key\"\n  ca_file = \"/etc/baton/tls/ca.crt\"\nkeep {} off the nodes",
-                    out.join("ca.key").display()
-                );
+                if renewing {
+                    println!(
+                        "on each node: NODE.crt and NODE.key (mode 600) where its [cluster.tls] names them, then `systemctl reload baton` (or `baton reload`): it serves the new certificate without a restart; ca.crt is unchanged"
+                    );
+                } else {
+                    println!(
+                        "on each node: ca.crt, NODE.crt and NODE.key (mode 600) under /etc/baton/tls, and in its config\n  [cluster.tls]\n  cert_file = \"/etc/baton/tls/NODE.crt\"\n  key_file = \"/etc/baton/tls/NODE.key\"\n  ca_file = \"/etc/baton/tls/ca.crt\"\nkeep {} off the nodes",
+                        out.join("ca.key").display()
+                    );
+                }
             }
             return Ok(ExitCode::SUCCESS);
         }

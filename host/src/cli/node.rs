@@ -237,6 +237,16 @@ pub fn print_status(s: &Status, json: bool) -> anyhow::Result<ExitCode> {
     if let Some(reload) = &s.reload {
         println!("reload: {reload}");
     }
+    if let Some(tls) = &s.tls {
+        match &tls.warning {
+            Some(w) => println!("WARNING: {w}"),
+            None => println!(
+                "tls: {} valid until {}",
+                tls.cert_file,
+                crate::node::tls::date(tls.not_after)
+            ),
+        }
+    }
     print_dropped(s);
     if let Some(problem) = &s.witness_problem {
         println!("WARNING: witness not counted: {problem}");

@@ -123,6 +123,26 @@ pub fn checks(scenario: &Scenario, token: Option<&str>, client: &Client) -> Vec<
             ),
         }
     }
+    let now = (crate::node::history::unix_ms() / 1000) as i64;
+    for (name, v) in &answers {
+        let tls = &v["status"]["tls"];
+        let (Some(file), Some(not_after)) = (tls["cert_file"].as_str(), tls["not_after"].as_i64())
+        else {
+            continue;
+        };
+        let warning = crate::node::tls::expiry_warning(std::path::Path::new(file), not_after, now);
+        check(
+            &mut out,
+            format!(
+                "{name}'s certificate is valid {} days more",
+                crate::node::tls::RENEW_WITHIN_DAYS
+            ),
+            warning.is_none(),
+            warning.unwrap_or_else(|| {
+                format!("{file} valid until {}", crate::node::tls::date(not_after))
+            }),
+        );
+    }
     for (name, v) in &answers {
         let runs = v["status"]["config"].as_str().unwrap_or("?");
         check(

@@ -469,6 +469,8 @@ pub struct Daemon {
     runner_exe: PathBuf,
     /// The config staged for a reload, adopted when the node switches to it.
     staged: Option<ClusterConfig>,
+    /// Where the HTTPS server takes its certificate from (a reload renews it).
+    tls: Option<Arc<crate::node::tls::CertSlot>>,
 }
 
 /// The node's cluster config and agents, loaded: everything `run` refuses to
@@ -513,7 +515,7 @@ pub fn site_file_problems(cluster: &ClusterConfig) -> Vec<String> {
         .nodes
         .iter()
         .filter_map(|n| Some((&n.name, n.http.as_deref()?)))
-        .map(|(name, http)| crate::node::tls::server(tls, name, http))
+        .map(|(name, http)| crate::node::tls::certified(tls, name, http))
         .collect();
     if !checked.is_empty()
         && !checked.iter().any(Result::is_ok)
@@ -522,6 +524,26 @@ pub fn site_file_problems(cluster: &ClusterConfig) -> Vec<String> {
         problems.push(format!("{e:#}"));
     }
     problems
+}
+
+/// What `config check` warns of in the files the config names on this
+/// machine: a node certificate that expires within
+/// [`crate::node::tls::RENEW_WITHIN_DAYS`].
+pub fn site_file_warnings(cluster: &ClusterConfig) -> Vec<String> {
+    let now = (crate::node::history::unix_ms() / 1000) as i64;
+    let mut warnings: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| Some((&n.name, n.http.as_deref()?)))
+        .filter_map(|(name, http)| {
+            crate::node::tls::certified(cluster.cluster.tls.as_ref(), name, http)
+                .ok()
+                .flatten()
+        })
+        .filter_map(|s| crate::node::tls::expiry_warning(&s.cert_file, s.not_after, now))
+        .collect();
+    warnings.dedup();
+    warnings
 }
 
 fn load(config: Config, node_name: &str, runner_exe: PathBuf) -> anyhow::Result<Loaded> {
@@ -591,15 +613,22 @@ fn start_witness(
     })
 }
 
+/// What the node's HTTP server gives the loop: its metrics, and the slot its
+/// TLS certificate is served from.
+type Served = (
+    Option<Arc<crate::node::metrics::Metrics>>,
+    Option<Arc<crate::node::tls::CertSlot>>,
+);
+
 /// The node's HTTP server (metrics, console, validation), if it has `http`.
 fn serve_http(
     loaded: &Loaded,
     asker: crate::node::control::Asker,
     history: &Path,
-) -> anyhow::Result<Option<Arc<crate::node::metrics::Metrics>>> {
+) -> anyhow::Result<Served> {
     let (cluster, me) = (&loaded.cluster, &loaded.me);
     let Some(addr) = &me.http else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let at: SocketAddr = addr
         .parse()
@@ -640,11 +669,12 @@ fn serve_http(
             )?,
         },
     )?;
-    let tls = crate::node::tls::server(cluster.cluster.tls.as_ref(), &me.name, addr)?;
+    let (tls, slot) = crate::node::tls::server(cluster.cluster.tls.as_ref(), &me.name, addr)?
+        .map_or((None, None), |(config, slot)| (Some(config), Some(slot)));
     crate::node::metrics::serve(at, routes, tls)
         .map(|()| {
             metrics.set_info(&me.name, &format!("{:016x}", cluster.fingerprint));
-            Some(metrics)
+            (Some(metrics), slot)
         })
         .with_context(|| {
             format!(
@@ -861,7 +891,7 @@ impl Daemon {
             .clone()
             .or_else(|| paths.socket.as_ref().map(|s| s.with_extension("history")))
             .unwrap_or_else(|| default_history(node_name));
-        let metrics = serve_http(&loaded, asker, &history)?;
+        let (metrics, tls) = serve_http(&loaded, asker, &history)?;
         let previous = how_the_previous_run_ended(&history, node_name);
         let mut decisions = crate::node::decisions::Decisions::new(
             node_name,
@@ -929,6 +959,7 @@ impl Daemon {
             config_file: paths.config_file.clone(),
             runner_exe,
             staged: None,
+            tls,
         })
     }
 
@@ -1166,8 +1197,20 @@ impl Daemon {
                 problems.join("\n  ")
             )
         })?;
-        let (text, mut plan) =
+        let tls = self.reload_tls(&prepared.cluster, dry_run)?;
+        let mut prepared = prepared;
+        if tls.is_some() {
+            prepared
+                .plan
+                .restart_only
+                .retain(|k| !k.starts_with("cluster.tls"));
+        }
+        let (mut text, mut plan) =
             crate::node::reload::describe(&prepared.plan, |name| self.runs_on(name));
+        if let Some(line) = &tls {
+            text = format!("{text}\n  {line}");
+            plan["tls"] = line.clone().into();
+        }
         let head = format!(
             "config {:016x} -> {:016x}",
             self.cluster.fingerprint, prepared.plan.config
@@ -1206,6 +1249,35 @@ impl Daemon {
             ),
             plan,
         ))
+    }
+
+    /// The HTTPS certificate of `next` for this node, checked as `run` checks
+    /// it, served from now on (unless `dry_run`): the line the plan gets, or
+    /// `None` without HTTPS (plain HTTP to HTTPS and back needs a restart).
+    fn reload_tls(&self, next: &ClusterConfig, dry_run: bool) -> Result<Option<String>, String> {
+        let (Some(slot), Some(http)) = (
+            &self.tls,
+            next.node(&self.node_name).and_then(|n| n.http.as_deref()),
+        ) else {
+            return Ok(None);
+        };
+        let served = crate::node::tls::certified(next.cluster.tls.as_ref(), &self.node_name, http)
+            .map_err(|e| {
+                format!("the config file cannot be reloaded; nothing changed:\n  {e:#}")
+            })?;
+        let Some(served) = served else {
+            return Ok(None);
+        };
+        let line = format!(
+            "TLS: {} {}, valid until {}",
+            if dry_run { "would serve" } else { "serving" },
+            served.cert_file.display(),
+            crate::node::tls::date(served.not_after)
+        );
+        if !dry_run {
+            slot.replace(served);
+        }
+        Ok(Some(line))
     }
 
     /// Where the service named `name` runs now, as this node knows it.
@@ -1354,6 +1426,15 @@ impl Daemon {
         );
         st.witness_problem = self.driver.witness_problem(now);
         st.reload = self.reload_progress();
+        if let Some(slot) = &self.tls {
+            let (file, not_after) = slot.expiry();
+            let unix_now = (crate::node::history::unix_ms() / 1000) as i64;
+            st.tls = Some(crate::node::status::TlsStatus {
+                cert_file: file.display().to_string(),
+                not_after,
+                warning: crate::node::tls::expiry_warning(&file, not_after, unix_now),
+            });
+        }
         let node = self.driver.node();
         st.wire = self.io.wire.status(
             node.membership().me(),
@@ -1409,6 +1490,10 @@ impl Daemon {
             self.next_metrics = now + METRICS_EVERY_MS;
             m.observe(self.driver.node(), &self.io.names, now);
             m.dropped(&self.dropped);
+            if let Some(slot) = &self.tls {
+                let (file, not_after) = slot.expiry();
+                m.certificate_expiry(&file, not_after);
+            }
         }
         self.write_status_file(now);
         let node = self.driver.node();

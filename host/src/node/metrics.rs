@@ -16,7 +16,9 @@
 //! `service_here{service,phase}` (1 for this node's phase),
 //! `service_owner{service,node}` (1 where placement puts it),
 //! `service_promoted{service,node}`, `service_failures{service}` (unexpired, here),
-//! `fence_waiting`, `agent_calls_total{agent,action,result}` (result: ok or the
+//! `fence_waiting`, `tls_certificate_expiry_timestamp_seconds{file}` (when the
+//! certificate this node serves expires; alert on it minus `time()`),
+//! `agent_calls_total{agent,action,result}` (result: ok or the
 //! error class), `agent_call_seconds{agent,action}` (histogram),
 //! `decisions_total{kind}`, `membership_epoch`, `dropped_packets_total{cause}`,
 //! `config_mismatch` (peers heard running another config), `moves_in_effect`
@@ -34,6 +36,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,6 +55,11 @@ struct ServicePhase {
 struct ServiceNode {
     service: String,
     node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertFile {
+    file: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -122,6 +130,7 @@ pub struct Metrics {
     service_promoted: Family<ServiceNode, Gauge>,
     service_failures: Family<Service, Gauge>,
     fence_waiting: Gauge,
+    certificate_expiry: Family<CertFile, Gauge>,
     agent_calls: Family<Call, Counter>,
     agent_call_seconds: Family<CallTime, Histogram>,
     decisions: Family<Kind, Counter>,
@@ -153,6 +162,7 @@ impl Metrics {
             service_promoted: Family::default(),
             service_failures: Family::default(),
             fence_waiting: Gauge::default(),
+            certificate_expiry: Family::default(),
             agent_calls: Family::default(),
             agent_call_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0001, 4.0, 10))
@@ -216,6 +226,11 @@ impl Metrics {
             "fence_waiting",
             "Lost nodes not yet known safe (fence wait or fence pending)",
             m.fence_waiting.clone(),
+        );
+        r.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the certificate this node serves over HTTPS expires (Unix time; absent with plain HTTP)",
+            m.certificate_expiry.clone(),
         );
         r.register(
             "agent_calls",
@@ -409,6 +424,18 @@ impl Metrics {
         }
         self.fence_waiting
             .set(node.fence_state(now).waiting.len() as i64);
+    }
+
+    /// The certificate this node serves, from `file`, expires at `not_after`
+    /// (Unix seconds).
+    pub fn certificate_expiry(&self, file: &Path, not_after: i64) {
+        let key = CertFile {
+            file: file.display().to_string(),
+        };
+        if self.certificate_expiry.get(&key).is_none() {
+            self.certificate_expiry.clear();
+        }
+        self.certificate_expiry.get_or_create(&key).set(not_after);
     }
 
     /// A reload's switch renumbered the services (`continues[i]`: the index

@@ -31,6 +31,9 @@ pub struct Status {
     /// A config staged for a reload, and what the switch waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<String>,
+    /// The certificate this node's HTTPS address serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
     /// Whether this node's partition is quorate.
     pub quorate: bool,
     /// Why, in words.
@@ -67,6 +70,18 @@ pub struct Status {
     pub dropped_last_ms: BTreeMap<String, u64>,
     /// How long the daemon has run, ms.
     pub uptime_ms: u64,
+}
+
+/// The certificate a node serves.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TlsStatus {
+    /// Its file.
+    pub cert_file: String,
+    /// When it stops being valid, Unix seconds.
+    pub not_after: i64,
+    /// Set within 30 days of that: what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// The node's health checks.
@@ -222,6 +237,7 @@ pub fn status<'a>(
         config: format!("{:016x}", node.config()),
         other_configs: crate::cluster::changes::other_configs(node, names, now),
         reload: None,
+        tls: None,
         quorate: quorum.is_some_and(|q| q.quorate),
         quorum: quorum.map(|q| q.reason.clone()).unwrap_or_default(),
         witness_held: quorum.is_some_and(|q| q.witness_held),

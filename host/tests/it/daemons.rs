@@ -727,8 +727,11 @@ fn a_node_serves_prometheus_metrics_on_its_http_address() {
                 .iter()
                 .find_map(|s| name.strip_suffix(s))
                 .unwrap_or(&name);
+            // Served with HTTPS only (this node is plain): see
+            // an_expiring_certificate_is_reported_and_a_reload_serves_the_renewed_one.
+            let tls_only = name == "baton_tls_certificate_expiry_timestamp_seconds";
             assert!(
-                served.contains(base) || served.contains(name.as_str()),
+                tls_only || served.contains(base) || served.contains(name.as_str()),
                 "{file} queries {name}, which no node serves; served: {served:?}"
             );
         }
@@ -935,4 +938,153 @@ fn a_service_in_maintenance_is_left_alone_until_released() {
         c.service_pid(1).is_some_and(|p| p != first && alive(p)) && c.owners() == [1]
     });
     assert!(c.service_pid(2).is_none_or(|p| !alive(p)));
+}
+
+/// When the certificate `addr` serves over TLS (trusting `ca`) expires, Unix
+/// seconds: read from the handshake itself (with ring, as the daemon).
+#[allow(deprecated)]
+fn served_not_after(addr: &str, ca: &std::path::Path) -> i64 {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let at: std::net::SocketAddr = addr.parse().unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(at.ip().into());
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut tcp = std::net::TcpStream::connect(at).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).unwrap();
+    }
+    let der = &conn.peer_certificates().unwrap()[0];
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.validity().not_after.timestamp()
+}
+
+/// A node certificate that expires within 30 days is reported where an
+/// administrator looks (status, `config check`, the metric to alert on) with
+/// how to renew it; `baton tls renew` under the same CA and SIGHUP (what
+/// `systemctl reload baton` sends) serve the renewed certificate without a
+/// restart, on the wire, while the service keeps running.
+#[test]
+fn an_expiring_certificate_is_reported_and_a_reload_serves_the_renewed_one() {
+    let mut c = Cluster::new("standby");
+    let port = free_tcp_port("127.0.0.11");
+    let addr = format!("127.0.0.11:{port}");
+    let tls = c.dir.path().join("tls");
+    for n in 1..=3 {
+        c.kill_node(n);
+    }
+    let text = std::fs::read_to_string(&c.config)
+        .unwrap()
+        .replacen("id = 1\n", &format!("id = 1\nhttp = \"{addr}\"\n"), 1)
+        .replacen(
+            "[cluster]\n",
+            &format!(
+                "[cluster]\ntls = {{ cert_file = \"{t}/{{node}}.crt\", key_file = \"{t}/{{node}}.key\", ca_file = \"{t}/ca.crt\" }}\n",
+                t = tls.display()
+            ),
+            1,
+        );
+    std::fs::write(&c.config, text).unwrap();
+    let config = c.config.clone();
+    let tool = |args: &[&str]| {
+        let o = Command::new(baton_exe())
+            .args(args)
+            .arg(&config)
+            .arg("--out")
+            .arg(&tls)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", crate::support::output_text(&o));
+    };
+    tool(&["tls", "init", "--days", "10"]);
+    for n in 1..=3 {
+        c.start(n);
+    }
+    c.wait_for("n1 to run the service", Duration::from_secs(20), |c| {
+        c.owners() == [1]
+    });
+    let warning = |c: &Cluster| c.status(1).map(|s| s["tls"]["warning"].clone());
+    c.wait_for(
+        "n1's status to show its certificate",
+        Duration::from_secs(10),
+        |c| c.status(1).is_some_and(|s| s["tls"]["not_after"].is_i64()),
+    );
+    let said = warning(&c).unwrap();
+    let said = said.as_str().unwrap_or_default();
+    assert!(
+        said.contains("n1.crt: expires in 9 day(s), on ") && said.contains("baton tls renew"),
+        "{said}"
+    );
+    let short = c.status(1).unwrap()["tls"]["not_after"].as_i64().unwrap();
+    assert_eq!(served_not_after(&addr, &tls.join("ca.crt")), short);
+    let check = Command::new(baton_exe())
+        .args(["config", "check"])
+        .arg(&c.config)
+        .output()
+        .unwrap();
+    let text = crate::support::output_text(&check);
+    assert!(check.status.success(), "{text}");
+    assert!(
+        text.contains("WARNING: cluster.tls.cert_file ") && text.contains("expires in 9 day(s)"),
+        "{text}"
+    );
+    let metrics =
+        baton::node::tls::Client::new(Some(&tls.join("ca.crt")), Duration::from_secs(10)).unwrap();
+    let body = metrics
+        .agent
+        .get(metrics.url(&addr, "/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let line = format!(
+        "baton_tls_certificate_expiry_timestamp_seconds{{file=\"{}\"}} {short}",
+        tls.join("n1.crt").display()
+    );
+    assert!(body.contains(&line), "missing {line:?} in:\n{body}");
+
+    // Renewed under the same CA, and served after SIGHUP.
+    let ca = std::fs::read(tls.join("ca.crt")).unwrap();
+    let web = c.service_pid(1);
+    tool(&["tls", "renew"]);
+    assert_eq!(
+        std::fs::read(tls.join("ca.crt")).unwrap(),
+        ca,
+        "renew changed the CA"
+    );
+    let pid = c.daemons[0].as_ref().unwrap().id();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    c.wait_for(
+        "n1 to serve the renewed certificate",
+        Duration::from_secs(20),
+        |c| {
+            c.status(1).is_some_and(|s| {
+                s["tls"]["not_after"]
+                    .as_i64()
+                    .is_some_and(|t| t > short + 4 * 365 * 86_400)
+            })
+        },
+    );
+    assert!(warning(&c).unwrap().is_null());
+    let renewed = c.status(1).unwrap()["tls"]["not_after"].as_i64().unwrap();
+    assert_eq!(served_not_after(&addr, &tls.join("ca.crt")), renewed);
+    assert_eq!(c.service_pid(1), web, "the reload restarted the service");
+    assert_eq!(c.owners(), [1]);
 }

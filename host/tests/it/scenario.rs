@@ -356,6 +356,13 @@ fn validate_checks_a_live_site_and_names_what_differs() {
     }
     let answered = outcome(&report, "n1 answers")["detail"].as_str().unwrap();
     assert!(answered.contains("over HTTPS"), "{answered}");
+    // Certificates from `baton tls init`: five years, listed with their date.
+    let valid = outcome(&report, "n2's certificate is valid 30 days more");
+    assert_eq!(valid["ok"], true, "{report}");
+    assert!(
+        valid["detail"].as_str().unwrap().contains("n2.crt valid until 20"),
+        "{valid}"
+    );
     let (ok, report) = validate(&dir, &[]);
     assert!(!ok);
     let refused = outcome(&report, "n1 answers");
