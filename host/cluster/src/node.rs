@@ -903,46 +903,31 @@ impl ClusterNode {
         self.staged.as_ref()
     }
 
-    /// The members of the view (this node too) that have not staged or
-    /// switched to the staged config yet; `None` when nothing is staged.
-    pub fn switch_waits_for(&self) -> Option<Vec<NodeId>> {
-        let next = self.staged.as_ref()?.config;
-        let me = self.membership.me();
-        Some(
-            self.membership
-                .view()
-                .1
-                .iter()
-                .copied()
-                .filter(|n| {
-                    *n != me
-                        && self
-                            .membership
-                            .report_of(*n)
-                            .is_none_or(|(r, _)| r.config != next && r.staged != next)
-                })
-                .collect(),
-        )
-    }
-
-    /// The members of the view whose latest report was made under another
-    /// config than this node's (during a reload's switch: those that have
-    /// not switched yet, or switched already).
-    pub fn members_on_other_configs(&self) -> Vec<NodeId> {
+    /// The other members of the view whose latest report (`None`: none
+    /// yet) satisfies `what`.
+    fn members_whose_report(&self, what: impl Fn(Option<&Report>) -> bool) -> Vec<NodeId> {
         let me = self.membership.me();
         self.membership
             .view()
             .1
             .iter()
             .copied()
-            .filter(|n| {
-                *n != me
-                    && self
-                        .membership
-                        .report_of(*n)
-                        .is_some_and(|(r, _)| r.config != self.config)
-            })
+            .filter(|n| *n != me && what(self.membership.report_of(*n).map(|(r, _)| r)))
             .collect()
+    }
+
+    /// The members of the view that have not staged or switched to the
+    /// staged config yet; `None` when nothing is staged.
+    pub fn switch_waits_for(&self) -> Option<Vec<NodeId>> {
+        let next = self.staged.as_ref()?.config;
+        Some(self.members_whose_report(|r| r.is_none_or(|r| r.config != next && r.staged != next)))
+    }
+
+    /// The members of the view whose latest report was made under another
+    /// config than this node's (during a reload's switch: those that have
+    /// not switched yet, or switched already).
+    pub fn members_on_other_configs(&self) -> Vec<NodeId> {
+        self.members_whose_report(|r| r.is_some_and(|r| r.config != self.config))
     }
 
     /// While the cluster changes config, what this node holds back: `Some`

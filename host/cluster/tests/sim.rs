@@ -177,7 +177,7 @@ mod outages {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
-    fn service(name: &str, strategy: Strategy, preferred: &[NodeId]) -> ServiceSpec {
+    pub(super) fn service(name: &str, strategy: Strategy, preferred: &[NodeId]) -> ServiceSpec {
         ServiceSpec {
             name: name.into(),
             strategy,
@@ -636,24 +636,14 @@ mod outages {
 /// A config reload: services added, removed, changed and updated in place,
 /// switched to by every node without touching the services it leaves alone.
 mod reload {
+    use super::outages::service;
     use baton_cluster::membership::{Millis, Timing};
     use baton_cluster::node::{Bounds, ClusterNode, ClusterSpec, Phase};
-    use baton_cluster::placement::{FailurePolicy, ServiceSpec, Strategy};
+    use baton_cluster::placement::Strategy;
     use baton_cluster::quorum::QuorumPolicy;
     use baton_cluster::sim::{Fault, Sim, default_shells};
     use baton_cluster::wire::NodeId;
     use std::time::Duration;
-
-    fn service(name: &str, strategy: Strategy, preferred: &[NodeId]) -> ServiceSpec {
-        ServiceSpec {
-            name: name.into(),
-            strategy,
-            preferred: preferred.to_vec(),
-            failures: FailurePolicy::default(),
-            keep_without_quorum: false,
-            start_timeout: Duration::from_millis(600),
-        }
-    }
 
     /// `nodes` nodes; fencing if asked; the running config (1) or the
     /// reloaded one (2): "added" is new and comes first (every index moves),

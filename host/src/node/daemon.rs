@@ -1171,13 +1171,7 @@ impl Daemon {
     }
 
     fn try_reload(&mut self, dry_run: bool) -> Result<(String, serde_json::Value), String> {
-        let node = self.driver.node();
-        let wire = self.io.wire.status(
-            node.membership().me(),
-            node.membership().view().1,
-            &self.io.names,
-            self.io.now(),
-        );
+        let wire = self.wire_status();
         if wire.cluster < 8 {
             return Err(format!(
                 "the cluster speaks wire version {}: nodes before version 8 do not say which config their reports are made under, so a reload cannot switch them safely; finish the upgrade first",
@@ -1388,13 +1382,7 @@ impl Daemon {
         ) {
             return None;
         }
-        let node = self.driver.node();
-        let wire = self.io.wire.status(
-            node.membership().me(),
-            node.membership().view().1,
-            &self.io.names,
-            self.io.now(),
-        );
+        let wire = self.wire_status();
         let old: Vec<String> = wire
             .peers
             .iter()
@@ -1408,6 +1396,17 @@ impl Daemon {
                 if old.is_empty() { "this node is held at an older version".to_string() } else { old.join(", ") }
             )
         })
+    }
+
+    /// Which wire versions this node and its members speak now.
+    fn wire_status(&self) -> crate::node::versions::WireStatus {
+        let node = self.driver.node();
+        self.io.wire.status(
+            node.membership().me(),
+            node.membership().view().1,
+            &self.io.names,
+            self.io.now(),
+        )
     }
 
     fn status(&self) -> Status {
@@ -1435,13 +1434,7 @@ impl Daemon {
                 warning: crate::node::tls::expiry_warning(&file, not_after, unix_now),
             });
         }
-        let node = self.driver.node();
-        st.wire = self.io.wire.status(
-            node.membership().me(),
-            node.membership().view().1,
-            &self.io.names,
-            now,
-        );
+        st.wire = self.wire_status();
         st.health = self
             .io
             .health

@@ -360,7 +360,10 @@ fn validate_checks_a_live_site_and_names_what_differs() {
     let valid = outcome(&report, "n2's certificate is valid 30 days more");
     assert_eq!(valid["ok"], true, "{report}");
     assert!(
-        valid["detail"].as_str().unwrap().contains("n2.crt valid until 20"),
+        valid["detail"]
+            .as_str()
+            .unwrap()
+            .contains("n2.crt valid until 20"),
         "{valid}"
     );
     let (ok, report) = validate(&dir, &[]);
