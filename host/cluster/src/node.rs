@@ -947,16 +947,22 @@ impl ClusterNode {
     }
 
     /// Service `i` while the cluster changes config (see [`Self::hold`]): a
-    /// claim not started yet is given up, a retiring service stops, the rest
-    /// stays as it is. Without quorum, nothing is held back: every service
-    /// stops as always.
+    /// claim not started yet (of the service or of its promoted role) is given
+    /// up, a retiring service stops, the rest stays as it is. Without quorum,
+    /// or leaving, nothing is held back.
     fn held_for_reload(&mut self, i: usize, round: &Round) -> Option<Vec<Command>> {
         let retiring = round.hold? & (1 << i) != 0;
-        if !round.quorate || (retiring && self.admin.in_maintenance(i)) {
+        // Losing quorum and a clean stop only ever stop services: they go on
+        // as always (a leaving node held back would never leave).
+        if !round.quorate || self.leaving || (retiring && self.admin.in_maintenance(i)) {
             return None;
         }
         let s = &mut self.services[i];
         s.placement.why = "held while the cluster switches to a reloaded config".into();
+        if matches!(s.role, Role::Claiming { .. }) {
+            // A claim of the promoted role not acted on yet is given up too.
+            s.role = Role::Replica;
+        }
         Some(match s.phase {
             Phase::Claiming { .. } => {
                 s.phase = Phase::Stopped;

@@ -647,8 +647,9 @@ mod reload {
 
     /// `nodes` nodes; fencing if asked; the running config (1) or the
     /// reloaded one (2): "added" is new and comes first (every index moves),
-    /// "tuned" prefers other nodes (updated in place), "changed" restarts,
-    /// "gone" is removed, "keep" and "spread" are untouched.
+    /// "tuned" prefers other nodes (updated in place), "changed" and the
+    /// promotable "replica" restart, "gone" is removed, "keep", "spread" and
+    /// the promotable "db" are untouched.
     fn cluster(nodes: u16, fencing: bool, reloaded: bool) -> ClusterSpec {
         let ids: Vec<NodeId> = (1..=nodes).collect();
         let services = if reloaded {
@@ -658,6 +659,8 @@ mod reload {
                 service("changed", Strategy::Standby, &[3, 1]),
                 service("tuned", Strategy::Standby, &[3, 2]),
                 service("spread", Strategy::Clone, &[]),
+                service("replica", Strategy::Promotable, &[3, 2]),
+                service("db", Strategy::Promotable, &[1, 2]),
             ]
         } else {
             vec![
@@ -666,6 +669,8 @@ mod reload {
                 service("changed", Strategy::Standby, &[3, 1]),
                 service("gone", Strategy::Mutual, &[1]),
                 service("spread", Strategy::Clone, &[]),
+                service("db", Strategy::Promotable, &[1, 2]),
+                service("replica", Strategy::Promotable, &[2, 3]),
             ]
         };
         ClusterSpec {
@@ -696,7 +701,7 @@ mod reload {
 
     fn reload(sim: &mut Sim, nodes: u16, fencing: bool) {
         let next = cluster(nodes, fencing, true);
-        sim.reload(&next, default_shells(&next), &["changed"]);
+        sim.reload(&next, default_shells(&next), &["changed", "replica"]);
     }
 
     fn index(node: &ClusterNode, name: &str) -> Option<usize> {
@@ -714,9 +719,22 @@ mod reload {
             .collect()
     }
 
+    /// The nodes where promotable service `name` is promoted.
+    fn promoted(sim: &Sim, name: &str) -> Vec<NodeId> {
+        sim.live()
+            .into_iter()
+            .filter(|id| {
+                let node = sim.node(*id).unwrap();
+                index(node, name)
+                    .is_some_and(|i| node.service(i).role() == baton_cluster::node::Role::Promoted)
+            })
+            .collect()
+    }
+
     /// Without faults: every node switches; "keep" runs on the same node
-    /// every millisecond of it, and "spread" on every node; "gone" stops,
-    /// "added" starts, "changed" is stopped and started again.
+    /// every millisecond of it, "spread" on every node, and "db" stays
+    /// promoted where it was; "gone" stops, "added" starts, "changed" and
+    /// "replica" are stopped and started again.
     #[test]
     fn a_reload_applies_the_changes_and_leaves_the_rest_running() {
         for seed in 1..=10 {
@@ -726,11 +744,17 @@ mod reload {
             sim.check().unwrap();
             let keeper = running(&sim, "keep");
             assert_eq!(keeper.len(), 1, "seed {seed}");
-            let changed_at = sim.now();
+            let primary = promoted(&sim, "db");
+            assert_eq!(primary.len(), 1, "seed {seed}");
             reload(&mut sim, 3, seed % 2 == 0);
             let quiet = sim.quiet_ms();
+            // Whether "changed" ran nowhere, and "replica" was promoted
+            // nowhere, at some moment: they were restarted.
+            let (mut changed_stopped, mut replica_stopped) = (false, false);
             for _ in 0..quiet {
                 sim.run(1);
+                changed_stopped |= running(&sim, "changed").is_empty();
+                replica_stopped |= promoted(&sim, "replica").is_empty();
                 assert_eq!(
                     running(&sim, "keep"),
                     keeper,
@@ -738,6 +762,12 @@ mod reload {
                     sim.now()
                 );
                 assert_eq!(running(&sim, "spread"), vec![1, 2, 3], "seed {seed}");
+                assert_eq!(
+                    promoted(&sim, "db"),
+                    primary,
+                    "seed {seed} at t={}",
+                    sim.now()
+                );
             }
             assert_eq!(sim.violation(), None, "seed {seed}");
             sim.check()
@@ -745,20 +775,11 @@ mod reload {
             assert_eq!(running(&sim, "gone"), Vec::<NodeId>::new());
             assert_eq!(running(&sim, "added").len(), 1, "seed {seed}");
             assert_eq!(running(&sim, "changed").len(), 1, "seed {seed}");
-            let stops_of = |name: &str| {
-                sim.timeline()
-                    .iter()
-                    .filter(|e| {
-                        e.at > changed_at
-                            && e.change.text.contains("stopping")
-                            && e.change.service.is_some_and(|i| {
-                                let n = sim.node(e.node.unwrap()).unwrap();
-                                n.services().get(i).is_some_and(|s| s.spec().name == name)
-                            })
-                    })
-                    .count()
-            };
-            assert_eq!(stops_of("keep"), 0, "seed {seed}");
+            assert_eq!(promoted(&sim, "replica").len(), 1, "seed {seed}");
+            assert!(
+                changed_stopped && replica_stopped,
+                "seed {seed}: not restarted"
+            );
             let switched = sim
                 .timeline()
                 .iter()
@@ -768,7 +789,7 @@ mod reload {
         }
     }
 
-    /// A reload amid crashes, isolation, cuts, pauses and clean stops (40
+    /// A reload amid crashes, isolation, cuts, pauses and clean stops (100
     /// seeded schedules, 3 to 5 nodes, fencing on even seeds, where stops and
     /// fences also fail now and then): never two
     /// owners of a service (by name: an old and a new instance of a changed
@@ -778,12 +799,13 @@ mod reload {
     fn a_reload_amid_faults_never_gives_two_owners_and_always_finishes() {
         let seeds: Vec<u64> = match std::env::var("BATON_SIM_SEED") {
             Ok(s) => vec![s.parse().expect("BATON_SIM_SEED must be a number")],
-            Err(_) => (1..=40).collect(),
+            Err(_) => (1..=100).collect(),
         };
         for seed in seeds {
             let nodes = 3 + (seed % 3) as u16;
             let fencing = seed % 2 == 0;
             let mut sim = sim(nodes, fencing, seed, fencing);
+            sim.record_timeline();
             sim.run(sim.quiet_ms());
             let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
             let mut next = |n: u64| {
@@ -830,9 +852,20 @@ mod reload {
                 None => sim.check(),
             };
             if let Err(e) = outcome {
+                let timeline = sim.timeline();
+                let last: Vec<String> = timeline[timeline.len().saturating_sub(60)..]
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{:>7} {:?} {} {:?} {}",
+                            e.at, e.node, e.change.kind, e.change.service, e.change.text
+                        )
+                    })
+                    .collect();
                 panic!(
-                    "reload simulation failed for seed {seed} (replay: BATON_SIM_SEED={seed} cargo test -p baton-cluster --test sim -- reload):\n{e}\n{}",
-                    sim.log().join("\n")
+                    "reload simulation failed for seed {seed} (replay: BATON_SIM_SEED={seed} cargo test -p baton-cluster --test sim -- reload):\n{e}\n{}\nthe last decisions:\n{}",
+                    sim.log().join("\n"),
+                    last.join("\n")
                 );
             }
         }

@@ -49,9 +49,10 @@ impl Sim {
     /// At a promote command: the chosen replica holds at least the acknowledged
     /// position its node knows, and no running replica it hears has more data.
     pub(super) fn check_promotion(&mut self, id: NodeId, svc: usize) {
-        let mine = self.world.data[&(svc, id)];
+        let name = self.nodes[&id].service_name(svc).to_string();
+        let data = |n: NodeId| self.world.data[&(name.clone(), n)];
+        let mine = data(id);
         let node = self.nodes[&id].driver.node();
-        let name = &self.spec.services[svc].name;
         if let Some(a) = node.service(svc).acknowledged()
             && mine < a
             && self.violation.is_none()
@@ -63,15 +64,18 @@ impl Sim {
         }
         for r in node.membership().view().1 {
             let other = &self.nodes[r];
-            if *r != id
-                && other.driver.node().service(svc).phase() == Phase::Running
-                && self.world.data[&(svc, *r)] > mine
-                && self.violation.is_none()
-            {
+            // The replica of the same service on `r`, by `r`'s own config.
+            let running = other
+                .spec
+                .services
+                .iter()
+                .position(|s| s.name == name)
+                .is_some_and(|i| other.driver.node().service(i).phase() == Phase::Running);
+            if *r != id && running && data(*r) > mine && self.violation.is_none() {
                 self.violation = Some(format!(
                     "t={} {name}: node {id} promoted at {mine:?}, but node {r} has {:?}",
                     self.world.now,
-                    self.world.data[&(svc, *r)]
+                    data(*r)
                 ));
             }
         }
@@ -323,7 +327,9 @@ impl Sim {
                     s.role().name(),
                     s.placement().why,
                     s.promotion().why,
-                    self.world.data.get(&(i, *n)),
+                    self.world
+                        .data
+                        .get(&(self.spec.services[i].name.clone(), *n)),
                     s.acknowledged(),
                     st.fence_state(self.world.now)
                 )
@@ -355,9 +361,10 @@ impl Sim {
             .iter()
             .filter_map(|n| state(n).acknowledged())
             .max();
-        let candidate = able
-            .iter()
-            .any(|n| acknowledged.is_none_or(|a| self.world.data[&(i, *n)] >= a));
+        let candidate = able.iter().any(|n| {
+            acknowledged
+                .is_none_or(|a| self.world.data[&(self.spec.services[i].name.clone(), *n)] >= a)
+        });
         let stuck = component
             .iter()
             .any(|n| state(n).phase() == Phase::StopFailed && state(n).role() != Role::Replica)

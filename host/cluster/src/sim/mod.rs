@@ -175,10 +175,10 @@ impl Sim {
     ) -> Sim {
         let ids = spec.nodes.clone();
         let mut world = World::new(ids.clone(), spec.links as u8, seed, chaos);
-        for (s, service) in spec.services.iter().enumerate() {
+        for service in &spec.services {
             if service.strategy == Strategy::Promotable {
                 for id in &ids {
-                    world.data.insert((s, *id), (1, 0));
+                    world.data.insert((service.name.clone(), *id), (1, 0));
                 }
             }
         }
@@ -204,17 +204,21 @@ impl Sim {
     /// An administrator deploys `next` (monitored as `shells`) on every node
     /// and reloads each node that is up: the services named in `restarted`
     /// changed (they stop and start again), the others of the same name
-    /// continue. Nodes down now boot with `next`. (Promotable services are not
-    /// reloaded here: the replication model keys data by service index.)
+    /// continue. Nodes down now boot with `next`. A promotable service keeps
+    /// its replicated data by name (a restarted one starts on the same data).
     pub fn reload(&mut self, next: &ClusterSpec, shells: Vec<ServiceShell>, restarted: &[&str]) {
-        assert!(
-            self.spec
-                .services
-                .iter()
-                .chain(&next.services)
-                .all(|s| s.strategy != Strategy::Promotable),
-            "the simulator reloads services that are not promotable"
-        );
+        for service in next
+            .services
+            .iter()
+            .filter(|s| s.strategy == Strategy::Promotable)
+        {
+            for id in &next.nodes {
+                self.world
+                    .data
+                    .entry((service.name.clone(), *id))
+                    .or_insert((1, 0));
+            }
+        }
         self.spec = next.clone();
         self.shells = shells.clone();
         for node in self.nodes.values_mut() {
@@ -417,10 +421,15 @@ impl Sim {
             self.step_node(id, woken.contains(&id));
         }
         if now.is_multiple_of(10) {
-            for s in 0..self.spec.services.len() {
-                if self.spec.services[s].strategy == Strategy::Promotable {
-                    self.replicate(s);
-                }
+            let promotable: Vec<String> = self
+                .spec
+                .services
+                .iter()
+                .filter(|s| s.strategy == Strategy::Promotable)
+                .map(|s| s.name.clone())
+                .collect();
+            for name in promotable {
+                self.replicate(&name);
             }
         }
         self.check_single_owner();
@@ -531,27 +540,31 @@ impl Sim {
         }
     }
 
-    /// The promoted node of `svc` writes once; replicas it hears get the write
-    /// (each with a chance of 70 %); acknowledged once one has it.
-    fn replicate(&mut self, svc: usize) {
+    /// The promoted node of service `name` writes once; replicas it hears get
+    /// the write (each with a chance of 70 %); acknowledged once one has it.
+    /// Each node knows the service by its own config's index.
+    fn replicate(&mut self, name: &str) {
+        let index = |n: &SimNode| n.spec.services.iter().position(|s| s.name == name);
         let primaries: Vec<NodeId> = self
             .nodes
             .iter()
             .filter(|(_, n)| {
-                n.daemon_runs()
-                    && n.local.promoted.contains(&svc)
-                    && n.driver.node().service(svc).role() == Role::Promoted
+                index(n).is_some_and(|i| {
+                    n.daemon_runs()
+                        && n.local.promoted.contains(&i)
+                        && n.driver.node().service(i).role() == Role::Promoted
+                })
             })
             .map(|(id, _)| *id)
             .collect();
         for p in primaries {
-            let (generation, position) = self.world.data[&(svc, p)];
+            let (generation, position) = self.world.data[&(name.to_string(), p)];
             let replicas: Vec<NodeId> = self
                 .nodes
                 .iter()
                 .filter(|(r, n)| {
                     **r != p
-                        && n.local.holding.contains(&svc)
+                        && index(n).is_some_and(|i| n.local.holding.contains(&i))
                         && n.machine_runs()
                         && self.world.hears(**r, p)
                         && self.world.hears(p, **r)
@@ -561,12 +574,16 @@ impl Sim {
             let mut got = false;
             for r in replicas {
                 if self.world.rng.chance(70) {
-                    self.world.data.insert((svc, r), (generation, position + 1));
+                    self.world
+                        .data
+                        .insert((name.to_string(), r), (generation, position + 1));
                     got = true;
                 }
             }
             if got {
-                self.world.data.insert((svc, p), (generation, position + 1));
+                self.world
+                    .data
+                    .insert((name.to_string(), p), (generation, position + 1));
             }
         }
     }

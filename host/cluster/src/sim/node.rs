@@ -234,10 +234,9 @@ impl Local {
                 }
                 // A promotion starts a new generation (a database's new timeline).
                 world.generation += 1;
-                let position = world.data[&(i, self.id)].1;
-                world
-                    .data
-                    .insert((i, self.id), (world.generation, position));
+                let key = (spec.services[i].name.clone(), self.id);
+                let position = world.data[&key].1;
+                world.data.insert(key, (world.generation, position));
                 Done::Promoted(i, Ok(()))
             }
             Job::Demote(i) => {
@@ -284,7 +283,7 @@ impl Local {
             Ok(())
         };
         let score = (spec.services[i].strategy == Strategy::Promotable)
-            .then(|| world.data[&(i, self.id)])
+            .then(|| world.data[&(spec.services[i].name.clone(), self.id)])
             .map(|(generation, position)| Promotion {
                 generation,
                 position,

@@ -72,9 +72,10 @@ pub(crate) struct World {
     pub(crate) witness_cut: BTreeSet<NodeId>,
     /// Nodes failing their health checks.
     pub(crate) unhealthy: BTreeSet<NodeId>,
-    /// Replicated data of each promotable service on each node: (generation,
-    /// position). Kept across crashes (it is on disk).
-    pub(crate) data: BTreeMap<(usize, NodeId), (u64, u64)>,
+    /// Replicated data of each promotable service (by name: a reload
+    /// renumbers services) on each node: (generation, position). Kept across
+    /// crashes (it is on disk).
+    pub(crate) data: BTreeMap<(String, NodeId), (u64, u64)>,
     /// The highest generation any promotion started.
     pub(crate) generation: u64,
     /// Fences and stops fail now and then.
