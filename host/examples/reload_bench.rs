@@ -11,7 +11,7 @@
 //! cargo build --locked -p baton && cargo run --locked --example reload_bench -- 10 fast
 //! ```
 
-use baton::lab::{ClusterLab, ledger_overlaps};
+use baton::lab::{ClusterLab, Lab, Lan, ledger_overlaps};
 use baton::node::control::{ControlRequest, ask};
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,28 @@ fn until(
             c.keep_logs().display()
         );
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// One probe of web on n1's service address (from the lab's client
+/// namespace): connected and answered within `timeout`, or how it failed.
+fn probe(timeout: Duration) -> Result<(), String> {
+    let addr: std::net::SocketAddr = format!("{}:8080", Lab::address(1, Lan::Service))
+        .parse()
+        .expect("lab address");
+    let started = Instant::now();
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("connect: {e} after {} ms", started.elapsed().as_millis()))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 8];
+    match baton::lab::read_answer(&mut s, &mut buf) {
+        Ok(n) if n > 0 => Ok(()),
+        Ok(_) => Err("closed without an answer".into()),
+        Err(e) => Err(format!(
+            "read: {e} after {} ms",
+            started.elapsed().as_millis()
+        )),
     }
 }
 
@@ -87,16 +109,22 @@ fn main() -> anyhow::Result<()> {
             c.dir.path().join("run").display().to_string()
         );
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let epoch = Instant::now();
     let probes = {
         let stop = std::sync::Arc::clone(&stop);
         c.lab.spawn_client(move || {
-            let mut seen: Vec<Vec<usize>> = Vec::new();
+            // Each probe of web on n1: when it began (ms since `epoch`), and
+            // how it failed, if it did.
+            let mut seen: Vec<(u128, Result<(), String>)> = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                seen.push(baton::lab::answering(3, 8080, Duration::from_secs(1)));
+                let at = epoch.elapsed().as_millis();
+                seen.push((at, probe(Duration::from_secs(1))));
             }
             seen
         })
     };
+    // When each reload began on the last node (ms since `epoch`).
+    let mut reloads_at = Vec::new();
     let (mut switch, mut applied) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         for (text, adding) in [(&added, true), (&base, false)] {
@@ -116,7 +144,9 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             let last = Instant::now();
+            reloads_at.push(epoch.elapsed().as_millis());
             let r = ask(&c.socket(1), &ControlRequest::Reload { dry_run: false })?;
+            let answered = last.elapsed().as_millis();
             anyhow::ensure!(r.ok, "n1: {}", r.message);
             let want = r
                 .plan
@@ -136,7 +166,7 @@ fn main() -> anyhow::Result<()> {
                 if adding { running == 1 } else { !listed }
             })?;
             println!(
-                "round {round:>2}: {} extra: every node switched {switched} ms after the last reload, extra {} after {done} ms",
+                "round {round:>2}: {} extra: n1 answered the reload in {answered} ms, every node switched {switched} ms after it began, extra {} after {done} ms",
                 if adding { "added" } else { "removed" },
                 if adding { "running" } else { "gone" }
             );
@@ -148,13 +178,15 @@ fn main() -> anyhow::Result<()> {
     let seen = probes
         .join()
         .map_err(|_| anyhow::anyhow!("the client panicked"))??;
-    let missed: Vec<(usize, &Vec<usize>)> = seen
-        .iter()
-        .enumerate()
-        .filter(|(_, a)| a.as_slice() != [1])
-        .collect();
-    if !missed.is_empty() {
-        println!("probes not answered by n1 alone (probe number, who answered): {missed:?}");
+    let missed: Vec<&(u128, Result<(), String>)> =
+        seen.iter().filter(|(_, r)| r.is_err()).collect();
+    for (at, why) in &missed {
+        let nearest = reloads_at
+            .iter()
+            .map(|r| *at as i128 - *r as i128)
+            .min_by_key(|d| d.abs())
+            .unwrap_or_default();
+        println!("the probe at {at} ms failed: {why:?} ({nearest:+} ms from the nearest reload)");
     }
     let missed = missed.len();
     let (overlaps, now) = ledger_overlaps(c.dir.path())?;
@@ -162,7 +194,7 @@ fn main() -> anyhow::Result<()> {
     applied.sort();
     println!(
         "{} reloads ({timing} timing): switched p50 {} ms, p90 {} ms, max {} ms; applied p50 {} ms, p90 {} ms, max {} ms; \
-         web: {} probes, {missed} not answered by n1 alone; same process: {}; owner intervals {intervals} -> {now}, overlaps {}",
+         web: {} probes, {missed} not answered by n1; same process: {}; owner intervals {intervals} -> {now}, overlaps {}",
         switch.len(),
         p(&switch, 50),
         p(&switch, 90),

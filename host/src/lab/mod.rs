@@ -378,9 +378,21 @@ pub fn answering(nodes: usize, port: u16, timeout: Duration) -> Vec<usize> {
             };
             let _ = s.set_read_timeout(Some(timeout));
             let mut buf = [0u8; 8];
-            matches!(s.read(&mut buf), Ok(n) if n > 0)
+            matches!(read_answer(&mut s, &mut buf), Ok(n) if n > 0)
         })
         .collect()
+}
+
+/// Read what a server sent, again if a signal interrupted the read (a
+/// socket with a read timeout is not restarted by the kernel: an EINTR is the
+/// probing process's own signal, not a server that did not answer).
+pub fn read_answer(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match s.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
 }
 
 impl Drop for Lab {
@@ -488,7 +500,7 @@ pub fn vip_answer(timeout: Duration) -> Option<usize> {
     let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
     let _ = s.set_read_timeout(Some(timeout));
     let mut buf = [0u8; 16];
-    let n = s.read(&mut buf).ok()?;
+    let n = read_answer(&mut s, &mut buf).ok()?;
     std::str::from_utf8(&buf[..n])
         .ok()?
         .trim()
