@@ -1205,44 +1205,59 @@ impl Daemon {
             text = format!("{text}\n  {line}");
             plan["tls"] = line.clone().into();
         }
+        Ok(self.stage(prepared, dry_run, text, plan))
+    }
+
+    /// Stage `prepared` (its plan in words `text` and as JSON `plan`) unless
+    /// `dry_run`; a file whose cluster-wide part is the running config drops
+    /// a reload staged before instead. The reply's message and plan.
+    fn stage(
+        &mut self,
+        prepared: crate::node::reload::Prepared,
+        dry_run: bool,
+        text: String,
+        mut plan: serde_json::Value,
+    ) -> (String, serde_json::Value) {
+        plan["staged"] = (!dry_run && prepared.plan.config != self.cluster.fingerprint).into();
+        if prepared.plan.config == self.cluster.fingerprint {
+            if dry_run {
+                return (
+                    format!(
+                        "the file's cluster-wide part is the running config {:016x}: nothing to switch to (dry run)\n{text}",
+                        self.cluster.fingerprint
+                    ),
+                    plan,
+                );
+            }
+            self.io.staged.clear();
+            self.staged = None;
+            self.driver.unstage();
+            return (
+                format!(
+                    "the file's cluster-wide part is the running config {:016x}: nothing to switch to (a reload staged before is dropped)\n{text}",
+                    self.cluster.fingerprint
+                ),
+                plan,
+            );
+        }
         let head = format!(
             "config {:016x} -> {:016x}",
             self.cluster.fingerprint, prepared.plan.config
         );
-        if prepared.plan.config == self.cluster.fingerprint {
-            self.io.staged.clear();
-            self.staged = None;
-            self.driver.unstage();
-            plan["staged"] = false.into();
-            return Ok((
-                format!(
-                    "the file's cluster-wide part is the running config {:016x}: nothing to switch to{}\n{text}",
-                    self.cluster.fingerprint,
-                    if dry_run {
-                        ""
-                    } else {
-                        " (a reload staged before is dropped)"
-                    }
-                ),
-                plan,
-            ));
-        }
         if dry_run {
-            plan["staged"] = false.into();
-            return Ok((format!("{head} (dry run: nothing staged)\n{text}"), plan));
+            return (format!("{head} (dry run: nothing staged)\n{text}"), plan);
         }
         self.driver
             .stage(prepared.staged(), prepared.shells.clone());
         self.io.staged = prepared.services;
         self.staged = Some(prepared.cluster);
-        plan["staged"] = true.into();
-        Ok((
+        (
             format!(
                 "{head}\n{text}\nstaged on this node; {}",
                 self.reload_progress().unwrap_or_default()
             ),
             plan,
-        ))
+        )
     }
 
     /// The HTTPS certificate of `next` for this node, checked as `run` checks

@@ -1122,6 +1122,21 @@ fn a_reload_adds_and_removes_a_service_without_touching_the_others() {
         before,
         "n2 switched before n1 staged"
     );
+    // A dry run of the running file says there is nothing to switch to, and
+    // leaves the staged reload alone.
+    deploy(&base);
+    let out = baton_at(&c.socket(3), &["reload", "--dry-run"]);
+    let text = crate::support::output_text(&out);
+    assert!(text.contains("nothing to switch to (dry run)"), "{text}");
+    let live: serde_json::Value =
+        serde_json::from_slice(&baton_at(&c.socket(3), &["status", "--json"]).stdout).unwrap();
+    assert!(
+        live["reload"]
+            .as_str()
+            .is_some_and(|r| r.contains("waiting for n1")),
+        "a dry run dropped the staged reload: {live}"
+    );
+    deploy(&(base.clone() + &extra));
     let out = baton_at(&c.socket(1), &["reload", "--wait", "60s"]);
     let text = crate::support::output_text(&out);
     assert!(out.status.success(), "{text}");
