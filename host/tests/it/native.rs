@@ -113,6 +113,37 @@ fn segfault_and_abort_are_classified_crashes_and_the_runner_restarts() {
     }
 }
 
+/// A runner killed from outside while idle (a guardian fencing its node's
+/// process groups, the OOM killer) fails no call: the next call runs on a new
+/// runner.
+#[test]
+fn a_runner_killed_while_idle_fails_no_call() {
+    let (_d, agent) = hostile();
+    let ok = call(&agent, Action::Monitor, "r", &[], 3000);
+    assert_eq!(ok.result.unwrap(), Outcome::State(MonitorState::NotRunning));
+    let pid = runner_pid(&agent);
+    // SAFETY: killing the runner this test's agent started.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    // Dead: a zombie until the host reaps it.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while baton_agents::proc_stat(pid as u32).is_some_and(|(_, zombie)| !zombie) {
+        assert!(
+            std::time::Instant::now() < until,
+            "the runner survived SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let after = call(&agent, Action::Monitor, "r", &[], 3000);
+    assert_eq!(
+        after.result.unwrap(),
+        Outcome::State(MonitorState::NotRunning),
+        "the call after the kill failed"
+    );
+    assert_ne!(runner_pid(&agent), pid, "not a new runner");
+}
+
 #[test]
 fn an_infinite_loop_is_stopped_at_the_deadline() {
     let (_d, agent) = hostile();

@@ -545,6 +545,25 @@ impl RunnerBackend {
             answers.push(Err(f));
             return;
         }
+        // A runner that died while idle was killed from outside (a guardian
+        // fencing its node's process groups, the OOM killer): no call of the
+        // agent's failed, so it is replaced before this one is sent instead of
+        // failing it.
+        if let Some(mut dead) = st
+            .process
+            .take_if(|p| p.child.try_wait().is_ok_and(|s| s.is_some()))
+        {
+            tracing::warn!(
+                agent = %self.metadata.name,
+                "a runner of native agent {} died while idle{}; starting another",
+                self.metadata.name,
+                dead.kill()
+            );
+            if let Err(f) = self.ensure_running(&mut st, Instant::now() + timeout, first.action) {
+                answers.push(Err(f));
+                return;
+            }
+        }
         let (frames, sent) = match encode_batch(reqs) {
             Ok(batch) => batch,
             Err(f) => {
